@@ -1,0 +1,34 @@
+"""Server settings: typed, read once at start, passed in. Each field has an OPTIGRAPH_* variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_db_url() -> str:
+    return f"sqlite:///{Path.cwd() / 'optigraph.db'}"
+
+
+class Settings(BaseSettings):
+    """Everything the server needs to start. Nothing here changes per request."""
+
+    model_config = SettingsConfigDict(env_prefix="OPTIGRAPH_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    base_url: str | None = Field(default=None, description="OpenAI-compatible upstream, e.g. http://127.0.0.1:8080/v1")
+    upstream_api_key: str | None = Field(default=None, description="Key sent upstream; without it the client's bearer token is forwarded")
+    approach: str = Field(default="none", description="Default approach expression")
+    db_url: str = Field(default_factory=default_db_url, description="sqlite:///path or postgresql://...")
+    api_key: str | None = Field(default=None, description="When set, clients must send this bearer key")
+    log_level: str = "info"
+    default_model: str = Field(default="smollm2", description="Model used when a request names only an approach")
+    local_model: str = Field(default="smollm2", description="Model the embedded backend serves when no upstream is set")
+    upstream_timeout_s: float = 600.0
+    upstream_retries: int = 2
+    max_n: int = 16
+    max_tokens_limit: int = 131072
+    max_connections: int = 512

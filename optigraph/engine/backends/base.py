@@ -1,0 +1,44 @@
+"""The backend interface: one small protocol, several implementations (HTTP, LiteLLM, local)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do for one model. The engine adapts requests to it instead of failing upstream."""
+
+    n_sampling: bool = True  # returns n choices from one call
+    logprobs: bool = True
+    streaming: bool = True
+    system_messages: bool = True
+    temperature: bool = True  # reasoning models refuse sampling parameters
+    max_tokens_field: str = "max_tokens"  # or "max_completion_tokens"
+    local: bool = False  # runs on this machine (logits-level techniques)
+
+    def supports(self, need: str) -> bool:
+        """Whether a named requirement of an approach ("n_sampling", "logprobs", "local", "text") holds."""
+        return need == "text" or bool(getattr(self, need, False))
+
+
+class Backend(Protocol):
+    """An LLM provider. `body` is an OpenAI chat-completions request body (already normalised)."""
+
+    name: str
+
+    def capabilities(self, model: str) -> Capabilities: ...
+
+    async def complete(self, body: dict[str, Any], *, api_key: str | None = None) -> dict[str, Any]:
+        """One chat completion; returns the OpenAI response dict. Raises UpstreamError/UpstreamTimeout."""
+        ...
+
+    def stream(self, body: dict[str, Any], *, api_key: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Chat-completion chunks (OpenAI `chat.completion.chunk` dicts) as they arrive."""
+        ...
+
+    async def list_models(self, *, api_key: str | None = None) -> list[dict[str, Any]]: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,308 @@
+"""The one way nodes call an LLM: normalisation, `n` emulation, retries, streaming and recording.
+
+Every upstream request of a run goes through an `LLM`, so usage is exact and every call is recorded
+with the node that made it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from optigraph.engine.backends.base import Backend, Capabilities
+from optigraph.engine.params import normalise
+from optigraph.engine.streaming import StreamEvent, StreamSink
+from optigraph.engine.usage import Usage, add_usage, empty_usage, usage_from_response
+from optigraph.errors import BudgetExceeded, UpstreamError
+from optigraph.memory.records import CallRecord, Recorder, utcnow
+
+
+@dataclass
+class Completion:
+    """The answer to one logical request (possibly several upstream calls when `n` is emulated)."""
+
+    choices: list[dict[str, Any]]
+    usage: Usage
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def texts(self) -> list[str]:
+        return [message_text(c.get("message") or {}) for c in self.choices]
+
+    @property
+    def text(self) -> str:
+        return self.texts[0] if self.choices else ""
+
+    @property
+    def finish_reasons(self) -> list[str | None]:
+        return [c.get("finish_reason") for c in self.choices]
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """The text of a message whose content is a string or a list of parts."""
+    content = message.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+
+
+@dataclass
+class Budget:
+    """Per-run cap on upstream calls and completion tokens, shared by all the run's nodes."""
+
+    max_calls: int | None = None
+    max_tokens: int | None = None
+    calls: int = 0
+    tokens: int = 0
+
+    def charge_call(self) -> None:
+        if self.max_calls is not None and self.calls >= self.max_calls:
+            raise BudgetExceeded(f"the run reached its cap of {self.max_calls} upstream calls")
+        self.calls += 1
+
+    def charge_tokens(self, n: int) -> None:
+        self.tokens += n
+        if self.max_tokens is not None and self.tokens > self.max_tokens:
+            raise BudgetExceeded(f"the run used {self.tokens} tokens, over its cap of {self.max_tokens}")
+
+
+class LLM:
+    """Calls one backend model on behalf of one run."""
+
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        model: str,
+        run_id: str,
+        recorder: Recorder,
+        api_key: str | None = None,
+        retries: int = 2,
+        budget: Budget | None = None,
+        n_support: dict[str, bool] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.model = model
+        self.run_id = run_id
+        self.recorder = recorder
+        self.api_key = api_key
+        self.retries = retries
+        self.budget = budget or Budget()
+        # Learned per server (an explicit, bounded-by-model-count cache owned by the engine):
+        # whether this backend/model returned all n choices from one call.
+        self._n_support = n_support if n_support is not None else {}
+        self.caps: Capabilities = backend.capabilities(model)
+
+    # ---- raw forwarding (passthrough) -------------------------------------------------------
+
+    async def forward(self, body: dict[str, Any], *, node: str) -> Completion:
+        """Sends a whole request body (unknown fields included) and returns every choice asked for."""
+        body = normalise({**body, "model": self.model}, self.caps)
+        n = int(body.get("n") or 1)
+        key = f"{self.backend.name}:{self.model}"
+        if n > 1 and (not self.caps.n_sampling or self._n_support.get(key) is False):
+            return await self._emulate_n(body, n, node=node)
+        raw = await self._call(body, node=node)
+        choices = raw.get("choices") or []
+        if n > 1 and len(choices) < n:
+            self._n_support[key] = False
+            extra = await self._emulate_n(body, n - len(choices), node=node)
+            choices = choices + extra.choices
+            usage = add_usage(usage_from_response(raw.get("usage")), extra.usage)
+        else:
+            if n > 1:
+                self._n_support[key] = True
+            usage = usage_from_response(raw.get("usage"))
+        for i, c in enumerate(choices):
+            c["index"] = i
+        raw["choices"] = choices
+        return Completion(choices=choices, usage=usage, raw=raw)
+
+    async def _emulate_n(self, body: dict[str, Any], n: int, *, node: str) -> Completion:
+        single = {**body, "n": 1}
+        if "seed" in body and body["seed"] is not None:
+            bodies = [{**single, "seed": int(body["seed"]) + i} for i in range(n)]
+        else:
+            bodies = [single] * n
+        raws = await asyncio.gather(*(self._call(b, node=node) for b in bodies))
+        choices: list[dict[str, Any]] = []
+        usage = empty_usage()
+        for raw in raws:
+            choices.extend(raw.get("choices") or [])
+            usage = add_usage(usage, usage_from_response(raw.get("usage")))
+        for i, c in enumerate(choices):
+            c["index"] = i
+        return Completion(choices=choices, usage=usage, raw=raws[0] if raws else {})
+
+    async def forward_stream(self, body: dict[str, Any], *, node: str) -> AsyncIterator[dict[str, Any]]:
+        """Relays upstream chunks as they arrive; records the call when the stream ends."""
+        body = normalise({**body, "model": self.model}, self.caps)
+        self.budget.charge_call()
+        started, t0 = utcnow(), time.perf_counter()
+        texts: dict[int, list[str]] = {}
+        finish: dict[int, str | None] = {}
+        usage: dict[str, Any] | None = None
+        error: str | None = None
+        try:
+            async for chunk in self.backend.stream(body, api_key=self.api_key):
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for c in chunk.get("choices") or ():
+                    idx = c.get("index", 0)
+                    delta = c.get("delta") or {}
+                    if delta.get("content"):
+                        texts.setdefault(idx, []).append(delta["content"])
+                    if c.get("finish_reason"):
+                        finish[idx] = c["finish_reason"]
+                yield chunk
+        except UpstreamError as exc:
+            error = exc.message
+            raise
+        finally:
+            u = usage_from_response(usage)
+            self._record(
+                node=node,
+                body=body,
+                started=started,
+                t0=t0,
+                response={"choices": [{"text": "".join(t), "finish_reason": finish.get(i)} for i, t in sorted(texts.items())]},
+                usage=u,
+                error=error,
+                attempt=1,
+            )
+
+    # ---- the call nodes use ------------------------------------------------------------------
+
+    async def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        node: str,
+        n: int = 1,
+        sink: StreamSink | None = None,
+        stream_choice: int | None = None,
+        **params: Any,
+    ) -> Completion:
+        """Chat completion for `messages`. With a sink and a choice index (and n == 1) the tokens
+        are streamed to the client as they are generated."""
+        body: dict[str, Any] = {k: v for k, v in params.items() if v is not None}
+        body["messages"] = messages
+        if n > 1:
+            body["n"] = n
+        if sink is not None and stream_choice is not None and n == 1 and self.caps.streaming:
+            return await self._chat_streamed(body, node=node, sink=sink, choice=stream_choice)
+        return await self.forward(body, node=node)
+
+    async def _chat_streamed(self, body: dict[str, Any], *, node: str, sink: StreamSink, choice: int) -> Completion:
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        parts: list[str] = []
+        tool_calls: dict[int, dict[str, Any]] = {}
+        finish: str | None = None
+        usage: dict[str, Any] | None = None
+        async for chunk in self.forward_stream(body, node=node):
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for c in chunk.get("choices") or ():
+                delta = c.get("delta") or {}
+                if delta.get("content"):
+                    parts.append(delta["content"])
+                for tc in delta.get("tool_calls") or ():
+                    merge_tool_call_delta(tool_calls, tc)
+                if c.get("finish_reason"):
+                    finish = c["finish_reason"]
+                out = {k: v for k, v in delta.items() if k in ("content", "tool_calls") and v}
+                if out:
+                    sink.put(StreamEvent(choice=choice, delta=out, logprobs=c.get("logprobs")))
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(parts)}
+        if tool_calls:
+            message["tool_calls"] = [tool_calls[i] for i in sorted(tool_calls)]
+        return Completion(
+            choices=[{"index": 0, "message": message, "finish_reason": finish or "stop"}],
+            usage=usage_from_response(usage),
+        )
+
+    # ---- one upstream request, with retries and recording -----------------------------------
+
+    async def _call(self, body: dict[str, Any], *, node: str) -> dict[str, Any]:
+        attempt = 0
+        while True:
+            attempt += 1
+            self.budget.charge_call()
+            started, t0 = utcnow(), time.perf_counter()
+            try:
+                raw = await self.backend.complete(body, api_key=self.api_key)
+            except UpstreamError as exc:
+                self._record(node=node, body=body, started=started, t0=t0, response=None,
+                             usage=empty_usage(), error=exc.message, attempt=attempt)
+                if exc.retryable and attempt <= self.retries:
+                    await asyncio.sleep(0.2 * 2 ** (attempt - 1))
+                    continue
+                raise
+            usage = usage_from_response(raw.get("usage"))
+            self._record(
+                node=node,
+                body=body,
+                started=started,
+                t0=t0,
+                response={"choices": [
+                    {"text": message_text(c.get("message") or {}), "finish_reason": c.get("finish_reason"),
+                     **({"tool_calls": c["message"]["tool_calls"]} if (c.get("message") or {}).get("tool_calls") else {})}
+                    for c in raw.get("choices") or ()
+                ]},
+                usage=usage,
+                error=None,
+                attempt=attempt,
+            )
+            return raw
+
+    def _record(
+        self,
+        *,
+        node: str,
+        body: dict[str, Any],
+        started: Any,
+        t0: float,
+        response: dict[str, Any] | None,
+        usage: Usage,
+        error: str | None,
+        attempt: int,
+    ) -> None:
+        self.recorder.call(
+            CallRecord(
+                run_id=self.run_id,
+                node=node,
+                backend=self.backend.name,
+                model=self.model,
+                started_at=started,
+                latency_ms=(time.perf_counter() - t0) * 1000.0,
+                status="error" if error else "ok",
+                request=body,
+                response=response,
+                prompt_tokens=usage["prompt_tokens"],
+                completion_tokens=usage["completion_tokens"],
+                reasoning_tokens=usage["reasoning_tokens"],
+                error=error,
+                attempt=attempt,
+            )
+        )
+        self.budget.charge_tokens(usage["completion_tokens"])
+
+
+def merge_tool_call_delta(acc: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
+    """Accumulates one streamed tool_calls delta into whole tool calls, keyed by index."""
+    idx = delta.get("index", 0)
+    cur = acc.setdefault(idx, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+    if delta.get("id"):
+        cur["id"] = delta["id"]
+    if delta.get("type"):
+        cur["type"] = delta["type"]
+    fn = delta.get("function") or {}
+    if fn.get("name"):
+        cur["function"]["name"] += fn["name"]
+    if fn.get("arguments"):
+        cur["function"]["arguments"] += fn["arguments"]

@@ -1,0 +1,86 @@
+"""The one exception hierarchy of optigraph. The API edge maps each to an OpenAI-style error body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OptigraphError(Exception):
+    """Base error: carries the HTTP status and the OpenAI error fields."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequest(OptigraphError):
+    """The client sent something we cannot serve (400)."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class ExpressionError(InvalidRequest):
+    """A malformed approach expression; `position` is the 0-based offset of the problem."""
+
+    code = "invalid_approach_expression"
+
+    def __init__(self, message: str, *, expression: str, position: int) -> None:
+        super().__init__(f"{message} at position {position} in {expression!r}", param="model")
+        self.expression = expression
+        self.position = position
+
+
+class UnknownApproach(InvalidRequest):
+    code = "unknown_approach"
+
+
+class AuthenticationError(OptigraphError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class NotFound(OptigraphError):
+    status = 404
+    type = "not_found_error"
+    code = "not_found"
+
+
+class UpstreamError(OptigraphError):
+    """The upstream LLM failed. `upstream_status` is its HTTP status when it answered."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, upstream_status: int | None = None, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+        self.retryable = retryable
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True)
+
+
+class BudgetExceeded(OptigraphError):
+    """A run hit its per-request cap on upstream calls or tokens."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "budget_exceeded"

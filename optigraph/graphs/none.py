@@ -1,0 +1,35 @@
+"""`none`: passthrough. The request goes upstream unchanged (unknown fields included)."""
+
+from __future__ import annotations
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from optigraph.engine.context import RunContext
+from optigraph.engine.registry import ApproachSpec
+from optigraph.engine.state import ApproachState
+from optigraph.nodes.common import answer_of
+from optigraph.nodes.generate import generate_final
+
+
+async def passthrough(state: ApproachState, runtime: Runtime[RunContext]) -> dict:
+    completion = await generate_final(state, runtime, state["messages"], node="passthrough", **(state.get("request") or {}))
+    return {"answers": [answer_of(completion.choices[0])], "usage": completion.usage}
+
+
+def build() -> StateGraph:
+    graph = StateGraph(ApproachState, context_schema=RunContext)
+    graph.add_node("passthrough", passthrough)
+    graph.add_edge(START, "passthrough")
+    graph.add_edge("passthrough", END)
+    return graph
+
+
+SPEC = ApproachSpec(
+    name="none",
+    description="Passthrough: forwards the request to the upstream model unchanged.",
+    build=build,
+    calls="1",
+    rounds="1",
+    streams_final=True,
+)

@@ -1,0 +1,1 @@
+"""SQL persistence: LangGraph checkpoints, the runs and upstream-calls tables, and their migrations."""

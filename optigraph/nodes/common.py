@@ -1,0 +1,91 @@
+"""Small helpers every node uses: reaching the run context, the client's parameters, the query."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from optigraph.engine.context import RunContext
+from optigraph.engine.llm import Completion, message_text
+from optigraph.engine.state import Answer, ApproachState, Candidate
+
+# Client parameters that shape a generation and are forwarded to every sampling call.
+GENERATION_KEYS = (
+    "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "presence_penalty",
+    "frequency_penalty", "logit_bias", "tools", "tool_choice", "parallel_tool_calls", "response_format",
+    "logprobs", "top_logprobs", "user", "reasoning_effort",
+)
+
+
+def generation_params(state: ApproachState, **overrides: Any) -> dict[str, Any]:
+    """The client's generation parameters, with approach-specific overrides where not None.
+
+    Approaches respect the client's temperature, max_tokens, stop, tools and response_format unless
+    their algorithm needs something else (a rating call at low temperature, for example)."""
+    request = state.get("request") or {}
+    out = {k: request[k] for k in GENERATION_KEYS if k in request}
+    for k, v in overrides.items():
+        if v is not None:
+            out[k] = v
+    return out
+
+
+def helper_params(state: ApproachState, **overrides: Any) -> dict[str, Any]:
+    """Parameters for internal calls (ratings, critiques): none of the client's tools or formats."""
+    request = state.get("request") or {}
+    out = {k: request[k] for k in ("seed", "user") if k in request}
+    out.update({k: v for k, v in overrides.items() if v is not None})
+    return out
+
+
+def ctx(runtime: Runtime[RunContext]) -> RunContext:
+    return runtime.context
+
+
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            return message_text(m)
+    return ""
+
+
+def system_text(messages: list[dict[str, Any]]) -> str:
+    return "\n".join(message_text(m) for m in messages if m.get("role") in ("system", "developer"))
+
+
+def replace_last_user(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """A copy of the conversation with the last user turn's text replaced (pipelines feed a stage's
+    answer to the next this way)."""
+    out = list(messages)
+    for i in range(len(out) - 1, -1, -1):
+        if out[i].get("role") == "user":
+            out[i] = {**out[i], "content": text}
+            return out
+    return out + [{"role": "user", "content": text}]
+
+
+def candidates_from(completion: Completion, start: int = 0) -> list[Candidate]:
+    return [
+        {
+            "index": start + i,
+            "text": message_text(c.get("message") or {}),
+            "message": c.get("message") or {"role": "assistant", "content": ""},
+            "finish_reason": c.get("finish_reason"),
+        }
+        for i, c in enumerate(completion.choices)
+    ]
+
+
+def answer_of(choice_or_candidate: dict[str, Any]) -> Answer:
+    """An Answer from an upstream choice or a candidate."""
+    message = choice_or_candidate.get("message") or {"role": "assistant", "content": choice_or_candidate.get("text", "")}
+    return {
+        "message": {"role": "assistant", **{k: v for k, v in message.items() if k != "role"}},
+        "finish_reason": choice_or_candidate.get("finish_reason") or "stop",
+        "logprobs": choice_or_candidate.get("logprobs"),
+    }
+
+
+def text_answer(text: str, finish_reason: str = "stop") -> Answer:
+    return {"message": {"role": "assistant", "content": text}, "finish_reason": finish_reason, "logprobs": None}

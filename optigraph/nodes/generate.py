@@ -1,0 +1,24 @@
+"""The final LLM stage of an approach: one generation that streams to the client when it can."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from optigraph.engine.context import RunContext
+from optigraph.engine.llm import Completion
+from optigraph.engine.state import ApproachState
+
+
+async def generate_final(
+    state: ApproachState,
+    runtime: Runtime[RunContext],
+    messages: list[dict[str, Any]],
+    *,
+    node: str,
+    **params: Any,
+) -> Completion:
+    """Generates the answer the client receives; streams its tokens if this run streams this choice."""
+    c = runtime.context
+    return await c.llm.chat(messages, node=node, sink=c.sink, stream_choice=state.get("stream_choice"), **params)

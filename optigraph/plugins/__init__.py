@@ -1,0 +1,1 @@
+"""Plugins: pre- and post-nodes around an approach graph (privacy, readurls, memory, json...)."""
