@@ -32,3 +32,4 @@ class Settings(BaseSettings):
     max_n: int = 16
     max_tokens_limit: int = 131072
     max_connections: int = 512
+    max_upstream_calls: int = Field(default=256, description="Per-run cap on upstream calls")

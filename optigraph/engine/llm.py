@@ -97,21 +97,25 @@ class LLM:
         # whether this backend/model returned all n choices from one call.
         self._n_support = n_support if n_support is not None else {}
         self.caps: Capabilities = backend.capabilities(model)
+        self.spent: Usage = empty_usage()  # every call of this run, failed attempts included
 
     # ---- raw forwarding (passthrough) -------------------------------------------------------
 
-    async def forward(self, body: dict[str, Any], *, node: str) -> Completion:
-        """Sends a whole request body (unknown fields included) and returns every choice asked for."""
+    async def forward(self, body: dict[str, Any], *, node: str, partial: bool = False) -> Completion:
+        """Sends a whole request body (unknown fields included) and returns every choice asked for.
+
+        With `partial`, an emulated `n` returns the choices whose calls succeeded (fewer than n)
+        and raises only when every call failed."""
         body = normalise({**body, "model": self.model}, self.caps)
         n = int(body.get("n") or 1)
         key = f"{self.backend.name}:{self.model}"
         if n > 1 and (not self.caps.n_sampling or self._n_support.get(key) is False):
-            return await self._emulate_n(body, n, node=node)
+            return await self._emulate_n(body, n, node=node, partial=partial)
         raw = await self._call(body, node=node)
         choices = raw.get("choices") or []
         if n > 1 and len(choices) < n:
             self._n_support[key] = False
-            extra = await self._emulate_n(body, n - len(choices), node=node)
+            extra = await self._emulate_n(body, n - len(choices), node=node, partial=partial)
             choices = choices + extra.choices
             usage = add_usage(usage_from_response(raw.get("usage")), extra.usage)
         else:
@@ -123,13 +127,18 @@ class LLM:
         raw["choices"] = choices
         return Completion(choices=choices, usage=usage, raw=raw)
 
-    async def _emulate_n(self, body: dict[str, Any], n: int, *, node: str) -> Completion:
+    async def _emulate_n(self, body: dict[str, Any], n: int, *, node: str, partial: bool = False) -> Completion:
         single = {**body, "n": 1}
         if "seed" in body and body["seed"] is not None:
             bodies = [{**single, "seed": int(body["seed"]) + i} for i in range(n)]
         else:
             bodies = [single] * n
-        raws = await asyncio.gather(*(self._call(b, node=node) for b in bodies))
+        results = await asyncio.gather(*(self._call(b, node=node) for b in bodies), return_exceptions=partial)
+        raws = [r for r in results if not isinstance(r, BaseException)]
+        failures = [r for r in results if isinstance(r, BaseException)]
+        # Only upstream failures are tolerated; anything else (budget, bugs) still propagates.
+        if failures and (not raws or any(not isinstance(e, UpstreamError) for e in failures)):
+            raise next((e for e in failures if not isinstance(e, UpstreamError)), failures[0])
         choices: list[dict[str, Any]] = []
         usage = empty_usage()
         for raw in raws:
@@ -186,17 +195,18 @@ class LLM:
         n: int = 1,
         sink: StreamSink | None = None,
         stream_choice: int | None = None,
+        partial: bool = False,
         **params: Any,
     ) -> Completion:
         """Chat completion for `messages`. With a sink and a choice index (and n == 1) the tokens
-        are streamed to the client as they are generated."""
+        are streamed to the client as they are generated. `partial`: see `forward`."""
         body: dict[str, Any] = {k: v for k, v in params.items() if v is not None}
         body["messages"] = messages
         if n > 1:
             body["n"] = n
         if sink is not None and stream_choice is not None and n == 1 and self.caps.streaming:
             return await self._chat_streamed(body, node=node, sink=sink, choice=stream_choice)
-        return await self.forward(body, node=node)
+        return await self.forward(body, node=node, partial=partial)
 
     async def _chat_streamed(self, body: dict[str, Any], *, node: str, sink: StreamSink, choice: int) -> Completion:
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
@@ -272,6 +282,7 @@ class LLM:
         error: str | None,
         attempt: int,
     ) -> None:
+        self.spent = add_usage(self.spent, usage)
         self.recorder.call(
             CallRecord(
                 run_id=self.run_id,

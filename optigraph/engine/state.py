@@ -32,7 +32,7 @@ class Candidate(TypedDict, total=False):
 
 class Score(TypedDict, total=False):
     index: int  # the candidate it scores
-    score: float
+    score: float | None  # None: the rating failed or could not be parsed
     raw: str  # what the model said
 
 

@@ -1,0 +1,3 @@
+from optigraph.cli import main
+
+main()

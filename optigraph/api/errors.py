@@ -1,0 +1,48 @@
+"""Every error leaves the server as an OpenAI-style body: {"error": {message, type, param, code}}."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+import orjson
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from optigraph.errors import OptigraphError
+
+log = logging.getLogger("optigraph.api")
+
+
+class ORJSONResponse(JSONResponse):
+    def render(self, content: object) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OptigraphError)
+    async def optigraph_error(_: Request, exc: OptigraphError) -> ORJSONResponse:
+        headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
+        return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+        err = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        return ORJSONResponse(error_body(f"invalid value for {param!r}: {err.get('msg')}", "invalid_request_error",
+                                         param=param or None, code="invalid_value"), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        kind = {401: "authentication_error", 404: "not_found_error"}.get(exc.status_code, "invalid_request_error")
+        return ORJSONResponse(error_body(str(exc.detail), kind, code=str(exc.status_code)), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+        log.exception("unexpected error", exc_info=exc)
+        return ORJSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500)

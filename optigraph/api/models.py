@@ -1,0 +1,37 @@
+"""GET /v1/models and GET /health."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from optigraph.api.auth import upstream_key
+from optigraph.errors import OptigraphError
+
+router = APIRouter()
+log = logging.getLogger("optigraph.api")
+
+
+@router.get("/v1/models", tags=["models"], summary="Models the server can reach")
+async def list_models(request: Request, key: str | None = Depends(upstream_key)) -> dict[str, Any]:
+    backends = request.app.state.backends
+    data: list[dict[str, Any]] = []
+    if backends.http is not None:
+        try:
+            data.extend(await backends.http.list_models(api_key=key))
+        except OptigraphError as exc:
+            log.warning("listing upstream models failed: %s", exc.message)
+    data.append({"id": request.app.state.settings.local_model, "object": "model", "created": 0,
+                 "owned_by": "optigraph-local"})
+    approaches = [{"id": spec.name, "description": spec.description, "needs": sorted(spec.needs),
+                   "calls": spec.calls, "rounds": spec.rounds}
+                  for spec in request.app.state.registry.specs.values()]
+    return {"object": "list", "data": data, "approaches": approaches}
+
+
+@router.get("/health", tags=["health"], summary="Liveness")
+async def health(request: Request) -> dict[str, Any]:
+    state = request.app.state
+    return {"status": "ok", "local_model": getattr(state, "local_status", lambda: "unused")()}

@@ -1,0 +1,222 @@
+"""Approach expressions: `a&b` is a pipeline, `a|b` runs branches in parallel, parentheses group.
+
+Grammar (whitespace is ignored between tokens; `&` binds tighter than `|`)::
+
+    expr     := pipeline ('|' pipeline)*
+    pipeline := atom ('&' atom)*
+    atom     := NAME | '(' expr ')'
+    NAME     := [A-Za-z0-9_]+
+
+The AST is made of frozen (hashable, comparable) dataclasses. Nested nodes of the same kind are
+flattened, so `a&(b&c)` and `(a&b)&c` both parse to `Pipeline((a, b, c))`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from optigraph.errors import ExpressionError, UnknownApproach
+
+__all__ = [
+    "Approach",
+    "Node",
+    "Parallel",
+    "Pipeline",
+    "choice_count",
+    "is_name",
+    "names",
+    "parse",
+    "to_text",
+    "validate",
+]
+
+MAX_DEPTH = 64  # parenthesis nesting limit: keeps a hostile expression from exhausting the stack
+
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+_SPACE = frozenset(" \t\r\n\f\v")
+
+
+@dataclass(frozen=True, slots=True)
+class Approach:
+    """One approach, by slug."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """Stages run in order; each stage works on what the previous one produced."""
+
+    stages: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Parallel:
+    """Branches run concurrently; each contributes its own choices to the answer."""
+
+    branches: tuple[Node, ...]
+
+
+Node: TypeAlias = Approach | Pipeline | Parallel
+
+
+def is_name(text: str) -> bool:
+    """Whether `text` is a single NAME token (a possible slug)."""
+    return bool(text) and all(c in _NAME_CHARS for c in text)
+
+
+def pipeline(*nodes: Node) -> Node:
+    """A flattened pipeline of `nodes` (the node itself when there is only one)."""
+    stages: list[Node] = []
+    for node in nodes:
+        stages.extend(node.stages if isinstance(node, Pipeline) else (node,))
+    return stages[0] if len(stages) == 1 else Pipeline(tuple(stages))
+
+
+def parallel(*nodes: Node) -> Node:
+    """A flattened parallel node of `nodes` (the node itself when there is only one)."""
+    branches: list[Node] = []
+    for node in nodes:
+        branches.extend(node.branches if isinstance(node, Parallel) else (node,))
+    return branches[0] if len(branches) == 1 else Parallel(tuple(branches))
+
+
+class _Parser:
+    """Recursive descent over `text[start:end]`; errors report offsets into the whole `text`."""
+
+    def __init__(self, text: str, start: int, end: int) -> None:
+        self.text = text
+        self.start = start
+        self.pos = start
+        self.end = end
+        self.depth = 0
+
+    def error(self, message: str, position: int) -> ExpressionError:
+        return ExpressionError(message, expression=self.text, position=position)
+
+    def skip_space(self) -> None:
+        while self.pos < self.end and self.text[self.pos] in _SPACE:
+            self.pos += 1
+
+    def peek(self) -> str:
+        """The next non-space character, or '' at the end."""
+        self.skip_space()
+        return self.text[self.pos] if self.pos < self.end else ""
+
+    def parse(self) -> Node:
+        if not self.peek():
+            raise self.error("empty expression", self.start)
+        node = self.expr()
+        char = self.peek()
+        if char:
+            if char == ")":
+                raise self.error("unbalanced ')' with no matching '('", self.pos)
+            raise self.unexpected(char)
+        return node
+
+    def unexpected(self, char: str) -> ExpressionError:
+        if char in _NAME_CHARS:
+            return self.error("expected '&' or '|' before another approach name", self.pos)
+        return self.error(f"unexpected character {char!r}", self.pos)
+
+    def expr(self) -> Node:
+        branches = [self.pipeline()]
+        while self.peek() == "|":
+            self.pos += 1
+            branches.append(self.pipeline())
+        return parallel(*branches)
+
+    def pipeline(self) -> Node:
+        stages = [self.atom()]
+        while self.peek() == "&":
+            self.pos += 1
+            stages.append(self.atom())
+        return pipeline(*stages)
+
+    def atom(self) -> Node:
+        char = self.peek()
+        if char == ")" and not self.depth:
+            raise self.error("unbalanced ')' with no matching '('", self.pos)
+        if not char or char in "&|)":
+            raise self.error("missing approach name (an operator needs an operand on each side)", self.pos)
+        if char == "(":
+            return self.group()
+        if char not in _NAME_CHARS:
+            raise self.error(f"unexpected character {char!r}", self.pos)
+        start = self.pos
+        while self.pos < self.end and self.text[self.pos] in _NAME_CHARS:
+            self.pos += 1
+        return Approach(self.text[start : self.pos])
+
+    def group(self) -> Node:
+        opened = self.pos
+        self.pos += 1
+        if self.peek() == ")":
+            raise self.error("empty parentheses", opened)
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.error(f"parentheses nested deeper than {MAX_DEPTH}", opened)
+        node = self.expr()
+        char = self.peek()
+        if not char:
+            raise self.error("unclosed '('", opened)
+        if char != ")":
+            raise self.unexpected(char)
+        self.pos += 1
+        self.depth -= 1
+        return node
+
+
+def parse(text: str) -> Node:
+    """Parse an approach expression; raises ExpressionError with the 0-based offset of the problem."""
+    return _Parser(text, 0, len(text)).parse()
+
+
+def parse_span(text: str, start: int, end: int) -> Node:
+    """Parse `text[start:end]`, reporting errors as offsets into the whole `text`."""
+    return _Parser(text, start, end).parse()
+
+
+def _walk(node: Node) -> Iterator[str]:
+    if isinstance(node, Approach):
+        yield node.name
+    else:
+        for child in node.stages if isinstance(node, Pipeline) else node.branches:
+            yield from _walk(child)
+
+
+def names(node: Node) -> list[str]:
+    """The approach names in the expression, left to right, with repeats."""
+    return list(_walk(node))
+
+
+def choice_count(node: Node) -> int:
+    """Choices one run produces: 1 per approach, summed over branches, multiplied along a pipeline."""
+    if isinstance(node, Approach):
+        return 1
+    if isinstance(node, Parallel):
+        return sum(choice_count(b) for b in node.branches)
+    count = 1
+    for stage in node.stages:
+        count *= choice_count(stage)
+    return count
+
+
+def to_text(node: Node) -> str:
+    """Canonical text with minimal parentheses and no spaces; `parse(to_text(x)) == x` for parsed x."""
+    if isinstance(node, Approach):
+        return node.name
+    if isinstance(node, Pipeline):
+        return "&".join(f"({to_text(s)})" if isinstance(s, Parallel) else to_text(s) for s in node.stages)
+    return "|".join(to_text(b) for b in node.branches)
+
+
+def validate(node: Node, known: Collection[str]) -> None:
+    """Raise UnknownApproach for the first name in `node` that is not in `known`."""
+    for name in _walk(node):
+        if name not in known:
+            raise UnknownApproach(
+                f"unknown approach {name!r}; known: {', '.join(sorted(known))}", param="model"
+            )

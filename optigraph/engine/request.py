@@ -1,0 +1,88 @@
+"""The chat-completions request: its schema (for validation and the OpenAPI docs) and the checks
+that turn a client mistake into a clear 400 instead of an upstream failure.
+
+The engine forwards the client's own dict, so fields this model does not name are kept."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from optigraph.errors import InvalidRequest
+
+# Fields the engine consumes; everything else in the body is forwarded upstream.
+CONTROL_KEYS = frozenset({"model", "messages", "n", "stream", "stream_options", "optillm_approach", "optillm_params"})
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat-completions body plus optigraph's fields. Extra fields are allowed and forwarded."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, description="Upstream model, optionally prefixed by an approach: `bon-gpt-4o-mini`")
+    messages: list[Message] = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    user: str | None = None
+    optillm_approach: str | None = Field(default=None, description="Approach expression, e.g. `bon&re2` or `moa|bon`")
+    optillm_params: dict[str, Any] | None = Field(default=None, description="Parameters by approach name: {\"bon\": {\"n\": 4}}")
+
+
+def check_request(body: Any, *, max_n: int, max_tokens: int) -> None:
+    """Raises InvalidRequest (naming the offending parameter) for a body we must not forward."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object", code="invalid_body")
+    try:
+        req = ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err.get("loc", ())]
+        # drop pydantic's union-branch names ("str", "list[ContentPart]") from the location
+        param = ".".join(p for p in loc if not p.startswith(("str", "list[", "dict[", "function-", "literal")))
+        if err.get("type") == "missing":
+            message = f"missing required parameter: {param!r}"
+        else:
+            message = f"invalid value for {param!r}: {err.get('msg')}"
+        raise InvalidRequest(message, param=param or None, code="invalid_value" if err.get("type") != "missing"
+                             else "missing_required_parameter") from None
+    if req.n is not None and req.n > max_n:
+        raise InvalidRequest(f"n must be at most {max_n}", param="n", code="invalid_value")
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = getattr(req, key)
+        if value is not None and value > max_tokens:
+            raise InvalidRequest(f"{key} must be at most {max_tokens}", param=key, code="invalid_value")
+    if isinstance(req.stop, list) and len(req.stop) > 4:
+        raise InvalidRequest("stop may hold at most 4 sequences", param="stop", code="invalid_value")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs", code="invalid_value")

@@ -1,0 +1,272 @@
+"""The engine: turns one chat-completions request into a run and an OpenAI-format answer.
+
+Two paths, one behaviour:
+- a lone `none` (passthrough) forwards the request body as it is (unknown fields included), relays
+  stream chunks as they arrive, and records the run with one background write. It skips the graph
+  runtime and the checkpointer: a single upstream call has nothing to resume, and LangGraph's
+  per-invocation cost (~1 ms measured) would double the proxy's overhead (docs/performance.md);
+- every other expression runs its compiled graph with the SQL checkpointer at durability "sync"
+  (each finished step, and each finished parallel branch, is stored before the next starts), so a
+  crashed run can be resumed from its last finished step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from optigraph.config import Settings
+from optigraph.engine.backends.router import Backends
+from optigraph.engine.compiler import CompiledExpression, Compiler
+from optigraph.engine.context import RunContext
+from optigraph.engine.expression import parse, validate
+from optigraph.engine.llm import LLM, Budget
+from optigraph.engine.registry import Registry
+from optigraph.engine.request import CONTROL_KEYS, check_request
+from optigraph.engine.selection import select
+from optigraph.engine.streaming import StreamEvent, StreamSink
+from optigraph.engine.usage import Usage, add_usage, empty_usage, openai_usage, usage_from_response
+from optigraph.errors import InvalidRequest, OptigraphError
+from optigraph.memory.records import Recorder, RunRecord, RunResult, utcnow
+
+
+@dataclass
+class Prepared:
+    """A request resolved to a run: what to run, on which backend, with which parameters."""
+
+    run_id: str
+    expression: str
+    model: str  # upstream model name (approach prefix removed)
+    messages: list[dict[str, Any]]
+    request: dict[str, Any]  # the client's other fields, forwarded
+    params: dict[str, dict[str, Any]]  # validated, by approach
+    n: int
+    stream: bool
+    include_usage: bool
+    llm: LLM
+    compiled: CompiledExpression | None  # None for the passthrough fast path
+    record: RunRecord
+    started: float
+
+
+@dataclass
+class ChatResult:
+    run_id: str
+    response: dict[str, Any]
+
+
+class Engine:
+    def __init__(self, *, settings: Settings, registry: Registry, backends: Backends, recorder: Recorder,
+                 compiler: Compiler) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.backends = backends
+        self.recorder = recorder
+        self.compiler = compiler
+        self._n_support: dict[str, bool] = {}
+
+    # ---- preparing a run ----------------------------------------------------------------------
+
+    def prepare(self, body: dict[str, Any], *, client_key: str | None) -> Prepared:
+        check_request(body, max_n=self.settings.max_n, max_tokens=self.settings.max_tokens_limit)
+        sel = select(body, known=self.registry.names(), default=self.settings.approach)
+        ast = parse(sel.expression)
+        validate(ast, self.registry.names())
+        model = sel.model or self.settings.default_model
+        backend, upstream_model = self.backends.for_model(model)
+        run_id = uuid.uuid4().hex
+        llm = LLM(backend=backend, model=upstream_model, run_id=run_id, recorder=self.recorder,
+                  api_key=client_key, retries=self.settings.upstream_retries, n_support=self._n_support,
+                  budget=Budget(max_calls=self.settings.max_upstream_calls))
+        passthrough = ast == parse("none")
+        compiled = None if passthrough else self.compiler.compile(ast)
+        names = ("none",) if compiled is None else compiled.names
+        params = self._params(body.get("optillm_params"), names)
+        for name in names:
+            missing = [need for need in self.registry.get(name).needs if not llm.caps.supports(need)]
+            if missing:
+                raise InvalidRequest(f"approach {name!r} needs {', '.join(missing)}, which the backend "
+                                     f"{backend.name!r} does not offer for model {upstream_model!r}",
+                                     param="model", code="approach_unsupported")
+        request = {k: v for k, v in body.items() if k not in CONTROL_KEYS}
+        stream = bool(body.get("stream"))
+        expression = "none" if compiled is None else compiled.text
+        record = RunRecord(id=run_id, expression=expression, model=upstream_model, request=body,
+                           checkpointed=compiled is not None, user=body.get("user"))
+        return Prepared(run_id=run_id, expression=expression, model=upstream_model, messages=sel.messages,
+                        request=request, params=params, n=int(body.get("n") or 1), stream=stream,
+                        include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+                        llm=llm, compiled=compiled, record=record, started=time.perf_counter())
+
+    def _params(self, raw: Any, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise InvalidRequest("optillm_params must be an object keyed by approach name", param="optillm_params")
+        unknown = [k for k in raw if k not in names]
+        if unknown and len(names) == 1 and not any(k in self.registry for k in raw):
+            raw = {names[0]: raw}  # a flat object is the single approach's parameters
+            unknown = []
+        if unknown:
+            raise InvalidRequest(f"optillm_params names approaches not in the expression: {', '.join(unknown)}",
+                                 param="optillm_params", code="invalid_approach_parameter")
+        return {name: self.registry.get(name).validate_params(raw.get(name)) for name in names}
+
+    # ---- non-streaming ------------------------------------------------------------------------
+
+    async def complete(self, prep: Prepared) -> ChatResult:
+        try:
+            if prep.compiled is None:
+                completion = await prep.llm.forward({**prep.request, "messages": prep.messages,
+                                                     **({"n": prep.n} if prep.n > 1 else {})}, node="passthrough")
+                choices = completion.choices
+                usage = completion.usage
+                extra = {k: completion.raw[k] for k in ("system_fingerprint", "service_tier") if k in completion.raw}
+            else:
+                self.recorder.run_started(prep.record)
+                answers, usage = await self._run_graph(prep, sink=None)
+                choices = [{"index": i, "message": a["message"], "finish_reason": a.get("finish_reason") or "stop",
+                            "logprobs": a.get("logprobs")} for i, a in enumerate(answers)]
+                extra = {}
+        except BaseException as exc:
+            self._failed(prep, exc)
+            raise
+        response = {
+            "id": f"chatcmpl-{prep.run_id}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": prep.model,
+            "choices": choices,
+            "usage": openai_usage(usage),
+            **extra,
+            "optigraph": {"run_id": prep.run_id, "approach": prep.expression, "upstream_calls": usage["calls"]},
+        }
+        self._finished(prep, usage, response)
+        return ChatResult(run_id=prep.run_id, response=response)
+
+    async def _run_graph(self, prep: Prepared, *, sink: StreamSink | None) -> tuple[list[dict[str, Any]], Usage]:
+        assert prep.compiled is not None
+        compiled = prep.compiled
+        ctx = RunContext(run_id=prep.run_id, llm=prep.llm, sink=sink)
+
+        async def one(i: int) -> dict[str, Any]:
+            thread = prep.run_id if prep.n == 1 else f"{prep.run_id}.{i}"
+            state = compiled.input(messages=prep.messages, request=prep.request, params=prep.params,
+                                   stream_choice=(i * compiled.choices) if sink is not None else None)
+            return await compiled.graph.ainvoke(state, {"configurable": {"thread_id": thread}}, context=ctx,
+                                                durability="sync")
+
+        outs = await asyncio.gather(*(one(i) for i in range(prep.n)))
+        answers = [a for out in outs for a in (out.get("answers") or [])]
+        usage = empty_usage()
+        for out in outs:
+            usage = add_usage(usage, out.get("usage"))
+        return answers, usage
+
+    # ---- streaming ----------------------------------------------------------------------------
+
+    async def stream(self, prep: Prepared) -> AsyncIterator[bytes]:
+        """SSE bytes for the response; always ends with `data: [DONE]`."""
+        created = int(time.time())
+        base = {"id": f"chatcmpl-{prep.run_id}", "object": "chat.completion.chunk", "created": created,
+                "model": prep.model}
+        try:
+            if prep.compiled is None:
+                gen = self._stream_passthrough(prep, base)
+            else:
+                self.recorder.run_started(prep.record)
+                gen = self._stream_graph(prep, base)
+            async for data in gen:
+                yield data
+        except OptigraphError as exc:
+            self._failed(prep, exc)
+            yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
+        except asyncio.CancelledError:
+            self._failed(prep, InvalidRequest("the client disconnected before the run finished", code="client_disconnected"))
+            raise
+        except Exception as exc:  # an unexpected failure still ends the stream properly and is recorded
+            self._failed(prep, exc)
+            yield b"data: " + orjson.dumps(OptigraphError(f"internal error: {type(exc).__name__}").body()) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    async def _stream_passthrough(self, prep: Prepared, base: dict[str, Any]) -> AsyncIterator[bytes]:
+        body = {**prep.request, "messages": prep.messages, "stream": True, "stream_options": {"include_usage": True},
+                **({"n": prep.n} if prep.n > 1 else {})}
+        usage: dict[str, Any] | None = None
+        async for chunk in prep.llm.forward_stream(body, node="passthrough"):
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+                if not chunk.get("choices"):
+                    continue  # the usage chunk is sent at the end, once, if asked for
+                chunk = {k: v for k, v in chunk.items() if k != "usage"}
+            chunk["id"], chunk["model"] = base["id"], base["model"]
+            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+        total = usage_from_response(usage)
+        if prep.include_usage:
+            yield self._usage_chunk(base, total, prep)
+        self._finished(prep, total, {"streamed": True, "usage": openai_usage(total)})
+
+    async def _stream_graph(self, prep: Prepared, base: dict[str, Any]) -> AsyncIterator[bytes]:
+        assert prep.compiled is not None
+        sink = StreamSink()
+        task = asyncio.create_task(self._run_graph(prep, sink=sink))
+        task.add_done_callback(lambda _: sink.close())
+        started: set[int] = set()
+        try:
+            while True:
+                event = await sink.queue.get()
+                if event is None:
+                    break
+                yield self._delta_chunk(base, event, first=event.choice not in started)
+                started.add(event.choice)
+            answers, usage = await task
+        finally:
+            if not task.done():
+                task.cancel()
+        for i, answer in enumerate(answers):
+            if i not in sink.streamed:
+                delta = {k: v for k, v in answer["message"].items() if k in ("content", "tool_calls") and v}
+                yield self._delta_chunk(base, StreamEvent(choice=i, delta=delta), first=True)
+            finish = {**base, "choices": [{"index": i, "delta": {}, "finish_reason": answer.get("finish_reason") or "stop",
+                                           "logprobs": None}]}
+            yield b"data: " + orjson.dumps(finish) + b"\n\n"
+        if prep.include_usage:
+            yield self._usage_chunk(base, usage, prep)
+        self._finished(prep, usage, {"streamed": True, "choices": answers, "usage": openai_usage(usage)})
+
+    @staticmethod
+    def _delta_chunk(base: dict[str, Any], event: StreamEvent, *, first: bool) -> bytes:
+        delta = {"role": "assistant", **event.delta} if first else event.delta
+        chunk = {**base, "choices": [{"index": event.choice, "delta": delta, "finish_reason": None,
+                                      "logprobs": event.logprobs}]}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    @staticmethod
+    def _usage_chunk(base: dict[str, Any], usage: Usage, prep: Prepared) -> bytes:
+        chunk = {**base, "choices": [], "usage": openai_usage(usage),
+                 "optigraph": {"run_id": prep.run_id, "approach": prep.expression, "upstream_calls": usage["calls"]}}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    # ---- recording ----------------------------------------------------------------------------
+
+    def _finished(self, prep: Prepared, usage: Usage, response: dict[str, Any]) -> None:
+        result = RunResult(status="completed", finished_at=utcnow(),
+                           latency_ms=(time.perf_counter() - prep.started) * 1000.0, usage=dict(usage),
+                           response=response)
+        self.recorder.run_finished(prep.run_id, result, run=prep.record if prep.compiled is None else None)
+
+    def _failed(self, prep: Prepared, exc: BaseException) -> None:
+        body = exc.body() if isinstance(exc, OptigraphError) else {"error": {"message": f"{type(exc).__name__}: {exc}",
+                                                                             "type": "server_error"}}
+        if isinstance(exc, asyncio.CancelledError):
+            body = {"error": {"message": "cancelled", "type": "cancelled"}}
+        result = RunResult(status="failed", finished_at=utcnow(),
+                           latency_ms=(time.perf_counter() - prep.started) * 1000.0,
+                           usage=dict(prep.llm.spent), error=body)
+        self.recorder.run_finished(prep.run_id, result, run=prep.record if prep.compiled is None else None)

@@ -1,0 +1,66 @@
+"""LangGraph checkpointers on the server's database: SQLite file or PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiosqlite
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from .db import SQLITE_BUSY_TIMEOUT_MS, backend_name, ensure_sqlite_dir, libpq_url, sqlite_path
+
+# Serializes the savers' own table setup when several replicas start at once.
+SETUP_LOCK_ID = int.from_bytes(hashlib.sha256(b"optigraph.checkpoints.setup").digest()[:8], "big", signed=True)
+
+
+@asynccontextmanager
+async def open_checkpointer(db_url: str, *, max_connections: int = 20) -> AsyncIterator[BaseCheckpointSaver]:
+    """Yields a ready LangGraph saver (tables created) for db_url; closes its connections on exit."""
+    backend = backend_name(db_url)
+    if backend == "sqlite":
+        async with _sqlite_saver(db_url) as saver:
+            yield saver
+    elif backend == "postgresql":
+        async with _postgres_saver(db_url, max_connections) as saver:
+            yield saver
+    else:
+        raise ValueError(f"no checkpointer for {backend} databases; use SQLite or PostgreSQL")
+
+
+@asynccontextmanager
+async def _sqlite_saver(db_url: str) -> AsyncIterator[AsyncSqliteSaver]:
+    ensure_sqlite_dir(db_url)
+    async with aiosqlite.connect(sqlite_path(db_url)) as conn:
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        saver = AsyncSqliteSaver(conn)
+        await saver.setup()
+        yield saver
+
+
+@asynccontextmanager
+async def _postgres_saver(db_url: str, max_connections: int) -> AsyncIterator[AsyncPostgresSaver]:
+    conninfo = libpq_url(db_url)
+    # What AsyncPostgresSaver requires of its connections.
+    kwargs = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+    async with AsyncConnectionPool(
+        conninfo, kwargs=kwargs, min_size=1, max_size=max_connections, open=False, name="optigraph-checkpoints"
+    ) as pool:
+        saver = AsyncPostgresSaver(pool)
+        # setup() is not safe to run concurrently (CREATE TABLE IF NOT EXISTS races, duplicate
+        # migration rows), so hold a session lock on a side connection while it runs.
+        async with await AsyncConnection.connect(conninfo, autocommit=True) as lock_conn:
+            await lock_conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_ID,))
+            try:
+                await saver.setup()
+            finally:
+                await lock_conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_ID,))
+        yield saver

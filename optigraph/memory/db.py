@@ -1,0 +1,109 @@
+"""Database URLs and engines: one user-facing URL, the right driver for each use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+# Drivers that can only be used from asyncio, and the defaults picked when a URL names none.
+_ASYNC_ONLY = {"aiosqlite", "asyncpg", "psycopg_async"}
+_ASYNC_CAPABLE = {"aiosqlite", "asyncpg", "psycopg", "psycopg_async"}
+_DEFAULT_ASYNC = {"sqlite": "aiosqlite", "postgresql": "psycopg"}
+_DEFAULT_SYNC = {"sqlite": None, "postgresql": "psycopg"}
+
+
+def _parse(db_url: str) -> URL:
+    url = make_url(db_url)
+    if url.drivername.partition("+")[0] == "postgres":
+        url = url.set(drivername="postgresql" + url.drivername[len("postgres") :])
+    return url
+
+
+def _with_driver(url: URL, driver: str | None) -> str:
+    drivername = url.get_backend_name() + (f"+{driver}" if driver else "")
+    return url.set(drivername=drivername).render_as_string(hide_password=False)
+
+
+def backend_name(db_url: str) -> str:
+    """'sqlite' or 'postgresql' (or another SQLAlchemy backend name)."""
+    return _parse(db_url).get_backend_name()
+
+
+def async_url(db_url: str) -> str:
+    """The SQLAlchemy URL for an asyncio engine (sqlite+aiosqlite, postgresql+psycopg)."""
+    url = _parse(db_url)
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    if "+" in url.drivername and driver in _ASYNC_CAPABLE:
+        return url.render_as_string(hide_password=False)
+    if backend not in _DEFAULT_ASYNC:
+        raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path or postgresql://...")
+    return _with_driver(url, _DEFAULT_ASYNC[backend])
+
+
+def sync_url(db_url: str) -> str:
+    """The SQLAlchemy URL for a blocking engine (sqlite, postgresql+psycopg), e.g. for migrations."""
+    url = _parse(db_url)
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    if "+" in url.drivername and driver not in _ASYNC_ONLY:
+        return url.render_as_string(hide_password=False)
+    if backend not in _DEFAULT_SYNC:
+        raise ValueError(f"unsupported database URL {url!r}: use sqlite:///path or postgresql://...")
+    return _with_driver(url, _DEFAULT_SYNC[backend])
+
+
+def libpq_url(db_url: str) -> str:
+    """A plain postgresql:// connection string for psycopg itself (no SQLAlchemy driver suffix)."""
+    url = _parse(db_url)
+    if url.get_backend_name() != "postgresql":
+        raise ValueError(f"not a PostgreSQL URL: {url!r}")
+    return _with_driver(url, None)
+
+
+def sqlite_path(db_url: str) -> str:
+    """The file a SQLite URL names, or ':memory:'."""
+    url = _parse(db_url)
+    if url.get_backend_name() != "sqlite":
+        raise ValueError(f"not a SQLite URL: {url!r}")
+    return url.database or ":memory:"
+
+
+def ensure_sqlite_dir(db_url: str) -> None:
+    """Creates the folder that will hold a SQLite file."""
+    path = sqlite_path(db_url)
+    if path != ":memory:" and not path.startswith("file:"):
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def json_dumps(value: Any) -> str:
+    # Traces hold whatever a node sent upstream; anything orjson cannot encode is stored as its str().
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # durable with WAL, much cheaper than FULL
+    finally:
+        cursor.close()
+
+
+def create_engine_for(db_url: str, **kwargs: Any) -> AsyncEngine:
+    """An AsyncEngine for the user's URL. SQLite gets WAL and a busy timeout on every connection."""
+    kwargs.setdefault("json_serializer", json_dumps)
+    kwargs.setdefault("json_deserializer", orjson.loads)
+    if backend_name(db_url) == "sqlite":
+        ensure_sqlite_dir(db_url)
+        engine = create_async_engine(async_url(db_url), **kwargs)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_async_engine(async_url(db_url), **kwargs)

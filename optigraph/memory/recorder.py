@@ -1,0 +1,295 @@
+"""A Recorder that writes runs and upstream calls to SQL from one background task.
+
+The engine's calls only append to a queue (O(1), no awaits). The writer wakes up, takes whatever
+accumulated, and writes it in one transaction, so a busy server pays one commit per batch rather
+than one per record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .records import CallRecord, RunRecord, RunResult
+from .tables import RUNS, UPSTREAM_CALLS
+
+logger = logging.getLogger(__name__)
+
+FINISH_COLUMNS = (
+    "status",
+    "finished_at",
+    "latency_ms",
+    "response",
+    "error",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "calls",
+)
+
+
+@dataclass(slots=True)
+class _Started:
+    run: RunRecord
+
+
+@dataclass(slots=True)
+class _Finished:
+    run_id: str
+    result: RunResult
+    run: RunRecord | None
+
+
+@dataclass(slots=True)
+class _Call:
+    record: CallRecord
+
+
+@dataclass(slots=True)
+class _Flush:
+    done: asyncio.Future[None]
+
+
+_Item = _Started | _Finished | _Call | _Flush
+
+
+def run_row(run: RunRecord) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "parent_id": run.parent_id,
+        "expression": run.expression,
+        "model": run.model,
+        "status": run.status,
+        "request": run.request,
+        "created_at": run.created_at,
+        "checkpointed": run.checkpointed,
+        "user": run.user,
+    }
+
+
+def finish_values(result: RunResult) -> dict[str, Any]:
+    usage = result.usage or {}
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    return {
+        "status": result.status,
+        "finished_at": result.finished_at,
+        "latency_ms": result.latency_ms,
+        "response": result.response,
+        "error": result.error,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "reasoning_tokens": int(usage.get("reasoning_tokens") or 0),
+        "total_tokens": int(usage.get("total_tokens") or prompt + completion),
+        "calls": int(usage.get("calls") or 0),
+    }
+
+
+def call_row(call: CallRecord) -> dict[str, Any]:
+    return {
+        "run_id": call.run_id,
+        "node": call.node,
+        "backend": call.backend,
+        "model": call.model,
+        "started_at": call.started_at,
+        "latency_ms": call.latency_ms,
+        "status": call.status,
+        "request": call.request,
+        "response": call.response,
+        "prompt_tokens": call.prompt_tokens,
+        "completion_tokens": call.completion_tokens,
+        "reasoning_tokens": call.reasoning_tokens,
+        "error": call.error,
+        "attempt": call.attempt,
+    }
+
+
+class SqlRecorder:
+    """Records runs and calls in the `runs` and `upstream_calls` tables (see memory/tables.py).
+
+    Call `start()` from the event loop (or let the first record start it) and `await aclose()` at
+    shutdown, which writes everything still queued. The engine is borrowed, not disposed.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 1000, max_queue: int = 100_000) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._max_queue = max_queue
+        self._queue: deque[_Item] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False  # after aclose(), records wait for an explicit start() or flush()
+        self._dropped = 0
+        dialect = engine.dialect.name
+        if dialect == "postgresql":
+            self._insert = postgresql.insert
+        elif dialect == "sqlite":
+            self._insert = sqlite.insert
+        else:
+            raise ValueError(f"SqlRecorder supports SQLite and PostgreSQL, not {dialect}")
+
+    # -- the Recorder interface: called on the hot path, so append and return -----------------
+
+    def run_started(self, run: RunRecord) -> None:
+        self._put(_Started(run))
+
+    def run_finished(self, run_id: str, result: RunResult, *, run: RunRecord | None = None) -> None:
+        self._put(_Finished(run_id, result, run))
+
+    def call(self, record: CallRecord) -> None:
+        self._put(_Call(record))
+
+    async def flush(self) -> None:
+        """Waits until everything queued before this call has been written (or failed and logged)."""
+        if self._task is None or self._task.done():
+            while self._queue:  # no writer running (closed, or never started): write inline
+                await self._write(self._take())
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Flush(done))
+        self._wake()
+        await done
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts the writer task on the running loop (idempotent)."""
+        if self._task is not None and not self._task.done():
+            return
+        self._closed = False
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._writer(), name="optigraph-recorder")
+
+    async def aclose(self) -> None:
+        """Writes what is queued, then stops the writer."""
+        self._closed = True
+        task = self._task
+        if task is not None and not task.done():
+            self._wake()
+            await task
+        self._task = None
+        while self._queue:  # records queued while no writer was running
+            await self._write(self._take())
+
+    async def __aenter__(self) -> SqlRecorder:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- the writer ----------------------------------------------------------------------------
+
+    def _put(self, item: _Item) -> None:
+        if len(self._queue) >= self._max_queue:
+            self._dropped += 1
+            if self._dropped == 1 or self._dropped % 1000 == 0:
+                logger.warning("recorder queue full (%d); dropped %d records so far", self._max_queue, self._dropped)
+            return
+        self._queue.append(item)
+        if (self._task is None or self._task.done()) and not self._closed:
+            try:
+                self.start()
+            except RuntimeError:  # no running loop: the record waits for start() or aclose()
+                return
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.is_set():
+            self._wakeup.set()
+
+    def _take(self) -> list[_Item]:
+        queue, n = self._queue, min(len(self._queue), self._max_batch)
+        return [queue.popleft() for _ in range(n)]
+
+    async def _writer(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._write(self._take())
+
+    async def _write(self, batch: list[_Item]) -> None:
+        flushes = [item.done for item in batch if isinstance(item, _Flush)]
+        records = [item for item in batch if not isinstance(item, _Flush)]
+        try:
+            if records:
+                try:
+                    async with self._engine.begin() as conn:
+                        await self._write_records(conn, records)
+                except Exception as exc:
+                    if len(records) == 1:
+                        self._log_dropped(records[0], exc)
+                    else:
+                        logger.exception("writing %d run/call records failed; retrying them one by one", len(records))
+                        await self._write_one_by_one(records)
+        except BaseException:
+            for done in flushes:
+                if not done.done():
+                    done.set_exception(RuntimeError("recorder writer was cancelled"))
+            raise
+        for done in flushes:
+            if not done.done():
+                done.set_result(None)
+
+    async def _write_one_by_one(self, records: list[_Item]) -> None:
+        for record in records:
+            try:
+                async with self._engine.begin() as conn:
+                    await self._write_records(conn, [record])
+            except Exception as exc:
+                self._log_dropped(record, exc)
+
+    @staticmethod
+    def _log_dropped(record: _Item, exc: BaseException) -> None:
+        kind = type(record).__name__.strip("_").lower()
+        logger.error("dropped a %s record that cannot be written: %s", kind, exc, exc_info=exc)
+
+    async def _write_records(self, conn: AsyncConnection, records: list[_Item]) -> None:
+        started: dict[str, dict[str, Any]] = {}  # runs to insert as running
+        complete: dict[str, dict[str, Any]] = {}  # whole rows: started in this batch or passed with run=
+        finished: dict[str, dict[str, Any]] = {}  # finish fields for rows written by an earlier batch
+        calls: list[dict[str, Any]] = []
+        for item in records:
+            if isinstance(item, _Call):
+                calls.append(call_row(item.record))
+            elif isinstance(item, _Started):
+                started[item.run.id] = run_row(item.run)
+            elif isinstance(item, _Finished):
+                values = finish_values(item.result)
+                row = started.pop(item.run_id, None) or complete.get(item.run_id)
+                if row is None and item.run is not None:
+                    row = run_row(item.run)
+                if row is not None:
+                    complete[item.run_id] = {**row, **values, "id": item.run_id}
+                else:
+                    finished[item.run_id] = {"_id": item.run_id, **{f"_{c}": v for c, v in values.items()}}
+
+        if started:
+            stmt = self._insert(RUNS).on_conflict_do_nothing(index_elements=["id"])
+            await conn.execute(stmt, list(started.values()))
+        if complete:
+            stmt = self._insert(RUNS)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["id"], set_={c: stmt.excluded[c] for c in FINISH_COLUMNS}
+            )
+            await conn.execute(stmt, list(complete.values()))
+        if finished:
+            stmt = update(RUNS).where(RUNS.c.id == bindparam("_id")).values(
+                {c: bindparam(f"_{c}") for c in FINISH_COLUMNS}
+            )
+            await conn.execute(stmt, list(finished.values()))
+        if calls:
+            await conn.execute(UPSTREAM_CALLS.insert(), calls)

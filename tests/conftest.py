@@ -1,0 +1,59 @@
+"""Fixtures shared by the whole test suite."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _postgres_bin_dir() -> Path | None:
+    """The newest Debian PostgreSQL install (/usr/lib/postgresql/<version>/bin), if any."""
+    found = [Path(p).parent for p in glob.glob("/usr/lib/postgresql/*/bin/initdb")]
+    found += [Path(p).parent for p in (shutil.which("initdb"),) if p]
+    found = [d for d in found if (d / "pg_ctl").exists()]
+    return max(found, key=lambda d: [int(x) for x in d.parent.name.split(".") if x.isdigit()] or [0], default=None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server for the session: postgresql://postgres@127.0.0.1:PORT/postgres."""
+    bin_dir = _postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not found (apt-get install -y postgresql)")
+    # PostgreSQL refuses to run as root: run it as the postgres system user, which owns the temp dir.
+    as_user: list[str] = []
+    root = tempfile.mkdtemp(prefix="optigraph-pg-")
+    if os.geteuid() == 0:
+        shutil.chown(root, user="postgres", group="postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, log, port = os.path.join(root, "data"), os.path.join(root, "server.log"), _free_port()
+
+    def pg(tool: str, *args: str) -> None:
+        subprocess.run([*as_user, str(bin_dir / tool), *args], check=True, capture_output=True, timeout=60)
+
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    try:
+        pg("initdb", "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
+        pg("pg_ctl", "-D", data, "-l", log, "-o", options, "-w", "start")
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"could not start PostgreSQL: {exc.stderr.decode(errors='replace')}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+
+from optigraph.memory.db import sync_url
+from optigraph.memory.migrate import upgrade_schema
+from optigraph.memory.tables import Base
+
+
+def _tables_and_version(db_url: str) -> tuple[set[str], list[str]]:
+    engine = create_engine(sync_url(db_url))
+    try:
+        with engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+            versions = [row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))]
+        return tables, versions
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_creates_tables_and_is_idempotent(db_url: str) -> None:
+    upgrade_schema(db_url)
+    tables, versions = _tables_and_version(db_url)
+    assert {"runs", "upstream_calls", "alembic_version"} <= tables
+    assert versions == ["0001"]
+
+    upgrade_schema(db_url)
+    assert _tables_and_version(db_url) == (tables, versions)
+
+
+def test_migrations_match_models(db_url: str) -> None:
+    upgrade_schema(db_url)
+    engine = create_engine(sync_url(db_url))
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+            indexes = {ix["name"] for ix in inspect(conn).get_indexes("runs")}
+            assert {"ix_runs_status", "ix_runs_created_at", "ix_runs_expression"} <= indexes
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_upgrades_from_several_processes(db_url: str) -> None:
+    code = "import sys; from optigraph.memory.migrate import upgrade_schema; upgrade_schema(sys.argv[1])"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, db_url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=60)[0].decode(errors="replace") for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    tables, versions = _tables_and_version(db_url)
+    assert {"runs", "upstream_calls"} <= tables
+    assert versions == ["0001"]

@@ -1,0 +1,170 @@
+"""A scripted LLM backend for tests: replies come from a function of the request body.
+
+`ScriptedBackend(responder)` implements the Backend protocol. The responder gets the request body
+plus `choice_index` (which of the n choices) and `call_index` (arrival order of the call), and
+returns the reply text, a dict (`content`, optional `finish_reason` / `tool_calls`), or an
+Exception instance to raise instead of answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from langgraph.graph import StateGraph
+
+from optigraph.engine.backends.base import Capabilities
+from optigraph.engine.context import RunContext
+from optigraph.engine.llm import LLM, message_text
+from optigraph.engine.registry import ApproachSpec
+from optigraph.engine.streaming import StreamSink
+from optigraph.memory.records import NullRecorder
+
+Reply = str | dict[str, Any] | BaseException
+Responder = Callable[[dict[str, Any]], Reply]
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """A deterministic prompt token count: words in every message, plus 1 per message."""
+    return sum(len(message_text(m).split()) + 1 for m in body.get("messages") or ())
+
+
+def last_user(body: dict[str, Any]) -> str:
+    for m in reversed(body.get("messages") or ()):
+        if m.get("role") == "user":
+            return message_text(m)
+    return ""
+
+
+def replies(*texts: Reply) -> Responder:
+    """A responder returning `texts` in call order (repeating the last)."""
+    counter = itertools.count()
+
+    def respond(body: dict[str, Any]) -> Reply:
+        return texts[min(next(counter), len(texts) - 1)]
+
+    return respond
+
+
+class ScriptedBackend:
+    name = "scripted"
+
+    def __init__(
+        self,
+        responder: Responder | None = None,
+        *,
+        latency: float = 0.0,
+        capabilities: Capabilities | dict[str, Any] | None = None,
+    ) -> None:
+        self.responder: Responder = responder or (lambda body: "ok")
+        self.latency = latency
+        if isinstance(capabilities, dict):
+            capabilities = replace(Capabilities(), **capabilities)
+        self.caps = capabilities or Capabilities()
+        self.calls: list[dict[str, Any]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._counter = itertools.count()
+
+    def capabilities(self, model: str) -> Capabilities:
+        return self.caps
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _enter(self, body: dict[str, Any]) -> int:
+        self.calls.append(body)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        return next(self._counter)
+
+    def _choices(self, body: dict[str, Any], call_index: int) -> list[dict[str, Any]]:
+        n = int(body.get("n") or 1) if self.caps.n_sampling else 1
+        choices = []
+        for i in range(n):
+            reply = self.responder({**body, "choice_index": i, "call_index": call_index})
+            if isinstance(reply, BaseException):
+                raise reply
+            if isinstance(reply, str):
+                reply = {"content": reply}
+            message: dict[str, Any] = {"role": "assistant", "content": reply.get("content")}
+            if reply.get("tool_calls"):
+                message["tool_calls"] = reply["tool_calls"]
+            choices.append({"index": i, "message": message, "finish_reason": reply.get("finish_reason", "stop")})
+        return choices
+
+    @staticmethod
+    def _usage(body: dict[str, Any], choices: Sequence[dict[str, Any]]) -> dict[str, int]:
+        prompt = prompt_tokens(body)
+        completion = sum(len((c["message"].get("content") or "").split()) for c in choices)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    # ---- Backend protocol ---------------------------------------------------------------------
+
+    async def complete(self, body: dict[str, Any], *, api_key: str | None = None) -> dict[str, Any]:
+        call_index = self._enter(body)
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            choices = self._choices(body, call_index)
+            return {
+                "id": f"chatcmpl-{call_index}",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body.get("model", "m"),
+                "choices": choices,
+                "usage": self._usage(body, choices),
+            }
+        finally:
+            self.in_flight -= 1
+
+    async def stream(self, body: dict[str, Any], *, api_key: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        call_index = self._enter(body)
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            choices = self._choices(body, call_index)
+            base = {"id": f"chatcmpl-{call_index}", "object": "chat.completion.chunk", "created": 0, "model": body.get("model", "m")}
+            for c in choices:
+                yield {**base, "choices": [{"index": c["index"], "delta": {"role": "assistant"}, "finish_reason": None}]}
+                words = (c["message"].get("content") or "").split(" ")
+                for j, word in enumerate(words):
+                    piece = word if j == 0 else " " + word
+                    yield {**base, "choices": [{"index": c["index"], "delta": {"content": piece}, "finish_reason": None}]}
+                yield {**base, "choices": [{"index": c["index"], "delta": {}, "finish_reason": c["finish_reason"]}]}
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield {**base, "choices": [], "usage": self._usage(body, choices)}
+        finally:
+            self.in_flight -= 1
+
+    async def list_models(self, *, api_key: str | None = None) -> list[dict[str, Any]]:
+        return [{"id": "m", "object": "model", "owned_by": "scripted"}]
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def run_approach(
+    spec_or_graph: ApproachSpec | StateGraph,
+    messages: list[dict[str, Any]],
+    backend: ScriptedBackend,
+    *,
+    request: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+    sink: StreamSink | None = None,
+    stream_choice: int | None = None,
+) -> tuple[dict[str, Any], ScriptedBackend]:
+    """Compiles the approach's graph (no checkpointer) and runs it once against `backend`."""
+    if isinstance(spec_or_graph, ApproachSpec):
+        graph, validated = spec_or_graph.build(), spec_or_graph.validate_params(params)
+    else:
+        graph, validated = spec_or_graph, dict(params or {})
+    llm = LLM(backend=backend, model="m", run_id="t", recorder=NullRecorder())
+    context = RunContext(run_id="t", llm=llm, sink=sink)
+    state = await graph.compile().ainvoke(
+        {"messages": messages, "request": request or {}, "params": validated, "stream_choice": stream_choice},
+        context=context,
+    )
+    return state, backend

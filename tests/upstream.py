@@ -1,0 +1,155 @@
+"""A fake OpenAI-compatible upstream over real HTTP, for tests and benchmarks (never shipped).
+
+`make_app(responder, latency=..., n_support=...)` builds a Starlette app; `ServerThread` runs any ASGI
+app with uvicorn on a loopback port in a background thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+Responder = Callable[[dict[str, Any], int], "str | dict[str, Any] | Exception"]
+
+
+def echo_responder(body: dict[str, Any], index: int) -> str:
+    """Answers with the last user message's text (list content too)."""
+    for m in reversed(body.get("messages") or []):
+        if m.get("role") == "user":
+            c = m.get("content")
+            if isinstance(c, list):
+                c = "".join(p.get("text", "") for p in c if isinstance(p, dict))
+            return f"echo: {c}"
+    return "echo"
+
+
+@dataclass
+class UpstreamLog:
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+
+class HTTPFailure(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def make_app(responder: Responder = echo_responder, *, latency: float = 0.0, n_support: bool = True,
+             log: UpstreamLog | None = None, model_ids: tuple[str, ...] = ("fake-model",)) -> Starlette:
+    log = log if log is not None else UpstreamLog()
+
+    def reply(body: dict[str, Any], i: int) -> dict[str, Any]:
+        out = responder(body, i)
+        if isinstance(out, Exception):
+            raise out
+        if isinstance(out, str):
+            return {"role": "assistant", "content": out}
+        return {"role": "assistant", **out}
+
+    async def chat(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        log.bodies.append(body)
+        log.headers.append(dict(request.headers))
+        log.in_flight += 1
+        log.max_in_flight = max(log.max_in_flight, log.in_flight)
+        try:
+            if latency:
+                await asyncio.sleep(latency)
+            n = int(body.get("n") or 1) if n_support else 1
+            try:
+                messages = [reply(body, i) for i in range(n)]
+            except HTTPFailure as exc:
+                return Response(orjson.dumps({"error": {"message": exc.message, "type": "upstream"}}),
+                                status_code=exc.status, media_type="application/json")
+        finally:
+            log.in_flight -= 1
+        prompt = sum(len(str(m.get("content") or "").split()) for m in body.get("messages") or [])
+        completion = sum(len((m.get("content") or "").split()) for m in messages)
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        choices = [{"index": i, "message": m, "finish_reason": "tool_calls" if m.get("tool_calls") else "stop",
+                    "logprobs": None} for i, m in enumerate(messages)]
+        if body.get("stream"):
+            return StreamingResponse(_sse(body, choices, usage), media_type="text/event-stream")
+        return Response(orjson.dumps({"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                                      "model": body.get("model"), "choices": choices, "usage": usage,
+                                      "system_fingerprint": "fp_fake"}), media_type="application/json")
+
+    async def _sse(body: dict[str, Any], choices: list[dict[str, Any]], usage: dict[str, Any]):
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": body.get("model")}
+        for c in choices:
+            m = c["message"]
+            yield b"data: " + orjson.dumps({**base, "choices": [{"index": c["index"], "delta": {"role": "assistant"}}]}) + b"\n\n"
+            for word in (m.get("content") or "").split(" "):
+                if word:
+                    piece = word if word == (m.get("content") or "").split(" ")[0] else " " + word
+                    yield b"data: " + orjson.dumps({**base, "choices": [{"index": c["index"], "delta": {"content": piece}}]}) + b"\n\n"
+            for k, tc in enumerate(m.get("tool_calls") or []):
+                args = tc["function"]["arguments"]
+                half = len(args) // 2
+                yield b"data: " + orjson.dumps({**base, "choices": [{"index": c["index"], "delta": {"tool_calls": [
+                    {"index": k, "id": tc["id"], "type": "function", "function": {"name": tc["function"]["name"], "arguments": args[:half]}}]}}]}) + b"\n\n"
+                yield b"data: " + orjson.dumps({**base, "choices": [{"index": c["index"], "delta": {"tool_calls": [
+                    {"index": k, "function": {"arguments": args[half:]}}]}}]}) + b"\n\n"
+            yield b"data: " + orjson.dumps({**base, "choices": [{"index": c["index"], "delta": {}, "finish_reason": c["finish_reason"]}]}) + b"\n\n"
+        if (body.get("stream_options") or {}).get("include_usage"):
+            yield b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    async def models(_: Request) -> Response:
+        return Response(orjson.dumps({"object": "list", "data": [{"id": m, "object": "model", "created": 0,
+                                                                   "owned_by": "fake"} for m in model_ids]}),
+                        media_type="application/json")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models)])
+    app.state.log = log
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """Runs an ASGI app with uvicorn on 127.0.0.1 in a daemon thread."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.time() > deadline:
+                raise RuntimeError("server failed to start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
