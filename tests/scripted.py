@@ -64,13 +64,19 @@ class ScriptedBackend:
         if isinstance(capabilities, dict):
             capabilities = replace(Capabilities(), **capabilities)
         self.caps = capabilities or Capabilities()
-        self.calls: list[dict[str, Any]] = []
+        self.calls: list[dict[str, Any]] = []  # every request body received, in arrival order
+        self.usages: list[dict[str, int]] = []  # the usage of every successful response
         self.in_flight = 0
         self.max_in_flight = 0
         self._counter = itertools.count()
 
     def capabilities(self, model: str) -> Capabilities:
         return self.caps
+
+    def total_usage(self) -> dict[str, int]:
+        """Sum of every successful response's usage, and the number of such calls."""
+        keys = ("prompt_tokens", "completion_tokens", "total_tokens")
+        return {**{k: sum(u[k] for u in self.usages) for k in keys}, "calls": len(self.usages)}
 
     # ---- helpers ------------------------------------------------------------------------------
 
@@ -109,13 +115,15 @@ class ScriptedBackend:
             if self.latency:
                 await asyncio.sleep(self.latency)
             choices = self._choices(body, call_index)
+            usage = self._usage(body, choices)
+            self.usages.append(usage)
             return {
                 "id": f"chatcmpl-{call_index}",
                 "object": "chat.completion",
                 "created": 0,
                 "model": body.get("model", "m"),
                 "choices": choices,
-                "usage": self._usage(body, choices),
+                "usage": usage,
             }
         finally:
             self.in_flight -= 1
@@ -126,6 +134,8 @@ class ScriptedBackend:
             if self.latency:
                 await asyncio.sleep(self.latency)
             choices = self._choices(body, call_index)
+            usage = self._usage(body, choices)
+            self.usages.append(usage)
             base = {"id": f"chatcmpl-{call_index}", "object": "chat.completion.chunk", "created": 0, "model": body.get("model", "m")}
             for c in choices:
                 yield {**base, "choices": [{"index": c["index"], "delta": {"role": "assistant"}, "finish_reason": None}]}
@@ -135,7 +145,7 @@ class ScriptedBackend:
                     yield {**base, "choices": [{"index": c["index"], "delta": {"content": piece}, "finish_reason": None}]}
                 yield {**base, "choices": [{"index": c["index"], "delta": {}, "finish_reason": c["finish_reason"]}]}
             if (body.get("stream_options") or {}).get("include_usage"):
-                yield {**base, "choices": [], "usage": self._usage(body, choices)}
+                yield {**base, "choices": [], "usage": usage}
         finally:
             self.in_flight -= 1
 
