@@ -28,6 +28,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reap_orphan_postgres(bin_dir: Path, as_user: list[str]) -> None:
+    """Stops servers whose test run was killed before its teardown (each dir records its owner pid)."""
+    for owner in glob.glob(os.path.join(tempfile.gettempdir(), "optigraph-pg-*", "owner.pid")):
+        root = os.path.dirname(owner)
+        try:
+            pid = int(Path(owner).read_text())
+        except (OSError, ValueError):
+            continue
+        if not _pid_alive(pid):
+            data = os.path.join(root, "data")
+            subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True, timeout=60)
+            shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL server for the session: postgresql://postgres@127.0.0.1:PORT/postgres."""
@@ -40,6 +64,8 @@ def postgres_url() -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(root, user="postgres", group="postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
+    _reap_orphan_postgres(bin_dir, as_user)
+    Path(root, "owner.pid").write_text(str(os.getpid()))
     data, log, port = os.path.join(root, "data"), os.path.join(root, "server.log"), _free_port()
 
     def pg(tool: str, *args: str) -> None:

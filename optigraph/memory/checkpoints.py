@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -58,9 +59,19 @@ async def _postgres_saver(db_url: str, max_connections: int) -> AsyncIterator[As
         # setup() is not safe to run concurrently (CREATE TABLE IF NOT EXISTS races, duplicate
         # migration rows), so hold a session lock on a side connection while it runs.
         async with await AsyncConnection.connect(conninfo, autocommit=True) as lock_conn:
-            await lock_conn.execute("SELECT pg_advisory_lock(%s)", (SETUP_LOCK_ID,))
+            await _advisory_lock(lock_conn, SETUP_LOCK_ID)
             try:
                 await saver.setup()
             finally:
                 await lock_conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK_ID,))
         yield saver
+
+
+async def _advisory_lock(conn: AsyncConnection, key: int) -> None:
+    # Polls rather than blocking in pg_advisory_lock: a blocked statement holds a snapshot, and
+    # the saver's CREATE INDEX CONCURRENTLY in the lock holder would wait for it forever.
+    while True:
+        row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))).fetchone()
+        if row and row[0]:
+            return
+        await asyncio.sleep(0.05)

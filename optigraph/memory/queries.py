@@ -50,7 +50,10 @@ async def list_runs(
 
 
 async def get_run(engine: AsyncEngine, run_id: str) -> dict[str, Any] | None:
-    """One run with `calls`: its upstream calls in the order they started; None if unknown."""
+    """One run's fields plus `upstream_calls`, its calls in the order they started; None if unknown.
+
+    (`calls` is the run's own column: how many upstream calls it made.)
+    """
     async with engine.connect() as conn:
         run = (await conn.execute(select(RUNS).where(RUNS.c.id == run_id))).mappings().one_or_none()
         if run is None:
@@ -60,4 +63,4 @@ async def get_run(engine: AsyncEngine, run_id: str) -> dict[str, Any] | None:
             .where(UPSTREAM_CALLS.c.run_id == run_id)
             .order_by(UPSTREAM_CALLS.c.started_at, UPSTREAM_CALLS.c.id)
         )
-        return {**run, "calls": [dict(row) for row in calls.mappings()]}
+        return {**run, "upstream_calls": [dict(row) for row in calls.mappings()]}

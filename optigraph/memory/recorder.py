@@ -212,14 +212,21 @@ class SqlRecorder:
 
     async def _writer(self) -> None:
         assert self._wakeup is not None
-        while True:
-            if not self._queue:
-                if self._closed:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            await self._write(self._take())
+        try:
+            while True:
+                if not self._queue:
+                    if self._closed:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                await self._write(self._take())
+        except asyncio.CancelledError:
+            # Nobody will write what is left; release whoever waits in flush().
+            for item in self._queue:
+                if isinstance(item, _Flush) and not item.done.done():
+                    item.done.set_exception(RuntimeError("recorder writer was cancelled"))
+            raise
 
     async def _write(self, batch: list[_Item]) -> None:
         flushes = [item.done for item in batch if isinstance(item, _Flush)]

@@ -1,0 +1,232 @@
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from optigraph.memory.db import create_engine_for
+from optigraph.memory.queries import get_run, list_runs
+from optigraph.memory.records import CallRecord, RunRecord, RunResult
+from optigraph.memory.recorder import SqlRecorder
+from optigraph.memory.tables import RUNS, UPSTREAM_CALLS
+
+T0 = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
+USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "reasoning_tokens": 2, "calls": 2}
+
+
+def a_run(run_id: str = "run-1", **kw) -> RunRecord:
+    return RunRecord(
+        id=run_id,
+        expression=kw.pop("expression", "bon&re2"),
+        model=kw.pop("model", "gpt-x"),
+        request={"messages": [{"role": "user", "content": "hi"}], "n": 1},
+        created_at=kw.pop("created_at", T0),
+        **kw,
+    )
+
+
+def a_result(status: str = "completed") -> RunResult:
+    return RunResult(
+        status=status,
+        finished_at=T0 + timedelta(seconds=2),
+        latency_ms=2000.5,
+        usage=USAGE,
+        response={"choices": [{"message": {"content": "hello"}}]},
+    )
+
+
+def a_call(run_id: str = "run-1", node: str | None = "sample", offset_ms: int = 0, **kw) -> CallRecord:
+    return CallRecord(
+        run_id=run_id,
+        node=node,  # type: ignore[arg-type]
+        backend="openai",
+        model="gpt-x",
+        started_at=T0 + timedelta(milliseconds=offset_ms),
+        latency_ms=12.5,
+        status=kw.pop("status", "ok"),
+        request={"messages": [{"role": "user", "content": "hi"}]},
+        response={"choices": [{"text": "hello", "finish_reason": "stop"}]},
+        prompt_tokens=5,
+        completion_tokens=3,
+        **kw,
+    )
+
+
+async def count(engine: AsyncEngine, table) -> int:
+    async with engine.connect() as conn:
+        return (await conn.execute(select(func.count()).select_from(table))).scalar_one()
+
+
+async def test_runs_and_calls_survive_reopening(engine: AsyncEngine, db_url: str) -> None:
+    recorder = SqlRecorder(engine)
+    recorder.start()
+    recorder.run_started(a_run(user="alice", parent_id="run-0", checkpointed=True))
+    recorder.call(a_call(node="rate", offset_ms=20))
+    recorder.call(a_call(node="sample", offset_ms=10))
+    recorder.call(a_call(node="rate", offset_ms=20, status="error", error="timeout", attempt=2))
+    recorder.run_finished("run-1", a_result())
+    await recorder.aclose()
+    await engine.dispose()
+
+    reopened = create_engine_for(db_url)
+    try:
+        run = await get_run(reopened, "run-1")
+    finally:
+        await reopened.dispose()
+    assert run is not None
+    assert run["status"] == "completed"
+    assert run["expression"] == "bon&re2" and run["model"] == "gpt-x" and run["user"] == "alice"
+    assert run["parent_id"] == "run-0" and run["checkpointed"] is True
+    assert run["request"]["messages"][0]["content"] == "hi"
+    assert run["response"] == {"choices": [{"message": {"content": "hello"}}]}
+    assert run["created_at"] == T0 and run["created_at"].tzinfo is not None
+    assert run["finished_at"] == T0 + timedelta(seconds=2)
+    assert run["latency_ms"] == 2000.5
+    assert (run["prompt_tokens"], run["completion_tokens"], run["total_tokens"]) == (10, 5, 15)
+    assert (run["reasoning_tokens"], run["calls"]) == (2, 2)
+    assert [(c["node"], c["attempt"]) for c in run["upstream_calls"]] == [("sample", 1), ("rate", 1), ("rate", 2)]
+    failed = run["upstream_calls"][2]
+    assert failed["status"] == "error" and failed["error"] == "timeout"
+    assert run["upstream_calls"][0]["response"]["choices"][0]["finish_reason"] == "stop"
+    assert run["upstream_calls"][0]["started_at"] == T0 + timedelta(milliseconds=10)
+
+
+async def test_methods_only_enqueue_and_flush_writes_everything_before_it(engine: AsyncEngine) -> None:
+    recorder = SqlRecorder(engine)
+    try:
+        for i in range(50):
+            assert recorder.run_started(a_run(f"run-{i}")) is None
+            assert recorder.call(a_call(f"run-{i}")) is None
+        await recorder.flush()
+        assert await count(engine, RUNS) == 50
+        assert await count(engine, UPSTREAM_CALLS) == 50
+
+        recorder.run_finished("run-7", a_result("failed"))
+        await recorder.flush()
+        assert (await get_run(engine, "run-7"))["status"] == "failed"
+        await recorder.flush()  # nothing queued: returns at once
+    finally:
+        await recorder.aclose()
+
+
+async def test_finish_with_run_inserts_a_complete_row(engine: AsyncEngine) -> None:
+    async with SqlRecorder(engine) as recorder:
+        recorder.run_finished("fast-1", a_result(), run=a_run("fast-1", expression="none"))
+        # also when the start was recorded (and written) earlier: the row is completed, not duplicated
+        recorder.run_started(a_run("slow-1"))
+        await recorder.flush()
+        recorder.run_finished("slow-1", a_result(), run=a_run("slow-1"))
+        await recorder.flush()
+        fast = await get_run(engine, "fast-1")
+        slow = await get_run(engine, "slow-1")
+    assert fast is not None and slow is not None
+    assert fast["expression"] == "none" and fast["status"] == "completed"
+    assert fast["total_tokens"] == 15 and fast["finished_at"] == T0 + timedelta(seconds=2)
+    assert slow["status"] == "completed" and slow["created_at"] == T0
+    assert await count(engine, RUNS) == 2
+
+
+async def test_duplicate_start_and_unknown_finish_are_harmless(engine: AsyncEngine) -> None:
+    async with SqlRecorder(engine) as recorder:
+        recorder.run_started(a_run("dup"))
+        recorder.run_started(a_run("dup"))
+        await recorder.flush()
+        recorder.run_started(a_run("dup"))
+        recorder.run_finished("ghost", a_result())  # no row and no run: nothing to update
+        await recorder.flush()
+    assert await count(engine, RUNS) == 1
+
+
+async def test_bad_record_is_logged_and_the_rest_written(engine: AsyncEngine, caplog) -> None:
+    recorder = SqlRecorder(engine)
+    try:
+        with caplog.at_level(logging.ERROR, logger="optigraph.memory.recorder"):
+            recorder.run_started(a_run("good-1"))
+            recorder.call(a_call("good-1"))
+            recorder.call(a_call("good-1", node=None))  # violates NOT NULL: fails its batch
+            recorder.call(a_call("good-1", offset_ms=5))
+            await recorder.flush()
+        assert "cannot be written" in caplog.text
+        assert len((await get_run(engine, "good-1"))["upstream_calls"]) == 2
+
+        # the writer is still alive
+        recorder.run_finished("good-1", a_result())
+        recorder.call(a_call("good-1", offset_ms=9))
+        await recorder.flush()
+        run = await get_run(engine, "good-1")
+        assert run["status"] == "completed" and len(run["upstream_calls"]) == 3
+    finally:
+        await recorder.aclose()
+
+
+async def test_unencodable_values_are_stored_as_text(engine: AsyncEngine) -> None:
+    class Opaque:
+        def __str__(self) -> str:
+            return "opaque"
+
+    async with SqlRecorder(engine) as recorder:
+        run = a_run("odd")
+        run.request = {"tool": Opaque(), 3: "int key"}
+        recorder.run_started(run)
+        await recorder.flush()
+    assert (await get_run(engine, "odd"))["request"] == {"tool": "opaque", "3": "int key"}
+
+
+async def test_full_queue_drops_new_records(engine: AsyncEngine, caplog) -> None:
+    recorder = SqlRecorder(engine, max_queue=2)
+    with caplog.at_level(logging.WARNING, logger="optigraph.memory.recorder"):
+        for i in range(3):
+            recorder.run_started(a_run(f"q-{i}"))
+    await recorder.aclose()
+    assert "queue full" in caplog.text
+    assert await count(engine, RUNS) == 2
+
+
+async def test_records_queued_after_close_are_written_by_flush(engine: AsyncEngine) -> None:
+    recorder = SqlRecorder(engine)
+    recorder.start()
+    await recorder.aclose()
+    recorder.run_started(a_run("late"))
+    await recorder.flush()
+    assert await get_run(engine, "late") is not None
+
+
+async def test_list_runs_filters_and_pages(engine: AsyncEngine) -> None:
+    async with SqlRecorder(engine) as recorder:
+        for i in range(6):
+            run = a_run(f"r{i}", created_at=T0 + timedelta(seconds=i), expression="bon" if i % 2 else "moa")
+            recorder.run_started(run)
+            if i < 4:
+                recorder.run_finished(run.id, a_result())
+        recorder.call(a_call("r1"))
+        await recorder.flush()
+
+    runs = await list_runs(engine)
+    assert [r["id"] for r in runs] == ["r5", "r4", "r3", "r2", "r1", "r0"]
+    assert "upstream_calls" not in runs[0]
+    assert (runs[0]["calls"], runs[4]["calls"]) == (0, 2)  # the column: a count, set at finish
+    assert [r["id"] for r in await list_runs(engine, status="running")] == ["r5", "r4"]
+    assert [r["id"] for r in await list_runs(engine, expression="bon", status="completed")] == ["r3", "r1"]
+    assert await list_runs(engine, model="other") == []
+
+    page1 = await list_runs(engine, limit=4)
+    page2 = await list_runs(engine, limit=4, before=page1[-1]["id"])
+    assert [r["id"] for r in page1 + page2] == ["r5", "r4", "r3", "r2", "r1", "r0"]
+    assert [r["id"] for r in await list_runs(engine, before=T0 + timedelta(seconds=2))] == ["r1", "r0"]
+    assert await list_runs(engine, before="unknown") == []
+    assert await get_run(engine, "unknown") is None
+
+
+async def test_enqueue_is_cheap_and_batches_accumulate(engine: AsyncEngine) -> None:
+    recorder = SqlRecorder(engine, max_batch=100)
+    try:
+        for i in range(250):  # queued with no await in between: the writer sees them in batches
+            recorder.call(a_call("bulk", offset_ms=i))
+        assert len(recorder._queue) == 250
+        await recorder.flush()
+        run_calls = await count(engine, UPSTREAM_CALLS)
+        assert run_calls == 250
+    finally:
+        await recorder.aclose()
