@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 from collections.abc import Sequence
 
 from optigraph.config import Settings
@@ -31,7 +32,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def serve(args: argparse.Namespace) -> None:
+    # SIGTERM is a normal stop. uvicorn handles it (draining in-flight requests) and then re-raises
+    # it to the previous handler; the default one would end the process with -SIGTERM, so the
+    # previous handler is this one, which exits with 0 (also when SIGTERM comes while the app loads).
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     import uvicorn
 
     from optigraph.api.app import create_app

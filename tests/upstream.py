@@ -1,7 +1,9 @@
 """A fake OpenAI-compatible upstream over real HTTP, for tests and benchmarks (never shipped).
 
 `make_app(responder, latency=..., n_support=...)` builds a Starlette app; `ServerThread` runs any ASGI
-app with uvicorn on a loopback port in a background thread.
+app with uvicorn on a loopback port in a background thread. `reasoning_tokens` adds
+`completion_tokens_details.reasoning_tokens` to each response's usage; `chunk_delay` spaces the
+streamed chunks out in time (to check that a proxy relays them as they arrive).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class HTTPFailure(Exception):
 
 
 def make_app(responder: Responder = echo_responder, *, latency: float = 0.0, n_support: bool = True,
-             log: UpstreamLog | None = None, model_ids: tuple[str, ...] = ("fake-model",)) -> Starlette:
+             log: UpstreamLog | None = None, model_ids: tuple[str, ...] = ("fake-model",),
+             reasoning_tokens: int = 0, chunk_delay: float = 0.0) -> Starlette:
     log = log if log is not None else UpstreamLog()
 
     def reply(body: dict[str, Any], i: int) -> dict[str, Any]:
@@ -81,7 +84,10 @@ def make_app(responder: Responder = echo_responder, *, latency: float = 0.0, n_s
             log.in_flight -= 1
         prompt = sum(len(str(m.get("content") or "").split()) for m in body.get("messages") or [])
         completion = sum(len((m.get("content") or "").split()) for m in messages)
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                                 "total_tokens": prompt + completion}
+        if reasoning_tokens:
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
         choices = [{"index": i, "message": m, "finish_reason": "tool_calls" if m.get("tool_calls") else "stop",
                     "logprobs": None} for i, m in enumerate(messages)]
         if body.get("stream"):
@@ -91,14 +97,20 @@ def make_app(responder: Responder = echo_responder, *, latency: float = 0.0, n_s
                                       "system_fingerprint": "fp_fake"}), media_type="application/json")
 
     async def _sse(body: dict[str, Any], choices: list[dict[str, Any]], usage: dict[str, Any]):
+        async for event in _events(body, choices, usage):
+            yield event
+            if chunk_delay:
+                await asyncio.sleep(chunk_delay)
+
+    async def _events(body: dict[str, Any], choices: list[dict[str, Any]], usage: dict[str, Any]):
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": body.get("model")}
         for c in choices:
             m = c["message"]
             yield b"data: " + orjson.dumps({**base, "choices": [{"index": c["index"], "delta": {"role": "assistant"}}]}) + b"\n\n"
-            for word in (m.get("content") or "").split(" "):
+            for w, word in enumerate((m.get("content") or "").split(" ")):
                 if word:
-                    piece = word if word == (m.get("content") or "").split(" ")[0] else " " + word
+                    piece = word if w == 0 else " " + word
                     yield b"data: " + orjson.dumps({**base, "choices": [{"index": c["index"], "delta": {"content": piece}}]}) + b"\n\n"
             for k, tc in enumerate(m.get("tool_calls") or []):
                 args = tc["function"]["arguments"]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from optigraph.api.auth import upstream_key
+from optigraph.api.errors import ORJSONResponse
 from optigraph.engine.request import ChatCompletionRequest
-from optigraph.errors import InvalidRequest
+from optigraph.errors import InvalidRequest, OptigraphError
 
 router = APIRouter(tags=["chat"])
 
@@ -32,11 +35,25 @@ async def chat_completions(request: Request, key: str | None = Depends(upstream_
     prep = engine.prepare(body, client_key=key)
     headers = {RUN_HEADER: prep.run_id}
     if prep.stream:
-        return StreamingResponse(engine.stream(prep), media_type="text/event-stream",
+        chunks = engine.stream(prep)
+        try:  # wait for the first chunk, so that a failure before it gets its own status
+            first = await anext(chunks)
+        except OptigraphError as exc:
+            return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        return StreamingResponse(_prepend(first, chunks), media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
-    result = await engine.complete(prep)
+    try:
+        result = await engine.complete(prep)
+    except OptigraphError as exc:  # the run exists (stored as failed): say which it was
+        return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
     headers["x-optigraph-upstream-calls"] = str(result.response["optigraph"]["upstream_calls"])
     return Response(orjson.dumps(result.response), media_type="application/json", headers=headers)
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def request_schema() -> tuple[dict, dict]:

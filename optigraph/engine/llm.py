@@ -115,7 +115,7 @@ class LLM:
         choices = raw.get("choices") or []
         if n > 1 and len(choices) < n:
             self._n_support[key] = False
-            extra = await self._emulate_n(body, n - len(choices), node=node, partial=partial)
+            extra = await self._emulate_n(body, n - len(choices), node=node, partial=partial, first=len(choices))
             choices = choices + extra.choices
             usage = add_usage(usage_from_response(raw.get("usage")), extra.usage)
         else:
@@ -127,10 +127,13 @@ class LLM:
         raw["choices"] = choices
         return Completion(choices=choices, usage=usage, raw=raw)
 
-    async def _emulate_n(self, body: dict[str, Any], n: int, *, node: str, partial: bool = False) -> Completion:
+    async def _emulate_n(self, body: dict[str, Any], n: int, *, node: str, partial: bool = False,
+                         first: int = 0) -> Completion:
+        """`n` concurrent single-choice calls; with a seed, choice i (counting from `first`, the
+        choices already sampled) gets seed + i, so no two choices share a seed."""
         single = {**body, "n": 1}
         if "seed" in body and body["seed"] is not None:
-            bodies = [{**single, "seed": int(body["seed"]) + i} for i in range(n)]
+            bodies = [{**single, "seed": int(body["seed"]) + first + i} for i in range(n)]
         else:
             bodies = [single] * n
         results = await asyncio.gather(*(self._call(b, node=node) for b in bodies), return_exceptions=partial)
@@ -171,6 +174,12 @@ class LLM:
                 yield chunk
         except UpstreamError as exc:
             error = exc.message
+            raise
+        except (asyncio.CancelledError, GeneratorExit):  # the client left, or a sibling branch failed
+            error = "cancelled before the stream ended"
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
             u = usage_from_response(usage)
@@ -252,6 +261,10 @@ class LLM:
                 if exc.retryable and attempt <= self.retries:
                     await asyncio.sleep(0.2 * 2 ** (attempt - 1))
                     continue
+                raise
+            except asyncio.CancelledError:  # recorded too: the upstream may have spent tokens on it
+                self._record(node=node, body=body, started=started, t0=t0, response=None,
+                             usage=empty_usage(), error="cancelled before the upstream answered", attempt=attempt)
                 raise
             usage = usage_from_response(raw.get("usage"))
             self._record(

@@ -11,8 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from optigraph.errors import InvalidRequest
 
-# Fields the engine consumes; everything else in the body is forwarded upstream.
+# Fields the engine consumes; everything else in the body is forwarded upstream, except OptILLM's
+# own `optillm_*` fields, which are meant for the proxy and would be refused by a strict upstream.
 CONTROL_KEYS = frozenset({"model", "messages", "n", "stream", "stream_options", "optillm_approach", "optillm_params"})
+CONTROL_PREFIX = "optillm_"
+
+
+def forwarded_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The client's fields that go upstream as they are (unknown fields included)."""
+    return {k: v for k, v in body.items() if k not in CONTROL_KEYS and not k.startswith(CONTROL_PREFIX)}
 
 
 class ContentPart(BaseModel):
@@ -59,6 +66,15 @@ class ChatCompletionRequest(BaseModel):
     optillm_params: dict[str, Any] | None = Field(default=None, description="Parameters by approach name: {\"bon\": {\"n\": 4}}")
 
 
+_BRANCH_TYPES = frozenset({"str", "int", "float", "bool"})
+_BRANCH_PREFIXES = ("list[", "dict[", "function-", "literal[")
+
+
+def _is_union_branch(part: str) -> bool:
+    """Whether a location part names a union branch (`str`, `list[...]`), not a field (`stream`)."""
+    return part in _BRANCH_TYPES or part.startswith(_BRANCH_PREFIXES)
+
+
 def check_request(body: Any, *, max_n: int, max_tokens: int) -> None:
     """Raises InvalidRequest (naming the offending parameter) for a body we must not forward."""
     if not isinstance(body, dict):
@@ -69,7 +85,7 @@ def check_request(body: Any, *, max_n: int, max_tokens: int) -> None:
         err = exc.errors()[0]
         loc = [str(p) for p in err.get("loc", ())]
         # drop pydantic's union-branch names ("str", "list[ContentPart]") from the location
-        param = ".".join(p for p in loc if not p.startswith(("str", "list[", "dict[", "function-", "literal")))
+        param = ".".join(p for p in loc if not _is_union_branch(p))
         if err.get("type") == "missing":
             message = f"missing required parameter: {param!r}"
         else:

@@ -28,7 +28,7 @@ from optigraph.engine.context import RunContext
 from optigraph.engine.expression import parse, validate
 from optigraph.engine.llm import LLM, Budget
 from optigraph.engine.registry import Registry
-from optigraph.engine.request import CONTROL_KEYS, check_request
+from optigraph.engine.request import check_request, forwarded_fields
 from optigraph.engine.selection import select
 from optigraph.engine.streaming import StreamEvent, StreamSink
 from optigraph.engine.usage import Usage, add_usage, empty_usage, openai_usage, usage_from_response
@@ -94,7 +94,7 @@ class Engine:
                 raise InvalidRequest(f"approach {name!r} needs {', '.join(missing)}, which the backend "
                                      f"{backend.name!r} does not offer for model {upstream_model!r}",
                                      param="model", code="approach_unsupported")
-        request = {k: v for k, v in body.items() if k not in CONTROL_KEYS}
+        request = forwarded_fields(body)
         stream = bool(body.get("stream"))
         expression = "none" if compiled is None else compiled.text
         record = RunRecord(id=run_id, expression=expression, model=upstream_model, request=body,
@@ -172,10 +172,14 @@ class Engine:
     # ---- streaming ----------------------------------------------------------------------------
 
     async def stream(self, prep: Prepared) -> AsyncIterator[bytes]:
-        """SSE bytes for the response; always ends with `data: [DONE]`."""
+        """SSE bytes for the response; always ends with `data: [DONE]`.
+
+        An OptigraphError before the first chunk is raised (nothing was sent yet, so the API answers
+        with the error's own status, e.g. 502/504); after it, the error is sent as an event."""
         created = int(time.time())
         base = {"id": f"chatcmpl-{prep.run_id}", "object": "chat.completion.chunk", "created": created,
                 "model": prep.model}
+        sent = False
         try:
             if prep.compiled is None:
                 gen = self._stream_passthrough(prep, base)
@@ -183,9 +187,12 @@ class Engine:
                 self.recorder.run_started(prep.record)
                 gen = self._stream_graph(prep, base)
             async for data in gen:
+                sent = True
                 yield data
         except OptigraphError as exc:
             self._failed(prep, exc)
+            if not sent:
+                raise
             yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
         except asyncio.CancelledError:
             self._failed(prep, InvalidRequest("the client disconnected before the run finished", code="client_disconnected"))

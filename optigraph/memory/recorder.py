@@ -1,8 +1,11 @@
 """A Recorder that writes runs and upstream calls to SQL from one background task.
 
-The engine's calls only append to a queue (O(1), no awaits). The writer wakes up, takes whatever
-accumulated, and writes it in one transaction, so a busy server pays one commit per batch rather
-than one per record.
+The engine's calls only append to a queue (O(1), no awaits). The writer wakes up, lingers a few
+milliseconds so that a burst of records gathers, takes whatever accumulated, and writes it in one
+transaction, so a busy server pays one commit per batch rather than one per record. (Without the
+linger, a server answering one request at a time writes after every request, and that write
+competes with the next request: about +0.8 ms median on the passthrough benchmark.) `flush()`,
+`aclose()` and a full batch cut the linger short.
 """
 
 from __future__ import annotations
@@ -119,12 +122,15 @@ class SqlRecorder:
     shutdown, which writes everything still queued. The engine is borrowed, not disposed.
     """
 
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = 1000, max_queue: int = 100_000) -> None:
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 1000, max_queue: int = 100_000,
+                 linger_s: float = 0.02) -> None:
         self._engine = engine
         self._max_batch = max_batch
         self._max_queue = max_queue
+        self._linger_s = linger_s
         self._queue: deque[_Item] = deque()
         self._wakeup: asyncio.Event | None = None
+        self._hurry: asyncio.Event | None = None  # ends a linger early
         self._task: asyncio.Task[None] | None = None
         self._closed = False  # after aclose(), records wait for an explicit start() or flush()
         self._dropped = 0
@@ -155,6 +161,7 @@ class SqlRecorder:
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(_Flush(done))
+        self._hurry_up()
         self._wake()
         await done
 
@@ -166,6 +173,7 @@ class SqlRecorder:
             return
         self._closed = False
         self._wakeup = asyncio.Event()
+        self._hurry = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._writer(), name="optigraph-recorder")
 
     async def aclose(self) -> None:
@@ -173,6 +181,7 @@ class SqlRecorder:
         self._closed = True
         task = self._task
         if task is not None and not task.done():
+            self._hurry_up()
             self._wake()
             await task
         self._task = None
@@ -200,11 +209,29 @@ class SqlRecorder:
                 self.start()
             except RuntimeError:  # no running loop: the record waits for start() or aclose()
                 return
+        if len(self._queue) >= self._max_batch:
+            self._hurry_up()
         self._wake()
 
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.is_set():
             self._wakeup.set()
+
+    def _hurry_up(self) -> None:
+        if self._hurry is not None and not self._hurry.is_set():
+            self._hurry.set()
+
+    async def _linger(self) -> None:
+        """Waits `linger_s` (or until hurried) so that records arriving meanwhile share a transaction."""
+        hurry = self._hurry
+        assert hurry is not None
+        if not hurry.is_set():
+            timer = asyncio.get_running_loop().call_later(self._linger_s, hurry.set)
+            try:
+                await hurry.wait()
+            finally:
+                timer.cancel()
+        hurry.clear()
 
     def _take(self) -> list[_Item]:
         queue, n = self._queue, min(len(self._queue), self._max_batch)
@@ -220,6 +247,8 @@ class SqlRecorder:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
+                if self._linger_s > 0 and not self._closed and len(self._queue) < self._max_batch:
+                    await self._linger()
                 await self._write(self._take())
         except asyncio.CancelledError:
             # Nobody will write what is left; release whoever waits in flush().
