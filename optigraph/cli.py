@@ -16,6 +16,7 @@ SERVE_FLAGS = (
     ("--base-url", "base_url", "OpenAI-compatible upstream, e.g. http://127.0.0.1:8080/v1 (default: the local model)"),
     ("--upstream-api-key", "upstream_api_key", "key sent upstream (default: forward the client's bearer token)"),
     ("--approach", "approach", "default approach expression (default none)"),
+    ("--default-model", "default_model", "upstream model for requests that name only an approach"),
     ("--db-url", "db_url", "sqlite:///path or postgresql://... (default sqlite:///./optigraph.db)"),
     ("--api-key", "api_key", "require this bearer key from clients"),
     ("--log-level", "log_level", "debug, info, warning, error"),

@@ -25,7 +25,10 @@ class Settings(BaseSettings):
     db_url: str = Field(default_factory=default_db_url, description="sqlite:///path or postgresql://...")
     api_key: str | None = Field(default=None, description="When set, clients must send this bearer key")
     log_level: str = "info"
-    default_model: str = Field(default="smollm2", description="Model used when a request names only an approach")
+    default_model: str | None = Field(
+        default=None,
+        description="Upstream model for requests whose model is only an approach (`bon`); without it: the "
+                    "local model when no base URL is set, else a 400")
     local_model: str = Field(default="smollm2", description="Model the embedded backend serves when no upstream is set")
     upstream_timeout_s: float = 600.0
     upstream_retries: int = 2

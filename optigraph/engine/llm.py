@@ -98,6 +98,7 @@ class LLM:
         self._n_support = n_support if n_support is not None else {}
         self.caps: Capabilities = backend.capabilities(model)
         self.spent: Usage = empty_usage()  # every call of this run, failed attempts included
+        self.answered: Usage = empty_usage()  # the calls that answered
 
     # ---- raw forwarding (passthrough) -------------------------------------------------------
 
@@ -131,11 +132,7 @@ class LLM:
                          first: int = 0) -> Completion:
         """`n` concurrent single-choice calls; with a seed, choice i (counting from `first`, the
         choices already sampled) gets seed + i, so no two choices share a seed."""
-        single = {**body, "n": 1}
-        if "seed" in body and body["seed"] is not None:
-            bodies = [{**single, "seed": int(body["seed"]) + first + i} for i in range(n)]
-        else:
-            bodies = [single] * n
+        bodies = self._seeded(body, n, first)
         results = await asyncio.gather(*(self._call(b, node=node) for b in bodies), return_exceptions=partial)
         raws = [r for r in results if not isinstance(r, BaseException)]
         failures = [r for r in results if isinstance(r, BaseException)]
@@ -151,9 +148,85 @@ class LLM:
             c["index"] = i
         return Completion(choices=choices, usage=usage, raw=raws[0] if raws else {})
 
+    def _seeded(self, body: dict[str, Any], n: int, first: int = 0) -> list[dict[str, Any]]:
+        """`n` single-choice bodies; with a seed, choice i gets seed + first + i (no two alike)."""
+        single = {**body, "n": 1}
+        if body.get("seed") is None:
+            return [single] * n
+        return [{**single, "seed": int(body["seed"]) + first + i} for i in range(n)]
+
     async def forward_stream(self, body: dict[str, Any], *, node: str) -> AsyncIterator[dict[str, Any]]:
-        """Relays upstream chunks as they arrive; records the call when the stream ends."""
+        """Relays upstream chunks as they arrive and records the call when the stream ends.
+
+        A failure before the first chunk is retried like any call; after it, it is reported (the
+        client already has part of the answer). `n` > 1 on an upstream not known to honour it is
+        served by concurrent single-choice streams, merged with their choice indexes."""
         body = normalise({**body, "model": self.model}, self.caps)
+        n = int(body.get("n") or 1)
+        key = f"{self.backend.name}:{self.model}"
+        if n > 1 and (not self.caps.n_sampling or self._n_support.get(key) is False):
+            async for chunk in self._merged_streams(self._seeded(body, n), node=node):
+                yield chunk
+            return
+        seen: set[int] = set()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async for chunk in self._stream_once(body, node=node, attempt=attempt):
+                    seen.update(c.get("index", 0) for c in chunk.get("choices") or ())
+                    yield chunk
+                break
+            except UpstreamError as exc:
+                if seen or not exc.retryable or attempt > self.retries:
+                    raise
+            await asyncio.sleep(0.2 * 2 ** (attempt - 1))
+        if n > 1:
+            self._n_support[key] = len(seen) >= n
+            if len(seen) < n:  # the upstream ignored n: the missing choices follow, streamed concurrently
+                async for chunk in self._merged_streams(self._seeded(body, n - len(seen), len(seen)), node=node,
+                                                        first=len(seen)):
+                    yield chunk
+
+    async def _merged_streams(self, bodies: list[dict[str, Any]], *, node: str,
+                              first: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """Single-choice streams run concurrently; stream i's chunks carry choice index first + i."""
+        queue: asyncio.Queue[tuple[int, dict[str, Any] | BaseException | None]] = asyncio.Queue()
+
+        async def pump(i: int, b: dict[str, Any]) -> None:
+            try:
+                async for chunk in self.forward_stream(b, node=node):
+                    queue.put_nowait((i, chunk))
+                queue.put_nowait((i, None))
+            except BaseException as exc:  # handed to the consumer, which raises it
+                queue.put_nowait((i, exc))
+
+        tasks = [asyncio.create_task(pump(i, b)) for i, b in enumerate(bodies)]
+        usage = empty_usage()
+        try:
+            open_streams = len(tasks)
+            while open_streams:
+                i, item = await queue.get()
+                if item is None:
+                    open_streams -= 1
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                if item.get("usage"):
+                    usage = add_usage(usage, usage_from_response(item["usage"]))
+                choices = [{**c, "index": first + i} for c in item.get("choices") or ()]
+                if choices:
+                    yield {**{k: v for k, v in item.items() if k != "usage"}, "choices": choices}
+            yield {"choices": [], "usage": {"prompt_tokens": usage["prompt_tokens"],
+                                            "completion_tokens": usage["completion_tokens"],
+                                            "total_tokens": usage["total_tokens"],
+                                            "completion_tokens_details": {"reasoning_tokens": usage["reasoning_tokens"]}},
+                   }
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _stream_once(self, body: dict[str, Any], *, node: str, attempt: int) -> AsyncIterator[dict[str, Any]]:
         self.budget.charge_call()
         started, t0 = utcnow(), time.perf_counter()
         texts: dict[int, list[str]] = {}
@@ -182,16 +255,15 @@ class LLM:
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            u = usage_from_response(usage)
             self._record(
                 node=node,
                 body=body,
                 started=started,
                 t0=t0,
                 response={"choices": [{"text": "".join(t), "finish_reason": finish.get(i)} for i, t in sorted(texts.items())]},
-                usage=u,
+                usage=usage_from_response(usage),
                 error=error,
-                attempt=1,
+                attempt=attempt,
             )
 
     # ---- the call nodes use ------------------------------------------------------------------
@@ -296,6 +368,8 @@ class LLM:
         attempt: int,
     ) -> None:
         self.spent = add_usage(self.spent, usage)
+        if error is None:
+            self.answered = add_usage(self.answered, usage)
         self.recorder.call(
             CallRecord(
                 run_id=self.run_id,

@@ -31,7 +31,7 @@ from optigraph.engine.registry import Registry
 from optigraph.engine.request import check_request, forwarded_fields
 from optigraph.engine.selection import select
 from optigraph.engine.streaming import StreamEvent, StreamSink
-from optigraph.engine.usage import Usage, add_usage, empty_usage, openai_usage, usage_from_response
+from optigraph.engine.usage import Usage, add_usage, empty_usage, openai_usage
 from optigraph.errors import InvalidRequest, OptigraphError
 from optigraph.memory.records import Recorder, RunRecord, RunResult, utcnow
 
@@ -79,6 +79,12 @@ class Engine:
         ast = parse(sel.expression)
         validate(ast, self.registry.names())
         model = sel.model or self.settings.default_model
+        if model is None:
+            if self.settings.base_url:
+                raise InvalidRequest(f"the model {body.get('model')!r} names only an approach: add the upstream "
+                                     f"model ({body.get('model')}-<model>) or start the server with --default-model",
+                                     param="model", code="model_required")
+            model = self.settings.local_model
         backend, upstream_model = self.backends.for_model(model)
         run_id = uuid.uuid4().hex
         llm = LLM(backend=backend, model=upstream_model, run_id=run_id, recorder=self.recorder,
@@ -205,16 +211,14 @@ class Engine:
     async def _stream_passthrough(self, prep: Prepared, base: dict[str, Any]) -> AsyncIterator[bytes]:
         body = {**prep.request, "messages": prep.messages, "stream": True, "stream_options": {"include_usage": True},
                 **({"n": prep.n} if prep.n > 1 else {})}
-        usage: dict[str, Any] | None = None
         async for chunk in prep.llm.forward_stream(body, node="passthrough"):
             if chunk.get("usage"):
-                usage = chunk["usage"]
                 if not chunk.get("choices"):
                     continue  # the usage chunk is sent at the end, once, if asked for
                 chunk = {k: v for k, v in chunk.items() if k != "usage"}
             chunk["id"], chunk["model"] = base["id"], base["model"]
             yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-        total = usage_from_response(usage)
+        total = prep.llm.answered  # every answered call, when n is emulated by several streams too
         if prep.include_usage:
             yield self._usage_chunk(base, total, prep)
         self._finished(prep, total, {"streamed": True, "usage": openai_usage(total)})

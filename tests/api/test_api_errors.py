@@ -157,7 +157,7 @@ def test_upstream_500_gives_502_with_its_message(stack: Stack, stream: bool) -> 
     with stack.http() as http:
         resp = http.post("/v1/chat/completions", json={**OK, "stream": stream}, headers=AUTH)
     check_error(resp, 502, type_="upstream_error", code="upstream_error", says=("the upstream is on fire", "500"))
-    attempts = 1 if stream else 1 + stack.settings.upstream_retries  # a 500 is retried, a stream is not
+    attempts = 1 + stack.settings.upstream_retries  # a 500 is retried (a stream too: no chunk was sent)
     assert len(stack.log.bodies) == attempts
     failed_run(stack, resp.headers["x-optigraph-run-id"], says="the upstream is on fire", attempts=attempts)
 
@@ -206,7 +206,7 @@ def test_upstream_timeout_gives_504(slow_upstream: Stack, stream: bool) -> None:
         resp = http.post("/v1/chat/completions", json={**OK, "stream": stream}, headers=AUTH)
     check_error(resp, 504, type_="upstream_error", code="upstream_timeout", says=("timed out",))
     failed_run(slow_upstream, resp.headers["x-optigraph-run-id"], says="timed out",
-               attempts=1 if stream else 2)  # a stream is not retried
+               attempts=2)  # retried once (upstream_retries=1 here), a stream too: nothing was sent yet
 
 
 @pytest.fixture(scope="module")
@@ -230,9 +230,21 @@ def test_upstream_unreachable_streaming_gives_502(no_upstream: Stack) -> None:
     with no_upstream.http() as http:
         resp = http.post("/v1/chat/completions", json={**OK, "stream": True}, headers=AUTH)
     check_error(resp, 502, type_="upstream_error", code="upstream_error")
-    failed_run(no_upstream, resp.headers["x-optigraph-run-id"], says="Connect", attempts=1)
+    failed_run(no_upstream, resp.headers["x-optigraph-run-id"], says="Connect",
+               attempts=1 + no_upstream.settings.upstream_retries)  # nothing was sent: retried like any call
 
 
 def test_models_still_listed_when_upstream_unreachable(no_upstream: Stack) -> None:
     ids = [m.id for m in no_upstream.client().models.list()]
     assert ids == [no_upstream.settings.local_model]
+
+
+def test_approach_only_model_without_a_default_is_a_400(tmp_path) -> None:
+    from api_stack import start_stack
+
+    with start_stack(tmp_path / "x.db") as s:
+        resp = s.http().post("/v1/chat/completions", json={"model": "bon", "messages": [{"role": "user", "content": "hi"}]})
+        assert resp.status_code == 400
+        err = resp.json()["error"]
+        assert err["param"] == "model" and err["code"] == "model_required" and "--default-model" in err["message"]
+        assert s.log.bodies == []

@@ -108,13 +108,18 @@ async def test_n_emulated_async(no_n: Stack) -> None:
     assert no_n.log.max_in_flight >= 3
 
 
-@pytest.mark.xfail(strict=True, reason="streaming passthrough forwards n upstream and does not emulate it when "
-                                       "the upstream returns fewer choices")
 def test_n_emulated_streaming(no_n: Stack) -> None:
-    texts, finish, _ = streamed_choices(no_n.client().chat.completions.create(
-        model="fake-model", messages=HELLO, n=3, stream=True))
+    texts, finish, usage = streamed_choices(no_n.client().chat.completions.create(
+        model="fake-model", messages=HELLO, n=3, seed=11, stream=True, stream_options={"include_usage": True}))
     assert sorted(texts) == [0, 1, 2]
     assert finish == {i: "stop" for i in range(3)}
+    sent = no_n.log.bodies
+    # one n=3 try at most (until the engine learns this upstream ignores n), then single-choice streams
+    assert len(sent) == 3 and sum(b.get("n", 1) > 1 for b in sent) <= 1
+    assert sorted(b["seed"] for b in sent) == [11, 12, 13]  # emulated choices never share a seed
+    assert no_n.log.max_in_flight >= 2  # the choices the upstream ignored are streamed concurrently
+    assert usage[-1].model_extra["optigraph"]["upstream_calls"] == 3
+    assert usage[-1].usage.completion_tokens == sum(len(t.split()) for t in texts.values())
 
 
 def test_n_runs_a_composite_n_times(no_n: Stack) -> None:

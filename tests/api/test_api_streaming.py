@@ -167,3 +167,25 @@ def test_client_disconnect_mid_stream_is_recorded(slow_stream: Stack, model: str
     calls = slow_stream.calls(run_id)
     assert [c["status"] for c in calls] == ["ok"] * (len(calls) - 1) + ["error"]
     assert "cancelled" in calls[-1]["error"]
+
+
+def test_stream_retried_when_the_upstream_fails_before_the_first_chunk(stack: Stack) -> None:
+    from upstream import HTTPFailure, echo_responder
+
+    failures = iter([HTTPFailure(503, "warming up")])
+
+    def flaky(body: dict, index: int):
+        return next(failures, None) or echo_responder(body, index)
+
+    stack.script.fn = flaky
+    raw = stack.client().chat.completions.with_raw_response.create(
+        model="fake-model", messages=HELLO, stream=True, stream_options={"include_usage": True})
+    chunks = list(raw.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo: hello there"
+    assert len(stack.log.bodies) == 2  # the failed attempt, then the retry
+    run_id = raw.headers["x-optigraph-run-id"]
+    assert stack.run(run_id)["status"] == "completed"
+    calls = stack.calls(run_id)
+    assert [(c["status"], c["attempt"]) for c in calls] == [("error", 1), ("ok", 2)]
+    assert chunks[-1].model_extra["optigraph"]["upstream_calls"] == 1  # calls that answered
