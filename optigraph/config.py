@@ -35,4 +35,5 @@ class Settings(BaseSettings):
     max_n: int = 16
     max_tokens_limit: int = 131072
     max_connections: int = 512
-    max_upstream_calls: int = Field(default=256, description="Per-run cap on upstream calls")
+    max_upstream_calls: int = Field(default=256, description="Per-run cap on upstream calls (default and ceiling)")
+    max_upstream_tokens: int = Field(default=1_000_000, description="Per-run cap on completion tokens (default and ceiling)")

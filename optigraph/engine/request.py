@@ -13,7 +13,8 @@ from optigraph.errors import InvalidRequest
 
 # Fields the engine consumes; everything else in the body is forwarded upstream, except OptILLM's
 # own `optillm_*` fields, which are meant for the proxy and would be refused by a strict upstream.
-CONTROL_KEYS = frozenset({"model", "messages", "n", "stream", "stream_options", "optillm_approach", "optillm_params"})
+CONTROL_KEYS = frozenset({"model", "messages", "n", "stream", "stream_options", "optillm_approach", "optillm_params",
+                          "optigraph"})
 CONTROL_PREFIX = "optillm_"
 
 
@@ -36,6 +37,14 @@ class Message(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
     include_usage: bool | None = None
+
+
+class RunLimits(BaseModel):
+    """Per-request caps on what one run may spend; the server's settings are the defaults and ceilings."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_upstream_calls: int | None = Field(default=None, ge=1, description="Upstream calls the run may make")
+    max_upstream_tokens: int | None = Field(default=None, ge=1, description="Completion tokens the run may use")
 
 
 class ChatCompletionRequest(BaseModel):
@@ -64,6 +73,7 @@ class ChatCompletionRequest(BaseModel):
     user: str | None = None
     optillm_approach: str | None = Field(default=None, description="Approach expression, e.g. `bon&re2` or `moa|bon`")
     optillm_params: dict[str, Any] | None = Field(default=None, description="Parameters by approach name: {\"bon\": {\"n\": 4}}")
+    optigraph: RunLimits | None = Field(default=None, description="optigraph's own options: run limits")
 
 
 _BRANCH_TYPES = frozenset({"str", "int", "float", "bool"})

@@ -89,7 +89,7 @@ class Engine:
         run_id = uuid.uuid4().hex
         llm = LLM(backend=backend, model=upstream_model, run_id=run_id, recorder=self.recorder,
                   api_key=client_key, retries=self.settings.upstream_retries, n_support=self._n_support,
-                  budget=Budget(max_calls=self.settings.max_upstream_calls))
+                  budget=self._budget(body.get("optigraph")))
         passthrough = ast == parse("none")
         compiled = None if passthrough else self.compiler.compile(ast)
         names = ("none",) if compiled is None else compiled.names
@@ -109,6 +109,13 @@ class Engine:
                         request=request, params=params, n=int(body.get("n") or 1), stream=stream,
                         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
                         llm=llm, compiled=compiled, record=record, started=time.perf_counter())
+
+    def _budget(self, limits: dict[str, Any] | None) -> Budget:
+        """The run's caps: the client's, never above the server's."""
+        limits = limits or {}
+        calls, tokens = self.settings.max_upstream_calls, self.settings.max_upstream_tokens
+        return Budget(max_calls=min(limits.get("max_upstream_calls") or calls, calls),
+                      max_tokens=min(limits.get("max_upstream_tokens") or tokens, tokens))
 
     def _params(self, raw: Any, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         if raw is None:

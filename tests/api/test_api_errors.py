@@ -248,3 +248,20 @@ def test_approach_only_model_without_a_default_is_a_400(tmp_path) -> None:
         err = resp.json()["error"]
         assert err["param"] == "model" and err["code"] == "model_required" and "--default-model" in err["message"]
         assert s.log.bodies == []
+
+
+def test_run_limits_end_a_run_with_a_clear_message(stack: Stack) -> None:
+    body = {**OK, "model": "bon-fake-model", "optigraph": {"max_upstream_calls": 2}}
+    with stack.http() as http:
+        resp = http.post("/v1/chat/completions", json=body, headers=AUTH)
+    check_error(resp, 400, type_="invalid_request_error", code="budget_exceeded", says=("cap of 2 upstream calls",))
+    assert len(stack.log.bodies) == 2  # the sample call and one rating; the third call was refused
+    assert all("optigraph" not in b for b in stack.log.bodies)
+    run = stack.run(resp.headers["x-optigraph-run-id"])
+    assert run["status"] == "failed" and run["error"]["error"]["code"] == "budget_exceeded"
+
+
+def test_run_limits_are_validated(stack: Stack) -> None:
+    with stack.http() as http:
+        resp = http.post("/v1/chat/completions", json={**OK, "optigraph": {"max_upstream_calls": 0}}, headers=AUTH)
+    check_error(resp, 400, type_="invalid_request_error", code="invalid_value", says=("max_upstream_calls",))
