@@ -110,7 +110,7 @@ class Stack:
 
 @contextlib.contextmanager
 def start_stack(db_path: Path, *, upstream: dict[str, Any] | None = None, base_url: str | None = None,
-                **settings: Any) -> Iterator[Stack]:
+                registry: Any = None, **settings: Any) -> Iterator[Stack]:
     """Starts a fake upstream (unless `base_url` points elsewhere) and optigraph in front of it."""
     log, script = UpstreamLog(), Script()
     with contextlib.ExitStack() as stack:
@@ -119,7 +119,7 @@ def start_stack(db_path: Path, *, upstream: dict[str, Any] | None = None, base_u
             up = stack.enter_context(ServerThread(make_app(script, log=log, **(upstream or {}))))
             base_url = up.url + "/v1"
         s = Settings(base_url=base_url, db_url=f"sqlite:///{db_path}", **settings)
-        server = stack.enter_context(ServerThread(create_app(s)))
+        server = stack.enter_context(ServerThread(create_app(s, registry=registry)))
         yield Stack(server=server, settings=s, db_path=db_path, upstream=up, log=log, script=script)
 
 
