@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from optigraph import __version__
-from optigraph.api import chat, models
+from optigraph.api import approaches, chat, models, runs
 from optigraph.api.errors import install_error_handlers
 from optigraph.config import Settings
 from optigraph.engine.backends.router import Backends
@@ -66,6 +66,8 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     install_error_handlers(app)
     app.include_router(chat.router)
     app.include_router(models.router)
+    app.include_router(runs.router)
+    app.include_router(approaches.router)
     _document_request_schema(app)
     return app
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import and_, or_, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Select, and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from optigraph.errors import InvalidRequest
 
 from .tables import RUNS, UPSTREAM_CALLS
 
 MAX_LIMIT = 1000
+BODY_COLUMNS = ("request", "response")  # the large columns a listing leaves out
 
 
 async def list_runs(
@@ -29,17 +33,12 @@ async def list_runs(
     """
     query = select(RUNS).order_by(RUNS.c.created_at.desc(), RUNS.c.id.desc())
     query = query.limit(max(1, min(int(limit), MAX_LIMIT)))
-    if status is not None:
-        query = query.where(RUNS.c.status == status)
-    if expression is not None:
-        query = query.where(RUNS.c.expression == expression)
-    if model is not None:
-        query = query.where(RUNS.c.model == model)
+    query = _filtered(query, status=status, expression=expression, model=model)
     async with engine.connect() as conn:
         if isinstance(before, datetime):
             query = query.where(RUNS.c.created_at < before)
         elif isinstance(before, str):
-            cursor = (await conn.execute(select(RUNS.c.created_at).where(RUNS.c.id == before))).scalar_one_or_none()
+            cursor = await _created_at(conn, before)
             if cursor is None:
                 return []
             query = query.where(
@@ -64,3 +63,71 @@ async def get_run(engine: AsyncEngine, run_id: str) -> dict[str, Any] | None:
             .order_by(UPSTREAM_CALLS.c.started_at, UPSTREAM_CALLS.c.id)
         )
         return {**run, "upstream_calls": [dict(row) for row in calls.mappings()]}
+
+
+@dataclass
+class RunPage:
+    """One page of runs, newest first; `has_more` says whether a next page exists."""
+
+    runs: list[dict[str, Any]]
+    has_more: bool
+
+    @property
+    def next_cursor(self) -> str | None:
+        """The id to pass as `after` for the next page."""
+        return self.runs[-1]["id"] if self.has_more and self.runs else None
+
+
+async def page_runs(
+    engine: AsyncEngine,
+    *,
+    status: str | None = None,
+    expression: str | None = None,
+    model: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    after: str | None = None,
+    limit: int = 50,
+    bodies: bool = False,
+) -> RunPage:
+    """A page of runs, newest first (ties broken by id), without their calls.
+
+    `after` is the last run id of the previous page; an unknown id is an InvalidRequest. Without
+    `bodies` the large `request` and `response` columns are left out.
+    """
+    limit = max(1, min(int(limit), MAX_LIMIT))
+    columns = list(RUNS.c) if bodies else [c for c in RUNS.c if c.name not in BODY_COLUMNS]
+    query = _filtered(select(*columns), status=status, expression=expression, model=model)
+    if created_after is not None:
+        query = query.where(RUNS.c.created_at > _utc(created_after))
+    if created_before is not None:
+        query = query.where(RUNS.c.created_at < _utc(created_before))
+    query = query.order_by(RUNS.c.created_at.desc(), RUNS.c.id.desc()).limit(limit + 1)
+    async with engine.connect() as conn:
+        if after is not None:
+            cursor = await _created_at(conn, after)
+            if cursor is None:
+                raise InvalidRequest(f"unknown cursor {after!r}: pass the last run id of the previous page",
+                                     param="after", code="invalid_cursor")
+            query = query.where(or_(RUNS.c.created_at < cursor, and_(RUNS.c.created_at == cursor, RUNS.c.id < after)))
+        rows = (await conn.execute(query)).mappings().all()
+    return RunPage(runs=[dict(row) for row in rows[:limit]], has_more=len(rows) > limit)
+
+
+def _filtered(query: Select, *, status: str | None, expression: str | None, model: str | None) -> Select:
+    if status is not None:
+        query = query.where(RUNS.c.status == status)
+    if expression is not None:
+        query = query.where(RUNS.c.expression == expression)
+    if model is not None:
+        query = query.where(RUNS.c.model == model)
+    return query
+
+
+async def _created_at(conn: AsyncConnection, run_id: str) -> datetime | None:
+    return (await conn.execute(select(RUNS.c.created_at).where(RUNS.c.id == run_id))).scalar_one_or_none()
+
+
+def _utc(value: datetime) -> datetime:
+    """A naive datetime is taken as UTC, like the stored timestamps."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value

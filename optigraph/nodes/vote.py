@@ -3,20 +3,33 @@ arXiv 2203.11171): responses that reason differently but reach the same answer c
 
 Responses with no extractable answer (free text) fall back to grouping by text similarity. Ties
 between groups go to the group whose first member came first.
+
+Responses that call tools vote on what they call: the function names and their JSON arguments in a
+canonical form (keys sorted, whitespace and integral floats normalised), so two models asking for
+`get_weather({"city": "Paris"})` agree however they spell the JSON. The winner's whole message,
+tool calls included, is the answer.
+
+`leader_probability` is the stopping rule of adaptive consistency ("Let's Sample Step by Step",
+Aggarwal et al., arXiv 2305.11860): how sure a Beta posterior is that the leading answer beats the
+runner-up.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Any
 
-from optigraph.engine.state import ApproachState, sorted_candidates
+from optigraph.engine.state import ApproachState, Candidate, sorted_candidates
 from optigraph.nodes.common import answer_of
 from optigraph.nodes.extract import extract_normalized, strip_think
+from optigraph.nodes.sample import candidate_text
 
 SIMILARITY_THRESHOLD = 0.8
+TOOL_CALL_KEY = "tool call: "  # prefix of a tool-call vote key (normalised answers are lowercase text)
 
 
 @dataclass(frozen=True)
@@ -85,17 +98,78 @@ def vote_texts(texts: Sequence[str], *, threshold: float = SIMILARITY_THRESHOLD)
     return majority([extract_normalized(t) for t in texts], texts, threshold=threshold)
 
 
+def _canonical(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def canonical_arguments(arguments: Any) -> str:
+    """Tool-call arguments as canonical JSON; text that is not JSON is kept, trimmed."""
+    if arguments is None or arguments == "":
+        return "{}"
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            return arguments.strip()
+    return json.dumps(_canonical(arguments), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def tool_call_key(message: dict[str, Any]) -> str | None:
+    """The vote key of a message's tool calls (order-independent), or None when it calls none."""
+    calls = []
+    for call in message.get("tool_calls") or ():
+        if not isinstance(call, dict):
+            continue
+        fn = call.get("function") or call.get(call.get("type") or "") or {}
+        name = fn.get("name") or call.get("type") or ""
+        calls.append(f"{name}({canonical_arguments(fn.get('arguments', fn.get('input')))})")
+    return TOOL_CALL_KEY + "; ".join(sorted(calls)) if calls else None
+
+
+def answer_key(candidate: Candidate) -> str | None:
+    """What a candidate votes for: its tool calls, else its extracted answer, else None (free text)."""
+    return tool_call_key(candidate.get("message") or {}) or extract_normalized(candidate.get("text") or "")
+
+
+def vote_candidates(candidates: Sequence[Candidate], *, threshold: float = SIMILARITY_THRESHOLD) -> VoteResult:
+    """`majority` over the candidates' answer keys (tool calls or extracted answers)."""
+    return majority([answer_key(c) for c in candidates], [candidate_text(c) for c in candidates], threshold=threshold)
+
+
+def leader_probability(leader: int, runner_up: int) -> float:
+    """P(p_leader > p_runner_up) when the two shares follow Beta(leader + 1, runner_up + 1): the
+    chance that more samples would not overturn the current leader. Exact for integer counts:
+    P(X > 1/2) for X ~ Beta(a, b) is P(Binomial(a + b - 1, 1/2) <= a - 1)."""
+    trials = leader + runner_up + 1
+    return sum(math.comb(trials, j) for j in range(leader + 1)) / 2**trials
+
+
+def vote_margin(result: VoteResult) -> tuple[int, int]:
+    """Sizes of the largest and second-largest groups (0 when there is only one)."""
+    sizes = sorted((len(g.members) for g in result.groups), reverse=True)
+    return sizes[0], sizes[1] if len(sizes) > 1 else 0
+
+
+def vote_summary(result: VoteResult) -> str:
+    return ", ".join(f"{g.key[:40]!r} x{len(g.members)}" for g in result.groups)
+
+
 async def vote(state: ApproachState) -> dict[str, Any]:
-    """Votes over the candidates' extracted answers; the winning group's first full response is
-    the answer. The threshold for free text is `params["similarity_threshold"]` (default 0.8)."""
+    """Votes over the candidates' tool calls or extracted answers; the winning group's first full
+    response (its whole message) is the answer. The threshold for free text is
+    `params["similarity_threshold"]` (default 0.8)."""
     candidates = sorted_candidates(state)
     threshold = (state.get("params") or {}).get("similarity_threshold")
     threshold = SIMILARITY_THRESHOLD if threshold is None else float(threshold)
-    texts = [c.get("text") or "" for c in candidates]
-    result = vote_texts(texts, threshold=threshold)
+    result = vote_candidates(candidates, threshold=threshold)
     top = result.top
-    summary = ", ".join(f"{g.key[:40]!r} x{len(g.members)}" for g in result.groups)
     return {
         "answers": [answer_of(candidates[result.winner])],
-        "notes": [f"vote: {len(top.members)} of {len(candidates)} agree ({summary})"],
+        "notes": [f"vote: {len(top.members)} of {len(candidates)} agree ({vote_summary(result)})"],
     }

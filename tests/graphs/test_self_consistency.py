@@ -7,8 +7,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
 import pytest  # noqa: E402
 from scripted import ScriptedBackend, run_approach  # noqa: E402
 
-from optigraph.errors import UpstreamError  # noqa: E402
+from optigraph.engine.context import RunContext  # noqa: E402
+from optigraph.engine.cost import evaluate  # noqa: E402
+from optigraph.engine.llm import LLM, Budget  # noqa: E402
+from optigraph.errors import BudgetExceeded, InvalidRequest, UpstreamError  # noqa: E402
 from optigraph.graphs.self_consistency import SPEC  # noqa: E402
+from optigraph.memory.records import NullRecorder  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many now?"}]
 PATHS = [
@@ -93,5 +97,99 @@ async def test_usage_is_summed_exactly_with_n():
 
 
 def test_spec():
-    assert (SPEC.calls, SPEC.rounds) == ("1", "1")
-    assert SPEC.validate_params({}) == {"samples": 5, "temperature": None, "similarity_threshold": 0.8}
+    params = SPEC.validate_params({})
+    assert params == {"samples": 5, "temperature": None, "similarity_threshold": 0.8, "adaptive": False,
+                      "batch": 4, "max_samples": 16, "stop_threshold": 0.95}
+    assert evaluate(SPEC.calls, params) == evaluate(SPEC.rounds, params) == 1
+    adaptive = SPEC.validate_params({"adaptive": True, "batch": 3, "max_samples": 10})
+    assert evaluate(SPEC.calls, adaptive) == evaluate(SPEC.rounds, adaptive) == 4
+    with pytest.raises(InvalidRequest, match="rounds"):
+        SPEC.validate_params({"adaptive": True, "batch": 1, "max_samples": 64})
+    with pytest.raises(InvalidRequest):
+        SPEC.validate_params({"adaptive": True, "stop_threshold": 0.5})
+
+
+# ---- adaptive consistency (arXiv 2305.11860) ---------------------------------------------------
+
+ADAPTIVE = {"adaptive": True, "batch": 4, "max_samples": 12}
+
+
+async def test_adaptive_stops_after_one_round_when_unanimous():
+    backend = ScriptedBackend(lambda body: "The answer is 7.")
+    state, _ = await run_approach(SPEC, QUESTION, backend, params=ADAPTIVE)
+    # 4 of 4 agree: P(leader stays ahead) = 31/32 >= 0.95
+    assert len(backend.calls) == 1 < evaluate(SPEC.calls, SPEC.validate_params(ADAPTIVE)) == 3
+    assert backend.calls[0]["n"] == 4
+    assert any("4 of 4 agree" in n for n in state["notes"])
+
+
+async def test_adaptive_samples_until_the_leader_is_clear():
+    answers = iter(["7", "8", "7", "9"] + ["7"] * 20)
+    backend = ScriptedBackend(lambda body: f"The answer is {next(answers)}.")
+    state, _ = await run_approach(SPEC, QUESTION, backend, params=ADAPTIVE)
+    # after 4: 7 x2 vs 1 (0.69); after 8: 7 x6 vs 1 (0.996) -> stop
+    assert len(backend.calls) == 2
+    assert state["answers"][0]["message"]["content"] == "The answer is 7."
+    assert sorted(c["index"] for c in state["candidates"]) == list(range(8))
+    assert any("6 of 8 agree" in n for n in state["notes"])
+
+
+async def test_adaptive_full_path_matches_the_formula():
+    answers = iter(["1", "2", "3"] * 10)
+    backend = ScriptedBackend(lambda body: f"The answer is {next(answers)}.")
+    params = {"adaptive": True, "batch": 3, "max_samples": 10}
+    state, _ = await run_approach(SPEC, QUESTION, backend, params=params)
+    assert len(backend.calls) == evaluate(SPEC.calls, SPEC.validate_params(params)) == 4
+    assert [b["n"] for b in backend.calls[:3]] == [3, 3, 3] and backend.calls[3].get("n", 1) == 1  # 10 in all
+    assert len(state["candidates"]) == 10
+    assert state["answers"][0]["message"]["content"] == "The answer is 1."  # 1 x4 leads
+
+
+async def test_adaptive_rounds_are_concurrent_inside_and_sequential_across():
+    answers = iter(["7", "8"] + ["7"] * 20)
+    backend = ScriptedBackend(lambda body: f"The answer is {next(answers)}.", latency=0.1,
+                              capabilities={"n_sampling": False})
+    started = time.perf_counter()
+    state, _ = await run_approach(SPEC, QUESTION, backend, params=ADAPTIVE)
+    elapsed = time.perf_counter() - started
+    # round 1: 7 x3 vs 8 (0.81); round 2: 7 x7 vs 1 -> stop after 2 rounds of 4 concurrent calls
+    assert len(backend.calls) == 8 and backend.max_in_flight == 4
+    assert 0.2 <= elapsed < 0.5, f"took {elapsed:.3f}s for 2 rounds of 0.1 s"
+    expected = backend.total_usage()
+    assert {k: state["usage"][k] for k in expected} == expected
+
+
+async def test_adaptive_later_round_failing_votes_on_what_it_has():
+    def respond(body):
+        return UpstreamError("gone") if body["call_index"] >= 4 else ["The answer is 7.", "The answer is 8."][body["call_index"] % 2]
+
+    backend = ScriptedBackend(respond, capabilities={"n_sampling": False})
+    state, _ = await run_approach(SPEC, QUESTION, backend, params=ADAPTIVE)
+    assert len(backend.calls) == 8
+    assert state["answers"][0]["message"]["content"] == "The answer is 7."
+    assert any("round failed, voting on what we have" in n for n in state["notes"])
+
+
+async def test_tool_call_majority_returns_the_whole_message():
+    def call(arguments):
+        return {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": arguments}}
+
+    replies = [
+        {"content": None, "tool_calls": [call('{"id": 2}')], "finish_reason": "tool_calls"},
+        {"content": "Let me check.", "tool_calls": [call('{"id":3}')], "finish_reason": "tool_calls"},
+        {"content": None, "tool_calls": [call('{ "id": 3.0 }')], "finish_reason": "tool_calls"},
+        "The answer is 3.",
+    ]
+    backend = ScriptedBackend(lambda body: replies[body["choice_index"]])
+    state, _ = await run_approach(SPEC, QUESTION, backend, params={"samples": 4})
+    (answer,) = state["answers"]
+    assert answer["message"] == {"role": "assistant", "content": "Let me check.", "tool_calls": [call('{"id":3}')]}
+    assert answer["finish_reason"] == "tool_calls"
+
+
+async def test_budget_exceeded_propagates_from_a_later_round():
+    backend = ScriptedBackend(lambda body: f"The answer is {body['choice_index']}.")  # never agreeing
+    llm = LLM(backend=backend, model="m", run_id="t", recorder=NullRecorder(), budget=Budget(max_calls=2))
+    state = {"messages": QUESTION, "request": {}, "params": SPEC.validate_params(ADAPTIVE), "stream_choice": None}
+    with pytest.raises(BudgetExceeded):
+        await SPEC.build().compile().ainvoke(state, context=RunContext(run_id="t", llm=llm))

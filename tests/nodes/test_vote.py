@@ -1,6 +1,14 @@
 import pytest
 
-from optigraph.nodes.vote import group_answers, majority, vote_texts
+from optigraph.nodes.vote import (
+    canonical_arguments,
+    group_answers,
+    leader_probability,
+    majority,
+    tool_call_key,
+    vote_candidates,
+    vote_texts,
+)
 
 
 def test_majority_over_extracted_answers_even_when_texts_differ():
@@ -42,3 +50,60 @@ def test_free_text_and_extracted_answers_do_not_mix():
 def test_vote_on_nothing_is_an_error():
     with pytest.raises(ValueError):
         majority([], [])
+
+
+# ---- voting over tool calls -------------------------------------------------------------------
+
+def call(name, arguments, id_="c"):
+    return {"id": id_, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def tool_candidate(index, *calls, text=""):
+    return {"index": index, "text": text, "message": {"role": "assistant", "content": text or None, "tool_calls": list(calls)},
+            "finish_reason": "tool_calls"}
+
+
+def test_tool_call_keys_ignore_spelling_of_the_json_and_call_order():
+    a = tool_call_key({"tool_calls": [call("get_weather", '{"city": "Paris", "days": 2}')]})
+    b = tool_call_key({"tool_calls": [call("get_weather", '{"days":2.0,"city":"Paris"}', id_="other")]})
+    assert a == b
+    assert a != tool_call_key({"tool_calls": [call("get_weather", '{"city": "paris", "days": 2}')]})
+    assert a != tool_call_key({"tool_calls": [call("get_time", '{"city": "Paris", "days": 2}')]})
+    two = tool_call_key({"tool_calls": [call("f", "{}"), call("g", '{"x": 1}')]})
+    assert two == tool_call_key({"tool_calls": [call("g", '{ "x" : 1 }'), call("f", "")]})
+    assert tool_call_key({"content": "hi"}) is None
+
+
+def test_canonical_arguments():
+    assert canonical_arguments('{"b": [1.0, {"z": 1, "a": 2}], "a": "é"}') == '{"a":"é","b":[1,{"a":2,"z":1}]}'
+    assert canonical_arguments({"x": 1}) == '{"x":1}'
+    assert canonical_arguments("not json ") == "not json"
+    assert canonical_arguments(None) == canonical_arguments("") == "{}"
+
+
+def test_majority_over_tool_calls():
+    candidates = [
+        tool_candidate(0, call("search", '{"q": "cats"}')),
+        tool_candidate(1, call("search", '{"q":"dogs"}')),
+        tool_candidate(2, call("search", '{ "q": "dogs" }')),
+        {"index": 3, "text": "The answer is dogs.", "message": {"role": "assistant", "content": "The answer is dogs."}},
+    ]
+    result = vote_candidates(candidates)
+    assert result.winner == 1 and result.top.members == (1, 2)
+    assert result.top.key.startswith("tool call: search(")
+
+
+def test_text_answers_can_outvote_tool_calls():
+    candidates = [tool_candidate(0, call("f", "{}"))] + [
+        {"index": i, "text": "The answer is 4", "message": {"role": "assistant", "content": "The answer is 4"}}
+        for i in (1, 2)
+    ]
+    assert vote_candidates(candidates).winner == 1
+
+
+def test_leader_probability_is_the_beta_posterior():
+    assert leader_probability(4, 0) == 31 / 32
+    assert leader_probability(3, 0) == 15 / 16
+    assert leader_probability(1, 1) == 0.5
+    assert leader_probability(5, 1) < leader_probability(5, 0)
+    assert leader_probability(10, 2) > 0.95

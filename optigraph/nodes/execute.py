@@ -1,0 +1,140 @@
+"""execute: run model-written Python in the sandbox and record how it went; never raises for a
+program that fails (a failure is an outcome to record and, usually, to show the model).
+
+`ExecutionState` adds the typed record list to the shared state; approaches that run code extend it.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal, TypedDict
+
+from optigraph.engine.state import ApproachState
+from optigraph.nodes.extract import strip_think
+from optigraph.sandbox import DEFAULT_ALLOWED_MODULES, SandboxResult, run_python
+
+Outcome = Literal["timeout", "memory", "forbidden", "error", "no_output"]
+
+MAX_RECORDED = 16_000  # characters of stdout / stderr kept in the (checkpointed) state
+_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+.-]*)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.DOTALL | re.MULTILINE)
+_PYTHON = {"python", "python3", "py", "py3"}
+
+
+class Execution(TypedDict, total=False):
+    """One run of one program."""
+
+    attempt: int  # 1 for the first run, counting up through fixes
+    code: str
+    ok: bool  # exited 0, refused nothing and (when required) printed something
+    error_kind: Outcome | None
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    seconds: float
+    layers: list[str]  # the sandbox layers that were in force
+    violations: list[str]  # what the program tried and was refused
+
+
+class ExecutionState(ApproachState, total=False):
+    executions: Annotated[list[Execution], operator.add]
+
+
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, code) for each closed fenced block of `text`, in order; `<think>` is ignored."""
+    return [(m.group(2).lower(), m.group(3)) for m in _FENCE.finditer(strip_think(text))]
+
+
+def extract_code(text: str) -> str | None:
+    """The program a response gives: its last block labelled Python, else its last unlabelled block;
+    a fence the response never closed (it was cut off) runs to the end. None when there is none."""
+    blocks = code_blocks(text)
+    for wanted in (_PYTHON, {""}):
+        found = [code for lang, code in blocks if lang in wanted and code.strip()]
+        if found:
+            return found[-1]
+    body = strip_think(text)
+    opened = re.search(r"^[ \t]*```[ \t]*(python3?|py)?[ \t]*\n(.*)\Z", body[_last_fence_end(body):],
+                       re.DOTALL | re.MULTILINE | re.IGNORECASE)
+    return opened.group(2) if opened and opened.group(2).strip() else None
+
+
+def _last_fence_end(text: str) -> int:
+    return max((m.end() for m in _FENCE.finditer(text)), default=0)
+
+
+def without_code(text: str) -> str:
+    """The prose of a response: its fenced blocks removed."""
+    return _FENCE.sub("", strip_think(text)).strip()
+
+
+async def execute(
+    code: str,
+    *,
+    node: str,
+    attempt: int,
+    timeout_s: float = 10,
+    memory_mb: int = 512,
+    allow_modules: Iterable[str] = DEFAULT_ALLOWED_MODULES,
+    require_output: bool = True,
+) -> dict[str, Any]:
+    """Runs `code` in the sandbox; returns the state update (`executions`, `notes`). With
+    `require_output`, a program that succeeds but prints nothing counts as failed ("no_output")."""
+    try:
+        result = await run_python(code, timeout_s=timeout_s, memory_mb=memory_mb, allow_modules=allow_modules)
+    except Exception as exc:  # the sandbox itself could not run (no temp dir, no pipes): an outcome too
+        result = SandboxResult(ok=False, stdout="", stderr=f"sandbox failure: {type(exc).__name__}: {exc}",
+                               error_kind="error", exit_code=None, seconds=0.0)
+    kind: Outcome | None = result.error_kind
+    if kind is None and require_output and not result.stdout.strip():
+        kind = "no_output"
+    record: Execution = {
+        "attempt": attempt,
+        "code": code,
+        "ok": kind is None,
+        "error_kind": kind,
+        "exit_code": result.exit_code,
+        "stdout": result.stdout[-MAX_RECORDED:],
+        "stderr": result.stderr[-MAX_RECORDED:],
+        "seconds": round(result.seconds, 3),
+        "layers": sorted(result.layers),
+        "violations": list(result.violations),
+    }
+    if kind is None:
+        note = f"{node}: run {attempt} succeeded in {record['seconds']:.2f} s"
+    else:
+        note = f"{node}: run {attempt} failed ({kind}) after {record['seconds']:.2f} s: {_last_line(record)}"
+    return {"executions": [record], "notes": [note]}
+
+
+def _last_line(record: Execution) -> str:
+    if record.get("error_kind") == "no_output":
+        return "the program printed nothing"
+    lines = [line for line in (record.get("stderr") or "").splitlines() if line.strip()]
+    return lines[-1].strip()[:300] if lines else f"exit status {record.get('exit_code')}"
+
+
+def failure_report(record: Execution, *, limit: int = 3000) -> str:
+    """What went wrong with a run, written for the model that will fix the program."""
+    kind = record.get("error_kind")
+    stderr = (record.get("stderr") or "").strip()[-limit:]
+    stdout = (record.get("stdout") or "").strip()[-limit // 3:]
+    if kind == "timeout":
+        text = ("It was stopped at the time limit. Make it finish quickly: let the solver search "
+                "instead of enumerating, and bound any loop.")
+    elif kind == "memory":
+        text = "It ran out of memory. Use a smaller formulation; do not build huge lists or ranges."
+    elif kind == "forbidden":
+        refused = "; ".join(record.get("violations") or ()) or "an operation the sandbox forbids"
+        text = (f"It tried something the sandbox forbids ({refused}). Use only the allowed modules; "
+                "no files, network or processes.")
+    elif kind == "no_output":
+        text = "It ran without error but printed nothing. It must print its result."
+    else:
+        text = f"It exited with status {record.get('exit_code')}."
+    if stderr and kind != "no_output":
+        text += f"\n\nError output:\n```\n{stderr}\n```"
+    if stdout:
+        text += f"\n\nOutput before it stopped:\n```\n{stdout}\n```"
+    return text
