@@ -1,11 +1,25 @@
 """One module per approach; each exposes `SPEC` (an ApproachSpec) and builds its graph from nodes/."""
 
-from optigraph.graphs import bon, cot_reflection, moa, none, re2, self_consistency
-from optigraph.graphs import mcts, rstar
-from optigraph.graphs import cepo, deepthink, genselect, majority_voting
-from optigraph.graphs import mars, pvg
-from optigraph.graphs import leap, plansearch, rto
-from optigraph.graphs import z3
+from optigraph.graphs import (
+    bon,
+    cepo,
+    cot_reflection,
+    deepthink,
+    genselect,
+    leap,
+    majority_voting,
+    mars,
+    mcts,
+    moa,
+    none,
+    plansearch,
+    pvg,
+    re2,
+    rstar,
+    rto,
+    self_consistency,
+    z3,
+)
 
 BUILTIN_APPROACHES = (
     none.SPEC,

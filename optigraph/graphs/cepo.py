@@ -39,7 +39,14 @@ from optigraph.engine.context import RunContext
 from optigraph.engine.registry import ApproachParams, ApproachSpec
 from optigraph.engine.state import sorted_candidates
 from optigraph.errors import UpstreamError
-from optigraph.nodes.common import candidates_from, generation_params, helper_params, last_user_text, replace_last_user
+from optigraph.nodes.common import (
+    branch_payload,
+    candidates_from,
+    generation_params,
+    helper_params,
+    last_user_text,
+    replace_last_user,
+)
 from optigraph.nodes.compare import PairwiseState, compare_pair, pairs_each, select_by_wins
 from optigraph.nodes.rate import rate
 from optigraph.nodes.select import select
@@ -121,8 +128,7 @@ class CepoState(PairwiseState, total=False):
 
 
 def _payload(state: CepoState, **branch: Any) -> dict[str, Any]:
-    return {"messages": state["messages"], "request": state.get("request") or {},
-            "params": state.get("params") or {}, "branch": branch}
+    return branch_payload(state, branch)
 
 
 def _step(state: CepoState, step: int) -> dict[str, Any]:
@@ -282,8 +288,8 @@ def rate_or_compare(state: CepoState) -> list[Send] | str:
         return pairs_each(state, params={"comparison_temperature": p["bestofn_temperature"],
                                          "comparison_max_tokens": p["bestofn_max_tokens"]})
     rating = {"rating_temperature": p["bestofn_temperature"], "rating_max_tokens": p["bestofn_max_tokens"]}
-    return [Send("rate", {"messages": state["messages"], "request": state.get("request") or {}, "params": rating,
-                          "branch": {"index": c["index"], "candidate": c}}) for c in candidates]
+    return [Send("rate", branch_payload(state, {"index": c["index"], "candidate": c}, params=rating))
+            for c in candidates]
 
 
 def build() -> StateGraph:

@@ -28,8 +28,8 @@ from langgraph.runtime import Runtime
 from pydantic import Field
 
 from optigraph.engine.context import RunContext
-from optigraph.engine.state import ApproachState, Candidate, sorted_candidates
 from optigraph.engine.registry import ApproachParams, ApproachSpec
+from optigraph.engine.state import ApproachState, Candidate, sorted_candidates
 from optigraph.errors import UpstreamError
 from optigraph.nodes.common import answer_of, candidates_from, generation_params, helper_params, last_user_text
 from optigraph.nodes.sample import param_or_client, sample_candidates

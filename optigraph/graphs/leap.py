@@ -44,7 +44,14 @@ from optigraph.engine.llm import message_text
 from optigraph.engine.registry import ApproachParams, ApproachSpec
 from optigraph.engine.state import ApproachState
 from optigraph.errors import UpstreamError
-from optigraph.nodes.common import answer_of, generation_params, helper_params, last_user_text, replace_last_user
+from optigraph.nodes.common import (
+    answer_of,
+    branch_payload,
+    generation_params,
+    helper_params,
+    last_user_text,
+    replace_last_user,
+)
 from optigraph.nodes.extract import extract_normalized, normalize_answer, strip_think, tag_content
 from optigraph.nodes.generate import generate_final
 from optigraph.nodes.plan import numbered, parse_list
@@ -224,8 +231,7 @@ async def find_examples(state: LeapState, runtime: Runtime[RunContext]) -> dict[
 # ---- learning from mistakes -----------------------------------------------------------------------
 
 def _payload(state: ApproachState, **branch: Any) -> dict[str, Any]:
-    return {"messages": state["messages"], "request": state.get("request") or {}, "params": state.get("params") or {},
-            "branch": branch}
+    return branch_payload(state, branch)
 
 
 def route_examples(state: LeapState) -> list[Send] | str:

@@ -58,6 +58,7 @@ from optigraph.errors import UpstreamError
 from optigraph.nodes.aggregate import aggregate_messages
 from optigraph.nodes.common import (
     answer_of,
+    branch_payload,
     candidates_from,
     generation_params,
     helper_params,
@@ -188,9 +189,8 @@ def route_plan(otherwise: str) -> Callable[[MarsState], Awaitable[list[Send] | s
     planned, on to `otherwise`."""
 
     async def route(state: MarsState) -> list[Send] | str:
-        base = {"messages": state["messages"], "request": state.get("request") or {}, "params": state["params"]}
         plan = state.get("plan") or []
-        return [Send(job["node"], {**base, "branch": job}) for job in plan] if plan else otherwise
+        return [Send(job["node"], branch_payload(state, job)) for job in plan] if plan else otherwise
 
     return route
 

@@ -40,9 +40,9 @@ from optigraph.engine.registry import ApproachParams, ApproachSpec
 from optigraph.engine.state import ApproachState, Candidate, sorted_candidates
 from optigraph.errors import UpstreamError
 from optigraph.nodes import plan
-from optigraph.nodes.common import candidates_from, generation_params
-from optigraph.nodes.generate import generate_final
+from optigraph.nodes.common import branch_payload, candidates_from, generation_params
 from optigraph.nodes.compare import compare
+from optigraph.nodes.generate import generate_final
 from optigraph.nodes.sample import is_usable, param_or_client
 
 DEFAULT_TEMPERATURE = 0.7
@@ -80,8 +80,7 @@ def observation_subsets(available: int, count: int, size: int) -> list[tuple[int
 
 
 def _payload(state: ApproachState, **branch: Any) -> dict[str, Any]:
-    return {"messages": state["messages"], "request": state.get("request") or {}, "params": state.get("params") or {},
-            "stream_choice": state.get("stream_choice"), "branch": branch}
+    return branch_payload(state, branch, stream=True)
 
 
 def fan_out(state: PlanSearchState) -> list[Send]:

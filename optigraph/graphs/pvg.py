@@ -34,7 +34,14 @@ from optigraph.engine.registry import ApproachParams, ApproachSpec
 from optigraph.engine.state import Candidate, sorted_candidates
 from optigraph.errors import UpstreamError
 from optigraph.nodes import refine as refine_node
-from optigraph.nodes.common import answer_of, candidates_from, generation_params, last_user_text, replace_last_user
+from optigraph.nodes.common import (
+    answer_of,
+    branch_payload,
+    candidates_from,
+    generation_params,
+    last_user_text,
+    replace_last_user,
+)
 from optigraph.nodes.refine import RefineState, refine, refine_sends
 from optigraph.nodes.sample import candidate_text, is_usable, param_or_client
 from optigraph.nodes.transform import with_system_instructions
@@ -92,10 +99,10 @@ async def route_provers(state: PvgState) -> list[Send]:
     """Both provers of the round at once."""
     round_ = state.get("round", 0)
     n = int(state["params"]["num_solutions"])
-    payload = {"messages": prover_messages(state), "request": state.get("request") or {}, "params": state["params"]}
+    messages = prover_messages(state)
     return [
-        Send("prove", {**payload, "branch": {"role": role, "round": round_, "start": round_ * 2 * n + k * n,
-                                             "temperature": round_temperature(state, round_)}})
+        Send("prove", branch_payload(state, {"role": role, "round": round_, "start": round_ * 2 * n + k * n,
+                                             "temperature": round_temperature(state, round_)}, messages=messages))
         for k, role in enumerate(ROLES)
     ]
 

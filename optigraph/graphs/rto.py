@@ -32,8 +32,8 @@ from langgraph.runtime import Runtime
 from pydantic import Field
 
 from optigraph.engine.context import RunContext
-from optigraph.engine.state import ApproachState
 from optigraph.engine.registry import ApproachParams, ApproachSpec
+from optigraph.engine.state import ApproachState
 from optigraph.errors import UpstreamError
 from optigraph.nodes.common import (
     answer_of,
@@ -43,7 +43,7 @@ from optigraph.nodes.common import (
     last_user_text,
     replace_last_user,
 )
-from optigraph.nodes.execute import code_blocks
+from optigraph.nodes.extract import code_blocks
 from optigraph.nodes.extract import extract_normalized, strip_think
 from optigraph.nodes.generate import generate_final
 from optigraph.nodes.sample import candidate_text, is_usable, param_or_client

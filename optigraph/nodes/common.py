@@ -39,6 +39,21 @@ def helper_params(state: ApproachState, **overrides: Any) -> dict[str, Any]:
     return out
 
 
+def branch_payload(state: ApproachState, branch: dict[str, Any], *, messages: list[dict[str, Any]] | None = None,
+                   params: dict[str, Any] | None = None, stream: bool = False) -> dict[str, Any]:
+    """The input of one fan-out branch (a LangGraph `Send`): what every node reads (conversation,
+    client parameters, approach parameters) plus the branch's own `branch` fields."""
+    payload = {
+        "messages": state["messages"] if messages is None else messages,
+        "request": state.get("request") or {},
+        "params": (state.get("params") or {}) if params is None else params,
+        "branch": branch,
+    }
+    if stream:
+        payload["stream_choice"] = state.get("stream_choice")
+    return payload
+
+
 def ctx(runtime: Runtime[RunContext]) -> RunContext:
     return runtime.context
 

@@ -24,7 +24,7 @@ from langgraph.types import Send
 from optigraph.engine.context import RunContext
 from optigraph.engine.state import ApproachState, Candidate, sorted_candidates
 from optigraph.errors import UpstreamError
-from optigraph.nodes.common import answer_of, helper_params, last_user_text, replace_last_user
+from optigraph.nodes.common import answer_of, branch_payload, helper_params, last_user_text, replace_last_user
 from optigraph.nodes.extract import strip_think
 from optigraph.nodes.sample import candidate_text
 from optigraph.nodes.vote import vote_candidates
@@ -181,12 +181,7 @@ def pairs_each(state: ApproachState, *, node: str = "compare_pair", params: dict
     `comparison_temperature` and `comparison_max_tokens`)."""
     candidates = sorted_candidates(state)
     return [
-        Send(node, {
-            "messages": state["messages"],
-            "request": state.get("request") or {},
-            "params": (state.get("params") or {}) if params is None else params,
-            "branch": {"first": a, "second": b},
-        })
+        Send(node, branch_payload(state, {"first": a, "second": b}, params=params))
         for a in candidates
         for b in candidates
         if a is not b

@@ -7,19 +7,16 @@ program that fails (a failure is an outcome to record and, usually, to show the 
 from __future__ import annotations
 
 import operator
-import re
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal, TypedDict
 
 from optigraph.engine.state import ApproachState
-from optigraph.nodes.extract import strip_think
+from optigraph.nodes.extract import code_blocks, extract_code, without_code  # noqa: F401  (re-exported)
 from optigraph.sandbox import DEFAULT_ALLOWED_MODULES, SandboxResult, run_python
 
 Outcome = Literal["timeout", "memory", "forbidden", "error", "no_output"]
 
 MAX_RECORDED = 16_000  # characters of stdout / stderr kept in the (checkpointed) state
-_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+.-]*)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.DOTALL | re.MULTILINE)
-_PYTHON = {"python", "python3", "py", "py3"}
 
 
 class Execution(TypedDict, total=False):
@@ -41,32 +38,6 @@ class ExecutionState(ApproachState, total=False):
     executions: Annotated[list[Execution], operator.add]
 
 
-def code_blocks(text: str) -> list[tuple[str, str]]:
-    """(language, code) for each closed fenced block of `text`, in order; `<think>` is ignored."""
-    return [(m.group(2).lower(), m.group(3)) for m in _FENCE.finditer(strip_think(text))]
-
-
-def extract_code(text: str) -> str | None:
-    """The program a response gives: its last block labelled Python, else its last unlabelled block;
-    a fence the response never closed (it was cut off) runs to the end. None when there is none."""
-    blocks = code_blocks(text)
-    for wanted in (_PYTHON, {""}):
-        found = [code for lang, code in blocks if lang in wanted and code.strip()]
-        if found:
-            return found[-1]
-    body = strip_think(text)
-    opened = re.search(r"^[ \t]*```[ \t]*(python3?|py)?[ \t]*\n(.*)\Z", body[_last_fence_end(body):],
-                       re.DOTALL | re.MULTILINE | re.IGNORECASE)
-    return opened.group(2) if opened and opened.group(2).strip() else None
-
-
-def _last_fence_end(text: str) -> int:
-    return max((m.end() for m in _FENCE.finditer(text)), default=0)
-
-
-def without_code(text: str) -> str:
-    """The prose of a response: its fenced blocks removed."""
-    return _FENCE.sub("", strip_think(text)).strip()
 
 
 async def execute(

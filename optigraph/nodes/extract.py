@@ -135,3 +135,37 @@ def tag_content(text: str, tag: str) -> str | None:
     rest = text[opening[-1].end():]
     closing = re.search(rf"</{re.escape(tag)}\s*>", rest, re.IGNORECASE)
     return (rest[: closing.start()] if closing else rest).strip()
+
+
+# ---- code blocks ---------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+.-]*)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.DOTALL | re.MULTILINE)
+_PYTHON = {"python", "python3", "py", "py3"}
+
+
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, code) for each closed fenced block of `text`, in order; `<think>` is ignored."""
+    return [(m.group(2).lower(), m.group(3)) for m in _FENCE.finditer(strip_think(text))]
+
+
+def extract_code(text: str) -> str | None:
+    """The program a response gives: its last block labelled Python, else its last unlabelled block;
+    a fence the response never closed (it was cut off) runs to the end. None when there is none."""
+    blocks = code_blocks(text)
+    for wanted in (_PYTHON, {""}):
+        found = [code for lang, code in blocks if lang in wanted and code.strip()]
+        if found:
+            return found[-1]
+    body = strip_think(text)
+    opened = re.search(r"^[ \t]*```[ \t]*(python3?|py)?[ \t]*\n(.*)\Z", body[_last_fence_end(body):],
+                       re.DOTALL | re.MULTILINE | re.IGNORECASE)
+    return opened.group(2) if opened and opened.group(2).strip() else None
+
+
+def _last_fence_end(text: str) -> int:
+    return max((m.end() for m in _FENCE.finditer(text)), default=0)
+
+
+def without_code(text: str) -> str:
+    """The prose of a response: its fenced blocks removed."""
+    return _FENCE.sub("", strip_think(text)).strip()

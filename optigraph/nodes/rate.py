@@ -17,7 +17,7 @@ from langgraph.types import Send
 from optigraph.engine.context import RunContext
 from optigraph.engine.state import ApproachState, Candidate, Score, sorted_candidates
 from optigraph.errors import UpstreamError
-from optigraph.nodes.common import helper_params
+from optigraph.nodes.common import branch_payload, helper_params
 from optigraph.nodes.extract import strip_think
 from optigraph.nodes.sample import candidate_text
 
@@ -68,18 +68,8 @@ def rating_messages(messages: list[dict[str, Any]], candidate: Candidate) -> lis
 
 def rate_each(state: ApproachState, *, node: str = "rate") -> list[Send]:
     """Fan-out: one `rate` branch per candidate, carrying what the branch needs."""
-    return [
-        Send(
-            node,
-            {
-                "messages": state["messages"],
-                "request": state.get("request") or {},
-                "params": state.get("params") or {},
-                "branch": {"index": c.get("index", i), "candidate": c},
-            },
-        )
-        for i, c in enumerate(sorted_candidates(state))
-    ]
+    return [Send(node, branch_payload(state, {"index": c.get("index", i), "candidate": c}))
+            for i, c in enumerate(sorted_candidates(state))]
 
 
 async def rate(state: ApproachState, runtime: Runtime[RunContext]) -> dict[str, Any]:

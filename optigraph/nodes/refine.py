@@ -25,7 +25,14 @@ from langgraph.types import Send
 from optigraph.engine.context import RunContext
 from optigraph.engine.state import ApproachState
 from optigraph.errors import UpstreamError
-from optigraph.nodes.common import candidates_from, generation_params, helper_params, last_user_text, replace_last_user
+from optigraph.nodes.common import (
+    branch_payload,
+    candidates_from,
+    generation_params,
+    helper_params,
+    last_user_text,
+    replace_last_user,
+)
 from optigraph.nodes.extract import strip_think, tag_content
 from optigraph.nodes.sample import candidate_text, is_usable
 
@@ -93,18 +100,7 @@ def refine_sends(
 ) -> list[Send]:
     """Fan-out: one `node` branch per job (`{"id", "text", "feedback", "round", "kind"?,
     "temperature"?}`), carrying what it needs."""
-    return [
-        Send(
-            node,
-            {
-                "messages": messages if messages is not None else state["messages"],
-                "request": state.get("request") or {},
-                "params": state.get("params") or {},
-                "branch": {"node": node, **job},
-            },
-        )
-        for job in jobs
-    ]
+    return [Send(node, branch_payload(state, {"node": node, **job}, messages=messages)) for job in jobs]
 
 
 async def refine(state: RefineState, runtime: Runtime[RunContext]) -> dict[str, Any]:

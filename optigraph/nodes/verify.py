@@ -26,7 +26,7 @@ from langgraph.types import Send
 from optigraph.engine.context import RunContext
 from optigraph.engine.state import ApproachState, sorted_candidates
 from optigraph.errors import UpstreamError
-from optigraph.nodes.common import helper_params, last_user_text, replace_last_user
+from optigraph.nodes.common import branch_payload, helper_params, last_user_text, replace_last_user
 from optigraph.nodes.extract import strip_think
 from optigraph.nodes.rate import parse_rating
 from optigraph.nodes.sample import candidate_text
@@ -202,18 +202,7 @@ def verify_sends(
     messages: list[dict[str, Any]] | None = None,
 ) -> list[Send]:
     """Fan-out: one `node` branch per job (`{"id", "text", "round"}`), carrying what it needs."""
-    return [
-        Send(
-            node,
-            {
-                "messages": messages if messages is not None else state["messages"],
-                "request": state.get("request") or {},
-                "params": state.get("params") or {},
-                "branch": {"node": node, **job},
-            },
-        )
-        for job in jobs
-    ]
+    return [Send(node, branch_payload(state, {"node": node, **job}, messages=messages)) for job in jobs]
 
 
 def verify_each(state: ApproachState, *, node: str = "verify", passes: int = 1) -> list[Send]:

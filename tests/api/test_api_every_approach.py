@@ -5,7 +5,6 @@ usage summed over its calls, never fail on loose output."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from api_stack import Stack, start_stack
