@@ -30,6 +30,14 @@ def parser() -> argparse.ArgumentParser:
                            description="Every flag can also be set with OPTIGRAPH_<NAME> (e.g. OPTIGRAPH_BASE_URL).")
     for flag, dest, help_ in SERVE_FLAGS:
         serve.add_argument(flag, dest=dest, default=None, help=help_)
+    from optigraph.evals.runner import add_arguments as add_eval_arguments
+
+    add_eval_arguments(sub.add_parser(
+        "eval", help="run approaches on a problem set and report which one pays",
+        description="Runs each approach on each problem against an OpenAI-compatible endpoint and prints "
+                    "accuracy, tokens, upstream calls and wall time per approach; writes results.jsonl, "
+                    "summary.json and plot.png into --out."))
+    _add_inspect_commands(sub)
     return p
 
 
@@ -59,6 +67,316 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.command == "serve":
         serve(args)
+    elif args.command == "eval":
+        from optigraph.evals.runner import main as run_eval_command
+
+        raise SystemExit(run_eval_command(args))
+    elif args.command in ("runs", "approaches"):
+        raise SystemExit(_inspect_command(args))
+
+
+# ---- runs and approaches: inspecting what the server did -------------------------------------------
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+def _add_inspect_commands(sub: argparse._SubParsersAction) -> None:
+    def source(p: argparse.ArgumentParser, *, server_default: str | None) -> None:
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--server", default=server_default,
+                           help=f"a running optigraph server (default {server_default or 'none: this installation'})")
+        where.add_argument("--db-url", help="read the database directly instead, e.g. sqlite:///./optigraph.db")
+        p.add_argument("--api-key", default=os.environ.get("OPTIGRAPH_API_KEY"),
+                       help="the server's key, when it requires one (default $OPTIGRAPH_API_KEY)")
+        p.add_argument("--json", action="store_true", help="print the JSON document instead of tables")
+
+    runs = sub.add_parser("runs", help="list and show stored runs (steps, upstream calls, totals)")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+    ls = runs_sub.add_parser("list", help="runs, newest first")
+    ls.add_argument("--status", help="running, completed or failed")
+    ls.add_argument("--approach", help="approach expression, e.g. bon&re2")
+    ls.add_argument("--model", help="upstream model")
+    ls.add_argument("--limit", type=int, default=50, help="runs per page (default 50, at most 1000)")
+    ls.add_argument("--after", help="the last run id of the previous page")
+    source(ls, server_default=DEFAULT_SERVER)
+    ls.set_defaults(handler=_runs_list)
+    show = runs_sub.add_parser("show", help="one run: its steps, upstream calls and totals")
+    show.add_argument("run_id")
+    show.add_argument("--max-chars", type=int, default=4096, help="cut longer strings (0: keep them whole)")
+    source(show, server_default=DEFAULT_SERVER)
+    show.set_defaults(handler=_runs_show)
+
+    approaches = sub.add_parser("approaches", help="the approaches, their costs and graphs")
+    approaches_sub = approaches.add_subparsers(dest="approaches_command", required=True)
+    als = approaches_sub.add_parser("list", help="every approach with its cost formulas")
+    als.add_argument("--server", help="ask a running server (default: this installation's approaches)")
+    als.add_argument("--api-key", default=os.environ.get("OPTIGRAPH_API_KEY"))
+    als.add_argument("--json", action="store_true")
+    als.set_defaults(handler=_approaches_list)
+    ashow = approaches_sub.add_parser("show", help="an approach or expression: Mermaid drawing and cost")
+    ashow.add_argument("expression", help="e.g. bon or 'bon&re2|moa' (quote it for the shell)")
+    ashow.add_argument("--server", help="ask a running server (default: this installation's approaches)")
+    ashow.add_argument("--api-key", default=os.environ.get("OPTIGRAPH_API_KEY"))
+    ashow.add_argument("--json", action="store_true")
+    ashow.set_defaults(handler=_approaches_show)
+
+
+class _CommandError(Exception):
+    """A failure worth one line on stderr (no traceback)."""
+
+
+def _inspect_command(args: argparse.Namespace) -> int:
+    import sys
+
+    try:
+        args.handler(args)
+    except _CommandError as exc:
+        print(f"optigraph: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _api_get(args: argparse.Namespace, path: str, params: dict | None = None) -> dict:
+    import httpx
+
+    headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    url = args.server.rstrip("/")
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+            response = client.get(path, params={k: v for k, v in (params or {}).items() if v is not None})
+    except httpx.HTTPError as exc:
+        raise _CommandError(f"cannot reach {url} ({exc}); start it with `optigraph serve`, "
+                            "or read the database with --db-url") from None
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if response.status_code >= 400:
+        message = (body.get("error") or {}).get("message") if isinstance(body, dict) else None
+        raise _CommandError(f"{response.status_code}: {message or response.text[:200]}")
+    return body
+
+
+def _from_db(coro_fn, db_url: str, *args, **kwargs):
+    import asyncio
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from optigraph.errors import OptigraphError
+    from optigraph.memory.db import backend_name, sqlite_path
+
+    if backend_name(db_url) == "sqlite" and not os.path.exists(sqlite_path(db_url)):
+        raise _CommandError(f"no database at {sqlite_path(db_url)}")
+    try:
+        return asyncio.run(coro_fn(db_url, *args, **kwargs))
+    except OptigraphError as exc:  # e.g. an unknown cursor
+        raise _CommandError(exc.message) from None
+    except SQLAlchemyError as exc:
+        raise _CommandError(f"cannot read runs from {db_url}: {exc.__class__.__name__}: {exc.args[0] if exc.args else exc}")
+
+
+def _print_json(value: object) -> None:
+    import json
+
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _runs_list(args: argparse.Namespace) -> None:
+    filters = {"status": args.status, "approach": args.approach, "model": args.model,
+               "limit": args.limit, "after": args.after}
+    if args.db_url:
+        from optigraph.engine import inspect
+
+        page = _from_db(inspect.read_runs, args.db_url, **filters)
+    else:
+        page = _api_get(args, "/v1/runs", filters)
+    if args.json:
+        return _print_json(page)
+    rows = [[r["id"], r["status"], r["expression"], r["model"], r["usage"]["calls"], r["usage"]["total_tokens"],
+             _ms(r.get("latency_ms")), _when(r.get("created_at"))] for r in page["data"]]
+    print(_table(["ID", "STATUS", "APPROACH", "MODEL", "CALLS", "TOKENS", "LATENCY", "CREATED"], rows))
+    more = f"; next page: --after {page['next_cursor']}" if page.get("has_more") else ""
+    print(f"\n{_count(len(rows), 'run')}{more}")
+
+
+def _runs_show(args: argparse.Namespace) -> None:
+    if args.db_url:
+        from optigraph.engine import inspect
+        from optigraph.engine.registry import builtin_registry
+
+        run = _from_db(inspect.read_run, args.db_url, args.run_id, builtin_registry(), max_chars=args.max_chars or None)
+        if run is None:
+            raise _CommandError(f"no run with id {args.run_id!r}")
+    else:
+        from urllib.parse import quote
+
+        run = _api_get(args, f"/v1/runs/{quote(args.run_id, safe='')}", {"max_chars": args.max_chars})
+    if args.json:
+        return _print_json(run)
+    print(_run_text(run))
+
+
+def _run_text(run: dict) -> str:
+    from optigraph.engine.inspect import iter_steps
+
+    usage = run["usage"]
+    lines = [f"Run {run['id']}", ""]
+    fields = [
+        ("status", run["status"]),
+        ("approach", run["expression"]),
+        ("model", run["model"]),
+        ("created", _when(run.get("created_at"))),
+        ("finished", f"{_when(run.get('finished_at'))}  ({_ms(run.get('latency_ms'))})" if run.get("finished_at") else "-"),
+        ("usage", f"{_count(usage['calls'], 'upstream call')}, {usage['prompt_tokens']} prompt + {usage['completion_tokens']} "
+                  f"completion tokens ({usage['reasoning_tokens']} reasoning) = {usage['total_tokens']}"),
+    ]
+    if run.get("parent_id"):
+        fields.append(("parent", run["parent_id"]))
+    if run.get("error"):
+        fields.append(("error", _short((run["error"].get("error") or run["error"]).get("message", run["error"]), 200)))
+    for i, choice in enumerate((run.get("response") or {}).get("choices") or []):
+        fields.append((f"answer {i}", _short(((choice.get("message") or {}).get("content")) or "", 100)))
+    width = max(len(k) for k, _ in fields)
+    lines += [f"  {k.ljust(width)}  {v}" for k, v in fields]
+    graph = run.get("graph") or {}
+    if graph.get("error"):
+        lines += ["", f"graph: {graph['error']}"]
+    for thread in run.get("threads") or []:
+        lines += ["", f"Steps (thread {thread['thread_id']})"]
+        if thread.get("error"):
+            lines.append(f"  {thread['error']}")
+            continue
+        rows = [[_step_label(step, depth), "  " * depth + task["name"], task["status"],
+                 _short(f"error: {task.get('error')}", 90) if task["status"] == "error" else _writes(task.get("writes"))]
+                for depth, step, task in iter_steps(thread["steps"])]
+        lines.append(_table(["STEP", "NODE", "STATUS", "WROTE"], rows))
+        if thread.get("next"):
+            lines.append(f"  unfinished: next would run {', '.join(thread['next'])}")
+    if not run.get("threads"):
+        lines += ["", "Steps: none recorded (a lone passthrough is not checkpointed)"]
+    calls = run.get("upstream_calls") or []
+    lines += ["", "Upstream calls"]
+    rows = [[i + 1, c["node"], c["model"], c["status"] if not c.get("error") else f"{c['status']}: {_short(c['error'], 30)}",
+             c["attempt"], c["usage"]["prompt_tokens"], c["usage"]["completion_tokens"], _ms(c["latency_ms"]),
+             _sent(c.get("messages")), _short(" | ".join(str(ch.get("text", "")) for ch in c.get("choices") or []), 40)]
+            for i, c in enumerate(calls)]
+    lines.append(_table(["#", "NODE", "MODEL", "STATUS", "TRY", "PROMPT", "COMPL", "LATENCY", "SENT", "ANSWER"], rows))
+    t = run.get("totals") or {}
+    if t:
+        lines += ["", f"Totals: {_count(t['calls'], 'call')} ({t['failed_calls']} failed, {t['retried_calls']} retried), "
+                      f"{t['prompt_tokens']} prompt + {t['completion_tokens']} completion = {t['total_tokens']} tokens, "
+                      f"{_ms(t['upstream_latency_ms'])} upstream; {t['steps']} steps, {t['tasks']} node runs"]
+        by_node = t.get("by_node") or {}
+        if by_node:
+            lines.append(_table(["NODE", "CALLS", "TOKENS", "LATENCY"],
+                                [[n, v["calls"], v["total_tokens"], _ms(v["latency_ms"])] for n, v in by_node.items()]))
+    return "\n".join(lines)
+
+
+def _step_label(step: dict, depth: int) -> str:
+    return "  " * depth + str(step["step"])
+
+
+def _writes(writes: object) -> str:
+    if not isinstance(writes, dict):
+        return "-" if writes is None else _short(str(writes), 60)
+    parts = []
+    for key, value in writes.items():
+        if key == "answers" and isinstance(value, list):
+            texts = [str(((a or {}).get("message") or {}).get("content") or "") for a in value if isinstance(a, dict)]
+            parts.append(f"answers={_short(' | '.join(texts), 40)!r}")
+        else:
+            parts.append(key)
+    return _short(", ".join(parts), 90)
+
+
+def _sent(messages: object) -> str:
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return ""
+    last = messages[-1]
+    content = last.get("content")
+    if isinstance(content, list):
+        content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return _short(f"{last.get('role', '?')}: {content or ''}", 40)
+
+
+def _approaches_list(args: argparse.Namespace) -> None:
+    if args.server:
+        data = _api_get(args, "/v1/approaches")["data"]
+    else:
+        from optigraph.engine import inspect
+        from optigraph.engine.registry import builtin_registry
+
+        data = [inspect.approach_info(spec) for spec in builtin_registry().specs.values()]
+    if args.json:
+        return _print_json(data)
+    rows = [[a["name"], _short(a["calls"], 30), _short(a["rounds"], 30), _cost_cell(a.get("default_calls"), a.get("default_rounds")),
+             ", ".join(a["needs"]), "yes" if a["streams_final"] else "no", _short(a["description"], 70)] for a in data]
+    print(_table(["NAME", "CALLS", "ROUNDS", "AT DEFAULTS", "NEEDS", "STREAMS", "DESCRIPTION"], rows))
+
+
+def _approaches_show(args: argparse.Namespace) -> None:
+    if args.server:
+        from urllib.parse import quote
+
+        info = _api_get(args, f"/v1/approaches/{quote(args.expression, safe='')}")
+    else:
+        from optigraph.engine import inspect
+        from optigraph.engine.compiler import Compiler
+        from optigraph.engine.registry import builtin_registry
+        from optigraph.errors import OptigraphError
+
+        registry = builtin_registry()
+        try:
+            info = inspect.expression_info(inspect.compile_expression(args.expression, Compiler(registry, None)), registry)
+        except OptigraphError as exc:
+            raise _CommandError(exc.message) from None
+    if args.json:
+        return _print_json(info)
+    cost = info["cost"]
+    print(f"{info['expression']}: {info['choices']} choice{'s' if info['choices'] != 1 else ''}; at default parameters "
+          f"{cost['calls'] if cost['calls'] is not None else '?'} upstream calls in "
+          f"{cost['rounds'] if cost['rounds'] is not None else '?'} dependent rounds\n")
+    print(info["mermaid"].rstrip())
+    print()
+    rows = [[a["name"], _short(a["calls"], 30), _short(a["rounds"], 30), _cost_cell(a.get("default_calls"), a.get("default_rounds")),
+             _short(a["description"], 70)] for a in info["approaches"]]
+    print(_table(["APPROACH", "CALLS", "ROUNDS", "AT DEFAULTS", "DESCRIPTION"], rows))
+
+
+def _cost_cell(calls: int | None, rounds: int | None) -> str:
+    return "?" if calls is None or rounds is None else f"{_count(calls, 'call')}, {_count(rounds, 'round')}"
+
+
+def _table(headers: list[str], rows: list[list[object]]) -> str:
+    """Aligned plain-text columns; numbers right-aligned."""
+    cells = [[str(c) if c is not None else "-" for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    numeric = [bool(rows) and all(isinstance(r[i], (int, float)) for r in rows) for i in range(len(headers))]
+
+    def line(values: list[str]) -> str:
+        out = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+        return "  ".join(out).rstrip()
+
+    return "\n".join([line(headers)] + [line(r) for r in cells])
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _when(iso: str | None) -> str:
+    """An ISO timestamp as `YYYY-MM-DD HH:MM:SS` (UTC, as stored)."""
+    return "-" if not iso else iso.replace("T", " ")[:19]
 
 
 if __name__ == "__main__":

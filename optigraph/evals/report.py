@@ -1,0 +1,171 @@
+"""What an eval found: one record per problem and approach, a summary per approach, the printed
+tables, the results JSONL, a JSON summary and the plot."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ProblemResult:
+    """One problem answered by one approach (a line of results.jsonl)."""
+
+    approach: str
+    model: str
+    id: str
+    category: str
+    grader: str
+    expected: str
+    correct: bool = False
+    answer: str | None = None
+    grade_method: str | None = None
+    grade_detail: str | None = None
+    error: str | None = None
+    response: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    upstream_calls: int | None = None
+    wall_s: float = 0.0
+    run_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ApproachSummary:
+    approach: str
+    problems: int
+    correct: int
+    errors: int
+    mean_prompt_tokens: float
+    mean_completion_tokens: float
+    mean_upstream_calls: float | None
+    mean_wall_s: float
+    total_wall_s: float
+    by_category: dict[str, tuple[int, int]] = field(default_factory=dict)  # category -> (correct, problems)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.problems if self.problems else 0.0
+
+    @property
+    def mean_tokens(self) -> float:
+        return self.mean_prompt_tokens + self.mean_completion_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["accuracy"] = self.accuracy
+        out["by_category"] = {k: {"correct": c, "problems": n} for k, (c, n) in self.by_category.items()}
+        return out
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def summarize(results: list[ProblemResult], elapsed: dict[str, float]) -> list[ApproachSummary]:
+    """One summary per approach, in the order approaches first appear; `elapsed` is each approach's
+    wall-clock time over all its problems (with concurrency, less than the sum of the problems')."""
+    groups: dict[str, list[ProblemResult]] = defaultdict(list)
+    for r in results:
+        groups[r.approach].append(r)
+    out = []
+    for approach, rows in groups.items():
+        categories: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for r in rows:
+            categories[r.category][0] += int(r.correct)
+            categories[r.category][1] += 1
+        calls = [r.upstream_calls for r in rows if r.upstream_calls is not None]
+        out.append(ApproachSummary(
+            approach=approach, problems=len(rows), correct=sum(r.correct for r in rows),
+            errors=sum(r.error is not None for r in rows),
+            mean_prompt_tokens=_mean([r.prompt_tokens for r in rows]),
+            mean_completion_tokens=_mean([r.completion_tokens for r in rows]),
+            mean_upstream_calls=_mean(calls) if calls else None,
+            mean_wall_s=_mean([r.wall_s for r in rows]),
+            total_wall_s=elapsed.get(approach, sum(r.wall_s for r in rows)),
+            by_category={k: (v[0], v[1]) for k, v in sorted(categories.items())}))
+    return out
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+    sep = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def format_table(summaries: list[ApproachSummary]) -> str:
+    """A Markdown table: accuracy (with count), mean tokens, upstream calls, wall time, per approach."""
+    header = ["approach", "accuracy", "correct", "errors", "prompt tok", "completion tok", "upstream calls",
+              "mean wall s", "total wall s"]
+    rows = [[s.approach, f"{100 * s.accuracy:.1f}%", f"{s.correct}/{s.problems}", str(s.errors),
+             f"{s.mean_prompt_tokens:.0f}", f"{s.mean_completion_tokens:.0f}",
+             "-" if s.mean_upstream_calls is None else f"{s.mean_upstream_calls:.1f}",
+             f"{s.mean_wall_s:.2f}", f"{s.total_wall_s:.1f}"] for s in summaries]
+    return _table(header, rows)
+
+
+def format_category_table(summaries: list[ApproachSummary]) -> str | None:
+    """Accuracy per category and approach, or None when there is only one category."""
+    categories = sorted({c for s in summaries for c in s.by_category})
+    if len(categories) < 2:
+        return None
+    rows = []
+    for s in summaries:
+        cells = [s.approach]
+        for c in categories:
+            correct, n = s.by_category.get(c, (0, 0))
+            cells.append(f"{correct}/{n}" if n else "-")
+        rows.append(cells)
+    return _table(["approach", *categories], rows)
+
+
+def write_jsonl(results: list[ProblemResult], path: Path) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for r in results:
+            f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+
+
+def write_summary(summaries: list[ApproachSummary], path: Path, **meta: Any) -> None:
+    path.write_text(json.dumps({**meta, "approaches": [s.to_dict() for s in summaries]}, indent=2) + "\n",
+                    encoding="utf-8")
+
+
+def plot(summaries: list[ApproachSummary], path: Path, *, title: str = "") -> bool:
+    """Accuracy against mean tokens per problem, and against mean wall time, one point per approach.
+    Returns False (and writes nothing) when matplotlib is not installed."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    fig = Figure(figsize=(10, 4.2), dpi=100)
+    FigureCanvasAgg(fig)  # the Agg canvas: no display, no global backend switch
+    panels = ((fig.add_subplot(1, 2, 1), "mean tokens per problem (prompt + completion)", lambda s: s.mean_tokens),
+              (fig.add_subplot(1, 2, 2), "mean wall time per problem (s)", lambda s: s.mean_wall_s))
+    for ax, xlabel, x_of in panels:
+        for s in summaries:
+            x, y = x_of(s), 100 * s.accuracy
+            ax.scatter([x], [y], s=60, zorder=3)
+            ax.annotate(f"{s.approach} ({s.correct}/{s.problems})", (x, y), textcoords="offset points",
+                        xytext=(6, 6), fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(-5, 110)
+        xs = [x_of(s) for s in summaries]
+        if xs:
+            hi = max(xs) or 1.0
+            ax.set_xlim(0, hi * 1.35)
+        ax.grid(True, alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(str(path), format="png")
+    return True
