@@ -3,4 +3,15 @@
 from optigraph.errors import OptigraphError
 
 __version__ = "0.1.0"
-__all__ = ["OptigraphError", "__version__"]
+__all__ = ["ApproachParams", "ApproachSpec", "OptigraphError", "__version__", "approach", "load_declarative"]
+
+_AUTHORING = {"ApproachParams", "ApproachSpec", "approach", "load_declarative"}
+
+
+def __getattr__(name: str) -> object:
+    """The authoring API (optigraph.authoring), imported on first use so `import optigraph` stays light."""
+    if name in _AUTHORING:
+        from optigraph import authoring
+
+        return getattr(authoring, name)
+    raise AttributeError(f"module 'optigraph' has no attribute {name!r}")

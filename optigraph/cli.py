@@ -20,6 +20,7 @@ SERVE_FLAGS = (
     ("--db-url", "db_url", "sqlite:///path or postgresql://... (default sqlite:///./optigraph.db)"),
     ("--api-key", "api_key", "require this bearer key from clients"),
     ("--log-level", "log_level", "debug, info, warning, error"),
+    ("--approaches-dir", "approaches_dir", "load approach modules (*.py) and YAML/JSON specs from this directory"),
 )
 
 
@@ -58,7 +59,12 @@ def serve(args: argparse.Namespace) -> None:
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
-    app = create_app(settings)
+    from optigraph.engine.loading import ApproachLoadError
+
+    try:
+        app = create_app(settings)
+    except ApproachLoadError as exc:  # a bad or clashing user approach: say where, no traceback
+        raise SystemExit(f"optigraph: cannot load approaches:\n{exc.message}") from None
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                 loop="uvloop", http="httptools", access_log=settings.log_level.lower() == "debug")
 
@@ -105,6 +111,19 @@ def _add_inspect_commands(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--max-chars", type=int, default=4096, help="cut longer strings (0: keep them whole)")
     source(show, server_default=DEFAULT_SERVER)
     show.set_defaults(handler=_runs_show)
+    for name, help_ in (("resume", "continue an interrupted run (crash or upstream failure) on a server"),
+                        ("fork", "start a new run from a checkpoint of a run, with an optional state patch")):
+        cmd = runs_sub.add_parser(name, help=help_)
+        cmd.add_argument("run_id")
+        if name == "fork":
+            cmd.add_argument("--checkpoint", help="the checkpoint id to start from (default: the latest)")
+            cmd.add_argument("--thread", help="the source thread, <id>.<i> for choice i of an n > 1 run")
+            cmd.add_argument("--patch", help='state values to overwrite, as JSON, e.g. \'{"request": {"temperature": 0.2}}\'')
+        cmd.add_argument("--server", default=DEFAULT_SERVER, help=f"the optigraph server (default {DEFAULT_SERVER})")
+        cmd.add_argument("--api-key", default=os.environ.get("OPTIGRAPH_API_KEY"),
+                         help="the server's key, when it requires one (default $OPTIGRAPH_API_KEY)")
+        cmd.add_argument("--json", action="store_true", help="print the whole chat.completion")
+        cmd.set_defaults(handler=_runs_continue)
 
     approaches = sub.add_parser("approaches", help="the approaches, their costs and graphs")
     approaches_sub = approaches.add_subparsers(dest="approaches_command", required=True)
@@ -112,12 +131,14 @@ def _add_inspect_commands(sub: argparse._SubParsersAction) -> None:
     als.add_argument("--server", help="ask a running server (default: this installation's approaches)")
     als.add_argument("--api-key", default=os.environ.get("OPTIGRAPH_API_KEY"))
     als.add_argument("--json", action="store_true")
+    als.add_argument("--approaches-dir", help="also load the approaches in this directory (as serve does)")
     als.set_defaults(handler=_approaches_list)
     ashow = approaches_sub.add_parser("show", help="an approach or expression: Mermaid drawing and cost")
     ashow.add_argument("expression", help="e.g. bon or 'bon&re2|moa' (quote it for the shell)")
     ashow.add_argument("--server", help="ask a running server (default: this installation's approaches)")
     ashow.add_argument("--api-key", default=os.environ.get("OPTIGRAPH_API_KEY"))
     ashow.add_argument("--json", action="store_true")
+    ashow.add_argument("--approaches-dir", help="also load the approaches in this directory (as serve does)")
     ashow.set_defaults(handler=_approaches_show)
 
 
@@ -216,6 +237,47 @@ def _runs_show(args: argparse.Namespace) -> None:
     print(_run_text(run))
 
 
+def _runs_continue(args: argparse.Namespace) -> None:
+    """`runs resume` and `runs fork`: POST to the server, print the answer."""
+    import json
+    from urllib.parse import quote
+
+    import httpx
+
+    body: dict = {}
+    if args.runs_command == "fork":
+        if args.patch:
+            try:
+                body["patch"] = json.loads(args.patch)
+            except ValueError as exc:
+                raise _CommandError(f"--patch is not valid JSON: {exc}") from None
+            if not isinstance(body["patch"], dict):
+                raise _CommandError("--patch must be a JSON object of state values")
+        body.update({k: v for k, v in (("checkpoint_id", args.checkpoint), ("thread", args.thread)) if v})
+    headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    url = args.server.rstrip("/")
+    path = f"/v1/runs/{quote(args.run_id, safe='')}/{args.runs_command}"
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=600) as client:
+            response = client.post(path, json=body)
+    except httpx.HTTPError as exc:
+        raise _CommandError(f"cannot reach {url} ({exc}); start it with `optigraph serve`") from None
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {}
+    if response.status_code >= 400:
+        message = (answer.get("error") or {}).get("message") if isinstance(answer, dict) else None
+        raise _CommandError(f"{response.status_code}: {message or response.text[:200]}")
+    if args.json:
+        return _print_json(answer)
+    info = answer.get("optigraph") or {}
+    parent = f" (forked from {info['parent_id']})" if info.get("parent_id") else ""
+    print(f"run {info.get('run_id')}{parent}: completed, {_count(int(info.get('upstream_calls') or 0), 'upstream call')}")
+    for choice in answer.get("choices") or []:
+        print(f"\n[{choice.get('index')}] {(choice.get('message') or {}).get('content') or ''}")
+
+
 def _run_text(run: dict) -> str:
     from optigraph.engine.inspect import iter_steps
 
@@ -300,14 +362,23 @@ def _sent(messages: object) -> str:
     return _short(f"{last.get('role', '?')}: {content or ''}", 40)
 
 
+def _local_registry(args: argparse.Namespace):  # a Registry (imported lazily)
+    """This installation's approaches: built-ins, entry points and --approaches-dir."""
+    from optigraph.engine.loading import ApproachLoadError, load_registry
+
+    try:
+        return load_registry(approaches_dir=args.approaches_dir or os.environ.get("OPTIGRAPH_APPROACHES_DIR"))
+    except ApproachLoadError as exc:
+        raise _CommandError(f"cannot load approaches:\n{exc.message}") from None
+
+
 def _approaches_list(args: argparse.Namespace) -> None:
     if args.server:
         data = _api_get(args, "/v1/approaches")["data"]
     else:
         from optigraph.engine import inspect
-        from optigraph.engine.registry import builtin_registry
 
-        data = [inspect.approach_info(spec) for spec in builtin_registry().specs.values()]
+        data = [inspect.approach_info(spec) for spec in _local_registry(args).specs.values()]
     if args.json:
         return _print_json(data)
     rows = [[a["name"], _short(a["calls"], 30), _short(a["rounds"], 30), _cost_cell(a.get("default_calls"), a.get("default_rounds")),
@@ -323,10 +394,9 @@ def _approaches_show(args: argparse.Namespace) -> None:
     else:
         from optigraph.engine import inspect
         from optigraph.engine.compiler import Compiler
-        from optigraph.engine.registry import builtin_registry
         from optigraph.errors import OptigraphError
 
-        registry = builtin_registry()
+        registry = _local_registry(args)
         try:
             info = inspect.expression_info(inspect.compile_expression(args.expression, Compiler(registry, None)), registry)
         except OptigraphError as exc:

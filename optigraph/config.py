@@ -37,3 +37,8 @@ class Settings(BaseSettings):
     max_connections: int = 512
     max_upstream_calls: int = Field(default=256, description="Per-run cap on upstream calls (default and ceiling)")
     max_upstream_tokens: int = Field(default=1_000_000, description="Per-run cap on completion tokens (default and ceiling)")
+    approaches_dir: Path | None = Field(
+        default=None, description="Directory of approach modules (*.py) and declarative specs (*.yaml, *.yml, *.json) "
+                                  "loaded at start (docs/authoring.md)")
+    approach_entry_points: bool = Field(
+        default=True, description="Load approaches that installed packages declare in the optigraph.approaches entry-point group")

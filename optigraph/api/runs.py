@@ -1,15 +1,22 @@
-"""GET /v1/runs and GET /v1/runs/{run_id}: stored runs, their steps and upstream calls."""
+"""GET /v1/runs and GET /v1/runs/{run_id}: stored runs, their steps and upstream calls.
+POST /v1/runs/{run_id}/resume and /fork: continue an interrupted run, or start a new run from one of
+its checkpoints (engine/resume.py)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+import orjson
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from optigraph.api.errors import ORJSONResponse
 
 from optigraph.api.auth import upstream_key
 from optigraph.engine import inspect
-from optigraph.errors import NotFound
+from optigraph.errors import NotFound, OptigraphError
 from optigraph.memory.queries import MAX_LIMIT, get_run, page_runs
 
 # Every route here needs the server's key when it has one (the forwarded key itself is unused).
@@ -54,3 +61,53 @@ async def show_run(
     row = await load_run(request, run_id)
     return await inspect.run_detail(row, request.app.state.engine.compiler, max_chars=max_chars or None)
 
+
+
+class ForkRequest(BaseModel):
+    checkpoint_id: str | None = Field(None, description="the checkpoint to start from (a step's `checkpoint_id` "
+                                                          "in GET /v1/runs/{id}); default: the thread's latest")
+    thread: str | None = Field(None, description="the source thread: the run id, or `<id>.<i>` for choice i of "
+                                                 "an n > 1 run (default: the first)")
+    patch: dict[str, Any] | None = Field(None, description="state values to overwrite at that checkpoint, e.g. "
+                                                           '{"request": {"temperature": 0.2}}')
+
+
+def _answer(request: Request, run_id: str, call) -> Any:
+    request_recorder = request.app.state.engine.recorder
+
+    async def answer() -> Response:
+        headers = {"x-optigraph-run-id": run_id}
+        recorder = request_recorder
+        try:
+            result = await call()
+        except OptigraphError as exc:
+            await recorder.flush()  # what is stored matches the answer before it is sent
+            return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        await recorder.flush()
+        headers = {"x-optigraph-run-id": result.run_id,
+                   "x-optigraph-upstream-calls": str(result.response["optigraph"]["upstream_calls"])}
+        return Response(orjson.dumps(result.response), media_type="application/json", headers=headers)
+
+    return answer()
+
+
+@router.post("/v1/runs/{run_id}/resume", summary="Continue an interrupted run from its last checkpoint",
+             responses={200: {"description": "The run's chat.completion (non-streaming)"},
+                        404: {"description": "No such run"},
+                        409: {"description": "The run cannot be resumed (passthrough, completed, being resumed)"}})
+async def resume_run(request: Request, run_id: RunId, key: str | None = Depends(upstream_key)) -> Response:
+    engine = request.app.state.engine
+    return await _answer(request, run_id, lambda: engine.resume(run_id, db=request.app.state.db, client_key=key))
+
+
+@router.post("/v1/runs/{run_id}/fork", summary="A new run from one checkpoint of a run, with a state patch",
+             responses={200: {"description": "The new run's chat.completion; `optigraph.parent_id` is the source"},
+                        404: {"description": "No such run or checkpoint"},
+                        409: {"description": "The run has no checkpoints (passthrough)"}})
+async def fork_run(request: Request, run_id: RunId, body: Annotated[ForkRequest | None, Body()] = None,
+                   key: str | None = Depends(upstream_key)) -> Response:
+    engine = request.app.state.engine
+    body = body or ForkRequest()
+    return await _answer(request, run_id, lambda: engine.fork(run_id, db=request.app.state.db, client_key=key,
+                                                     checkpoint_id=body.checkpoint_id, thread=body.thread,
+                                                     patch=body.patch))

@@ -7,7 +7,8 @@ Two paths, one behaviour:
   per-invocation cost (~1 ms measured) would double the proxy's overhead (docs/performance.md);
 - every other expression runs its compiled graph with the SQL checkpointer at durability "sync"
   (each finished step, and each finished parallel branch, is stored before the next starts), so a
-  crashed run can be resumed from its last finished step.
+  crashed run can be resumed from its last finished step (`Engine.resume`), or forked from any of
+  its checkpoints into a new run (`Engine.fork`); both live in engine/resume.py.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ class Prepared:
     started: float
 
 
+def answer_choices(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"index": i, "message": a["message"], "finish_reason": a.get("finish_reason") or "stop",
+             "logprobs": a.get("logprobs")} for i, a in enumerate(answers)]
+
+
 @dataclass
 class ChatResult:
     run_id: str
@@ -70,10 +76,11 @@ class Engine:
         self.recorder = recorder
         self.compiler = compiler
         self._n_support: dict[str, bool] = {}
+        self._resuming: set[str] = set()  # runs being resumed by this server
 
     # ---- preparing a run ----------------------------------------------------------------------
 
-    def prepare(self, body: dict[str, Any], *, client_key: str | None) -> Prepared:
+    def prepare(self, body: dict[str, Any], *, client_key: str | None, run_id: str | None = None) -> Prepared:
         check_request(body, max_n=self.settings.max_n, max_tokens=self.settings.max_tokens_limit)
         sel = select(body, known=self.registry.names(), default=self.settings.approach)
         ast = parse(sel.expression)
@@ -86,7 +93,7 @@ class Engine:
                                      param="model", code="model_required")
             model = self.settings.local_model
         backend, upstream_model = self.backends.for_model(model)
-        run_id = uuid.uuid4().hex
+        run_id = run_id or uuid.uuid4().hex
         llm = LLM(backend=backend, model=upstream_model, run_id=run_id, recorder=self.recorder,
                   api_key=client_key, retries=self.settings.upstream_retries, n_support=self._n_support,
                   budget=self._budget(body.get("optigraph")))
@@ -144,13 +151,18 @@ class Engine:
             else:
                 self.recorder.run_started(prep.record)
                 answers, usage = await self._run_graph(prep, sink=None)
-                choices = [{"index": i, "message": a["message"], "finish_reason": a.get("finish_reason") or "stop",
-                            "logprobs": a.get("logprobs")} for i, a in enumerate(answers)]
+                choices = answer_choices(answers)
                 extra = {}
         except BaseException as exc:
             self._failed(prep, exc)
             raise
-        response = {
+        response = self._response(prep, choices, usage, extra)
+        self._finished(prep, usage, response)
+        return ChatResult(run_id=prep.run_id, response=response)
+
+    @staticmethod
+    def _response(prep: Prepared, choices: list[dict[str, Any]], usage: Usage, extra: dict[str, Any]) -> dict[str, Any]:
+        return {
             "id": f"chatcmpl-{prep.run_id}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -160,20 +172,44 @@ class Engine:
             **extra,
             "optigraph": {"run_id": prep.run_id, "approach": prep.expression, "upstream_calls": usage["calls"]},
         }
-        self._finished(prep, usage, response)
-        return ChatResult(run_id=prep.run_id, response=response)
 
-    async def _run_graph(self, prep: Prepared, *, sink: StreamSink | None) -> tuple[list[dict[str, Any]], Usage]:
+    # ---- resuming and forking (engine/resume.py) ----------------------------------------------
+
+    async def resume(self, run_id: str, *, db: Any, client_key: str | None = None) -> ChatResult:
+        """Continues a stored run that crashed or failed from its last checkpoints (see resume.py)."""
+        from optigraph.engine.resume import resume_run
+
+        return await resume_run(self, run_id, db=db, client_key=client_key)
+
+    async def fork(self, run_id: str, *, db: Any, client_key: str | None = None, checkpoint_id: str | None = None,
+                   thread: str | None = None, patch: dict[str, Any] | None = None) -> ChatResult:
+        """A new run started from one checkpoint of a stored run, with a patch of its state."""
+        from optigraph.engine.resume import fork_run
+
+        return await fork_run(self, run_id, db=db, client_key=client_key, checkpoint_id=checkpoint_id,
+                              thread=thread, patch=patch)
+
+    async def _run_graph(self, prep: Prepared, *, sink: StreamSink | None,
+                         resume: bool = False) -> tuple[list[dict[str, Any]], Usage]:
+        """Runs the n threads of the run. With `resume`, each thread continues from its last
+        checkpoint (a finished thread is read back, a thread with no checkpoint starts afresh)."""
         assert prep.compiled is not None
         compiled = prep.compiled
         ctx = RunContext(run_id=prep.run_id, llm=prep.llm, sink=sink)
 
         async def one(i: int) -> dict[str, Any]:
             thread = prep.run_id if prep.n == 1 else f"{prep.run_id}.{i}"
-            state = compiled.input(messages=prep.messages, request=prep.request, params=prep.params,
-                                   stream_choice=(i * compiled.choices) if sink is not None else None)
-            return await compiled.graph.ainvoke(state, {"configurable": {"thread_id": thread}}, context=ctx,
-                                                durability="sync")
+            config = {"configurable": {"thread_id": thread}}
+            state: dict[str, Any] | None = compiled.input(
+                messages=prep.messages, request=prep.request, params=prep.params,
+                stream_choice=(i * compiled.choices) if sink is not None else None)
+            if resume:
+                snapshot = await compiled.graph.aget_state(config)
+                if snapshot.values or snapshot.next:
+                    if not snapshot.next:
+                        return dict(snapshot.values)  # this thread had finished
+                    state = None  # continue from the last checkpoint
+            return await compiled.graph.ainvoke(state, config, context=ctx, durability="sync")
 
         outs = await asyncio.gather(*(one(i) for i in range(prep.n)))
         answers = [a for out in outs for a in (out.get("answers") or [])]

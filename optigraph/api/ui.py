@@ -1,0 +1,394 @@
+"""The web page: `/ui` lists recent runs, `/ui/runs/{id}` shows one run (its graph with the path
+taken, its steps and its upstream calls).
+
+Plain server-rendered HTML: every value is escaped with `html.escape`, the graph is drawn here as
+an inline SVG from the compiled graph's nodes and edges, and the page loads nothing else (no
+script, no external style, no font). When the server has an API key the page needs it too: open
+`/ui?key=KEY` once (or use the form the page shows) and it is kept in an HttpOnly cookie.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Iterable, Mapping
+from html import escape
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from optigraph.api.auth import bearer
+from optigraph.engine import inspect
+from optigraph.errors import OptigraphError
+from optigraph.memory.queries import get_run, page_runs
+
+router = APIRouter(include_in_schema=False)
+
+COOKIE = "optigraph_key"
+PAGE_SIZE = 50
+STATUSES = ("running", "completed", "failed")
+# Nothing may be loaded or run: inline style and data: images only.
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; base-uri 'none'"
+
+CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.4em;margin:.2em 0}h2{font-size:1.15em;margin:1.2em 0 .4em}
+a{color:#2950b8}table{border-collapse:collapse;margin:.3em 0}
+th,td{border:1px solid #ccd;padding:.25em .5em;text-align:left;vertical-align:top}
+th{background:#eef}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.runs-row:hover{background:#f6f6ff}
+.status-completed{color:#18794e}.status-failed{color:#c62828}.status-running{color:#b26a00}
+pre{margin:.2em 0;white-space:pre-wrap;word-break:break-word;max-width:70em;background:#f7f7f9;padding:.4em}
+details summary{cursor:pointer;color:#555}code{background:#f3f3f6;padding:0 .2em}
+dl.summary{display:grid;grid-template-columns:max-content auto;gap:.15em 1em}dl.summary dt{color:#666}
+dl.summary dd{margin:0}.graph svg{max-width:100%;height:auto;border:1px solid #dde}
+.graph .node rect{fill:#f4f4f8;stroke:#99a;stroke-width:1}
+.graph .node.taken rect{fill:#c9f0d5;stroke:#18794e;stroke-width:2.5}
+.graph .node text{font:12px monospace;fill:#222}.graph .edge{stroke:#889;fill:none;stroke-width:1.2}
+.graph .edge.conditional{stroke-dasharray:5 4}.graph .edge.taken{stroke:#18794e;stroke-width:2}
+.legend span{display:inline-block;padding:0 .5em;margin-right:.5em;border:1px solid #99a}
+.legend .taken{background:#c9f0d5;border-color:#18794e}
+form.filters{margin:.5em 0}form.filters *{margin-right:.4em}
+"""
+
+
+# ---- auth ----------------------------------------------------------------------------------------
+
+
+def _authorized(request: Request, key: str | None) -> bool:
+    expected = request.app.state.settings.api_key
+    if not expected:
+        return True
+    for given in (key, request.cookies.get(COOKIE), bearer(request)):
+        if given and hmac.compare_digest(given.encode(), expected.encode()):
+            return True
+    return False
+
+
+def _guard(request: Request, key: str | None) -> Response | None:
+    """None when the request may see the page; otherwise the response to send instead: the login
+    form (wrong or missing key), or a redirect that stores a right `?key=` in a cookie."""
+    if not _authorized(request, key):
+        return _login(request, bad=key is not None or COOKIE in request.cookies)
+    if key is not None and request.app.state.settings.api_key:
+        query = [(k, v) for k, v in request.query_params.multi_items() if k != "key"]
+        target = request.url.path + (f"?{urlencode(query)}" if query else "")
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(COOKIE, key, httponly=True, samesite="strict", path="/ui")
+        return response
+    return None
+
+
+def _login(request: Request, *, bad: bool) -> HTMLResponse:
+    message = "<p class='status-failed'>That key is not valid.</p>" if bad else ""
+    body = (f"<h1>optigraph</h1><p>This server needs its API key to show runs.</p>{message}"
+            f"<form method='get' action='{escape(request.url.path)}'>"
+            "<label>API key <input type='password' name='key' autofocus></label> <button>Open</button></form>")
+    return _page("optigraph: API key", body, status=401)
+
+
+# ---- pages ---------------------------------------------------------------------------------------
+
+
+def _page(title: str, body: str, *, status: int = 200) -> HTMLResponse:
+    text = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
+            f"<meta name='viewport' content='width=device-width,initial-scale=1'><style>{CSS}</style></head>"
+            f"<body>{body}</body></html>")
+    return HTMLResponse(text, status_code=status, headers={"Content-Security-Policy": CSP,
+                                                           "Cache-Control": "no-store",
+                                                           "X-Content-Type-Options": "nosniff"})
+
+
+@router.get("/ui", response_class=HTMLResponse)
+async def runs_page(
+    request: Request,
+    status: Annotated[str | None, Query()] = None,
+    approach: Annotated[str | None, Query()] = None,
+    after: Annotated[str | None, Query()] = None,
+    key: Annotated[str | None, Query()] = None,
+) -> Response:
+    denied = _guard(request, key)
+    if denied is not None:
+        return denied
+    status = status or None
+    approach = (approach or "").strip() or None
+    page = await page_runs(request.app.state.db, status=status, expression=inspect.canonical(approach),
+                           after=after or None, limit=PAGE_SIZE)
+    runs = inspect.run_list(page.runs, has_more=page.has_more)
+    options = "".join(f"<option value='{s}'{' selected' if s == status else ''}>{s}</option>"
+                      for s in STATUSES)
+    filters = ("<form class='filters' method='get' action='/ui'>"
+               f"<label>Status <select name='status'><option value=''>any</option>{options}</select></label>"
+               f"<label>Approach <input name='approach' value='{escape(approach or '')}' "
+               "placeholder='e.g. bon&amp;re2'></label><button>Filter</button> <a href='/ui'>clear</a></form>")
+    rows = []
+    for r in runs["data"]:
+        href = f"/ui/runs/{escape(r['id'])}"
+        rows.append(
+            f"<tr class='runs-row' data-run-id='{escape(r['id'])}'>"
+            f"<td><a class='run-link' href='{href}'><code>{escape(r['id'])}</code></a></td>"
+            f"<td class='status status-{escape(r['status'])}'>{escape(r['status'])}</td>"
+            f"<td><code>{escape(r['expression'])}</code></td><td>{escape(r['model'])}</td>"
+            f"<td class='num'>{r['usage']['calls']}</td><td class='num'>{r['usage']['total_tokens']}</td>"
+            f"<td class='num'>{_ms(r.get('latency_ms'))}</td><td>{escape(_when(r.get('created_at')))}</td></tr>")
+    table = ("<table id='runs'><thead><tr><th>Run</th><th>Status</th><th>Approach</th><th>Model</th>"
+             "<th>Calls</th><th>Tokens</th><th>Latency</th><th>Created</th></tr></thead>"
+             f"<tbody>{''.join(rows)}</tbody></table>") if rows else "<p id='no-runs'>No runs.</p>"
+    more = ""
+    if runs["has_more"] and runs["next_cursor"]:
+        query = {k: v for k, v in (("status", status), ("approach", approach)) if v}
+        query["after"] = runs["next_cursor"]
+        more = f"<p><a id='older' href='/ui?{escape(urlencode(query))}'>Older runs</a></p>"
+    body = f"<h1>optigraph runs</h1><p>Newest first.</p>{filters}{table}{more}"
+    return _page("optigraph runs", body)
+
+
+@router.get("/ui/runs/{run_id}", response_class=HTMLResponse)
+async def run_page(request: Request, run_id: str, key: Annotated[str | None, Query()] = None) -> Response:
+    denied = _guard(request, key)
+    if denied is not None:
+        return denied
+    row = await get_run(request.app.state.db, run_id)
+    if row is None:
+        return _page("optigraph: no such run",
+                     f"<p><a href='/ui'>&larr; runs</a></p><h1>No run with id <code>{escape(run_id)}</code></h1>",
+                     status=404)
+    compiler = request.app.state.engine.compiler
+    detail = await inspect.run_detail(row, compiler)
+    return _page(f"optigraph run {run_id}", render_run(detail, compiler))
+
+
+# ---- one run -------------------------------------------------------------------------------------
+
+
+def render_run(detail: Mapping[str, Any], compiler: Any) -> str:
+    usage = detail["usage"]
+    totals = detail["totals"]
+    parent = detail.get("parent_id")
+    items = [
+        ("Status", f"<span id='run-status' class='status-{escape(detail['status'])}'>{escape(detail['status'])}</span>"),
+        ("Approach", f"<code id='run-approach'>{escape(detail['expression'])}</code>"),
+        ("Model", escape(detail["model"])),
+        ("Created", escape(_when(detail.get("created_at")))),
+        ("Finished", escape(_when(detail.get("finished_at")))),
+        ("Latency", _ms(detail.get("latency_ms"))),
+        ("Upstream calls", f"{totals['calls']} ({totals['failed_calls']} failed, {totals['retried_calls']} retried)"),
+        ("Tokens", (f"{usage['total_tokens']} (prompt {usage['prompt_tokens']}, completion "
+                   f"{usage['completion_tokens']}, reasoning {usage['reasoning_tokens']})")),
+        ("Steps", f"{totals['steps']} steps, {totals['tasks']} tasks"),
+    ]
+    if parent:
+        items.insert(0, ("Forked from", f"<a href='/ui/runs/{escape(parent)}'><code>{escape(parent)}</code></a>"))
+    if detail.get("error"):
+        items.append(("Error", f"<pre id='run-error'>{_json(detail['error'])}</pre>"))
+    summary = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
+    io = (f"<details><summary>Request</summary><pre id='run-request'>{_json(detail.get('request'))}</pre></details>"
+          f"<details><summary>Response</summary><pre id='run-response'>{_json(detail.get('response'))}</pre></details>")
+    return (f"<p><a href='/ui'>&larr; runs</a></p><h1>Run <code id='run-id'>{escape(detail['id'])}</code></h1>"
+            f"<dl class='summary'>{summary}</dl>{io}"
+            f"<h2>Graph</h2>{render_graph(detail, compiler)}"
+            f"<h2>Steps</h2>{render_steps(detail)}"
+            f"<h2>Upstream calls</h2>{render_calls(detail.get('upstream_calls') or [])}")
+
+
+def taken_nodes(detail: Mapping[str, Any]) -> set[str]:
+    """The ids of the drawn graph's nodes (`get_graph(xray=True)`) that ran: each task, its name
+    prefixed by the tasks that ran the child graphs it is in (`2.none+bon:bon:rate`)."""
+    taken: set[str] = set()
+
+    def walk(steps: list[Mapping[str, Any]], prefix: str) -> None:
+        for step in steps:
+            for task in step.get("tasks") or ():
+                taken.add(prefix + task["name"])
+                if task.get("steps"):
+                    walk(task["steps"], f"{prefix}{task['name']}:")
+
+    threads = detail.get("threads") or []
+    for thread in threads:
+        walk(thread.get("steps") or [], "")
+    if not threads:  # not checkpointed (a lone approach without steps): its calls say what ran
+        taken.update(c["node"] for c in detail.get("upstream_calls") or ())
+        if taken:
+            taken.add("__start__")
+    if detail.get("status") == "completed" and all(not t.get("next") for t in threads):
+        taken.add("__end__")
+    return taken
+
+
+def render_graph(detail: Mapping[str, Any], compiler: Any) -> str:
+    graph = detail.get("graph") or {}
+    if graph.get("error"):
+        return f"<p id='graph-error'>The graph cannot be drawn: {escape(graph['error'])}</p>"
+    try:
+        drawn = inspect.compile_expression(detail["expression"], compiler).graph.get_graph(xray=True)
+    except OptigraphError as exc:
+        return f"<p id='graph-error'>The graph cannot be drawn: {escape(exc.message)}</p>"
+    nodes = list(drawn.nodes)
+    edges = [(e.source, e.target, bool(e.conditional)) for e in drawn.edges]
+    svg = svg_graph(nodes, edges, taken_nodes(detail))
+    mermaid = graph.get("mermaid") or ""
+    return ("<div class='graph'><p class='legend'><span class='taken'>ran in this run</span>"
+            "<span>did not run</span> dashed arrows: conditional or fan-out</p>"
+            f"{svg}<details><summary>Mermaid text</summary><pre id='mermaid'>{escape(mermaid)}</pre></details></div>")
+
+
+def svg_graph(nodes: Iterable[str], edges: list[tuple[str, str, bool]], taken: set[str]) -> str:
+    """A layered drawing, top to bottom: a node's layer is its distance from `__start__` (breadth
+    first, so loops do not push nodes down forever); edges that go up or sideways curve."""
+    nodes = list(nodes)
+    out: dict[str, list[str]] = {n: [] for n in nodes}
+    for s, t, _ in edges:
+        out.setdefault(s, []).append(t)
+    layer: dict[str, int] = {}
+    roots = [n for n in nodes if n == "__start__"] or nodes[:1]
+    frontier = list(roots)
+    for r in roots:
+        layer[r] = 0
+    while frontier:
+        nxt = []
+        for n in frontier:
+            for t in out.get(n, ()):
+                if t not in layer:
+                    layer[t] = layer[n] + 1
+                    nxt.append(t)
+        frontier = nxt
+    deepest = max(layer.values(), default=0)
+    for n in nodes:  # unreachable nodes go below the rest; __end__ last of all
+        if n not in layer:
+            deepest += 1
+            layer[n] = deepest
+    if "__end__" in layer:
+        layer["__end__"] = max(v for k, v in layer.items() if k != "__end__") + 1 if len(layer) > 1 else 0
+    rows: dict[int, list[str]] = {}
+    for n in nodes:
+        rows.setdefault(layer[n], []).append(n)
+    char_w, pad, box_h, gap_x, gap_y, margin = 7.4, 16, 28, 24, 46, 20
+    width_of = {n: max(60.0, len(n) * char_w + pad) for n in nodes}
+    row_w = {k: sum(width_of[n] for n in r) + gap_x * (len(r) - 1) for k, r in rows.items()}
+    total_w = max(row_w.values(), default=100) + 2 * margin
+    pos: dict[str, tuple[float, float]] = {}  # centre of each box
+    for k in sorted(rows):
+        x = (total_w - row_w[k]) / 2
+        for n in rows[k]:
+            pos[n] = (x + width_of[n] / 2, margin + k * (box_h + gap_y) + box_h / 2)
+            x += width_of[n] + gap_x
+    total_h = margin * 2 + (max(rows, default=0) + 1) * (box_h + gap_y) - gap_y
+    parts = [(f"<svg xmlns='http://www.w3.org/2000/svg' id='graph' viewBox='0 0 {total_w:.0f} {total_h:.0f}' "
+             f"width='{total_w:.0f}' height='{total_h:.0f}' role='img' aria-label='the run graph'>"),
+             ("<defs><marker id='arrow' viewBox='0 0 10 10' refX='10' refY='5' markerWidth='7' markerHeight='7' "
+             "orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z' fill='#778'/></marker></defs>")]
+    for s, t, conditional in edges:
+        if s not in pos or t not in pos:
+            continue
+        (x1, y1), (x2, y2) = pos[s], pos[t]
+        classes = "edge" + (" conditional" if conditional else "") + (" taken" if s in taken and t in taken else "")
+        if y2 > y1:
+            d = f"M{x1:.1f},{y1 + box_h / 2:.1f} L{x2:.1f},{y2 - box_h / 2:.1f}"
+        else:  # back or sideways: a curve out to the right
+            bend = max(width_of[s], width_of[t]) / 2 + 40
+            d = (f"M{x1 + width_of[s] / 2:.1f},{y1:.1f} C{x1 + bend:.1f},{y1:.1f} {x2 + bend:.1f},{y2:.1f} "
+                 f"{x2 + width_of[t] / 2:.1f},{y2:.1f}")
+        parts.append(f"<path class='{classes}' data-source='{escape(s)}' data-target='{escape(t)}' d='{d}' "
+                     "marker-end='url(#arrow)'/>")
+    for n in nodes:
+        x, y = pos[n]
+        w = width_of[n]
+        ran = n in taken
+        rx = box_h / 2 if n in ("__start__", "__end__") else 4
+        parts.append(f"<g class='node{' taken' if ran else ''}' data-node='{escape(n)}' "
+                     f"data-taken='{'true' if ran else 'false'}'><title>{escape(n)}{' (ran)' if ran else ''}</title>"
+                     f"<rect x='{x - w / 2:.1f}' y='{y - box_h / 2:.1f}' width='{w:.1f}' height='{box_h}' rx='{rx}'/>"
+                     f"<text x='{x:.1f}' y='{y + 4:.1f}' text-anchor='middle'>{escape(n)}</text></g>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def render_steps(detail: Mapping[str, Any]) -> str:
+    threads = detail.get("threads") or []
+    if not threads:
+        return "<p id='no-steps'>This run was not checkpointed, so it has no steps (its calls are below).</p>"
+    many = len(threads) > 1
+    rows = []
+    for thread in threads:
+        if thread.get("error"):
+            rows.append(f"<tr><td colspan='7'>{escape(thread['thread_id'])}: {escape(thread['error'])}</td></tr>")
+        for depth, step, task in inspect.iter_steps(thread.get("steps") or []):
+            ns = step.get("checkpoint_ns") or ""
+            graph = ns.split(":", 1)[0] if ns else ""
+            writes = task.get("writes")
+            cell = (f"<details><summary>{len(writes) if isinstance(writes, Mapping) else ''} "
+                    f"{escape(', '.join(writes) if isinstance(writes, Mapping) else 'value')}</summary>"
+                    f"<pre class='writes'>{_json(writes)}</pre></details>") if writes is not None else ""
+            if task.get("error"):
+                cell += f"<pre class='task-error'>{escape(str(task['error']))}</pre>"
+            indent = "&nbsp;&nbsp;" * depth + ("&#8627; " if depth else "")
+            rows.append(
+                f"<tr class='step-row' data-task='{escape(task['name'])}' data-depth='{depth}'>"
+                + (f"<td>{escape(thread['thread_id'])}</td>" if many else "")
+                + f"<td class='num'>{step.get('step')}</td><td>{escape(graph)}</td>"
+                f"<td class='task-name'>{indent}{escape(task['name'])}</td><td>{escape(task.get('kind') or '')}</td>"
+                f"<td class='status-{escape(task.get('status') or '')}'>{escape(task.get('status') or '')}</td>"
+                f"<td>{cell}</td></tr>")
+    head = ("<th>Thread</th>" if many else "") + ("<th>Step</th><th>Graph</th><th>Task</th><th>Kind</th>"
+                                                  "<th>Status</th><th>Writes</th>")
+    return f"<table id='steps'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def render_calls(calls: list[Mapping[str, Any]]) -> str:
+    if not calls:
+        return "<p id='no-calls'>No upstream calls.</p>"
+    rows = []
+    for i, c in enumerate(calls, 1):
+        answers = [ch.get("text") if isinstance(ch, Mapping) and "text" in ch else ch for ch in c.get("choices") or []]
+        answer = "\n---\n".join(a if isinstance(a, str) else json.dumps(a, indent=2, ensure_ascii=False)
+                                for a in answers)
+        u = c["usage"]
+        error = f"<pre class='call-error'>{escape(str(c['error']))}</pre>" if c.get("error") else ""
+        rows.append(
+            f"<tr class='call-row' data-node='{escape(c['node'])}'><td class='num'>{i}</td>"
+            f"<td>{escape(c['node'])}</td><td>{escape(c['model'])}<br><small>{escape(c['backend'])}</small></td>"
+            f"<td class='num'>{c['attempt']}</td><td class='call-status status-{escape(c['status'])}'>"
+            f"{escape(c['status'])}{error}</td>"
+            f"<td class='num'>{u['prompt_tokens']} / {u['completion_tokens']} / {u['total_tokens']}</td>"
+            f"<td class='num'>{_ms(c.get('latency_ms'))}</td>"
+            f"<td><details><summary>{len(c.get('messages') or [])} messages</summary>"
+            f"<pre class='messages'>{_messages(c.get('messages') or [])}</pre></details></td>"
+            f"<td><details><summary>{escape(_preview(answer))}</summary>"
+            f"<pre class='answer'>{escape(answer)}</pre></details></td></tr>")
+    return ("<table id='calls'><thead><tr><th>#</th><th>Node</th><th>Model</th><th>Attempt</th><th>Status</th>"
+            "<th>Tokens (prompt / completion / total)</th><th>Latency</th><th>Messages</th><th>Answer</th></tr>"
+            f"</thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+# ---- formatting ----------------------------------------------------------------------------------
+
+
+def _json(value: Any) -> str:
+    return escape(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def _messages(messages: list[Any]) -> str:
+    out = []
+    for m in messages:
+        if isinstance(m, Mapping) and isinstance(m.get("content"), str):
+            out.append(f"[{m.get('role', '?')}]\n{m['content']}")
+        else:
+            out.append(json.dumps(m, indent=2, ensure_ascii=False, default=str))
+    return escape("\n\n".join(out))
+
+
+def _preview(text: str, n: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _ms(value: Any) -> str:
+    return f"{float(value):.0f} ms" if isinstance(value, (int, float)) else ""
+
+
+def _when(value: Any) -> str:
+    if not isinstance(value, str):
+        return ""
+    return value.replace("T", " ")[:19]

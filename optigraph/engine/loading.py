@@ -1,0 +1,147 @@
+"""Approaches from outside optigraph, loaded once at start into the server's Registry.
+
+Three sources, in this order, after the built-ins:
+
+- entry points in the group `optigraph.approaches` (installed packages): each yields an
+  ApproachSpec, a sequence of them, or a module (whose approaches are collected as below);
+- a directory (`--approaches-dir`, OPTIGRAPH_APPROACHES_DIR): every `*.py` module in it (sorted by
+  name) and every declarative spec `*.yaml`, `*.yml` or `*.json` (see optigraph/authoring.py);
+- nothing else: there is no module-global registry.
+
+A module's approaches are its `SPECS` (a sequence), else its `SPEC`, else every module-level
+ApproachSpec whose build function the module defines itself (so `@optigraph.approach(...)` works
+without naming the result, and imported specs are not registered twice).
+
+A name already registered (a built-in, or an approach loaded before) is a start-up error naming
+both sources; there is no override.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from optigraph.engine.expression import is_name
+from optigraph.engine.registry import ApproachSpec, Registry, builtin_registry
+from optigraph.errors import OptigraphError
+
+ENTRY_POINT_GROUP = "optigraph.approaches"
+DECLARATIVE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class ApproachLoadError(OptigraphError):
+    """An approach from outside optigraph could not be loaded (a start-up error)."""
+
+    code = "approach_load_error"
+
+
+def specs_of_module(module: ModuleType) -> list[ApproachSpec]:
+    """The approaches a module declares (see the module docstring)."""
+    specs = getattr(module, "SPECS", None)
+    if specs is not None:
+        found = list(specs)
+    elif isinstance(getattr(module, "SPEC", None), ApproachSpec):
+        found = [module.SPEC]
+    else:
+        seen: set[int] = set()
+        found = []
+        for value in vars(module).values():
+            if (isinstance(value, ApproachSpec) and id(value) not in seen
+                    and getattr(value.build, "__module__", None) == module.__name__):
+                seen.add(id(value))
+                found.append(value)
+    for spec in found:
+        if not isinstance(spec, ApproachSpec):
+            raise ApproachLoadError(f"{module.__name__}: SPECS holds {spec!r}, not an ApproachSpec")
+    return found
+
+
+def specs_of(obj: Any, source: str) -> list[ApproachSpec]:
+    """ApproachSpecs from what an entry point or a module yields."""
+    if isinstance(obj, ApproachSpec):
+        return [obj]
+    if isinstance(obj, ModuleType):
+        return specs_of_module(obj)
+    if isinstance(obj, (list, tuple)) and all(isinstance(s, ApproachSpec) for s in obj):
+        return list(obj)
+    raise ApproachLoadError(f"{source}: expected an ApproachSpec, a sequence of them or a module, got {type(obj).__name__}")
+
+
+def load_module_file(path: Path) -> ModuleType:
+    """Imports one approach module file under a private module name."""
+    name = f"optigraph_user_approaches.{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ApproachLoadError(f"{path}: cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # any error in user code is a start-up error
+        sys.modules.pop(name, None)
+        raise ApproachLoadError(f"{path}: import failed: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def load_directory(directory: Path | str) -> list[tuple[ApproachSpec, str]]:
+    """(spec, source) for every approach module and declarative spec in `directory`."""
+    from optigraph.authoring import load_declarative
+
+    root = Path(directory)
+    if not root.is_dir():
+        raise ApproachLoadError(f"approaches directory {str(root)!r} does not exist or is not a directory")
+    out: list[tuple[ApproachSpec, str]] = []
+    for path in sorted(root.iterdir()):
+        if path.name.startswith((".", "_")) or not path.is_file():
+            continue
+        if path.suffix == ".py":
+            specs = specs_of_module(load_module_file(path))
+            if not specs:
+                raise ApproachLoadError(f"{path}: defines no approach (no SPEC, SPECS or ApproachSpec)")
+            out.extend((s, str(path)) for s in specs)
+        elif path.suffix in DECLARATIVE_SUFFIXES:
+            out.append((load_declarative(path), str(path)))
+    return out
+
+
+def entry_point_specs(group: str = ENTRY_POINT_GROUP) -> list[tuple[ApproachSpec, str]]:
+    """(spec, source) for every approach installed packages declare in the entry-point group."""
+    out: list[tuple[ApproachSpec, str]] = []
+    for ep in sorted(importlib.metadata.entry_points(group=group), key=lambda e: e.name):
+        source = f"entry point {ep.name} = {ep.value}" + (f" (package {ep.dist.name})" if ep.dist else "")
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            raise ApproachLoadError(f"{source}: failed to load: {type(exc).__name__}: {exc}") from exc
+        out.extend((s, source) for s in specs_of(obj, source))
+    return out
+
+
+def add_all(registry: Registry, specs: Iterable[tuple[ApproachSpec, str]], sources: dict[str, str]) -> None:
+    """Adds each spec; a bad name or one already registered is an ApproachLoadError."""
+    for spec, source in specs:
+        if not is_name(spec.name):
+            raise ApproachLoadError(f"{source}: approach name {spec.name!r} must be letters, digits and _ only")
+        if spec.name in registry:
+            raise ApproachLoadError(
+                f"{source}: approach {spec.name!r} is already registered by {sources.get(spec.name, 'optigraph')}; "
+                "rename it (built-in approaches cannot be replaced)")
+        registry.add(spec)
+        sources[spec.name] = source
+
+
+def load_registry(*, approaches_dir: Path | str | None = None, entry_points: bool = True,
+                  registry: Registry | None = None) -> Registry:
+    """The built-ins (or `registry`) plus the installed entry points and the directory's approaches."""
+    registry = registry if registry is not None else builtin_registry()
+    sources = {name: "optigraph (built-in)" for name in registry.names()}
+    if entry_points:
+        add_all(registry, entry_point_specs(), sources)
+    if approaches_dir is not None:
+        add_all(registry, load_directory(approaches_dir), sources)
+    return registry
