@@ -4,7 +4,7 @@ Two paths, one behaviour:
 - a lone `none` (passthrough) forwards the request body as it is (unknown fields included), relays
   stream chunks as they arrive, and records the run with one background write. It skips the graph
   runtime and the checkpointer: a single upstream call has nothing to resume, and LangGraph's
-  per-invocation cost (~1 ms measured) would double the proxy's overhead (docs/performance.md);
+  per-invocation cost (1-2 ms measured) would double the proxy's overhead (docs/performance.md);
 - every other expression runs its compiled graph with the SQL checkpointer at durability "sync"
   (each finished step, and each finished parallel branch, is stored before the next starts), so a
   crashed run can be resumed from its last finished step (`Engine.resume`), or forked from any of
@@ -209,7 +209,9 @@ class Engine:
                     if not snapshot.next:
                         return dict(snapshot.values)  # this thread had finished
                     state = None  # continue from the last checkpoint
-            return await compiled.graph.ainvoke(state, config, context=ctx, durability="sync")
+            # durability only means something with a checkpointer (LangGraph fails on it without one)
+            durability = "sync" if self.compiler.checkpointer is not None else None
+            return await compiled.graph.ainvoke(state, config, context=ctx, durability=durability)
 
         outs = await asyncio.gather(*(one(i) for i in range(prep.n)))
         answers = [a for out in outs for a in (out.get("answers") or [])]

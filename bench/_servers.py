@@ -1,0 +1,101 @@
+"""Starting and stopping the processes a benchmark measures (all on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def fake_upstream(latency: float = 0.0) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Yields (base URL ending in /v1, process)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(BENCH / "fake_upstream.py"), "--port", str(port),
+                             "--latency", str(latency)])
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", proc)
+        yield f"http://127.0.0.1:{port}/v1", proc
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def optigraph_server(base_url: str, *extra: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Runs `optigraph serve` in front of `base_url` with a throwaway SQLite file.
+
+    Yields (base URL ending in /v1, process)."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="optigraph-bench-") as tmp:
+        db_url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        proc = subprocess.Popen([sys.executable, "-m", "optigraph", "serve", "--base-url", base_url,
+                                 "--db-url", db_url, "--port", str(port), "--log-level", "warning", *extra])
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health", proc)
+            yield f"http://127.0.0.1:{port}/v1", proc
+        finally:
+            stop(proc)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), or NaN where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+@contextlib.contextmanager
+def reference_proxy(base_url: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Runs bench/reference_proxy.py in front of `base_url`. Yields (base URL ending in /v1, process)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(BENCH / "reference_proxy.py"), "--port", str(port),
+                             "--upstream", base_url])
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc)
+        yield f"http://127.0.0.1:{port}/v1", proc
+    finally:
+        stop(proc)
