@@ -42,6 +42,9 @@ _NUMBER_TOKEN = re.compile(r"-?\d+(?:,\d{3})+(?:\.\d+)?|-?\d*\.\d+|-?\d+(?:\s*/\
 _CHOICE_LEAD = re.compile(r"^\W*(?:option\s+|choice\s+)?\(?\**([A-Z])\**\)?(?=[).:\s,]|$)", re.IGNORECASE)
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _LATEX_WRAP = re.compile(r"\\[(\[]|\\[)\]]|\$")
+# An expected answer that is a number and nothing else ("1,200", "-0.5", "3/4", "\\frac{3}{4}", "25%");
+# other expected answers ("3\\sqrt{2}") are never compared by their first number alone.
+_PLAIN_NUMBER = re.compile(r"\s*-?\$?\s*(?:(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+)?|\\[dt]?frac\{\d+\}\{\d+\})\s*%?\s*")
 _LABEL = re.compile(r"^[\s*_]*(?:the\s+)?(?:final\s+)?answer(?:\s+is)?[\s*_]*:[\s*_]*", re.IGNORECASE)
 
 
@@ -125,9 +128,11 @@ def grade_number(problem: Problem, response: str, *, use_math_verify: bool | Non
     answer = _answer(response)
     if answer is None:
         return Grade(False, None, "none", "no answer found")
-    expected = parse_number(problem.answer)
-    got = parse_number(answer)
-    if expected is not None and got is not None and numbers_equal(got, expected):
+    if _PLAIN_NUMBER.fullmatch(problem.answer):
+        expected, got = parse_number(problem.answer), parse_number(answer)
+        if expected is not None and got is not None and numbers_equal(got, expected):
+            return Grade(True, answer, "numeric")
+    elif normalize_answer(answer) == normalize_answer(problem.answer):  # "3\sqrt{2}" written the same way
         return Grade(True, answer, "numeric")
     if use_math_verify is None:
         use_math_verify = math_verify_available()

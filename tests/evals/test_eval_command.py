@@ -168,3 +168,16 @@ def test_against_a_plain_openai_endpoint(upstream, tmp_path: Path, capsys: pytes
     assert log.headers[-1]["authorization"] == "Bearer k"
     rows = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
     assert [r["upstream_calls"] for r in rows] == [1, 1] and all(r["run_id"] is None for r in rows)
+
+
+def test_generated_problems(upstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("reasoning_gym")
+    server, _ = upstream
+    code, stdout, stderr = run_cli(["--approaches", "none", "--model", "fake-model", "--base-url", server.url + "/v1",
+                                    "--reasoning-gym", "basic_arithmetic", "--count", "3", "--seed", "5",
+                                    "--out", str(tmp_path), "--no-progress"], capsys)
+    assert code == 0, stderr
+    assert "| none     |     0.0% |     0/3 |" in stdout  # the scripted upstream knows none of them
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["basic_arithmetic-5-0", "basic_arithmetic-5-1", "basic_arithmetic-5-2"]
+    assert all(r["category"] == "basic_arithmetic" and r["grader"] == "number" for r in rows)

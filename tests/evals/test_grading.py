@@ -69,6 +69,13 @@ def test_number_with_math_verify() -> None:
     assert not grade_number(number("3\\sqrt{2}"), "\\boxed{4}", use_math_verify=True).correct
 
 
+def test_a_non_numeric_expected_answer_is_not_compared_by_its_first_number() -> None:
+    assert not grade_number(number("3\\sqrt{2}"), "Final answer: 3", use_math_verify=False).correct
+    assert grade_number(number("3\\sqrt{2}"), "\\boxed{3\\sqrt{2}}", use_math_verify=False).correct
+    assert grade_number(number("\\frac{3}{4}"), "Final answer: 0.75", use_math_verify=False).correct
+    assert grade_number(number("25%"), "Final answer: 25", use_math_verify=False).correct
+
+
 def test_exact() -> None:
     p = Problem(id="e", category="t", prompt="?", answer="Carol", grader="exact", aliases=("Caroline",))
     assert grade_exact(p, "Final answer: Carol").correct

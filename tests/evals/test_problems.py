@@ -68,16 +68,18 @@ def test_logic_answers() -> None:
 
 
 @pytest.mark.parametrize("pid", [p.id for p in PROBLEMS if p.grader == "code"])
-def test_code_reference_solutions_pass_their_tests(pid: str) -> None:
+async def test_code_reference_solutions_pass_their_tests(pid: str) -> None:
     p = BY_ID[pid]
     src = p.answer + "\n" + "\n".join(p.tests) + "\n"
     assert subprocess.run([sys.executable, "-c", src], capture_output=True, timeout=30).returncode == 0
+    g = await grade(p, f"```python\n{p.answer}```")  # and through the grader (the sandbox when present)
+    assert g.correct, g.detail
 
 
 async def test_reference_answers_grade_as_right() -> None:
     for p in PROBLEMS:
         if p.grader == "code":
-            continue  # run above, without the grader's per-test process cost
+            continue  # above
         response = f"Let me think.\nFinal answer: {p.answer}"
         assert (await grade(p, response)).correct, p.id
 
