@@ -60,6 +60,10 @@ def _clause(text: str) -> str:
     return (text[: m.start()] if m else text).strip()
 
 
+# "the final answer is: Final answer: 223": a label the model repeats after the one we matched
+_REPEATED_LABEL = re.compile(r"^(?:\s*(?:\*\*)?\s*(?:the\s+)?(?:final\s+)?answer\s*(?:is\b|:)[\s*:]*)+", re.IGNORECASE)
+
+
 def extract_answer(text: str) -> Extracted | None:
     """The answer a response commits to, or None when it commits to none."""
     body = strip_think(text)
@@ -71,7 +75,7 @@ def extract_answer(text: str) -> Extracted | None:
     for pattern, method in ((_FINAL_ANSWER, "final_answer"), (_ANSWER_IS, "answer_is"), (_ANSWER_LINE, "final_answer")):
         matches = list(pattern.finditer(body))
         if matches:
-            value = _clause(matches[-1].group(1))
+            value = _clause(_REPEATED_LABEL.sub("", matches[-1].group(1)))
             if value:
                 inner = _last_boxed(value)
                 return Extracted((inner or value).strip(), method)

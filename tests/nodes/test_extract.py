@@ -59,3 +59,11 @@ def test_tag_content():
     assert tag_content("<output>unclosed to the end", "output") == "unclosed to the end"
     assert tag_content("I will use <output> tags.\n<output>real</output>", "output") == "real"
     assert tag_content("no tags", "output") is None
+
+
+def test_a_repeated_answer_label_is_not_part_of_the_answer() -> None:
+    from optigraph.nodes.extract import extract_answer
+
+    assert extract_answer("so the final answer is: Final answer: 223").answer == "223"
+    assert extract_answer("The final answer is **Answer: 7**").answer.strip("*") == "7"
+    assert extract_answer("Final answer: answer sheets are 12").answer == "answer sheets are 12"
