@@ -21,6 +21,10 @@ SERVE_FLAGS = (
     ("--api-key", "api_key", "require this bearer key from clients"),
     ("--log-level", "log_level", "debug, info, warning, error"),
     ("--approaches-dir", "approaches_dir", "load approach modules (*.py) and YAML/JSON specs from this directory"),
+    ("--local-model", "local_model", "local model: smollm2 (default), a .gguf file or model directory, +adapters"),
+    ("--local-models-dir", "local_models_dir", "directory where relative local model and adapter names are found"),
+    ("--local-max-models", "local_max_models", "local base models kept loaded (default 2, least recently used out)"),
+    ("--local-dtype", "local_dtype", "dtype of local models from directories: float32 (default), bfloat16, auto"),
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,7 +30,14 @@ class Settings(BaseSettings):
         default=None,
         description="Upstream model for requests whose model is only an approach (`bon`); without it: the "
                     "local model when no base URL is set, else a 400")
-    local_model: str = Field(default="smollm2", description="Model the embedded backend serves when no upstream is set")
+    local_model: str = Field(default="smollm2", description="Model the embedded backend serves when no upstream is set: "
+                                                            "a built-in name, a .gguf file or a model directory, +adapters")
+    local_models_dir: Path | None = Field(default=None, description="Directory where relative local model and adapter names are looked up")
+    local_max_models: int = Field(default=2, ge=1, description="Local base models kept in memory (least recently used out)")
+    local_dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        default="float32", description="Weights dtype of local models loaded from directories")
+    local_batch_window_ms: float = Field(default=5.0, ge=0, description="How long the local worker waits for more requests to batch")
+    local_max_batch_rows: int = Field(default=32, ge=1, description="Most sequences one local batch decodes together")
     upstream_timeout_s: float = 600.0
     upstream_retries: int = 2
     max_n: int = 16

@@ -45,6 +45,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
             local = backends.local()
             warmup = asyncio.create_task(local.warmup())  # /health answers while the model loads
             app.state.local_status = lambda: local.status
+            app.state.local_models = local.describe
         async with open_checkpointer(settings.db_url) as saver:
             app.state.engine = Engine(settings=settings, registry=registry, backends=backends, recorder=recorder,
                                       compiler=Compiler(registry, saver))

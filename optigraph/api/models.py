@@ -34,4 +34,5 @@ async def list_models(request: Request, key: str | None = Depends(upstream_key))
 @router.get("/health", tags=["health"], summary="Liveness")
 async def health(request: Request) -> dict[str, Any]:
     state = request.app.state
-    return {"status": "ok", "local_model": getattr(state, "local_status", lambda: "unused")()}
+    return {"status": "ok", "local_model": getattr(state, "local_status", lambda: "unused")(),
+            "local_models": getattr(state, "local_models", list)()}

@@ -148,15 +148,18 @@ class Engine:
                 choices = completion.choices
                 usage = completion.usage
                 extra = {k: completion.raw[k] for k in ("system_fingerprint", "service_tier") if k in completion.raw}
+                decoding = completion.raw.get("optigraph_decoding")  # a local decoding strategy's details
             else:
                 self.recorder.run_started(prep.record)
                 answers, usage = await self._run_graph(prep, sink=None)
                 choices = answer_choices(answers)
-                extra = {}
+                extra, decoding = {}, None
         except BaseException as exc:
             self._failed(prep, exc)
             raise
         response = self._response(prep, choices, usage, extra)
+        if decoding is not None:
+            response["optigraph"]["decoding"] = decoding
         self._finished(prep, usage, response)
         return ChatResult(run_id=prep.run_id, response=response)
 
@@ -256,16 +259,18 @@ class Engine:
     async def _stream_passthrough(self, prep: Prepared, base: dict[str, Any]) -> AsyncIterator[bytes]:
         body = {**prep.request, "messages": prep.messages, "stream": True, "stream_options": {"include_usage": True},
                 **({"n": prep.n} if prep.n > 1 else {})}
+        decoding = None
         async for chunk in prep.llm.forward_stream(body, node="passthrough"):
             if chunk.get("usage"):
                 if not chunk.get("choices"):
+                    decoding = chunk.get("optigraph_decoding") or decoding
                     continue  # the usage chunk is sent at the end, once, if asked for
                 chunk = {k: v for k, v in chunk.items() if k != "usage"}
             chunk["id"], chunk["model"] = base["id"], base["model"]
             yield b"data: " + orjson.dumps(chunk) + b"\n\n"
         total = prep.llm.answered  # every answered call, when n is emulated by several streams too
         if prep.include_usage:
-            yield self._usage_chunk(base, total, prep)
+            yield self._usage_chunk(base, total, prep, decoding)
         self._finished(prep, total, {"streamed": True, "usage": openai_usage(total)})
 
     async def _stream_graph(self, prep: Prepared, base: dict[str, Any]) -> AsyncIterator[bytes]:
@@ -304,9 +309,10 @@ class Engine:
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     @staticmethod
-    def _usage_chunk(base: dict[str, Any], usage: Usage, prep: Prepared) -> bytes:
+    def _usage_chunk(base: dict[str, Any], usage: Usage, prep: Prepared, decoding: dict[str, Any] | None = None) -> bytes:
         chunk = {**base, "choices": [], "usage": openai_usage(usage),
-                 "optigraph": {"run_id": prep.run_id, "approach": prep.expression, "upstream_calls": usage["calls"]}}
+                 "optigraph": {"run_id": prep.run_id, "approach": prep.expression, "upstream_calls": usage["calls"],
+                               **({"decoding": decoding} if decoding is not None else {})}}
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     # ---- recording ----------------------------------------------------------------------------

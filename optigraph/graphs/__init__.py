@@ -4,6 +4,7 @@ from optigraph.graphs import (
     bon,
     cepo,
     cot_reflection,
+    decoding,
     deepthink,
     genselect,
     leap,
@@ -40,4 +41,5 @@ BUILTIN_APPROACHES = (
     leap.SPEC,
     rto.SPEC,
     z3.SPEC,
+    *decoding.specs(),
 )

@@ -14,7 +14,7 @@ from optigraph.engine.state import Answer, ApproachState, Candidate
 GENERATION_KEYS = (
     "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "presence_penalty",
     "frequency_penalty", "logit_bias", "tools", "tool_choice", "parallel_tool_calls", "response_format",
-    "logprobs", "top_logprobs", "user", "reasoning_effort",
+    "logprobs", "top_logprobs", "user", "reasoning_effort", "active_adapter",
 )
 
 
@@ -34,7 +34,7 @@ def generation_params(state: ApproachState, **overrides: Any) -> dict[str, Any]:
 def helper_params(state: ApproachState, **overrides: Any) -> dict[str, Any]:
     """Parameters for internal calls (ratings, critiques): none of the client's tools or formats."""
     request = state.get("request") or {}
-    out = {k: request[k] for k in ("seed", "user") if k in request}
+    out = {k: request[k] for k in ("seed", "user", "active_adapter") if k in request}
     out.update({k: v for k, v in overrides.items() if v is not None})
     return out
 

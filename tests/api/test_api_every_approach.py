@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import openai
 import pytest
 from api_stack import Stack, start_stack
 
 from optigraph.engine.registry import builtin_registry
 
 HELLO = [{"role": "user", "content": "What is 6 times 7? End with: The answer is N."}]
-APPROACHES = sorted(builtin_registry().names())
+# Decoding strategies need a local model's logits: tests/local/test_decoding_approaches.py runs them.
+APPROACHES = sorted(spec.name for spec in builtin_registry().specs.values() if "local" not in spec.needs)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +35,14 @@ def test_each_approach_answers_through_the_server(plain: Stack, approach: str) -
     assert calls == len(plain.log.bodies) >= 1
     assert r.usage.total_tokens > 0
     assert plain.run(raw.headers["x-optigraph-run-id"])["status"] == "completed"
+
+
+def test_local_only_approaches_are_refused_for_an_http_upstream(plain: Stack) -> None:
+    plain.reset()
+    with pytest.raises(openai.BadRequestError) as err:
+        plain.client().chat.completions.create(model="cot_decoding-fake-model", messages=HELLO)
+    assert err.value.body["code"] == "approach_unsupported" and "local" in err.value.body["message"]
+    assert plain.log.bodies == []
 
 
 @pytest.mark.parametrize(("expression", "choices"), [("plansearch&re2", 1), ("mcts|bon", 2),

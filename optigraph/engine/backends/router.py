@@ -1,13 +1,16 @@
 """Which backend serves a model name.
 
-- Names of local models (`smollm2`, `local/<name-or-path>`) run on the embedded backend.
+- Local model names run on this machine: `local/<name-or-path>`, built-in names (`smollm2`), `.gguf`
+  files, model directories (paths, or names in the models directory), each optionally `+adapter...`.
 - With a base URL configured, every other model goes to that OpenAI-compatible server.
-- Without one, `provider/model` names of known providers (or `litellm/...`) go to LiteLLM,
-  and anything else is served by the local model.
+- Without one, `provider/model` names of known providers (or `litellm/...`) go to LiteLLM; other
+  names with a `/` are looked up as local paths (404 when missing: nothing is downloaded); plain names
+  (`gpt-4o-mini`) are served by the default local model, so unmodified clients work offline.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from optigraph.config import Settings
@@ -15,11 +18,12 @@ from optigraph.engine.backends.base import Backend
 from optigraph.engine.backends.litellm_backend import LiteLLMBackend, is_litellm_model
 from optigraph.engine.backends.openai_http import OpenAIHTTPBackend
 
-LOCAL_NAMES = frozenset({"smollm2", "smollm2-135m-instruct", "local"})
 
 
-def is_local_model(model: str) -> bool:
-    return model.lower() in LOCAL_NAMES or model.startswith("local/") or model.endswith(".gguf")
+def is_local_model(model: str, models_dir: Path | None = None) -> bool:
+    from optigraph.local.models import looks_local
+
+    return model.lower() == "local" or looks_local(model, models_dir)
 
 
 class Backends:
@@ -33,31 +37,37 @@ class Backends:
                                           timeout_s=settings.upstream_timeout_s,
                                           max_connections=settings.max_connections)
         self.litellm = LiteLLMBackend(api_key=settings.upstream_api_key, timeout_s=settings.upstream_timeout_s)
-        self._local: dict[str, Any] = {}
+        self._local: Any = None
 
-    def local(self, model: str | None = None) -> Backend:
-        """The embedded backend for `model` (default: the server's local model), created once."""
-        name = (model or self.settings.local_model).removeprefix("local/")
-        if name.lower() == "local":
-            name = self.settings.local_model
-        if name not in self._local:
-            from optigraph.engine.backends.local import LocalBackend  # torch loads only when used
+    def local(self) -> Any:
+        """The local backend (models on this machine), created on first use (torch loads only then)."""
+        if self._local is None:
+            from optigraph.engine.backends.local import LocalBackend
 
-            self._local[name] = LocalBackend(name)
-        return self._local[name]
+            s = self.settings
+            self._local = LocalBackend(s.local_model, models_dir=s.local_models_dir, max_models=s.local_max_models,
+                                       dtype=s.local_dtype, batch_window_ms=s.local_batch_window_ms,
+                                       max_batch_rows=s.local_max_batch_rows)
+        return self._local
 
     def for_model(self, model: str) -> tuple[Backend, str]:
-        """The backend and the model name to send it."""
-        if is_local_model(model):
-            return self.local(model), model
+        """The backend and the model name to send it. A local name is checked now (404 when missing)."""
+        if is_local_model(model, self.settings.local_models_dir):
+            local = self.local()
+            local.spec(model)
+            return local, model
         if self.http is not None:
             return self.http, model
         if is_litellm_model(model):
             return self.litellm, model
-        return self.local(), model
+        if "/" in model:  # a path or a hub id: only what is on this machine is served
+            local = self.local()
+            local.spec(model)
+            return local, model
+        return self.local(), self.settings.local_model
 
     async def aclose(self) -> None:
         if self.http is not None:
             await self.http.aclose()
-        for backend in self._local.values():
-            await backend.aclose()
+        if self._local is not None:
+            await self._local.aclose()

@@ -1,0 +1,172 @@
+"""The one thread that owns the local models.
+
+Requests queue here; the thread takes the next one plus every compatible request that is waiting (same
+base model; adapters may differ, peft mixes them in one batch) and generates them in one batch. While a
+batch runs, new requests gather in the queue and form the next batch. Model loading and decoding
+strategies run here too, one at a time, so the event loop never blocks on the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from optigraph.local.cache import ModelCache
+from optigraph.local.generate import Choice, GenerateJob, generate
+from optigraph.local.models import LoadedModel, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Item:
+    spec: ModelSpec
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class _Generate(_Item):
+    prepare: Callable[[LoadedModel], GenerateJob]  # builds the job once the model is loaded (tokenizer needed)
+
+
+@dataclass
+class _Call(_Item):
+    fn: Callable[[LoadedModel], Any]
+
+
+def _settle(item: _Item, result: Any = None, error: BaseException | None = None) -> None:
+    def set_it() -> None:
+        if item.future.done():
+            return
+        if error is not None:
+            item.future.set_exception(error)
+        else:
+            item.future.set_result(result)
+
+    try:
+        item.loop.call_soon_threadsafe(set_it)
+    except RuntimeError:  # that event loop is closed: nobody waits for this result
+        pass
+
+
+class LocalWorker:
+    """Runs model work on one thread, batching generation requests that arrive together."""
+
+    def __init__(self, cache: ModelCache, *, batch_window_s: float = 0.005, max_batch_rows: int = 32) -> None:
+        self.cache = cache
+        self.batch_window_s = batch_window_s
+        self.max_batch_rows = max_batch_rows
+        self.batches = 0  # batches run (the benchmark reads it)
+        self._queue: queue.Queue[_Item | None] = queue.Queue()
+        self._later: deque[_Item] = deque()  # taken from the queue but not batchable with the current batch
+        self._thread = threading.Thread(target=self._loop, name="optigraph-local", daemon=True)
+        self._thread.start()
+
+    async def generate(self, spec: ModelSpec, prepare: Callable[[LoadedModel], GenerateJob]) -> list[Choice]:
+        """The job's choices, generated in a batch with whatever else is waiting."""
+        loop = asyncio.get_running_loop()
+        item = _Generate(spec=spec, loop=loop, future=loop.create_future(), prepare=prepare)
+        self._queue.put(item)
+        return await item.future
+
+    async def call(self, spec: ModelSpec, fn: Callable[[LoadedModel], T]) -> T:
+        """`fn(loaded model)` on the worker thread, alone (decoding strategies, warm-up)."""
+        loop = asyncio.get_running_loop()
+        item = _Call(spec=spec, loop=loop, future=loop.create_future(), fn=fn)
+        self._queue.put(item)
+        return await item.future
+
+    def close(self) -> None:
+        """Stops after the work in progress; queued work is dropped."""
+        self._queue.put(None)
+
+    # ---- the worker thread --------------------------------------------------------------------
+
+    def _next(self, timeout: float | None = None) -> _Item | None:
+        if self._later:
+            return self._later.popleft()
+        return self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
+
+    def _loop(self) -> None:
+        import torch
+
+        while True:
+            item = self._next()
+            if item is None:
+                return
+            try:
+                with torch.inference_mode():
+                    if isinstance(item, _Generate):
+                        self._run_batch(self._gather(item))
+                    else:
+                        self._run_call(item)
+            except BaseException:  # noqa: BLE001 - the worker must outlive any one failure
+                logger.exception("local worker: unexpected failure")
+
+    def _gather(self, first: _Generate) -> list[_Generate]:
+        """The first request plus the compatible ones waiting now or within the batch window."""
+        batch, skipped = [first], []
+        deadline = time.monotonic() + self.batch_window_s
+        while len(batch) < self.max_batch_rows:
+            try:
+                item = self._next(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)
+                break
+            if isinstance(item, _Generate) and item.spec.base.path == first.spec.base.path:
+                batch.append(item)
+            else:
+                skipped.append(item)
+        self._later.extend(skipped)
+        return batch
+
+    def _run_call(self, item: _Call) -> None:
+        if item.future.cancelled():
+            return
+        try:
+            _settle(item, item.fn(self.cache.get(item.spec)))
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
+            _settle(item, error=exc)
+
+    def _run_batch(self, items: list[_Generate]) -> None:
+        ready: list[tuple[_Generate, GenerateJob]] = []
+        deferred: list[_Generate] = []
+        rows = 0
+        for item in items:
+            if item.future.cancelled():
+                continue
+            try:
+                job = item.prepare(self.cache.get(item.spec))
+            except BaseException as exc:  # noqa: BLE001 - a bad request fails alone
+                _settle(item, error=exc)
+                continue
+            if ready and rows + job.rows > self.max_batch_rows:
+                deferred.append(item)  # too many rows: it leads the next batch (prepared again then)
+                continue
+            ready.append((item, job))
+            rows += job.rows
+        self._later.extendleft(reversed(deferred))  # in their order of arrival
+        if not ready:
+            return
+        self.batches += 1
+        try:
+            results = generate(self.cache.get(ready[0][0].spec), [job for _, job in ready])
+        except BaseException as exc:  # noqa: BLE001
+            logger.exception("local generation failed")
+            for item, _ in ready:
+                _settle(item, error=exc)
+            return
+        for (item, _), choices in zip(ready, results):
+            _settle(item, choices)
