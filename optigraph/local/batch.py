@@ -85,6 +85,44 @@ class Batch:
             self.adapters = [self.adapters[i] for i in rows]
 
 
+    @property
+    def can_extend(self) -> bool:
+        """Whether other rows can join (a plain growing KV cache; sliding-window or quantised caches cannot)."""
+        layers = getattr(self.cache, "layers", None)
+        return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
+
+    def extend(self, other: Batch) -> None:
+        """Appends `other`'s rows (prefilled separately, from the same model) to this batch, between steps.
+
+        The shorter side is left-padded in the KV cache and the attention mask, so every row keeps its
+        own positions and sees only its own tokens. Check `can_extend` first."""
+        import torch
+
+        own_rows = self.rows
+        if self.length < other.length:
+            self._pad_left(other.length - self.length)
+        elif other.length < self.length:
+            other._pad_left(self.length - other.length)
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([mine.keys, theirs.keys])
+            mine.values = torch.cat([mine.values, theirs.values])
+        self.mask = torch.cat([self.mask, other.mask])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.logits = torch.cat([self.logits, other.logits])
+        self.hidden = torch.cat([self.hidden, other.hidden]) if self.hidden is not None and other.hidden is not None \
+            else None
+        if self.adapters is not None or other.adapters is not None:
+            self.adapters = (self.adapters or [BASE_ADAPTER] * own_rows) + (other.adapters or [BASE_ADAPTER] * other.rows)
+
+    def _pad_left(self, count: int) -> None:
+        import torch.nn.functional as F
+
+        for layer in self.cache.layers:  # [rows, heads, length, head_dim]: pad the length on the left
+            layer.keys = F.pad(layer.keys, (0, 0, count, 0))
+            layer.values = F.pad(layer.values, (0, 0, count, 0))
+        self.mask = F.pad(self.mask, (count, 0))
+
+
 def _cache_argument(model: Any) -> str:
     """The name under which this model's forward takes the KV cache (`cache` in newer transformers)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from optigraph.local.batch import BASE_ADAPTER, Batch
-from optigraph.local.loop import decode_rows
 from optigraph.local.models import LoadedModel
 from optigraph.local.sampling import Sampling, choose, logprobs_of
 from optigraph.local.text import Detokenizer, find_stop, held_back, token_text
@@ -99,63 +98,129 @@ def _entry(tokenizer: Any, token: int, logprob: float, top: list[tuple[int, floa
     return {**one(token, logprob), "top_logprobs": [one(t, lp) for t, lp in top]}
 
 
-def generate(lm: LoadedModel, jobs: list[GenerateJob]) -> list[list[Choice]]:
-    """Generates every job's choices in one batch; returns them per job, in order."""
-    for job in jobs:
-        if len(job.prompt) >= lm.context:
-            raise ValueError("prompt longer than the model's context")  # the caller checks this first
-    # a job prepared before another one of the batch loaded the model's first adapter has no adapter name:
-    # in a batch with adapters its rows are the base model's
-    adapters = [job.adapter or BASE_ADAPTER for job in jobs] if any(job.adapter is not None for job in jobs) else None
-    batch = Batch.prefill(lm.model, [job.prompt for job in jobs], pad_id=lm.pad_id, adapters=adapters)
-    owner = [j for j, job in enumerate(jobs) for _ in range(job.rows)]  # job of each row
-    batch.select(owner)  # n sampled rows of a job share its prompt's prefill
-    rows = [_Row(jobs[j], owner[:r].count(j), lm.tokenizer) for r, j in enumerate(owner)]
-    limits = [min(jobs[j].max_tokens, lm.context - len(jobs[j].prompt)) for j in owner]
-    stash: dict[int, tuple[float, list[tuple[int, float]]]] = {}
-    cancel = _AllCancelled([job.cancel for job in jobs])
+@dataclass
+class _Active:
+    """A row of the running batch."""
 
-    def pick(logits: Any, alive: list[int]) -> Any:
+    job: GenerateJob
+    row: _Row
+    limit: int  # most tokens it may generate
+
+
+class Generation:
+    """Standard generation as a running batch that jobs can join between steps (continuous batching).
+
+    `add` prefills new jobs (one row per distinct prompt, then their n sampled rows as copies of it)
+    and appends them to the running batch; `step` decodes one token for every row, and a job is handed
+    to `on_done` as soon as its own rows are finished, not when the whole batch is. Worker thread only."""
+
+    def __init__(self, lm: LoadedModel, on_done: Callable[[GenerateJob, list[Choice]], None]) -> None:
+        self.lm = lm
+        self.on_done = on_done
+        self.batch: Batch | None = None
+        self.active: list[_Active] = []  # aligned with the batch's rows
+        self.pending: dict[int, tuple[GenerateJob, dict[int, Choice]]] = {}  # id(job) -> job, finished choices
+
+    @property
+    def rows(self) -> int:
+        return len(self.active)
+
+    @property
+    def done(self) -> bool:
+        return not self.active
+
+    @property
+    def can_join(self) -> bool:
+        return self.batch is None or self.batch.can_extend
+
+    def jobs(self) -> list[GenerateJob]:
+        return [job for job, _ in self.pending.values()]
+
+    def add(self, jobs: list[GenerateJob]) -> None:
+        lm = self.lm
+        for job in jobs:
+            if len(job.prompt) >= lm.context:
+                raise ValueError("prompt longer than the model's context")  # the caller checks this first
+        # a job prepared before another one loaded the model's first adapter has no adapter name:
+        # in a batch with adapters its rows are the base model's
+        with_adapters = any(job.adapter is not None for job in jobs) or (self.batch is not None and
+                                                                        self.batch.adapters is not None)
+        adapters = [job.adapter or BASE_ADAPTER for job in jobs] if with_adapters else None
+        batch = Batch.prefill(lm.model, [job.prompt for job in jobs], pad_id=lm.pad_id, adapters=adapters)
+        owner = [j for j, job in enumerate(jobs) for _ in range(job.rows)]
+        batch.select(owner)  # the n sampled rows of a job share its prompt's prefill
+        for r, j in enumerate(owner):
+            job = jobs[j]
+            self.active.append(_Active(job, _Row(job, owner[:r].count(j), lm.tokenizer),
+                                       min(job.max_tokens, lm.context - len(job.prompt))))
+        for job in jobs:
+            self.pending[id(job)] = (job, {})
+        if self.batch is None:
+            self.batch = batch
+        else:
+            self.batch.extend(batch)
+
+    def step(self) -> None:
+        """One token for every row; finished rows leave the batch, finished jobs go to `on_done`."""
         import torch
 
-        tokens = torch.empty(len(alive), dtype=torch.long)
-        for j, job in enumerate(jobs):
-            positions = [p for p, row in enumerate(alive) if owner[row] == j]
-            if not positions:
-                continue
+        assert self.batch is not None
+        eos = self.lm.eos_ids
+        tokens = torch.empty(len(self.active), dtype=torch.long)
+        groups: dict[int, list[int]] = {}
+        for p, a in enumerate(self.active):
+            groups.setdefault(id(a.job), []).append(p)
+        logprobs: dict[int, tuple[float, list[tuple[int, float]]]] = {}
+        for positions in groups.values():
+            job = self.active[positions[0]].job
             if job.cancel.is_set():  # a cancelled job's rows end now, the others go on
-                tokens[positions] = next(iter(lm.eos_ids))
+                tokens[positions] = next(iter(eos))
                 continue
-            block = logits[positions]
+            block = self.batch.logits[positions]
             chosen = choose(block, job.sampling, job.generator)
             tokens[positions] = chosen
             if job.logprobs:
                 values, tops = logprobs_of(block, chosen, job.top_logprobs)
-                for p, v, t in zip(positions, values, tops):
-                    stash[alive[p]] = (v, t)
-        return tokens
+                logprobs.update({p: (v, t) for p, v, t in zip(positions, values, tops)})
+        keep: list[int] = []
+        for p, (a, token) in enumerate(zip(self.active, tokens.tolist())):
+            if token in eos:
+                self._finished(a, "stop")
+            elif a.row.add(token, logprobs.get(p)):
+                self._finished(a, "stop")
+            elif len(a.row.detok.ids) >= a.limit:
+                self._finished(a, "length")
+            else:
+                keep.append(p)
+        if not keep:
+            self.batch, self.active = None, []
+            return
+        if len(keep) < len(self.active):
+            self.batch.select(keep)
+            tokens = tokens[keep]
+            self.active = [self.active[p] for p in keep]
+        self.batch.step(tokens)
 
-    def after(row: int, token: int, _logits: Any) -> str | None:
-        return "stop" if rows[row].add(token, stash.pop(row, None)) else None
-
-    results = decode_rows(batch, limits=limits, pick=pick, eos_ids=lm.eos_ids, cancel=cancel, after=after)
-    out: list[list[Choice]] = [[] for _ in jobs]
-    for r, (row, result) in enumerate(zip(rows, results)):
-        out[owner[r]].append(row.finish(result.finish_reason))
-    for j, job in enumerate(jobs):
+    def _finished(self, a: _Active, reason: str) -> None:
+        job, choices = self.pending[id(a.job)]
+        choices[a.row.choice] = a.row.finish(reason)
+        if len(choices) < job.rows:
+            return
+        del self.pending[id(job)]
+        out = [choices[i] for i in range(job.rows)]
         if job.rows < job.n:  # greedy: the same choice n times
-            out[j] = out[j] * job.n
+            out = out * job.n
             if job.on_delta is not None:
                 for choice in range(1, job.n):
-                    job.on_delta(choice, out[j][0].text, out[j][0].logprobs or [])
-    return out
+                    job.on_delta(choice, out[0].text, out[0].logprobs or [])
+        self.on_done(job, out)
 
 
-class _AllCancelled:
-    """An event-like view that is set when every job of the batch is cancelled."""
-
-    def __init__(self, events: list[threading.Event]) -> None:
-        self.events = events
-
-    def is_set(self) -> bool:
-        return all(e.is_set() for e in self.events)
+def generate(lm: LoadedModel, jobs: list[GenerateJob]) -> list[list[Choice]]:
+    """Generates every job's choices in one batch and returns them per job, in order (no joining)."""
+    results: dict[int, list[Choice]] = {}
+    generation = Generation(lm, lambda job, choices: results.__setitem__(id(job), choices))
+    generation.add(jobs)
+    while not generation.done:
+        generation.step()
+    return [results[id(job)] for job in jobs]

@@ -1,9 +1,11 @@
 """The one thread that owns the local models.
 
 Requests queue here; the thread takes the next one plus every compatible request that is waiting (same
-base model; adapters may differ, peft mixes them in one batch) and generates them in one batch. While a
-batch runs, new requests gather in the queue and form the next batch. Model loading and decoding
-strategies run here too, one at a time, so the event loop never blocks on the model.
+base model; adapters may differ, peft mixes them in one batch) and generates them in one batch. While
+it runs, requests that arrive join it between two steps (continuous batching) as long as there is room,
+they need no adapter loaded first, and no other kind of work waits; each request is answered as soon as
+its own sequences end. Model loading and decoding strategies run here too, one at a time, so the event
+loop never blocks on the model.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from optigraph.local.cache import ModelCache
-from optigraph.local.generate import Choice, GenerateJob, generate
+from optigraph.local.generate import Choice, GenerateJob, Generation
 from optigraph.local.models import LoadedModel, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -66,7 +68,8 @@ class LocalWorker:
         self.cache = cache
         self.batch_window_s = batch_window_s
         self.max_batch_rows = max_batch_rows
-        self.batches = 0  # batches run (the benchmark reads it)
+        self.batches = 0  # batches started (tests and the benchmark read it)
+        self.joined = 0  # requests that joined a batch already running
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._later: deque[_Item] = deque()  # taken from the queue but not batchable with the current batch
         self._thread = threading.Thread(target=self._loop, name="optigraph-local", daemon=True)
@@ -140,7 +143,8 @@ class LocalWorker:
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
             _settle(item, error=exc)
 
-    def _run_batch(self, items: list[_Generate]) -> None:
+    def _prepare(self, items: list[_Generate], room: int) -> list[tuple[_Generate, GenerateJob]]:
+        """Jobs for the items, up to `room` rows; a failing item fails alone, the rest wait their turn."""
         ready: list[tuple[_Generate, GenerateJob]] = []
         deferred: list[_Generate] = []
         rows = 0
@@ -152,21 +156,61 @@ class LocalWorker:
             except BaseException as exc:  # noqa: BLE001 - a bad request fails alone
                 _settle(item, error=exc)
                 continue
-            if ready and rows + job.rows > self.max_batch_rows:
+            if (ready or room < self.max_batch_rows) and rows + job.rows > room:
                 deferred.append(item)  # too many rows: it leads the next batch (prepared again then)
                 continue
             ready.append((item, job))
             rows += job.rows
         self._later.extendleft(reversed(deferred))  # in their order of arrival
+        return ready
+
+    def _joinable(self, item: _Item, lm: LoadedModel) -> bool:
+        """Whether a queued item can join the running generation now: same base model, and no adapter to
+        load (loading one changes the model's layers under the rows already running)."""
+        return (isinstance(item, _Generate) and item.spec.base.path == lm.source.path
+                and all(lm.adapters.get(name) == path for name, path in item.spec.adapters))
+
+    def _joiners(self, lm: LoadedModel, room: int) -> list[_Generate]:
+        """Queued requests that can join now; stops at the first that cannot (it runs after this batch)."""
+        joiners: list[_Generate] = []
+        while not self._later and len(joiners) < room:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None and self._joinable(item, lm):
+                joiners.append(item)  # type: ignore[arg-type]
+            else:
+                self._later.append(item) if item is not None else self._queue.put(None)
+                break
+        return joiners
+
+    def _run_batch(self, items: list[_Generate]) -> None:
+        """Runs the items as one generation; requests that arrive meanwhile join it between steps
+        (continuous batching) while there is room and no other kind of work is waiting."""
+        ready = self._prepare(items, self.max_batch_rows)
         if not ready:
             return
         self.batches += 1
+        waiting = {id(job): item for item, job in ready}
+        lm = self.cache.get(ready[0][0].spec)
+
+        def done(job: GenerateJob, choices: list[Choice]) -> None:
+            _settle(waiting.pop(id(job)), choices)
+
+        generation = Generation(lm, done)
         try:
-            results = generate(self.cache.get(ready[0][0].spec), [job for _, job in ready])
+            generation.add([job for _, job in ready])
+            while not generation.done:
+                generation.step()
+                room = self.max_batch_rows - generation.rows
+                if room > 0 and not generation.done and generation.can_join:
+                    joined = self._prepare(self._joiners(lm, room), room)
+                    if joined:
+                        self.joined += len(joined)
+                        waiting.update({id(job): item for item, job in joined})
+                        generation.add([job for _, job in joined])
         except BaseException as exc:  # noqa: BLE001
             logger.exception("local generation failed")
-            for item, _ in ready:
+            for item in waiting.values():
                 _settle(item, error=exc)
-            return
-        for (item, _), choices in zip(ready, results):
-            _settle(item, choices)
