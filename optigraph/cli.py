@@ -25,6 +25,7 @@ SERVE_FLAGS = (
     ("--local-models-dir", "local_models_dir", "directory where relative local model and adapter names are found"),
     ("--local-max-models", "local_max_models", "local base models kept loaded (default 2, least recently used out)"),
     ("--local-dtype", "local_dtype", "dtype of local models from directories: float32 (default), bfloat16, auto"),
+    ("--local-threads", "local_threads", "CPU threads for local models (default: half the cores, at least 1)"),
 )
 
 

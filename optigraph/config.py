@@ -38,6 +38,7 @@ class Settings(BaseSettings):
         default="float32", description="Weights dtype of local models loaded from directories")
     local_batch_window_ms: float = Field(default=5.0, ge=0, description="How long the local worker waits for more requests to batch")
     local_max_batch_rows: int = Field(default=32, ge=1, description="Most sequences one local batch decodes together")
+    local_threads: int = Field(default=0, ge=0, description="CPU threads for local models (0: half the cores, at least 1)")
     upstream_timeout_s: float = 600.0
     upstream_retries: int = 2
     max_n: int = 16

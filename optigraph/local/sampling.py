@@ -56,7 +56,20 @@ def choose(logits: Any, sampling: Sampling, generator: Any) -> Any:
 
     if sampling.greedy:
         return logits.argmax(dim=-1)
-    return torch.multinomial(filtered_probs(logits, sampling), 1, generator=generator).squeeze(-1)
+    return draw(filtered_probs(logits, sampling), generator)
+
+
+def draw(probs: Any, generator: Any) -> Any:
+    """One token per row from distributions [rows, vocab] by inverse CDF: one uniform number per row.
+
+    `torch.multinomial` draws a random number per vocabulary entry (1.3-1.6 ms per row for a 49k
+    vocabulary here, against 0.06 ms for this)."""
+    import torch
+
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=cdf.dtype) * cdf[:, -1:]
+    # u < the total mass, so the first index whose CDF exceeds u exists and never has zero probability
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
 def logprobs_of(logits: Any, tokens: Any, top: int) -> tuple[list[float], list[list[tuple[int, float]]]]:

@@ -142,7 +142,8 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, default_model: str = "smollm2", *, models_dir: Path | None = None, max_models: int = 2,
-                 dtype: str = "float32", batch_window_ms: float = 5.0, max_batch_rows: int = 32) -> None:
+                 dtype: str = "float32", batch_window_ms: float = 5.0, max_batch_rows: int = 32,
+                 threads: int = 0) -> None:
         from optigraph.local.cache import ModelCache
         from optigraph.local.models import parse_spec
         from optigraph.local.worker import LocalWorker
@@ -151,7 +152,8 @@ class LocalBackend:
         self.default_model = default_model
         self.default_spec = parse_spec(default_model, models_dir)  # a missing default model fails at start
         self.cache = ModelCache(max_models=max_models, dtype=dtype)
-        self.worker = LocalWorker(self.cache, batch_window_s=batch_window_ms / 1000.0, max_batch_rows=max_batch_rows)
+        self.worker = LocalWorker(self.cache, batch_window_s=batch_window_ms / 1000.0, max_batch_rows=max_batch_rows,
+                                  threads=threads)
 
     # ---- names ---------------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ class Backends:
             s = self.settings
             self._local = LocalBackend(s.local_model, models_dir=s.local_models_dir, max_models=s.local_max_models,
                                        dtype=s.local_dtype, batch_window_ms=s.local_batch_window_ms,
-                                       max_batch_rows=s.local_max_batch_rows)
+                                       max_batch_rows=s.local_max_batch_rows, threads=s.local_threads)
         return self._local
 
     def for_model(self, model: str) -> tuple[Backend, str]:
