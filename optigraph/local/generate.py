@@ -1,5 +1,5 @@
-"""Standard chat generation for several requests at once: one prefill per distinct prompt, n sampled rows
-per request sharing it, per-request sampling, seeds, stop sequences, logprobs and streaming.
+"""Standard chat generation for several requests at once: one prefill row per request, its n sampled rows
+sharing it, per-request sampling, seeds, stop sequences, logprobs and streaming.
 
 Runs on the model's worker thread (see worker.py), which groups requests that arrive together."""
 

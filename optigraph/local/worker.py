@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from optigraph.errors import UpstreamError
 from optigraph.local.cache import ModelCache
 from optigraph.local.generate import Choice, GenerateJob, Generation
 from optigraph.local.models import LoadedModel, ModelSpec
@@ -79,6 +80,7 @@ class LocalWorker:
         self.joined = 0  # requests that joined a batch already running
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._later: deque[_Item] = deque()  # taken from the queue but not batchable with the current batch
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="optigraph-local", daemon=True)
         self._thread.start()
 
@@ -96,9 +98,14 @@ class LocalWorker:
         self._queue.put(item)
         return await item.future
 
-    def close(self) -> None:
-        """Stops after the work in progress; queued work is dropped."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Stops the thread and waits for it (a thread left inside torch at interpreter exit can abort the
+        process). A generation in progress ends at its next step with an error to its requests; queued
+        work is dropped."""
+        self._stopping.set()
         self._queue.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
 
     # ---- the worker thread --------------------------------------------------------------------
 
@@ -211,6 +218,8 @@ class LocalWorker:
         try:
             generation.add([job for _, job in ready])
             while not generation.done:
+                if self._stopping.is_set():
+                    raise UpstreamError("the local model is shutting down")
                 generation.step()
                 room = self.max_batch_rows - generation.rows
                 if room > 0 and not generation.done and generation.can_join:

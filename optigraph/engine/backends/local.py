@@ -349,8 +349,8 @@ class LocalBackend:
         return models
 
     async def aclose(self) -> None:
-        """Stops taking work; a generation in progress finishes on its thread."""
-        self.worker.close()
+        """Stops the worker thread (a generation in progress ends with an error) and waits for it."""
+        await asyncio.to_thread(self.worker.close)
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
