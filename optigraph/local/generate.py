@@ -184,9 +184,7 @@ class Generation:
                 logprobs.update({p: (v, t) for p, v, t in zip(positions, values, tops)})
         keep: list[int] = []
         for p, (a, token) in enumerate(zip(self.active, tokens.tolist())):
-            if token in eos:
-                self._finished(a, "stop")
-            elif a.row.add(token, logprobs.get(p)):
+            if token in eos or a.row.add(token, logprobs.get(p)):
                 self._finished(a, "stop")
             elif len(a.row.detok.ids) >= a.limit:
                 self._finished(a, "length")

@@ -190,9 +190,9 @@ def load_model(source: ModelSource, dtype: str = "float32") -> LoadedModel:
         raise UpstreamError("local models need the 'local' extra: pip install 'optigraph[local]'") from exc
     started, before = time.perf_counter(), resident_bytes()
     if source.gguf:
-        where: dict[str, Any] = dict(pretrained_model_name_or_path=str(source.path.parent), gguf_file=source.path.name)
+        where: dict[str, Any] = {"pretrained_model_name_or_path": str(source.path.parent), "gguf_file": source.path.name}
     else:
-        where = dict(pretrained_model_name_or_path=str(source.path))
+        where = {"pretrained_model_name_or_path": str(source.path)}
     torch_dtype = getattr(torch, dtype) if dtype != "auto" else "auto"
     try:
         tokenizer = AutoTokenizer.from_pretrained(**where, local_files_only=True)

@@ -52,7 +52,6 @@ def filtered_probs(logits: Any, sampling: Sampling) -> Any:
 
 def choose(logits: Any, sampling: Sampling, generator: Any) -> Any:
     """One token per row (LongTensor [rows]): argmax when greedy, else a draw from `filtered_probs`."""
-    import torch
 
     if sampling.greedy:
         return logits.argmax(dim=-1)

@@ -129,7 +129,7 @@ class LocalWorker:
                         self._run_batch(self._gather(item))
                     else:
                         self._run_call(item)
-            except BaseException:  # noqa: BLE001 - the worker must outlive any one failure
+            except BaseException:
                 logger.exception("local worker: unexpected failure")
 
     def _gather(self, first: _Generate) -> list[_Generate]:
@@ -180,11 +180,11 @@ class LocalWorker:
         self._later.extendleft(reversed(deferred))  # in their order of arrival
         return ready
 
-    def _joinable(self, item: _Item, lm: LoadedModel) -> bool:
+    def _joinable(self, item: _Generate, lm: LoadedModel) -> bool:
         """Whether a queued item can join the running generation now: same base model, and no adapter to
         load (loading one changes the model's layers under the rows already running)."""
-        return (isinstance(item, _Generate) and item.spec.base.path == lm.source.path
-                and all(lm.adapters.get(name) == path for name, path in item.spec.adapters))
+        return item.spec.base.path == lm.source.path and all(lm.adapters.get(name) == path
+                                                             for name, path in item.spec.adapters)
 
     def _joiners(self, lm: LoadedModel, room: int) -> list[_Generate]:
         """Queued requests that can join now; stops at the first that cannot (it runs after this batch)."""
@@ -194,11 +194,13 @@ class LocalWorker:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not None and self._joinable(item, lm):
-                joiners.append(item)  # type: ignore[arg-type]
-            else:
-                self._later.append(item) if item is not None else self._queue.put(None)
+            if item is None:  # closing: leave the signal for the main loop
+                self._queue.put(None)
                 break
+            if not isinstance(item, _Generate) or not self._joinable(item, lm):
+                self._later.append(item)
+                break
+            joiners.append(item)
         return joiners
 
     def _run_batch(self, items: list[_Generate]) -> None:
@@ -228,7 +230,7 @@ class LocalWorker:
                         self.joined += len(joined)
                         waiting.update({id(job): item for item, job in joined})
                         generation.add([job for _, job in joined])
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             logger.exception("local generation failed")
             for item in waiting.values():
                 _settle(item, error=exc)

@@ -237,8 +237,8 @@ class LocalBackend:
 
     async def _decode(self, body: dict[str, Any], req: LocalRequest, emit: Callable[[str], None] | None) -> tuple[int, Any]:
         """(prompt tokens, DecodeResult) of a decoding strategy."""
-        from optigraph.local.decoding.registry import DECODERS
         from optigraph.local.decoding.base import DecodeContext
+        from optigraph.local.decoding.registry import DECODERS
         from optigraph.local.sampling import Sampling, make_generator
 
         spec = self.spec(body.get("model"))

@@ -19,7 +19,6 @@ from optigraph.engine.backends.litellm_backend import LiteLLMBackend, is_litellm
 from optigraph.engine.backends.openai_http import OpenAIHTTPBackend
 
 
-
 def is_local_model(model: str, models_dir: Path | None = None) -> bool:
     from optigraph.local.models import looks_local
 
