@@ -17,6 +17,7 @@ from optigraph.local.decoding.autothink import (
     LABELS,
     PATTERNS,
     STEERING_QUESTIONS,
+    STEERING_SCALE,
     AutoThinkParams,
     classify,
     decoder_layers,
@@ -120,7 +121,7 @@ def test_steering_vector_is_the_mean_contrast_of_hidden_states(tiny_lm: Any, mak
     pattern = "depth_and_thoroughness"
     vector, spent = steering_vector(make_context(), 0, {**dict.fromkeys(PATTERNS, 0.0), pattern: 1.5})
     assert vector.shape == (tiny_lm.model.config.hidden_size,)
-    diffs = []
+    diffs, norms = [], []
     for question in STEERING_QUESTIONS:
         states = []
         for start in PATTERNS[pattern]:
@@ -129,7 +130,10 @@ def test_steering_vector_is_the_mean_contrast_of_hidden_states(tiny_lm: Any, mak
                 out = tiny_lm.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
             states.append(out.hidden_states[1][0, -1].float())  # the output of decoder layer 0
         diffs.append(states[0] - states[1])
-    expected = 1.5 * torch.stack(diffs).mean(dim=0)
+        norms += [float(state.norm()) for state in states]
+    direction = torch.stack(diffs).mean(dim=0)
+    # the contrast's direction, at STEERING_SCALE of the states' mean norm per unit of strength
+    expected = direction / direction.norm() * STEERING_SCALE * (sum(norms) / len(norms)) * 1.5
     assert torch.allclose(vector, expected, atol=1e-4)
     assert spent > 0
     assert steering_vector(make_context(), 0, dict.fromkeys(PATTERNS, 0.0)) == (None, 0)

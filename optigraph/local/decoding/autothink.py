@@ -22,9 +22,11 @@ loaded model itself, for any model.
    pattern of `PATTERNS` (OptILLM's pattern names), the mean difference of the last-token hidden state
    at `target_layer` between an assistant turn that starts carefully and one that starts hastily,
    over the `STEERING_QUESTIONS`, computed per request on the loaded model (one batched forward pass).
-   The vector added to that layer's output at every position during generation is the strength-
-   weighted mean of the pattern vectors; the hook is registered for the request only and always
-   removed.
+   The vector added to that layer's output at every position during generation has the direction of
+   the strength-weighted mean of the pattern vectors and a norm of `STEERING_SCALE` (0.1) times the
+   layer's mean state norm times the mean strength (raw differences of such unlike prompts are as long
+   as the states themselves and turn SmolLM2's output into noise); the hook is registered for the
+   request only and always removed.
 
 Parameters (OptILLM's body keys, then ours):
 - `target_layer` (about 60% of the depth): the decoder layer steered, clamped to the model's layers
@@ -92,6 +94,7 @@ REFERENCE_MAX_TOKENS = 5120  # HIGH's 4096 thinking tokens plus 1024 for the ans
 
 DEFAULT_LAYER_SHARE = 0.6  # of the depth
 MAX_STRENGTH = 2.0
+STEERING_SCALE = 0.1  # norm of the added vector at strength 1, as a fraction of the layer's mean state norm
 DEFAULT_STRENGTH = 1.0
 STEERING_QUESTIONS = ("What is 17 times 23?", "Is 221 a prime number?",
                       "A train leaves at 9:40 and arrives at 13:05. How long is the trip?")
@@ -267,7 +270,12 @@ def steering_vector(ctx: DecodeContext, layer: int, weights: dict[str, float]) -
         careful = states[(2 * i) * per:(2 * i + 1) * per].mean(dim=0)
         hasty = states[(2 * i + 1) * per:(2 * i + 2) * per].mean(dim=0)
         vector = vector + weights[pattern] * (careful - hasty)
-    return vector / len(active), spent
+    # Raw differences of prompts this unlike are as long as the hidden states themselves and wreck the
+    # text; what is added is the direction, at STEERING_SCALE of the layer's typical state norm per unit
+    # of strength.
+    strength = sum(weights[p] for p in active) / len(active)
+    typical = float(states.norm(dim=-1).mean())
+    return vector / vector.norm().clamp(min=1e-6) * (STEERING_SCALE * typical * strength), spent
 
 
 @contextmanager
