@@ -1,5 +1,6 @@
-"""Standard chat generation for several requests at once: one prefill row per request, its n sampled rows
-sharing it, per-request sampling, seeds, stop sequences, logprobs and streaming.
+"""Standard chat generation for several requests at once: one prefill row per distinct prompt (and
+adapter), the n sampled rows of every request with that prompt sharing it, per-request sampling,
+seeds, stop sequences, logprobs and streaming.
 
 Runs on the model's worker thread (see worker.py), which groups requests that arrive together."""
 
@@ -145,10 +146,12 @@ class Generation:
         # in a batch with adapters its rows are the base model's
         with_adapters = any(job.adapter is not None for job in jobs) or (self.batch is not None and
                                                                         self.batch.adapters is not None)
-        adapters = [job.adapter or BASE_ADAPTER for job in jobs] if with_adapters else None
-        batch = Batch.prefill(lm.model, [job.prompt for job in jobs], pad_id=lm.pad_id, adapters=adapters)
+        keys = [(tuple(job.prompt), (job.adapter or BASE_ADAPTER) if with_adapters else None) for job in jobs]
+        distinct = list(dict.fromkeys(keys))  # requests with the same prompt and adapter share one prefill row
+        batch = Batch.prefill(lm.model, [list(prompt) for prompt, _ in distinct], pad_id=lm.pad_id,
+                              adapters=[adapter for _, adapter in distinct] if with_adapters else None)
         owner = [j for j, job in enumerate(jobs) for _ in range(job.rows)]
-        batch.select(owner)  # the n sampled rows of a job share its prompt's prefill
+        batch.select([distinct.index(keys[j]) for j in owner])  # sampled rows are copies of their prefill row
         for r, j in enumerate(owner):
             job = jobs[j]
             self.active.append(_Active(job, _Row(job, owner[:r].count(j), lm.tokenizer),

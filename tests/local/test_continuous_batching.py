@@ -85,3 +85,12 @@ async def test_a_short_request_batched_with_a_long_one_is_answered_first(tiny: T
 
     await asyncio.gather(run("long", 300), run("short", 3))
     assert tiny_backend.worker.batches == batches + 1 and done == ["short", "long"]
+
+
+async def test_concurrent_requests_with_one_prompt_share_its_prefill(tiny: TinyModel, tiny_backend: LocalBackend,
+                                                                    row_counter: Any) -> None:
+    body = {"model": str(tiny.path), "messages": QUESTION, "max_tokens": 4, "temperature": 1.0}
+    replies = await asyncio.gather(*(tiny_backend.complete({**body, "seed": seed}) for seed in range(3)))
+    assert all(r["usage"]["completion_tokens"] >= 1 for r in replies)
+    assert row_counter.rows[0] == 1, "one prefill row for the three requests"
+    assert max(row_counter.rows[1:]) == 3, "then one row per request"
