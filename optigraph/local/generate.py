@@ -215,13 +215,3 @@ class Generation:
                 for choice in range(1, job.n):
                     job.on_delta(choice, out[0].text, out[0].logprobs or [])
         self.on_done(job, out)
-
-
-def generate(lm: LoadedModel, jobs: list[GenerateJob]) -> list[list[Choice]]:
-    """Generates every job's choices in one batch and returns them per job, in order (no joining)."""
-    results: dict[int, list[Choice]] = {}
-    generation = Generation(lm, lambda job, choices: results.__setitem__(id(job), choices))
-    generation.add(jobs)
-    while not generation.done:
-        generation.step()
-    return [results[id(job)] for job in jobs]

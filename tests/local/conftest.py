@@ -114,3 +114,25 @@ async def row_counter(tiny_backend: Any) -> Any:
     await tiny_backend.run(counter.attach)
     yield counter
     await tiny_backend.run(counter.detach)
+
+
+@pytest.fixture(scope="module")
+def server(tiny: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The whole app over real HTTP on loopback, serving the tiny model (one per test module)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from upstream import ServerThread
+
+    from optigraph.api.app import create_app
+    from optigraph.config import Settings
+
+    db = tmp_path_factory.mktemp("tiny-server") / "optigraph.db"
+    with ServerThread(create_app(Settings(local_model=str(tiny.path), db_url=f"sqlite:///{db}"))) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: Any) -> Any:
+    """The official openai client on `server`."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)

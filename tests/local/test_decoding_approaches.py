@@ -4,7 +4,6 @@ composed with others) and as `decoding` in the body of a plain request, streamin
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from upstream import ServerThread  # noqa: E402
 
-from optigraph.api.app import create_app  # noqa: E402
-from optigraph.config import Settings  # noqa: E402
-
 QUESTION = [{"role": "user", "content": "What is two plus two?"}]
 # small settings so that each strategy finishes in well under a second on the tiny model
 SMALL: dict[str, dict[str, Any]] = {
@@ -29,18 +25,6 @@ SMALL: dict[str, dict[str, Any]] = {
     "deepconf": {"warmup_samples": 2, "max_traces": 3, "max_tokens_per_trace": 6, "min_trace_length": 2},
     "autothink": {"max_tokens": 12},
 }
-
-
-@pytest.fixture(scope="module")
-def server(tiny: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    db = tmp_path_factory.mktemp("decoding-server") / "optigraph.db"
-    with ServerThread(create_app(Settings(local_model=str(tiny.path), db_url=f"sqlite:///{db}"))) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(server: ServerThread) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 @pytest.mark.parametrize("strategy", sorted(SMALL))

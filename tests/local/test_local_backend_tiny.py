@@ -19,7 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from upstream import ServerThread  # noqa: E402
 
-from optigraph.api.app import create_app  # noqa: E402
 from optigraph.config import Settings  # noqa: E402
 from optigraph.engine.backends.local import LocalBackend, parse_request  # noqa: E402
 from optigraph.engine.backends.router import Backends, is_local_model  # noqa: E402
@@ -256,18 +255,6 @@ async def test_list_models_and_status(tiny: TinyModel, tiny_backend: LocalBacken
 
 
 # ---- the server over HTTP ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server(tiny: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    db = tmp_path_factory.mktemp("tiny-server") / "optigraph.db"
-    with ServerThread(create_app(Settings(local_model=str(tiny.path), db_url=f"sqlite:///{db}"))) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(server: ServerThread) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
 def test_http_logprobs(client: openai.OpenAI, tiny: TinyModel, tiny_lm: Any) -> None:
