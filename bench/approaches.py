@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _servers import fake_upstream, optigraph_server  # noqa: E402
 
-from optigraph.engine.cost import evaluate  # noqa: E402
+from optigraph.core.cost import evaluate  # noqa: E402
 from optigraph.engine.expression import Approach, Node, Parallel, Pipeline, parse  # noqa: E402
 from optigraph.engine.registry import Registry, builtin_registry  # noqa: E402
 

@@ -25,11 +25,11 @@ from typing import Any
 import orjson
 from langgraph.checkpoint.memory import InMemorySaver
 
+from optigraph.backends.router import Backends
 from optigraph.config import Settings
-from optigraph.engine.backends.router import Backends
 from optigraph.engine.compiler import Compiler
 from optigraph.engine.registry import builtin_registry
-from optigraph.engine.runner import Engine
+from optigraph.engine.runner import Runner
 from optigraph.memory.checkpoints import open_checkpointer
 
 EXPRESSIONS = ("none", "re2", "none&none", "none|none", "bon", "moa")
@@ -63,7 +63,7 @@ async def measure(saver: Any, runs: int) -> dict[str, float]:
     registry = builtin_registry()
     backends = Backends(settings)
     backends.http.complete = stub_complete  # type: ignore[method-assign, union-attr]
-    engine = Engine(settings=settings, registry=registry, backends=backends, recorder=NullRecorder(),
+    engine = Runner(settings=settings, registry=registry, backends=backends, recorder=NullRecorder(),
                     compiler=Compiler(registry, saver))
     out = {}
     for expr in EXPRESSIONS:

@@ -6,7 +6,7 @@
     python bench/local_batching.py --model ./my-hf-model-dir --model2 smollm2
     python bench/local_batching.py --json               # the same figures as one JSON object
 
-Drives `optigraph.engine.backends.local.LocalBackend` in-process (no HTTP), so the figures are the local
+Drives `optigraph.backends.local.LocalBackend` in-process (no HTTP), so the figures are the local
 inference itself. One run measures, each case interleaved with the one it is compared to (the order
 alternating between repeats) so that machine noise hits both alike; the tables give medians:
 
@@ -208,7 +208,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from optigraph.engine.backends.local import LocalBackend
+    from optigraph.backends.local import LocalBackend
 
     options: dict[str, Any] = {"models_dir": args.models_dir, "dtype": args.dtype}
     if args.threads:

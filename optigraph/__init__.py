@@ -9,9 +9,9 @@ _AUTHORING = {"ApproachParams", "ApproachSpec", "approach", "load_declarative"}
 
 
 def __getattr__(name: str) -> object:
-    """The authoring API (optigraph.authoring), imported on first use so `import optigraph` stays light."""
+    """The authoring API (optigraph.engine.authoring), imported on first use so `import optigraph` stays light."""
     if name in _AUTHORING:
-        from optigraph import authoring
+        from optigraph.engine import authoring
 
         return getattr(authoring, name)
     raise AttributeError(f"module 'optigraph' has no attribute {name!r}")

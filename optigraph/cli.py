@@ -64,7 +64,7 @@ def serve(args: argparse.Namespace) -> None:
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
-    from optigraph.engine.loading import ApproachLoadError
+    from optigraph.errors import ApproachLoadError
 
     try:
         app = create_app(settings)
@@ -211,9 +211,9 @@ def _runs_list(args: argparse.Namespace) -> None:
     filters = {"status": args.status, "approach": args.approach, "model": args.model,
                "limit": args.limit, "after": args.after}
     if args.db_url:
-        from optigraph.engine import inspect
+        from optigraph.engine import inspection
 
-        page = _from_db(inspect.read_runs, args.db_url, **filters)
+        page = _from_db(inspection.read_runs, args.db_url, **filters)
     else:
         page = _api_get(args, "/v1/runs", filters)
     if args.json:
@@ -227,10 +227,10 @@ def _runs_list(args: argparse.Namespace) -> None:
 
 def _runs_show(args: argparse.Namespace) -> None:
     if args.db_url:
-        from optigraph.engine import inspect
+        from optigraph.engine import inspection
         from optigraph.engine.registry import builtin_registry
 
-        run = _from_db(inspect.read_run, args.db_url, args.run_id, builtin_registry(), max_chars=args.max_chars or None)
+        run = _from_db(inspection.read_run, args.db_url, args.run_id, builtin_registry(), max_chars=args.max_chars or None)
         if run is None:
             raise _CommandError(f"no run with id {args.run_id!r}")
     else:
@@ -284,7 +284,7 @@ def _runs_continue(args: argparse.Namespace) -> None:
 
 
 def _run_text(run: dict) -> str:
-    from optigraph.engine.inspect import iter_steps
+    from optigraph.engine.inspection import iter_steps
 
     usage = run["usage"]
     lines = [f"Run {run['id']}", ""]
@@ -369,7 +369,8 @@ def _sent(messages: object) -> str:
 
 def _local_registry(args: argparse.Namespace):  # a Registry (imported lazily)
     """This installation's approaches: built-ins, entry points and --approaches-dir."""
-    from optigraph.engine.loading import ApproachLoadError, load_registry
+    from optigraph.engine.loading import load_registry
+    from optigraph.errors import ApproachLoadError
 
     try:
         return load_registry(approaches_dir=args.approaches_dir or os.environ.get("OPTIGRAPH_APPROACHES_DIR"))
@@ -381,9 +382,9 @@ def _approaches_list(args: argparse.Namespace) -> None:
     if args.server:
         data = _api_get(args, "/v1/approaches")["data"]
     else:
-        from optigraph.engine import inspect
+        from optigraph.engine import inspection
 
-        data = [inspect.approach_info(spec) for spec in _local_registry(args).specs.values()]
+        data = [inspection.approach_info(spec) for spec in _local_registry(args).specs.values()]
     if args.json:
         return _print_json(data)
     rows = [[a["name"], _short(a["calls"], 30), _short(a["rounds"], 30), _cost_cell(a.get("default_calls"), a.get("default_rounds")),
@@ -397,13 +398,13 @@ def _approaches_show(args: argparse.Namespace) -> None:
 
         info = _api_get(args, f"/v1/approaches/{quote(args.expression, safe='')}")
     else:
-        from optigraph.engine import inspect
+        from optigraph.engine import inspection
         from optigraph.engine.compiler import Compiler
         from optigraph.errors import OptigraphError
 
         registry = _local_registry(args)
         try:
-            info = inspect.expression_info(inspect.compile_expression(args.expression, Compiler(registry, None)), registry)
+            info = inspection.expression_info(inspection.compile_expression(args.expression, Compiler(registry, None)), registry)
         except OptigraphError as exc:
             raise _CommandError(exc.message) from None
     if args.json:

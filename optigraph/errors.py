@@ -84,3 +84,9 @@ class BudgetExceeded(OptigraphError):
     status = 400
     type = "invalid_request_error"
     code = "budget_exceeded"
+
+
+class ApproachLoadError(OptigraphError):
+    """An approach or plugin from outside optigraph could not be loaded (a start-up error)."""
+
+    code = "approach_load_error"

@@ -16,11 +16,12 @@ from typing import Any
 
 from langgraph.graph import StateGraph
 
-from optigraph.engine.backends.base import Capabilities
-from optigraph.engine.context import RunContext
-from optigraph.engine.llm import LLM, message_text
-from optigraph.engine.registry import ApproachSpec
-from optigraph.engine.streaming import StreamSink
+from optigraph.core.backend import Capabilities
+from optigraph.core.context import RunContext
+from optigraph.core.llm import LLM
+from optigraph.core.messages import message_text
+from optigraph.core.spec import ApproachSpec
+from optigraph.core.streaming import StreamSink
 from optigraph.memory.records import NullRecorder
 
 Reply = str | dict[str, Any] | BaseException

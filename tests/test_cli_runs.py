@@ -19,7 +19,7 @@ from api_stack import Stack, last_user_text, start_stack  # noqa: E402
 from upstream import HTTPFailure, echo_responder  # noqa: E402
 
 from optigraph.cli import main  # noqa: E402
-from optigraph.engine.cost import evaluate  # noqa: E402
+from optigraph.core.cost import evaluate  # noqa: E402
 from optigraph.engine.registry import builtin_registry  # noqa: E402
 
 KEY = "cli-key"

@@ -13,13 +13,13 @@ from fastapi import FastAPI
 from optigraph import __version__
 from optigraph.api import approaches, chat, models, runs, ui
 from optigraph.api.errors import install_error_handlers
+from optigraph.backends.router import Backends
 from optigraph.config import Settings
-from optigraph.engine.backends.router import Backends
 from optigraph.engine.compiler import Compiler
 from optigraph.engine.expression import parse, validate
 from optigraph.engine.loading import load_registry
 from optigraph.engine.registry import Registry
-from optigraph.engine.runner import Engine
+from optigraph.engine.runner import Runner
 from optigraph.memory.checkpoints import open_checkpointer
 from optigraph.memory.db import create_engine_for
 from optigraph.memory.migrate import upgrade_schema
@@ -47,7 +47,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
             app.state.local_status = lambda: local.status
             app.state.local_models = local.describe
         async with open_checkpointer(settings.db_url) as saver:
-            app.state.engine = Engine(settings=settings, registry=registry, backends=backends, recorder=recorder,
+            app.state.runner = Runner(settings=settings, registry=registry, backends=backends, recorder=recorder,
                                       compiler=Compiler(registry, saver))
             app.state.backends = backends
             app.state.db = db

@@ -7,29 +7,29 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request
 
 from optigraph.api.auth import upstream_key
-from optigraph.engine import inspect
+from optigraph.engine import inspection
 from optigraph.errors import InvalidRequest
 
 router = APIRouter(tags=["approaches"], dependencies=[Depends(upstream_key)])
 
 
 @router.get("/v1/approaches", summary="Every approach: description, parameters, cost formulas",
-            response_model=inspect.ApproachList)
-async def list_approaches(request: Request) -> inspect.ApproachList:
+            response_model=inspection.ApproachList)
+async def list_approaches(request: Request) -> inspection.ApproachList:
     registry = request.app.state.registry
-    return {"object": "list", "data": [inspect.approach_info(spec) for spec in registry.specs.values()]}
+    return {"object": "list", "data": [inspection.approach_info(spec) for spec in registry.specs.values()]}
 
 
 @router.get("/v1/approaches/{expression}", summary="An approach or expression compiled: Mermaid drawing, choices, cost",
-            response_model=inspect.ExpressionInfo)
+            response_model=inspection.ExpressionInfo)
 async def show_expression(
     request: Request,
     expression: Annotated[str, Path(description="an approach name or expression, e.g. bon&re2|moa "
                                                 "(percent-encode it: bon%26re2%7Cmoa)")],
-) -> inspect.ExpressionInfo:
+) -> inspection.ExpressionInfo:
     try:
-        compiled = inspect.compile_expression(expression, request.app.state.engine.compiler)
+        compiled = inspection.compile_expression(expression, request.app.state.runner.compiler)
     except InvalidRequest as exc:  # a bad expression here is the path parameter's fault, not the model's
         exc.param = "expression"
         raise
-    return inspect.expression_info(compiled, request.app.state.registry)
+    return inspection.expression_info(compiled, request.app.state.registry)

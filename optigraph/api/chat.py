@@ -31,11 +31,11 @@ async def chat_completions(request: Request, key: str | None = Depends(upstream_
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
-    engine = request.app.state.engine
-    prep = engine.prepare(body, client_key=key)
+    runner = request.app.state.runner
+    prep = runner.prepare(body, client_key=key)
     headers = {RUN_HEADER: prep.run_id}
     if prep.stream:
-        chunks = engine.stream(prep)
+        chunks = runner.stream(prep)
         try:  # wait for the first chunk, so that a failure before it gets its own status
             first = await anext(chunks)
         except OptigraphError as exc:
@@ -43,7 +43,7 @@ async def chat_completions(request: Request, key: str | None = Depends(upstream_
         return StreamingResponse(_prepend(first, chunks), media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
     try:
-        result = await engine.complete(prep)
+        result = await runner.complete(prep)
     except OptigraphError as exc:  # the run exists (stored as failed): say which it was
         return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
     headers["x-optigraph-upstream-calls"] = str(result.response["optigraph"]["upstream_calls"])

@@ -12,10 +12,9 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from optigraph.api.errors import ORJSONResponse
-
 from optigraph.api.auth import upstream_key
-from optigraph.engine import inspect
+from optigraph.api.errors import ORJSONResponse
+from optigraph.engine import inspection, resume
 from optigraph.errors import NotFound, OptigraphError
 from optigraph.memory.queries import MAX_LIMIT, get_run, page_runs
 
@@ -34,7 +33,7 @@ async def load_run(request: Request, run_id: str) -> dict[str, Any]:
     return row
 
 
-@router.get("/v1/runs", summary="Stored runs, newest first", response_model=inspect.RunList)
+@router.get("/v1/runs", summary="Stored runs, newest first", response_model=inspection.RunList)
 async def list_runs(
     request: Request,
     status: Annotated[str | None, Query(description="running, completed or failed")] = None,
@@ -44,22 +43,22 @@ async def list_runs(
     created_before: Annotated[datetime | None, Query(description="ISO 8601; UTC when no offset is given")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
     after: Annotated[str | None, Query(description="the `next_cursor` of the previous page")] = None,
-) -> inspect.RunList:
-    page = await page_runs(request.app.state.db, status=status, expression=inspect.canonical(approach), model=model,
+) -> inspection.RunList:
+    page = await page_runs(request.app.state.db, status=status, expression=inspection.canonical(approach), model=model,
                            created_after=created_after, created_before=created_before, after=after, limit=limit)
-    return inspect.run_list(page.runs, has_more=page.has_more)
+    return inspection.run_list(page.runs, has_more=page.has_more)
 
 
 @router.get("/v1/runs/{run_id}", summary="One run: its graph, steps, upstream calls and totals",
-            response_model=inspect.RunDetail)
+            response_model=inspection.RunDetail)
 async def show_run(
     request: Request,
     run_id: RunId,
     max_chars: Annotated[int, Query(ge=0, description="cut strings longer than this; 0 keeps them whole")]
-    = inspect.MAX_CHARS,
-) -> inspect.RunDetail:
+    = inspection.MAX_CHARS,
+) -> inspection.RunDetail:
     row = await load_run(request, run_id)
-    return await inspect.run_detail(row, request.app.state.engine.compiler, max_chars=max_chars or None)
+    return await inspection.run_detail(row, request.app.state.runner.compiler, max_chars=max_chars or None)
 
 
 
@@ -73,7 +72,7 @@ class ForkRequest(BaseModel):
 
 
 def _answer(request: Request, run_id: str, call) -> Any:
-    request_recorder = request.app.state.engine.recorder
+    request_recorder = request.app.state.runner.recorder
 
     async def answer() -> Response:
         headers = {"x-optigraph-run-id": run_id}
@@ -96,8 +95,9 @@ def _answer(request: Request, run_id: str, call) -> Any:
                         404: {"description": "No such run"},
                         409: {"description": "The run cannot be resumed (passthrough, completed, being resumed)"}})
 async def resume_run(request: Request, run_id: RunId, key: str | None = Depends(upstream_key)) -> Response:
-    engine = request.app.state.engine
-    return await _answer(request, run_id, lambda: engine.resume(run_id, db=request.app.state.db, client_key=key))
+    runner = request.app.state.runner
+    return await _answer(request, run_id, lambda: resume.resume_run(runner, run_id, db=request.app.state.db,
+                                                                     client_key=key))
 
 
 @router.post("/v1/runs/{run_id}/fork", summary="A new run from one checkpoint of a run, with a state patch",
@@ -106,8 +106,8 @@ async def resume_run(request: Request, run_id: RunId, key: str | None = Depends(
                         409: {"description": "The run has no checkpoints (passthrough)"}})
 async def fork_run(request: Request, run_id: RunId, body: Annotated[ForkRequest | None, Body()] = None,
                    key: str | None = Depends(upstream_key)) -> Response:
-    engine = request.app.state.engine
+    runner = request.app.state.runner
     body = body or ForkRequest()
-    return await _answer(request, run_id, lambda: engine.fork(run_id, db=request.app.state.db, client_key=key,
+    return await _answer(request, run_id, lambda: resume.fork_run(runner, run_id, db=request.app.state.db, client_key=key,
                                                      checkpoint_id=body.checkpoint_id, thread=body.thread,
                                                      patch=body.patch))

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from optigraph.api.auth import bearer
-from optigraph.engine import inspect
+from optigraph.engine import inspection
 from optigraph.errors import OptigraphError
 from optigraph.memory.queries import get_run, page_runs
 
@@ -114,9 +114,9 @@ async def runs_page(
         return denied
     status = status or None
     approach = (approach or "").strip() or None
-    page = await page_runs(request.app.state.db, status=status, expression=inspect.canonical(approach),
+    page = await page_runs(request.app.state.db, status=status, expression=inspection.canonical(approach),
                            after=after or None, limit=PAGE_SIZE)
-    runs = inspect.run_list(page.runs, has_more=page.has_more)
+    runs = inspection.run_list(page.runs, has_more=page.has_more)
     options = "".join(f"<option value='{s}'{' selected' if s == status else ''}>{s}</option>"
                       for s in STATUSES)
     filters = ("<form class='filters' method='get' action='/ui'>"
@@ -155,8 +155,8 @@ async def run_page(request: Request, run_id: str, key: Annotated[str | None, Que
         return _page("optigraph: no such run",
                      f"<p><a href='/ui'>&larr; runs</a></p><h1>No run with id <code>{escape(run_id)}</code></h1>",
                      status=404)
-    compiler = request.app.state.engine.compiler
-    detail = await inspect.run_detail(row, compiler)
+    compiler = request.app.state.runner.compiler
+    detail = await inspection.run_detail(row, compiler)
     return _page(f"optigraph run {run_id}", render_run(detail, compiler))
 
 
@@ -222,7 +222,7 @@ def render_graph(detail: Mapping[str, Any], compiler: Any) -> str:
     if graph.get("error"):
         return f"<p id='graph-error'>The graph cannot be drawn: {escape(graph['error'])}</p>"
     try:
-        drawn = inspect.compile_expression(detail["expression"], compiler).graph.get_graph(xray=True)
+        drawn = inspection.compile_expression(detail["expression"], compiler).graph.get_graph(xray=True)
     except OptigraphError as exc:
         return f"<p id='graph-error'>The graph cannot be drawn: {escape(exc.message)}</p>"
     nodes = list(drawn.nodes)
@@ -314,7 +314,7 @@ def render_steps(detail: Mapping[str, Any]) -> str:
     for thread in threads:
         if thread.get("error"):
             rows.append(f"<tr><td colspan='7'>{escape(thread['thread_id'])}: {escape(thread['error'])}</td></tr>")
-        for depth, step, task in inspect.iter_steps(thread.get("steps") or []):
+        for depth, step, task in inspection.iter_steps(thread.get("steps") or []):
             ns = step.get("checkpoint_ns") or ""
             graph = ns.split(":", 1)[0] if ns else ""
             writes = task.get("writes")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import inspect
 
-from optigraph.engine.registry import ApproachSpec, Registry
+from optigraph.core.spec import ApproachSpec
+from optigraph.engine.registry import Registry
 
 
 def mermaid(spec: ApproachSpec) -> str:

@@ -24,13 +24,19 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Send
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.expression import Approach, Node, Parallel, Pipeline, choice_count, to_text
-from optigraph.engine.llm import message_text
+from optigraph.core.context import RunContext
+from optigraph.core.messages import message_text, replace_last_user
+from optigraph.core.state import Answer
+from optigraph.core.usage import Usage, add_usage
+from optigraph.engine.expression import (
+    Approach,
+    Node,
+    Parallel,
+    Pipeline,
+    choice_count,
+    to_text,
+)
 from optigraph.engine.registry import Registry
-from optigraph.engine.state import Answer
-from optigraph.engine.usage import Usage, add_usage
-from optigraph.nodes.common import replace_last_user
 
 
 def merge_outputs(a: dict[str, list[Answer]] | None, b: dict[str, list[Answer]] | None) -> dict[str, list[Answer]]:

@@ -5,7 +5,7 @@ Three sources, in this order, after the built-ins:
 - entry points in the group `optigraph.approaches` (installed packages): each yields an
   ApproachSpec, a sequence of them, or a module (whose approaches are collected as below);
 - a directory (`--approaches-dir`, OPTIGRAPH_APPROACHES_DIR): every `*.py` module in it (sorted by
-  name) and every declarative spec `*.yaml`, `*.yml` or `*.json` (see optigraph/authoring.py);
+  name) and every declarative spec `*.yaml`, `*.yml` or `*.json` (see optigraph/engine/authoring/);
 - nothing else: there is no module-global registry.
 
 A module's approaches are its `SPECS` (a sequence), else its `SPEC`, else every module-level
@@ -26,18 +26,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from optigraph.core.spec import ApproachSpec
+from optigraph.engine.authoring import load_declarative
 from optigraph.engine.expression import is_name
-from optigraph.engine.registry import ApproachSpec, Registry, builtin_registry
-from optigraph.errors import OptigraphError
+from optigraph.engine.registry import Registry, builtin_registry
+from optigraph.errors import ApproachLoadError
 
 ENTRY_POINT_GROUP = "optigraph.approaches"
 DECLARATIVE_SUFFIXES = (".yaml", ".yml", ".json")
-
-
-class ApproachLoadError(OptigraphError):
-    """An approach from outside optigraph could not be loaded (a start-up error)."""
-
-    code = "approach_load_error"
 
 
 def specs_of_module(module: ModuleType) -> list[ApproachSpec]:
@@ -90,8 +86,6 @@ def load_module_file(path: Path) -> ModuleType:
 
 def load_directory(directory: Path | str) -> list[tuple[ApproachSpec, str]]:
     """(spec, source) for every approach module and declarative spec in `directory`."""
-    from optigraph.authoring import load_declarative
-
     root = Path(directory)
     if not root.is_dir():
         raise ApproachLoadError(f"approaches directory {str(root)!r} does not exist or is not a directory")

@@ -23,18 +23,15 @@ graph continues from there (`ainvoke(None)`). Only the steps after the fork poin
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from optigraph.engine.context import RunContext
+from optigraph.core.context import RunContext
+from optigraph.core.usage import add_usage, empty_usage
 from optigraph.engine.expression import parse
-from optigraph.engine.runner import ChatResult, answer_choices
-from optigraph.engine.usage import add_usage, empty_usage
+from optigraph.engine.runner import ChatResult, Prepared, Runner, answer_choices
 from optigraph.errors import InvalidRequest, NotFound, OptigraphError
 from optigraph.memory.queries import get_run
 from optigraph.memory.records import RunResult
-
-if TYPE_CHECKING:
-    from optigraph.engine.runner import Engine, Prepared
 
 
 class RunNotResumable(OptigraphError):
@@ -57,49 +54,49 @@ async def _stored(db: Any, run_id: str) -> dict[str, Any]:
     return row
 
 
-def _rebuild(engine: Engine, row: dict[str, Any], *, run_id: str, client_key: str | None) -> Prepared:
+def _rebuild(runner: Runner, row: dict[str, Any], *, run_id: str, client_key: str | None) -> Prepared:
     """The run's Prepared, from its stored request, running the stored expression."""
-    prep = engine.prepare(dict(row["request"]), client_key=client_key, run_id=run_id)
+    prep = runner.prepare(dict(row["request"]), client_key=client_key, run_id=run_id)
     if prep.compiled is None or prep.expression != row["expression"]:
-        prep.compiled = engine.compiler.compile(parse(row["expression"]))
+        prep.compiled = runner.compiler.compile(parse(row["expression"]))
         prep.expression = prep.compiled.text
     prep.stream = False
     return prep
 
 
-def _mark_running(engine: Engine, run_id: str) -> None:
-    engine.recorder.run_finished(run_id, RunResult(status="running", finished_at=None,  # type: ignore[arg-type]
+def _mark_running(runner: Runner, run_id: str) -> None:
+    runner.recorder.run_finished(run_id, RunResult(status="running", finished_at=None,  # type: ignore[arg-type]
                                                    latency_ms=None, usage={}, error=None))  # type: ignore[arg-type]
 
 
-async def resume_run(engine: Engine, run_id: str, *, db: Any, client_key: str | None = None) -> ChatResult:
+async def resume_run(runner: Runner, run_id: str, *, db: Any, client_key: str | None = None) -> ChatResult:
     row = await _stored(db, run_id)
     if row["status"] == "completed":
         raise RunNotResumable(f"run {run_id} has already completed; fork it to run part of it again")
-    if run_id in engine._resuming:
+    if run_id in runner.resuming:
         raise RunNotResumable(f"run {run_id} is being resumed on this server right now")
-    prep = _rebuild(engine, row, run_id=run_id, client_key=client_key)
-    engine._resuming.add(run_id)
+    prep = _rebuild(runner, row, run_id=run_id, client_key=client_key)
+    runner.resuming.add(run_id)
     try:
-        _mark_running(engine, run_id)
+        _mark_running(runner, run_id)
         try:
-            answers, usage = await engine._run_graph(prep, sink=None, resume=True)
+            answers, usage = await runner.run_graph(prep, sink=None, resume=True)
         except BaseException as exc:
-            engine._failed(prep, exc)
+            runner.record_failure(prep, exc)
             raise
-        response = engine._response(prep, answer_choices(answers), usage, {})
-        engine._finished(prep, usage, response)
+        response = runner.response_body(prep, answer_choices(answers), usage, {})
+        runner.record_success(prep, usage, response)
         return ChatResult(run_id=run_id, response=response)
     finally:
-        engine._resuming.discard(run_id)
+        runner.resuming.discard(run_id)
 
 
-async def fork_run(engine: Engine, run_id: str, *, db: Any, client_key: str | None = None,
+async def fork_run(runner: Runner, run_id: str, *, db: Any, client_key: str | None = None,
                    checkpoint_id: str | None = None, thread: str | None = None,
                    patch: dict[str, Any] | None = None) -> ChatResult:
     row = await _stored(db, run_id)
     new_id = uuid.uuid4().hex
-    prep = _rebuild(engine, row, run_id=new_id, client_key=client_key)
+    prep = _rebuild(runner, row, run_id=new_id, client_key=client_key)
     assert prep.compiled is not None
     graph = prep.compiled.graph
     if thread is None:
@@ -131,7 +128,7 @@ async def fork_run(engine: Engine, run_id: str, *, db: Any, client_key: str | No
     prep.record.request = {**row["request"], "optigraph_fork": {"parent_id": run_id, "thread": thread,
                                                                  "checkpoint_id": snapshot.config["configurable"].get("checkpoint_id"),
                                                                  "patch": patch}}
-    engine.recorder.run_started(prep.record)
+    runner.recorder.run_started(prep.record)
     config = {"configurable": {"thread_id": new_id}}
     ctx = RunContext(run_id=new_id, llm=prep.llm, sink=None)
     try:
@@ -141,13 +138,13 @@ async def fork_run(engine: Engine, run_id: str, *, db: Any, client_key: str | No
             await graph.aupdate_state(config, values, as_node=producer)
             out = await graph.ainvoke(None, config, context=ctx, durability="sync")
     except BaseException as exc:
-        engine._failed(prep, exc)
+        runner.record_failure(prep, exc)
         raise
     answers = out.get("answers") or []
     usage = add_usage(empty_usage(), prep.llm.answered)  # this run's calls, not those copied from the parent
-    response = engine._response(prep, answer_choices(answers), usage, {})
+    response = runner.response_body(prep, answer_choices(answers), usage, {})
     response["optigraph"]["parent_id"] = run_id
-    engine._finished(prep, usage, response)
+    runner.record_success(prep, usage, response)
     return ChatResult(run_id=new_id, response=response)
 
 

@@ -7,8 +7,8 @@ Two paths, one behaviour:
   per-invocation cost (1-2 ms measured) would double the proxy's overhead (docs/performance.md);
 - every other expression runs its compiled graph with the SQL checkpointer at durability "sync"
   (each finished step, and each finished parallel branch, is stored before the next starts), so a
-  crashed run can be resumed from its last finished step (`Engine.resume`), or forked from any of
-  its checkpoints into a new run (`Engine.fork`); both live in engine/resume.py.
+  crashed run can be resumed from its last finished step (engine/resume.py), or forked from any of
+  its checkpoints into a new run (same module), which uses this module's Runner.
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ from typing import Any
 
 import orjson
 
+from optigraph.backends.router import Backends
 from optigraph.config import Settings
-from optigraph.engine.backends.router import Backends
+from optigraph.core.context import RunContext
+from optigraph.core.llm import LLM, Budget
+from optigraph.core.streaming import StreamEvent, StreamSink
+from optigraph.core.usage import Usage, add_usage, empty_usage, openai_usage
 from optigraph.engine.compiler import CompiledExpression, Compiler
-from optigraph.engine.context import RunContext
 from optigraph.engine.expression import parse, validate
-from optigraph.engine.llm import LLM, Budget
 from optigraph.engine.registry import Registry
 from optigraph.engine.request import check_request, forwarded_fields
 from optigraph.engine.selection import select
-from optigraph.engine.streaming import StreamEvent, StreamSink
-from optigraph.engine.usage import Usage, add_usage, empty_usage, openai_usage
 from optigraph.errors import InvalidRequest, OptigraphError
 from optigraph.memory.records import Recorder, RunRecord, RunResult, utcnow
 
@@ -67,7 +67,9 @@ class ChatResult:
     response: dict[str, Any]
 
 
-class Engine:
+class Runner:
+    """Runs chat-completions requests: prepares, executes (graph or passthrough), streams and records."""
+
     def __init__(self, *, settings: Settings, registry: Registry, backends: Backends, recorder: Recorder,
                  compiler: Compiler) -> None:
         self.settings = settings
@@ -76,7 +78,7 @@ class Engine:
         self.recorder = recorder
         self.compiler = compiler
         self._n_support: dict[str, bool] = {}
-        self._resuming: set[str] = set()  # runs being resumed by this server
+        self.resuming: set[str] = set()  # runs being resumed by this server
 
     # ---- preparing a run ----------------------------------------------------------------------
 
@@ -151,20 +153,20 @@ class Engine:
                 decoding = completion.raw.get("optigraph_decoding")  # a local decoding strategy's details
             else:
                 self.recorder.run_started(prep.record)
-                answers, usage = await self._run_graph(prep, sink=None)
+                answers, usage = await self.run_graph(prep, sink=None)
                 choices = answer_choices(answers)
                 extra, decoding = {}, None
         except BaseException as exc:
-            self._failed(prep, exc)
+            self.record_failure(prep, exc)
             raise
-        response = self._response(prep, choices, usage, extra)
+        response = self.response_body(prep, choices, usage, extra)
         if decoding is not None:
             response["optigraph"]["decoding"] = decoding
-        self._finished(prep, usage, response)
+        self.record_success(prep, usage, response)
         return ChatResult(run_id=prep.run_id, response=response)
 
     @staticmethod
-    def _response(prep: Prepared, choices: list[dict[str, Any]], usage: Usage, extra: dict[str, Any]) -> dict[str, Any]:
+    def response_body(prep: Prepared, choices: list[dict[str, Any]], usage: Usage, extra: dict[str, Any]) -> dict[str, Any]:
         return {
             "id": f"chatcmpl-{prep.run_id}",
             "object": "chat.completion",
@@ -176,23 +178,7 @@ class Engine:
             "optigraph": {"run_id": prep.run_id, "approach": prep.expression, "upstream_calls": usage["calls"]},
         }
 
-    # ---- resuming and forking (engine/resume.py) ----------------------------------------------
-
-    async def resume(self, run_id: str, *, db: Any, client_key: str | None = None) -> ChatResult:
-        """Continues a stored run that crashed or failed from its last checkpoints (see resume.py)."""
-        from optigraph.engine.resume import resume_run
-
-        return await resume_run(self, run_id, db=db, client_key=client_key)
-
-    async def fork(self, run_id: str, *, db: Any, client_key: str | None = None, checkpoint_id: str | None = None,
-                   thread: str | None = None, patch: dict[str, Any] | None = None) -> ChatResult:
-        """A new run started from one checkpoint of a stored run, with a patch of its state."""
-        from optigraph.engine.resume import fork_run
-
-        return await fork_run(self, run_id, db=db, client_key=client_key, checkpoint_id=checkpoint_id,
-                              thread=thread, patch=patch)
-
-    async def _run_graph(self, prep: Prepared, *, sink: StreamSink | None,
+    async def run_graph(self, prep: Prepared, *, sink: StreamSink | None,
                          resume: bool = False) -> tuple[list[dict[str, Any]], Usage]:
         """Runs the n threads of the run. With `resume`, each thread continues from its last
         checkpoint (a finished thread is read back, a thread with no checkpoint starts afresh)."""
@@ -244,15 +230,15 @@ class Engine:
                 sent = True
                 yield data
         except OptigraphError as exc:
-            self._failed(prep, exc)
+            self.record_failure(prep, exc)
             if not sent:
                 raise
             yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
         except asyncio.CancelledError:
-            self._failed(prep, InvalidRequest("the client disconnected before the run finished", code="client_disconnected"))
+            self.record_failure(prep, InvalidRequest("the client disconnected before the run finished", code="client_disconnected"))
             raise
         except Exception as exc:  # an unexpected failure still ends the stream properly and is recorded
-            self._failed(prep, exc)
+            self.record_failure(prep, exc)
             yield b"data: " + orjson.dumps(OptigraphError(f"internal error: {type(exc).__name__}").body()) + b"\n\n"
         yield b"data: [DONE]\n\n"
 
@@ -271,12 +257,12 @@ class Engine:
         total = prep.llm.answered  # every answered call, when n is emulated by several streams too
         if prep.include_usage:
             yield self._usage_chunk(base, total, prep, decoding)
-        self._finished(prep, total, {"streamed": True, "usage": openai_usage(total)})
+        self.record_success(prep, total, {"streamed": True, "usage": openai_usage(total)})
 
     async def _stream_graph(self, prep: Prepared, base: dict[str, Any]) -> AsyncIterator[bytes]:
         assert prep.compiled is not None
         sink = StreamSink()
-        task = asyncio.create_task(self._run_graph(prep, sink=sink))
+        task = asyncio.create_task(self.run_graph(prep, sink=sink))
         task.add_done_callback(lambda _: sink.close())
         started: set[int] = set()
         try:
@@ -299,7 +285,7 @@ class Engine:
             yield b"data: " + orjson.dumps(finish) + b"\n\n"
         if prep.include_usage:
             yield self._usage_chunk(base, usage, prep)
-        self._finished(prep, usage, {"streamed": True, "choices": answers, "usage": openai_usage(usage)})
+        self.record_success(prep, usage, {"streamed": True, "choices": answers, "usage": openai_usage(usage)})
 
     @staticmethod
     def _delta_chunk(base: dict[str, Any], event: StreamEvent, *, first: bool) -> bytes:
@@ -317,13 +303,13 @@ class Engine:
 
     # ---- recording ----------------------------------------------------------------------------
 
-    def _finished(self, prep: Prepared, usage: Usage, response: dict[str, Any]) -> None:
+    def record_success(self, prep: Prepared, usage: Usage, response: dict[str, Any]) -> None:
         result = RunResult(status="completed", finished_at=utcnow(),
                            latency_ms=(time.perf_counter() - prep.started) * 1000.0, usage=dict(usage),
                            response=response)
         self.recorder.run_finished(prep.run_id, result, run=prep.record if prep.compiled is None else None)
 
-    def _failed(self, prep: Prepared, exc: BaseException) -> None:
+    def record_failure(self, prep: Prepared, exc: BaseException) -> None:
         body = exc.body() if isinstance(exc, OptigraphError) else {"error": {"message": f"{type(exc).__name__}: {exc}",
                                                                              "type": "server_error"}}
         if isinstance(exc, asyncio.CancelledError):

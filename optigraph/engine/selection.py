@@ -25,7 +25,15 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from optigraph.engine.expression import Node, is_name, parse, parse_span, pipeline, to_text, validate
+from optigraph.engine.expression import (
+    Node,
+    is_name,
+    parse,
+    parse_span,
+    pipeline,
+    to_text,
+    validate,
+)
 from optigraph.errors import ExpressionError, InvalidRequest, UnknownApproach
 
 __all__ = ["Selection", "Source", "select", "split_model", "strip_tags"]

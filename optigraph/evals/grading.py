@@ -1,7 +1,7 @@
 """Grading a model's response against a problem's answer.
 
 - `number`: the answer the response commits to (`\\boxed{}`, "Final answer: X", "the answer is X",
-  "#### X", else the last number; see `optigraph.nodes.extract`) is read as a number, ignoring
+  "#### X", else the last number; see `optigraph.core.answers`) is read as a number, ignoring
   thousands separators, currency signs, percent signs and trailing units ("30.50 dollars"); after an
   `=` only the right-hand side counts; `a/b` is a fraction. Equal within a relative 1e-6. When the
   `math-verify` package is installed it gets a second look at answers that did not compare equal
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+from optigraph.core.answers import extract_answer, normalize_answer, strip_think
 from optigraph.evals.problems import Problem
-from optigraph.nodes.extract import extract_answer, normalize_answer, strip_think
 
 REL_TOLERANCE = 1e-6
 CODE_TIMEOUT_S = 10.0

@@ -157,7 +157,7 @@ def reasoning_gym_problems(dataset: str, count: int, seed: int) -> list[Problem]
         data = reasoning_gym.create_dataset(dataset, size=count, seed=seed)
     except Exception as exc:  # an unknown name or bad configuration: the package's own message
         raise ProblemError(f"reasoning-gym could not create {dataset!r}: {exc}") from None
-    from optigraph.nodes.extract import normalize_number
+    from optigraph.core.answers import normalize_number
 
     problems = []
     for i, entry in enumerate(data):

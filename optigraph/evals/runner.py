@@ -27,7 +27,14 @@ from typing import Any, TextIO
 import httpx
 
 from optigraph.evals.grading import grade, math_verify_available
-from optigraph.evals.problems import Problem, ProblemError, load_problems, prompt_for, reasoning_gym_problems, select_problems
+from optigraph.evals.problems import (
+    Problem,
+    ProblemError,
+    load_problems,
+    prompt_for,
+    reasoning_gym_problems,
+    select_problems,
+)
 from optigraph.evals.report import (
     ProblemResult,
     format_category_table,

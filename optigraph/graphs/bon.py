@@ -14,10 +14,15 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 from pydantic import Field
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.registry import ApproachParams, ApproachSpec
-from optigraph.engine.state import ApproachState
-from optigraph.nodes.rate import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, rate, rate_each
+from optigraph.core.context import RunContext
+from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.state import ApproachState
+from optigraph.nodes.rate import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TEMPERATURE,
+    rate,
+    rate_each,
+)
 from optigraph.nodes.sample import sample_node
 from optigraph.nodes.select import select
 

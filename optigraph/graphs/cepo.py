@@ -35,19 +35,23 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 from pydantic import Field, computed_field
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.registry import ApproachParams, ApproachSpec
-from optigraph.engine.state import sorted_candidates
+from optigraph.core.context import RunContext
+from optigraph.core.messages import last_user_text, replace_last_user
+from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.state import sorted_candidates
 from optigraph.errors import UpstreamError
 from optigraph.nodes.common import (
     branch_payload,
     candidates_from,
     generation_params,
     helper_params,
-    last_user_text,
-    replace_last_user,
 )
-from optigraph.nodes.compare import PairwiseState, compare_pair, pairs_each, select_by_wins
+from optigraph.nodes.compare import (
+    PairwiseState,
+    compare_pair,
+    pairs_each,
+    select_by_wins,
+)
 from optigraph.nodes.rate import rate
 from optigraph.nodes.select import select
 from optigraph.nodes.vote import vote

@@ -16,11 +16,11 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import Field
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.registry import ApproachParams, ApproachSpec
-from optigraph.engine.state import ApproachState
+from optigraph.core.answers import tag_content
+from optigraph.core.context import RunContext
+from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.state import ApproachState
 from optigraph.nodes.common import answer_of, generation_params, text_answer
-from optigraph.nodes.extract import tag_content
 from optigraph.nodes.generate import generate_final
 from optigraph.nodes.sample import param_or_client
 from optigraph.nodes.transform import with_system_instructions

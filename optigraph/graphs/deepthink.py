@@ -27,14 +27,20 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import Field
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.registry import ApproachParams, ApproachSpec
-from optigraph.engine.state import ApproachState, Candidate, sorted_candidates
+from optigraph.core.context import RunContext
+from optigraph.core.messages import last_user_text
+from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.state import ApproachState, Candidate, sorted_candidates
+from optigraph.core.votes import vote_candidates, vote_summary
 from optigraph.errors import UpstreamError
-from optigraph.nodes.common import answer_of, candidates_from, generation_params, helper_params, last_user_text
+from optigraph.nodes.common import (
+    answer_of,
+    candidates_from,
+    generation_params,
+    helper_params,
+)
 from optigraph.nodes.sample import param_or_client, sample_candidates
 from optigraph.nodes.transform import with_system_instructions
-from optigraph.nodes.vote import vote_candidates, vote_summary
 
 # General-purpose reasoning modules, in the spirit of SELF-DISCOVER's seed list (our own wording).
 REASONING_MODULES = (

@@ -18,9 +18,9 @@ from __future__ import annotations
 from langgraph.graph import END, START, StateGraph
 from pydantic import Field
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.registry import ApproachParams, ApproachSpec
-from optigraph.engine.state import ApproachState
+from optigraph.core.context import RunContext
+from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.state import ApproachState
 from optigraph.nodes import compare as compare_node
 from optigraph.nodes.compare import compare
 from optigraph.nodes.sample import sample_node

@@ -39,20 +39,23 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command, Send
 from pydantic import Field
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.llm import message_text
-from optigraph.engine.registry import ApproachParams, ApproachSpec
-from optigraph.engine.state import ApproachState
+from optigraph.core.answers import (
+    extract_normalized,
+    normalize_answer,
+    strip_think,
+    tag_content,
+)
+from optigraph.core.context import RunContext
+from optigraph.core.messages import last_user_text, message_text, replace_last_user
+from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.state import ApproachState
 from optigraph.errors import UpstreamError
 from optigraph.nodes.common import (
     answer_of,
     branch_payload,
     generation_params,
     helper_params,
-    last_user_text,
-    replace_last_user,
 )
-from optigraph.nodes.extract import extract_normalized, normalize_answer, strip_think, tag_content
 from optigraph.nodes.generate import generate_final
 from optigraph.nodes.plan import numbered, parse_list
 from optigraph.nodes.transform import with_system_instructions

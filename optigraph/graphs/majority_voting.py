@@ -17,11 +17,12 @@ from __future__ import annotations
 from langgraph.graph import END, START, StateGraph
 from pydantic import Field
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.registry import ApproachParams, ApproachSpec
-from optigraph.engine.state import ApproachState
+from optigraph.core.context import RunContext
+from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.state import ApproachState
+from optigraph.core.votes import SIMILARITY_THRESHOLD
 from optigraph.nodes.sample import sample_node
-from optigraph.nodes.vote import SIMILARITY_THRESHOLD, vote
+from optigraph.nodes.vote import vote
 
 DEFAULT_TEMPERATURE = 0.6
 

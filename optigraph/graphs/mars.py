@@ -52,8 +52,12 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 from pydantic import Field
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.registry import ApproachParams, ApproachSpec
+from optigraph.core.answers import extract_normalized, strip_think
+from optigraph.core.context import RunContext
+from optigraph.core.messages import last_user_text, replace_last_user
+from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.state import candidate_text
+from optigraph.core.votes import group_answers, majority
 from optigraph.errors import UpstreamError
 from optigraph.nodes.aggregate import aggregate_messages
 from optigraph.nodes.common import (
@@ -62,15 +66,11 @@ from optigraph.nodes.common import (
     candidates_from,
     generation_params,
     helper_params,
-    last_user_text,
-    replace_last_user,
 )
-from optigraph.nodes.extract import extract_normalized, strip_think
 from optigraph.nodes.generate import generate_final
 from optigraph.nodes.refine import RefineState, refine
-from optigraph.nodes.sample import candidate_text, is_usable
+from optigraph.nodes.sample import is_usable
 from optigraph.nodes.verify import VerifyState, feedback_of, verify
-from optigraph.nodes.vote import group_answers, majority
 
 STRATEGY_PROMPT = """Original query: {query}
 

@@ -25,7 +25,6 @@ calls + expansions evaluation calls, in 1 + (2 * depth - 1) + 1 dependent rounds
 
 from __future__ import annotations
 
-import re
 from functools import reduce
 from typing import Any
 
@@ -33,16 +32,16 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import AliasChoices, Field
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.llm import message_text
-from optigraph.engine.registry import ApproachParams, ApproachSpec
-from optigraph.engine.state import ApproachState
-from optigraph.engine.usage import Usage, add_usage, empty_usage
+from optigraph.core.answers import strip_think
+from optigraph.core.context import RunContext
+from optigraph.core.judgments import parse_unit_score
+from optigraph.core.messages import message_text
+from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.state import ApproachState, candidate_text
+from optigraph.core.usage import Usage, add_usage, empty_usage
 from optigraph.errors import UpstreamError
 from optigraph.nodes.common import answer_of, helper_params
-from optigraph.nodes.extract import strip_think
-from optigraph.nodes.rate import parse_rating
-from optigraph.nodes.sample import candidate_text, is_usable, param_or_client, sample_candidates
+from optigraph.nodes.sample import is_usable, param_or_client, sample_candidates
 from optigraph.nodes.search import Tree, TreeNode, gather_survivors
 
 USER_SIMULATOR = """You play the user in a conversation with an AI assistant. Given the conversation \
@@ -102,28 +101,6 @@ class MctsState(ApproachState, total=False):
 
 
 # ---- scores ---------------------------------------------------------------------------------------
-
-_PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
-_OUT_OF = re.compile(r"\d\s*(?:/|out\s+of)\s*\d", re.IGNORECASE)
-_FRACTION = re.compile(r"(?<![\d.])(?:0?\.\d+|1\.0+)(?![\d.])")
-
-
-def parse_score(text: str) -> float | None:
-    """A score in [0, 1] from a loosely written evaluation: "7", "**7/10**", "Score: 0.8", "80%".
-
-    Asked for 0-10; a decimal between 0 and 1 with no scale ("0.8") is read as a fraction, since
-    a judge writing it almost always means that scale. None when there is no readable score."""
-    body = strip_think(text)
-    percents = _PERCENT.findall(body)
-    if percents and not _OUT_OF.search(body):
-        value = float(percents[-1]) / 100.0
-        return value if 0.0 <= value <= 1.0 else None
-    rating = parse_rating(body)
-    if rating is None:
-        return None
-    if rating <= 1.0 and not _OUT_OF.search(body) and _FRACTION.search(body):
-        return rating
-    return rating / 10.0
 
 
 # ---- conversations --------------------------------------------------------------------------------
@@ -293,7 +270,7 @@ async def evaluate(state: MctsState, runtime: Runtime[RunContext]) -> dict[str, 
             notes.append(f"evaluate: evaluating reply {node_id} failed, left unvisited: {result.message}")
             continue
         usage.append(result.usage)
-        data["score"], data["evaluation"] = parse_score(result.text), result.text
+        data["score"], data["evaluation"] = parse_unit_score(result.text), result.text
         if data["score"] is None:
             notes.append(f"evaluate: no score found for reply {node_id} in {result.text[:120]!r}, left unvisited")
     return {"tree": tree.to_state(), "notes": notes, "usage": reduce(add_usage, usage, empty_usage())}

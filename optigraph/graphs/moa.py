@@ -12,8 +12,8 @@ from __future__ import annotations
 from langgraph.graph import END, START, StateGraph
 from pydantic import Field
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.registry import ApproachParams, ApproachSpec
+from optigraph.core.context import RunContext
+from optigraph.core.spec import ApproachParams, ApproachSpec
 from optigraph.nodes import critique as critique_node
 from optigraph.nodes.aggregate import aggregate
 from optigraph.nodes.critique import CritiqueState, critique

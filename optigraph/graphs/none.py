@@ -5,9 +5,9 @@ from __future__ import annotations
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.registry import ApproachSpec
-from optigraph.engine.state import ApproachState
+from optigraph.core.context import RunContext
+from optigraph.core.spec import ApproachSpec
+from optigraph.core.state import ApproachState
 from optigraph.nodes.common import answer_of
 from optigraph.nodes.generate import generate_final
 

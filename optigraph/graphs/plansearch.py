@@ -35,9 +35,9 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command, Send
 from pydantic import Field
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.registry import ApproachParams, ApproachSpec
-from optigraph.engine.state import ApproachState, Candidate, sorted_candidates
+from optigraph.core.context import RunContext
+from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.state import ApproachState, Candidate, sorted_candidates
 from optigraph.errors import UpstreamError
 from optigraph.nodes import plan
 from optigraph.nodes.common import branch_payload, candidates_from, generation_params

@@ -29,9 +29,10 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 from pydantic import Field
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.registry import ApproachParams, ApproachSpec
-from optigraph.engine.state import Candidate, sorted_candidates
+from optigraph.core.context import RunContext
+from optigraph.core.messages import last_user_text, replace_last_user
+from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.state import Candidate, candidate_text, sorted_candidates
 from optigraph.errors import UpstreamError
 from optigraph.nodes import refine as refine_node
 from optigraph.nodes.common import (
@@ -39,11 +40,9 @@ from optigraph.nodes.common import (
     branch_payload,
     candidates_from,
     generation_params,
-    last_user_text,
-    replace_last_user,
 )
 from optigraph.nodes.refine import RefineState, refine, refine_sends
-from optigraph.nodes.sample import candidate_text, is_usable, param_or_client
+from optigraph.nodes.sample import is_usable, param_or_client
 from optigraph.nodes.transform import with_system_instructions
 from optigraph.nodes.verify import Verification, VerifyState, verify, verify_sends
 

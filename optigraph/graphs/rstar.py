@@ -44,13 +44,14 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import AliasChoices, Field
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.registry import ApproachParams, ApproachSpec
-from optigraph.engine.state import ApproachState
-from optigraph.engine.usage import Usage, add_usage, empty_usage
+from optigraph.core.answers import extract_normalized, strip_think
+from optigraph.core.context import RunContext
+from optigraph.core.messages import last_user_text, replace_last_user
+from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.state import ApproachState
+from optigraph.core.usage import Usage, add_usage, empty_usage
 from optigraph.errors import UpstreamError
-from optigraph.nodes.common import helper_params, last_user_text, replace_last_user, text_answer
-from optigraph.nodes.extract import extract_normalized, strip_think
+from optigraph.nodes.common import helper_params, text_answer
 from optigraph.nodes.sample import param_or_client
 from optigraph.nodes.search import Expandable, Tree, TreeNode, gather_survivors
 from optigraph.nodes.transform import with_system_instructions

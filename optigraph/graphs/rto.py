@@ -31,22 +31,20 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import Field
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.registry import ApproachParams, ApproachSpec
-from optigraph.engine.state import ApproachState
+from optigraph.core.answers import code_blocks, extract_normalized, strip_think
+from optigraph.core.context import RunContext
+from optigraph.core.messages import last_user_text, replace_last_user
+from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.state import ApproachState, candidate_text
 from optigraph.errors import UpstreamError
 from optigraph.nodes.common import (
     answer_of,
     candidates_from,
     generation_params,
     helper_params,
-    last_user_text,
-    replace_last_user,
 )
-from optigraph.nodes.extract import code_blocks
-from optigraph.nodes.extract import extract_normalized, strip_think
 from optigraph.nodes.generate import generate_final
-from optigraph.nodes.sample import candidate_text, is_usable, param_or_client
+from optigraph.nodes.sample import is_usable, param_or_client
 
 DESCRIBE_PROMPT = """Write a self-contained task description from which someone who has not seen \
 your previous response could produce it again. If it is code, state precisely what the code must \

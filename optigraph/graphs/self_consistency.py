@@ -25,12 +25,18 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import Field, model_validator
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.registry import ApproachParams, ApproachSpec
-from optigraph.engine.state import ApproachState, sorted_candidates
+from optigraph.core.context import RunContext
+from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.state import ApproachState, sorted_candidates
+from optigraph.core.votes import (
+    SIMILARITY_THRESHOLD,
+    leader_probability,
+    vote_candidates,
+    vote_margin,
+)
 from optigraph.errors import UpstreamError
 from optigraph.nodes.sample import param_or_client, sample_candidates
-from optigraph.nodes.vote import SIMILARITY_THRESHOLD, leader_probability, vote, vote_candidates, vote_margin
+from optigraph.nodes.vote import vote
 
 DEFAULT_TEMPERATURE = 1.0
 MAX_ROUNDS = 16  # keeps an adaptive run well inside the graph's step limit

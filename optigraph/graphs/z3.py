@@ -27,10 +27,16 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import Field
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.registry import ApproachParams, ApproachSpec
+from optigraph.core.context import RunContext
+from optigraph.core.spec import ApproachParams, ApproachSpec
 from optigraph.nodes.common import answer_of, generation_params, helper_params
-from optigraph.nodes.execute import ExecutionState, execute, extract_code, failure_report, without_code
+from optigraph.nodes.execute import (
+    ExecutionState,
+    execute,
+    extract_code,
+    failure_report,
+    without_code,
+)
 from optigraph.nodes.generate import generate_final
 from optigraph.nodes.transform import with_system_instructions
 from optigraph.sandbox import DEFAULT_ALLOWED_MODULES

@@ -8,5 +8,5 @@ Layers, bottom up:
 - `decoding/`: one module per decoding strategy (cot_decoding, entropy_decoding, thinkdeeper, deepconf, autothink).
 - `models`, `cache`: finding and loading models and LoRA adapters; a bounded LRU of loaded models.
 - `worker`: the one thread that owns the models and batches requests that arrive together.
-The OpenAI-facing side is `optigraph.engine.backends.local.LocalBackend`.
+The OpenAI-facing side is `optigraph.backends.local.LocalBackend`.
 """

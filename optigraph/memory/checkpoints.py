@@ -15,7 +15,13 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from .db import SQLITE_BUSY_TIMEOUT_MS, backend_name, ensure_sqlite_dir, libpq_url, sqlite_path
+from .db import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    backend_name,
+    ensure_sqlite_dir,
+    libpq_url,
+    sqlite_path,
+)
 
 # Serializes the savers' own table setup when several replicas start at once.
 SETUP_LOCK_ID = int.from_bytes(hashlib.sha256(b"optigraph.checkpoints.setup").digest()[:8], "big", signed=True)

@@ -10,9 +10,10 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.state import Candidate, sorted_candidates
-from optigraph.nodes.common import answer_of, generation_params, last_user_text, replace_last_user
+from optigraph.core.context import RunContext
+from optigraph.core.messages import last_user_text, replace_last_user
+from optigraph.core.state import Candidate, sorted_candidates
+from optigraph.nodes.common import answer_of, generation_params
 from optigraph.nodes.critique import CritiqueState, format_candidates
 from optigraph.nodes.generate import generate_final
 from optigraph.nodes.sample import param_or_client

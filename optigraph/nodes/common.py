@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from langgraph.runtime import Runtime
-
-from optigraph.engine.context import RunContext
-from optigraph.engine.llm import Completion, message_text
-from optigraph.engine.state import Answer, ApproachState, Candidate
+from optigraph.core.llm import Completion
+from optigraph.core.messages import message_text
+from optigraph.core.state import Answer, ApproachState, Candidate
 
 # Client parameters that shape a generation and are forwarded to every sampling call.
 GENERATION_KEYS = (
@@ -52,32 +50,6 @@ def branch_payload(state: ApproachState, branch: dict[str, Any], *, messages: li
     if stream:
         payload["stream_choice"] = state.get("stream_choice")
     return payload
-
-
-def ctx(runtime: Runtime[RunContext]) -> RunContext:
-    return runtime.context
-
-
-def last_user_text(messages: list[dict[str, Any]]) -> str:
-    for m in reversed(messages):
-        if m.get("role") == "user":
-            return message_text(m)
-    return ""
-
-
-def system_text(messages: list[dict[str, Any]]) -> str:
-    return "\n".join(message_text(m) for m in messages if m.get("role") in ("system", "developer"))
-
-
-def replace_last_user(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
-    """A copy of the conversation with the last user turn's text replaced (pipelines feed a stage's
-    answer to the next this way)."""
-    out = list(messages)
-    for i in range(len(out) - 1, -1, -1):
-        if out[i].get("role") == "user":
-            out[i] = {**out[i], "content": text}
-            return out
-    return out + [{"role": "user", "content": text}]
 
 
 def candidates_from(completion: Completion, start: int = 0) -> list[Candidate]:

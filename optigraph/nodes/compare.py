@@ -14,20 +14,25 @@ first candidate. `compare` then falls back to a majority vote over the candidate
 from __future__ import annotations
 
 import operator
-import re
 from collections.abc import Sequence
 from typing import Annotated, Any, TypedDict
 
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.state import ApproachState, Candidate, sorted_candidates
+from optigraph.core.answers import strip_think
+from optigraph.core.context import RunContext
+from optigraph.core.judgments import parse_choice
+from optigraph.core.messages import last_user_text, replace_last_user
+from optigraph.core.state import (
+    ApproachState,
+    Candidate,
+    candidate_text,
+    sorted_candidates,
+)
+from optigraph.core.votes import vote_candidates
 from optigraph.errors import UpstreamError
-from optigraph.nodes.common import answer_of, branch_payload, helper_params, last_user_text, replace_last_user
-from optigraph.nodes.extract import strip_think
-from optigraph.nodes.sample import candidate_text
-from optigraph.nodes.vote import vote_candidates
+from optigraph.nodes.common import answer_of, branch_payload, helper_params
 
 CANDIDATE_BLOCK = "Candidate {number}:\n{text}"
 
@@ -58,31 +63,6 @@ Explain briefly, then end with [[1]] if Response 1 is better or [[2]] if Respons
 DEFAULT_TEMPERATURE = 0.3
 DEFAULT_MAX_TOKENS = 2048
 
-_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
-_ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8,
-             "ninth": 9, "tenth": 10, "1st": 1, "2nd": 2, "3rd": 3, "4th": 4, "5th": 5, "last": -1}
-_NUM = r"(\d+|" + "|".join(_WORDS) + r")\b"
-_NOUN = r"(?:candidate|response|solution|answer|option|choice)s?"
-_VERB = r"(?:is|was|would\s+be|:|=|-)"
-_FILL = r"[\s*_\[\]()#:.\-]*"  # markup between a label and its number
-_PATTERNS = (
-    # "BEST CANDIDATE: 2", "The best response is Candidate 2", "best candidate: **#2**"
-    re.compile(r"\bbest(?:\s+(?:" + _NOUN + r"|one)\s*" + _VERB + r"?|\s*" + _VERB + r")" + _FILL
-               + r"(?:" + _NOUN + r"|number|no\.)?" + _FILL + _NUM, re.IGNORECASE),
-    re.compile(r"\[\[\s*" + _NUM + r"\s*\]\]", re.IGNORECASE),
-    # "Candidate 2 is the best", "Response 1 is better"
-    re.compile(r"\b" + _NOUN + r"\s*#?\s*" + _NUM + r"[*_)\s]*(?:is|was)\s+(?:clearly\s+|the\s+|much\s+)*"
-               r"(?:best|better|correct|strongest|stronger|superior|preferred|preferable|winner|most\s+accurate)",
-               re.IGNORECASE),
-    # "I choose Candidate 2", "I'd pick 3", "winner: Response 1"
-    re.compile(r"\b(?:choose|chose|pick|picked|select|selected|prefer|go\s+with|winner\s*(?:is|:))\s+"
-               r"(?:is\s+)?[*_]*(?:" + _NOUN + r")?" + _FILL + _NUM, re.IGNORECASE),
-    re.compile(r"\*\*\s*(?:" + _NOUN + r")?\s*#?\s*" + _NUM + r"\s*\*\*", re.IGNORECASE),
-)
-_ORDINAL = re.compile(r"\bthe\s+(" + "|".join(_ORDINALS) + r")\s+(?:one|" + _NOUN + r")\b", re.IGNORECASE)
-_BARE = re.compile(r"^\W*(?:" + _NOUN + r")?\s*#?\s*" + _NUM + r"\W*$", re.IGNORECASE)
-_MENTION = re.compile(r"\b" + _NOUN + r"\s*#?\s*" + _NUM, re.IGNORECASE)
-
 
 class PairOutcome(TypedDict):
     first: int  # candidate index shown as Response 1
@@ -93,32 +73,6 @@ class PairOutcome(TypedDict):
 
 class PairwiseState(ApproachState, total=False):
     comparisons: Annotated[list[PairOutcome], operator.add]
-
-
-def _number(token: str) -> int:
-    token = token.lower()
-    return _WORDS[token] if token in _WORDS else int(token)
-
-
-def parse_choice(text: str, count: int) -> int | None:
-    """The 0-based position of the candidate a reply picks among `count`, or None."""
-    body = strip_think(text)
-
-    def valid(numbers: Sequence[int]) -> list[int]:
-        return [n for n in numbers if 1 <= n <= count]
-
-    for pattern in _PATTERNS:
-        found = valid([_number(m) for m in pattern.findall(body)])
-        if found:
-            return found[-1] - 1
-    ordinals = valid([count if _ORDINALS[m.lower()] == -1 else _ORDINALS[m.lower()] for m in _ORDINAL.findall(body)])
-    if ordinals:
-        return ordinals[-1] - 1
-    bare = _BARE.match(body)
-    if bare and valid([_number(bare.group(1))]):
-        return _number(bare.group(1)) - 1
-    mentioned = set(valid([_number(m) for m in _MENTION.findall(body)]))
-    return mentioned.pop() - 1 if len(mentioned) == 1 else None
 
 
 def shown(candidate: Candidate) -> str:

@@ -11,11 +11,16 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.state import ApproachState, Candidate, sorted_candidates
+from optigraph.core.context import RunContext
+from optigraph.core.messages import last_user_text, replace_last_user
+from optigraph.core.state import (
+    ApproachState,
+    Candidate,
+    candidate_text,
+    sorted_candidates,
+)
 from optigraph.errors import UpstreamError
-from optigraph.nodes.common import helper_params, last_user_text, replace_last_user
-from optigraph.nodes.sample import candidate_text
+from optigraph.nodes.common import helper_params
 
 CANDIDATE_BLOCK = "Candidate {number}:\n{text}"
 

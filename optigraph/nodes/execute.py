@@ -10,8 +10,8 @@ import operator
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal, TypedDict
 
-from optigraph.engine.state import ApproachState
-from optigraph.nodes.extract import code_blocks, extract_code, without_code  # noqa: F401  (re-exported)
+from optigraph.core.answers import code_blocks, extract_code, without_code  # noqa: F401  (re-exported)
+from optigraph.core.state import ApproachState
 from optigraph.sandbox import DEFAULT_ALLOWED_MODULES, SandboxResult, run_python
 
 Outcome = Literal["timeout", "memory", "forbidden", "error", "no_output"]

@@ -6,9 +6,9 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.llm import Completion
-from optigraph.engine.state import ApproachState
+from optigraph.core.context import RunContext
+from optigraph.core.llm import Completion
+from optigraph.core.state import ApproachState
 
 
 async def generate_final(

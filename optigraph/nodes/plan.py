@@ -19,12 +19,13 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.state import ApproachState
-from optigraph.engine.usage import Usage
+from optigraph.core.answers import strip_think
+from optigraph.core.context import RunContext
+from optigraph.core.messages import last_user_text, replace_last_user
+from optigraph.core.state import ApproachState
+from optigraph.core.usage import Usage
 from optigraph.errors import UpstreamError
-from optigraph.nodes.common import helper_params, last_user_text, replace_last_user
-from optigraph.nodes.extract import strip_think
+from optigraph.nodes.common import helper_params
 
 OBSERVATIONS_PROMPT = """Here is a task:
 

@@ -8,18 +8,22 @@ None with a note, never silently as 0.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.state import ApproachState, Candidate, Score, sorted_candidates
+from optigraph.core.context import RunContext
+from optigraph.core.judgments import parse_rating
+from optigraph.core.state import (
+    ApproachState,
+    Candidate,
+    Score,
+    candidate_text,
+    sorted_candidates,
+)
 from optigraph.errors import UpstreamError
 from optigraph.nodes.common import branch_payload, helper_params
-from optigraph.nodes.extract import strip_think
-from optigraph.nodes.sample import candidate_text
 
 RATING_REQUEST = (
     "Rate the quality of your previous response to my request on a scale from 0 to 10, where 0 "
@@ -29,32 +33,6 @@ RATING_REQUEST = (
 
 DEFAULT_TEMPERATURE = 0.1
 DEFAULT_MAX_TOKENS = 256
-
-_NUM = r"(\d+(?:\.\d+)?)"
-_OUT_OF = re.compile(_NUM + r"\s*(?:/|out\s+of|of)\s*(10|100|5)\b", re.IGNORECASE)
-_LABELLED = re.compile(r"\b(?:rating|score|grade)\b\s*(?:is|of|:|=)?\s*[*_]*\s*" + _NUM, re.IGNORECASE)
-_BOLD = re.compile(r"[*_]{1,2}\s*" + _NUM + r"\s*[*_]{1,2}")
-_ANY = re.compile(r"(?<![\w.])" + _NUM + r"(?![\w]|\.\d)")
-
-
-def _in_range(value: float) -> float | None:
-    return value if 0.0 <= value <= 10.0 else None
-
-
-def parse_rating(text: str) -> float | None:
-    """A 0-10 rating from a loosely written reply; None when there is none or it is ambiguous."""
-    body = strip_think(text)
-    out_of = _OUT_OF.findall(body)
-    if out_of:
-        value, scale = out_of[-1]
-        return _in_range(float(value) * 10.0 / float(scale))
-    for pattern in (_LABELLED, _BOLD):
-        found = [v for v in (_in_range(float(m)) for m in pattern.findall(body)) if v is not None]
-        if found:
-            return found[-1]
-    numbers = {v for v in (_in_range(float(m)) for m in _ANY.findall(body)) if v is not None}
-    # A lone number is the rating; several unlabelled ones are ambiguous.
-    return numbers.pop() if len(numbers) == 1 else None
 
 
 def rating_messages(messages: list[dict[str, Any]], candidate: Candidate) -> list[dict[str, Any]]:

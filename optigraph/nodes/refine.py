@@ -22,19 +22,18 @@ from typing import Annotated, Any, Literal, TypedDict
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.state import ApproachState
+from optigraph.core.answers import strip_think, tag_content
+from optigraph.core.context import RunContext
+from optigraph.core.messages import last_user_text, replace_last_user
+from optigraph.core.state import ApproachState, candidate_text
 from optigraph.errors import UpstreamError
 from optigraph.nodes.common import (
     branch_payload,
     candidates_from,
     generation_params,
     helper_params,
-    last_user_text,
-    replace_last_user,
 )
-from optigraph.nodes.extract import strip_think, tag_content
-from optigraph.nodes.sample import candidate_text, is_usable
+from optigraph.nodes.sample import is_usable
 
 SOLUTION_PROMPT = """Original query: {query}
 

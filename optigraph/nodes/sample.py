@@ -12,8 +12,8 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.state import ApproachState, Candidate
+from optigraph.core.context import RunContext
+from optigraph.core.state import ApproachState, Candidate, candidate_text
 from optigraph.nodes.common import candidates_from, generation_params
 
 SampleNode = Callable[[ApproachState, Runtime[RunContext]], Awaitable[dict[str, Any]]]
@@ -26,18 +26,6 @@ def param_or_client(state: ApproachState, param: str, default: Any, *, client_ke
         return value
     value = (state.get("request") or {}).get(client_key or param)
     return default if value is None else value
-
-
-def candidate_text(candidate: Candidate) -> str:
-    """The candidate's text, with any tool calls it makes written out (for prompts that show it)."""
-    text = candidate.get("text") or ""
-    calls = (candidate.get("message") or {}).get("tool_calls") or ()
-    rendered = [
-        f"[tool call] {c.get('function', {}).get('name', '')}({c.get('function', {}).get('arguments', '')})"
-        for c in calls
-        if isinstance(c, dict)
-    ]
-    return "\n".join([text, *rendered]).strip() if rendered else text
 
 
 def is_usable(candidate: Candidate) -> bool:

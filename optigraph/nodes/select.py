@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from optigraph.engine.state import ApproachState, Candidate, Score, sorted_candidates
+from optigraph.core.state import ApproachState, Candidate, Score, sorted_candidates
 from optigraph.nodes.common import answer_of
 
 

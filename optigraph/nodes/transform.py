@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from optigraph.engine.llm import message_text
+from optigraph.core.messages import message_text
 
 # Re-Reading (Xu et al., arXiv 2309.06275): the question, then the question again.
 REREAD_TEMPLATE = "{question}\nRead the question again: {question}"

@@ -16,20 +16,19 @@ call failed or whose verdict cannot be read is recorded with verdict None and a 
 from __future__ import annotations
 
 import operator
-import re
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, TypedDict
 
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
-from optigraph.engine.context import RunContext
-from optigraph.engine.state import ApproachState, sorted_candidates
+from optigraph.core.answers import strip_think
+from optigraph.core.context import RunContext
+from optigraph.core.judgments import parse_issues, parse_labelled_score, parse_verdict
+from optigraph.core.messages import last_user_text, replace_last_user
+from optigraph.core.state import ApproachState, candidate_text, sorted_candidates
 from optigraph.errors import UpstreamError
-from optigraph.nodes.common import branch_payload, helper_params, last_user_text, replace_last_user
-from optigraph.nodes.extract import strip_think
-from optigraph.nodes.rate import parse_rating
-from optigraph.nodes.sample import candidate_text
+from optigraph.nodes.common import branch_payload, helper_params
 
 VERIFY_PROMPT = """Check the proposed solution to the problem below for correctness.
 
@@ -67,110 +66,7 @@ class VerifyState(ApproachState, total=False):
 
 # ---- parsing -------------------------------------------------------------------------------------
 
-_PASS = frozenset({"correct", "pass", "passed", "passes", "valid", "true", "accept", "accepted", "accurate",
-                   "right", "sound", "verified"})
-_FAIL = frozenset({"incorrect", "fail", "failed", "fails", "invalid", "false", "reject", "rejected",
-                   "inaccurate", "wrong", "unsound", "flawed", "incomplete", "erroneous", "unverified"})
-_NEGATIONS = frozenset({"not", "never", "isn't", "isnt", "wasn't", "nor"})
 # "partially correct", "mostly right": not a pass.
-_QUALIFIERS = frozenset({"partially", "partly", "mostly", "almost", "largely", "nearly", "somewhat", "half"})
-
-_LABEL = re.compile(r"\b(?:final\s+)?(?:verdict|assessment|judge?ment)\b[\s*_`#]*(?:is\b)?[\s*_`]*[:=\-–—]?(.*)",
-                    re.IGNORECASE)
-_JUDGING = re.compile(
-    r"\b(?:solution|answer|proof|response|reasoning|derivation|it|this)\s+"
-    r"(?:is|was|appears(?:\s+to\s+be)?|seems(?:\s+to\s+be)?|looks)(n't|\s+not)?\s+((?:[a-z]+\s+){0,2}?)"
-    r"(correct|incorrect|right|wrong|valid|invalid|flawed|sound|unsound|accurate|inaccurate)\b",
-    re.IGNORECASE,
-)
-_SHOUTED = re.compile(r"\b(CORRECT|INCORRECT|PASS|FAIL|VALID|INVALID)\b")
-_SCORE_LINE = re.compile(r"^[^\n]*\b(?:score|confidence)\b[^\n]*$", re.IGNORECASE | re.MULTILINE)
-_ISSUES = re.compile(r"^[\W_]*issues?(?:\s+found)?[\s*_`]*:(.*)", re.IGNORECASE | re.MULTILINE)
-_SECTION_END = re.compile(r"^[\W_]*(?:score|confidence|verdict|final\s+verdict|assessment)\b",
-                          re.IGNORECASE | re.MULTILINE)
-_BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*")
-_NONE = re.compile(r"^(?:none|no issues?(?: found)?|no problems?(?: found)?|no errors?(?: found)?|n/?a|nothing)\W*$",
-                   re.IGNORECASE)
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z]+(?:'[a-z]+)?", text.lower())
-
-
-def _judge_phrase(phrase: str, *, limit: int = 10) -> bool | None:
-    """The verdict a short phrase states ("CORRECT", "not correct", "The solution is wrong")."""
-    words = _words(phrase)[:limit]
-    negated = qualified = False
-    for word in words:
-        if word in _NEGATIONS or word.endswith("n't"):
-            negated = True
-        elif word in _QUALIFIERS:
-            qualified = True
-        elif word in _PASS or word in _FAIL:
-            if qualified:
-                return False
-            return (word in _PASS) != negated
-    return None
-
-
-def parse_verdict(text: str) -> bool | None:
-    """True (pass), False (fail), or None when the reply states no readable verdict."""
-    body = strip_think(text)
-    if not body:
-        return None
-    for match in reversed(list(_LABEL.finditer(body))):
-        phrase = match.group(1)
-        found = {w for w in _words(phrase)[:10] if w in _PASS or w in _FAIL}
-        if found & _PASS and found & _FAIL and " or " in phrase.lower():
-            continue  # the template echoed back: "CORRECT or INCORRECT"
-        verdict = _judge_phrase(phrase)
-        if verdict is not None:
-            return verdict
-    judged = list(_JUDGING.finditer(body))
-    if judged:
-        m = judged[-1]
-        negated = bool(m.group(1))
-        qualifiers = set(_words(m.group(2) or ""))
-        if qualifiers & _QUALIFIERS:
-            return False
-        negated ^= bool(qualifiers & _NEGATIONS)
-        return (m.group(3).lower() in _PASS) != negated
-    words = _words(body)
-    if 0 < len(words) <= 3:
-        verdict = _judge_phrase(body)
-        if verdict is not None:
-            return verdict
-    shouted = _SHOUTED.findall(body)
-    if shouted:
-        return shouted[-1] in ("CORRECT", "PASS", "VALID")
-    return None
-
-
-def parse_score(text: str) -> float | None:
-    """The 0-10 score of the last `Score:` (or `Confidence:`) line; None when there is none."""
-    lines = _SCORE_LINE.findall(strip_think(text))
-    for line in reversed(lines):
-        value = parse_rating(line)
-        if value is not None:
-            return value
-    return None
-
-
-def parse_issues(text: str) -> list[str]:
-    """The problems listed after the last `Issues:` label (bullets, lines or semicolons); [] for
-    "none" or when there is no such section."""
-    body = strip_think(text)
-    found = list(_ISSUES.finditer(body))
-    if not found:
-        return []
-    start = found[-1]
-    rest = start.group(1) + body[start.end():]
-    end = _SECTION_END.search(rest, len(start.group(1)))
-    section = rest[: end.start()] if end else rest
-    lines = [ln for ln in section.splitlines() if ln.strip()]
-    items = lines if len(lines) > 1 else [p for ln in lines for p in ln.split(";")]
-    issues = [_BULLET.sub("", item).strip().strip("*_`").strip() for item in items]
-    return [i for i in issues if i and not _NONE.match(i)]
 
 
 def feedback_of(verifications: Iterable[Verification]) -> str:
@@ -243,7 +139,7 @@ async def verify(state: VerifyState, runtime: Runtime[RunContext]) -> dict[str, 
         "id": ident,
         "round": round_,
         "verdict": verdict,
-        "score": parse_score(report),
+        "score": parse_labelled_score(report),
         "issues": parse_issues(report),
         "report": report,
     }

@@ -6,6 +6,11 @@ Landlock (files, TCP, signals), a seccomp filter (no new processes or programs),
 and inside the interpreter an audit hook and an import allowlist. The result says which were active.
 """
 
-from optigraph.sandbox.runner import DEFAULT_ALLOWED_MODULES, ErrorKind, SandboxResult, run_python
+from optigraph.sandbox.runner import (
+    DEFAULT_ALLOWED_MODULES,
+    ErrorKind,
+    SandboxResult,
+    run_python,
+)
 
 __all__ = ["DEFAULT_ALLOWED_MODULES", "ErrorKind", "SandboxResult", "run_python"]

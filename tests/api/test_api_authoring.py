@@ -15,7 +15,8 @@ from api_stack import Stack, last_user_text, start_stack
 
 from optigraph.api.app import create_app
 from optigraph.config import Settings
-from optigraph.engine.loading import ApproachLoadError, load_registry
+from optigraph.engine.loading import load_registry
+from optigraph.errors import ApproachLoadError
 from optigraph.nodes.rate import RATING_REQUEST
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from api_stack import start_stack
 
-from optigraph.engine.registry import ApproachSpec, builtin_registry
+from optigraph.core.spec import ApproachSpec
+from optigraph.engine.registry import builtin_registry
 from optigraph.graphs import none
 
 

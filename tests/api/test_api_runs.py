@@ -13,7 +13,7 @@ import pytest
 from api_stack import Stack, last_user_text, start_stack
 from upstream import HTTPFailure, echo_responder
 
-from optigraph.engine.cost import evaluate
+from optigraph.core.cost import evaluate
 from optigraph.engine.registry import builtin_registry
 
 REFUSE = "please refuse this"

@@ -23,7 +23,7 @@ import pytest
 from api_stack import Stack, last_user_text, start_stack
 from upstream import HTTPFailure, echo_responder
 
-from optigraph.engine.inspect import iter_steps
+from optigraph.engine.inspection import iter_steps
 
 websockets_sync = pytest.importorskip("websockets.sync.client")
 

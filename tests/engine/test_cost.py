@@ -3,7 +3,7 @@ refuses anything but arithmetic."""
 
 import pytest
 
-from optigraph.engine.cost import evaluate
+from optigraph.core.cost import evaluate
 from optigraph.engine.registry import builtin_registry
 
 

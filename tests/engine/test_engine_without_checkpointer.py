@@ -9,11 +9,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripted import ScriptedBackend  # noqa: E402
 
+from optigraph.backends.router import Backends  # noqa: E402
 from optigraph.config import Settings  # noqa: E402
-from optigraph.engine.backends.router import Backends  # noqa: E402
 from optigraph.engine.compiler import Compiler  # noqa: E402
 from optigraph.engine.registry import builtin_registry  # noqa: E402
-from optigraph.engine.runner import Engine  # noqa: E402
+from optigraph.engine.runner import Runner  # noqa: E402
 from optigraph.memory.records import NullRecorder  # noqa: E402
 
 
@@ -23,7 +23,7 @@ async def test_a_pipeline_runs_without_a_checkpointer() -> None:
     backends = Backends(settings)
     backend = ScriptedBackend(lambda body, *_: "forty-two")
     backends.for_model = lambda model: (backend, model)  # type: ignore[method-assign]
-    engine = Engine(settings=settings, registry=registry, backends=backends, recorder=NullRecorder(),
+    engine = Runner(settings=settings, registry=registry, backends=backends, recorder=NullRecorder(),
                     compiler=Compiler(registry, None))
     prep = engine.prepare({"model": "re2&none-m", "messages": [{"role": "user", "content": "q"}]}, client_key=None)
     result = await engine.complete(prep)

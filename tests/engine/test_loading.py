@@ -13,13 +13,23 @@ import pytest
 import yaml
 
 import optigraph
-from optigraph.authoring import NODE_KINDS, DeclarativeSpecError, load_declarative, parse_declarative
+from optigraph.core.cost import evaluate
+from optigraph.core.spec import ApproachSpec
+from optigraph.engine.authoring import (
+    NODE_KINDS,
+    DeclarativeSpecError,
+    load_declarative,
+    parse_declarative,
+)
 from optigraph.engine.compiler import Compiler
-from optigraph.engine.cost import evaluate
 from optigraph.engine.expression import parse
-from optigraph.engine.loading import ENTRY_POINT_GROUP, ApproachLoadError, load_directory, load_registry
-from optigraph.engine.registry import ApproachSpec, builtin_registry
-from optigraph.errors import InvalidRequest
+from optigraph.engine.loading import (
+    ENTRY_POINT_GROUP,
+    load_directory,
+    load_registry,
+)
+from optigraph.engine.registry import builtin_registry
+from optigraph.errors import ApproachLoadError, InvalidRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = re.compile(r"<!-- file: (\S+) -->\n```\w+\n(.*?)```", re.DOTALL)

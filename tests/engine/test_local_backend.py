@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from optigraph.engine.backends.local import (
+from optigraph.backends.local import (
     DEFAULT_MAX_TOKENS,
     LocalBackend,
     parse_request,

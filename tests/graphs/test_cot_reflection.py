@@ -6,9 +6,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
 import pytest  # noqa: E402
 from scripted import ScriptedBackend, run_approach  # noqa: E402
 
-from optigraph.engine.streaming import StreamSink  # noqa: E402
+from optigraph.core.streaming import StreamSink  # noqa: E402
 from optigraph.errors import InvalidRequest  # noqa: E402
-from optigraph.graphs.cot_reflection import REFLECTION_INSTRUCTIONS, SPEC, reflection_output  # noqa: E402
+from optigraph.graphs.cot_reflection import (  # noqa: E402
+    REFLECTION_INSTRUCTIONS,
+    SPEC,
+    reflection_output,
+)
 
 MESSAGES = [{"role": "system", "content": "Be precise."}, {"role": "user", "content": "Is 91 prime?"}]
 REPLY = (

@@ -7,7 +7,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
 import pytest  # noqa: E402
 from scripted import ScriptedBackend, last_user, run_approach  # noqa: E402
 
-from optigraph.engine.cost import evaluate  # noqa: E402
+from optigraph.core.cost import evaluate  # noqa: E402
 from optigraph.errors import InvalidRequest, UpstreamError  # noqa: E402
 from optigraph.graphs.genselect import SPEC  # noqa: E402
 

@@ -8,10 +8,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
 import pytest  # noqa: E402
 from scripted import ScriptedBackend, last_user, run_approach  # noqa: E402
 
-from optigraph.engine.context import RunContext  # noqa: E402
-from optigraph.engine.cost import evaluate  # noqa: E402
-from optigraph.engine.llm import LLM, Budget  # noqa: E402
-from optigraph.engine.streaming import StreamSink  # noqa: E402
+from optigraph.core.context import RunContext  # noqa: E402
+from optigraph.core.cost import evaluate  # noqa: E402
+from optigraph.core.llm import LLM, Budget  # noqa: E402
+from optigraph.core.streaming import StreamSink  # noqa: E402
 from optigraph.errors import BudgetExceeded, InvalidRequest, UpstreamError  # noqa: E402
 from optigraph.graphs.leap import (  # noqa: E402
     SPEC,

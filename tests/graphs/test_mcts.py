@@ -9,11 +9,12 @@ import pytest  # noqa: E402
 from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
 from scripted import ScriptedBackend, last_user, run_approach  # noqa: E402
 
-from optigraph.engine.context import RunContext  # noqa: E402
-from optigraph.engine.cost import evaluate  # noqa: E402
-from optigraph.engine.llm import LLM, Budget  # noqa: E402
+from optigraph.core.context import RunContext  # noqa: E402
+from optigraph.core.cost import evaluate  # noqa: E402
+from optigraph.core.judgments import parse_unit_score  # noqa: E402
+from optigraph.core.llm import LLM, Budget  # noqa: E402
 from optigraph.errors import BudgetExceeded, InvalidRequest, UpstreamError  # noqa: E402
-from optigraph.graphs.mcts import SPEC, USER_SIMULATOR, parse_score  # noqa: E402
+from optigraph.graphs.mcts import SPEC, USER_SIMULATOR  # noqa: E402
 from optigraph.memory.records import NullRecorder  # noqa: E402
 
 QUESTION = [{"role": "system", "content": "You are a careful tutor."}, {"role": "user", "content": "What is 17 * 3?"}]
@@ -124,7 +125,7 @@ async def test_loose_and_unreadable_evaluations():
     ("<think>maybe 2</think>10", 1.0), ("1.0", 1.0), ("great answer", None), ("", None), ("Score: 42", None),
 ])
 def test_parse_score(text, expected):
-    assert parse_score(text) == (pytest.approx(expected) if expected is not None else None)
+    assert parse_unit_score(text) == (pytest.approx(expected) if expected is not None else None)
 
 
 async def test_independent_calls_are_concurrent():

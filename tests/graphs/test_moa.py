@@ -7,7 +7,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
 import pytest  # noqa: E402
 from scripted import ScriptedBackend, last_user, run_approach  # noqa: E402
 
-from optigraph.engine.streaming import StreamSink  # noqa: E402
+from optigraph.core.streaming import StreamSink  # noqa: E402
 from optigraph.errors import UpstreamError  # noqa: E402
 from optigraph.graphs.moa import SPEC  # noqa: E402
 

@@ -5,7 +5,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
 
 from scripted import ScriptedBackend, run_approach  # noqa: E402
 
-from optigraph.engine.streaming import StreamSink  # noqa: E402
+from optigraph.core.streaming import StreamSink  # noqa: E402
 from optigraph.graphs.re2 import SPEC  # noqa: E402
 
 MESSAGES = [

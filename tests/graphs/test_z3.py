@@ -6,10 +6,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
 import pytest  # noqa: E402
 from scripted import ScriptedBackend, last_user, run_approach  # noqa: E402
 
-from optigraph.engine.cost import evaluate  # noqa: E402
-from optigraph.engine.llm import message_text  # noqa: E402
+from optigraph.core.cost import evaluate  # noqa: E402
+from optigraph.core.llm import message_text  # noqa: E402
+from optigraph.core.streaming import StreamSink  # noqa: E402
 from optigraph.engine.registry import builtin_registry  # noqa: E402
-from optigraph.engine.streaming import StreamSink  # noqa: E402
 from optigraph.errors import InvalidRequest  # noqa: E402
 from optigraph.graphs.z3 import SPEC, solver_applies  # noqa: E402
 

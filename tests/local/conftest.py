@@ -64,7 +64,7 @@ def _one_torch_thread() -> Any:
 def tiny_backend(tiny: TinyModel) -> Any:
     """A LocalBackend whose default model is the tiny model directory (adapters may be added per request).
     The worker settles results on whichever event loop asked, so every test may use its own loop."""
-    from optigraph.engine.backends.local import LocalBackend
+    from optigraph.backends.local import LocalBackend
 
     backend = LocalBackend(str(tiny.path), batch_window_ms=20)
     yield backend

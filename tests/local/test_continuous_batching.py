@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from tiny_model import TinyModel, hf_greedy
 
-from optigraph.engine.backends.local import LocalBackend
+from optigraph.backends.local import LocalBackend
 from optigraph.local.batch import Batch
 
 QUESTION = [{"role": "user", "content": "What is two plus two?"}]

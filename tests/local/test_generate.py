@@ -21,7 +21,7 @@ from tiny_model import (
     token_id,
 )
 
-from optigraph.engine.backends.local import LocalBackend
+from optigraph.backends.local import LocalBackend
 from optigraph.errors import InvalidRequest
 from optigraph.local.sampling import Sampling, choose, filtered_probs, make_generator
 from optigraph.local.text import Detokenizer, decode, find_stop, held_back

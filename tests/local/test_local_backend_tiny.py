@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from upstream import ServerThread  # noqa: E402
 
+from optigraph.backends.local import LocalBackend, parse_request  # noqa: E402
+from optigraph.backends.router import Backends, is_local_model  # noqa: E402
 from optigraph.config import Settings  # noqa: E402
-from optigraph.engine.backends.local import LocalBackend, parse_request  # noqa: E402
-from optigraph.engine.backends.router import Backends, is_local_model  # noqa: E402
 from optigraph.errors import InvalidRequest, NotFound  # noqa: E402
 from optigraph.local.text import decode  # noqa: E402
 

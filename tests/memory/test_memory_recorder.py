@@ -8,8 +8,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from optigraph.memory.db import create_engine_for
 from optigraph.memory.queries import get_run, list_runs
-from optigraph.memory.records import CallRecord, RunRecord, RunResult
 from optigraph.memory.recorder import SqlRecorder
+from optigraph.memory.records import CallRecord, RunRecord, RunResult
 from optigraph.memory.tables import RUNS, UPSTREAM_CALLS
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)

@@ -7,14 +7,14 @@ import pytest  # noqa: E402
 from langgraph.graph import END, START, StateGraph  # noqa: E402
 from scripted import ScriptedBackend, last_user, run_approach  # noqa: E402
 
-from optigraph.engine.context import RunContext  # noqa: E402
+from optigraph.core.context import RunContext  # noqa: E402
+from optigraph.core.judgments import parse_choice  # noqa: E402
 from optigraph.errors import UpstreamError  # noqa: E402
 from optigraph.nodes.compare import (  # noqa: E402
     PairwiseState,
     compare,
     compare_pair,
     pairs_each,
-    parse_choice,
     select_by_wins,
     wins,
 )

@@ -1,6 +1,12 @@
 import pytest
 
-from optigraph.nodes.execute import code_blocks, execute, extract_code, failure_report, without_code
+from optigraph.nodes.execute import (
+    code_blocks,
+    execute,
+    extract_code,
+    failure_report,
+    without_code,
+)
 
 PROGRAM = "print(6 * 7)"
 

@@ -1,6 +1,12 @@
 import pytest
 
-from optigraph.nodes.extract import extract_answer, extract_normalized, normalize_answer, strip_think, tag_content
+from optigraph.core.answers import (
+    extract_answer,
+    extract_normalized,
+    normalize_answer,
+    strip_think,
+    tag_content,
+)
 
 
 @pytest.mark.parametrize(
@@ -62,7 +68,7 @@ def test_tag_content():
 
 
 def test_a_repeated_answer_label_is_not_part_of_the_answer() -> None:
-    from optigraph.nodes.extract import extract_answer
+    from optigraph.core.answers import extract_answer
 
     assert extract_answer("so the final answer is: Final answer: 223").answer == "223"
     assert extract_answer("The final answer is **Answer: 7**").answer.strip("*") == "7"

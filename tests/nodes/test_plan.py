@@ -7,9 +7,9 @@ import pytest  # noqa: E402
 from langgraph.graph import END, START, StateGraph  # noqa: E402
 from scripted import ScriptedBackend, last_user  # noqa: E402
 
-from optigraph.engine.context import RunContext  # noqa: E402
-from optigraph.engine.llm import LLM, Budget  # noqa: E402
-from optigraph.engine.state import ApproachState  # noqa: E402
+from optigraph.core.context import RunContext  # noqa: E402
+from optigraph.core.llm import LLM, Budget  # noqa: E402
+from optigraph.core.state import ApproachState  # noqa: E402
 from optigraph.errors import BudgetExceeded, UpstreamError  # noqa: E402
 from optigraph.memory.records import NullRecorder  # noqa: E402
 from optigraph.nodes import plan  # noqa: E402

@@ -1,6 +1,7 @@
 import pytest
 
-from optigraph.nodes.rate import RATING_REQUEST, parse_rating, rate_each, rating_messages
+from optigraph.core.judgments import parse_rating
+from optigraph.nodes.rate import RATING_REQUEST, rate_each, rating_messages
 
 
 @pytest.mark.parametrize(

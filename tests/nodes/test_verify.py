@@ -8,19 +8,12 @@ import pytest  # noqa: E402
 from langgraph.graph import END, START, StateGraph  # noqa: E402
 from scripted import ScriptedBackend, last_user  # noqa: E402
 
-from optigraph.engine.context import RunContext  # noqa: E402
-from optigraph.engine.llm import LLM, Budget  # noqa: E402
+from optigraph.core.context import RunContext  # noqa: E402
+from optigraph.core.judgments import parse_issues, parse_labelled_score, parse_verdict  # noqa: E402
+from optigraph.core.llm import LLM, Budget  # noqa: E402
 from optigraph.errors import BudgetExceeded, UpstreamError  # noqa: E402
 from optigraph.memory.records import NullRecorder  # noqa: E402
-from optigraph.nodes.verify import (  # noqa: E402
-    VerifyState,
-    feedback_of,
-    parse_issues,
-    parse_score,
-    parse_verdict,
-    verify,
-    verify_each,
-)
+from optigraph.nodes.verify import VerifyState, feedback_of, verify, verify_each  # noqa: E402
 
 QUESTION = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "What is 6 x 7?"}]
 CANDIDATES = [{"index": 0, "text": "42"}, {"index": 1, "text": "48"}, {"index": 2, "text": "6 x 7 = 42"}]
@@ -65,13 +58,13 @@ def test_no_verdict_is_none(reply):
 def test_scores_and_issues():
     report = "Step 1 ok.\n**Issues:**\n- step 2 drops a sign\n- no units\n**Score:** 3/10\nVerdict: INCORRECT"
     assert parse_issues(report) == ["step 2 drops a sign", "no units"]
-    assert parse_score(report) == 3.0
+    assert parse_labelled_score(report) == 3.0
     assert parse_issues("Issues: slip in step 3; answer not boxed\nScore: 2\nVerdict: INCORRECT") == [
         "slip in step 3", "answer not boxed"]
     assert parse_issues("Issues: none\nScore: 9\nVerdict: CORRECT") == []
     assert parse_issues("Verdict: CORRECT") == []
-    assert parse_score("Verdict: CORRECT") is None
-    assert parse_score("Confidence: 8 out of 10\nVerdict: CORRECT") == 8.0
+    assert parse_labelled_score("Verdict: CORRECT") is None
+    assert parse_labelled_score("Confidence: 8 out of 10\nVerdict: CORRECT") == 8.0
 
 
 def test_feedback_collects_failed_checks_only():

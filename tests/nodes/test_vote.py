@@ -1,6 +1,6 @@
 import pytest
 
-from optigraph.nodes.vote import (
+from optigraph.core.votes import (
     canonical_arguments,
     group_answers,
     leader_probability,

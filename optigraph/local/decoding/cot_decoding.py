@@ -9,7 +9,7 @@ the paths that reason tend to be more confident about their final answer.
 2. The k paths are decoded greedily together, in one batch sharing the prompt's prefill.
 3. Each path's confidence is the margin p(top1) - p(top2) of the model's next-token distribution
    (softmax of the raw logits), averaged over the tokens of the path's answer, as in the paper. The
-   answer is found with `optigraph.nodes.extract` (boxed, "final answer", "the answer is", "####",
+   answer is found with `optigraph.core.answers` (boxed, "final answer", "the answer is", "####",
    the last number) and located as its last occurrence in the text; tokens are mapped to character
    offsets by incremental decoding. A path with no answer is scored over all its tokens.
 4. With `aggregate_paths` (the paper's "CoT-decoding (agg)"), paths are grouped by their normalised
@@ -44,10 +44,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from optigraph.core.answers import extract_answer, normalize_answer
 from optigraph.local.decoding.base import DecodeContext, Decoder, DecodeResult
 from optigraph.local.loop import decode_rows
 from optigraph.local.text import Detokenizer, token_text
-from optigraph.nodes.extract import extract_answer, normalize_answer
 
 DEFAULT_MAX_TOKENS = 512  # OptILLM's default when the client gives no max_tokens
 NO_ANSWER_KEY = "text:"  # prefix of the vote key of a path with no answer: its whole text

@@ -24,7 +24,7 @@ Online mode (the paper's DeepConf-low / -high):
    After each batch, generation stops when the leading answer holds `consensus_threshold` of the
    confidence-weighted votes, or when `max_traces` traces were generated.
 4. Answer: confidence-weighted majority vote (weight = the trace's `confidence_metric`) over the
-   answers found by `optigraph.nodes.extract` (boxed, "final answer", the last number...); traces with
+   answers found by `optigraph.core.answers` (boxed, "final answer", the last number...); traces with
    no answer are grouped by text similarity (`optigraph.nodes.vote.group_answers`).
 Offline mode: `max_traces` full traces (batched); the top 10% (low) or 90% (high) by trace
 confidence vote.
@@ -60,12 +60,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from optigraph.core.answers import extract_normalized
+from optigraph.core.votes import group_answers
 from optigraph.local.decoding.base import DecodeContext, Decoder, DecodeResult
 from optigraph.local.loop import decode_rows
 from optigraph.local.sampling import Sampling, choose
 from optigraph.local.text import decode
-from optigraph.nodes.extract import extract_normalized
-from optigraph.nodes.vote import group_answers
 
 DEFAULT_TEMPERATURE = 0.7
 KEEP_PERCENT = {"low": 10.0, "high": 90.0}  # variant -> % of traces kept (above the threshold, or offline)

@@ -12,7 +12,12 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection, create_engine, event, pool, text
 
-from optigraph.memory.db import SQLITE_BUSY_TIMEOUT_MS, backend_name, ensure_sqlite_dir, sync_url
+from optigraph.memory.db import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    backend_name,
+    ensure_sqlite_dir,
+    sync_url,
+)
 from optigraph.memory.tables import Base
 
 # Any constant works; it only has to be the same in every process that migrates this database.

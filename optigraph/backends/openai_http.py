@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from optigraph.engine.backends.base import Capabilities
+from optigraph.core.backend import Capabilities
 from optigraph.errors import UpstreamError, UpstreamTimeout
 
 # OpenAI reasoning models: no sampling parameters, max_completion_tokens, system -> developer.

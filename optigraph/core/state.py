@@ -10,7 +10,7 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, TypedDict
 
-from optigraph.engine.usage import Usage, add_usage
+from optigraph.core.usage import Usage, add_usage
 
 
 class Answer(TypedDict, total=False):
@@ -56,3 +56,15 @@ class ApproachState(TypedDict, total=False):
 def sorted_candidates(state: ApproachState) -> list[Candidate]:
     """Candidates in index order (parallel branches append in completion order)."""
     return sorted(state.get("candidates") or [], key=lambda c: c.get("index", 0))
+
+
+def candidate_text(candidate: Candidate) -> str:
+    """The candidate's text, with any tool calls it makes written out (for prompts that show it)."""
+    text = candidate.get("text") or ""
+    calls = (candidate.get("message") or {}).get("tool_calls") or ()
+    rendered = [
+        f"[tool call] {c.get('function', {}).get('name', '')}({c.get('function', {}).get('arguments', '')})"
+        for c in calls
+        if isinstance(c, dict)
+    ]
+    return "\n".join([text, *rendered]).strip() if rendered else text

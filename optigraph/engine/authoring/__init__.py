@@ -22,12 +22,13 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import Field, create_model
 
-from optigraph.engine import cost
-from optigraph.engine.context import RunContext
+from optigraph.core import cost
+from optigraph.core.context import RunContext
+from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.state import ApproachState
+from optigraph.core.votes import SIMILARITY_THRESHOLD
 from optigraph.engine.expression import is_name
-from optigraph.engine.loading import ApproachLoadError
-from optigraph.engine.registry import ApproachParams, ApproachSpec
-from optigraph.engine.state import ApproachState
+from optigraph.errors import ApproachLoadError
 from optigraph.nodes import aggregate as aggregate_node
 from optigraph.nodes import critique as critique_node
 from optigraph.nodes import rate as rate_node
@@ -36,7 +37,7 @@ from optigraph.nodes.generate import generate_final
 from optigraph.nodes.sample import sample_candidates
 from optigraph.nodes.select import select
 from optigraph.nodes.transform import reread
-from optigraph.nodes.vote import SIMILARITY_THRESHOLD, vote
+from optigraph.nodes.vote import vote
 
 __all__ = ["NODE_KINDS", "ApproachParams", "ApproachSpec", "ApproachState", "DeclarativeSpecError", "RunContext",
            "approach", "load_declarative", "parse_declarative"]
@@ -49,7 +50,7 @@ def approach(name: str, *, description: str, params: type[ApproachParams] = Appr
              streams_final: bool = False) -> Callable[[Callable[[], StateGraph]], ApproachSpec]:
     """Decorates a `build() -> StateGraph` function; the decorated name becomes its ApproachSpec.
 
-    `calls` and `rounds` are cost formulas over the parameters (see optigraph/engine/cost.py)."""
+    `calls` and `rounds` are cost formulas over the parameters (see optigraph/core/cost.py)."""
 
     def wrap(build: Callable[[], StateGraph]) -> ApproachSpec:
         return ApproachSpec(name=name, description=description, build=build, params=params,

@@ -10,7 +10,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from optigraph.engine.backends.base import Capabilities
+from optigraph.core.backend import Capabilities
 from optigraph.errors import UpstreamError, UpstreamTimeout
 
 # Provider prefixes routed to LiteLLM when no OpenAI-compatible base URL is configured.

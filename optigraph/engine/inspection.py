@@ -15,15 +15,25 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from typing_extensions import TypedDict  # pydantic (API response models) needs this one before 3.12
-
 from langgraph.types import Send, StateSnapshot
 from pydantic import BaseModel, ValidationError
+from typing_extensions import (
+    TypedDict,  # pydantic (API response models) needs this one before 3.12
+)
 
+from optigraph.core.cost import evaluate
+from optigraph.core.spec import ApproachSpec
 from optigraph.engine.compiler import CompiledExpression, Compiler
-from optigraph.engine.cost import evaluate
-from optigraph.engine.expression import Approach, Node, Pipeline, choice_count, parse, to_text, validate
-from optigraph.engine.registry import ApproachSpec, Registry
+from optigraph.engine.expression import (
+    Approach,
+    Node,
+    Pipeline,
+    choice_count,
+    parse,
+    to_text,
+    validate,
+)
+from optigraph.engine.registry import Registry
 from optigraph.errors import ExpressionError, OptigraphError
 from optigraph.memory.checkpoints import open_checkpointer
 from optigraph.memory.db import create_engine_for

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from optigraph.engine.backends.base import Capabilities
+from optigraph.core.backend import Capabilities
 from optigraph.errors import InvalidRequest, OptigraphError, UpstreamError
 
 T = TypeVar("T")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optigraph.engine.llm import LLM
-from optigraph.engine.streaming import StreamSink
+from optigraph.core.llm import LLM
+from optigraph.core.streaming import StreamSink
 
 
 @dataclass

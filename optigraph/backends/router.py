@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from optigraph.backends.litellm_backend import LiteLLMBackend, is_litellm_model
+from optigraph.backends.openai_http import OpenAIHTTPBackend
 from optigraph.config import Settings
-from optigraph.engine.backends.base import Backend
-from optigraph.engine.backends.litellm_backend import LiteLLMBackend, is_litellm_model
-from optigraph.engine.backends.openai_http import OpenAIHTTPBackend
+from optigraph.core.backend import Backend
 
 
 def is_local_model(model: str, models_dir: Path | None = None) -> bool:
@@ -41,7 +41,7 @@ class Backends:
     def local(self) -> Any:
         """The local backend (models on this machine), created on first use (torch loads only then)."""
         if self._local is None:
-            from optigraph.engine.backends.local import LocalBackend
+            from optigraph.backends.local import LocalBackend
 
             s = self.settings
             self._local = LocalBackend(s.local_model, models_dir=s.local_models_dir, max_models=s.local_max_models,

@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from optigraph.engine.backends.base import Backend, Capabilities
-from optigraph.engine.params import normalise
-from optigraph.engine.streaming import StreamEvent, StreamSink
-from optigraph.engine.usage import Usage, add_usage, empty_usage, usage_from_response
+from optigraph.core.backend import Backend, Capabilities
+from optigraph.core.messages import message_text
+from optigraph.core.params import normalise
+from optigraph.core.streaming import StreamEvent, StreamSink
+from optigraph.core.usage import Usage, add_usage, empty_usage, usage_from_response
 from optigraph.errors import BudgetExceeded, UpstreamError
 from optigraph.memory.records import CallRecord, Recorder, utcnow
 
@@ -39,16 +40,6 @@ class Completion:
     @property
     def finish_reasons(self) -> list[str | None]:
         return [c.get("finish_reason") for c in self.choices]
-
-
-def message_text(message: dict[str, Any]) -> str:
-    """The text of a message whose content is a string or a list of parts."""
-    content = message.get("content")
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
 
 
 @dataclass

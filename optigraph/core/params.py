@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from optigraph.engine.backends.base import Capabilities
+from optigraph.core.backend import Capabilities
 
 # Sampling parameters reasoning models (o1, o3, o4-mini, gpt-5) reject.
 SAMPLING_ONLY = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs")
