@@ -26,7 +26,7 @@ async def list_models(request: Request, key: str | None = Depends(upstream_key))
     data.append({"id": request.app.state.settings.local_model, "object": "model", "created": 0,
                  "owned_by": "optigraph-local"})
     approaches = [{"id": spec.name, "description": spec.description, "needs": sorted(spec.needs),
-                   "calls": spec.calls, "rounds": spec.rounds}
+                   "calls": spec.calls, "rounds": spec.rounds, "expected_calls": spec.expected_calls or spec.calls}
                   for spec in request.app.state.registry.specs.values()]
     return {"object": "list", "data": data, "approaches": approaches}
 

@@ -30,6 +30,9 @@ class ApproachSpec:
     needs: frozenset[str] = frozenset({"text"})  # text | n_sampling | logprobs | local
     calls: str = "1"  # upstream calls as a formula of the parameters
     rounds: str = "1"  # dependent rounds (calls that must wait for earlier ones)
+    # Calls when every call succeeds at its first attempt, where early stopping makes that fewer than
+    # `calls` (the most it makes); None: the same as `calls`.
+    expected_calls: str | None = None
     streams_final: bool = False  # whether its last stage is an LLM call that can stream
 
     def validate_params(self, raw: dict[str, Any] | None) -> dict[str, Any]:

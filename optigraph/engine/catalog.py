@@ -46,7 +46,7 @@ def approach_markdown(spec: ApproachSpec) -> str:
         "",
         doc,
         "",
-        f"- Upstream calls: `{spec.calls}`; dependent rounds: `{spec.rounds}`.",
+        f"- Upstream calls: `{spec.calls}`{_expected(spec)}; dependent rounds: `{spec.rounds}`.",
         f"- Needs from a backend: {', '.join(sorted(spec.needs))}. Streams its final stage: {'yes' if spec.streams_final else 'no'}.",
         f"- Papers: {papers}.",
         "",
@@ -59,10 +59,16 @@ def approach_markdown(spec: ApproachSpec) -> str:
     ])
 
 
+def _expected(spec: ApproachSpec) -> str:
+    """How many calls it makes when nothing fails, where early stopping makes that fewer."""
+    return f" at most, `{spec.expected_calls}` expected" if spec.expected_calls else ""
+
+
 def catalog_markdown(registry: Registry) -> str:
     rows = ["| approach | calls | rounds | needs | streams |", "|---|---|---|---|---|"]
     for spec in registry.specs.values():
-        rows.append(f"| [`{spec.name}`](#{spec.name}) | `{spec.calls}` | `{spec.rounds}` | "
+        calls = f"`{spec.calls}`" + (f" (expected `{spec.expected_calls}`)" if spec.expected_calls else "")
+        rows.append(f"| [`{spec.name}`](#{spec.name}) | {calls} | `{spec.rounds}` | "
                     f"{', '.join(sorted(spec.needs))} | {'yes' if spec.streams_final else 'no'} |")
     header = [
         "# Approaches",
@@ -73,7 +79,9 @@ def catalog_markdown(registry: Registry) -> str:
         "`<optillm_approach>` tag, or the server's `--approach`; combine them with `&` (pipeline) and `|`",
         "(parallel). Parameters go in `optillm_params: {\"<approach>\": {...}}`. Calls count upstream requests",
         "(one request may return n completions); rounds count the calls that must wait for earlier ones, which",
-        "is what wall time follows, since independent calls are made concurrently.",
+        "is what wall time follows, since independent calls are made concurrently. Both are the most the",
+        "approach makes; where it stops early (enough attempts succeeded), the expected calls say what a",
+        "run makes when nothing fails.",
         "",
         *rows,
         "",

@@ -162,10 +162,12 @@ class ApproachInfo(TypedDict, total=False):
     description: str
     parameters: dict[str, Any]  # JSON schema of its parameters
     defaults: dict[str, Any]
-    calls: str  # formula over the parameters
+    calls: str  # formula over the parameters: the most it makes
     rounds: str
+    expected_calls: str  # when nothing fails (fewer than `calls` where it stops early)
     default_calls: int | None  # the formulas at the default parameters
     default_rounds: int | None
+    default_expected_calls: int | None
     needs: list[str]
     papers: list[str]
     streams_final: bool
@@ -182,7 +184,7 @@ class ExpressionInfo(TypedDict):
     choices: int
     mermaid: str
     approaches: list[ApproachInfo]  # each approach it uses, once
-    cost: dict[str, int | None]  # calls and dependent rounds at the default parameters
+    cost: dict[str, int | None]  # calls, dependent rounds and expected calls at the default parameters
 
 
 # ---- values --------------------------------------------------------------------------------------
@@ -475,8 +477,10 @@ def approach_info(spec: ApproachSpec) -> ApproachInfo:
         "defaults": defaults,
         "calls": spec.calls,
         "rounds": spec.rounds,
+        "expected_calls": spec.expected_calls or spec.calls,
         "default_calls": _formula(spec.calls, defaults),
         "default_rounds": _formula(spec.rounds, defaults),
+        "default_expected_calls": _formula(spec.expected_calls or spec.calls, defaults),
         "needs": sorted(spec.needs),
         "papers": list(spec.papers),
         "streams_final": spec.streams_final,
@@ -494,24 +498,27 @@ def expression_info(compiled: CompiledExpression, registry: Registry) -> Express
     """A compiled expression: its drawing, its choices, and what it costs at default parameters."""
     infos = {name: approach_info(registry.get(name)) for name in compiled.names}
     calls, rounds = _cost(compiled.ast, infos)
+    expected, _ = _cost(compiled.ast, infos, calls_key="default_expected_calls")
     return {
         "object": "approach_graph",
         "expression": compiled.text,
         "choices": compiled.choices,
         "mermaid": compiled.mermaid(),
         "approaches": list(infos.values()),
-        "cost": {"calls": calls, "rounds": rounds},
+        "cost": {"calls": calls, "rounds": rounds, "expected_calls": expected},
     }
 
 
-def _cost(ast: Node, infos: dict[str, ApproachInfo]) -> tuple[int | None, int | None]:
-    """Calls and dependent rounds: a pipeline stage runs once per answer of the stage before it and
-    after it; parallel branches run at once."""
+def _cost(ast: Node, infos: dict[str, ApproachInfo], *,
+          calls_key: str = "default_calls") -> tuple[int | None, int | None]:
+    """Calls (at most, or expected with `calls_key="default_expected_calls"`) and dependent rounds: a
+    pipeline stage runs once per answer of the stage before it and after it; parallel branches run at
+    once."""
     if isinstance(ast, Approach):
         info = infos[ast.name]
-        return info.get("default_calls"), info.get("default_rounds")
+        return info.get(calls_key), info.get("default_rounds")
     children = ast.stages if isinstance(ast, Pipeline) else ast.branches
-    costs = [_cost(c, infos) for c in children]
+    costs = [_cost(c, infos, calls_key=calls_key) for c in children]
     if any(c is None or r is None for c, r in costs):
         return None, None
     if isinstance(ast, Pipeline):

@@ -2,11 +2,14 @@
 Reasoning using Test-Time Compute", 2024; no paper). Best of n over plan-execute-review chains:
 
 For each of `bestofn_n` chains, concurrently:
-  1. `planning_m` attempts, concurrently: write a step-by-step plan with a confidence per step and
-     no answer (the question stated twice, as in re-reading); then
-  2. carry the plan out in the same conversation. Attempts cut off by the length limit are
-     rejected; the first `planning_n` accepted (by attempt number) are kept.
-  3. Review the kept solutions, resolve their inconsistencies, write one final solution.
+  1. up to `planning_m` attempts: write a step-by-step plan with a confidence per step and no answer
+     (the question stated twice, as in re-reading); then
+  2. carry the plan out in the same conversation. Attempts cut off by the length limit (or failed)
+     are rejected. Attempts stop as soon as `planning_n` are accepted, as in the original; they run
+     in waves: first `planning_n` at once, then, while some were rejected and attempts are left, as
+     many more as are still missing. So a chain makes exactly the attempts the original's sequential
+     loop would, concurrently where it can.
+  3. Review the accepted solutions, resolve their inconsistencies, write one final solution.
   4. Answer the question from that solution (this is the chain's candidate).
 Then pick a candidate by `bestofn_rating_type`: `absolute` (the model rates each 0-10, `nodes/rate`),
 `pairwise` (every ordered pair judged, most wins; `nodes/compare`) or `majority` (vote over the
@@ -18,11 +21,14 @@ its truncated solutions are reviewed instead; when there are none either, the re
 the question directly; both are noted. A chain whose calls fail drops out; the run fails only when
 no chain answers.
 
-Graph: START -> plan x (n * m) -> execute x (n * m) -> keep -> refine x n -> answer x n -> collect ->
-rate x n | compare_pair x n(n-1) | vote -> select. Calls: n * (2m + 2) + `rating_calls`, a value derived from
-the parameters (n absolute, n(n-1) pairwise, 0 majority, 0 with one chain); rounds: 4, plus 1 when
-there are ratings. With the defaults: 3 * 14 + 3 = 45 calls in 5 rounds (OptILLM makes 48, asking
-each absolute rating twice).
+Graph: START -> plan x (n * planning_n) -> execute -> tally -> [plan x missing -> execute -> tally]...
+-> keep -> refine x n -> answer x n -> collect -> rate x n | compare_pair x n(n-1) | vote -> select.
+Expected calls (every attempt accepted): n * (2 * planning_n + 2) + `rating_calls`, in 5 rounds
+(4 without ratings); `rating_calls` is derived from the parameters (n absolute, n(n-1) pairwise,
+0 majority, 0 with one chain). At most (every attempt rejected): n * (2 * planning_m + 2) +
+`rating_calls`, in 2 * (planning_m - planning_n + 1) + 2 rounds (+1 with ratings). With the
+defaults: 3 * 8 + 3 = 27 calls in 5 rounds expected, 45 calls in 11 rounds at most (OptILLM makes
+up to 48, asking each absolute rating twice).
 """
 
 from __future__ import annotations
@@ -103,8 +109,8 @@ class CepoParams(ApproachParams):
     bestofn_max_tokens: int = Field(4096, ge=1, le=131072, description="Length cap of the rating calls.")
     bestofn_rating_type: Literal["absolute", "pairwise", "majority"] = Field(
         "absolute", description="absolute: rate each 0-10; pairwise: judge every ordered pair; majority: vote.")
-    planning_n: int = Field(3, ge=1, le=16, description="Completed attempts kept per chain for the review.")
-    planning_m: int = Field(6, ge=1, le=16, description="Plan-and-execute attempts per chain (concurrent).")
+    planning_n: int = Field(3, ge=1, le=16, description="Accepted attempts per chain after which attempts stop.")
+    planning_m: int = Field(6, ge=1, le=16, description="Most plan-and-execute attempts per chain.")
     planning_temperature_step1: float = Field(0.55, ge=0.0, le=2.0, description="Temperature of the plans.")
     planning_temperature_step2: float = Field(0.25, ge=0.0, le=2.0, description="Temperature of the executions.")
     planning_temperature_step3: float = Field(0.1, ge=0.0, le=2.0, description="Temperature of the review.")
@@ -156,12 +162,34 @@ def plan_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # plan routes to its own execution and each review to its own answer. Fan-ins (`keep`, `collect`)
 # are plain nodes reached by static edges: they run once, after every branch of the step.
 
-# ---- steps 1 and 2: plan, then execute, planning_m attempts per chain ------------------------------
+# ---- steps 1 and 2: plan, then execute, in waves until planning_n are accepted -------------------
 
-def plan_each(state: CepoState) -> list[Send]:
+def wave(state: CepoState) -> list[Send]:
+    """The next wave of attempts: per chain, as many as it still misses accepted ones (at first
+    `planning_n`), within `planning_m` attempts in all. Empty when every chain is done."""
     p = state["params"]
-    return [Send("plan", _payload(state, chain=c, attempt=a))
-            for c in range(p["bestofn_n"]) for a in range(p["planning_m"])]
+    started: dict[int, int] = {}
+    for r in state.get("plans") or []:
+        started[r["chain"]] = started.get(r["chain"], 0) + 1
+    accepted: dict[int, int] = {}
+    for r in state.get("executions") or []:
+        if r["status"] == "ok":
+            accepted[r["chain"]] = accepted.get(r["chain"], 0) + 1
+    sends = []
+    for chain in range(p["bestofn_n"]):
+        first = started.get(chain, 0)
+        more = min(p["planning_n"] - accepted.get(chain, 0), p["planning_m"] - first)
+        sends += [Send("plan", _payload(state, chain=chain, attempt=a)) for a in range(first, first + max(0, more))]
+    return sends
+
+
+async def tally(state: CepoState) -> dict[str, Any]:
+    """Fan-in after each wave (no call); the edge after it starts the next wave or moves on."""
+    return {}
+
+
+def next_wave_or_keep(state: CepoState) -> list[Send] | str:
+    return wave(state) or "keep"
 
 
 async def plan(state: CepoState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -200,7 +228,8 @@ async def execute(state: CepoState, runtime: Runtime[RunContext]) -> dict[str, A
 
 
 def kept_solutions(executions: list[dict[str, Any]], planning_n: int) -> tuple[list[str], str | None]:
-    """The first `planning_n` completed solutions; with none, the truncated ones (and a note why)."""
+    """The first `planning_n` completed solutions (attempts stop there, so all of them); with none,
+    the truncated ones (and a note why)."""
     done = [r["text"] for r in executions if r["status"] == "ok"]
     if done:
         return done[:planning_n], None
@@ -298,13 +327,14 @@ def rate_or_compare(state: CepoState) -> list[Send] | str:
 
 def build() -> StateGraph:
     graph = StateGraph(CepoState, context_schema=RunContext)
-    for name, node in (("plan", plan), ("execute", execute), ("keep", keep), ("refine", refine),
+    for name, node in (("plan", plan), ("execute", execute), ("tally", tally), ("keep", keep), ("refine", refine),
                        ("answer", answer), ("collect", collect), ("rate", rate), ("select", select),
                        ("compare_pair", compare_pair), ("select_by_wins", select_by_wins), ("vote", vote)):
         graph.add_node(name, node)
-    graph.add_conditional_edges(START, plan_each, ["plan"])
+    graph.add_conditional_edges(START, wave, ["plan"])
     graph.add_conditional_edges("plan", to_execute, ["execute"])
-    graph.add_edge("execute", "keep")
+    graph.add_edge("execute", "tally")
+    graph.add_conditional_edges("tally", next_wave_or_keep, ["plan", "keep"])
     graph.add_conditional_edges("keep", refine_each, ["refine"])
     graph.add_conditional_edges("refine", to_answer, ["answer"])
     graph.add_edge("answer", "collect")
@@ -324,6 +354,7 @@ SPEC = ApproachSpec(
     params=CepoParams,
     papers=(),
     calls="bestofn_n * (2 * planning_m + 2) + rating_calls",
-    rounds="4 + min(1, rating_calls)",
+    rounds="2 * max(1, planning_m - planning_n + 1) + 2 + min(1, rating_calls)",
+    expected_calls="bestofn_n * (2 * min(planning_n, planning_m) + 2) + rating_calls",
     streams_final=False,
 )

@@ -3,15 +3,22 @@ Iterative Preference Learning" (Xie et al., 2024, arXiv 2405.00451): select by U
 candidate continuations, evaluate them, back the values up the tree; here a tree state is a
 conversation and an action is a whole assistant reply followed by the user's (simulated) next turn.
 
-Each simulation: `select` descends from the root by UCT (c = `exploration`) to a leaf, through as
-many levels as the tree has; `expand` samples `expansions` replies to the leaf's conversation in one
-n-call; `simulate` plays each reply forward concurrently: the user's next message, then `depth - 1`
-further assistant/user exchanges; `evaluate` has the model judge each reply's correctness and
-helpfulness (0-10, read loosely, the simulated follow-up shown as evidence), concurrently;
-`backpropagate` adds each value to the reply's node and its ancestors. Every reply is evaluated, so
-UCT has values to act on from the second simulation, and the next simulation can descend into a
-reply's follow-up conversation. The answer is the root reply with the most visits, ties broken by
-mean value (with few simulations, visits alone would often tie).
+Each simulation: `select` descends from the root by UCT (mean value + c * sqrt(ln N_parent / n),
+c = `exploration`) to a leaf, through as many levels as the tree has; `expand` samples `expansions`
+replies to the leaf's conversation in one n-call; `simulate` plays each reply forward concurrently:
+the user's next message, then `depth - 1` further assistant/user exchanges; `evaluate` has the model
+judge each reply's correctness and helpfulness (0-10, read loosely, the simulated follow-up shown as
+evidence), concurrently; `backpropagate` gives each new reply one visit of its own value, and the
+leaf and its ancestors one visit of the mean of those values (one visit per simulation, as in MCTS).
+So a reply's mean mixes its own judgment with how the conversation goes after it: a reply judged well
+whose follow-ups go badly (the simulated user finds a mistake, the next replies are judged poorly)
+loses value, and UCT then turns to its siblings. The answer is the root reply with the highest mean
+value, ties broken by visits.
+
+At the defaults (2 simulations, 3 expansions, depth 1: 14 calls) the first simulation is a judged
+best-of-3 (7 calls); the second plays the leading reply's conversation one level deeper (7 calls)
+and demotes that reply when its follow-ups score below the runner-up's own value, so the answer can
+change. From the third simulation UCT's exploration term can send a simulation into another branch.
 
 A reply whose simulated follow-up failed, or that calls a tool, is a leaf that is not expanded
 further; an evaluation that failed or cannot be read leaves the reply unvisited (noted), never
@@ -20,7 +27,8 @@ scored 0. Sampling the root's replies failing entirely ends the run with the ups
 Graph: START -> select -> expand -> simulate -> evaluate -> backpropagate -> select ... (until
 `simulations` are done) -> answer -> END.
 Cost per simulation: 1 sampling call (n = expansions) + expansions * (2 * depth - 1) simulation
-calls + expansions evaluation calls, in 1 + (2 * depth - 1) + 1 dependent rounds.
+calls + expansions evaluation calls, in 1 + (2 * depth - 1) + 1 dependent rounds. That is also the
+expected cost: only failures, empty replies and tool calls (leaves that are not expanded) make fewer.
 """
 
 from __future__ import annotations
@@ -98,9 +106,6 @@ class MctsState(ApproachState, total=False):
     simulation: int  # simulations completed
     leaf: int | None  # the node this simulation expands (None: nothing left to expand)
     frontier: list[int]  # the children this simulation added
-
-
-# ---- scores ---------------------------------------------------------------------------------------
 
 
 # ---- conversations --------------------------------------------------------------------------------
@@ -277,12 +282,17 @@ async def evaluate(state: MctsState, runtime: Runtime[RunContext]) -> dict[str, 
 
 
 async def backpropagate(state: MctsState) -> dict[str, Any]:
-    """Adds each new reply's value to it and its ancestors; counts the simulation."""
+    """Gives each newly scored reply one visit of its own value, then the leaf and its ancestors one
+    visit of those values' mean; counts the simulation. Without a score nothing is backed up."""
     tree = Tree.from_state(state["tree"])
+    scores = []
     for node_id in state.get("frontier") or []:
         score = tree[node_id]["data"].get("score")
         if score is not None:
-            tree.backpropagate(node_id, float(score))
+            tree.visit(node_id, float(score))
+            scores.append(float(score))
+    if scores:
+        tree.backpropagate(state["leaf"], sum(scores) / len(scores))
     return {"tree": tree.to_state(), "simulation": (state.get("simulation") or 0) + 1}
 
 
@@ -295,11 +305,20 @@ def after_backpropagate(state: MctsState) -> str:
     return "answer" if done else "select"
 
 
+def best_reply(tree: Tree) -> int | None:
+    """The root reply with the highest mean value, ties broken by more visits, then by order; None
+    when no reply was visited."""
+    visited = [ch for ch in tree.root["children"] if tree[ch]["visits"] > 0]
+    if not visited:
+        return None
+    return max(visited, key=lambda ch: (tree.mean(ch) or 0.0, tree[ch]["visits"], -ch))
+
+
 async def answer(state: MctsState) -> dict[str, Any]:
-    """The root reply with the most visits, ties broken by mean value; the first reply if none was
+    """The root reply with the highest mean value (`best_reply`); the first reply if none was
     evaluated."""
     tree = Tree.from_state(state["tree"])
-    best = tree.best_child(0)
+    best = best_reply(tree)
     notes = []
     if best is None:
         best = tree.root["children"][0]

@@ -119,6 +119,11 @@ class Tree:
             node["visits"] += visits
             node["value"] += value
 
+    def visit(self, node_id: int, value: float) -> None:
+        """Adds one visit of `value` to this node only (its own evaluation, not backed up)."""
+        self.nodes[node_id]["visits"] += 1
+        self.nodes[node_id]["value"] += value
+
     def add_virtual_loss(self, node_id: int) -> None:
         """Counts a visit of value 0 along the path while a selected node's result is pending, so
         the next concurrent selection prefers other branches."""

@@ -306,6 +306,10 @@ def test_approaches_are_listed_with_schema_and_cost(stack: Stack) -> None:
     bon = next(a for a in data if a["name"] == "bon")
     assert bon["parameters"]["properties"]["n"]["default"] == bon["defaults"]["n"]
     assert bon["default_calls"] == evaluate(bon["calls"], bon["defaults"])
+    assert bon["expected_calls"] == bon["calls"] and bon["default_expected_calls"] == bon["default_calls"]
+    cepo = next(a for a in data if a["name"] == "cepo")  # stops early: fewer calls expected than at most
+    assert cepo["expected_calls"] == registry.get("cepo").expected_calls
+    assert cepo["default_expected_calls"] == evaluate(cepo["expected_calls"], cepo["defaults"]) < cepo["default_calls"]
 
 
 def default_calls(name: str) -> int:
@@ -338,6 +342,10 @@ def test_a_pipeline_after_a_parallel_costs_a_run_per_choice(stack: Stack) -> Non
     info = get(stack, "/v1/approaches/" + quote("(re2|moa)&bon", safe=""))
     assert info["choices"] == 2
     assert info["cost"]["calls"] == default_calls("re2") + default_calls("moa") + 2 * default_calls("bon")
+    assert info["cost"]["expected_calls"] == info["cost"]["calls"]
+    cepo = get(stack, "/v1/approaches/" + quote("re2&cepo", safe=""))["cost"]
+    spec = builtin_registry().get("cepo")
+    assert cepo["expected_calls"] == default_calls("re2") + evaluate(spec.expected_calls, spec.params().model_dump())
 
 
 def test_a_bad_expression_is_a_400(stack: Stack) -> None:

@@ -1,6 +1,5 @@
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
 
@@ -60,8 +59,9 @@ async def test_chain_structure_step_settings_and_call_count():
     params = {**SMALL, "planning_max_tokens_step2": 900}
     state, _ = await run_approach(SPEC, QUESTION, backend, params=params)
     by = calls_by_step(backend)
-    assert {k: len(v) for k, v in by.items()} == {"plan": 4, "execute": 4, "refine": 2, "answer": 2, "rate": 2}
-    assert len(backend.calls) == evaluate(SPEC.calls, SPEC.validate_params(params)) == 14
+    # the first attempt of each chain is accepted, so its second is never made
+    assert {k: len(v) for k, v in by.items()} == {"plan": 2, "execute": 2, "refine": 2, "answer": 2, "rate": 2}
+    assert len(backend.calls) == evaluate(SPEC.expected_calls, SPEC.validate_params(params)) == 10
     # each step at its own temperature (the per-step settings are applied, not step 1's)
     assert {b["temperature"] for b in by["plan"]} == {0.55}
     assert {b["temperature"] for b in by["execute"]} == {0.25}
@@ -79,14 +79,51 @@ async def test_chain_structure_step_settings_and_call_count():
     assert state["answers"][0]["message"]["content"] == "The answer is 42."
 
 
-async def test_defaults_make_the_formula_s_calls_in_five_rounds():
+async def test_defaults_stop_once_planning_n_attempts_are_accepted():
     params = SPEC.validate_params({})
+    assert evaluate(SPEC.expected_calls, params) == 3 * (2 * 3 + 2) + 3 == 27
     assert evaluate(SPEC.calls, params) == 3 * (2 * 6 + 2) + 3 == 45
-    assert evaluate(SPEC.rounds, params) == 5
+    assert evaluate(SPEC.rounds, params) == 2 * 4 + 2 + 1 == 11
     backend = ScriptedBackend(scripted())
     await run_approach(SPEC, QUESTION, backend)
-    assert len(backend.calls) == 45
-    assert len(calls_by_step(backend)["rate"]) == 3  # each rating asked once
+    by = calls_by_step(backend)
+    assert len(backend.calls) == 27
+    assert len(by["plan"]) == len(by["execute"]) == 9  # 3 attempts per chain, all accepted: no more
+    assert len(by["rate"]) == 3  # each rating asked once
+
+
+async def test_rejected_attempts_are_replaced_until_planning_n_are_accepted():
+    # attempts 0 and 2 of each chain are cut off; 1, 3 and 4 complete
+    def execute(body):
+        attempt = int(body["messages"][-2]["content"].split()[-1])
+        return {"content": f"solution {attempt}", "finish_reason": "length" if attempt in (0, 2) else "stop"}
+
+    counters: dict[int, int] = {}
+
+    def plan(body):
+        n = counters.setdefault(0, 0)
+        counters[0] += 1
+        return f"plan attempt {n}"
+
+    backend = ScriptedBackend(scripted(plan=plan, execute=execute))
+    params = {"bestofn_n": 1, "planning_m": 6, "planning_n": 3}
+    state, _ = await run_approach(SPEC, QUESTION, backend, params=params)
+    by = calls_by_step(backend)
+    # wave 1: attempts 0-2 (1 accepted); wave 2: 3-4 (both accepted): 3 in all, attempt 5 never made
+    assert len(by["plan"]) == len(by["execute"]) == 5
+    prompt = last_user(by["refine"][0])
+    assert "3 attempted solutions" in prompt and "solution 0" not in prompt and "solution 2" not in prompt
+    assert len(backend.calls) < evaluate(SPEC.calls, SPEC.validate_params(params))
+    assert sum("rejected (truncated)" in n for n in state["notes"]) == 2
+
+
+async def test_attempts_stop_at_planning_m():
+    backend = ScriptedBackend(scripted(execute={"content": "17 + 25 = 4", "finish_reason": "length"}))
+    params = {"bestofn_n": 2, "planning_m": 4, "planning_n": 3}
+    await run_approach(SPEC, QUESTION, backend, params=params)
+    by = calls_by_step(backend)
+    assert len(by["plan"]) == len(by["execute"]) == 8  # every attempt rejected: all 4 per chain
+    assert len(backend.calls) == evaluate(SPEC.calls, SPEC.validate_params(params)) == 2 * 10 + 2
 
 
 @pytest.mark.parametrize(("kind", "ratings"), [("absolute", 2), ("pairwise", 2), ("majority", 0)])
@@ -94,7 +131,7 @@ async def test_call_count_per_rating_type(kind, ratings):
     params = {**SMALL, "bestofn_rating_type": kind}
     backend = ScriptedBackend(scripted())
     await run_approach(SPEC, QUESTION, backend, params=params)
-    assert len(backend.calls) == evaluate(SPEC.calls, SPEC.validate_params(params)) == 12 + ratings
+    assert len(backend.calls) == evaluate(SPEC.expected_calls, SPEC.validate_params(params)) == 8 + ratings
 
 
 async def test_pairwise_count_is_n_times_n_minus_1():
@@ -103,6 +140,7 @@ async def test_pairwise_count_is_n_times_n_minus_1():
     await run_approach(SPEC, QUESTION, backend, params=params)
     assert len(calls_by_step(backend)["pair"]) == 6
     assert len(backend.calls) == evaluate(SPEC.calls, SPEC.validate_params(params)) == 3 * 4 + 6
+    assert evaluate(SPEC.expected_calls, SPEC.validate_params(params)) == 3 * 4 + 6
 
 
 def answer_per_chain(texts):
@@ -161,7 +199,8 @@ async def test_truncated_attempts_are_rejected_and_the_first_planning_n_kept():
     assert "solution for plan 0" not in prompt
     assert "2 attempted solutions" in prompt
     assert any("rejected (truncated)" in n for n in state["notes"])
-    assert len(backend.calls) == evaluate(SPEC.calls, SPEC.validate_params(params))
+    assert len(calls_by_step(backend)["plan"]) == 3  # 2 at once, 1 to replace the rejected one
+    assert len(backend.calls) == 3 * 2 + 2 < evaluate(SPEC.calls, SPEC.validate_params(params))
 
 
 async def test_truncated_plans_are_not_executed():
@@ -207,19 +246,13 @@ async def test_no_chain_answering_fails_the_run():
         await run_approach(SPEC, QUESTION, backend, params=SMALL)
 
 
-async def test_rounds_are_concurrent():
-    backend = ScriptedBackend(scripted(), latency=0.1, capabilities={"n_sampling": False})
+async def test_attempts_of_a_wave_and_chains_are_concurrent():
+    backend = ScriptedBackend(scripted(), latency=0.01, capabilities={"n_sampling": False})
     params = {"bestofn_n": 3, "planning_m": 3, "planning_n": 2}
-    started = time.perf_counter()
     state, _ = await run_approach(SPEC, QUESTION, backend, params=params)
-    elapsed = time.perf_counter() - started
-    rounds = evaluate(SPEC.rounds, SPEC.validate_params(params))
-    assert rounds == 5
-    assert backend.max_in_flight == 9  # every plan (and every execution) of every chain at once
-    # attempts run one after another would need 9 rounds (0.9 s)
-    assert elapsed < (rounds + 3) * 0.1, f"took {elapsed:.3f}s for {rounds} rounds of 0.1 s"
+    assert backend.max_in_flight == 6  # every plan (and every execution) of the wave, of every chain, at once
     expected = backend.total_usage()
-    assert expected["calls"] == 3 * 8 + 3
+    assert expected["calls"] == evaluate(SPEC.expected_calls, SPEC.validate_params(params)) == 3 * 6 + 3
     assert {k: state["usage"][k] for k in expected} == expected
 
 
@@ -238,7 +271,8 @@ def test_params():
     assert params["bestofn_rating_type"] == "absolute" and params["rating_calls"] == 3
     assert SPEC.validate_params({"bestofn_rating_type": "pairwise"})["rating_calls"] == 6
     assert SPEC.validate_params({"bestofn_n": 1})["rating_calls"] == 0
-    assert evaluate(SPEC.rounds, SPEC.validate_params({"bestofn_rating_type": "majority"})) == 4
+    assert evaluate(SPEC.rounds, SPEC.validate_params({"bestofn_rating_type": "majority"})) == 10
+    assert evaluate(SPEC.rounds, SPEC.validate_params({"planning_m": 3, "planning_n": 3, "bestofn_n": 1})) == 4
     with pytest.raises(InvalidRequest):
         SPEC.validate_params({"bestofn_rating_type": "elo"})
     with pytest.raises(InvalidRequest):

@@ -102,11 +102,60 @@ async def test_uct_descends_into_the_best_branch_and_it_is_chosen():
     json.dumps(state["tree"])  # checkpointable
 
 
-async def test_visit_ties_are_broken_by_mean_value():
-    # one simulation: every reply has one visit, so only the value can decide
+async def test_one_simulation_is_a_judged_best_of_the_expansions():
+    # one simulation: every reply has one visit of its own score, so the score decides
     scores = {"It is 41.": "4", "It is 51.": "6", "It is 54.": "**8/10**"}
     state, _ = await run_approach(SPEC, QUESTION, ScriptedBackend(scripted(scores)), params={"simulations": 1})
     assert state["answers"][0]["message"]["content"] == "It is 54."
+
+
+def misled_judge():
+    """The judge at the root prefers the wrong "It is 54." (9) to the right "It is 51." (8); the
+    simulated user then points the mistake out, and every reply after that exchange is judged 1,
+    while the conversation after "It is 51." goes on well (every follow-up reply judged 9)."""
+
+    def user(body):
+        return "That's wrong: 17 * 3 is 51." if body["messages"][1]["content"].count("It is 54.") else "Thanks!"
+
+    def judge(body):
+        earlier = [m["content"] for m in body["messages"][:-2] if m["role"] == "assistant"]
+        if not earlier:
+            return {"It is 41.": "2", "It is 51.": "8", "It is 54.": "9"}[body["messages"][-2]["content"]]
+        return "1" if earlier[0] == "It is 54." else "9"
+
+    def respond(body):
+        if stage(body) == "evaluate":
+            return judge(body)
+        return scripted(user=user)(body)
+
+    return respond
+
+
+@pytest.mark.parametrize(("simulations", "chosen"), [(1, "It is 54."), (2, "It is 51."), (3, "It is 51.")])
+async def test_more_simulations_change_the_answer(simulations, chosen):
+    backend = ScriptedBackend(misled_judge())
+    state, _ = await run_approach(SPEC, QUESTION, backend, params={"simulations": simulations})
+    assert state["answers"][0]["message"]["content"] == chosen
+    assert len(backend.calls) == evaluate(SPEC.calls, SPEC.validate_params({"simulations": simulations}))
+    expands = calls_of(backend, "expand")
+    if simulations >= 2:  # the second simulation plays the leading reply's conversation one level deeper
+        assert expands[1]["messages"][2]["content"] == "It is 54."
+        assert expands[1]["messages"][3]["content"] == "That's wrong: 17 * 3 is 51."
+    if simulations >= 3:  # its follow-ups went badly, so UCT turns to the other branch
+        assert expands[2]["messages"][2]["content"] == "It is 51."
+        nodes = state["tree"]["nodes"]
+        by_text = {n["data"]["text"]: n for n in nodes if n["depth"] == 1}
+        assert by_text["It is 54."]["visits"] == by_text["It is 51."]["visits"] == 2
+        assert by_text["It is 54."]["value"] == pytest.approx(0.9 + 0.1)
+        assert by_text["It is 51."]["value"] == pytest.approx(0.8 + 0.9)
+        assert nodes[0]["visits"] == 3
+
+
+async def test_default_search_can_demote_the_first_rounds_best():
+    backend = ScriptedBackend(misled_judge())
+    state, _ = await run_approach(SPEC, QUESTION, backend)
+    assert len(backend.calls) == evaluate(SPEC.calls, SPEC.validate_params({})) == 14
+    assert state["answers"][0]["message"]["content"] == "It is 51."
 
 
 async def test_loose_and_unreadable_evaluations():
