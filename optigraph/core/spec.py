@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from langgraph.graph import StateGraph
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from optigraph.errors import InvalidRequest
 
@@ -16,6 +16,13 @@ class ApproachParams(BaseModel):
     """Base of every approach's parameter model: unknown keys are an error, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def client_temperature(fallback: float, what: str = "Sampling temperature") -> Any:
+    """The temperature parameter most approaches declare, declared once: optional (None: the client's
+    temperature, else `fallback`), within the API's 0-2 range, described the same way everywhere.
+    Use as `temperature: float | None = client_temperature(DEFAULT_TEMPERATURE)`."""
+    return Field(None, ge=0.0, le=2.0, description=f"{what}; default: the client's, else {fallback}.")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from langgraph.types import Send
 from pydantic import Field
 
 from optigraph.core.context import RunContext
-from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.spec import ApproachParams, ApproachSpec, client_temperature
 from optigraph.core.state import ApproachState
 from optigraph.nodes.rate import (
     DEFAULT_MAX_TOKENS,
@@ -26,12 +26,12 @@ from optigraph.nodes.rate import (
 from optigraph.nodes.sample import sample_node
 from optigraph.nodes.select import select
 
+SAMPLE_TEMPERATURE = 1.0  # of the candidates, when neither the parameter nor the client sets one
+
 
 class BonParams(ApproachParams):
     n: int = Field(3, ge=1, le=32, description="Candidates to sample.")
-    temperature: float | None = Field(
-        None, ge=0.0, le=2.0, description="Sampling temperature; default: the client's, else 1.0."
-    )
+    temperature: float | None = client_temperature(SAMPLE_TEMPERATURE)
     rating_temperature: float = Field(DEFAULT_TEMPERATURE, ge=0.0, le=2.0)
     rating_max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1, le=32768)
 
@@ -43,7 +43,7 @@ def route_ratings(state: ApproachState) -> list[Send] | str:
 
 def build() -> StateGraph:
     graph = StateGraph(ApproachState, context_schema=RunContext)
-    graph.add_node("sample", sample_node(count="n", default_temperature=1.0))
+    graph.add_node("sample", sample_node(count="n", default_temperature=SAMPLE_TEMPERATURE))
     graph.add_node("rate", rate)
     graph.add_node("select", select)
     graph.add_edge(START, "sample")

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 from pydantic import Field
 
 from optigraph.core.answers import tag_content
 from optigraph.core.context import RunContext
-from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.spec import ApproachParams, ApproachSpec, client_temperature
 from optigraph.core.state import ApproachState
+from optigraph.graphs.chain import chain
 from optigraph.nodes.common import answer_of, generation_params, text_answer
 from optigraph.nodes.generate import generate_final
 from optigraph.nodes.sample import param_or_client
@@ -53,9 +54,7 @@ DEFAULT_TEMPERATURE = 0.6
 
 class CotReflectionParams(ApproachParams):
     return_full_response: bool = Field(False, description="Return thinking and reflection too, not only <output>.")
-    temperature: float | None = Field(
-        None, ge=0.0, le=2.0, description="Sampling temperature; default: the client's, else 0.6."
-    )
+    temperature: float | None = client_temperature(DEFAULT_TEMPERATURE)
 
 
 def reflection_output(text: str) -> str:
@@ -91,11 +90,7 @@ async def reflect(state: ApproachState, runtime: Runtime[RunContext]) -> dict[st
 
 
 def build() -> StateGraph:
-    graph = StateGraph(ApproachState, context_schema=RunContext)
-    graph.add_node("reflect", reflect)
-    graph.add_edge(START, "reflect")
-    graph.add_edge("reflect", END)
-    return graph
+    return chain(("reflect", reflect))
 
 
 SPEC = ApproachSpec(

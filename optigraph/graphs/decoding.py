@@ -13,13 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Optional
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 from pydantic import Field, create_model
 
 from optigraph.core.context import RunContext
 from optigraph.core.spec import ApproachParams, ApproachSpec
 from optigraph.core.state import ApproachState
+from optigraph.graphs.chain import chain
 from optigraph.local.decoding.base import Decoder
 from optigraph.nodes.common import answer_of, generation_params
 from optigraph.nodes.generate import generate_final
@@ -58,11 +59,7 @@ def decode_node(name: str) -> Callable[..., Any]:
 
 def spec_for(decoder: Decoder) -> ApproachSpec:
     def build() -> StateGraph:
-        graph = StateGraph(ApproachState, context_schema=RunContext)
-        graph.add_node("decode", decode_node(decoder.name))
-        graph.add_edge(START, "decode")
-        graph.add_edge("decode", END)
-        return graph
+        return chain(("decode", decode_node(decoder.name)))
 
     return ApproachSpec(name=decoder.name, description=decoder.summary, build=build, params=approach_params(decoder),
                         papers=PAPERS.get(decoder.name, ()), needs=frozenset({"text", "local"}), calls="1",

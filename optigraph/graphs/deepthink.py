@@ -29,7 +29,7 @@ from pydantic import Field
 
 from optigraph.core.context import RunContext
 from optigraph.core.messages import last_user_text
-from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.spec import ApproachParams, ApproachSpec, client_temperature
 from optigraph.core.state import ApproachState, Candidate, sorted_candidates
 from optigraph.core.votes import vote_candidates, vote_summary
 from optigraph.errors import UpstreamError
@@ -117,9 +117,7 @@ class DeepThinkParams(ApproachParams):
     confidence_threshold: float = Field(
         0.7, ge=0.0, le=1.0, description="Share of samples agreeing needed to trust the majority over the greedy answer."
     )
-    temperature: float | None = Field(
-        None, ge=0.0, le=2.0, description="Sampling temperature; default: the client's, else 0.7."
-    )
+    temperature: float | None = client_temperature(DEFAULT_TEMPERATURE)
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling for the samples (not the greedy answer).")
     max_tokens: int | None = Field(None, ge=1, le=131072, description="Answer length cap; default: the client's.")
     enable_self_discover: bool = Field(True, description="Compose a reasoning structure first (3 calls).")

@@ -15,12 +15,11 @@ dependent rounds; a lone surviving candidate needs no comparison.
 
 from __future__ import annotations
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 from pydantic import Field
 
-from optigraph.core.context import RunContext
-from optigraph.core.spec import ApproachParams, ApproachSpec
-from optigraph.core.state import ApproachState
+from optigraph.core.spec import ApproachParams, ApproachSpec, client_temperature
+from optigraph.graphs.chain import chain
 from optigraph.nodes import compare as compare_node
 from optigraph.nodes.compare import compare
 from optigraph.nodes.sample import sample_node
@@ -30,21 +29,14 @@ DEFAULT_TEMPERATURE = 0.7
 
 class GenSelectParams(ApproachParams):
     num_candidates: int = Field(4, ge=2, le=16, description="Candidate solutions to sample.")
-    temperature: float | None = Field(
-        None, ge=0.0, le=2.0, description="Sampling temperature; default: the client's, else 0.7."
-    )
+    temperature: float | None = client_temperature(DEFAULT_TEMPERATURE)
     comparison_temperature: float = Field(compare_node.DEFAULT_TEMPERATURE, ge=0.0, le=2.0)
     comparison_max_tokens: int = Field(compare_node.DEFAULT_MAX_TOKENS, ge=1, le=32768)
 
 
 def build() -> StateGraph:
-    graph = StateGraph(ApproachState, context_schema=RunContext)
-    graph.add_node("sample", sample_node(count="num_candidates", default_temperature=DEFAULT_TEMPERATURE))
-    graph.add_node("compare", compare)
-    graph.add_edge(START, "sample")
-    graph.add_edge("sample", "compare")
-    graph.add_edge("compare", END)
-    return graph
+    return chain(("sample", sample_node(count="num_candidates", default_temperature=DEFAULT_TEMPERATURE)),
+                 ("compare", compare))
 
 
 SPEC = ApproachSpec(

@@ -14,13 +14,12 @@ cannot return n), 1 round.
 
 from __future__ import annotations
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 from pydantic import Field
 
-from optigraph.core.context import RunContext
-from optigraph.core.spec import ApproachParams, ApproachSpec
-from optigraph.core.state import ApproachState
+from optigraph.core.spec import ApproachParams, ApproachSpec, client_temperature
 from optigraph.core.votes import SIMILARITY_THRESHOLD
+from optigraph.graphs.chain import chain
 from optigraph.nodes.sample import sample_node
 from optigraph.nodes.vote import vote
 
@@ -29,22 +28,14 @@ DEFAULT_TEMPERATURE = 0.6
 
 class MajorityVotingParams(ApproachParams):
     k: int = Field(8, ge=1, le=64, description="Responses to sample and vote over.")
-    temperature: float | None = Field(
-        None, ge=0.0, le=2.0, description="Sampling temperature; default: the client's, else 0.6."
-    )
+    temperature: float | None = client_temperature(DEFAULT_TEMPERATURE)
     similarity_threshold: float = Field(
         SIMILARITY_THRESHOLD, ge=0.0, le=1.0, description="Text similarity grouping responses with no extractable answer."
     )
 
 
 def build() -> StateGraph:
-    graph = StateGraph(ApproachState, context_schema=RunContext)
-    graph.add_node("sample", sample_node(count="k", default_temperature=DEFAULT_TEMPERATURE))
-    graph.add_node("vote", vote)
-    graph.add_edge(START, "sample")
-    graph.add_edge("sample", "vote")
-    graph.add_edge("vote", END)
-    return graph
+    return chain(("sample", sample_node(count="k", default_temperature=DEFAULT_TEMPERATURE)), ("vote", vote))
 
 
 SPEC = ApproachSpec(

@@ -44,7 +44,7 @@ from optigraph.core.answers import strip_think
 from optigraph.core.context import RunContext
 from optigraph.core.judgments import parse_unit_score
 from optigraph.core.messages import message_text
-from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.spec import ApproachParams, ApproachSpec, client_temperature
 from optigraph.core.state import ApproachState, candidate_text
 from optigraph.core.usage import Usage, add_usage, empty_usage
 from optigraph.errors import UpstreamError
@@ -92,9 +92,7 @@ class MctsParams(ApproachParams):
         description="Simulated user turns after each candidate reply (1: the user's reaction only). Also `mcts_depth`.",
     )
     expansions: int = Field(3, ge=1, le=16, description="Candidate replies sampled per expansion (one n-call).")
-    temperature: float | None = Field(
-        None, ge=0.0, le=2.0, description="Temperature of candidate replies; default: the client's, else 1.0."
-    )
+    temperature: float | None = client_temperature(DEFAULT_TEMPERATURE, "Temperature of candidate replies")
     simulation_temperature: float = Field(1.0, ge=0.0, le=2.0, description="Temperature of the simulated user.")
     simulation_max_tokens: int = Field(DEFAULT_SIMULATION_MAX_TOKENS, ge=1, le=32768)
     evaluation_temperature: float = Field(DEFAULT_EVALUATION_TEMPERATURE, ge=0.0, le=2.0)

@@ -9,39 +9,32 @@ dependent rounds; the aggregate streams to the client.
 
 from __future__ import annotations
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 from pydantic import Field
 
-from optigraph.core.context import RunContext
-from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.spec import ApproachParams, ApproachSpec, client_temperature
+from optigraph.graphs.chain import chain
 from optigraph.nodes import critique as critique_node
+from optigraph.nodes.aggregate import DEFAULT_TEMPERATURE as AGGREGATE_TEMPERATURE
 from optigraph.nodes.aggregate import aggregate
 from optigraph.nodes.critique import CritiqueState, critique
 from optigraph.nodes.sample import sample_node
 
+SAMPLE_TEMPERATURE = 1.0  # of the candidates, when neither the parameter nor the client sets one
+
 
 class MoaParams(ApproachParams):
     n: int = Field(3, ge=1, le=16, description="Candidates to sample before critique and aggregation.")
-    temperature: float | None = Field(
-        None, ge=0.0, le=2.0, description="Sampling temperature; default: the client's, else 1.0."
-    )
+    temperature: float | None = client_temperature(SAMPLE_TEMPERATURE)
     critique_temperature: float = Field(critique_node.DEFAULT_TEMPERATURE, ge=0.0, le=2.0)
     critique_max_tokens: int = Field(critique_node.DEFAULT_MAX_TOKENS, ge=1, le=32768)
-    aggregate_temperature: float | None = Field(
-        None, ge=0.0, le=2.0, description="Temperature of the final answer; default: the client's, else 0.1."
-    )
+    aggregate_temperature: float | None = client_temperature(AGGREGATE_TEMPERATURE, "Temperature of the final answer")
 
 
 def build() -> StateGraph:
-    graph = StateGraph(CritiqueState, context_schema=RunContext)
-    graph.add_node("sample", sample_node(count="n", default_temperature=1.0))
-    graph.add_node("critique", critique)
-    graph.add_node("aggregate", aggregate)
-    graph.add_edge(START, "sample")
-    graph.add_edge("sample", "critique")
-    graph.add_edge("critique", "aggregate")
-    graph.add_edge("aggregate", END)
-    return graph
+    return chain(("sample", sample_node(count="n", default_temperature=SAMPLE_TEMPERATURE)),
+                 ("critique", critique),
+                 ("aggregate", aggregate), state=CritiqueState)
 
 
 SPEC = ApproachSpec(

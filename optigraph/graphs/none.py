@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 
 from optigraph.core.context import RunContext
 from optigraph.core.spec import ApproachSpec
 from optigraph.core.state import ApproachState
+from optigraph.graphs.chain import chain
 from optigraph.nodes.common import answer_of
 from optigraph.nodes.generate import generate_final
 
@@ -18,11 +19,7 @@ async def passthrough(state: ApproachState, runtime: Runtime[RunContext]) -> dic
 
 
 def build() -> StateGraph:
-    graph = StateGraph(ApproachState, context_schema=RunContext)
-    graph.add_node("passthrough", passthrough)
-    graph.add_edge(START, "passthrough")
-    graph.add_edge("passthrough", END)
-    return graph
+    return chain(("passthrough", passthrough))
 
 
 SPEC = ApproachSpec(

@@ -36,7 +36,7 @@ from langgraph.types import Command, Send
 from pydantic import Field
 
 from optigraph.core.context import RunContext
-from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.spec import ApproachParams, ApproachSpec, client_temperature
 from optigraph.core.state import ApproachState, Candidate, sorted_candidates
 from optigraph.errors import UpstreamError
 from optigraph.nodes import plan
@@ -55,9 +55,7 @@ class PlanSearchParams(ApproachParams):
     )
     num_solutions: int = Field(3, ge=1, le=16, description="Observation subsets to plan and implement, concurrently.")
     subset_size: int = Field(2, ge=1, le=6, description="Observations combined per subset (smaller ones follow).")
-    temperature: float | None = Field(
-        None, ge=0.0, le=2.0, description="Temperature of the implementations; default: the client's, else 0.7."
-    )
+    temperature: float | None = client_temperature(DEFAULT_TEMPERATURE, "Temperature of the implementations")
     planning_temperature: float = Field(plan.DEFAULT_TEMPERATURE, ge=0.0, le=2.0,
                                         description="Temperature of the observation and plan steps.")
     planning_max_tokens: int = Field(plan.DEFAULT_MAX_TOKENS, ge=1, le=32768,

@@ -31,7 +31,7 @@ from pydantic import Field
 
 from optigraph.core.context import RunContext
 from optigraph.core.messages import last_user_text, replace_last_user
-from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.spec import ApproachParams, ApproachSpec, client_temperature
 from optigraph.core.state import Candidate, candidate_text, sorted_candidates
 from optigraph.errors import UpstreamError
 from optigraph.nodes import refine as refine_node
@@ -61,9 +61,7 @@ DEFAULT_TEMPERATURE = 0.7
 class PvgParams(ApproachParams):
     num_solutions: int = Field(3, ge=1, le=16, description="Solutions per prover (helpful and sneaky) per round.")
     num_rounds: int = Field(2, ge=1, le=8, description="Rounds of proving and verifying.")
-    temperature: float | None = Field(
-        None, ge=0.0, le=2.0, description="Prover temperature in the first round; default: the client's, else 0.7."
-    )
+    temperature: float | None = client_temperature(DEFAULT_TEMPERATURE, "Prover temperature in the first round")
     temperature_step: float = Field(0.1, ge=0.0, le=1.0, description="Prover temperature decrease per round.")
     min_temperature: float = Field(0.2, ge=0.0, le=2.0, description="Lowest prover temperature the decrease reaches.")
     verify_temperature: float = Field(0.2, ge=0.0, le=2.0)

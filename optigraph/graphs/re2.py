@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 
 from optigraph.core.context import RunContext
 from optigraph.core.spec import ApproachParams, ApproachSpec
 from optigraph.core.state import ApproachState
+from optigraph.graphs.chain import chain
 from optigraph.nodes.common import answer_of, generation_params
 from optigraph.nodes.generate import generate_final
 from optigraph.nodes.transform import reread
@@ -32,11 +33,7 @@ async def reread_answer(state: ApproachState, runtime: Runtime[RunContext]) -> d
 
 
 def build() -> StateGraph:
-    graph = StateGraph(ApproachState, context_schema=RunContext)
-    graph.add_node("reread_answer", reread_answer)
-    graph.add_edge(START, "reread_answer")
-    graph.add_edge("reread_answer", END)
-    return graph
+    return chain(("reread_answer", reread_answer))
 
 
 SPEC = ApproachSpec(

@@ -47,7 +47,7 @@ from pydantic import AliasChoices, Field
 from optigraph.core.answers import extract_normalized, strip_think
 from optigraph.core.context import RunContext
 from optigraph.core.messages import last_user_text, replace_last_user
-from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.spec import ApproachParams, ApproachSpec, client_temperature
 from optigraph.core.state import ApproachState
 from optigraph.core.usage import Usage, add_usage, empty_usage
 from optigraph.errors import UpstreamError
@@ -117,9 +117,7 @@ class RstarParams(ApproachParams):
     c: float = Field(1.4, ge=0.0, le=10.0, validation_alias=AliasChoices("c", "rstar_c"),
                      description="UCT exploration constant. Also `rstar_c`.")
     rollout_batch: int = Field(2, ge=1, le=64, description="Rollouts run concurrently per wave; UCT acts between waves.")
-    temperature: float | None = Field(
-        None, ge=0.0, le=2.0, description="Temperature of reasoning steps; default: the client's, else 0.8."
-    )
+    temperature: float | None = client_temperature(DEFAULT_TEMPERATURE, "Temperature of reasoning steps")
     step_max_tokens: int | None = Field(
         None, ge=1, le=32768, description="Token cap per step; default: the client's max_tokens."
     )

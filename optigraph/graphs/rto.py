@@ -34,7 +34,7 @@ from pydantic import Field
 from optigraph.core.answers import code_blocks, extract_normalized, strip_think
 from optigraph.core.context import RunContext
 from optigraph.core.messages import last_user_text, replace_last_user
-from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.spec import ApproachParams, ApproachSpec, client_temperature
 from optigraph.core.state import ApproachState, candidate_text
 from optigraph.errors import UpstreamError
 from optigraph.nodes.common import (
@@ -74,9 +74,8 @@ _COMMENT_LINE = re.compile(r"^(?:#(?:\s|$)|//|--\s)")
 
 
 class RtoParams(ApproachParams):
-    temperature: float | None = Field(
-        None, ge=0.0, le=2.0, description="Temperature of both answers and the reconciliation; default: the "
-                                          "client's, else 0.1.")
+    temperature: float | None = client_temperature(DEFAULT_TEMPERATURE,
+                                                   "Temperature of both answers and the reconciliation")
     describe_max_tokens: int = Field(DEFAULT_DESCRIBE_MAX_TOKENS, ge=1, le=32768,
                                      description="Longest task description.")
 

@@ -26,7 +26,7 @@ from langgraph.runtime import Runtime
 from pydantic import Field, model_validator
 
 from optigraph.core.context import RunContext
-from optigraph.core.spec import ApproachParams, ApproachSpec
+from optigraph.core.spec import ApproachParams, ApproachSpec, client_temperature
 from optigraph.core.state import ApproachState, sorted_candidates
 from optigraph.core.votes import (
     SIMILARITY_THRESHOLD,
@@ -44,9 +44,7 @@ MAX_ROUNDS = 16  # keeps an adaptive run well inside the graph's step limit
 
 class SelfConsistencyParams(ApproachParams):
     samples: int = Field(5, ge=1, le=64, description="Reasoning paths to sample (when not adaptive).")
-    temperature: float | None = Field(
-        None, ge=0.0, le=2.0, description="Sampling temperature; default: the client's, else 1.0."
-    )
+    temperature: float | None = client_temperature(DEFAULT_TEMPERATURE)
     similarity_threshold: float = Field(
         SIMILARITY_THRESHOLD, ge=0.0, le=1.0, description="Text similarity grouping free-text responses."
     )
