@@ -12,6 +12,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from optigraph.api import schemas
 from optigraph.api.auth import upstream_key
 from optigraph.api.errors import ORJSONResponse
 from optigraph.engine import inspection, resume
@@ -33,7 +34,7 @@ async def load_run(request: Request, run_id: str) -> dict[str, Any]:
     return row
 
 
-@router.get("/v1/runs", summary="Stored runs, newest first", response_model=inspection.RunList)
+@router.get("/v1/runs", summary="Stored runs, newest first", response_model=schemas.RunList)
 async def list_runs(
     request: Request,
     status: Annotated[str | None, Query(description="running, completed or failed")] = None,
@@ -43,20 +44,20 @@ async def list_runs(
     created_before: Annotated[datetime | None, Query(description="ISO 8601; UTC when no offset is given")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
     after: Annotated[str | None, Query(description="the `next_cursor` of the previous page")] = None,
-) -> inspection.RunList:
+) -> dict[str, Any]:
     page = await page_runs(request.app.state.db, status=status, expression=inspection.canonical(approach), model=model,
                            created_after=created_after, created_before=created_before, after=after, limit=limit)
     return inspection.run_list(page.runs, has_more=page.has_more)
 
 
 @router.get("/v1/runs/{run_id}", summary="One run: its graph, steps, upstream calls and totals",
-            response_model=inspection.RunDetail)
+            response_model=schemas.RunDetail)
 async def show_run(
     request: Request,
     run_id: RunId,
     max_chars: Annotated[int, Query(ge=0, description="cut strings longer than this; 0 keeps them whole")]
     = inspection.MAX_CHARS,
-) -> inspection.RunDetail:
+) -> dict[str, Any]:
     row = await load_run(request, run_id)
     return await inspection.run_detail(row, request.app.state.runner.compiler, max_chars=max_chars or None)
 

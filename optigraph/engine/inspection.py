@@ -1,6 +1,8 @@
 """Runs and approaches described for people and tools: what the API, the command line and the web
 page show. Everything returned is plain JSON-safe data; long strings are cut to `max_chars`.
 
+The API's response models for these documents are in `api/schemas.py`.
+
 A run's steps come from its LangGraph checkpoints. Each checkpoint is the state at the start of a
 step, with the tasks that step ran and what they wrote; a step here is one such checkpoint followed
 by the next one (the state its tasks produced). Step 0 is the `__start__` task writing the input.
@@ -17,9 +19,6 @@ from typing import Any
 
 from langgraph.types import Send, StateSnapshot
 from pydantic import BaseModel, ValidationError
-from typing_extensions import (
-    TypedDict,  # pydantic (API response models) needs this one before 3.12
-)
 
 from optigraph.core.cost import evaluate
 from optigraph.core.spec import ApproachSpec
@@ -43,148 +42,6 @@ MAX_CHARS = 4096  # default cut for long strings in step values and call message
 MAX_DEPTH = 32  # nesting kept in a value before it is shown as a string
 TASKS_CHANNEL = "__pregel_tasks"  # where LangGraph keeps a step's Send packets
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "total_tokens")
-
-
-# ---- shapes --------------------------------------------------------------------------------------
-
-
-class Task(TypedDict, total=False):
-    id: str
-    name: str  # the node that ran
-    kind: str  # "pull" (an edge triggered it) or "push" (a Send started it)
-    status: str  # done | error | pending (never finished: the run stopped during this step)
-    input: Any  # a push task's Send payload; a pull task reads the state before the step
-    writes: dict[str, Any] | None  # what it returned, by state key
-    error: str | None
-    checkpoint_ns: str | None  # the child graph's namespace, when the task ran one
-    steps: list[Step]  # the child graph's steps
-
-
-class Step(TypedDict, total=False):
-    step: int  # LangGraph's step number of the checkpoint this step produced
-    checkpoint_ns: str  # "" for the run's own graph
-    checkpoint_id: str | None  # the checkpoint after the step (None while unfinished)
-    parent_checkpoint_id: str  # the checkpoint it started from: where a resume or fork begins
-    started_at: str | None
-    finished_at: str | None
-    status: str  # done | incomplete
-    tasks: list[Task]
-    changes: dict[str, Any] | None  # state keys whose value the step changed, with their new value
-
-
-class Thread(TypedDict, total=False):
-    thread_id: str
-    checkpoint_id: str | None  # the latest checkpoint
-    next: list[str]  # nodes still to run; empty when the graph finished
-    steps: list[Step]
-    error: str | None  # why the steps could not be read
-
-
-class Usage(TypedDict):
-    prompt_tokens: int
-    completion_tokens: int
-    reasoning_tokens: int
-    total_tokens: int
-    calls: int
-
-
-class RunSummary(TypedDict, total=False):
-    object: str
-    id: str
-    parent_id: str | None
-    expression: str
-    model: str
-    status: str
-    checkpointed: bool
-    user: str | None
-    created_at: str | None
-    finished_at: str | None
-    latency_ms: float | None
-    usage: Usage
-    error: Any
-
-
-class UpstreamCall(TypedDict, total=False):
-    id: int
-    node: str
-    backend: str
-    model: str
-    attempt: int
-    status: str
-    error: str | None
-    started_at: str | None
-    latency_ms: float
-    messages: list[Any]
-    parameters: dict[str, Any]
-    choices: list[Any]  # what came back: text, finish_reason (tool_calls when any)
-    usage: Usage
-
-
-class Totals(TypedDict):
-    calls: int
-    failed_calls: int
-    retried_calls: int
-    prompt_tokens: int
-    completion_tokens: int
-    reasoning_tokens: int
-    total_tokens: int
-    upstream_latency_ms: float
-    steps: int
-    tasks: int
-    by_node: dict[str, dict[str, Any]]
-
-
-class GraphView(TypedDict, total=False):
-    mermaid: str | None
-    choices: int | None
-    error: str | None
-
-
-class RunDetail(RunSummary, total=False):
-    request: Any
-    response: Any
-    graph: GraphView
-    threads: list[Thread]
-    upstream_calls: list[UpstreamCall]
-    totals: Totals
-
-
-class RunList(TypedDict):
-    object: str
-    data: list[RunSummary]
-    has_more: bool
-    next_cursor: str | None
-
-
-class ApproachInfo(TypedDict, total=False):
-    object: str
-    name: str
-    description: str
-    parameters: dict[str, Any]  # JSON schema of its parameters
-    defaults: dict[str, Any]
-    calls: str  # formula over the parameters: the most it makes
-    rounds: str
-    expected_calls: str  # when nothing fails (fewer than `calls` where it stops early)
-    default_calls: int | None  # the formulas at the default parameters
-    default_rounds: int | None
-    default_expected_calls: int | None
-    needs: list[str]
-    papers: list[str]
-    streams_final: bool
-
-
-class ApproachList(TypedDict):
-    object: str
-    data: list[ApproachInfo]
-
-
-class ExpressionInfo(TypedDict):
-    object: str
-    expression: str  # canonical text
-    choices: int
-    mermaid: str
-    approaches: list[ApproachInfo]  # each approach it uses, once
-    cost: dict[str, int | None]  # calls, dependent rounds and expected calls at the default parameters
 
 
 # ---- values --------------------------------------------------------------------------------------
@@ -234,7 +91,7 @@ def _iso(value: Any) -> str | None:
 # ---- runs ----------------------------------------------------------------------------------------
 
 
-def run_summary(row: Mapping[str, Any]) -> RunSummary:
+def run_summary(row: Mapping[str, Any]) -> dict[str, Any]:
     """A stored run (a `runs` row) without its request and response."""
     return {
         "object": "run",
@@ -253,7 +110,7 @@ def run_summary(row: Mapping[str, Any]) -> RunSummary:
     }
 
 
-def run_list(runs: list[Mapping[str, Any]], *, has_more: bool) -> RunList:
+def run_list(runs: list[Mapping[str, Any]], *, has_more: bool) -> dict[str, Any]:
     return {"object": "list", "data": [run_summary(r) for r in runs], "has_more": has_more,
             "next_cursor": runs[-1]["id"] if has_more and runs else None}
 
@@ -277,9 +134,10 @@ def compile_expression(text: str, compiler: Compiler) -> CompiledExpression:
     return compiler.compile(ast)
 
 
-async def run_detail(row: Mapping[str, Any], compiler: Compiler, *, max_chars: int | None = MAX_CHARS) -> RunDetail:
+async def run_detail(row: Mapping[str, Any], compiler: Compiler, *,
+                     max_chars: int | None = MAX_CHARS) -> dict[str, Any]:
     """A run (a `get_run` row, calls included) with its graph, steps, upstream calls and totals."""
-    detail: RunDetail = {
+    detail: dict[str, Any] = {
         **run_summary(row),
         "request": jsonable(row.get("request"), max_chars=max_chars),
         "response": jsonable(row.get("response"), max_chars=max_chars),
@@ -290,7 +148,7 @@ async def run_detail(row: Mapping[str, Any], compiler: Compiler, *, max_chars: i
         detail["graph"] = {"mermaid": compiled.mermaid(), "choices": compiled.choices, "error": None}
     except OptigraphError as exc:  # e.g. an approach this server does not have
         detail["graph"] = {"mermaid": None, "choices": None, "error": exc.message}
-    threads: list[Thread] = []
+    threads: list[dict[str, Any]] = []
     for thread_id in thread_ids(row):
         if compiled is None:
             threads.append({"thread_id": thread_id, "checkpoint_id": None, "next": [], "steps": [],
@@ -304,7 +162,8 @@ async def run_detail(row: Mapping[str, Any], compiler: Compiler, *, max_chars: i
     return detail
 
 
-async def read_thread(compiled: CompiledExpression, thread_id: str, *, max_chars: int | None = MAX_CHARS) -> Thread:
+async def read_thread(compiled: CompiledExpression, thread_id: str, *,
+                      max_chars: int | None = MAX_CHARS) -> dict[str, Any]:
     """One thread's steps, oldest first, child graphs' steps nested in the tasks that ran them."""
     config = {"configurable": {"thread_id": thread_id}}
     snapshots = await _history(compiled, config)
@@ -333,8 +192,8 @@ async def _history(compiled: CompiledExpression, config: dict[str, Any]) -> list
 
 
 async def _steps(compiled: CompiledExpression, snapshots: list[StateSnapshot], *,
-                 max_chars: int | None) -> list[Step]:
-    steps: list[Step] = []
+                 max_chars: int | None) -> list[dict[str, Any]]:
+    steps: list[dict[str, Any]] = []
     for k, before in enumerate(snapshots):
         if not before.tasks:
             continue  # the final checkpoint: nothing ran from it
@@ -358,9 +217,9 @@ async def _steps(compiled: CompiledExpression, snapshots: list[StateSnapshot], *
 
 
 async def _task(compiled: CompiledExpression, snapshot: StateSnapshot, task: Any, sends: list[Any], *,
-                done: bool, max_chars: int | None) -> Task:
+                done: bool, max_chars: int | None) -> dict[str, Any]:
     status = "error" if task.error is not None else ("done" if done or task.result is not None else "pending")
-    out: Task = {
+    out: dict[str, Any] = {
         "id": task.id,
         "name": task.name,
         "kind": "push" if _is_push(task.path) else "pull",
@@ -409,7 +268,7 @@ def _changes(before: Any, after: Any, *, max_chars: int | None) -> dict[str, Any
     return changed
 
 
-def upstream_call(row: Mapping[str, Any], *, max_chars: int | None = MAX_CHARS) -> UpstreamCall:
+def upstream_call(row: Mapping[str, Any], *, max_chars: int | None = MAX_CHARS) -> dict[str, Any]:
     """A stored upstream call: the messages sent, the other parameters, what came back."""
     request = dict(row.get("request") or {})
     messages = request.pop("messages", [])
@@ -434,7 +293,7 @@ def upstream_call(row: Mapping[str, Any], *, max_chars: int | None = MAX_CHARS) 
     }
 
 
-def iter_steps(steps: list[Step], depth: int = 0):
+def iter_steps(steps: list[dict[str, Any]], depth: int = 0):
     """(depth, step, task) for every task, child graphs' tasks right after the task that ran them."""
     for step in steps:
         for task in step.get("tasks") or ():
@@ -442,7 +301,7 @@ def iter_steps(steps: list[Step], depth: int = 0):
             yield from iter_steps(task.get("steps") or [], depth + 1)
 
 
-def totals(calls: list[UpstreamCall], threads: list[Thread]) -> Totals:
+def totals(calls: list[dict[str, Any]], threads: list[dict[str, Any]]) -> dict[str, Any]:
     by_node: dict[str, dict[str, Any]] = {}
     for c in calls:
         node = by_node.setdefault(c["node"], {"calls": 0, "total_tokens": 0, "latency_ms": 0.0})
@@ -453,7 +312,7 @@ def totals(calls: list[UpstreamCall], threads: list[Thread]) -> Totals:
         "calls": len(calls),
         "failed_calls": sum(c["status"] != "ok" for c in calls),
         "retried_calls": sum(c["attempt"] > 1 for c in calls),
-        **{k: sum(c["usage"][k] for c in calls) for k in USAGE_KEYS},  # type: ignore[typeddict-item]
+        **{k: sum(c["usage"][k] for c in calls) for k in USAGE_KEYS},
         "upstream_latency_ms": sum(c["latency_ms"] for c in calls),
         "steps": sum(len(t["steps"]) for t in threads),
         "tasks": sum(1 for t in threads for _ in iter_steps(t["steps"])),
@@ -464,7 +323,7 @@ def totals(calls: list[UpstreamCall], threads: list[Thread]) -> Totals:
 # ---- approaches ----------------------------------------------------------------------------------
 
 
-def approach_info(spec: ApproachSpec) -> ApproachInfo:
+def approach_info(spec: ApproachSpec) -> dict[str, Any]:
     try:
         defaults = spec.params().model_dump(mode="json")
     except ValidationError:  # a parameter without a default: no cost at defaults either
@@ -494,7 +353,7 @@ def _formula(formula: str, params: dict[str, Any]) -> int | None:
         return None
 
 
-def expression_info(compiled: CompiledExpression, registry: Registry) -> ExpressionInfo:
+def expression_info(compiled: CompiledExpression, registry: Registry) -> dict[str, Any]:
     """A compiled expression: its drawing, its choices, and what it costs at default parameters."""
     infos = {name: approach_info(registry.get(name)) for name in compiled.names}
     calls, rounds = _cost(compiled.ast, infos)
@@ -509,7 +368,7 @@ def expression_info(compiled: CompiledExpression, registry: Registry) -> Express
     }
 
 
-def _cost(ast: Node, infos: dict[str, ApproachInfo], *,
+def _cost(ast: Node, infos: dict[str, dict[str, Any]], *,
           calls_key: str = "default_calls") -> tuple[int | None, int | None]:
     """Calls (at most, or expected with `calls_key="default_expected_calls"`) and dependent rounds: a
     pipeline stage runs once per answer of the stage before it and after it; parallel branches run at
@@ -543,7 +402,7 @@ def canonical(expression: str | None) -> str | None:
         return expression  # matches nothing, which is the right answer for a filter
 
 
-async def read_runs(db_url: str, *, approach: str | None = None, **filters: Any) -> RunList:
+async def read_runs(db_url: str, *, approach: str | None = None, **filters: Any) -> dict[str, Any]:
     """A page of runs from the database at `db_url`; `filters` are `page_runs`' other keywords."""
     db = create_engine_for(db_url)
     try:
@@ -554,7 +413,7 @@ async def read_runs(db_url: str, *, approach: str | None = None, **filters: Any)
 
 
 async def read_run(db_url: str, run_id: str, registry: Registry, *,
-                   max_chars: int | None = MAX_CHARS) -> RunDetail | None:
+                   max_chars: int | None = MAX_CHARS) -> dict[str, Any] | None:
     """One run from the database at `db_url`, its steps from the checkpoints there; None if unknown."""
     db = create_engine_for(db_url)
     try:
@@ -568,7 +427,6 @@ async def read_run(db_url: str, run_id: str, registry: Registry, *,
 
 
 __all__ = [
-    "ApproachInfo", "ApproachList", "ExpressionInfo", "RunDetail", "RunList", "RunSummary", "Step", "Task", "Thread",
-    "UpstreamCall", "approach_info", "canonical", "compile_expression", "expression_info", "iter_steps", "jsonable",
-    "read_run", "read_runs", "read_thread", "run_detail", "run_list", "run_summary", "thread_ids", "totals", "upstream_call",
+    "approach_info", "canonical", "compile_expression", "expression_info", "iter_steps", "jsonable", "read_run",
+    "read_runs", "read_thread", "run_detail", "run_list", "run_summary", "thread_ids", "totals", "upstream_call",
 ]

@@ -354,3 +354,19 @@ def test_a_bad_expression_is_a_400(stack: Stack) -> None:
     assert "position" in err["message"]
     err = error(stack, "/v1/approaches/no_such_approach", 400)
     assert err["code"] == "unknown_approach"
+
+
+def test_the_openapi_document_describes_the_run_and_approach_responses(stack: Stack) -> None:
+    spec = get(stack, "/openapi.json")
+    schemas = spec["components"]["schemas"]
+
+    def response_ref(path: str) -> str:
+        return spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+
+    assert response_ref("/v1/runs") == "#/components/schemas/RunList"
+    assert response_ref("/v1/runs/{run_id}") == "#/components/schemas/RunDetail"
+    assert response_ref("/v1/approaches") == "#/components/schemas/ApproachList"
+    assert response_ref("/v1/approaches/{expression}") == "#/components/schemas/ExpressionInfo"
+    assert {"threads", "upstream_calls", "totals", "graph"} <= set(schemas["RunDetail"]["properties"])
+    assert "expected_calls" in schemas["ApproachInfo"]["required"]
+    assert schemas["Step"]["properties"]["tasks"]["items"]["$ref"] == "#/components/schemas/Task"
