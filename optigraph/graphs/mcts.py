@@ -16,9 +16,9 @@ loses value, and UCT then turns to its siblings. The answer is the root reply wi
 value, ties broken by visits.
 
 At the defaults (2 simulations, 3 expansions, depth 1: 14 calls) the first simulation is a judged
-best-of-3 (7 calls); the second plays the leading reply's conversation one level deeper (7 calls)
-and demotes that reply when its follow-ups score below the runner-up's own value, so the answer can
-change. From the third simulation UCT's exploration term can send a simulation into another branch.
+best-of-3 (7 calls); the second plays the leading reply's conversation one level deeper (7 calls),
+and the answer changes when the mean of that reply's own score and its follow-ups' falls below the
+runner-up's score. From the third simulation UCT's exploration term can send a simulation into another branch.
 
 A reply whose simulated follow-up failed, or that calls a tool, is a leaf that is not expanded
 further; an evaluation that failed or cannot be read leaves the reply unvisited (noted), never
