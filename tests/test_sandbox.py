@@ -341,6 +341,9 @@ def test_the_server_setting_offers_exactly_the_sandbox_levels():
 
     assert get_args(Settings.model_fields["sandbox_level"].annotation) == tuple(LEVELS)
     assert Settings().sandbox_level == "strict"
+    assert Settings(sandbox_level="reduced").sandbox_level == "reduced"
+    with pytest.raises(ValueError, match="sandbox_level"):
+        Settings(sandbox_level="loose")
     assert LEVELS["strict"] == (*KERNEL_LAYERS, "audit_hook")  # the default requires every layer
 
 
