@@ -114,7 +114,7 @@ def test_the_default_level_answers_without_execution_and_records_why(tmp_path, u
 
 
 def test_sandbox_level_reduced_runs_the_program_without_namespaces(tmp_path, upstream):
-    up, log = upstream
+    up, _ = upstream
     proc, url = start_server(tmp_path, up.url, "--sandbox-level", "reduced")
     try:
         response = ask(url)
