@@ -26,6 +26,9 @@ SERVE_FLAGS = (
     ("--local-max-models", "local_max_models", "local base models kept loaded (default 2, least recently used out)"),
     ("--local-dtype", "local_dtype", "dtype of local models from directories: float32 (default), bfloat16, auto"),
     ("--local-threads", "local_threads", "CPU threads for local models (default: half the cores, at least 1)"),
+    ("--sandbox-level", "sandbox_level", ("layers required before model-written code runs, else it is not run: "
+                                          "strict (default, all), reduced (no namespaces: containers that forbid "
+                                          "them), minimal (no namespaces, no Landlock); see docs/sandbox.md")),
 )
 
 

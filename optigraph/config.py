@@ -49,5 +49,9 @@ class Settings(BaseSettings):
     approaches_dir: Path | None = Field(
         default=None, description="Directory of approach modules (*.py) and declarative specs (*.yaml, *.yml, *.json) "
                                   "loaded at start (docs/authoring.md)")
+    sandbox_level: Literal["strict", "reduced", "minimal"] = Field(
+        default="strict", description="Layers the sandbox must have in force before it runs model-written code, else "
+                                      "the code is not run (docs/sandbox.md): strict (all), reduced (no namespaces), "
+                                      "minimal (no namespaces, no Landlock)")
     approach_entry_points: bool = Field(
         default=True, description="Load approaches that installed packages declare in the optigraph.approaches entry-point group")

@@ -166,14 +166,16 @@ async def run_approach(
     params: dict[str, Any] | None = None,
     sink: StreamSink | None = None,
     stream_choice: int | None = None,
+    sandbox_level: str = "strict",
 ) -> tuple[dict[str, Any], ScriptedBackend]:
-    """Compiles the approach's graph (no checkpointer) and runs it once against `backend`."""
+    """Compiles the approach's graph (no checkpointer) and runs it once against `backend`, with the
+    sandbox at `sandbox_level` for any program it runs."""
     if isinstance(spec_or_graph, ApproachSpec):
         graph, validated = spec_or_graph.build(), spec_or_graph.validate_params(params)
     else:
         graph, validated = spec_or_graph, dict(params or {})
     llm = LLM(backend=backend, model="m", run_id="t", recorder=NullRecorder())
-    context = RunContext(run_id="t", llm=llm, sink=sink)
+    context = RunContext(run_id="t", llm=llm, sink=sink, sandbox_level=sandbox_level)
     state = await graph.compile().ainvoke(
         {"messages": messages, "request": request or {}, "params": validated, "stream_choice": stream_choice},
         context=context,

@@ -14,7 +14,10 @@ import threading
 
 import pytest
 
-from optigraph.sandbox import run_python
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import no_namespaces  # noqa: E402
+
+from optigraph.sandbox import LEVELS, SandboxUnavailable, run_python
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox confines with Linux mechanisms")
 
@@ -266,6 +269,117 @@ async def test_the_environment_is_clean(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-should-not-leak")
     result = await run_python("import os\nprint(sorted(os.environ))", allow_modules=("os",))
     assert result.ok and "OPENAI_API_KEY" not in result.stdout
+
+
+# ---- failing closed: no program runs without every layer its level requires --------------------
+
+# Writes a file next to the test: what a program could do where neither Landlock nor the audit hook
+# holds it, so the file is proof that the program ran.
+SENTINEL_PROGRAM = "open({path!r}, 'w').write('ran')\nprint('ran')"
+
+
+@pytest.mark.parametrize(("level", "layer"), [(level, layer) for level, layers in LEVELS.items() for layer in layers])
+async def test_a_missing_required_layer_means_the_program_never_runs(tmp_path, sandbox_tmp, level, layer):
+    sentinel = tmp_path / "ran.txt"
+    # Landlock and the hook withheld too (not required at every level): only the check stops the write.
+    withheld = {layer, "landlock", "audit_hook"}
+    with pytest.raises(SandboxUnavailable) as refused:
+        await run_python(SENTINEL_PROGRAM.format(path=str(sentinel)), level=level, withhold_layers=withheld)
+    assert not sentinel.exists()
+    assert refused.value.level == level
+    assert layer in refused.value.missing and refused.value.missing[layer] == "withheld (testing)"
+    assert set(refused.value.missing) <= set(LEVELS[level])  # only required layers are named
+    assert layer not in refused.value.layers
+    assert f"sandbox level {level!r}" in str(refused.value) and layer in str(refused.value)
+    assert list(sandbox_tmp.iterdir()) == []  # cleaned up as after any run
+
+
+async def test_an_explicit_lower_level_runs_the_program_without_the_layers_it_does_not_require(tmp_path):
+    sentinel = tmp_path / "ran.txt"
+    program = SENTINEL_PROGRAM.format(path=str(sentinel))
+    for level in ("strict", "reduced"):
+        with pytest.raises(SandboxUnavailable) as refused:
+            await run_python(program, level=level, withhold_layers=("namespaces", "landlock"), audit_guard=False)
+        assert "landlock" in refused.value.missing and not sentinel.exists()
+    # minimal requires neither namespaces nor Landlock; the test also turned the hook off, so the
+    # write that nothing else stops now happens: the program really ran
+    result = await run_python(program, level="minimal", withhold_layers=("namespaces", "landlock"), audit_guard=False)
+    assert result.ok and result.stdout == "ran\n", result.stderr
+    assert sentinel.read_text() == "ran"
+    assert {"namespaces", "landlock"} <= set(result.unavailable)
+    assert set(result.layers) == set(LEVELS["minimal"]) - {"audit_hook"}
+
+
+async def test_reduced_runs_without_namespaces_and_still_refuses_the_network_and_files(listener):
+    port, accepted = listener
+    result = await run_python("print('ran')", level="reduced", withhold_layers=("namespaces",))
+    assert result.ok and result.stdout == "ran\n"
+    assert set(result.layers) == set(LEVELS["reduced"]) and "namespaces" in result.unavailable
+    code = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=3)\nprint('connected')"
+    # without the hook, and with neither namespaces nor Landlock at minimal, seccomp refuses every new socket
+    for level, withheld in (("reduced", ("namespaces",)), ("minimal", ("namespaces", "landlock"))):
+        result = await run_python(code, level=level, withhold_layers=withheld, audit_guard=False,
+                                  allow_modules=("socket",))
+        assert (result.error_kind, result.stdout) == ("forbidden", ""), result.stderr
+    assert accepted == []
+    result = await run_python("print(open('/etc/passwd').read())", level="reduced", withhold_layers=("namespaces",),
+                              audit_guard=False)
+    assert result.error_kind == "forbidden" and result.stdout == ""
+
+
+def test_an_unknown_level_is_refused_before_anything_starts():
+    import asyncio
+
+    with pytest.raises(ValueError, match="unknown sandbox level 'loose'"):
+        asyncio.run(run_python("print(1)", level="loose"))
+
+
+def test_the_server_setting_offers_exactly_the_sandbox_levels():
+    from typing import get_args
+
+    from optigraph.config import Settings
+
+    assert get_args(Settings.model_fields["sandbox_level"].annotation) == tuple(LEVELS)
+    assert Settings().sandbox_level == "strict"
+    assert Settings(sandbox_level="reduced").sandbox_level == "reduced"
+    with pytest.raises(ValueError, match="sandbox_level"):
+        Settings(sandbox_level="loose")
+    assert LEVELS["strict"] == (*KERNEL_LAYERS, "audit_hook")  # the default requires every layer
+
+
+NO_NAMESPACES = """
+import asyncio, json
+from optigraph.sandbox import SandboxUnavailable, run_python
+
+async def main():
+    try:
+        await run_python("print('ran')")
+        strict = None
+    except SandboxUnavailable as exc:
+        strict = exc.missing
+    reduced = await run_python("print('ran')", level="reduced")
+    print(json.dumps({"strict": strict, "reduced": reduced.stdout, "layers": sorted(reduced.layers)}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not no_namespaces.supported(), reason="the sandbox confines with Linux mechanisms")
+def test_in_a_container_that_forbids_namespaces_strict_refuses_and_reduced_runs():
+    """Not a test switch: the kernel itself refuses unshare(2) here, as Docker's default profile does."""
+    import json
+    import subprocess
+
+    import optigraph
+
+    tree = os.path.dirname(os.path.dirname(os.path.abspath(optigraph.__file__)))  # this tree, not an installed one
+    done = subprocess.run(no_namespaces.command("-c", NO_NAMESPACES), capture_output=True, text=True, timeout=120,
+                          check=False, env={**os.environ, "PYTHONPATH": tree})
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["strict"] == {"namespaces": "unshare: Operation not permitted", "tmpfs": "needs the namespaces layer"}
+    assert seen["reduced"] == "ran\n"
+    assert seen["layers"] == sorted(LEVELS["reduced"])
 
 
 UNPRIVILEGED = """

@@ -25,7 +25,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from optigraph.core.context import RunContext
 from optigraph.core.usage import add_usage, empty_usage
 from optigraph.engine.expression import parse
 from optigraph.engine.runner import ChatResult, Prepared, Runner, answer_choices
@@ -130,7 +129,7 @@ async def fork_run(runner: Runner, run_id: str, *, db: Any, client_key: str | No
                                                                  "patch": patch}}
     runner.recorder.run_started(prep.record)
     config = {"configurable": {"thread_id": new_id}}
-    ctx = RunContext(run_id=new_id, llm=prep.llm, sink=None)
+    ctx = runner.context(new_id, prep.llm, None)
     try:
         if producer is None:  # the input checkpoint: start from the (patched) input
             out = await graph.ainvoke(values, config, context=ctx, durability="sync")

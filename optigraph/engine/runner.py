@@ -80,6 +80,10 @@ class Runner:
         self._n_support: dict[str, bool] = {}
         self.resuming: set[str] = set()  # runs being resumed by this server
 
+    def context(self, run_id: str, llm: LLM, sink: StreamSink | None) -> RunContext:
+        """The run context of a run on this server (what its nodes reach besides state)."""
+        return RunContext(run_id=run_id, llm=llm, sink=sink, sandbox_level=self.settings.sandbox_level)
+
     # ---- preparing a run ----------------------------------------------------------------------
 
     def prepare(self, body: dict[str, Any], *, client_key: str | None, run_id: str | None = None) -> Prepared:
@@ -184,7 +188,7 @@ class Runner:
         checkpoint (a finished thread is read back, a thread with no checkpoint starts afresh)."""
         assert prep.compiled is not None
         compiled = prep.compiled
-        ctx = RunContext(run_id=prep.run_id, llm=prep.llm, sink=sink)
+        ctx = self.context(prep.run_id, prep.llm, sink)
 
         async def one(i: int) -> dict[str, Any]:
             thread = prep.run_id if prep.n == 1 else f"{prep.run_id}.{i}"

@@ -13,30 +13,30 @@
   problem lists its `choices`.
 - `code`: the last fenced code block (preferring one with a `def`) is run with the problem's tests
   appended, in `optigraph.sandbox` (a confined process: no network, no files outside its temp dir,
-  only the sandbox's allowlisted imports), or, where that package is absent, in a plain separate
-  Python process with a time limit, a memory limit and an empty working directory; it passes when
-  the program exits with 0.
+  only the sandbox's allowlisted imports); it passes when the program exits with 0. Where the
+  sandbox lacks a layer its level requires, nothing runs and the grade is wrong with a detail that
+  starts "not run:" (never an unconfined run).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import re
-import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
 
 from optigraph.core.answers import extract_answer, normalize_answer, strip_think
 from optigraph.evals.problems import Problem
+from optigraph.sandbox import (
+    DEFAULT_LEVEL,
+    SandboxLevel,
+    SandboxResult,
+    SandboxUnavailable,
+    run_python,
+)
 
 REL_TOLERANCE = 1e-6
 CODE_TIMEOUT_S = 10.0
-CODE_MEMORY_BYTES = 1 << 30
 
 _NUMBER_TOKEN = re.compile(r"-?\d+(?:,\d{3})+(?:\.\d+)?|-?\d*\.\d+|-?\d+(?:\s*/\s*-?\d+)?")
 _CHOICE_LEAD = re.compile(r"^\W*(?:option\s+|choice\s+)?\(?\**([A-Z])\**\)?(?=[).:\s,]|$)", re.IGNORECASE)
@@ -228,36 +228,6 @@ class CodeRun:
     detail: str | None = None
 
 
-def _limit_child() -> None:  # pragma: no cover - runs in the child process
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_AS, (CODE_MEMORY_BYTES, CODE_MEMORY_BYTES))
-    cpu = int(CODE_TIMEOUT_S) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-
-
-async def _run_in_subprocess(program: str, timeout_s: float) -> CodeRun:
-    with tempfile.TemporaryDirectory(prefix="optigraph-eval-") as tmp:
-        path = os.path.join(tmp, "candidate.py")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(program)
-        env = {"PATH": os.environ.get("PATH", ""), "PYTHONDONTWRITEBYTECODE": "1", "HOME": tmp}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-I", path, cwd=tmp, env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
-            preexec_fn=_limit_child if sys.platform.startswith("linux") else None)
-        try:
-            _, err = await asyncio.wait_for(proc.communicate(), timeout_s)
-        except asyncio.TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
-            await proc.wait()
-            return CodeRun(False, f"timed out after {timeout_s:g} s")
-        if proc.returncode == 0:
-            return CodeRun(True)
-        return CodeRun(False, _failure(err.decode(errors="replace"), proc.returncode))
-
-
 def _failure(stderr: str, returncode: int | None) -> str:
     """The exception line of a traceback and the source line it came from ("AssertionError at:
     assert f(2) == 4"); the exit status when there is no traceback."""
@@ -269,51 +239,48 @@ def _failure(stderr: str, returncode: int | None) -> str:
     return (f"{lines[-1]} at: {source}" if source else lines[-1])[:300]
 
 
-def _sandbox_runner() -> Any:
-    try:
-        from optigraph.sandbox import run_python
-    except ImportError:
-        return None
-    return run_python
-
-
-def _read_sandbox_result(result: Any, timeout_s: float) -> CodeRun:
+def _read_sandbox_result(result: SandboxResult, timeout_s: float) -> CodeRun:
     """A `SandboxResult` as a pass or a failure with its reason."""
-    if getattr(result, "ok", False):
+    if result.ok:
         return CodeRun(True)
-    kind = getattr(result, "error_kind", None)
-    if kind == "timeout":
+    if result.error_kind == "timeout":
         return CodeRun(False, f"timed out after {timeout_s:g} s")
-    if kind == "memory":
+    if result.error_kind == "memory":
         return CodeRun(False, "out of memory")
-    violations = getattr(result, "violations", ()) or ()
-    if kind == "forbidden" and violations:
-        return CodeRun(False, f"refused by the sandbox: {violations[0]}"[:300])
-    return CodeRun(False, _failure(str(getattr(result, "stderr", "") or ""), getattr(result, "exit_code", None)))
+    if result.error_kind == "forbidden" and result.violations:
+        return CodeRun(False, f"refused by the sandbox: {result.violations[0]}"[:300])
+    return CodeRun(False, _failure(result.stderr, result.exit_code))
 
 
-async def run_tests(code: str, tests: tuple[str, ...] | list[str], *, timeout_s: float = CODE_TIMEOUT_S) -> CodeRun:
-    """Runs `code` followed by `tests`; ok when the program exits with 0."""
+async def run_tests(code: str, tests: tuple[str, ...] | list[str], *, timeout_s: float = CODE_TIMEOUT_S,
+                    sandbox_level: SandboxLevel = DEFAULT_LEVEL) -> CodeRun:
+    """Runs `code` followed by `tests` in the sandbox at `sandbox_level`; ok when the program exits
+    with 0. When the sandbox lacks a layer that level requires, nothing runs and the run fails with
+    a detail that starts "not run:" and names the missing layers."""
     program = code.rstrip() + "\n\n\n" + "\n".join(tests) + "\n"
-    run_python = _sandbox_runner()
-    if run_python is not None:
-        try:
-            return _read_sandbox_result(await run_python(program, timeout_s=timeout_s), timeout_s)
-        except Exception as exc:  # the sandbox refusing to run it is a failed run, reported
-            return CodeRun(False, f"sandbox: {type(exc).__name__}: {exc}"[:300])
-    return await _run_in_subprocess(program, timeout_s)
+    try:
+        result = await run_python(program, timeout_s=timeout_s, level=sandbox_level)
+    except SandboxUnavailable as refusal:
+        missing = ", ".join(f"{name} ({why})" for name, why in refusal.missing.items())
+        return CodeRun(False, f"not run: sandbox level {sandbox_level!r} lacks {missing}"[:300])
+    except Exception as exc:  # the sandbox itself failing (no temp dir, no pipes) is a failed run, reported
+        return CodeRun(False, f"sandbox: {type(exc).__name__}: {exc}"[:300])
+    return _read_sandbox_result(result, timeout_s)
 
 
-async def grade_code(problem: Problem, response: str, *, timeout_s: float = CODE_TIMEOUT_S) -> Grade:
+async def grade_code(problem: Problem, response: str, *, timeout_s: float = CODE_TIMEOUT_S,
+                     sandbox_level: SandboxLevel = DEFAULT_LEVEL) -> Grade:
     code = extract_code(response)
     if code is None:
         return Grade(False, None, "none", "no code found")
-    run = await run_tests(code, problem.tests, timeout_s=timeout_s)
+    run = await run_tests(code, problem.tests, timeout_s=timeout_s, sandbox_level=sandbox_level)
     return Grade(run.ok, code, "code", run.detail)
 
 
-async def grade(problem: Problem, response: str | None, *, use_math_verify: bool | None = None) -> Grade:
-    """Grades one response (None or empty: wrong, no answer)."""
+async def grade(problem: Problem, response: str | None, *, use_math_verify: bool | None = None,
+                sandbox_level: SandboxLevel = DEFAULT_LEVEL) -> Grade:
+    """Grades one response (None or empty: wrong, no answer); code runs in the sandbox at
+    `sandbox_level`."""
     if not response or not response.strip():
         return Grade(False, None, "none", "empty response")
     if problem.grader == "number":
@@ -322,4 +289,4 @@ async def grade(problem: Problem, response: str | None, *, use_math_verify: bool
         return grade_exact(problem, response)
     if problem.grader == "choice":
         return grade_choice(problem, response)
-    return await grade_code(problem, response)
+    return await grade_code(problem, response, sandbox_level=sandbox_level)

@@ -44,6 +44,7 @@ from optigraph.evals.report import (
     write_jsonl,
     write_summary,
 )
+from optigraph.sandbox import DEFAULT_LEVEL, LEVELS, SandboxLevel
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -72,6 +73,7 @@ class EvalConfig:
     timeout_s: float = 600.0
     instructions: bool = True
     progress: bool = True
+    sandbox_level: SandboxLevel = DEFAULT_LEVEL  # for grading code and for the in-process server
 
 
 @dataclass
@@ -169,7 +171,7 @@ async def solve(client: Any, config: EvalConfig, approach: str, problem: Problem
     text = (choices[0].message.content if choices and choices[0].message else None) or ""
     result.response = text
     try:
-        g = await grade(problem, text)
+        g = await grade(problem, text, sandbox_level=config.sandbox_level)
     except Exception as exc:  # a grader failure counts as wrong and says why
         result.error = f"grading failed: {_error_text(exc)}"
         return result
@@ -235,7 +237,8 @@ def run_with_server(config: EvalConfig, *, results_file: TextIO | None = None) -
 
     logging.getLogger("optigraph").setLevel(logging.ERROR)  # failures are in the results, not on the bar
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
-    server = InProcessServer(upstream=config.upstream, db_path=config.out_dir / SERVER_DB_FILE)
+    server = InProcessServer(upstream=config.upstream, db_path=config.out_dir / SERVER_DB_FILE,
+                             sandbox_level=config.sandbox_level)
     try:
         server.__enter__()
     except RuntimeError as exc:
@@ -320,6 +323,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-instructions", dest="instructions", action="store_false",
                    help="send prompts as they are, without the answer-format instruction")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--sandbox-level", choices=tuple(LEVELS), default=DEFAULT_LEVEL,
+                   help="layers the sandbox must have before it runs code (grading, and the in-process server): "
+                        "strict (default), reduced (no namespaces), minimal (no namespaces, no Landlock); "
+                        "see docs/sandbox.md")
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
@@ -358,7 +365,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
                       api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
                       concurrency=max(1, args.concurrency), max_tokens=args.max_tokens,
                       temperature=args.temperature, params=params, timeout_s=args.timeout,
-                      instructions=args.instructions, progress=args.progress)
+                      instructions=args.instructions, progress=args.progress, sandbox_level=args.sandbox_level)
 
 
 def main(args: argparse.Namespace) -> int:

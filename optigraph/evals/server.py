@@ -11,6 +11,8 @@ from typing import Any
 
 import httpx
 
+from optigraph.sandbox import DEFAULT_LEVEL, SandboxLevel
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -27,8 +29,10 @@ class InProcessServer:
     """
 
     def __init__(self, *, upstream: str | None, db_path: Path, upstream_api_key: str | None = None,
-                 start_timeout_s: float = 60.0, model_load_timeout_s: float = 900.0) -> None:
+                 start_timeout_s: float = 60.0, model_load_timeout_s: float = 900.0,
+                 sandbox_level: SandboxLevel = DEFAULT_LEVEL) -> None:
         self.upstream = upstream
+        self.sandbox_level = sandbox_level
         self.db_path = db_path
         self.upstream_api_key = upstream_api_key
         self.start_timeout_s = start_timeout_s
@@ -53,7 +57,7 @@ class InProcessServer:
 
         settings = Settings(host="127.0.0.1", port=self.port, base_url=self.upstream, approach="none",
                             db_url=f"sqlite:///{self.db_path.resolve()}", log_level="warning",
-                            upstream_api_key=self.upstream_api_key)
+                            upstream_api_key=self.upstream_api_key, sandbox_level=self.sandbox_level)
         app = create_app(settings)
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                                      access_log=False, lifespan="on"))

@@ -13,9 +13,15 @@ arXiv 2211.12588), with an SMT solver / computer algebra system as the interpret
    `reason`: when the solver does not apply, or every run failed, a plain answer (streamed); the
    notes say why.
 
+Fallback without execution: when the sandbox cannot put in force every layer the server's sandbox
+level requires (docs/sandbox.md), no program runs; `execute` records the run as "unavailable" with
+the missing layers in its note, and the graph goes straight to `reason` (no fix is requested: the
+program is not at fault), so the answer is the model's plain answer to the conversation.
+
 Graph: START -> analyze -> (execute <-> fix) -> answer | reason -> END.
 Cost: at most 1 + (max_attempts - 1) + 1 = max_attempts + 1 calls, all dependent; plus up to
-max_attempts sandbox runs. Usage is summed over every call.
+max_attempts sandbox runs (2 calls and no program run when the sandbox is unavailable). Usage is
+summed over every call.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from optigraph.nodes.execute import (
     execute,
     extract_code,
     failure_report,
+    unavailable,
     without_code,
 )
 from optigraph.nodes.generate import generate_final
@@ -141,12 +148,13 @@ async def analyze(state: Z3State, runtime: Runtime[RunContext]) -> dict[str, Any
     return {"analysis": text, "applicable": applicable, "code": code or "", "notes": [note], "usage": completion.usage}
 
 
-async def run_program(state: Z3State) -> dict[str, Any]:
+async def run_program(state: Z3State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     p = _params(state)
     attempt = len(state.get("executions") or []) + 1
-    update = await execute(state["code"], node="execute", attempt=attempt, timeout_s=p["timeout_s"],
-                           memory_mb=p["memory_mb"])
-    if not update["executions"][0]["ok"] and attempt >= p["max_attempts"]:
+    update = await execute(state["code"], node="execute", attempt=attempt, level=runtime.context.sandbox_level,
+                           timeout_s=p["timeout_s"], memory_mb=p["memory_mb"])
+    last = update["executions"][0]
+    if not last["ok"] and not unavailable(last) and attempt >= p["max_attempts"]:
         update["notes"].append(f"execute: no attempts left after {attempt} run(s)")
     return update
 
@@ -178,9 +186,13 @@ async def answer(state: Z3State, runtime: Runtime[RunContext]) -> dict[str, Any]
 
 
 async def reason(state: Z3State, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """A plain answer to the conversation: the solver did not apply, or no run succeeded."""
+    """A plain answer to the conversation: the solver did not apply, no run succeeded, or the sandbox
+    could not run programs at all."""
     runs = state.get("executions") or []
-    if runs:
+    if runs and unavailable(runs[-1]):
+        missing = ", ".join(runs[-1].get("missing_layers") or {})
+        note = f"reason: answering without the solver; the sandbox could not run the program (missing: {missing})"
+    elif runs:
         note = f"reason: answering without the solver; {len(runs)} run(s) failed, last: {runs[-1].get('error_kind')}"
     else:
         note = "reason: answering without the solver; it was not applied"
@@ -205,6 +217,8 @@ def after_run(state: Z3State) -> str:
     runs = state.get("executions") or []
     if runs and runs[-1].get("ok"):
         return "answer"
+    if runs and unavailable(runs[-1]):
+        return "reason"  # no program can run here: a fix would not help
     return "fix" if len(runs) < _params(state)["max_attempts"] else "reason"
 
 

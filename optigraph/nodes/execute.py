@@ -1,6 +1,11 @@
 """execute: run model-written Python in the sandbox and record how it went; never raises for a
 program that fails (a failure is an outcome to record and, usually, to show the model).
 
+When the sandbox cannot put in force every layer the run's sandbox level requires, the program is
+not run at all: the record's outcome is "unavailable" and its note names the missing layers. That is
+no fault of the program, so an approach should not ask the model to fix it; it answers without
+execution instead (its documented fallback).
+
 `ExecutionState` adds the typed record list to the shared state; approaches that run code extend it.
 """
 
@@ -12,9 +17,16 @@ from typing import Annotated, Any, Literal, TypedDict
 
 from optigraph.core.answers import code_blocks, extract_code, without_code  # noqa: F401  (re-exported)
 from optigraph.core.state import ApproachState
-from optigraph.sandbox import DEFAULT_ALLOWED_MODULES, SandboxResult, run_python
+from optigraph.sandbox import (
+    DEFAULT_ALLOWED_MODULES,
+    SandboxLevel,
+    SandboxResult,
+    SandboxUnavailable,
+    run_python,
+)
 
-Outcome = Literal["timeout", "memory", "forbidden", "error", "no_output"]
+# "unavailable": the program was not run, the sandbox lacked a layer its level requires
+Outcome = Literal["timeout", "memory", "forbidden", "error", "no_output", "unavailable"]
 
 MAX_RECORDED = 16_000  # characters of stdout / stderr kept in the (checkpointed) state
 
@@ -32,12 +44,11 @@ class Execution(TypedDict, total=False):
     seconds: float
     layers: list[str]  # the sandbox layers that were in force
     violations: list[str]  # what the program tried and was refused
+    missing_layers: dict[str, str]  # "unavailable": each required layer not in force -> why
 
 
 class ExecutionState(ApproachState, total=False):
     executions: Annotated[list[Execution], operator.add]
-
-
 
 
 async def execute(
@@ -45,15 +56,21 @@ async def execute(
     *,
     node: str,
     attempt: int,
+    level: SandboxLevel,
     timeout_s: float = 10,
     memory_mb: int = 512,
     allow_modules: Iterable[str] = DEFAULT_ALLOWED_MODULES,
     require_output: bool = True,
 ) -> dict[str, Any]:
-    """Runs `code` in the sandbox; returns the state update (`executions`, `notes`). With
-    `require_output`, a program that succeeds but prints nothing counts as failed ("no_output")."""
+    """Runs `code` in the sandbox at `level` (the run context's `sandbox_level`); returns the state
+    update (`executions`, `notes`). With `require_output`, a program that succeeds but prints
+    nothing counts as failed ("no_output"). A sandbox that lacks a required layer runs nothing:
+    the outcome is "unavailable" (see `unavailable`)."""
     try:
-        result = await run_python(code, timeout_s=timeout_s, memory_mb=memory_mb, allow_modules=allow_modules)
+        result = await run_python(code, level=level, timeout_s=timeout_s, memory_mb=memory_mb,
+                                  allow_modules=allow_modules)
+    except SandboxUnavailable as refusal:
+        return _not_run(code, node=node, attempt=attempt, refusal=refusal)
     except Exception as exc:  # the sandbox itself could not run (no temp dir, no pipes): an outcome too
         result = SandboxResult(ok=False, stdout="", stderr=f"sandbox failure: {type(exc).__name__}: {exc}",
                                error_kind="error", exit_code=None, seconds=0.0)
@@ -79,6 +96,23 @@ async def execute(
     return {"executions": [record], "notes": [note]}
 
 
+def _not_run(code: str, *, node: str, attempt: int, refusal: SandboxUnavailable) -> dict[str, Any]:
+    missing = "; ".join(f"{name} ({why})" for name, why in refusal.missing.items())
+    record: Execution = {
+        "attempt": attempt, "code": code, "ok": False, "error_kind": "unavailable", "exit_code": None,
+        "stdout": "", "stderr": "", "seconds": 0.0, "layers": sorted(refusal.layers), "violations": [],
+        "missing_layers": dict(refusal.missing),
+    }
+    note = (f"{node}: run {attempt} not started: sandbox level {refusal.level!r} requires layers that are not "
+            f"in force: {missing}; the program was not run")
+    return {"executions": [record], "notes": [note]}
+
+
+def unavailable(record: Execution | None) -> bool:
+    """Whether this run was refused by the sandbox (a layer missing), so no program can run here."""
+    return bool(record) and record.get("error_kind") == "unavailable"
+
+
 def _last_line(record: Execution) -> str:
     if record.get("error_kind") == "no_output":
         return "the program printed nothing"
@@ -102,6 +136,8 @@ def failure_report(record: Execution, *, limit: int = 3000) -> str:
                 "no files, network or processes.")
     elif kind == "no_output":
         text = "It ran without error but printed nothing. It must print its result."
+    elif kind == "unavailable":
+        text = "It was not run: the sandbox cannot run programs here (a required protection is missing)."
     else:
         text = f"It exited with status {record.get('exit_code')}."
     if stderr and kind != "no_output":

@@ -1,10 +1,13 @@
 """The sandbox child: runs as `python -I -B child.py CONFIG` in a fresh process, reads the program
-from stdin, confines itself, reports the layers in force, then runs the program.
+from stdin, confines itself, reports the layers in force, then runs the program, but only when every
+layer in the config's `require` list is in force: otherwise it exits with `REFUSED` without running
+any of it (fail closed).
 
 Stdlib only, so the package (and its dependencies) is never imported in the sandbox. The report
 channel is a pipe inherited as `report_fd`: its first line, written before the program starts, lists
-the layers; the lines after it are refusals and a memory failure. The program could write to the
-pipe too, but only after the first line, and only about itself.
+the layers (and, on a refusal, the required ones that are missing); the lines after it are refusals
+and a memory failure. The program could write to the pipe too, but only after the first line, and
+only about itself.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import traceback
 PROGRAM = "program.py"
 SYSTEM_LIBRARIES = ("/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib", "/etc/ld.so.cache")
 DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
+REFUSED = 97  # exit status when a required layer is missing and the program was not run
 
 
 def interpreter_roots() -> tuple[list[str], list[str]]:
@@ -36,8 +40,12 @@ def confine_self(config: dict, confine, read_roots: list[str]) -> tuple[dict[str
     """Applies every kernel layer it can; returns (active layer -> what it enforces, missing -> why)."""
     active: dict[str, str] = {}
     missing: dict[str, str] = {}
+    withheld = set(config.get("withhold") or ())
 
     def layer(name: str, apply, *args, **kwargs) -> None:  # noqa: ANN001
+        if name in withheld:  # a test's stand-in for a kernel that lacks the layer
+            missing[name] = "withheld (testing)"
+            return
         try:
             active[name] = apply(*args, **kwargs)
         except (confine.LayerUnavailable, OSError, ValueError) as exc:
@@ -47,6 +55,8 @@ def confine_self(config: dict, confine, read_roots: list[str]) -> tuple[dict[str
     layer("namespaces", confine.enter_namespaces)
     if "namespaces" in active:
         layer("tmpfs", confine.private_workdir, workdir, config["disk_mb"])
+    else:
+        missing["tmpfs"] = "needs the namespaces layer"
     layer("rlimits", confine.set_limits, memory_mb=config["memory_mb"], cpu_s=config["cpu_s"],
           nproc=config["nproc"], fsize_mb=config["disk_mb"], nofile=config["nofile"])
     layer("no_new_privs", confine.no_new_privs)
@@ -110,15 +120,22 @@ def main() -> int:
     sys.path.remove(here)
 
     read_roots, library_roots = interpreter_roots()
-    active, missing = confine_self(config, confine, read_roots) if config["kernel"] else ({}, {"kernel": "turned off"})
+    active, missing = confine_self(config, confine, read_roots)
     workdir = config["workdir"]
     os.chdir(workdir)
-    if config["audit_guard"]:
+    if "audit_hook" in (config.get("withhold") or ()):
+        missing["audit_hook"] = "withheld (testing)"
+    elif config["audit_guard"]:
         guard.install(workdir=workdir, read_roots=read_roots, library_roots=library_roots, devices=DEVICES,
                       report_fd=report_fd)
         active["audit_hook"] = "network, processes, files outside the work dir, ctypes loading, interpreter introspection"
     else:
         missing["audit_hook"] = "turned off"
+    refused = [name for name in config["require"] if name not in active]
+    if refused:  # fail closed: not one line of the program runs without every required layer
+        missing.update({name: "not applied" for name in refused if name not in missing})
+        report_line(report_fd, {"layers": active, "unavailable": missing, "refused": refused})
+        return REFUSED
     report_line(report_fd, {"layers": active, "unavailable": missing})
     sys.stdout.reconfigure(line_buffering=True)  # what a killed program printed still comes back
     status = run_program(code, config["allow_modules"], guard, lambda record: report_line(report_fd, record))

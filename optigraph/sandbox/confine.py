@@ -201,11 +201,13 @@ def _allow(ruleset: int, path: str, rights: int) -> None:
 
 # ---- seccomp -----------------------------------------------------------------------------------
 
-# Denied system calls: new processes and programs, namespaces and mounts, tracing other processes,
+# Denied system calls: new processes and programs, new sockets (the network, and the host's unix
+# sockets where there is no network namespace), namespaces and mounts, tracing other processes,
 # kernel keyrings, BPF, io_uring (which performs calls seccomp never sees) and the like.
 _DENIED = {
     "x86_64": (0xC000003E, 56, 435, [
         57, 58, 59, 322,  # fork, vfork, execve, execveat
+        41,  # socket (socketpair stays: an unconnected pair reaches nothing)
         101, 310, 311,  # ptrace, process_vm_readv, process_vm_writev
         272, 308, 165, 166, 155, 161,  # unshare, setns, mount, umount2, pivot_root, chroot
         321, 323, 298, 250, 248, 249,  # bpf, userfaultfd, perf_event_open, keyctl, add_key, request_key
@@ -214,6 +216,7 @@ _DENIED = {
     ]),
     "aarch64": (0xC00000B7, 220, 435, [
         221, 281,  # execve, execveat (no fork or vfork on this architecture: clone covers them)
+        198,  # socket
         117, 270, 271,
         97, 268, 40, 39, 41, 51,
         280, 282, 241, 219, 217, 218,
@@ -237,9 +240,9 @@ _EPERM, _ENOSYS, _CLONE_THREAD = 1, 38, 0x00010000
 
 
 def seccomp_filter() -> str:
-    """A filter that makes every new process or program fail with EPERM (threads stay allowed:
-    clone with CLONE_THREAD), along with the calls in `_DENIED`. clone3 answers ENOSYS so the C
-    library falls back to clone, whose flags a filter can read."""
+    """A filter that makes every new process or program, and every new socket, fail with EPERM
+    (threads stay allowed: clone with CLONE_THREAD), along with the calls in `_DENIED`. clone3
+    answers ENOSYS so the C library falls back to clone, whose flags a filter can read."""
     machine = platform.machine()
     if machine not in _DENIED:
         raise LayerUnavailable(f"no filter for {machine}")
@@ -255,4 +258,4 @@ def seccomp_filter() -> str:
     filters = (_Filter * len(prog))(*(_Filter(*ins) for ins in prog))
     program = _Program(len(prog), filters)
     _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(program), 0, 0), "seccomp")
-    return "no new processes or programs, namespaces, mounts, tracing, bpf, io_uring"
+    return "no new processes, programs or sockets, namespaces, mounts, tracing, bpf, io_uring"

@@ -1,5 +1,8 @@
 """The server side of the sandbox: start the child, feed it the program, bound its time and output,
-read its report, clean up."""
+read its report, clean up.
+
+Stdlib only (like the child), so it can be loaded on its own by a plain interpreter.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +23,17 @@ from pathlib import Path
 from typing import Literal
 
 ErrorKind = Literal["timeout", "memory", "forbidden", "error"]
+SandboxLevel = Literal["strict", "reduced", "minimal"]
+
+# The layers each level requires to be in force before a program runs (docs/sandbox.md says what
+# each guarantees). The child checks them after confining itself and refuses to run the program
+# when one is missing; nothing lowers a level but choosing another one.
+LEVELS: dict[str, tuple[str, ...]] = {
+    "strict": ("namespaces", "tmpfs", "rlimits", "no_new_privs", "landlock", "capabilities", "seccomp", "audit_hook"),
+    "reduced": ("rlimits", "no_new_privs", "landlock", "capabilities", "seccomp", "audit_hook"),  # no namespaces
+    "minimal": ("rlimits", "no_new_privs", "capabilities", "seccomp", "audit_hook"),  # no namespaces, no Landlock
+}
+DEFAULT_LEVEL: SandboxLevel = "strict"
 
 CHILD = str(Path(__file__).with_name("child.py"))
 
@@ -34,6 +48,19 @@ _MEMORY_SIGNS = ("MemoryError", "std::bad_alloc", "out of memory", "Cannot alloc
 # that the audit hook did not stop first: the last line of its traceback.
 _KERNEL_REFUSAL = re.compile(r"^(PermissionError|sandbox\.SandboxViolation)\b|Network is unreachable"
                              r"|Temporary failure in name resolution|Name or service not known")
+
+
+class SandboxUnavailable(Exception):
+    """The sandbox could not put in force every layer its level requires, so the program was not run
+    at all. `missing`: each required layer that is not in force -> why; `layers`: those that were."""
+
+    def __init__(self, level: str, missing: dict[str, str], layers: dict[str, str] | None = None) -> None:
+        self.level = level
+        self.missing = dict(missing)
+        self.layers = dict(layers or {})
+        why = "; ".join(f"{name}: {reason}" for name, reason in self.missing.items())
+        super().__init__(f"the program was not run: sandbox level {level!r} requires layers that are not in force "
+                         f"({why})")
 
 
 @dataclass(frozen=True)
@@ -63,8 +90,9 @@ async def run_python(
     max_processes: int = 32,
     max_open_files: int = 64,
     python: str | None = None,
+    level: SandboxLevel = DEFAULT_LEVEL,
     audit_guard: bool = True,
-    kernel: bool = True,
+    withhold_layers: Iterable[str] = (),
 ) -> SandboxResult:
     """Runs untrusted Python in a confined child process and reports what happened; never raises
     for anything the program does.
@@ -73,8 +101,16 @@ async def run_python(
     environment, no network and no files outside that directory except the interpreter's own
     installation, read-only. `timeout_s` is wall-clock time for the whole run; the process group
     is killed when it passes. stdout and stderr are each kept up to `max_output` bytes.
-    `audit_guard` and `kernel` turn one layer family off, so tests can show each holds alone; the
-    server never turns them off."""
+
+    Fails closed: the program runs only when every layer `level` requires is in force; otherwise
+    nothing of it runs and `SandboxUnavailable` is raised, naming the missing layers and why.
+
+    For tests only (the server never passes them): `audit_guard=False` turns the audit hook off
+    (and so stops requiring it), to show the kernel layers hold alone; `withhold_layers` makes the
+    child skip those layers as if this kernel lacked them, to show the refusal."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown sandbox level {level!r} (known: {', '.join(LEVELS)})")
+    required = [layer for layer in LEVELS[level] if audit_guard or layer != "audit_hook"]
     workdir = tempfile.mkdtemp(prefix="optigraph-sandbox-")
     config = {
         "workdir": workdir,
@@ -85,7 +121,8 @@ async def run_python(
         "nofile": max_open_files,
         "allow_modules": sorted(set(allow_modules)),
         "audit_guard": audit_guard,
-        "kernel": kernel,
+        "require": required,
+        "withhold": sorted(set(withhold_layers)),
     }
     env = {"HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
            "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
@@ -102,7 +139,8 @@ async def run_python(
         )
         os.close(report_w)
         report_w = -1
-        return await _supervise(proc, code, report_r, timeout_s=timeout_s, max_output=max_output, started=started)
+        return await _supervise(proc, code, report_r, timeout_s=timeout_s, max_output=max_output, started=started,
+                                level=level, required=required)
     except OSError as exc:  # the sandbox itself failed (no pipe, no interpreter): not the program
         return SandboxResult(ok=False, stdout="", stderr=f"sandbox failure: {exc}",
                              error_kind="error", exit_code=None, seconds=time.perf_counter() - started)
@@ -117,7 +155,7 @@ async def run_python(
 
 
 async def _supervise(proc: asyncio.subprocess.Process, code: str, report_fd: int, *, timeout_s: float,
-                     max_output: int, started: float) -> SandboxResult:
+                     max_output: int, started: float, level: str, required: list[str]) -> SandboxResult:
     assert proc.stdin and proc.stdout and proc.stderr
     report = asyncio.StreamReader()
     loop = asyncio.get_running_loop()
@@ -146,8 +184,24 @@ async def _supervise(proc: asyncio.subprocess.Process, code: str, report_fd: int
         for task in readers:
             task.cancel()
         transport.close()
-    return _result(proc.returncode, out.text(), err.text(), records.records(), seconds=seconds,
+    report = records.records()
+    _check_layers(report, level=level, required=required)
+    return _result(proc.returncode, out.text(), err.text(), report, seconds=seconds,
                    timed_out=timed_out, truncated=out.cut or err.cut, timeout_s=timeout_s)
+
+
+def _check_layers(report: list[dict], *, level: str, required: list[str]) -> None:
+    """Raises `SandboxUnavailable` when the child's first record says a required layer was missing
+    (the child then refused to run the program). A record claiming all layers while another was
+    required cannot come from the child, which checks the same list; it is refused all the same."""
+    head = report[0] if report and "layers" in report[0] else None
+    if head is None:
+        return  # the child stopped before confining itself: no program ran; reported as an error
+    layers = dict(head.get("layers") or {})
+    unavailable = dict(head.get("unavailable") or {})
+    missing = {name: str(unavailable.get(name, "not in force")) for name in required if name not in layers}
+    if missing:
+        raise SandboxUnavailable(level, missing, layers)
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:

@@ -181,3 +181,15 @@ def test_generated_problems(upstream, tmp_path: Path, capsys: pytest.CaptureFixt
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["basic_arithmetic-5-0", "basic_arithmetic-5-1", "basic_arithmetic-5-2"]
     assert all(r["category"] == "basic_arithmetic" and r["grader"] == "number" for r in rows)
+
+
+def test_the_sandbox_level_reaches_the_eval_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from optigraph.cli import parser
+    from optigraph.evals.runner import config_from_args
+
+    base = ["eval", "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--out", str(tmp_path)]
+    assert config_from_args(parser().parse_args(base)).sandbox_level == "strict"
+    assert config_from_args(parser().parse_args([*base, "--sandbox-level", "reduced"])).sandbox_level == "reduced"
+    with pytest.raises(SystemExit) as done:
+        parser().parse_args([*base, "--sandbox-level", "loose"])
+    assert done.value.code == 2 and "invalid choice: 'loose'" in capsys.readouterr().err

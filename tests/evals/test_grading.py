@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from functools import partial
 
 import pytest
 
+from optigraph.evals import grading
 from optigraph.evals.grading import (
     choice_letter,
     extract_code,
@@ -17,6 +19,7 @@ from optigraph.evals.grading import (
     run_tests,
 )
 from optigraph.evals.problems import Problem
+from optigraph.sandbox import run_python
 
 
 def number(answer: str) -> Problem:
@@ -131,6 +134,20 @@ async def test_code_passes_and_fails() -> None:
 async def test_code_that_hangs_is_stopped() -> None:
     run = await run_tests("def add(a, b):\n    while True:\n        pass\n", CODE.tests, timeout_s=1.0)
     assert not run.ok and "timed out" in (run.detail or "")
+
+
+async def test_code_is_never_run_without_the_sandbox_layers_its_level_requires(tmp_path, monkeypatch) -> None:
+    # a kernel without namespaces and Landlock (the hook off too): only the level's check stops the write
+    monkeypatch.setattr(grading, "run_python",
+                        partial(run_python, withhold_layers=("namespaces", "landlock"), audit_guard=False))
+    sentinel = tmp_path / "ran.txt"
+    response = f"```python\ndef add(a, b):\n    return a + b\nopen({str(sentinel)!r}, 'w').write('ran')\n```"
+    refused = await grade(CODE, response)
+    assert not refused.correct and not sentinel.exists()
+    assert (refused.detail or "").startswith("not run: sandbox level 'strict' lacks namespaces")
+    assert "landlock (withheld (testing))" in (refused.detail or "")
+    ran = await grade(CODE, response, sandbox_level="minimal")  # the explicit lower level
+    assert ran.correct and sentinel.read_text() == "ran"
 
 
 async def test_empty_response_is_wrong() -> None:

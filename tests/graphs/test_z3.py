@@ -1,5 +1,6 @@
 import pathlib
 import sys
+from functools import partial
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
 
@@ -12,6 +13,8 @@ from optigraph.core.streaming import StreamSink  # noqa: E402
 from optigraph.engine.registry import builtin_registry  # noqa: E402
 from optigraph.errors import InvalidRequest  # noqa: E402
 from optigraph.graphs.z3 import SPEC, solver_applies  # noqa: E402
+from optigraph.nodes import execute as execute_module  # noqa: E402
+from optigraph.sandbox import run_python  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "Two numbers sum to 10 and differ by 2. What are they?"}]
 
@@ -170,6 +173,49 @@ async def test_the_final_answer_streams():
     assert sink.streamed == {0}
     assert backend.calls[0].get("stream") is None and backend.calls[1]["stream"] is True
     assert state["answers"][0]["message"]["content"] == "The numbers are 6 and 4."
+
+
+def writes(path: pathlib.Path) -> str:
+    """A program that leaves a file behind when it runs (where nothing confines it), then solves."""
+    return f"open({str(path)!r}, 'w').write('ran')\n{SOLVES}"
+
+
+@pytest.fixture
+def no_namespaces_or_landlock(monkeypatch):
+    """The sandbox as on a kernel that offers neither namespaces nor Landlock (the hook off too)."""
+    monkeypatch.setattr(execute_module, "run_python",
+                        partial(run_python, withhold_layers=("namespaces", "landlock"), audit_guard=False))
+
+
+async def test_a_sandbox_missing_a_required_layer_answers_without_running_the_program(tmp_path,
+                                                                                     no_namespaces_or_landlock):
+    sentinel = tmp_path / "ran.txt"
+    backend = ScriptedBackend(scripted(analysis(writes(sentinel))))
+    state, _ = await run_approach(SPEC, QUESTION, backend)  # the default level: strict
+
+    assert not sentinel.exists()
+    assert kinds(backend) == ["analyze", "reason"]  # no fix requested: the program is not at fault
+    assert backend.calls[1]["messages"] == QUESTION
+    assert state["answers"][0]["message"]["content"] == "Plain reasoning: 6 and 4."
+    [run] = state["executions"]
+    assert (run["ok"], run["error_kind"], run["stdout"]) == (False, "unavailable", "")
+    assert set(run["missing_layers"]) == {"namespaces", "tmpfs", "landlock"}
+    assert any(n.startswith("execute: run 1 not started: sandbox level 'strict' requires") and "landlock" in n
+               for n in state["notes"])
+    assert ("reason: answering without the solver; the sandbox could not run the program "
+            "(missing: namespaces, tmpfs, landlock)") in state["notes"]
+    assert not any("no attempts left" in n for n in state["notes"])
+
+
+async def test_an_explicit_lower_level_runs_the_program_without_those_layers(tmp_path, no_namespaces_or_landlock):
+    sentinel = tmp_path / "ran.txt"
+    backend = ScriptedBackend(scripted(analysis(writes(sentinel))))
+    state, _ = await run_approach(SPEC, QUESTION, backend, sandbox_level="minimal")
+
+    assert sentinel.read_text() == "ran"
+    assert kinds(backend) == ["analyze", "answer"]
+    [run] = state["executions"]
+    assert run["ok"] and run["stdout"].strip() == "x=6 y=4"
 
 
 @pytest.mark.parametrize(("text", "verdict"), [
