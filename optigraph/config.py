@@ -49,5 +49,15 @@ class Settings(BaseSettings):
     approaches_dir: Path | None = Field(
         default=None, description="Directory of approach modules (*.py) and declarative specs (*.yaml, *.yml, *.json) "
                                   "loaded at start (docs/authoring.md)")
+    readurls_allow: list[str] = Field(
+        default_factory=list,
+        description="Hosts, IP addresses or networks (CIDR) the readurls plugin may fetch although they are "
+                    "loopback, private, link-local or otherwise not public (an intranet allow-list)")
+    readurls_max_bytes: int = Field(default=2_000_000, ge=1, description="Largest page readurls reads, in bytes")
+    readurls_timeout_s: float = Field(default=10.0, gt=0, description="Time limit of one readurls fetch")
+    upstreams: dict[str, str] = Field(
+        default_factory=dict,
+        description="Named OpenAI-compatible upstreams besides --base-url (NAME=URL); each one's key comes "
+                    "from OPTIGRAPH_UPSTREAM_<NAME>_API_KEY. Plugins and nodes address them by name")
     approach_entry_points: bool = Field(
         default=True, description="Load approaches that installed packages declare in the optigraph.approaches entry-point group")

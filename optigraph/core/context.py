@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from optigraph.config import Settings
 from optigraph.core.llm import LLM
 from optigraph.core.streaming import StreamSink
 
@@ -15,3 +16,4 @@ class RunContext:
     run_id: str
     llm: LLM
     sink: StreamSink | None = None
+    settings: Settings | None = None  # the server's settings (plugins read their operator options here)
