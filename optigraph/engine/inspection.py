@@ -22,7 +22,7 @@ from typing_extensions import (
 )
 
 from optigraph.core.cost import evaluate
-from optigraph.core.spec import ApproachSpec
+from optigraph.core.spec import PluginSpec, Spec
 from optigraph.engine.compiler import CompiledExpression, Compiler
 from optigraph.engine.expression import (
     Approach,
@@ -77,6 +77,7 @@ class Thread(TypedDict, total=False):
     checkpoint_id: str | None  # the latest checkpoint
     next: list[str]  # nodes still to run; empty when the graph finished
     steps: list[Step]
+    decisions: list[dict[str, Any]]  # what plugins chose while the run ran (routes), outermost first
     error: str | None  # why the steps could not be read
 
 
@@ -158,6 +159,7 @@ class RunList(TypedDict):
 
 class ApproachInfo(TypedDict, total=False):
     object: str
+    kind: str  # "approach" or "plugin"
     name: str
     description: str
     parameters: dict[str, Any]  # JSON schema of its parameters
@@ -312,6 +314,7 @@ async def read_thread(compiled: CompiledExpression, thread_id: str, *, max_chars
         "checkpoint_id": head.config["configurable"]["checkpoint_id"] if head else None,
         "next": list(head.next) if head else [],
         "steps": await _steps(compiled, snapshots, max_chars=max_chars),
+        "decisions": list((head.values or {}).get("decisions") or []) if head else [],
         "error": None,
     }
 
@@ -462,7 +465,7 @@ def totals(calls: list[UpstreamCall], threads: list[Thread]) -> Totals:
 # ---- approaches ----------------------------------------------------------------------------------
 
 
-def approach_info(spec: ApproachSpec) -> ApproachInfo:
+def approach_info(spec: Spec) -> ApproachInfo:
     try:
         defaults = spec.params().model_dump(mode="json")
     except ValidationError:  # a parameter without a default: no cost at defaults either
@@ -480,7 +483,15 @@ def approach_info(spec: ApproachSpec) -> ApproachInfo:
         "needs": sorted(spec.needs),
         "papers": list(spec.papers),
         "streams_final": spec.streams_final,
+        **_plugin_fields(spec),
     }
+
+
+def _plugin_fields(spec: Spec) -> dict[str, Any]:
+    if not isinstance(spec, PluginSpec):
+        return {"kind": "approach"}
+    stages = [name for name, stage in (("pre", spec.pre), ("post", spec.post)) if stage is not None]
+    return {"kind": "plugin", "stages": stages, "streams_through": spec.stream is not None, "routes": spec.routes}
 
 
 def _formula(formula: str, params: dict[str, Any]) -> int | None:
