@@ -130,7 +130,8 @@ async def fork_run(runner: Runner, run_id: str, *, db: Any, client_key: str | No
                                                                  "patch": patch}}
     runner.recorder.run_started(prep.record)
     config = {"configurable": {"thread_id": new_id}}
-    ctx = RunContext(run_id=new_id, llm=prep.llm, sink=None, settings=runner.settings)
+    ctx = RunContext(run_id=new_id, llm=prep.llm, sink=None, settings=runner.settings,
+                     upstreams=runner.backends.named)
     try:
         if producer is None:  # the input checkpoint: start from the (patched) input
             out = await graph.ainvoke(values, config, context=ctx, durability="sync")

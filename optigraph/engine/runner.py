@@ -197,7 +197,8 @@ class Runner:
         checkpoint (a finished thread is read back, a thread with no checkpoint starts afresh)."""
         assert prep.compiled is not None
         compiled = prep.compiled
-        ctx = RunContext(run_id=prep.run_id, llm=prep.llm, sink=sink, settings=self.settings)
+        ctx = RunContext(run_id=prep.run_id, llm=prep.llm, sink=sink, settings=self.settings,
+                         upstreams=self.backends.named)
 
         async def one(i: int) -> dict[str, Any]:
             thread = prep.run_id if prep.n == 1 else f"{prep.run_id}.{i}"

@@ -21,9 +21,11 @@ from langgraph.runtime import Runtime
 from pydantic import Field
 
 from optigraph.core.context import RunContext
+from optigraph.core.llm import Completion
 from optigraph.core.messages import message_text
 from optigraph.core.spec import ApproachParams, PluginSpec
 from optigraph.core.state import Answer, PluginState
+from optigraph.core.usage import add_usage, empty_usage
 from optigraph.errors import UpstreamError
 
 REPAIR_PROMPT = (
@@ -89,14 +91,13 @@ def check(text: str, schema: dict[str, Any] | None) -> tuple[Any, str | None]:
 
 
 async def _repair(state: PluginState, runtime: Runtime[RunContext], answer: str, error: str,
-                  schema: dict[str, Any] | None, max_tokens: int) -> str:
+                  schema: dict[str, Any] | None, max_tokens: int) -> Completion:
     hint = f" matching this JSON schema: {json.dumps(schema)}" if schema is not None else ""
     messages = [*state["messages"], {"role": "assistant", "content": answer},
                 {"role": "user", "content": REPAIR_PROMPT.format(error=error, schema_hint=hint)}]
     request = state.get("request") or {}
     params = {k: request[k] for k in ("response_format", "seed", "user") if k in request}
-    completion = await runtime.context.llm.chat(messages, node="json.repair", max_tokens=max_tokens, **params)
-    return completion.text
+    return await runtime.context.llm.chat(messages, node="json.repair", max_tokens=max_tokens, **params)
 
 
 async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -106,6 +107,7 @@ async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, An
     params = state.get("params") or {}
     answers: list[Answer] = []
     notes: list[str] = []
+    usage = empty_usage()
     for i, answer in enumerate(state.get("answers") or []):
         text = message_text(answer.get("message") or {})
         value, error = check(text, schema)
@@ -113,14 +115,16 @@ async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, An
         while error is not None and tries < int(params.get("repairs", 1)):
             tries += 1
             notes.append(f"json: answer {i} invalid ({error}); repair {tries}")
-            text = await _repair(state, runtime, text, error, schema, int(params.get("repair_max_tokens", 1024)))
+            repaired = await _repair(state, runtime, text, error, schema, int(params.get("repair_max_tokens", 1024)))
+            usage = add_usage(usage, repaired.usage)
+            text = repaired.text
             value, error = check(text, schema)
         if error is not None:
             raise InvalidModelOutput(f"the model's answer does not match response_format after {tries} "
                                      f"repair(s): {error}")
         message = {**(answer.get("message") or {}), "content": json.dumps(value, ensure_ascii=False)}
         answers.append({**answer, "message": message})
-    return {"answers": answers, "notes": notes}
+    return {"answers": answers, "notes": notes, "usage": usage}
 
 
 SPEC = PluginSpec(

@@ -28,7 +28,8 @@ from optigraph.core.state import Answer, PluginState
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
 _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
-_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){2,4}(?!\w)")
+_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?!\w)")
+_DATE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
 _IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{1,4})*(?![\w:])")
 _PLACEHOLDER = re.compile(r"\[(?:EMAIL|CARD|IBAN|PHONE|IP)_\d+\]")
@@ -66,7 +67,8 @@ def _ip(text: str) -> bool:
 
 
 def _phone(text: str) -> bool:
-    return 7 <= len(re.sub(r"\D", "", text)) <= 15
+    """7 to 15 digits, and not shaped like a date."""
+    return 7 <= len(re.sub(r"\D", "", text)) <= 15 and not _DATE.match(text)
 
 
 # (label, pattern, check) in the order they are applied: the most specific first, so a card number

@@ -3,7 +3,7 @@
 `pre` finds the http(s) URLs in the last user turn, fetches them concurrently and appends each
 page's text (HTML reduced to its visible text) to that turn, after the question. Fetching is safe by
 default:
-- only `http` and `https`; only ports 80, 443 and 8000-8999 unless the host is allow-listed;
+- only `http` and `https`;
 - the host name is resolved once and every address it resolves to must be public (no loopback,
   private, link-local, shared, multicast, reserved or cloud-metadata address); the connection then
   goes to the address that was checked (no second lookup, so no DNS-rebinding window), with the
@@ -39,7 +39,6 @@ _URL = re.compile(r"https?://[^\s<>\"'`)\]]+", re.IGNORECASE)
 _TEXT_TYPES = ("text/html", "text/plain", "application/xhtml+xml", "text/markdown", "application/json")
 _SKIP_TAGS = frozenset({"script", "style", "noscript", "template", "svg", "head"})
 _BLOCK_TAGS = frozenset({"p", "div", "br", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "section", "article"})
-_SAFE_PORTS = frozenset({80, 443}) | frozenset(range(8000, 9000))
 MAX_REDIRECTS = 5
 
 
@@ -140,8 +139,6 @@ async def fetch(client: httpx.AsyncClient, url: str, *, allowed: Allowed, max_by
             raise FetchRefused(f"{url}: only http and https URLs are read")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         host = parts.hostname
-        if port not in _SAFE_PORTS and not allowed.host(host):
-            raise FetchRefused(f"{url}: port {port} is not read")
         address = await resolve(host, port, allowed)
         target = httpx.URL(url).copy_with(host=address)
         request = client.build_request("GET", target, headers={"Host": parts.netloc.rpartition("@")[2]},
