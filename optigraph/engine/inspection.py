@@ -171,6 +171,9 @@ class ApproachInfo(TypedDict, total=False):
     needs: list[str]
     papers: list[str]
     streams_final: bool
+    stages: list[str]  # plugins: "pre", "post"
+    streams_through: bool  # plugins: a post stage that still lets the wrapped part stream
+    routes: bool  # plugins: may choose at run time what runs inside them
 
 
 class ApproachList(TypedDict):
