@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import sys
 from collections.abc import Sequence
 
 from optigraph.config import Settings
@@ -32,6 +33,31 @@ SERVE_FLAGS = (
 )
 
 
+# Flags given once per value (--upstream a=URL --upstream b=URL).
+REPEATED_SERVE_FLAGS = (
+    ("--upstream", "upstreams", "a named upstream NAME=URL besides --base-url, for plugins that address several "
+                                "(its key: OPTIGRAPH_UPSTREAM_<NAME>_API_KEY); repeat for more"),
+    ("--readurls-allow", "readurls_allow", "a host, address or CIDR network the readurls plugin may fetch although "
+                                           "it is not public (an intranet); repeat for more"),
+)
+
+
+def repeated_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """Settings from the repeated flags; SystemExit(2) naming the flag when one is malformed."""
+    out: dict[str, object] = {}
+    if args.readurls_allow:
+        out["readurls_allow"] = list(args.readurls_allow)
+    if args.upstreams:
+        from optigraph.config import parse_upstream
+
+        try:
+            out["upstreams"] = dict(parse_upstream(text) for text in args.upstreams)
+        except ValueError as exc:
+            print(f"optigraph serve: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    return out
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="optigraph", description="OpenAI-compatible optimizing inference proxy")
     sub = p.add_subparsers(dest="command", required=True)
@@ -39,6 +65,8 @@ def parser() -> argparse.ArgumentParser:
                            description="Every flag can also be set with OPTIGRAPH_<NAME> (e.g. OPTIGRAPH_BASE_URL).")
     for flag, dest, help_ in SERVE_FLAGS:
         serve.add_argument(flag, dest=dest, default=None, help=help_)
+    for flag, dest, help_ in REPEATED_SERVE_FLAGS:
+        serve.add_argument(flag, dest=dest, default=None, action="append", help=help_)
     from optigraph.evals.runner import add_arguments as add_eval_arguments
 
     add_eval_arguments(sub.add_parser(
@@ -64,7 +92,7 @@ def serve(args: argparse.Namespace) -> None:
     from optigraph.api.app import create_app
 
     overrides = {dest: getattr(args, dest) for _, dest, _ in SERVE_FLAGS if getattr(args, dest) is not None}
-    settings = Settings(**overrides)
+    settings = Settings(**overrides, **repeated_overrides(args))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
     from optigraph.errors import ApproachLoadError

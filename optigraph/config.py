@@ -2,15 +2,40 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def default_db_url() -> str:
     return f"sqlite:///{Path.cwd() / 'optigraph.db'}"
+
+
+class UpstreamSettings(BaseModel):
+    """One named upstream. Its key is read from the environment variable `api_key_env` (default
+    OPTIGRAPH_UPSTREAM_<NAME>_API_KEY), never written in settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    api_key_env: str | None = None
+    max_connections: int = Field(default=64, ge=1)
+    n_sampling: bool | None = Field(default=None, description="Whether it returns n choices from one call "
+                                                               "(default: learned from its answers)")
+
+    def api_key(self, name: str) -> str | None:
+        return os.environ.get(self.api_key_env or f"OPTIGRAPH_UPSTREAM_{name.upper()}_API_KEY")
+
+
+def parse_upstream(text: str) -> tuple[str, UpstreamSettings]:
+    """`NAME=URL` (the --upstream flag) as a named upstream; ValueError when malformed."""
+    name, sep, url = text.partition("=")
+    if not sep or not name.strip() or not url.strip() or not name.strip().replace("_", "").isalnum():
+        raise ValueError(f"--upstream takes NAME=URL (NAME letters, digits and _), not {text!r}")
+    return name.strip(), UpstreamSettings(url=url.strip())
 
 
 class Settings(BaseSettings):
@@ -53,5 +78,17 @@ class Settings(BaseSettings):
         default="strict", description="Layers the sandbox must have in force before it runs model-written code, else "
                                       "the code is not run (docs/sandbox.md): strict (all), reduced (no namespaces), "
                                       "minimal (no namespaces, no Landlock)")
+    readurls_allow: list[str] = Field(
+        default_factory=list,
+        description="Hosts, IP addresses or networks (CIDR) the readurls plugin may fetch although they are "
+                    "loopback, private, link-local or otherwise not public (an intranet allow-list)")
+    readurls_max_bytes: int = Field(default=2_000_000, ge=1, description="Largest page readurls reads, in bytes")
+    readurls_timeout_s: float = Field(default=10.0, gt=0, description="Time limit of one readurls fetch")
+    upstreams: dict[str, UpstreamSettings] = Field(
+        default_factory=dict,
+        description="Named OpenAI-compatible upstreams besides --base-url (`--upstream NAME=URL`, or "
+                    "OPTIGRAPH_UPSTREAMS as JSON {name: {url, api_key_env, max_connections, n_sampling}}). "
+                    "Plugins and nodes address them by name; each has its own key, connection limit and "
+                    "capabilities")
     approach_entry_points: bool = Field(
         default=True, description="Load approaches that installed packages declare in the optigraph.approaches entry-point group")

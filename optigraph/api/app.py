@@ -48,7 +48,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
             app.state.local_models = local.describe
         async with open_checkpointer(settings.db_url) as saver:
             app.state.runner = Runner(settings=settings, registry=registry, backends=backends, recorder=recorder,
-                                      compiler=Compiler(registry, saver))
+                                      compiler=Compiler(registry, saver, default=settings.approach))
             app.state.backends = backends
             app.state.db = db
             app.state.recorder = recorder

@@ -25,8 +25,9 @@ async def list_models(request: Request, key: str | None = Depends(upstream_key))
             log.warning("listing upstream models failed: %s", exc.message)
     data.append({"id": request.app.state.settings.local_model, "object": "model", "created": 0,
                  "owned_by": "optigraph-local"})
-    approaches = [{"id": spec.name, "description": spec.description, "needs": sorted(spec.needs),
-                   "calls": spec.calls, "rounds": spec.rounds, "expected_calls": spec.expected_calls or spec.calls}
+    approaches = [{"id": spec.name, "kind": spec.kind, "description": spec.description, "needs": sorted(spec.needs),
+                   "calls": spec.calls, "rounds": spec.rounds,
+                   "expected_calls": getattr(spec, "expected_calls", None) or spec.calls}
                   for spec in request.app.state.registry.specs.values()]
     return {"object": "list", "data": data, "approaches": approaches}
 

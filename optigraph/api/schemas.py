@@ -45,6 +45,8 @@ class Thread(BaseModel):
     checkpoint_id: str | None = Field(description="the latest checkpoint")
     next: list[str] = Field(description="nodes still to run; empty when the graph finished")
     steps: list[Step]
+    decisions: list[dict[str, Any]] = Field(
+        default_factory=list, description="what plugins chose while the run ran (routes), outermost first")
     error: str | None = Field(description="why the steps could not be read")
 
 
@@ -118,6 +120,7 @@ class RunList(BaseModel):
 
 class ApproachInfo(BaseModel):
     object: str
+    kind: str = Field(description="approach or plugin")
     name: str
     description: str
     parameters: dict[str, Any] = Field(description="JSON schema of its parameters")
@@ -131,6 +134,10 @@ class ApproachInfo(BaseModel):
     needs: list[str]
     papers: list[str]
     streams_final: bool
+    stages: list[str] | None = Field(default=None, description="plugins: their stages, pre and/or post")
+    streams_through: bool | None = Field(default=None, description="plugins: a post stage that still lets the "
+                                                                    "wrapped part stream")
+    routes: bool | None = Field(default=None, description="plugins: may choose at run time what runs inside them")
 
 
 class ApproachList(BaseModel):

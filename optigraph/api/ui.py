@@ -333,7 +333,15 @@ def render_steps(detail: Mapping[str, Any]) -> str:
                 f"<td>{cell}</td></tr>")
     head = ("<th>Thread</th>" if many else "") + ("<th>Step</th><th>Graph</th><th>Task</th><th>Kind</th>"
                                                   "<th>Status</th><th>Writes</th>")
-    return f"<table id='steps'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return render_decisions(threads) + f"<table id='steps'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def render_decisions(threads: list[Mapping[str, Any]]) -> str:
+    """What plugins chose while the run ran (a router's route), one line each."""
+    items = [f"<li class='decision'>{escape(t['thread_id'])}: <code>{escape(d.get('plugin', ''))}</code> chose "
+             f"<code>{escape(d.get('route', ''))}</code>" + (f": {escape(d['reason'])}" if d.get("reason") else "")
+             + "</li>" for t in threads for d in t.get("decisions") or []]
+    return f"<h3>Decisions</h3><ul id='decisions'>{''.join(items)}</ul>" if items else ""
 
 
 def render_calls(calls: list[Mapping[str, Any]]) -> str:

@@ -11,6 +11,7 @@ import asyncio
 import re
 import urllib.request
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -71,7 +72,9 @@ class OpenAIHTTPBackend:
     name = "openai"
 
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout_s: float = 600.0,
-                 max_connections: int = 512) -> None:
+                 max_connections: int = 512, name: str = "openai", n_sampling: bool | None = None) -> None:
+        self.name = name  # recorded with every call: "openai", or "openai:<upstream name>"
+        self._n_sampling = n_sampling  # an operator's statement that the upstream does (not) honour n
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_connect=10.0, sock_read=timeout_s)
@@ -92,7 +95,8 @@ class OpenAIHTTPBackend:
         return session
 
     def capabilities(self, model: str) -> Capabilities:
-        return capabilities_for(model)
+        caps = capabilities_for(model)
+        return caps if self._n_sampling is None else replace(caps, n_sampling=self._n_sampling)
 
     def _headers(self, api_key: str | None) -> dict[str, str]:
         key = self.api_key or api_key

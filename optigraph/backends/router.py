@@ -37,6 +37,14 @@ class Backends:
                                           max_connections=settings.max_connections)
         self.litellm = LiteLLMBackend(api_key=settings.upstream_api_key, timeout_s=settings.upstream_timeout_s)
         self._local: Any = None
+        # Named upstreams (--upstream NAME=URL): addressed by plugins and nodes through the run
+        # context (RunContext.llm_for), each with its own key, connection limit and capabilities.
+        self.named: dict[str, Backend] = {
+            name: OpenAIHTTPBackend(up.url, api_key=up.api_key(name), timeout_s=settings.upstream_timeout_s,
+                                    max_connections=up.max_connections, name=f"openai:{name}",
+                                    n_sampling=up.n_sampling)
+            for name, up in settings.upstreams.items()
+        }
 
     def local(self) -> Any:
         """The local backend (models on this machine), created on first use (torch loads only then)."""
@@ -66,6 +74,8 @@ class Backends:
         return self.local(), self.settings.local_model
 
     async def aclose(self) -> None:
+        for backend in self.named.values():
+            await backend.aclose()
         if self.http is not None:
             await self.http.aclose()
         if self._local is not None:

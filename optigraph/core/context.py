@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
+from optigraph.config import Settings
+from optigraph.core.backend import Backend
 from optigraph.core.llm import LLM
 from optigraph.core.streaming import StreamSink
+from optigraph.errors import InvalidRequest
 from optigraph.sandbox import DEFAULT_LEVEL, SandboxLevel
 
 
@@ -19,3 +23,14 @@ class RunContext:
     llm: LLM
     sink: StreamSink | None = None
     sandbox_level: SandboxLevel = DEFAULT_LEVEL
+    settings: Settings | None = None  # the server's settings (plugins read their operator options here)
+    upstreams: Mapping[str, Backend] = field(default_factory=dict)  # the server's named upstreams
+
+    def llm_for(self, upstream: str, model: str | None = None) -> LLM:
+        """A client of this run on the named upstream (its own key and capabilities; same budget,
+        same run record, its calls counted in the run's usage). `model` defaults to the run's."""
+        backend = self.upstreams.get(upstream)
+        if backend is None:
+            raise InvalidRequest(f"no upstream named {upstream!r}; configured: {', '.join(sorted(self.upstreams)) or 'none'}",
+                                 code="unknown_upstream")
+        return self.llm.sibling(backend, model)

@@ -90,6 +90,23 @@ class LLM:
         self.caps: Capabilities = backend.capabilities(model)
         self.spent: Usage = empty_usage()  # every call of this run, failed attempts included
         self.answered: Usage = empty_usage()  # the calls that answered
+        self.parent: LLM | None = None  # the run's main client, when this one addresses another upstream
+
+    def sibling(self, backend: Backend, model: str | None = None) -> LLM:
+        """A client of the same run on another backend (a named upstream): same run id, recorder,
+        budget and retries, its own key (the backend's configured one, never the client's), and its
+        calls counted in this client's totals too."""
+        other = LLM(backend=backend, model=model or self.model, run_id=self.run_id, recorder=self.recorder,
+                    api_key=None, retries=self.retries, budget=self.budget, n_support=self._n_support)
+        other.parent = self
+        return other
+
+    def _tally(self, usage: Usage, *, answered: bool) -> None:
+        self.spent = add_usage(self.spent, usage)
+        if answered:
+            self.answered = add_usage(self.answered, usage)
+        if self.parent is not None:
+            self.parent._tally(usage, answered=answered)
 
     # ---- raw forwarding (passthrough) -------------------------------------------------------
 
@@ -358,9 +375,7 @@ class LLM:
         error: str | None,
         attempt: int,
     ) -> None:
-        self.spent = add_usage(self.spent, usage)
-        if error is None:
-            self.answered = add_usage(self.answered, usage)
+        self._tally(usage, answered=error is None)
         self.recorder.call(
             CallRecord(
                 run_id=self.run_id,

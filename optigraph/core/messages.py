@@ -23,11 +23,31 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
 
 
 def replace_last_user(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
-    """A copy of the conversation with the last user turn's text replaced (pipelines feed a stage's
-    answer to the next this way)."""
+    """A copy of the conversation whose last user turn says `text` instead (a pipeline feeds a stage's
+    answer to the next this way). Nothing else changes: other turns keep their roles (system,
+    developer, tool...) and fields, and the replaced turn keeps its other fields and its non-text
+    parts (images, audio, files) in place, its text parts becoming one part with `text`. Without a
+    user turn, one is appended."""
     out = list(messages)
     for i in range(len(out) - 1, -1, -1):
         if out[i].get("role") == "user":
-            out[i] = {**out[i], "content": text}
+            out[i] = {**out[i], "content": _replace_text(out[i].get("content"), text)}
             return out
     return out + [{"role": "user", "content": text}]
+
+
+def _replace_text(content: Any, text: str) -> Any:
+    if not isinstance(content, list):
+        return text
+    parts: list[Any] = []
+    placed = False
+    for part in content:
+        if isinstance(part, dict) and part.get("type") == "text":
+            if not placed:
+                parts.append({**part, "text": text})
+                placed = True
+            continue
+        parts.append(part)
+    if not placed:
+        parts.insert(0, {"type": "text", "text": text})
+    return parts

@@ -1,14 +1,22 @@
-"""What an approach declares: its graph builder, typed parameters, papers, needs and cost."""
+"""What approaches and plugins declare: graph builder or stages, typed parameters, papers, needs, cost.
+
+An approach answers a conversation (its graph writes `answers`). A plugin wraps whatever follows it
+in an expression: its optional `pre` stage may rewrite the conversation and keep private state for
+the run, its optional `post` stage may rewrite every answer and reads that state. Both are async
+LangGraph nodes over `PluginState` (optigraph.core.state), so they are checkpointed and traced like
+any other step and can call the model through the run context.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from langgraph.graph import StateGraph
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from optigraph.core.streaming import TextRewriter
 from optigraph.errors import InvalidRequest
 
 
@@ -42,14 +50,71 @@ class ApproachSpec:
     expected_calls: str | None = None
     streams_final: bool = False  # whether its last stage is an LLM call that can stream
 
+    kind = "approach"
+
     def validate_params(self, raw: dict[str, Any] | None) -> dict[str, Any]:
-        try:
-            return self.params.model_validate(raw or {}).model_dump()
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err.get("loc", ()))
-            raise InvalidRequest(
-                f"invalid parameter for approach {self.name!r}: {where}: {err.get('msg')}",
-                param=f"optillm_params.{self.name}.{where}" if where else f"optillm_params.{self.name}",
-                code="invalid_approach_parameter",
-            ) from None
+        return validate_params(self.params, self.name, raw)
+
+
+def validate_params(model: type[BaseModel], name: str, raw: dict[str, Any] | None) -> dict[str, Any]:
+    """`raw` validated by `model` (defaults filled in), or an InvalidRequest naming the parameter."""
+    try:
+        return model.model_validate(raw or {}).model_dump()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        raise InvalidRequest(
+            f"invalid parameter for {name!r}: {where}: {err.get('msg')}",
+            param=f"optillm_params.{name}.{where}" if where else f"optillm_params.{name}",
+            code="invalid_approach_parameter",
+        ) from None
+
+
+# A stage of a plugin: an async LangGraph node over PluginState, e.g.
+#   async def pre(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any]
+# `pre` returns any of {"messages": [...], "private": {...}, "route": "<expression>", "notes": [...]};
+# `post` returns {"answers": [...]} (and may return "notes").
+PluginStage = Callable[..., Awaitable[dict[str, Any]]]
+# Made by `pre` or `post` at run time: rewrites the streamed text of one choice (see core/streaming.py).
+StreamRewriter = Callable[[dict[str, Any], dict[str, Any]], TextRewriter | None]
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """One plugin: `pre` and/or `post` stages around whatever it wraps.
+
+    - `needs`: what the server or backend must offer: "network" (it fetches), "sandbox" (it runs
+      code), "local" (a model on this machine), "store" (the database), or backend needs as approaches.
+    - `stream`: given the run's request and this plugin's private state, a TextRewriter for the
+      wrapped approach's streamed text, or None. Without it a plugin with a `post` stage makes the
+      wrapped part answer in one piece (its text cannot be sent before `post` has seen all of it).
+    - `routes`: `pre` may choose, at run time, the expression that runs inside the plugin (a
+      router); the choice is recorded in the run.
+    - `calls`/`rounds`: upstream calls the plugin itself adds, as formulas of its parameters.
+    """
+
+    name: str
+    description: str
+    pre: PluginStage | None = None
+    post: PluginStage | None = None
+    params: type[ApproachParams] = ApproachParams
+    papers: tuple[str, ...] = ()
+    needs: frozenset[str] = frozenset()
+    calls: str = "0"
+    rounds: str = "0"
+    expected_calls: str | None = None  # when fewer than `calls` are expected (nothing fails)
+    stream: StreamRewriter | None = None
+    routes: bool = False
+    streams_final: bool = False  # listing parity with approaches: a plugin produces no answer of its own
+
+    kind = "plugin"
+
+    def __post_init__(self) -> None:
+        if self.pre is None and self.post is None:
+            raise ValueError(f"plugin {self.name!r} needs a pre or a post stage")
+
+    def validate_params(self, raw: dict[str, Any] | None) -> dict[str, Any]:
+        return validate_params(self.params, self.name, raw)
+
+
+Spec = ApproachSpec | PluginSpec

@@ -53,6 +53,30 @@ class ApproachState(TypedDict, total=False):
     branch: dict[str, Any]
 
 
+class PluginState(TypedDict, total=False):
+    """What a plugin's `pre` and `post` stages read (see core/spec.py PluginSpec).
+
+    `params` are the plugin's own validated parameters and `private` its own private state (what
+    `pre` returned; checkpointed with the run, so a resumed run's `post` still has it). `post` also
+    reads `answers`, the wrapped part's answers, and returns them rewritten."""
+
+    messages: list[dict[str, Any]]  # the conversation (after `pre`, for `post`)
+    request: dict[str, Any]
+    params: dict[str, Any]
+    private: dict[str, Any]
+    answers: list[Answer]
+    stream_choice: int | None
+
+
+class Decision(TypedDict):
+    """A choice made while the run ran: which expression a plugin's `pre` routed to, and why."""
+
+    node: str
+    plugin: str
+    route: str
+    reason: str
+
+
 def sorted_candidates(state: ApproachState) -> list[Candidate]:
     """Candidates in index order (parallel branches append in completion order)."""
     return sorted(state.get("candidates") or [], key=lambda c: c.get("index", 0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 
-from optigraph.core.spec import ApproachSpec
+from optigraph.core.spec import ApproachSpec, PluginSpec
 from optigraph.engine.registry import Registry
 
 
@@ -14,7 +14,7 @@ def mermaid(spec: ApproachSpec) -> str:
     return spec.build().compile().get_graph().draw_mermaid()
 
 
-def params_table(spec: ApproachSpec) -> str:
+def params_table(spec: ApproachSpec | PluginSpec) -> str:
     fields = spec.params.model_fields
     if not fields:
         return "No parameters."
@@ -64,14 +64,43 @@ def _expected(spec: ApproachSpec) -> str:
     return f" at most, `{spec.expected_calls}` expected" if spec.expected_calls else ""
 
 
+def plugin_markdown(spec: PluginSpec) -> str:
+    stage = spec.pre or spec.post
+    module = inspect.getmodule(stage)
+    doc = inspect.cleandoc(module.__doc__ or "") if module else ""
+    stages = " and ".join(n for n, f in (("pre", spec.pre), ("post", spec.post)) if f is not None)
+    streaming = ("streams through its rewriter" if spec.stream is not None else
+                 "the wrapped part answers whole" if spec.post is not None else "the wrapped part streams as usual")
+    return "\n".join([
+        f"## `{spec.name}`",
+        "",
+        spec.description,
+        "",
+        doc,
+        "",
+        f"- Stages: {stages}. Streaming: {streaming}." + (" Chooses at run time what runs inside it." if spec.routes
+                                                           else ""),
+        f"- Upstream calls of its own: `{spec.calls}`; dependent rounds: `{spec.rounds}`.",
+        f"- Needs: {', '.join(sorted(spec.needs)) or 'nothing'}.",
+        "",
+        params_table(spec),
+        "",
+    ])
+
+
 def catalog_markdown(registry: Registry) -> str:
     rows = ["| approach | calls | rounds | needs | streams |", "|---|---|---|---|---|"]
-    for spec in registry.specs.values():
+    for spec in registry.approaches():
         calls = f"`{spec.calls}`" + (f" (expected `{spec.expected_calls}`)" if spec.expected_calls else "")
         rows.append(f"| [`{spec.name}`](#{spec.name}) | {calls} | `{spec.rounds}` | "
                     f"{', '.join(sorted(spec.needs))} | {'yes' if spec.streams_final else 'no'} |")
+    plugin_rows = ["| plugin | stages | own calls | needs |", "|---|---|---|---|"]
+    for plugin in registry.plugins():
+        stages = "+".join(n for n, f in (("pre", plugin.pre), ("post", plugin.post)) if f is not None)
+        plugin_rows.append(f"| [`{plugin.name}`](#{plugin.name}) | {stages} | `{plugin.calls}` | "
+                           f"{', '.join(sorted(plugin.needs)) or '-'} |")
     header = [
-        "# Approaches",
+        "# Approaches and plugins",
         "",
         "Generated from the code by `python scripts/approach_docs.py`; do not edit by hand.",
         "",
@@ -83,7 +112,15 @@ def catalog_markdown(registry: Registry) -> str:
         "approach makes; where it stops early (enough attempts succeeded), the expected calls say what a",
         "run makes when nothing fails.",
         "",
+        "A plugin wraps what follows it in a pipeline (`privacy&readurls&moa`: privacy.pre, readurls.pre,",
+        "moa, readurls.post, privacy.post), or the server's default approach when nothing follows it",
+        "(docs/plugins.md).",
+        "",
         *rows,
         "",
+        *plugin_rows,
+        "",
     ]
-    return "\n".join(header + [approach_markdown(s) for s in registry.specs.values()])
+    body = [approach_markdown(s) for s in registry.approaches()]
+    plugins = ["# Plugins", "", *[plugin_markdown(s) for s in registry.plugins()]]
+    return "\n".join(header + body + plugins)

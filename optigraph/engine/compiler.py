@@ -1,71 +1,56 @@
 """Compiles an approach expression (its AST) into one LangGraph graph.
 
 - An approach is its own graph (from its ApproachSpec).
-- `a&b&c` is a graph of stages; a stage runs once per answer of the stage before it, on the
-  conversation whose last user turn is replaced by that answer (OptILLM's pipeline meaning, keeping
-  the earlier turns). Stage runs are `Send` tasks, so they are concurrent and checkpointed one by one.
-- `a|b` runs its branches concurrently (`Send`) and answers one choice per branch, in order.
+- `a&b` and `a|b` are composite graphs (engine/composites.py).
+- A plugin wraps what follows it (engine/wrapping.py); `Compiler.compile` first rewrites the AST so
+  that every plugin name becomes a `Plugin` node around the rest of its pipeline, or around the
+  server's default expression when nothing follows (engine/expression.py `with_plugins`).
 
-Every graph takes the same input (messages, request, params, stream_choice) and writes `answers`
-and `usage`, so composites nest. A leaf's `params` are its own; a composite's are keyed by approach.
-Compiled graphs are cached per expression text in a bounded LRU owned by the Compiler.
+Compiled graphs are cached per canonical expression text in a bounded LRU owned by the Compiler;
+child graphs (stages, branches, wrapped parts, routed expressions) in another, since a routing
+plugin compiles expressions while runs are going.
 """
 
 from __future__ import annotations
 
-import operator
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Annotated, Any, TypedDict
+from typing import Any
 
-from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import Send
 
-from optigraph.core.context import RunContext
-from optigraph.core.messages import message_text, replace_last_user
-from optigraph.core.state import Answer
-from optigraph.core.usage import Usage, add_usage
+from optigraph.engine.composites import build_parallel, build_pipeline
 from optigraph.engine.expression import (
     Approach,
     Node,
     Parallel,
     Pipeline,
+    Plugin,
     choice_count,
+    names,
+    parse,
     to_text,
+    validate,
+    with_plugins,
 )
 from optigraph.engine.registry import Registry
-
-
-def merge_outputs(a: dict[str, list[Answer]] | None, b: dict[str, list[Answer]] | None) -> dict[str, list[Answer]]:
-    return {**(a or {}), **(b or {})}
-
-
-class CompositeState(TypedDict, total=False):
-    messages: list[dict[str, Any]]
-    request: dict[str, Any]
-    params: dict[str, dict[str, Any]]  # by approach name
-    stream_choice: int | None
-    branch: dict[str, Any]  # Send payload: which slot a child run fills
-    outputs: Annotated[dict[str, list[Answer]], merge_outputs]  # "<node>/<slot>" -> answers
-    answers: list[Answer]
-    usage: Annotated[Usage, add_usage]
-    notes: Annotated[list[str], operator.add]
+from optigraph.engine.wrapping import build_wrap
 
 
 @dataclass(frozen=True)
 class CompiledExpression:
-    text: str  # canonical expression
+    text: str  # canonical expression, plugins' defaults written out
     ast: Node
     graph: CompiledStateGraph  # compiled with the server's checkpointer
-    choices: int  # answers one run produces
-    names: tuple[str, ...]  # approaches it uses
+    choices: int  # answers one run produces (when `dynamic`, as far as the compile-time shape says)
+    names: tuple[str, ...]  # approaches and plugins it uses
+    dynamic: bool = False  # a plugin may choose at run time what runs (so the choices are not known before)
 
     def input(self, *, messages: list[dict[str, Any]], request: dict[str, Any],
               params: dict[str, dict[str, Any]], stream_choice: int | None) -> dict[str, Any]:
-        """The graph's input state. `params` is keyed by approach name."""
+        """The graph's input state. `params` is keyed by approach or plugin name."""
         own = params.get(self.ast.name, {}) if isinstance(self.ast, Approach) else params
         return {"messages": messages, "request": request, "params": own, "stream_choice": stream_choice}
 
@@ -74,21 +59,35 @@ class CompiledExpression:
 
 
 class Compiler:
-    def __init__(self, registry: Registry, checkpointer: BaseCheckpointSaver | None, *, cache_size: int = 256) -> None:
+    def __init__(self, registry: Registry, checkpointer: BaseCheckpointSaver | None, *, cache_size: int = 256,
+                 default: str = "none") -> None:
         self.registry = registry
         self.checkpointer = checkpointer
         self.cache_size = cache_size
+        self.default = parse(default)  # what a plugin with nothing after it wraps
         self._cache: OrderedDict[str, CompiledExpression] = OrderedDict()
+        self._children: OrderedDict[str, CompiledStateGraph] = OrderedDict()
+
+    def resolve(self, ast: Node) -> Node:
+        """`ast` with plugins wrapping what follows them (see engine/expression.py `with_plugins`).
+
+        A plugin with nothing after it wraps the server's default, unless the expression is that
+        default itself (a default of `readurls` alone wraps `none`, not itself again)."""
+        default = Approach("none") if ast == self.default else self.default
+        return with_plugins(ast, self.registry.plugin_names(), default)
 
     def compile(self, ast: Node) -> CompiledExpression:
+        ast = self.resolve(ast)
         text = to_text(ast)
         hit = self._cache.get(text)
         if hit is not None:
             self._cache.move_to_end(text)
             return hit
         graph = self._build(ast).compile(checkpointer=self.checkpointer, name=text)
-        names = tuple(dict.fromkeys(_names(ast)))
-        compiled = CompiledExpression(text=text, ast=ast, graph=graph, choices=choice_count(ast), names=names)
+        used = tuple(dict.fromkeys(names(ast)))
+        dynamic = any(n in self.registry.plugin_names() and self.registry.plugin(n).routes for n in used)
+        compiled = CompiledExpression(text=text, ast=ast, graph=graph, choices=choice_count(ast), names=used,
+                                      dynamic=dynamic)
         self._cache[text] = compiled
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -97,141 +96,30 @@ class Compiler:
     # Children are compiled without a checkpointer of their own: they inherit the parent's and
     # checkpoint under the parent task's namespace.
     def _child(self, ast: Node) -> CompiledStateGraph:
-        return self._build(ast).compile(name=to_text(ast))
+        text = to_text(ast)
+        hit = self._children.get(text)
+        if hit is not None:
+            self._children.move_to_end(text)
+            return hit
+        child = self._build(ast).compile(name=text)
+        self._children[text] = child
+        if len(self._children) > self.cache_size:
+            self._children.popitem(last=False)
+        return child
+
+    def _route(self, expression: str) -> tuple[Node, CompiledStateGraph]:
+        """A routed expression, checked like a client's, as a child graph."""
+        ast = parse(expression)
+        validate(ast, self.registry.names())
+        ast = self.resolve(ast)
+        return ast, self._child(ast)
 
     def _build(self, ast: Node) -> StateGraph:
         if isinstance(ast, Approach):
-            return self.registry.get(ast.name).build()
+            return self.registry.approach(ast.name).build()
+        if isinstance(ast, Plugin):
+            return build_wrap(ast, self.registry.plugin(ast.name), self._child(ast.inner), self._route)
         if isinstance(ast, Pipeline):
-            return self._pipeline(ast)
-        return self._parallel(ast)
-
-    def _pipeline(self, ast: Pipeline) -> StateGraph:
-        graph = StateGraph(CompositeState, context_schema=RunContext)
-        labels = _labels(ast.stages, numbered=True)
-        last = len(ast.stages) - 1
-        for k, (stage, label) in enumerate(zip(ast.stages, labels)):
-            graph.add_node(label, _child_runner(self._child(stage), stage, label, count=choice_count(stage),
-                                                 streams=k == last))
-            graph.add_node(f"{label}/done", _collect(label))
-            graph.add_edge(label, f"{label}/done")
-        graph.add_conditional_edges(START, _fan_out_first(labels[0]), [labels[0]])
-        for k in range(1, len(labels)):
-            graph.add_conditional_edges(f"{labels[k - 1]}/done", _fan_out_answers(labels[k]), [labels[k]])
-        graph.add_edge(f"{labels[-1]}/done", END)
-        return graph
-
-    def _parallel(self, ast: Parallel) -> StateGraph:
-        graph = StateGraph(CompositeState, context_schema=RunContext)
-        labels = _labels(ast.branches, numbered=False)
-        offsets, total = [], 0
-        for branch in ast.branches:
-            offsets.append(total)
-            total += choice_count(branch)
-        for branch, label in zip(ast.branches, labels):
-            graph.add_node(label, _child_runner(self._child(branch), branch, label, count=choice_count(branch),
-                                                 streams=True))
-            graph.add_edge(label, "collect")
-        graph.add_node("collect", _collect_all(labels))
-        graph.add_conditional_edges(START, _fan_out_branches(labels, offsets), labels)
-        graph.add_edge("collect", END)
-        return graph
-
-
-def _names(ast: Node) -> list[str]:
-    if isinstance(ast, Approach):
-        return [ast.name]
-    children = ast.stages if isinstance(ast, Pipeline) else ast.branches
-    return [n for c in children for n in _names(c)]
-
-
-def _labels(children: tuple[Node, ...], *, numbered: bool) -> list[str]:
-    labels: list[str] = []
-    for i, child in enumerate(children):
-        text = to_text(child).replace("|", "+")  # '|' and ':' are reserved in LangGraph node names
-        label = f"{i + 1}.{text}" if numbered else text
-        if label in labels:
-            label = f"{label}#{i + 1}"
-        labels.append(label)
-    return labels
-
-
-def _child_input(state: CompositeState, child: Node, messages: list[dict[str, Any]], stream_choice: int | None) -> dict[str, Any]:
-    params = state.get("params") or {}
-    own = params.get(child.name, {}) if isinstance(child, Approach) else params
-    return {"messages": messages, "request": state.get("request") or {}, "params": own, "stream_choice": stream_choice}
-
-
-def _child_runner(child: CompiledStateGraph, ast: Node, label: str, *, count: int, streams: bool):
-    """A node that runs one child graph for the slot named in its Send payload."""
-
-    async def run_child(state: CompositeState, config: RunnableConfig) -> dict[str, Any]:
-        branch = state.get("branch") or {}
-        slot = int(branch.get("slot", 0))
-        base = state.get("stream_choice")
-        stream_choice = base + int(branch.get("offset", slot * count)) if (streams and base is not None) else None
-        out = await child.ainvoke(_child_input(state, ast, branch.get("messages") or state["messages"], stream_choice),
-                                  config)
-        return {"outputs": {f"{label}/{slot}": out.get("answers") or []}, "usage": out.get("usage")}
-
-    run_child.__name__ = f"run_{label}"
-    return run_child
-
-
-def _send_payload(state: CompositeState, **branch: Any) -> dict[str, Any]:
-    return {
-        "messages": state["messages"],
-        "request": state.get("request") or {},
-        "params": state.get("params") or {},
-        "stream_choice": state.get("stream_choice"),
-        "branch": branch,
-    }
-
-
-def _fan_out_first(label: str):
-    def fan_out(state: CompositeState) -> list[Send]:
-        return [Send(label, _send_payload(state, slot=0))]
-
-    return fan_out
-
-
-def _stage_answers(outputs: dict[str, list[Answer]], label: str) -> list[Answer]:
-    prefix = f"{label}/"
-    slots = sorted((int(k[len(prefix):]), v) for k, v in outputs.items() if k.startswith(prefix))
-    return [a for _, answers in slots for a in answers]
-
-
-def _collect(label: str):
-    async def collect(state: CompositeState) -> dict[str, Any]:
-        return {"answers": _stage_answers(state.get("outputs") or {}, label)}
-
-    collect.__name__ = f"collect_{label}"
-    return collect
-
-
-def _fan_out_answers(label: str):
-    """Sends the next stage one run per answer of the stage before, its text as the new query."""
-
-    def fan_out(state: CompositeState) -> list[Send]:
-        sends = []
-        for slot, answer in enumerate(state.get("answers") or []):
-            text = message_text(answer.get("message") or {})
-            sends.append(Send(label, _send_payload(state, slot=slot, messages=replace_last_user(state["messages"], text))))
-        return sends
-
-    return fan_out
-
-
-def _fan_out_branches(labels: list[str], offsets: list[int]):
-    def fan_out(state: CompositeState) -> list[Send]:
-        return [Send(label, _send_payload(state, slot=0, offset=off)) for label, off in zip(labels, offsets)]
-
-    return fan_out
-
-
-def _collect_all(labels: list[str]):
-    async def collect(state: CompositeState) -> dict[str, Any]:
-        outputs = state.get("outputs") or {}
-        return {"answers": [a for label in labels for a in _stage_answers(outputs, label)]}
-
-    return collect
+            return build_pipeline(ast, self._child)
+        assert isinstance(ast, Parallel)
+        return build_parallel(ast, self._child)

@@ -9,6 +9,12 @@ Grammar (whitespace is ignored between tokens; `&` binds tighter than `|`)::
 
 The AST is made of frozen (hashable, comparable) dataclasses. Nested nodes of the same kind are
 flattened, so `a&(b&c)` and `(a&b)&c` both parse to `Pipeline((a, b, c))`.
+
+Plugins: the parser does not know which names are plugins. `with_plugins` rewrites a parsed AST so
+that each plugin wraps the rest of its pipeline: `privacy&readurls&moa` becomes
+`Plugin(privacy, Plugin(readurls, moa))`, and a plugin with nothing after it wraps the default
+expression (`readurls` alone wraps the server's default approach). `to_text` of a wrapped tree is
+the plain `&` form again, with the default written out, so the recorded expression is what ran.
 """
 
 from __future__ import annotations
@@ -24,12 +30,14 @@ __all__ = [
     "Node",
     "Parallel",
     "Pipeline",
+    "Plugin",
     "choice_count",
     "is_name",
     "names",
     "parse",
     "to_text",
     "validate",
+    "with_plugins",
 ]
 
 MAX_DEPTH = 64  # parenthesis nesting limit: keeps a hostile expression from exhausting the stack
@@ -59,7 +67,15 @@ class Parallel:
     branches: tuple[Node, ...]
 
 
-Node: TypeAlias = Approach | Pipeline | Parallel
+@dataclass(frozen=True, slots=True)
+class Plugin:
+    """A plugin around what it wraps: its pre stage, then `inner`, then its post stage."""
+
+    name: str
+    inner: Node
+
+
+Node: TypeAlias = Approach | Pipeline | Parallel | Plugin
 
 
 def is_name(text: str) -> bool:
@@ -182,6 +198,9 @@ def parse_span(text: str, start: int, end: int) -> Node:
 def _walk(node: Node) -> Iterator[str]:
     if isinstance(node, Approach):
         yield node.name
+    elif isinstance(node, Plugin):
+        yield node.name
+        yield from _walk(node.inner)
     else:
         for child in node.stages if isinstance(node, Pipeline) else node.branches:
             yield from _walk(child)
@@ -196,6 +215,8 @@ def choice_count(node: Node) -> int:
     """Choices one run produces: 1 per approach, summed over branches, multiplied along a pipeline."""
     if isinstance(node, Approach):
         return 1
+    if isinstance(node, Plugin):
+        return choice_count(node.inner)
     if isinstance(node, Parallel):
         return sum(choice_count(b) for b in node.branches)
     count = 1
@@ -208,6 +229,9 @@ def to_text(node: Node) -> str:
     """Canonical text with minimal parentheses and no spaces; `parse(to_text(x)) == x` for parsed x."""
     if isinstance(node, Approach):
         return node.name
+    if isinstance(node, Plugin):
+        inner = node.inner
+        return f"{node.name}&" + (f"({to_text(inner)})" if isinstance(inner, Parallel) else to_text(inner))
     if isinstance(node, Pipeline):
         return "&".join(f"({to_text(s)})" if isinstance(s, Parallel) else to_text(s) for s in node.stages)
     return "|".join(to_text(b) for b in node.branches)
@@ -220,3 +244,30 @@ def validate(node: Node, known: Collection[str]) -> None:
             raise UnknownApproach(
                 f"unknown approach {name!r}; known: {', '.join(sorted(known))}", param="model"
             )
+
+
+def with_plugins(node: Node, plugins: Collection[str], default: Node) -> Node:
+    """`node` with every plugin wrapping the rest of its pipeline (or `default` when nothing follows).
+
+    `default` is itself rewritten with `Approach("none")` as its own default, so a default made of
+    plugins only still ends in an approach."""
+    if not plugins or not any(name in plugins for name in _walk(node)):
+        return node
+    fallback = with_plugins(default, plugins, Approach("none")) if default != Approach("none") else default
+    return _wrap(node, frozenset(plugins), fallback)
+
+
+def _wrap(node: Node, plugins: frozenset[str], default: Node) -> Node:
+    if isinstance(node, Approach):
+        return Plugin(node.name, default) if node.name in plugins else node
+    if isinstance(node, Plugin):
+        return Plugin(node.name, _wrap(node.inner, plugins, default))
+    if isinstance(node, Parallel):
+        return Parallel(tuple(_wrap(b, plugins, default) for b in node.branches))
+    stages = list(node.stages)
+    for k, stage in enumerate(stages):
+        if isinstance(stage, Approach) and stage.name in plugins:
+            rest = pipeline(*stages[k + 1:]) if k + 1 < len(stages) else default
+            wrapped = Plugin(stage.name, _wrap(rest, plugins, default))
+            return pipeline(*[_wrap(s, plugins, default) for s in stages[:k]], wrapped)
+    return Pipeline(tuple(_wrap(s, plugins, default) for s in stages))

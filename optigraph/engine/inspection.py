@@ -21,7 +21,7 @@ from langgraph.types import Send, StateSnapshot
 from pydantic import BaseModel, ValidationError
 
 from optigraph.core.cost import evaluate
-from optigraph.core.spec import ApproachSpec
+from optigraph.core.spec import PluginSpec, Spec
 from optigraph.engine.compiler import CompiledExpression, Compiler
 from optigraph.engine.expression import (
     Approach,
@@ -173,6 +173,7 @@ async def read_thread(compiled: CompiledExpression, thread_id: str, *,
         "checkpoint_id": head.config["configurable"]["checkpoint_id"] if head else None,
         "next": list(head.next) if head else [],
         "steps": await _steps(compiled, snapshots, max_chars=max_chars),
+        "decisions": list((head.values or {}).get("decisions") or []) if head else [],
         "error": None,
     }
 
@@ -323,7 +324,7 @@ def totals(calls: list[dict[str, Any]], threads: list[dict[str, Any]]) -> dict[s
 # ---- approaches ----------------------------------------------------------------------------------
 
 
-def approach_info(spec: ApproachSpec) -> dict[str, Any]:
+def approach_info(spec: Spec) -> dict[str, Any]:
     try:
         defaults = spec.params().model_dump(mode="json")
     except ValidationError:  # a parameter without a default: no cost at defaults either
@@ -343,7 +344,15 @@ def approach_info(spec: ApproachSpec) -> dict[str, Any]:
         "needs": sorted(spec.needs),
         "papers": list(spec.papers),
         "streams_final": spec.streams_final,
+        **_plugin_fields(spec),
     }
+
+
+def _plugin_fields(spec: Spec) -> dict[str, Any]:
+    if not isinstance(spec, PluginSpec):
+        return {"kind": "approach"}
+    stages = [name for name, stage in (("pre", spec.pre), ("post", spec.post)) if stage is not None]
+    return {"kind": "plugin", "stages": stages, "streams_through": spec.stream is not None, "routes": spec.routes}
 
 
 def _formula(formula: str, params: dict[str, Any]) -> int | None:

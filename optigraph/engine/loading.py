@@ -1,19 +1,22 @@
-"""Approaches from outside optigraph, loaded once at start into the server's Registry.
+"""Approaches and plugins from outside optigraph, loaded once at start into the server's Registry.
 
 Three sources, in this order, after the built-ins:
 
-- entry points in the group `optigraph.approaches` (installed packages): each yields an
-  ApproachSpec, a sequence of them, or a module (whose approaches are collected as below);
+- entry points in the groups `optigraph.approaches` and `optigraph.plugins` (installed packages):
+  each yields an ApproachSpec or PluginSpec, a sequence of them, or a module (collected as below);
 - a directory (`--approaches-dir`, OPTIGRAPH_APPROACHES_DIR): every `*.py` module in it (sorted by
-  name) and every declarative spec `*.yaml`, `*.yml` or `*.json` (see optigraph/engine/authoring/);
+  name) and every declarative spec `*.yaml`, `*.yml` or `*.json`: an approach (see
+  optigraph/engine/authoring/) or, when its top-level key is `plugin`, a plugin
+  (optigraph/engine/declarative_plugins.py);
 - nothing else: there is no module-global registry.
 
-A module's approaches are its `SPECS` (a sequence), else its `SPEC`, else every module-level
-ApproachSpec whose build function the module defines itself (so `@optigraph.approach(...)` works
-without naming the result, and imported specs are not registered twice).
+A module's specs are its `SPECS` (a sequence), else its `SPEC`, else every module-level ApproachSpec
+whose build function (or PluginSpec whose stage) the module defines itself (so
+`@optigraph.approach(...)` works without naming the result, and imported specs are not registered
+twice).
 
-A name already registered (a built-in, or an approach loaded before) is a start-up error naming
-both sources; there is no override.
+A name already registered (a built-in, or one loaded before) is a start-up error naming both
+sources; there is no override. Approaches and plugins share one namespace.
 """
 
 from __future__ import annotations
@@ -26,46 +29,54 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from optigraph.core.spec import ApproachSpec
+from optigraph.core.spec import ApproachSpec, PluginSpec, Spec
 from optigraph.engine.authoring import load_declarative
+from optigraph.engine.declarative_plugins import is_plugin_document, load_plugin
 from optigraph.engine.expression import is_name
 from optigraph.engine.registry import Registry, builtin_registry
 from optigraph.errors import ApproachLoadError
 
 ENTRY_POINT_GROUP = "optigraph.approaches"
+PLUGIN_ENTRY_POINT_GROUP = "optigraph.plugins"
+SPEC_TYPES = (ApproachSpec, PluginSpec)
+
+
+def _defined_in(spec: Spec, module: ModuleType) -> bool:
+    functions = (spec.build,) if isinstance(spec, ApproachSpec) else (spec.pre, spec.post)
+    return any(getattr(f, "__module__", None) == module.__name__ for f in functions if f is not None)
 DECLARATIVE_SUFFIXES = (".yaml", ".yml", ".json")
 
 
-def specs_of_module(module: ModuleType) -> list[ApproachSpec]:
-    """The approaches a module declares (see the module docstring)."""
+def specs_of_module(module: ModuleType) -> list[Spec]:
+    """The approaches and plugins a module declares (see the module docstring)."""
     specs = getattr(module, "SPECS", None)
     if specs is not None:
         found = list(specs)
-    elif isinstance(getattr(module, "SPEC", None), ApproachSpec):
+    elif isinstance(getattr(module, "SPEC", None), SPEC_TYPES):
         found = [module.SPEC]
     else:
         seen: set[int] = set()
         found = []
         for value in vars(module).values():
-            if (isinstance(value, ApproachSpec) and id(value) not in seen
-                    and getattr(value.build, "__module__", None) == module.__name__):
+            if isinstance(value, SPEC_TYPES) and id(value) not in seen and _defined_in(value, module):
                 seen.add(id(value))
                 found.append(value)
     for spec in found:
-        if not isinstance(spec, ApproachSpec):
-            raise ApproachLoadError(f"{module.__name__}: SPECS holds {spec!r}, not an ApproachSpec")
+        if not isinstance(spec, SPEC_TYPES):
+            raise ApproachLoadError(f"{module.__name__}: SPECS holds {spec!r}, not an ApproachSpec or PluginSpec")
     return found
 
 
-def specs_of(obj: Any, source: str) -> list[ApproachSpec]:
-    """ApproachSpecs from what an entry point or a module yields."""
-    if isinstance(obj, ApproachSpec):
+def specs_of(obj: Any, source: str) -> list[Spec]:
+    """ApproachSpecs and PluginSpecs from what an entry point or a module yields."""
+    if isinstance(obj, SPEC_TYPES):
         return [obj]
     if isinstance(obj, ModuleType):
         return specs_of_module(obj)
-    if isinstance(obj, (list, tuple)) and all(isinstance(s, ApproachSpec) for s in obj):
+    if isinstance(obj, (list, tuple)) and all(isinstance(s, SPEC_TYPES) for s in obj):
         return list(obj)
-    raise ApproachLoadError(f"{source}: expected an ApproachSpec, a sequence of them or a module, got {type(obj).__name__}")
+    raise ApproachLoadError(f"{source}: expected an ApproachSpec or PluginSpec, a sequence of them or a module, "
+                            f"got {type(obj).__name__}")
 
 
 def load_module_file(path: Path) -> ModuleType:
@@ -84,12 +95,12 @@ def load_module_file(path: Path) -> ModuleType:
     return module
 
 
-def load_directory(directory: Path | str) -> list[tuple[ApproachSpec, str]]:
+def load_directory(directory: Path | str) -> list[tuple[Spec, str]]:
     """(spec, source) for every approach module and declarative spec in `directory`."""
     root = Path(directory)
     if not root.is_dir():
         raise ApproachLoadError(f"approaches directory {str(root)!r} does not exist or is not a directory")
-    out: list[tuple[ApproachSpec, str]] = []
+    out: list[tuple[Spec, str]] = []
     for path in sorted(root.iterdir()):
         if path.name.startswith((".", "_")) or not path.is_file():
             continue
@@ -99,14 +110,17 @@ def load_directory(directory: Path | str) -> list[tuple[ApproachSpec, str]]:
                 raise ApproachLoadError(f"{path}: defines no approach (no SPEC, SPECS or ApproachSpec)")
             out.extend((s, str(path)) for s in specs)
         elif path.suffix in DECLARATIVE_SUFFIXES:
-            out.append((load_declarative(path), str(path)))
+            spec = load_plugin(path) if is_plugin_document(path) else load_declarative(path)
+            out.append((spec, str(path)))
     return out
 
 
-def entry_point_specs(group: str = ENTRY_POINT_GROUP) -> list[tuple[ApproachSpec, str]]:
-    """(spec, source) for every approach installed packages declare in the entry-point group."""
-    out: list[tuple[ApproachSpec, str]] = []
-    for ep in sorted(importlib.metadata.entry_points(group=group), key=lambda e: e.name):
+def entry_point_specs(*groups: str) -> list[tuple[Spec, str]]:
+    """(spec, source) for every approach and plugin installed packages declare in the entry-point groups."""
+    out: list[tuple[Spec, str]] = []
+    eps = [ep for group in (groups or (ENTRY_POINT_GROUP, PLUGIN_ENTRY_POINT_GROUP))
+           for ep in importlib.metadata.entry_points(group=group)]
+    for ep in sorted(eps, key=lambda e: (e.group, e.name)):
         source = f"entry point {ep.name} = {ep.value}" + (f" (package {ep.dist.name})" if ep.dist else "")
         try:
             obj = ep.load()
@@ -116,15 +130,15 @@ def entry_point_specs(group: str = ENTRY_POINT_GROUP) -> list[tuple[ApproachSpec
     return out
 
 
-def add_all(registry: Registry, specs: Iterable[tuple[ApproachSpec, str]], sources: dict[str, str]) -> None:
+def add_all(registry: Registry, specs: Iterable[tuple[Spec, str]], sources: dict[str, str]) -> None:
     """Adds each spec; a bad name or one already registered is an ApproachLoadError."""
     for spec, source in specs:
         if not is_name(spec.name):
-            raise ApproachLoadError(f"{source}: approach name {spec.name!r} must be letters, digits and _ only")
+            raise ApproachLoadError(f"{source}: {spec.kind} name {spec.name!r} must be letters, digits and _ only")
         if spec.name in registry:
             raise ApproachLoadError(
-                f"{source}: approach {spec.name!r} is already registered by {sources.get(spec.name, 'optigraph')}; "
-                "rename it (built-in approaches cannot be replaced)")
+                f"{source}: {spec.kind} {spec.name!r} is already registered by {sources.get(spec.name, 'optigraph')}; "
+                "rename it (built-in approaches and plugins cannot be replaced)")
         registry.add(spec)
         sources[spec.name] = source
 

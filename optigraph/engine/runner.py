@@ -82,7 +82,8 @@ class Runner:
 
     def context(self, run_id: str, llm: LLM, sink: StreamSink | None) -> RunContext:
         """The run context of a run on this server (what its nodes reach besides state)."""
-        return RunContext(run_id=run_id, llm=llm, sink=sink, sandbox_level=self.settings.sandbox_level)
+        return RunContext(run_id=run_id, llm=llm, sink=sink, sandbox_level=self.settings.sandbox_level,
+                          settings=self.settings, upstreams=self.backends.named)
 
     # ---- preparing a run ----------------------------------------------------------------------
 
@@ -108,11 +109,7 @@ class Runner:
         names = ("none",) if compiled is None else compiled.names
         params = self._params(body.get("optillm_params"), names)
         for name in names:
-            missing = [need for need in self.registry.get(name).needs if not llm.caps.supports(need)]
-            if missing:
-                raise InvalidRequest(f"approach {name!r} needs {', '.join(missing)}, which the backend "
-                                     f"{backend.name!r} does not offer for model {upstream_model!r}",
-                                     param="model", code="approach_unsupported")
+            self._check_needs(name, llm, backend.name, upstream_model)
         request = forwarded_fields(body)
         stream = bool(body.get("stream"))
         expression = "none" if compiled is None else compiled.text
@@ -122,6 +119,23 @@ class Runner:
                         request=request, params=params, n=int(body.get("n") or 1), stream=stream,
                         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
                         llm=llm, compiled=compiled, record=record, started=time.perf_counter())
+
+    def _check_needs(self, name: str, llm: LLM, backend: str, model: str) -> None:
+        """A 400 when an approach or plugin needs what this server or backend does not offer."""
+        spec = self.registry.get(name)
+        missing = [need for need in spec.needs if not self._offers(need, llm)]
+        if missing:
+            raise InvalidRequest(f"{spec.kind} {name!r} needs {', '.join(missing)}, which the backend "
+                                 f"{backend!r} does not offer for model {model!r}",
+                                 param="model", code="approach_unsupported")
+
+    @staticmethod
+    def _offers(need: str, llm: LLM) -> bool:
+        # What the server offers every run: outbound network (plugins check their own allow-lists),
+        # the code sandbox (it fails closed at run time) and the database.
+        if need in ("network", "sandbox", "store"):
+            return True
+        return llm.caps.supports(need)
 
     def _budget(self, limits: dict[str, Any] | None) -> Budget:
         """The run's caps: the client's, never above the server's."""
@@ -195,7 +209,7 @@ class Runner:
             config = {"configurable": {"thread_id": thread}}
             state: dict[str, Any] | None = compiled.input(
                 messages=prep.messages, request=prep.request, params=prep.params,
-                stream_choice=(i * compiled.choices) if sink is not None else None)
+                stream_choice=(i * compiled.choices) if sink is not None and not compiled.dynamic else None)
             if resume:
                 snapshot = await compiled.graph.aget_state(config)
                 if snapshot.values or snapshot.next:
@@ -281,9 +295,12 @@ class Runner:
             if not task.done():
                 task.cancel()
         for i, answer in enumerate(answers):
+            held = sink.flush(i)  # what a plugin's stream rewriter still held back (a split placeholder)
             if i not in sink.streamed:
                 delta = {k: v for k, v in answer["message"].items() if k in ("content", "tool_calls") and v}
                 yield self._delta_chunk(base, StreamEvent(choice=i, delta=delta), first=True)
+            elif held:
+                yield self._delta_chunk(base, StreamEvent(choice=i, delta={"content": held}), first=False)
             finish = {**base, "choices": [{"index": i, "delta": {}, "finish_reason": answer.get("finish_reason") or "stop",
                                            "logprobs": None}]}
             yield b"data: " + orjson.dumps(finish) + b"\n\n"

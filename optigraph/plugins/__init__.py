@@ -1,1 +1,8 @@
-"""Plugins: pre- and post-nodes around an approach graph (privacy, readurls, memory, json...)."""
+"""Plugins: pre- and post-stages around whatever they wrap in an expression (core/spec.py PluginSpec).
+
+Each module exposes `SPEC`, a PluginSpec; the engine wraps them around approaches (engine/wrapping.py).
+"""
+
+from optigraph.plugins import json_output, privacy, readurls
+
+BUILTIN_PLUGINS = (privacy.SPEC, readurls.SPEC, json_output.SPEC)

@@ -20,7 +20,13 @@ def test_only_arithmetic_over_parameters(formula: str) -> None:
 
 
 def test_every_builtin_formula_evaluates_at_its_defaults() -> None:
-    for spec in builtin_registry().specs.values():
+    for spec in builtin_registry().approaches():
         params = spec.validate_params({})
         assert evaluate(spec.calls, params) >= 1, spec.name
         assert 1 <= evaluate(spec.rounds, params) <= evaluate(spec.calls, params), spec.name
+
+
+def test_plugin_formulas_count_only_their_own_calls() -> None:
+    for spec in builtin_registry().plugins():
+        params = spec.validate_params({})
+        assert 0 <= evaluate(spec.rounds, params) <= evaluate(spec.calls, params), spec.name

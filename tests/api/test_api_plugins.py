@@ -1,0 +1,218 @@
+"""Plugins end to end through the real server with the official openai client: the built-in privacy,
+readurls and json plugins, the worked examples of docs/plugins.md (Python and YAML) loaded from a
+directory, a router whose decision shows in the run, a named second upstream, and a resume mid-way."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from api_stack import Stack, last_user_text, start_stack
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+from upstream import HTTPFailure, ServerThread, UpstreamLog, echo_responder, make_app
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = re.compile(r"<!-- file: (\S+) -->\n```\w+\n(.*?)```", re.DOTALL)
+PII = {"email": "jane.roe@example.org", "phone": "+1 415 555 0134", "card": "4111 1111 1111 1111"}
+PAGE = "<html><body><h1>Menu</h1><p>Today: lentil soup.</p></body></html>"
+SECOND_KEY = "second-upstream-secret"
+
+TEST_PLUGINS = '''
+from optigraph.core.spec import PluginSpec
+
+
+async def choose(state, runtime):
+    text = state["messages"][-1]["content"]
+    if "think hard" in text:
+        return {"route": "re2", "reason": "asked to think hard"}
+    return {}
+
+
+async def ask_second(state, runtime):
+    llm = runtime.context.llm_for("second", "second-model")
+    reply = await llm.chat([{"role": "user", "content": "second opinion?"}], node="second_opinion.ask")
+    note = {"role": "system", "content": "A colleague says: " + reply.text}
+    return {"messages": [note, *state["messages"]], "usage": reply.usage}
+
+
+SPECS = [
+    PluginSpec(name="router_test", description="routes on a keyword", pre=choose, routes=True),
+    PluginSpec(name="second_opinion", description="asks the second upstream first", pre=ask_second),
+]
+'''
+
+
+def site() -> Starlette:
+    async def page(request: Any) -> Response:
+        return Response(PAGE, media_type="text/html")
+
+    return Starlette(routes=[Route("/menu", page)])
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    directory = tmp_path_factory.mktemp("plugins")
+    for name, text in EXAMPLE.findall((ROOT / "docs" / "plugins.md").read_text()):
+        (directory / name).write_text(text)
+    (directory / "test_plugins.py").write_text(TEST_PLUGINS)
+    second_log = UpstreamLog()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OPTIGRAPH_UPSTREAM_SECOND_API_KEY", SECOND_KEY)
+    with ServerThread(site()) as pages, \
+            ServerThread(make_app(lambda body, i: "looks fine", log=second_log)) as second:
+        from optigraph.config import UpstreamSettings
+
+        with start_stack(tmp_path_factory.mktemp("db") / "p.db", default_model="fake-model", approaches_dir=directory,
+                         readurls_allow=["127.0.0.1"],
+                         upstreams={"second": UpstreamSettings(url=second.url + "/v1")}) as stack:
+            yield {"stack": stack, "pages": pages, "second": second_log}
+    mp.undo()
+
+
+@pytest.fixture
+def stack(env: dict[str, Any]) -> Iterator[Stack]:
+    env["stack"].reset()
+    env["second"].bodies.clear()
+    yield env["stack"]
+    env["stack"].reset()
+
+
+def question_with_pii() -> str:
+    return f"I am {PII['email']}, phone {PII['phone']}, card {PII['card']}. Repeat my details."
+
+
+def stored_calls_text(stack: Stack, run_id: str) -> str:
+    stack.run(run_id)  # written in the background: wait until the run is stored as finished
+    calls = stack.calls(run_id)
+    assert calls, "the run's upstream calls were recorded"
+    return json.dumps(calls)
+
+
+def test_plugins_are_listed_with_their_kind(stack: Stack) -> None:
+    with stack.http() as http:
+        data = http.get("/v1/approaches").json()["data"]
+    kinds = {d["name"]: d for d in data}
+    assert kinds["privacy"]["kind"] == "plugin" and kinds["privacy"]["stages"] == ["pre", "post"]
+    assert kinds["privacy"]["streams_through"] is True
+    assert kinds["readurls"]["stages"] == ["pre"] and kinds["readurls"]["needs"] == ["network"]
+    assert kinds["json"]["stages"] == ["post"]
+    assert kinds["signed"]["kind"] == "plugin" and kinds["house_style"]["kind"] == "plugin"
+    assert kinds["bon"]["kind"] == "approach"
+
+
+def test_privacy_keeps_personal_data_away_from_the_upstream_and_its_records(stack: Stack) -> None:
+    response = stack.client().chat.completions.create(
+        model="privacy&none-fake-model", messages=[{"role": "user", "content": question_with_pii()}])
+    answer = response.choices[0].message.content
+    assert answer == "echo: " + question_with_pii()
+    run_id = response.model_extra["optigraph"]["run_id"]
+    sent = json.dumps(stack.log.bodies)
+    stored = stored_calls_text(stack, run_id)
+    for value in PII.values():
+        assert value not in sent and value not in stored
+    assert "[EMAIL_1]" in sent and "[PHONE_1]" in sent and "[CARD_1]" in sent
+    assert stack.run(run_id)["status"] == "completed"
+
+
+def test_privacy_restores_a_streamed_answer(stack: Stack) -> None:
+    stream = stack.client().chat.completions.create(
+        model="privacy&none-fake-model", stream=True, messages=[{"role": "user", "content": question_with_pii()}])
+    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 5
+    assert "".join(pieces) == "echo: " + question_with_pii()
+    assert not any("[EMAIL" in p or "[PHONE" in p for p in pieces)
+    for value in PII.values():
+        assert value not in json.dumps(stack.log.bodies)
+
+
+def test_readurls_adds_the_page_to_the_question(env: dict[str, Any], stack: Stack) -> None:
+    url = env["pages"].url + "/menu"
+    response = stack.client().chat.completions.create(
+        model="readurls&none-fake-model", messages=[{"role": "user", "content": f"What is on {url} today?"}])
+    sent = last_user_text(stack.log.bodies[0])
+    assert sent.startswith(f"What is on {url} today?") and "Today: lentil soup." in sent
+    assert "lentil soup" in response.choices[0].message.content
+
+
+def test_json_answers_validate_against_the_schema_after_a_repair(stack: Stack) -> None:
+    schema = {"type": "object", "properties": {"dish": {"type": "string"}, "vegan": {"type": "boolean"}},
+              "required": ["dish", "vegan"], "additionalProperties": False}
+    answers = iter(['Here you go: {"dish": "soup"}', '{"dish": "soup", "vegan": true}'])
+    stack.script.fn = lambda body, i: next(answers)
+    response = stack.client().chat.completions.create(
+        model="json&none-fake-model", messages=[{"role": "user", "content": "Today's dish?"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "dish", "schema": schema}})
+    assert json.loads(response.choices[0].message.content) == {"dish": "soup", "vegan": True}
+    assert len(stack.log.bodies) == 2
+    assert all(b["response_format"]["type"] == "json_schema" for b in stack.log.bodies)
+    run_id = response.model_extra["optigraph"]["run_id"]
+    stack.run(run_id)
+    nodes = [c["node"] for c in stack.calls(run_id)]
+    assert nodes == ["passthrough", "json.repair"]
+
+
+def test_the_documented_python_and_yaml_plugins_work_in_an_expression(stack: Stack) -> None:
+    response = stack.client().chat.completions.create(
+        model="signed&house_style&none-fake-model", messages=[{"role": "user", "content": "Which color?"}],
+        extra_body={"optillm_params": {"signed": {"tone": "casual", "signature": "-- Kim"}}})
+    sent = stack.log.bodies[0]["messages"]
+    assert sent[0] == {"role": "system", "content": "Answer in a casual tone.\n\nUse British spelling."}
+    assert response.choices[0].message.content == "echo: Which colour?\n(house style)\n\n-- Kim"
+
+
+def test_a_routing_decision_is_recorded_in_the_run(stack: Stack) -> None:
+    response = stack.client().chat.completions.create(
+        model="router_test&none-fake-model", messages=[{"role": "user", "content": "please think hard"}])
+    assert "Read the question again" in last_user_text(stack.log.bodies[0])
+    run_id = response.model_extra["optigraph"]["run_id"]
+    stack.run(run_id)
+    with stack.http() as http:
+        detail = http.get(f"/v1/runs/{run_id}").json()
+        page = http.get(f"/ui/runs/{run_id}").text
+    assert detail["threads"][0]["decisions"] == [
+        {"node": "router_test.run", "plugin": "router_test", "route": "re2", "reason": "asked to think hard"}]
+    assert "asked to think hard" in page and "id='decisions'" in page
+
+
+def test_a_plugin_reaches_a_named_upstream_with_its_own_key(env: dict[str, Any], stack: Stack) -> None:
+    response = stack.client(api_key="client-key").chat.completions.create(
+        model="second_opinion&none-fake-model", messages=[{"role": "user", "content": "Is it safe?"}])
+    second = env["second"]
+    assert [b["model"] for b in second.bodies] == ["second-model"]
+    assert second.headers[0]["authorization"] == f"Bearer {SECOND_KEY}"  # its own key, not the client's
+    assert stack.log.bodies[0]["messages"][0] == {"role": "system", "content": "A colleague says: looks fine"}
+    run_id = response.model_extra["optigraph"]["run_id"]
+    assert response.model_extra["optigraph"]["upstream_calls"] == 2
+    stack.run(run_id)
+    backends = sorted(c["backend"] for c in stack.calls(run_id))
+    assert backends == ["openai", "openai:second"]
+
+
+def test_a_run_that_failed_inside_the_wrapped_part_resumes_with_its_private_state(stack: Stack) -> None:
+    broken = {"on": True}
+
+    def fail_second_stage(body: dict[str, Any], index: int) -> Any:
+        if broken["on"] and last_user_text(body).startswith("echo:"):
+            return HTTPFailure(400, "stage two is broken")
+        return echo_responder(body, index)
+
+    stack.script.fn = fail_second_stage
+    with stack.http() as http:
+        r = http.post("/v1/chat/completions", json={"model": "privacy&none&none-fake-model",
+                                                    "messages": [{"role": "user", "content": question_with_pii()}]})
+    run_id = r.headers["x-optigraph-run-id"]
+    assert r.status_code == 400 and stack.run(run_id)["status"] == "failed"
+    assert len(stack.log.bodies) == 2
+    broken["on"] = False
+    with stack.http() as http:
+        r = http.post(f"/v1/runs/{run_id}/resume")
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "echo: echo: " + question_with_pii()
+    assert len(stack.log.bodies) == 3  # only the failed stage ran again; privacy.pre did not run twice
+    assert all(v not in json.dumps(stack.log.bodies) for v in PII.values())
