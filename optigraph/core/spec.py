@@ -109,6 +109,11 @@ class PluginSpec:
 
     kind = "plugin"
 
+    @property
+    def stages(self) -> list[str]:
+        """Its stages by name: "pre" and/or "post"."""
+        return [name for name, stage in (("pre", self.pre), ("post", self.post)) if stage is not None]
+
     def __post_init__(self) -> None:
         if self.pre is None and self.post is None:
             raise ValueError(f"plugin {self.name!r} needs a pre or a post stage")

@@ -35,28 +35,21 @@ def _bound(constraint: object) -> str:
     return str(constraint)
 
 
-def approach_markdown(spec: ApproachSpec) -> str:
-    module = inspect.getmodule(spec.build)
+def _section(spec: ApproachSpec | PluginSpec, defined_by: object, facts: list[str], extra: list[str]) -> str:
+    """A spec's Markdown section: heading, description, its module's docstring, facts, then `extra`."""
+    module = inspect.getmodule(defined_by)
     doc = inspect.cleandoc(module.__doc__ or "") if module else ""
+    return "\n".join([f"## `{spec.name}`", "", spec.description, "", doc, "", *facts, "", *extra,
+                      params_table(spec), ""])
+
+
+def approach_markdown(spec: ApproachSpec) -> str:
     papers = ", ".join(spec.papers) if spec.papers else "none cited"
-    return "\n".join([
-        f"## `{spec.name}`",
-        "",
-        spec.description,
-        "",
-        doc,
-        "",
+    return _section(spec, spec.build, [
         f"- Upstream calls: `{spec.calls}`{_expected(spec)}; dependent rounds: `{spec.rounds}`.",
         f"- Needs from a backend: {', '.join(sorted(spec.needs))}. Streams its final stage: {'yes' if spec.streams_final else 'no'}.",
         f"- Papers: {papers}.",
-        "",
-        "```mermaid",
-        mermaid(spec).strip(),
-        "```",
-        "",
-        params_table(spec),
-        "",
-    ])
+    ], ["```mermaid", mermaid(spec).strip(), "```", ""])
 
 
 def _expected(spec: ApproachSpec) -> str:
@@ -65,27 +58,14 @@ def _expected(spec: ApproachSpec) -> str:
 
 
 def plugin_markdown(spec: PluginSpec) -> str:
-    stage = spec.pre or spec.post
-    module = inspect.getmodule(stage)
-    doc = inspect.cleandoc(module.__doc__ or "") if module else ""
-    stages = " and ".join(n for n, f in (("pre", spec.pre), ("post", spec.post)) if f is not None)
     streaming = ("streams through its rewriter" if spec.stream is not None else
                  "the wrapped part answers whole" if spec.post is not None else "the wrapped part streams as usual")
-    return "\n".join([
-        f"## `{spec.name}`",
-        "",
-        spec.description,
-        "",
-        doc,
-        "",
-        f"- Stages: {stages}. Streaming: {streaming}." + (" Chooses at run time what runs inside it." if spec.routes
-                                                           else ""),
+    routes = " Chooses at run time what runs inside it." if spec.routes else ""
+    return _section(spec, spec.pre or spec.post, [
+        f"- Stages: {' and '.join(spec.stages)}. Streaming: {streaming}.{routes}",
         f"- Upstream calls of its own: `{spec.calls}`; dependent rounds: `{spec.rounds}`.",
         f"- Needs: {', '.join(sorted(spec.needs)) or 'nothing'}.",
-        "",
-        params_table(spec),
-        "",
-    ])
+    ], [])
 
 
 def catalog_markdown(registry: Registry) -> str:
@@ -96,8 +76,7 @@ def catalog_markdown(registry: Registry) -> str:
                     f"{', '.join(sorted(spec.needs))} | {'yes' if spec.streams_final else 'no'} |")
     plugin_rows = ["| plugin | stages | own calls | needs |", "|---|---|---|---|"]
     for plugin in registry.plugins():
-        stages = "+".join(n for n, f in (("pre", plugin.pre), ("post", plugin.post)) if f is not None)
-        plugin_rows.append(f"| [`{plugin.name}`](#{plugin.name}) | {stages} | `{plugin.calls}` | "
+        plugin_rows.append(f"| [`{plugin.name}`](#{plugin.name}) | {'+'.join(plugin.stages)} | `{plugin.calls}` | "
                            f"{', '.join(sorted(plugin.needs)) or '-'} |")
     header = [
         "# Approaches and plugins",

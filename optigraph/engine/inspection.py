@@ -351,8 +351,7 @@ def approach_info(spec: Spec) -> dict[str, Any]:
 def _plugin_fields(spec: Spec) -> dict[str, Any]:
     if not isinstance(spec, PluginSpec):
         return {"kind": "approach"}
-    stages = [name for name, stage in (("pre", spec.pre), ("post", spec.post)) if stage is not None]
-    return {"kind": "plugin", "stages": stages, "streams_through": spec.stream is not None, "routes": spec.routes}
+    return {"kind": "plugin", "stages": spec.stages, "streams_through": spec.stream is not None, "routes": spec.routes}
 
 
 def _formula(formula: str, params: dict[str, Any]) -> int | None:
