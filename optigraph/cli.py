@@ -22,10 +22,17 @@ SERVE_FLAGS = (
     ("--log-level", "log_level", "debug, info, warning, error"),
     ("--approaches-dir", "approaches_dir", "load approach modules (*.py) and YAML/JSON specs from this directory"),
     ("--local-model", "local_model", "local model: smollm2 (default), a .gguf file or model directory, +adapters"),
-    ("--local-models-dir", "local_models_dir", "directory where relative local model and adapter names are found"),
+    ("--local-models-dir", "local_models_dir", "directory of the local models and adapters clients may name "
+                                               "(besides smollm2 and --local-model); nothing outside it loads"),
     ("--local-max-models", "local_max_models", "local base models kept loaded (default 2, least recently used out)"),
-    ("--local-dtype", "local_dtype", "dtype of local models from directories: float32 (default), bfloat16, auto"),
+    ("--local-dtype", "local_dtype", "dtype of local models: float32 (default), bfloat16, float16, auto"),
     ("--local-threads", "local_threads", "CPU threads for local models (default: half the cores, at least 1)"),
+)
+# Flags that take no value: present means true.
+SERVE_SWITCHES = (
+    ("--local-models-with-upstream", "local_models_with_upstream",
+     "with --base-url, still serve local model names (local/..., smollm2, --local-model, models in "
+     "--local-models-dir) here; without it every model goes upstream"),
 )
 
 
@@ -36,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
                            description="Every flag can also be set with OPTIGRAPH_<NAME> (e.g. OPTIGRAPH_BASE_URL).")
     for flag, dest, help_ in SERVE_FLAGS:
         serve.add_argument(flag, dest=dest, default=None, help=help_)
+    for flag, dest, help_ in SERVE_SWITCHES:
+        serve.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=help_)
     from optigraph.evals.runner import add_arguments as add_eval_arguments
 
     add_eval_arguments(sub.add_parser(
@@ -60,7 +69,8 @@ def serve(args: argparse.Namespace) -> None:
 
     from optigraph.api.app import create_app
 
-    overrides = {dest: getattr(args, dest) for _, dest, _ in SERVE_FLAGS if getattr(args, dest) is not None}
+    overrides = {dest: getattr(args, dest) for _, dest, _ in (*SERVE_FLAGS, *SERVE_SWITCHES)
+                 if getattr(args, dest) is not None}
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub

@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from optigraph.backends.local import refuse_unsupported
 from optigraph.backends.router import Backends
 from optigraph.config import Settings
 from optigraph.core.context import RunContext
@@ -104,11 +105,16 @@ class Runner:
         names = ("none",) if compiled is None else compiled.names
         params = self._params(body.get("optillm_params"), names)
         for name in names:
-            missing = [need for need in self.registry.get(name).needs if not llm.caps.supports(need)]
-            if missing:
-                raise InvalidRequest(f"approach {name!r} needs {', '.join(missing)}, which the backend "
-                                     f"{backend.name!r} does not offer for model {upstream_model!r}",
-                                     param="model", code="approach_unsupported")
+            self._check_needs(f"approach {name!r}", self.registry.get(name).needs, llm, "model")
+        decoding = body.get("decoding")
+        if decoding is not None and decoding != "none":  # the body form of a decoding approach: the same check
+            self._check_needs(f"decoding {decoding!r}", ("local",), llm, "decoding")
+        if llm.caps.local:  # what the local model cannot honour is a 400 now, before any call of an approach
+            refuse_unsupported(body)
+        if body.get("logprobs") and compiled is not None:
+            raise InvalidRequest(f"logprobs are not supported with approach {compiled.text!r}: only 'none' returns "
+                                 "one completion as the model sampled it", param="logprobs",
+                                 code="unsupported_parameter")
         request = forwarded_fields(body)
         stream = bool(body.get("stream"))
         expression = "none" if compiled is None else compiled.text
@@ -118,6 +124,14 @@ class Runner:
                         request=request, params=params, n=int(body.get("n") or 1), stream=stream,
                         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
                         llm=llm, compiled=compiled, record=record, started=time.perf_counter())
+
+    @staticmethod
+    def _check_needs(what: str, needs: Iterable[str], llm: LLM, param: str) -> None:
+        """A 400 when the run's backend lacks what an approach (or a body field asking for one) needs."""
+        missing = [need for need in needs if not llm.caps.supports(need)]
+        if missing:
+            raise InvalidRequest(f"{what} needs {', '.join(missing)}, which the backend {llm.backend.name!r} does not "
+                                 f"offer for model {llm.model!r}", param=param, code="approach_unsupported")
 
     def _budget(self, limits: dict[str, Any] | None) -> Budget:
         """The run's caps: the client's, never above the server's."""
