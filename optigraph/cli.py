@@ -22,8 +22,8 @@ SERVE_FLAGS = (
     ("--log-level", "log_level", "debug, info, warning, error"),
     ("--approaches-dir", "approaches_dir", "load approach modules (*.py) and YAML/JSON specs from this directory"),
     ("--local-model", "local_model", "local model: smollm2 (default), a .gguf file or model directory, +adapters"),
-    ("--local-models-dir", "local_models_dir", "directory of the local models and adapters clients may name "
-                                               "(besides smollm2 and --local-model); nothing outside it loads"),
+    ("--local-models-dir", "local_models_dir", ("directory of the local models and adapters clients may name "
+                                                "(besides smollm2 and --local-model); nothing outside it loads")),
     ("--local-max-models", "local_max_models", "local base models kept loaded (default 2, least recently used out)"),
     ("--local-dtype", "local_dtype", "dtype of local models: float32 (default), bfloat16, float16, auto"),
     ("--local-threads", "local_threads", "CPU threads for local models (default: half the cores, at least 1)"),
@@ -31,8 +31,8 @@ SERVE_FLAGS = (
 # Flags that take no value: present means true.
 SERVE_SWITCHES = (
     ("--local-models-with-upstream", "local_models_with_upstream",
-     "with --base-url, still serve local model names (local/..., smollm2, --local-model, models in "
-     "--local-models-dir) here; without it every model goes upstream"),
+     ("with --base-url, still serve local model names (local/..., smollm2, --local-model, models in "
+      "--local-models-dir) here; without it every model goes upstream")),
 )
 
 

@@ -343,6 +343,32 @@ def test_http_errors(client: openai.OpenAI, server: ServerThread, tiny: TinyMode
             pass
 
 
+def test_http_tools_and_structured_output_are_refused_by_name(client: openai.OpenAI, server: ServerThread) -> None:
+    """The local model cannot call tools or constrain its output: a 400 naming the field, for the passthrough
+    and for an approach (before any of its calls), streamed or not; a plain text format is fine."""
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    schema = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}
+    runs_before = httpx.get(f"{server.url}/v1/runs?limit=1000", timeout=10).json()["data"]
+    for extra, param in (({"tools": tools}, "tools"), ({"tool_choice": "required"}, "tool_choice"),
+                         ({"response_format": {"type": "json_object"}}, "response_format"),
+                         ({"response_format": schema}, "response_format")):
+        for model in ("local", "bon-local"):
+            for stream in (False, True):
+                with pytest.raises(openai.BadRequestError) as caught:
+                    reply = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=2, stream=stream,
+                                                           extra_body=extra)
+                    if stream:
+                        list(reply)
+                assert (caught.value.body["param"], caught.value.body["code"]) == (param, "unsupported_parameter")
+                assert param in caught.value.body["message"]
+    runs_after = httpx.get(f"{server.url}/v1/runs?limit=1000", timeout=10).json()["data"]
+    assert [r["id"] for r in runs_after if r["expression"] != "none"] == \
+        [r["id"] for r in runs_before if r["expression"] != "none"], "no approach run started"
+    ok = client.chat.completions.create(model="local", messages=QUESTION, max_tokens=2, tool_choice="none",
+                                        response_format={"type": "text"})
+    assert ok.usage.completion_tokens == 2
+
+
 def test_health_lists_the_local_models(client: openai.OpenAI, server: ServerThread, tiny: TinyModel) -> None:
     client.chat.completions.create(model="local", messages=QUESTION, max_tokens=1)
     health = httpx.get(f"{server.url}/health", timeout=10).json()
