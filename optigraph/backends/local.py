@@ -185,7 +185,7 @@ class LocalBackend:
         otherwise, the same whether or not a file exists there."""
         from optigraph.local.names import client_spec
 
-        if not model or model in ("local", "local/"):
+        if not model or model.lower() in ("local", "local/"):
             return self.default_spec
         return client_spec(model, configured=self.default_model, default=self.default_spec, models_dir=self.models_dir)
 

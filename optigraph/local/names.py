@@ -107,7 +107,7 @@ def client_spec(model: str, *, configured: str, default: ModelSpec, models_dir: 
     """The ModelSpec of a client's model name (`default` is the configured model's); NotFound (404) for
     anything the server's configuration does not offer, the same whether a file exists there or not."""
     name = model.removeprefix("local/").strip()
-    if name in ("", "local") or name == configured.removeprefix("local/").strip():
+    if name.lower() in ("", "local") or name == configured.removeprefix("local/").strip():
         return default
     base_name, adapter_names = split_name(name)
     own_base, own_adapters = split_name(configured)

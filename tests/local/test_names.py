@@ -29,7 +29,7 @@ def test_models_inside_the_directory_and_the_configured_one_resolve(layout: Layo
         spec = spec_of(layout, name)
         assert (spec.base.path, spec.base.gguf, spec.adapters) == (inner, False, ()), name
     assert spec_of(layout, "weights.gguf").base.gguf
-    for name in (layout.configured, f"local/{layout.configured}", "local", ""):
+    for name in (layout.configured, f"local/{layout.configured}", "local", "LOCAL", ""):
         assert spec_of(layout, name) == layout.default
     with_adapter = spec_of(layout, f"{layout.configured}+lora-a")  # the configured base, an adapter from the dir
     assert with_adapter.base == layout.default.base
