@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,33 +105,21 @@ class Runner:
         names = ("none",) if compiled is None else compiled.names
         params = self._params(body.get("optillm_params"), names)
         for name in names:
-            self._check_needs(f"approach {name!r}", self.registry.get(name).needs, llm, "model")
-        decoding = body.get("decoding")
-        if decoding is not None and decoding != "none":  # the body form of a decoding approach: the same check
-            self._check_needs(f"decoding {decoding!r}", ("local",), llm, "decoding")
-        if llm.caps.local:  # what the local model cannot honour is a 400 now, before any call of an approach
-            refuse_unsupported(body)
-        if body.get("logprobs") and compiled is not None:
-            raise InvalidRequest(f"logprobs are not supported with approach {compiled.text!r}: only 'none' returns "
-                                 "one completion as the model sampled it", param="logprobs",
-                                 code="unsupported_parameter")
+            missing = [need for need in self.registry.get(name).needs if not llm.caps.supports(need)]
+            if missing:
+                raise InvalidRequest(f"approach {name!r} needs {', '.join(missing)}, which the backend "
+                                     f"{backend.name!r} does not offer for model {upstream_model!r}",
+                                     param="model", code="approach_unsupported")
         request = forwarded_fields(body)
         stream = bool(body.get("stream"))
         expression = "none" if compiled is None else compiled.text
         record = RunRecord(id=run_id, expression=expression, model=upstream_model, request=body,
                            checkpointed=compiled is not None, user=body.get("user"))
+        self._check_fields(body, llm, compiled)
         return Prepared(run_id=run_id, expression=expression, model=upstream_model, messages=sel.messages,
                         request=request, params=params, n=int(body.get("n") or 1), stream=stream,
                         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
                         llm=llm, compiled=compiled, record=record, started=time.perf_counter())
-
-    @staticmethod
-    def _check_needs(what: str, needs: Iterable[str], llm: LLM, param: str) -> None:
-        """A 400 when the run's backend lacks what an approach (or a body field asking for one) needs."""
-        missing = [need for need in needs if not llm.caps.supports(need)]
-        if missing:
-            raise InvalidRequest(f"{what} needs {', '.join(missing)}, which the backend {llm.backend.name!r} does not "
-                                 f"offer for model {llm.model!r}", param=param, code="approach_unsupported")
 
     def _budget(self, limits: dict[str, Any] | None) -> Budget:
         """The run's caps: the client's, never above the server's."""
@@ -153,6 +141,20 @@ class Runner:
             raise InvalidRequest(f"optillm_params names approaches not in the expression: {', '.join(unknown)}",
                                  param="optillm_params", code="invalid_approach_parameter")
         return {name: self.registry.get(name).validate_params(raw.get(name)) for name in names}
+
+    @staticmethod
+    def _check_fields(body: dict[str, Any], llm: LLM, compiled: CompiledExpression | None) -> None:
+        """A 400 for body fields the run would otherwise accept and ignore."""
+        decoding = body.get("decoding")
+        if decoding is not None and decoding != "none" and not llm.caps.local:  # as the slug form is refused
+            raise InvalidRequest(f"decoding {decoding!r} needs local, which the backend {llm.backend.name!r} does not "
+                                 f"offer for model {llm.model!r}", param="decoding", code="approach_unsupported")
+        if llm.caps.local:  # what the local model cannot honour, before any call of an approach
+            refuse_unsupported(body)
+        if body.get("logprobs") and compiled is not None:
+            raise InvalidRequest(f"logprobs are not supported with approach {compiled.text!r}: only 'none' returns "
+                                 "one completion as the model sampled it", param="logprobs",
+                                 code="unsupported_parameter")
 
     # ---- non-streaming ------------------------------------------------------------------------
 
