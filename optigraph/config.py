@@ -37,7 +37,8 @@ class Settings(BaseSettings):
                                   "names and local_model); nothing outside it is loaded for a client")
     local_models_with_upstream: bool = Field(
         default=False, description="With a base URL set, still serve local model names (local/..., built-in names, "
-                                   "local_model, names in local_models_dir) locally; without it every model goes upstream")
+                                   "local_model, names in local_models_dir) here; without it every model goes "
+                                   "upstream")
     local_max_models: int = Field(default=2, ge=1, description="Local base models kept in memory (least recently used out)")
     local_dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
         default="float32", description="Weights dtype of local models: float32, bfloat16, float16 or auto")

@@ -98,15 +98,16 @@ def _decoding(body: dict[str, Any]) -> tuple[str | None, BaseModel | None]:
 
 def refuse_unsupported(body: dict[str, Any]) -> None:
     """A 400 naming the field for what the local model cannot honour: tool calling and structured output.
-    `response_format` {"type": "text"} (plain text, what it returns anyway) and `tool_choice` "none" are fine."""
+    `response_format` {"type": "text"} (plain text, what it returns anyway) and `tool_choice` "none" or
+    "auto" (no tools: nothing to call) are fine."""
     for name in ("tools", "functions"):
         if body.get(name):
             raise InvalidRequest(f"the local model does not support tool calling: remove {name}", param=name,
                                  code="unsupported_parameter")
     for param in ("tool_choice", "function_call"):
         if body.get(param) not in (None, "none", "auto"):
-            raise InvalidRequest(f"the local model does not support tool calling: {param} must be absent or 'none'",
-                                 param=param, code="unsupported_parameter")
+            raise InvalidRequest(f"the local model does not support tool calling: {param} must be absent, 'none' "
+                                 "or 'auto'", param=param, code="unsupported_parameter")
     fmt = body.get("response_format")
     if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
         kind = fmt.get("type") if isinstance(fmt, dict) else fmt
