@@ -344,8 +344,10 @@ def show(report: dict[str, Any]) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2", help="local model name: smollm2, a .gguf file or a model directory")
-    p.add_argument("--model2", help="a second local model to load, for its memory figures")
-    p.add_argument("--models-dir", type=lambda v: __import__("pathlib").Path(v), help="where relative names are looked up")
+    p.add_argument("--model2", help="a second local model to load, for its memory figures: a built-in name or a "
+                                    "name inside --models-dir (requests may name nothing else)")
+    p.add_argument("--models-dir", type=lambda v: __import__("pathlib").Path(v),
+                   help="the models directory: where --model2 and relative names are looked up")
     p.add_argument("--dtype", default="float32", help="dtype the models load in (default float32)")
     p.add_argument("--n", type=int, default=8, help="samples per request / concurrent requests (default 8)")
     p.add_argument("--max-tokens", type=int, default=64, help="max_tokens of every timed request (default 64)")

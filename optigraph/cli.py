@@ -23,13 +23,20 @@ SERVE_FLAGS = (
     ("--log-level", "log_level", "debug, info, warning, error"),
     ("--approaches-dir", "approaches_dir", "load approach modules (*.py) and YAML/JSON specs from this directory"),
     ("--local-model", "local_model", "local model: smollm2 (default), a .gguf file or model directory, +adapters"),
-    ("--local-models-dir", "local_models_dir", "directory where relative local model and adapter names are found"),
+    ("--local-models-dir", "local_models_dir", ("directory of the local models and adapters clients may name "
+                                                "(besides smollm2 and --local-model); nothing outside it loads")),
     ("--local-max-models", "local_max_models", "local base models kept loaded (default 2, least recently used out)"),
-    ("--local-dtype", "local_dtype", "dtype of local models from directories: float32 (default), bfloat16, auto"),
+    ("--local-dtype", "local_dtype", "dtype of local models: float32 (default), bfloat16, float16, auto"),
     ("--local-threads", "local_threads", "CPU threads for local models (default: half the cores, at least 1)"),
     ("--sandbox-level", "sandbox_level", ("layers required before model-written code runs, else it is not run: "
                                           "strict (default, all), reduced (no namespaces: containers that forbid "
                                           "them), minimal (no namespaces, no Landlock); see docs/sandbox.md")),
+)
+# Flags that take no value: present means true.
+SERVE_SWITCHES = (
+    ("--local-models-with-upstream", "local_models_with_upstream",
+     ("with --base-url, still serve local model names (local/..., smollm2, --local-model, models in "
+      "--local-models-dir) here; without it every model goes upstream")),
 )
 
 
@@ -67,6 +74,8 @@ def parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, dest=dest, default=None, help=help_)
     for flag, dest, help_ in REPEATED_SERVE_FLAGS:
         serve.add_argument(flag, dest=dest, default=None, action="append", help=help_)
+    for flag, dest, help_ in SERVE_SWITCHES:
+        serve.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=help_)
     from optigraph.evals.runner import add_arguments as add_eval_arguments
 
     add_eval_arguments(sub.add_parser(
@@ -91,7 +100,8 @@ def serve(args: argparse.Namespace) -> None:
 
     from optigraph.api.app import create_app
 
-    overrides = {dest: getattr(args, dest) for _, dest, _ in SERVE_FLAGS if getattr(args, dest) is not None}
+    overrides = {dest: getattr(args, dest) for _, dest, _ in (*SERVE_FLAGS, *SERVE_SWITCHES)
+                 if getattr(args, dest) is not None}
     settings = Settings(**overrides, **repeated_overrides(args))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub

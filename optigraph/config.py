@@ -57,10 +57,16 @@ class Settings(BaseSettings):
                     "local model when no base URL is set, else a 400")
     local_model: str = Field(default="smollm2", description="Model the embedded backend serves when no upstream is set: "
                                                             "a built-in name, a .gguf file or a model directory, +adapters")
-    local_models_dir: Path | None = Field(default=None, description="Directory where relative local model and adapter names are looked up")
+    local_models_dir: Path | None = Field(
+        default=None, description="Directory of the local models and adapters clients may name (besides the built-in "
+                                  "names and local_model); nothing outside it is loaded for a client")
+    local_models_with_upstream: bool = Field(
+        default=False, description="With a base URL set, still serve local model names (local/..., built-in names, "
+                                   "local_model, names in local_models_dir) here; without it every model goes "
+                                   "upstream")
     local_max_models: int = Field(default=2, ge=1, description="Local base models kept in memory (least recently used out)")
     local_dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
-        default="float32", description="Weights dtype of local models loaded from directories")
+        default="float32", description="Weights dtype of local models: float32, bfloat16, float16 or auto")
     local_batch_window_ms: float = Field(default=5.0, ge=0, description="How long the local worker waits for more requests to batch")
     local_max_batch_rows: int = Field(default=32, ge=1, description="Most sequences one local batch decodes together")
     local_threads: int = Field(default=0, ge=0, description="CPU threads for local models (0: half the cores, at least 1)")

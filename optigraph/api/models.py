@@ -23,8 +23,9 @@ async def list_models(request: Request, key: str | None = Depends(upstream_key))
             data.extend(await backends.http.list_models(api_key=key))
         except OptigraphError as exc:
             log.warning("listing upstream models failed: %s", exc.message)
-    data.append({"id": request.app.state.settings.local_model, "object": "model", "created": 0,
-                 "owned_by": "optigraph-local"})
+    if backends.local_reachable:  # with an upstream, local models are listed only when clients may use them
+        data.append({"id": request.app.state.settings.local_model, "object": "model", "created": 0,
+                     "owned_by": "optigraph-local"})
     approaches = [{"id": spec.name, "kind": spec.kind, "description": spec.description, "needs": sorted(spec.needs),
                    "calls": spec.calls, "rounds": spec.rounds,
                    "expected_calls": getattr(spec, "expected_calls", None) or spec.calls}

@@ -1,11 +1,14 @@
 """The local backend: models on this machine behind the OpenAI chat-completions shape.
 
-Model names are `[local/]base[+adapter...]` (see optigraph/local/models.py). The work runs on one
+Model names are `[local/]base[+adapter...]` (see optigraph/local/models.py); a request's model name may
+only name what the server's configuration offers (optigraph/local/names.py). The work runs on one
 worker thread (optigraph/local/worker.py) that batches requests arriving together; this module only
 turns request bodies into jobs and results back into OpenAI responses and chunks.
 
 Body fields it reads: messages, max_tokens / max_completion_tokens, temperature, top_p, n, stop, seed,
 logprobs, top_logprobs, active_adapter, decoding (+ the chosen strategy's own fields), reasoning_effort.
+It refuses (400) tools, functions, a tool_choice other than none/auto and a response_format other than
+text: it can honour none of them.
 """
 
 from __future__ import annotations
@@ -93,8 +96,28 @@ def _decoding(body: dict[str, Any]) -> tuple[str | None, BaseModel | None]:
         raise InvalidRequest(f"{name}: {field}: {first['msg']}", param=field, code="invalid_value") from exc
 
 
+def refuse_unsupported(body: dict[str, Any]) -> None:
+    """A 400 naming the field for what the local model cannot honour: tool calling and structured output.
+    `response_format` {"type": "text"} (plain text, what it returns anyway) and `tool_choice` "none" or
+    "auto" (no tools: nothing to call) are fine."""
+    for name in ("tools", "functions"):
+        if body.get(name):
+            raise InvalidRequest(f"the local model does not support tool calling: remove {name}", param=name,
+                                 code="unsupported_parameter")
+    for param in ("tool_choice", "function_call"):
+        if body.get(param) not in (None, "none", "auto"):
+            raise InvalidRequest(f"the local model does not support tool calling: {param} must be absent, 'none' "
+                                 "or 'auto'", param=param, code="unsupported_parameter")
+    fmt = body.get("response_format")
+    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
+        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+        raise InvalidRequest(f"the local model supports only response_format type 'text', not {kind!r}",
+                             param="response_format", code="unsupported_parameter")
+
+
 def parse_request(body: dict[str, Any]) -> LocalRequest:
-    """Checks the fields the local model uses; others are ignored."""
+    """Checks the fields the local model uses and refuses those it cannot honour; others are ignored."""
+    refuse_unsupported(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest("messages must be a non-empty list of messages", param="messages")
@@ -158,12 +181,14 @@ class LocalBackend:
     # ---- names ---------------------------------------------------------------------------------
 
     def spec(self, model: str | None) -> Any:
-        """The ModelSpec of a model name (`local` or empty: the default model); NotFound when it is not here."""
-        from optigraph.local.models import parse_spec
+        """The ModelSpec of a client's model name (`local` or empty: the default model): a built-in name,
+        the default model, or a name inside the models directory (optigraph/local/names.py); NotFound
+        otherwise, the same whether or not a file exists there."""
+        from optigraph.local.names import client_spec
 
-        if not model or model in ("local", "local/"):
+        if not model or model.lower() in ("local", "local/"):
             return self.default_spec
-        return parse_spec(model, self.models_dir)
+        return client_spec(model, configured=self.default_model, default=self.default_spec, models_dir=self.models_dir)
 
     def capabilities(self, model: str) -> Capabilities:
         return Capabilities(n_sampling=True, logprobs=True, streaming=True, local=True)

@@ -1,11 +1,17 @@
 """Which backend serves a model name.
 
-- Local model names run on this machine: `local/<name-or-path>`, built-in names (`smollm2`), `.gguf`
-  files, model directories (paths, or names in the models directory), each optionally `+adapter...`.
-- With a base URL configured, every other model goes to that OpenAI-compatible server.
-- Without one, `provider/model` names of known providers (or `litellm/...`) go to LiteLLM; other
-  names with a `/` are looked up as local paths (404 when missing: nothing is downloaded); plain names
-  (`gpt-4o-mini`) are served by the default local model, so unmodified clients work offline.
+Without a base URL:
+- local model names run on this machine: `local` and `local/<name>`, built-in names (`smollm2`), the
+  configured `--local-model`, `.gguf` names, paths and names of models inside `--local-models-dir`,
+  each optionally `+adapter...`. Only what the configuration offers is served (optigraph/local/names.py):
+  anything else is a 404 `model_not_found`;
+- `provider/model` names of known providers (or `litellm/...`) go to LiteLLM;
+- other names with a `/` are local names (404 when not offered: nothing is downloaded);
+- plain names (`gpt-4o-mini`) are served by the default local model, so unmodified clients work offline.
+
+With a base URL, every model goes to that OpenAI-compatible server: clients cannot reach local models,
+unless the operator sets `local_models_with_upstream`, which keeps the local names above local and
+sends every other name upstream.
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ from optigraph.config import Settings
 from optigraph.core.backend import Backend
 
 
-def is_local_model(model: str, models_dir: Path | None = None) -> bool:
-    from optigraph.local.models import looks_local
+def is_local_model(model: str, *, configured: str = "smollm2", models_dir: Path | None = None) -> bool:
+    """Whether a model name means a local model (decided without reading any file outside `models_dir`)."""
+    from optigraph.local.names import is_local_name
 
-    return model.lower() == "local" or looks_local(model, models_dir)
+    return is_local_name(model, configured=configured, models_dir=models_dir)
 
 
 class Backends:
@@ -57,9 +64,17 @@ class Backends:
                                        max_batch_rows=s.local_max_batch_rows, threads=s.local_threads)
         return self._local
 
+    @property
+    def local_reachable(self) -> bool:
+        """Whether clients may use local models: always without an upstream, with one only when enabled."""
+        return self.http is None or self.settings.local_models_with_upstream
+
     def for_model(self, model: str) -> tuple[Backend, str]:
-        """The backend and the model name to send it. A local name is checked now (404 when missing)."""
-        if is_local_model(model, self.settings.local_models_dir):
+        """The backend and the model name to send it. A local name is checked now (404 when not offered)."""
+        s = self.settings
+        if self.http is not None and not s.local_models_with_upstream:
+            return self.http, model  # clients reach the upstream only
+        if is_local_model(model, configured=s.local_model, models_dir=s.local_models_dir):
             local = self.local()
             local.spec(model)
             return local, model
@@ -67,11 +82,11 @@ class Backends:
             return self.http, model
         if is_litellm_model(model):
             return self.litellm, model
-        if "/" in model:  # a path or a hub id: only what is on this machine is served
+        if "/" in model:  # a path or a hub id: only what the configuration offers is served
             local = self.local()
             local.spec(model)
             return local, model
-        return self.local(), self.settings.local_model
+        return self.local(), s.local_model
 
     async def aclose(self) -> None:
         for backend in self.named.values():

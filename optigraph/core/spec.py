@@ -72,7 +72,8 @@ def validate_params(model: type[BaseModel], name: str, raw: dict[str, Any] | Non
 
 # A stage of a plugin: an async LangGraph node over PluginState, e.g.
 #   async def pre(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any]
-# `pre` returns any of {"messages": [...], "private": {...}, "route": "<expression>", "notes": [...]};
+# `pre` returns any of {"messages": [...], "request": {...}, "private": {...}, "route": "<expression>",
+# "reason": "...", "notes": [...], "usage": {...}};
 # `post` returns {"answers": [...]} (and may return "notes").
 PluginStage = Callable[..., Awaitable[dict[str, Any]]]
 # Made by `pre` or `post` at run time: rewrites the streamed text of one choice (see core/streaming.py).

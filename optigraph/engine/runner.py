@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from optigraph.backends.local import refuse_unsupported
 from optigraph.backends.router import Backends
 from optigraph.config import Settings
 from optigraph.core.context import RunContext
@@ -115,6 +116,7 @@ class Runner:
         expression = "none" if compiled is None else compiled.text
         record = RunRecord(id=run_id, expression=expression, model=upstream_model, request=body,
                            checkpointed=compiled is not None, user=body.get("user"))
+        self._check_fields(body, llm, compiled)
         return Prepared(run_id=run_id, expression=expression, model=upstream_model, messages=sel.messages,
                         request=request, params=params, n=int(body.get("n") or 1), stream=stream,
                         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
@@ -157,6 +159,23 @@ class Runner:
             raise InvalidRequest(f"optillm_params names approaches not in the expression: {', '.join(unknown)}",
                                  param="optillm_params", code="invalid_approach_parameter")
         return {name: self.registry.get(name).validate_params(raw.get(name)) for name in names}
+
+    @staticmethod
+    def _check_fields(body: dict[str, Any], llm: LLM, compiled: CompiledExpression | None) -> None:
+        """A 400 for body fields the run would otherwise accept and ignore."""
+        decoding = body.get("decoding")
+        if decoding is not None and decoding != "none" and not llm.caps.local:  # as the slug form is refused
+            raise InvalidRequest(f"decoding {decoding!r} needs local, which the backend {llm.backend.name!r} does not "
+                                 f"offer for model {llm.model!r}", param="decoding", code="approach_unsupported")
+        if llm.caps.local:  # what the local model cannot honour, before any call of an approach
+            # The json plugin serves response_format itself on the local model (it asks for JSON, then
+            # validates and repairs), so the field is fine when it is in the expression.
+            served = compiled is not None and "json" in compiled.names
+            refuse_unsupported({k: v for k, v in body.items() if not (served and k == "response_format")})
+        if body.get("logprobs") and compiled is not None:
+            raise InvalidRequest(f"logprobs are not supported with approach {compiled.text!r}: only 'none' returns "
+                                 "one completion as the model sampled it", param="logprobs",
+                                 code="unsupported_parameter")
 
     # ---- non-streaming ------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
     START -> <plugin>.pre -> <plugin>.run -> <plugin>.post -> END     (stages the plugin lacks are left out)
 
-- `pre` (the plugin's stage) may return new `messages` (the conversation the wrapped part sees),
+- `pre` (the plugin's stage) may return new `messages` (the conversation the wrapped part sees), a
+  new `request` (the client's generation fields as the wrapped part gets them),
   `private` state (kept in this graph's state, so it is checkpointed and a resumed run's `post` has
   it), `notes`, and, for a routing plugin, `route`: the expression to run instead of the wrapped one.
 - `run` runs the wrapped expression (or the routed one, compiled now and recorded as a decision) as
@@ -90,6 +91,8 @@ def _pre(spec: PluginSpec):
         update: dict[str, Any] = {"private": out.get("private") or {}, "notes": list(out.get("notes") or [])}
         if out.get("messages") is not None:
             update["messages"] = out["messages"]
+        if out.get("request") is not None:  # the generation fields the wrapped part gets
+            update["request"] = out["request"]
         if out.get("route"):
             if not spec.routes:
                 raise OptigraphError(f"plugin {spec.name!r} routed to {out['route']!r} without declaring routes=True")

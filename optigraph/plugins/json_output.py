@@ -8,6 +8,9 @@ error (502 `invalid_model_output`), never a silently invalid answer. A valid ans
 bare JSON text. Without `response_format` (or with `text`) the plugin passes answers through.
 
 The wrapped approach answers in one piece (nothing can be streamed before it has been validated).
+Where the backend has no structured output of its own (the local model), `pre` takes
+`response_format` out of what the wrapped part sends and asks for the JSON in words instead (the
+schema in a system message); validation and repair then make it hold.
 """
 
 from __future__ import annotations
@@ -100,8 +103,26 @@ async def _repair(state: PluginState, runtime: Runtime[RunContext], answer: str,
     return await runtime.context.llm.chat(messages, node="json.repair", max_tokens=max_tokens, **params)
 
 
+INSTRUCTION = "Reply with only a JSON value, no prose and no code fence{schema_hint}."
+
+
+async def pre(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """On a backend without structured output, the format is asked for in words instead of sent."""
+    request = state.get("request") or {}
+    wanted, schema = schema_of(request)
+    if not wanted or not runtime.context.llm.caps.local:
+        return {}
+    hint = f", matching this JSON schema: {json.dumps(schema)}" if schema is not None else ""
+    system = {"role": "system", "content": INSTRUCTION.format(schema_hint=hint)}
+    return {"messages": [system, *state["messages"]],
+            "request": {k: v for k, v in request.items() if k != "response_format"},
+            "private": {"response_format": request["response_format"]},
+            "notes": ["json: response_format asked for in a system message (the backend has no structured output)"]}
+
+
 async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    wanted, schema = schema_of(state.get("request") or {})
+    kept = (state.get("private") or {}).get("response_format")  # when `pre` took it out of the request
+    wanted, schema = schema_of({"response_format": kept} if kept else state.get("request") or {})
     if not wanted:
         return {}
     params = state.get("params") or {}
@@ -131,6 +152,7 @@ SPEC = PluginSpec(
     name="json",
     description="Makes the answer JSON that validates against response_format's schema, repairing it "
                 "with the model when it does not.",
+    pre=pre,
     post=post,
     params=JsonParams,
     calls="repairs",

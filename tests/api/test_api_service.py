@@ -24,7 +24,7 @@ def test_models_lists_the_upstream_models(tmp_path: Path) -> None:
         models = s.client().models.list()
         ids = [m.id for m in models]
         assert ids[:2] == ["fake-model", "other-model"]
-        assert s.settings.local_model in ids
+        assert s.settings.local_model not in ids  # clients cannot use it beside an upstream (unless enabled)
         assert all(m.object == "model" for m in models)
         with s.http() as http:
             body = http.get("/v1/models").json()

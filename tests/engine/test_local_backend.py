@@ -41,9 +41,10 @@ def backend() -> Iterator[LocalBackend]:
 
 @pytest.fixture(scope="module")
 def answer(backend: LocalBackend) -> dict[str, Any]:
-    """A greedy answer to QUESTION; the body also carries fields the local model does not use."""
-    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
-    return asyncio.run(backend.complete(greedy(tools=tools, user="someone", logit_bias={})))
+    """A greedy answer to QUESTION; the body also carries fields the local model does not use (and a plain
+    text response_format, what it returns anyway)."""
+    return asyncio.run(backend.complete(greedy(user="someone", logit_bias={}, response_format={"type": "text"},
+                                               tool_choice="none")))
 
 
 # -- no model needed ----------------------------------------------------------------------------

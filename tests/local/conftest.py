@@ -62,11 +62,12 @@ def _one_torch_thread() -> Any:
 
 @pytest.fixture(scope="session")
 def tiny_backend(tiny: TinyModel) -> Any:
-    """A LocalBackend whose default model is the tiny model directory (adapters may be added per request).
+    """A LocalBackend whose default model is the tiny model directory; its models directory holds the adapters
+    (`lora-a`, `lora-b`), which requests may add by name.
     The worker settles results on whichever event loop asked, so every test may use its own loop."""
     from optigraph.backends.local import LocalBackend
 
-    backend = LocalBackend(str(tiny.path), batch_window_ms=20)
+    backend = LocalBackend(str(tiny.path), models_dir=tiny.path.parent, batch_window_ms=20)
     yield backend
     backend.worker.close()
 
@@ -118,7 +119,8 @@ async def row_counter(tiny_backend: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def server(tiny: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The whole app over real HTTP on loopback, serving the tiny model (one per test module)."""
+    """The whole app over real HTTP on loopback, serving the tiny model, with its directory (the model and
+    both adapters) as the models directory (one per test module)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from upstream import ServerThread
 
@@ -126,7 +128,8 @@ def server(tiny: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from optigraph.config import Settings
 
     db = tmp_path_factory.mktemp("tiny-server") / "optigraph.db"
-    with ServerThread(create_app(Settings(local_model=str(tiny.path), db_url=f"sqlite:///{db}"))) as running:
+    with ServerThread(create_app(Settings(local_model=str(tiny.path), local_models_dir=tiny.path.parent,
+                                               db_url=f"sqlite:///{db}"))) as running:
         yield running
 
 

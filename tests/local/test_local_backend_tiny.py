@@ -31,7 +31,7 @@ STEPS = 10
 
 @pytest.fixture(scope="module")
 def adapted(tiny: TinyModel) -> str:
-    return f"{tiny.path}+{tiny.adapters['lora-a']}+{tiny.adapters['lora-b']}"
+    return f"{tiny.path}+lora-a+lora-b"
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def fresh_backend(tiny: TinyModel) -> Iterator[Any]:
     made: list[LocalBackend] = []
 
     def make(**options: Any) -> LocalBackend:
-        made.append(LocalBackend(str(tiny.path), batch_window_ms=20, **options))
+        made.append(LocalBackend(str(tiny.path), models_dir=tiny.path.parent, batch_window_ms=20, **options))
         return made[-1]
 
     yield make
@@ -120,7 +120,7 @@ async def test_a_plain_request_shares_a_batch_with_the_one_loading_the_first_ada
     await backend.warmup()
     before = backend.worker.batches
     plain, adapted = await asyncio.gather(backend.complete(greedy(str(tiny.path))),
-                                          backend.complete(greedy(f"{tiny.path}+{tiny.adapters['lora-a']}")))
+                                          backend.complete(greedy(f"{tiny.path}+lora-a")))
     assert backend.worker.batches == before + 1
     assert ids_of(tiny_lm, plain) == references["base"]
     assert ids_of(tiny_lm, adapted) == references["lora-a"]
@@ -158,7 +158,7 @@ async def test_a_streamed_adapter_answer_equals_the_complete_one(tiny_backend: L
 
 async def test_an_unknown_active_adapter_is_a_bad_request(tiny_backend: LocalBackend, tiny: TinyModel,
                                                           adapted: str) -> None:
-    only_a = f"{tiny.path}+{tiny.adapters['lora-a']}"
+    only_a = f"{tiny.path}+lora-a"
     for model, active in ((adapted, "lora-c"), (only_a, "lora-b"), (str(tiny.path), "lora-a")):
         with pytest.raises(InvalidRequest) as caught:
             await tiny_backend.complete(greedy(model, active_adapter=active))
@@ -170,9 +170,10 @@ async def test_an_unknown_active_adapter_is_a_bad_request(tiny_backend: LocalBac
 
 async def test_a_missing_adapter_directory_is_not_found(tiny_backend: LocalBackend, tiny: TinyModel,
                                                         tmp_path: Path) -> None:
-    with pytest.raises(NotFound) as caught:
-        await tiny_backend.complete(greedy(f"{tiny.path}+{tmp_path / 'lora-z'}"))
-    assert (caught.value.status, caught.value.code, caught.value.param) == (404, "adapter_not_found", "model")
+    for adapter in ("lora-z", str(tmp_path / "lora-z")):
+        with pytest.raises(NotFound) as caught:
+            await tiny_backend.complete(greedy(f"{tiny.path}+{adapter}"))
+        assert (caught.value.status, caught.value.code, caught.value.param) == (404, "adapter_not_found", "model")
     with pytest.raises(NotFound):
         await tiny_backend.complete(greedy("local/does-not-exist"))
 
@@ -217,10 +218,11 @@ def test_routing_of_model_names(tiny: TinyModel, tmp_path: Path) -> None:
         assert is_local_model("local") and is_local_model("LOCAL") and not is_local_model("gpt-4o-mini")
         local, name = backends.for_model("gpt-4o-mini")  # no upstream: plain names are the default local model
         assert isinstance(local, LocalBackend) and name == str(tiny.path)
-        assert backends.for_model(str(tiny.path)) == (local, str(tiny.path))
-        assert backends.for_model(f"local/{tiny.path}+{tiny.adapters['lora-a']}")[0] is local
+        assert backends.for_model(str(tiny.path)) == (local, str(tiny.path))  # the configured model, as written
+        assert backends.for_model(f"local/{tiny.path}")[0] is local
         assert backends.for_model("openai/gpt-4o")[0] is backends.litellm
-        for missing in ("local/does-not-exist", "someone/some-model", str(tmp_path / "nothing")):
+        for missing in ("local/does-not-exist", "someone/some-model", str(tmp_path / "nothing"),
+                        f"{tiny.path}+{tiny.adapters['lora-a']}", "local/tiny-llama"):  # no models directory
             with pytest.raises(NotFound):
                 backends.for_model(missing)
         with_dir = Backends(Settings(local_model="tiny-llama", local_models_dir=tiny.path.parent, local_max_models=3,
@@ -311,7 +313,7 @@ def test_http_streaming_and_n(client: openai.OpenAI, tiny: TinyModel) -> None:
 
 def test_http_adapters(client: openai.OpenAI, tiny: TinyModel, tiny_lm: Any,
                        references: dict[str, list[int]]) -> None:
-    model = f"{tiny.path}+{tiny.adapters['lora-a']}+{tiny.adapters['lora-b']}"
+    model = f"{tiny.path}+lora-a+lora-b"
     reply = client.chat.completions.create(model=model, messages=QUESTION, temperature=0, max_tokens=STEPS,
                                            extra_body={"active_adapter": "lora-a"})
     assert reply.choices[0].message.content == decode(tiny_lm.tokenizer, references["lora-a"])
@@ -341,6 +343,32 @@ def test_http_errors(client: openai.OpenAI, server: ServerThread, tiny: TinyMode
             pass
 
 
+def test_http_tools_and_structured_output_are_refused_by_name(client: openai.OpenAI, server: ServerThread) -> None:
+    """The local model cannot call tools or constrain its output: a 400 naming the field, for the passthrough
+    and for an approach (before any of its calls), streamed or not; a plain text format is fine."""
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    schema = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}
+    runs_before = httpx.get(f"{server.url}/v1/runs?limit=1000", timeout=10).json()["data"]
+    for extra, param in (({"tools": tools}, "tools"), ({"tool_choice": "required"}, "tool_choice"),
+                         ({"response_format": {"type": "json_object"}}, "response_format"),
+                         ({"response_format": schema}, "response_format")):
+        for model in ("local", "bon-local"):
+            for stream in (False, True):
+                with pytest.raises(openai.BadRequestError) as caught:
+                    reply = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=2, stream=stream,
+                                                           extra_body=extra)
+                    if stream:
+                        list(reply)
+                assert (caught.value.body["param"], caught.value.body["code"]) == (param, "unsupported_parameter")
+                assert param in caught.value.body["message"]
+    runs_after = httpx.get(f"{server.url}/v1/runs?limit=1000", timeout=10).json()["data"]
+    assert [r["id"] for r in runs_after if r["expression"] != "none"] == \
+        [r["id"] for r in runs_before if r["expression"] != "none"], "no approach run started"
+    ok = client.chat.completions.create(model="local", messages=QUESTION, max_tokens=2, tool_choice="none",
+                                        response_format={"type": "text"})
+    assert ok.usage.completion_tokens == 2
+
+
 def test_health_lists_the_local_models(client: openai.OpenAI, server: ServerThread, tiny: TinyModel) -> None:
     client.chat.completions.create(model="local", messages=QUESTION, max_tokens=1)
     health = httpx.get(f"{server.url}/health", timeout=10).json()
@@ -352,7 +380,7 @@ def test_health_lists_the_local_models(client: openai.OpenAI, server: ServerThre
 
 def test_http_client_leaving_a_stream_frees_the_model(server: ServerThread, tiny: TinyModel) -> None:
     """lora-b's greedy path runs to the token limit (1000 tokens: seconds); the client leaves after a few chunks."""
-    model = f"{tiny.path}+{tiny.adapters['lora-a']}+{tiny.adapters['lora-b']}"
+    model = f"{tiny.path}+lora-a+lora-b"
     with httpx.Client(base_url=server.url, timeout=60) as http:
         body = {"model": model, "messages": QUESTION, "temperature": 0, "max_tokens": 1000, "stream": True}
         with http.stream("POST", "/v1/chat/completions", json=body) as response:

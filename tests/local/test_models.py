@@ -18,7 +18,6 @@ from optigraph.local.cache import ModelCache
 from optigraph.local.models import (
     EMBEDDED_FILE,
     load_model,
-    looks_local,
     parse_spec,
     resolve_adapter,
     resolve_base,
@@ -91,20 +90,6 @@ def test_malformed_names_are_invalid(tiny: TinyModel) -> None:
             parse_spec(name)
     with pytest.raises(InvalidRequest, match="differ"):
         parse_spec(f"{tiny.path}+{tiny.adapters['lora-a']}+{tiny.adapters['lora-a']}")
-
-
-def test_looks_local(tiny: TinyModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    models_dir = tiny.path.parent
-    for name in ("local/anything", "smollm2", "SmolLM2-135M-Instruct", "x.gguf", "X.GGUF+adapter", str(tiny.path),
-                 f"{tiny.path}+{tiny.adapters['lora-a']}"):
-        assert looks_local(name), name
-    for name in ("gpt-4o-mini", "openai/gpt-4o", "anthropic/claude-3-5-sonnet", str(tmp_path / "missing"),
-                 "tiny-llama"):
-        assert not looks_local(name), name
-    assert looks_local("tiny-llama", models_dir) and looks_local("tiny-llama+lora-a", models_dir)
-    assert not looks_local("gpt-4o-mini", models_dir) and not looks_local("openai/gpt-4o", models_dir)
-    monkeypatch.chdir(models_dir)
-    assert looks_local("./tiny-llama") and not looks_local("./missing")
 
 
 # ---- loading and the cache ----------------------------------------------------------------------------

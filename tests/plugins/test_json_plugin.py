@@ -73,3 +73,24 @@ async def test_without_response_format_answers_pass_through() -> None:
     response = await ask(make_runner(backend), {"model": "json&none-m",
                                                 "messages": [{"role": "user", "content": "hi"}]})
     assert response["choices"][0]["message"]["content"] == "plain text"
+
+
+async def test_on_a_backend_without_structured_output_the_format_is_asked_for_in_words() -> None:
+    backend = ScriptedBackend(replies("not json", json.dumps(VALID)), capabilities={"local": True})
+    response = await ask(make_runner(backend), {"model": "json&none-m", "response_format": FORMAT,
+                                                "messages": [{"role": "user", "content": "Plan a trip."}]})
+    assert json.loads(response["choices"][0]["message"]["content"]) == VALID
+    assert all("response_format" not in call for call in backend.calls)  # the local model would refuse it
+    system = backend.calls[0]["messages"][0]
+    assert system["role"] == "system" and '"stops"' in system["content"]
+    assert len(backend.calls) == 2  # the invalid answer was repaired
+
+
+async def test_response_format_without_the_json_plugin_is_refused_on_the_local_model() -> None:
+    from optigraph.errors import InvalidRequest
+
+    runner = make_runner(ScriptedBackend(capabilities={"local": True}))
+    with pytest.raises(InvalidRequest) as info:
+        runner.prepare({"model": "re2-m", "response_format": FORMAT, "messages": [{"role": "user", "content": "q"}]},
+                       client_key=None)
+    assert info.value.param == "response_format"
