@@ -101,7 +101,7 @@ def test_plugins_are_listed_with_their_kind(stack: Stack) -> None:
     assert kinds["privacy"]["kind"] == "plugin" and kinds["privacy"]["stages"] == ["pre", "post"]
     assert kinds["privacy"]["streams_through"] is True
     assert kinds["readurls"]["stages"] == ["pre"] and kinds["readurls"]["needs"] == ["network"]
-    assert kinds["json"]["stages"] == ["post"]
+    assert kinds["json"]["stages"] == ["pre", "post"]
     assert kinds["signed"]["kind"] == "plugin" and kinds["house_style"]["kind"] == "plugin"
     assert kinds["bon"]["kind"] == "approach"
 
