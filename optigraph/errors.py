@@ -70,6 +70,12 @@ class UpstreamError(OptigraphError):
         self.retryable = retryable
 
 
+class UpstreamInvalidResponse(UpstreamError):
+    """The upstream answered, but not with what the API promises (a body that is not JSON, no choices)."""
+
+    code = "upstream_invalid_response"
+
+
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"

@@ -93,9 +93,10 @@ async def resume_run(runner: Runner, run_id: str, *, db: Any, client_key: str | 
 
 async def fork_run(runner: Runner, run_id: str, *, db: Any, client_key: str | None = None,
                    checkpoint_id: str | None = None, thread: str | None = None,
-                   patch: dict[str, Any] | None = None) -> ChatResult:
+                   patch: dict[str, Any] | None = None, new_id: str | None = None) -> ChatResult:
+    """A new run (id `new_id`, default: a fresh one) from one checkpoint of run `run_id`."""
     row = await _stored(db, run_id)
-    new_id = uuid.uuid4().hex
+    new_id = new_id or uuid.uuid4().hex
     prep = _rebuild(runner, row, run_id=new_id, client_key=client_key)
     assert prep.compiled is not None
     graph = prep.compiled.graph
