@@ -26,6 +26,11 @@ SERVE_FLAGS = (
     ("--local-max-models", "local_max_models", "local base models kept loaded (default 2, least recently used out)"),
     ("--local-dtype", "local_dtype", "dtype of local models from directories: float32 (default), bfloat16, auto"),
     ("--local-threads", "local_threads", "CPU threads for local models (default: half the cores, at least 1)"),
+    ("--max-expression-chars", "max_expression_chars", "longest approach expression a request may send (default 512)"),
+    ("--max-expression-nodes", "max_expression_nodes",
+     "most approach names in one expression, repeats counted (default 64)"),
+    ("--max-choices", "max_choices", "most choices one request may produce: the expression's choices times n, default 64"),
+    ("--max-body-bytes", "max_body_bytes", "largest request body in bytes; larger ones get a 413 (default 8388608)"),
 )
 
 

@@ -41,6 +41,19 @@ class ExpressionError(InvalidRequest):
         self.position = position
 
 
+class ExpressionTooLarge(InvalidRequest):
+    """An approach expression over one of the server's size limits; the message names the limit."""
+
+    code = "expression_too_large"
+
+
+class RequestTooLarge(InvalidRequest):
+    """A request body over the server's size limit (413)."""
+
+    status = 413
+    code = "request_too_large"
+
+
 class UnknownApproach(InvalidRequest):
     code = "unknown_approach"
 

@@ -13,7 +13,9 @@ Compiled graphs are cached per expression text in a bounded LRU owned by the Com
 
 from __future__ import annotations
 
+import asyncio
 import operator
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict
@@ -30,9 +32,11 @@ from optigraph.core.state import Answer
 from optigraph.core.usage import Usage, add_usage
 from optigraph.engine.expression import (
     Approach,
+    Limits,
     Node,
     Parallel,
     Pipeline,
+    check_size,
     choice_count,
     to_text,
 )
@@ -74,25 +78,53 @@ class CompiledExpression:
 
 
 class Compiler:
-    def __init__(self, registry: Registry, checkpointer: BaseCheckpointSaver | None, *, cache_size: int = 256) -> None:
+    """Compiles expressions within `limits` and keeps the last `cache_size` compiled, by canonical text.
+
+    Compiling costs about 3 ms per composite node and up to 30 ms per approach graph (mars), so a
+    large expression takes a second or more: `compile_async` does a cache miss in a worker thread,
+    off the event loop. The cache is shared by those threads, hence the lock."""
+
+    def __init__(self, registry: Registry, checkpointer: BaseCheckpointSaver | None, *, cache_size: int = 256,
+                 limits: Limits | None = None) -> None:
         self.registry = registry
         self.checkpointer = checkpointer
         self.cache_size = cache_size
+        self.limits = limits or Limits()
         self._cache: OrderedDict[str, CompiledExpression] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def cached(self, ast: Node) -> CompiledExpression | None:
+        """The compiled expression if it is in the cache (and marks it recently used)."""
+        text = to_text(ast)
+        with self._lock:
+            hit = self._cache.get(text)
+            if hit is not None:
+                self._cache.move_to_end(text)
+            return hit
 
     def compile(self, ast: Node) -> CompiledExpression:
-        text = to_text(ast)
-        hit = self._cache.get(text)
+        """The compiled graph of `ast`; ExpressionTooLarge (checked before any work) over the limits."""
+        hit = self.cached(ast)
         if hit is not None:
-            self._cache.move_to_end(text)
             return hit
+        check_size(ast, self.limits)
+        text = to_text(ast)
         graph = self._build(ast).compile(checkpointer=self.checkpointer, name=text)
         names = tuple(dict.fromkeys(_names(ast)))
         compiled = CompiledExpression(text=text, ast=ast, graph=graph, choices=choice_count(ast), names=names)
-        self._cache[text] = compiled
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[text] = compiled
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         return compiled
+
+    async def compile_async(self, ast: Node) -> CompiledExpression:
+        """`compile`, with a cache miss compiled in a worker thread so the event loop keeps serving."""
+        hit = self.cached(ast)
+        if hit is not None:
+            return hit
+        check_size(ast, self.limits)  # a refusal needs no thread
+        return await asyncio.to_thread(self.compile, ast)
 
     # Children are compiled without a checkpointer of their own: they inherit the parent's and
     # checkpoint under the parent task's namespace.

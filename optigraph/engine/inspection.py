@@ -28,6 +28,8 @@ from optigraph.engine.expression import (
     Approach,
     Node,
     Pipeline,
+    check_size,
+    check_text,
     choice_count,
     parse,
     to_text,
@@ -268,11 +270,19 @@ def thread_ids(row: Mapping[str, Any]) -> list[str]:
     return [row["id"]] if n <= 1 else [f"{row['id']}.{i}" for i in range(n)]
 
 
-def compile_expression(text: str, compiler: Compiler) -> CompiledExpression:
-    """Parses, validates and compiles an expression (ExpressionError / UnknownApproach if bad)."""
+def parse_expression(text: str, compiler: Compiler) -> Node:
+    """Parses and validates an expression within the compiler's limits (ExpressionError,
+    UnknownApproach or ExpressionTooLarge if bad)."""
+    check_text(text, compiler.limits)
     ast = parse(text)
     validate(ast, compiler.registry.names())
-    return compiler.compile(ast)
+    check_size(ast, compiler.limits)
+    return ast
+
+
+def compile_expression(text: str, compiler: Compiler) -> CompiledExpression:
+    """Parses, validates and compiles an expression (ExpressionError / UnknownApproach if bad)."""
+    return compiler.compile(parse_expression(text, compiler))
 
 
 async def run_detail(row: Mapping[str, Any], compiler: Compiler, *, max_chars: int | None = MAX_CHARS) -> RunDetail:
@@ -284,7 +294,7 @@ async def run_detail(row: Mapping[str, Any], compiler: Compiler, *, max_chars: i
     }
     compiled: CompiledExpression | None = None
     try:
-        compiled = compile_expression(row["expression"], compiler)
+        compiled = await compiler.compile_async(parse_expression(row["expression"], compiler))
         detail["graph"] = {"mermaid": compiled.mermaid(), "choices": compiled.choices, "error": None}
     except OptigraphError as exc:  # e.g. an approach this server does not have
         detail["graph"] = {"mermaid": None, "choices": None, "error": exc.message}
@@ -563,5 +573,6 @@ async def read_run(db_url: str, run_id: str, registry: Registry, *,
 __all__ = [
     "ApproachInfo", "ApproachList", "ExpressionInfo", "RunDetail", "RunList", "RunSummary", "Step", "Task", "Thread",
     "UpstreamCall", "approach_info", "canonical", "compile_expression", "expression_info", "iter_steps", "jsonable",
+    "parse_expression",
     "read_run", "read_runs", "read_thread", "run_detail", "run_list", "run_summary", "thread_ids", "totals", "upstream_call",
 ]
