@@ -12,10 +12,11 @@ from optigraph.errors import RequestTooLarge
 class BodyLimit:
     """Answers 413 (`request_too_large`, OpenAI-style) to a request whose body exceeds `max_bytes`.
 
-    A declared Content-Length over the limit is refused before any byte of the body is read. Any
-    other body is read here, counting, up to the limit, and handed to the app whole: every route
-    reads its body whole anyway, so this costs no extra memory beyond the limit, and no route sees
-    a body it would have to stop reading halfway."""
+    A declared Content-Length over the limit is refused before any byte of the body is read; one
+    within it passes straight through (the HTTP server delivers no more bytes than it declares). A
+    body without one (chunked) is read here, counting, up to the limit, and handed to the app whole:
+    every route reads its body whole anyway, so this costs no memory beyond the limit, and no route
+    sees a body it would have to stop reading halfway."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
@@ -26,8 +27,11 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._refuse(send)
+        if declared is not None:
+            if declared > self.max_bytes:
+                await self._refuse(send)
+            else:
+                await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -62,10 +66,15 @@ class BodyLimit:
 
 
 def _content_length(scope: Scope) -> int | None:
+    """The declared body length; None when there is none to trust (absent, malformed, or beside a
+    Transfer-Encoding, which takes precedence over it)."""
+    length: int | None = None
     for name, value in scope.get("headers") or ():
+        if name == b"transfer-encoding":
+            return None
         if name == b"content-length":
             try:
-                return int(value)
+                length = int(value)
             except ValueError:
                 return None
-    return None
+    return length

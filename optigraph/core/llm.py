@@ -295,9 +295,11 @@ class LLM:
         tool_calls: dict[int, dict[str, Any]] = {}
         finish: str | None = None
         usage: dict[str, Any] | None = None
+        answered = False
         async for chunk in self.forward_stream(body, node=node):
             if chunk.get("usage"):
                 usage = chunk["usage"]
+            answered = answered or bool(chunk.get("choices"))
             for c in chunk.get("choices") or ():
                 delta = c.get("delta") or {}
                 if delta.get("content"):
@@ -309,6 +311,8 @@ class LLM:
                 out = {k: v for k, v in delta.items() if k in ("content", "tool_calls") and v}
                 if out:
                     sink.put(StreamEvent(choice=choice, delta=out, logprobs=c.get("logprobs")))
+        if not answered:
+            raise UpstreamInvalidResponse(f"the upstream's stream carried no choices for model {self.model!r}")
         message: dict[str, Any] = {"role": "assistant", "content": "".join(parts)}
         if tool_calls:
             message["tool_calls"] = [tool_calls[i] for i in sorted(tool_calls)]

@@ -33,7 +33,7 @@ from optigraph.engine.expression import check_size, parse, validate
 from optigraph.engine.registry import Registry
 from optigraph.engine.request import check_request, forwarded_fields
 from optigraph.engine.selection import select
-from optigraph.errors import InvalidRequest, OptigraphError
+from optigraph.errors import InvalidRequest, OptigraphError, UpstreamInvalidResponse
 from optigraph.memory.records import Recorder, RunRecord, RunResult, utcnow
 
 # Which request parameter an expression came from (selection.Source), for the errors that name it.
@@ -253,6 +253,7 @@ class Runner:
         body = {**prep.request, "messages": prep.messages, "stream": True, "stream_options": {"include_usage": True},
                 **({"n": prep.n} if prep.n > 1 else {})}
         decoding = None
+        relayed = 0
         async for chunk in prep.llm.forward_stream(body, node="passthrough"):
             if chunk.get("usage"):
                 if not chunk.get("choices"):
@@ -260,7 +261,10 @@ class Runner:
                     continue  # the usage chunk is sent at the end, once, if asked for
                 chunk = {k: v for k, v in chunk.items() if k != "usage"}
             chunk["id"], chunk["model"] = base["id"], base["model"]
+            relayed += 1
             yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+        if not relayed:  # nothing reached the client yet, so this is still a 502 of its own
+            raise UpstreamInvalidResponse(f"the upstream's stream carried no choices for model {prep.model!r}")
         total = prep.llm.answered  # every answered call, when n is emulated by several streams too
         if prep.include_usage:
             yield self._usage_chunk(base, total, prep, decoding)

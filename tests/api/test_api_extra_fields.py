@@ -94,9 +94,10 @@ def odd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield s
 
 
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("model", ["fake-model", "none|none-fake-model", "bon-fake-model", "moa-fake-model"])
-def test_an_upstream_answering_no_choices_is_a_502_naming_the_run(odd: Stack, model: str) -> None:
-    status, content, headers = post(odd, {"model": model, "messages": HELLO})
+def test_an_upstream_answering_no_choices_is_a_502_naming_the_run(odd: Stack, model: str, stream: bool) -> None:
+    status, content, headers = post(odd, {"model": model, "messages": HELLO, "stream": stream})
     assert status == 502, content
     err = orjson.loads(content)["error"]
     assert err["type"] == "upstream_error" and err["code"] == "upstream_invalid_response"
