@@ -96,7 +96,10 @@ def _safe_target(target: str) -> str:
 @router.post("/ui/login", response_class=HTMLResponse)
 async def login(request: Request) -> Response:
     """Checks the posted key as the API does; a right one gets a session cookie and goes on to `next`."""
-    form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=8)
+    try:
+        form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=8)
+    except ValueError:  # more fields than the form has
+        return _login(request, status=400, message="That is not the login form.", target="/ui")
     key = (form.get("key") or [""])[0].strip()  # as the API's bearer token is (a pasted key often ends in a newline)
     target = _safe_target((form.get("next") or ["/ui"])[0])
     sessions: UISessions | None = request.app.state.ui_sessions

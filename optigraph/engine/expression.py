@@ -240,12 +240,12 @@ def check_size(node: Node, limits: Limits, *, n: int = 1, param: str | None = "m
     if count > limits.max_nodes:
         raise ExpressionTooLarge(f"the approach expression names {count} approaches; this server allows at most "
                                  f"{limits.max_nodes} (max_expression_nodes)", param=param)
-    choices = choice_count(node) * n
-    if choices > limits.max_choices:
-        per_run = f" ({choices // n} per run, n={n})" if n > 1 else ""
-        raise ExpressionTooLarge(f"the request would produce {choices} choices{per_run}; this server allows at most "
-                                 f"{limits.max_choices} (max_choices)", param="n" if n > 1 and choices // n
-                                 <= limits.max_choices else param)
+    per_run = choice_count(node)
+    if per_run * n > limits.max_choices:
+        detail = f" ({per_run} per run, n={n})" if n > 1 else ""
+        blame = "n" if n > 1 and per_run <= limits.max_choices else param  # n alone made it too many
+        raise ExpressionTooLarge(f"the request would produce {per_run * n} choices{detail}; this server allows at "
+                                 f"most {limits.max_choices} (max_choices)", param=blame)
 
 
 def validate(node: Node, known: Collection[str]) -> None:

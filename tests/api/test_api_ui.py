@@ -443,3 +443,10 @@ def test_the_api_and_the_page_accept_the_same_keys(locked: Stack, clock: list[fl
     assert (api.status_code == 200) == (login.status_code == 303) == (key.strip() == "sekrit")
     assert login.status_code in (303, 401)
     assert (page(locked, headers=header).status_code == 200) == (api.status_code == 200)  # the bearer key works too
+
+
+def test_a_login_post_that_is_not_the_form_is_refused(locked: Stack, clock: list[float]) -> None:
+    with locked.http() as http:
+        r = http.post("/ui/login", content="&".join(f"f{i}=x" for i in range(50)),
+                      headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400 and "set-cookie" not in r.headers
