@@ -72,7 +72,7 @@ async def measure(saver: Any, runs: int) -> dict[str, float]:
         times = []
         for i in range(runs + 20):
             t0 = time.perf_counter()
-            await engine.complete(engine.prepare(dict(body), client_key=None))
+            await engine.complete(await engine.prepare(dict(body), client_key=None))
             if i >= 20:  # the first runs compile and warm up
                 times.append(time.perf_counter() - t0)
         out[expr] = statistics.median(times) * 1000.0

@@ -31,6 +31,11 @@ SERVE_FLAGS = (
     ("--sandbox-level", "sandbox_level", ("layers required before model-written code runs, else it is not run: "
                                           "strict (default, all), reduced (no namespaces: containers that forbid "
                                           "them), minimal (no namespaces, no Landlock); see docs/sandbox.md")),
+    ("--max-expression-chars", "max_expression_chars", "longest approach expression a request may send (default 512)"),
+    ("--max-expression-nodes", "max_expression_nodes",
+     "most approach names in one expression, repeats counted (default 64)"),
+    ("--max-choices", "max_choices", "most choices one request may produce: the expression's choices times n, default 64"),
+    ("--max-body-bytes", "max_body_bytes", "largest request body in bytes; larger ones get a 413 (default 8388608)"),
 )
 # Flags that take no value: present means true.
 SERVE_SWITCHES = (

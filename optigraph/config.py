@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     approach: str = Field(default="none", description="Default approach expression")
     db_url: str = Field(default_factory=default_db_url, description="sqlite:///path or postgresql://...")
     api_key: str | None = Field(default=None, description="When set, clients must send this bearer key")
+    ui_session_ttl_s: int = Field(default=8 * 3600, ge=60, description="How long a web page login lasts, in seconds")
+    ui_session_secret: str | None = Field(
+        default=None, description="Secret that signs web page sessions (default: drawn at start, so a restart ends "
+                                  "them; set it to share sessions between replicas)")
     log_level: str = "info"
     default_model: str | None = Field(
         default=None,
@@ -72,6 +76,13 @@ class Settings(BaseSettings):
     local_threads: int = Field(default=0, ge=0, description="CPU threads for local models (0: half the cores, at least 1)")
     upstream_timeout_s: float = 600.0
     upstream_retries: int = 2
+    max_expression_chars: int = Field(default=512, ge=1, description="Longest approach expression a request may send")
+    max_expression_nodes: int = Field(default=64, ge=1,
+                                      description="Most approach names in one expression (repeats counted)")
+    max_choices: int = Field(default=64, ge=1,
+                             description="Most choices one request may produce: the expression's choices times n")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024,
+                                description="Largest request body, in bytes (a larger one gets a 413)")
     max_n: int = 16
     max_tokens_limit: int = 131072
     max_connections: int = 512

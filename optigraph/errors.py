@@ -41,6 +41,19 @@ class ExpressionError(InvalidRequest):
         self.position = position
 
 
+class ExpressionTooLarge(InvalidRequest):
+    """An approach expression over one of the server's size limits; the message names the limit."""
+
+    code = "expression_too_large"
+
+
+class RequestTooLarge(InvalidRequest):
+    """A request body over the server's size limit (413)."""
+
+    status = 413
+    code = "request_too_large"
+
+
 class UnknownApproach(InvalidRequest):
     code = "unknown_approach"
 
@@ -68,6 +81,12 @@ class UpstreamError(OptigraphError):
         super().__init__(message)
         self.upstream_status = upstream_status
         self.retryable = retryable
+
+
+class UpstreamInvalidResponse(UpstreamError):
+    """The upstream answered, but not with what the API promises (a body that is not JSON, no choices)."""
+
+    code = "upstream_invalid_response"
 
 
 class UpstreamTimeout(UpstreamError):

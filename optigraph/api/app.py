@@ -12,11 +12,13 @@ from fastapi import FastAPI
 
 from optigraph import __version__
 from optigraph.api import approaches, chat, models, runs, ui
+from optigraph.api.auth import UISessions
 from optigraph.api.errors import install_error_handlers
+from optigraph.api.limits import BodyLimit
 from optigraph.backends.router import Backends
 from optigraph.config import Settings
 from optigraph.engine.compiler import Compiler
-from optigraph.engine.expression import parse, validate
+from optigraph.engine.expression import Limits, check_size, parse, validate
 from optigraph.engine.loading import load_registry
 from optigraph.engine.registry import Registry
 from optigraph.engine.runner import Runner
@@ -31,7 +33,11 @@ log = logging.getLogger("optigraph")
 def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
     if registry is None:  # the built-ins plus entry points and --approaches-dir (a clash fails the start)
         registry = load_registry(approaches_dir=settings.approaches_dir, entry_points=settings.approach_entry_points)
-    validate(parse(settings.approach), registry.names())  # a bad default fails at start, not per request
+    limits = Limits(max_chars=settings.max_expression_chars, max_nodes=settings.max_expression_nodes,
+                    max_choices=settings.max_choices)
+    default = parse(settings.approach)  # a bad default fails at start, not per request
+    validate(default, registry.names())
+    check_size(default, limits)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,7 +54,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
             app.state.local_models = local.describe
         async with open_checkpointer(settings.db_url) as saver:
             app.state.runner = Runner(settings=settings, registry=registry, backends=backends, recorder=recorder,
-                                      compiler=Compiler(registry, saver, default=settings.approach))
+                                      compiler=Compiler(registry, saver, default=settings.approach, limits=limits))
             app.state.backends = backends
             app.state.db = db
             app.state.recorder = recorder
@@ -66,7 +72,11 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
                               "checkpointed LangGraph graphs.")
     app.state.settings = settings
     app.state.registry = registry
+    app.state.ui_sessions = None if not settings.api_key else UISessions(
+        api_key=settings.api_key, ttl_s=settings.ui_session_ttl_s,
+        **({"secret": settings.ui_session_secret.encode()} if settings.ui_session_secret else {}))
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(runs.router)

@@ -28,9 +28,11 @@ async def show_expression(
     expression: Annotated[str, Path(description="an approach name or expression, e.g. bon&re2|moa "
                                                 "(percent-encode it: bon%26re2%7Cmoa)")],
 ) -> dict[str, Any]:
+    compiler = request.app.state.runner.compiler
     try:
-        compiled = inspection.compile_expression(expression, request.app.state.runner.compiler)
+        ast = inspection.parse_expression(expression, compiler)
     except InvalidRequest as exc:  # a bad expression here is the path parameter's fault, not the model's
         exc.param = "expression"
         raise
+    compiled = await compiler.compile_async(ast)
     return inspection.expression_info(compiled, request.app.state.registry)

@@ -32,7 +32,7 @@ async def chat_completions(request: Request, key: str | None = Depends(upstream_
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
     runner = request.app.state.runner
-    prep = runner.prepare(body, client_key=key)
+    prep = await runner.prepare(body, client_key=key)
     headers = {RUN_HEADER: prep.run_id}
     if prep.stream:
         chunks = runner.stream(prep)

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from optigraph.api.auth import upstream_key
-from optigraph.errors import OptigraphError
+from optigraph.errors import OptigraphError, UpstreamInvalidResponse
 
 router = APIRouter()
 log = logging.getLogger("optigraph.api")
@@ -21,7 +21,9 @@ async def list_models(request: Request, key: str | None = Depends(upstream_key))
     if backends.http is not None:
         try:
             data.extend(await backends.http.list_models(api_key=key))
-        except OptigraphError as exc:
+        except UpstreamInvalidResponse:
+            raise  # the upstream answered with something else than a model list: a 502 that says so
+        except OptigraphError as exc:  # unreachable, or no /models route: the server's own entries still help
             log.warning("listing upstream models failed: %s", exc.message)
     if backends.local_reachable:  # with an upstream, local models are listed only when clients may use them
         data.append({"id": request.app.state.settings.local_model, "object": "model", "created": 0,

@@ -4,6 +4,7 @@ its checkpoints (engine/resume.py)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -73,15 +74,19 @@ class ForkRequest(BaseModel):
 
 
 def _answer(request: Request, run_id: str, call) -> Any:
+    """The response for a resume or fork whose outcome is stored under `run_id` (for a fork: the
+    new run's id). A failure names that run in its header only if the run was stored: a fork
+    refused before it started (no such checkpoint, a bad patch) made no run."""
     request_recorder = request.app.state.runner.recorder
 
     async def answer() -> Response:
-        headers = {"x-optigraph-run-id": run_id}
         recorder = request_recorder
         try:
             result = await call()
         except OptigraphError as exc:
             await recorder.flush()  # what is stored matches the answer before it is sent
+            stored = await get_run(request.app.state.db, run_id) is not None
+            headers = {"x-optigraph-run-id": run_id} if stored else None
             return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
         await recorder.flush()
         headers = {"x-optigraph-run-id": result.run_id,
@@ -109,6 +114,7 @@ async def fork_run(request: Request, run_id: RunId, body: Annotated[ForkRequest 
                    key: str | None = Depends(upstream_key)) -> Response:
     runner = request.app.state.runner
     body = body or ForkRequest()
-    return await _answer(request, run_id, lambda: resume.fork_run(runner, run_id, db=request.app.state.db, client_key=key,
+    new_id = uuid.uuid4().hex  # chosen here so that a failed fork's answer names the new run, not its source
+    return await _answer(request, new_id, lambda: resume.fork_run(runner, run_id, db=request.app.state.db, client_key=key,
                                                      checkpoint_id=body.checkpoint_id, thread=body.thread,
-                                                     patch=body.patch))
+                                                     patch=body.patch, new_id=new_id))

@@ -3,30 +3,31 @@ taken, its steps and its upstream calls).
 
 Plain server-rendered HTML: every value is escaped with `html.escape`, the graph is drawn here as
 an inline SVG from the compiled graph's nodes and edges, and the page loads nothing else (no
-script, no external style, no font). When the server has an API key the page needs it too: open
-`/ui?key=KEY` once (or use the form the page shows) and it is kept in an HttpOnly cookie.
+script, no external style, no font). When the server has an API key the page needs it too: the
+login form posts it to `/ui/login`, which checks it as the API does and answers with a signed,
+expiring session cookie (HttpOnly, SameSite=Strict, Secure over TLS; auth.UISessions). The key
+itself is never stored in the browser, and never accepted in the address (a `?key=` is refused).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Iterable, Mapping
 from html import escape
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from optigraph.api.auth import bearer
+from optigraph.api.auth import UISessions, bearer, key_matches
 from optigraph.engine import inspection
 from optigraph.errors import OptigraphError
 from optigraph.memory.queries import get_run, page_runs
 
 router = APIRouter(include_in_schema=False)
 
-COOKIE = "optigraph_key"
+COOKIE = "optigraph_session"
 PAGE_SIZE = 50
 STATUSES = ("running", "completed", "failed")
 # Nothing may be loaded or run: inline style and data: images only.
@@ -50,43 +51,80 @@ dl.summary dd{margin:0}.graph svg{max-width:100%;height:auto;border:1px solid #d
 .graph .edge.conditional{stroke-dasharray:5 4}.graph .edge.taken{stroke:#18794e;stroke-width:2}
 .legend span{display:inline-block;padding:0 .5em;margin-right:.5em;border:1px solid #99a}
 .legend .taken{background:#c9f0d5;border-color:#18794e}
-form.filters{margin:.5em 0}form.filters *{margin-right:.4em}
+form.filters{margin:.5em 0}form.filters *{margin-right:.4em}form.logout{float:right}
 """
 
 
 # ---- auth ----------------------------------------------------------------------------------------
 
 
-def _authorized(request: Request, key: str | None) -> bool:
-    expected = request.app.state.settings.api_key
-    if not expected:
+def _authorized(request: Request) -> bool:
+    """A valid session cookie, or the API's own bearer key (the same check the API makes)."""
+    sessions: UISessions | None = request.app.state.ui_sessions
+    if sessions is None:  # the server has no key
         return True
-    for given in (key, request.cookies.get(COOKIE), bearer(request)):
-        if given and hmac.compare_digest(given.encode(), expected.encode()):
-            return True
-    return False
+    return sessions.valid(request.cookies.get(COOKIE)) or key_matches(sessions.api_key, bearer(request))
 
 
-def _guard(request: Request, key: str | None) -> Response | None:
-    """None when the request may see the page; otherwise the response to send instead: the login
-    form (wrong or missing key), or a redirect that stores a right `?key=` in a cookie."""
-    if not _authorized(request, key):
-        return _login(request, bad=key is not None or COOKIE in request.cookies)
-    if key is not None and request.app.state.settings.api_key:
-        query = [(k, v) for k, v in request.query_params.multi_items() if k != "key"]
-        target = request.url.path + (f"?{urlencode(query)}" if query else "")
-        response = RedirectResponse(target, status_code=303)
-        response.set_cookie(COOKIE, key, httponly=True, samesite="strict", path="/ui")
-        return response
+def _guard(request: Request) -> Response | None:
+    """None when the request may see the page; otherwise the response to send instead: a 400 for a
+    key in the address (it would end up in histories and logs), or the login form."""
+    if "key" in request.query_params:
+        return _login(request, status=400, message="The API key is not accepted in the address: use this form.")
+    if not _authorized(request):
+        expired = COOKIE in request.cookies
+        return _login(request, status=401, message="Your session has ended: log in again." if expired else "")
     return None
 
 
-def _login(request: Request, *, bad: bool) -> HTMLResponse:
-    message = "<p class='status-failed'>That key is not valid.</p>" if bad else ""
-    body = (f"<h1>optigraph</h1><p>This server needs its API key to show runs.</p>{message}"
-            f"<form method='get' action='{escape(request.url.path)}'>"
-            "<label>API key <input type='password' name='key' autofocus></label> <button>Open</button></form>")
-    return _page("optigraph: API key", body, status=401)
+def _login(request: Request, *, status: int, message: str = "", target: str | None = None) -> HTMLResponse:
+    note = f"<p class='status-failed'>{escape(message)}</p>" if message else ""
+    target = target or request.url.path
+    body = (f"<h1>optigraph</h1><p>This server needs its API key to show runs.</p>{note}"
+            "<form method='post' action='/ui/login'>"
+            f"<input type='hidden' name='next' value='{escape(_safe_target(target))}'>"
+            "<label>API key <input type='password' name='key' autocomplete='current-password' autofocus></label> "
+            "<button>Log in</button></form>")
+    return _page("optigraph: API key", body, status=status)
+
+
+def _safe_target(target: str) -> str:
+    """Where to go after logging in: a page of this UI only (never another site)."""
+    return target if target == "/ui" or (target.startswith("/ui/") and not target.startswith("/ui//")) else "/ui"
+
+
+@router.post("/ui/login", response_class=HTMLResponse)
+async def login(request: Request) -> Response:
+    """Checks the posted key as the API does; a right one gets a session cookie and goes on to `next`."""
+    try:
+        form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=8)
+    except ValueError:  # more fields than the form has
+        return _login(request, status=400, message="That is not the login form.", target="/ui")
+    key = (form.get("key") or [""])[0].strip()  # as the API's bearer token is (a pasted key often ends in a newline)
+    target = _safe_target((form.get("next") or ["/ui"])[0])
+    sessions: UISessions | None = request.app.state.ui_sessions
+    if sessions is None:
+        return RedirectResponse(target, status_code=303)
+    if not key_matches(sessions.api_key, key or None):
+        return _login(request, status=401, message="That key is not valid.", target=target)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(COOKIE, sessions.issue(), max_age=sessions.ttl_s, path="/ui", httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/ui/logout", response_class=HTMLResponse)
+async def logout(request: Request) -> Response:
+    response = RedirectResponse("/ui", status_code=303)
+    response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict",
+                           secure=request.url.scheme == "https")
+    return response
+
+
+def _logout_form(request: Request) -> str:
+    if request.app.state.ui_sessions is None:
+        return ""
+    return "<form class='logout' method='post' action='/ui/logout'><button>Log out</button></form>"
 
 
 # ---- pages ---------------------------------------------------------------------------------------
@@ -107,9 +145,8 @@ async def runs_page(
     status: Annotated[str | None, Query()] = None,
     approach: Annotated[str | None, Query()] = None,
     after: Annotated[str | None, Query()] = None,
-    key: Annotated[str | None, Query()] = None,
 ) -> Response:
-    denied = _guard(request, key)
+    denied = _guard(request)
     if denied is not None:
         return denied
     status = status or None
@@ -141,13 +178,13 @@ async def runs_page(
         query = {k: v for k, v in (("status", status), ("approach", approach)) if v}
         query["after"] = runs["next_cursor"]
         more = f"<p><a id='older' href='/ui?{escape(urlencode(query))}'>Older runs</a></p>"
-    body = f"<h1>optigraph runs</h1><p>Newest first.</p>{filters}{table}{more}"
+    body = f"{_logout_form(request)}<h1>optigraph runs</h1><p>Newest first.</p>{filters}{table}{more}"
     return _page("optigraph runs", body)
 
 
 @router.get("/ui/runs/{run_id}", response_class=HTMLResponse)
-async def run_page(request: Request, run_id: str, key: Annotated[str | None, Query()] = None) -> Response:
-    denied = _guard(request, key)
+async def run_page(request: Request, run_id: str) -> Response:
+    denied = _guard(request)
     if denied is not None:
         return denied
     row = await get_run(request.app.state.db, run_id)
@@ -157,7 +194,7 @@ async def run_page(request: Request, run_id: str, key: Annotated[str | None, Que
                      status=404)
     compiler = request.app.state.runner.compiler
     detail = await inspection.run_detail(row, compiler)
-    return _page(f"optigraph run {run_id}", render_run(detail, compiler))
+    return _page(f"optigraph run {run_id}", _logout_form(request) + render_run(detail, compiler))
 
 
 # ---- one run -------------------------------------------------------------------------------------

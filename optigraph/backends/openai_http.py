@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 
 from optigraph.core.backend import Capabilities
-from optigraph.errors import UpstreamError, UpstreamTimeout
+from optigraph.errors import UpstreamError, UpstreamInvalidResponse, UpstreamTimeout
 
 # OpenAI reasoning models: no sampling parameters, max_completion_tokens, system -> developer.
 REASONING_MODEL = re.compile(r"^(?:[\w.-]+/)?(?:o1|o3|o4|gpt-5)(?:[-.]|$)")
@@ -119,9 +119,10 @@ class OpenAIHTTPBackend:
         try:
             data = orjson.loads(content)
         except orjson.JSONDecodeError:
-            raise UpstreamError("upstream returned a body that is not JSON", retryable=True) from None
-        if not isinstance(data, dict) or "choices" not in data:
-            raise UpstreamError(f"upstream returned no choices: {content.decode('utf-8', 'replace')[:500]}")
+            raise UpstreamInvalidResponse("upstream returned a body that is not JSON", retryable=True) from None
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+            raise UpstreamInvalidResponse(f"upstream returned no choices: {content.decode('utf-8', 'replace')[:500]}")
         return data
 
     async def stream(self, body: dict[str, Any], *, api_key: str | None = None) -> AsyncIterator[dict[str, Any]]:
@@ -159,8 +160,16 @@ class OpenAIHTTPBackend:
             raise UpstreamError(f"upstream unreachable: {type(exc).__name__}: {exc}") from None
         if status >= 400:
             raise upstream_error(status, content)
-        data = orjson.loads(content)
-        return list(data.get("data") or []) if isinstance(data, dict) else []
+        try:
+            data = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            raise UpstreamInvalidResponse(f"upstream /models returned a body that is not JSON: "
+                                          f"{content.decode('utf-8', 'replace')[:200]}") from None
+        models = (data.get("data") or []) if isinstance(data, dict) else None
+        if not isinstance(models, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in models):
+            raise UpstreamInvalidResponse("upstream /models did not return a list of models (expected "
+                                          f"{{\"data\": [{{\"id\": ...}}]}}): {content.decode('utf-8', 'replace')[:200]}")
+        return models
 
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +17,11 @@ from optigraph.core.messages import message_text
 from optigraph.core.params import normalise
 from optigraph.core.streaming import StreamEvent, StreamSink
 from optigraph.core.usage import Usage, add_usage, empty_usage, usage_from_response
-from optigraph.errors import BudgetExceeded, UpstreamError
+from optigraph.errors import BudgetExceeded, UpstreamError, UpstreamInvalidResponse
 from optigraph.memory.records import CallRecord, Recorder, utcnow
+
+# Fields of an upstream body that the LLM itself sets (the conversation, the model, streaming, n).
+TRANSPORT_FIELDS = frozenset({"messages", "model", "n", "stream", "stream_options"})
 
 
 @dataclass
@@ -119,7 +122,7 @@ class LLM:
         n = int(body.get("n") or 1)
         key = f"{self.backend.name}:{self.model}"
         if n > 1 and (not self.caps.n_sampling or self._n_support.get(key) is False):
-            return await self._emulate_n(body, n, node=node, partial=partial)
+            return _answered(await self._emulate_n(body, n, node=node, partial=partial), self.model)
         raw = await self._call(body, node=node)
         choices = raw.get("choices") or []
         if n > 1 and len(choices) < n:
@@ -134,7 +137,7 @@ class LLM:
         for i, c in enumerate(choices):
             c["index"] = i
         raw["choices"] = choices
-        return Completion(choices=choices, usage=usage, raw=raw)
+        return _answered(Completion(choices=choices, usage=usage, raw=raw), self.model)
 
     async def _emulate_n(self, body: dict[str, Any], n: int, *, node: str, partial: bool = False,
                          first: int = 0) -> Completion:
@@ -285,11 +288,17 @@ class LLM:
         sink: StreamSink | None = None,
         stream_choice: int | None = None,
         partial: bool = False,
+        fields: Mapping[str, Any] | None = None,
         **params: Any,
     ) -> Completion:
         """Chat completion for `messages`. With a sink and a choice index (and n == 1) the tokens
-        are streamed to the client as they are generated. `partial`: see `forward`."""
-        body: dict[str, Any] = {k: v for k, v in params.items() if v is not None}
+        are streamed to the client as they are generated. `partial`: see `forward`.
+
+        `fields` are request fields sent as they are (a client's, unknown ones included); they come
+        as one dict, never as keyword arguments, so a client field named `node` or `sink` is just a
+        field. `params` (approach-chosen values) win over them; the transport fields are ours."""
+        body: dict[str, Any] = {k: v for k, v in (fields or {}).items() if v is not None and k not in TRANSPORT_FIELDS}
+        body.update((k, v) for k, v in params.items() if v is not None)
         body["messages"] = messages
         if n > 1:
             body["n"] = n
@@ -303,9 +312,11 @@ class LLM:
         tool_calls: dict[int, dict[str, Any]] = {}
         finish: str | None = None
         usage: dict[str, Any] | None = None
+        answered = False
         async for chunk in self.forward_stream(body, node=node):
             if chunk.get("usage"):
                 usage = chunk["usage"]
+            answered = answered or bool(chunk.get("choices"))
             for c in chunk.get("choices") or ():
                 delta = c.get("delta") or {}
                 if delta.get("content"):
@@ -317,6 +328,8 @@ class LLM:
                 out = {k: v for k, v in delta.items() if k in ("content", "tool_calls") and v}
                 if out:
                     sink.put(StreamEvent(choice=choice, delta=out, logprobs=c.get("logprobs")))
+        if not answered:
+            raise UpstreamInvalidResponse(f"the upstream's stream carried no choices for model {self.model!r}")
         message: dict[str, Any] = {"role": "assistant", "content": "".join(parts)}
         if tool_calls:
             message["tool_calls"] = [tool_calls[i] for i in sorted(tool_calls)]
@@ -395,6 +408,14 @@ class LLM:
             )
         )
         self.budget.charge_tokens(usage["completion_tokens"])
+
+
+def _answered(completion: Completion, model: str) -> Completion:
+    """The completion, or an UpstreamError (502) when the upstream answered with no choice at all:
+    every caller needs at least one, and an empty answer is the upstream's fault, not the client's."""
+    if not completion.choices:
+        raise UpstreamInvalidResponse(f"the upstream answered with no choices for model {model!r}")
+    return completion
 
 
 def merge_tool_call_delta(acc: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:

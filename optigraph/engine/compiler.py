@@ -13,6 +13,8 @@ plugin compiles expressions while runs are going.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +26,13 @@ from langgraph.graph.state import CompiledStateGraph
 from optigraph.engine.composites import build_parallel, build_pipeline
 from optigraph.engine.expression import (
     Approach,
+    Limits,
     Node,
     Parallel,
     Pipeline,
     Plugin,
+    check_size,
+    check_text,
     choice_count,
     names,
     parse,
@@ -59,14 +64,22 @@ class CompiledExpression:
 
 
 class Compiler:
+    """Compiles expressions within `limits` and keeps the last `cache_size` compiled, by canonical text.
+
+    Compiling costs about 3 ms per composite node and up to 30 ms per approach graph (mars), so a
+    large expression takes a second or more: `compile_async` does a cache miss in a worker thread,
+    off the event loop. The caches are shared by those threads, hence the lock."""
+
     def __init__(self, registry: Registry, checkpointer: BaseCheckpointSaver | None, *, cache_size: int = 256,
-                 default: str = "none") -> None:
+                 default: str = "none", limits: Limits | None = None) -> None:
         self.registry = registry
         self.checkpointer = checkpointer
         self.cache_size = cache_size
         self.default = parse(default)  # what a plugin with nothing after it wraps
+        self.limits = limits or Limits()
         self._cache: OrderedDict[str, CompiledExpression] = OrderedDict()
         self._children: OrderedDict[str, CompiledStateGraph] = OrderedDict()
+        self._lock = threading.RLock()
 
     def resolve(self, ast: Node) -> Node:
         """`ast` with plugins wrapping what follows them (see engine/expression.py `with_plugins`).
@@ -76,42 +89,69 @@ class Compiler:
         default = Approach("none") if ast == self.default else self.default
         return with_plugins(ast, self.registry.plugin_names(), default)
 
-    def compile(self, ast: Node) -> CompiledExpression:
-        ast = self.resolve(ast)
+    def cached(self, ast: Node) -> CompiledExpression | None:
+        """The compiled expression if it is in the cache (and marks it recently used); `ast` resolved."""
         text = to_text(ast)
-        hit = self._cache.get(text)
-        if hit is not None:
-            self._cache.move_to_end(text)
+        with self._lock:
+            hit = self._cache.get(text)
+            if hit is not None:
+                self._cache.move_to_end(text)
             return hit
+
+    def compile(self, ast: Node) -> CompiledExpression:
+        """The compiled graph of `ast`; ExpressionTooLarge (checked before any work) over the limits."""
+        ast = self.resolve(ast)
+        hit = self.cached(ast)
+        if hit is not None:
+            return hit
+        check_size(ast, self.limits)
+        return self._compile(ast)
+
+    async def compile_async(self, ast: Node) -> CompiledExpression:
+        """`compile`, with a cache miss compiled in a worker thread so the event loop keeps serving."""
+        ast = self.resolve(ast)
+        hit = self.cached(ast)
+        if hit is not None:
+            return hit
+        check_size(ast, self.limits)  # a refusal needs no thread
+        return await asyncio.to_thread(self._compile, ast)
+
+    def _compile(self, ast: Node) -> CompiledExpression:
+        text = to_text(ast)
         graph = self._build(ast).compile(checkpointer=self.checkpointer, name=text)
         used = tuple(dict.fromkeys(names(ast)))
         dynamic = any(n in self.registry.plugin_names() and self.registry.plugin(n).routes for n in used)
         compiled = CompiledExpression(text=text, ast=ast, graph=graph, choices=choice_count(ast), names=used,
                                       dynamic=dynamic)
-        self._cache[text] = compiled
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[text] = compiled
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         return compiled
 
     # Children are compiled without a checkpointer of their own: they inherit the parent's and
     # checkpoint under the parent task's namespace.
     def _child(self, ast: Node) -> CompiledStateGraph:
         text = to_text(ast)
-        hit = self._children.get(text)
-        if hit is not None:
-            self._children.move_to_end(text)
-            return hit
+        with self._lock:
+            hit = self._children.get(text)
+            if hit is not None:
+                self._children.move_to_end(text)
+                return hit
         child = self._build(ast).compile(name=text)
-        self._children[text] = child
-        if len(self._children) > self.cache_size:
-            self._children.popitem(last=False)
+        with self._lock:
+            self._children[text] = child
+            if len(self._children) > self.cache_size:
+                self._children.popitem(last=False)
         return child
 
     def _route(self, expression: str) -> tuple[Node, CompiledStateGraph]:
         """A routed expression, checked like a client's, as a child graph."""
+        check_text(expression, self.limits, param=None)
         ast = parse(expression)
         validate(ast, self.registry.names())
         ast = self.resolve(ast)
+        check_size(ast, self.limits, param=None)
         return ast, self._child(ast)
 
     def _build(self, ast: Node) -> StateGraph:

@@ -23,14 +23,17 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from optigraph.errors import ExpressionError, UnknownApproach
+from optigraph.errors import ExpressionError, ExpressionTooLarge, UnknownApproach
 
 __all__ = [
     "Approach",
+    "Limits",
     "Node",
     "Parallel",
     "Pipeline",
     "Plugin",
+    "check_size",
+    "check_text",
     "choice_count",
     "is_name",
     "names",
@@ -235,6 +238,38 @@ def to_text(node: Node) -> str:
     if isinstance(node, Pipeline):
         return "&".join(f"({to_text(s)})" if isinstance(s, Parallel) else to_text(s) for s in node.stages)
     return "|".join(to_text(b) for b in node.branches)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Caps on what one expression may ask for, so that no request makes the server parse, compile
+    or run without bound. Each is a server setting (`max_expression_chars`, ...), named in the 400."""
+
+    max_chars: int = 512  # characters of the expression text
+    max_nodes: int = 64  # approach names in it, repeats counted
+    max_choices: int = 64  # choices one request produces: choice_count(expression) * n
+
+
+def check_text(text: str, limits: Limits, *, param: str | None = "model") -> None:
+    """Raise ExpressionTooLarge when `text` is longer than the limit (checked before it is parsed)."""
+    if len(text) > limits.max_chars:
+        raise ExpressionTooLarge(f"the approach expression is {len(text)} characters long; this server allows at "
+                                 f"most {limits.max_chars} (max_expression_chars)", param=param)
+
+
+def check_size(node: Node, limits: Limits, *, n: int = 1, param: str | None = "model") -> None:
+    """Raise ExpressionTooLarge when `node` names too many approaches, or its `n` runs would produce
+    too many choices. Cheap: one walk of a tree that parsing has already built."""
+    count = sum(1 for _ in _walk(node))
+    if count > limits.max_nodes:
+        raise ExpressionTooLarge(f"the approach expression names {count} approaches; this server allows at most "
+                                 f"{limits.max_nodes} (max_expression_nodes)", param=param)
+    per_run = choice_count(node)
+    if per_run * n > limits.max_choices:
+        detail = f" ({per_run} per run, n={n})" if n > 1 else ""
+        blame = "n" if n > 1 and per_run <= limits.max_choices else param  # n alone made it too many
+        raise ExpressionTooLarge(f"the request would produce {per_run * n} choices{detail}; this server allows at "
+                                 f"most {limits.max_choices} (max_choices)", param=blame)
 
 
 def validate(node: Node, known: Collection[str]) -> None:

@@ -27,6 +27,8 @@ from optigraph.engine.expression import (
     Approach,
     Node,
     Pipeline,
+    check_size,
+    check_text,
     choice_count,
     parse,
     to_text,
@@ -127,11 +129,19 @@ def thread_ids(row: Mapping[str, Any]) -> list[str]:
     return [row["id"]] if n <= 1 else [f"{row['id']}.{i}" for i in range(n)]
 
 
-def compile_expression(text: str, compiler: Compiler) -> CompiledExpression:
-    """Parses, validates and compiles an expression (ExpressionError / UnknownApproach if bad)."""
+def parse_expression(text: str, compiler: Compiler) -> Node:
+    """Parses and validates an expression within the compiler's limits (ExpressionError,
+    UnknownApproach or ExpressionTooLarge if bad)."""
+    check_text(text, compiler.limits)
     ast = parse(text)
     validate(ast, compiler.registry.names())
-    return compiler.compile(ast)
+    check_size(ast, compiler.limits)
+    return ast
+
+
+def compile_expression(text: str, compiler: Compiler) -> CompiledExpression:
+    """Parses, validates and compiles an expression (ExpressionError / UnknownApproach if bad)."""
+    return compiler.compile(parse_expression(text, compiler))
 
 
 async def run_detail(row: Mapping[str, Any], compiler: Compiler, *,
@@ -144,7 +154,7 @@ async def run_detail(row: Mapping[str, Any], compiler: Compiler, *,
     }
     compiled: CompiledExpression | None = None
     try:
-        compiled = compile_expression(row["expression"], compiler)
+        compiled = await compiler.compile_async(parse_expression(row["expression"], compiler))
         detail["graph"] = {"mermaid": compiled.mermaid(), "choices": compiled.choices, "error": None}
     except OptigraphError as exc:  # e.g. an approach this server does not have
         detail["graph"] = {"mermaid": None, "choices": None, "error": exc.message}
@@ -435,6 +445,7 @@ async def read_run(db_url: str, run_id: str, registry: Registry, *,
 
 
 __all__ = [
-    "approach_info", "canonical", "compile_expression", "expression_info", "iter_steps", "jsonable", "read_run",
-    "read_runs", "read_thread", "run_detail", "run_list", "run_summary", "thread_ids", "totals", "upstream_call",
+    "approach_info", "canonical", "compile_expression", "expression_info", "iter_steps", "jsonable",
+    "parse_expression", "read_run", "read_runs", "read_thread", "run_detail", "run_list", "run_summary", "thread_ids",
+    "totals", "upstream_call",
 ]

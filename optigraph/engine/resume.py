@@ -53,11 +53,11 @@ async def _stored(db: Any, run_id: str) -> dict[str, Any]:
     return row
 
 
-def _rebuild(runner: Runner, row: dict[str, Any], *, run_id: str, client_key: str | None) -> Prepared:
+async def _rebuild(runner: Runner, row: dict[str, Any], *, run_id: str, client_key: str | None) -> Prepared:
     """The run's Prepared, from its stored request, running the stored expression."""
-    prep = runner.prepare(dict(row["request"]), client_key=client_key, run_id=run_id)
+    prep = await runner.prepare(dict(row["request"]), client_key=client_key, run_id=run_id)
     if prep.compiled is None or prep.expression != row["expression"]:
-        prep.compiled = runner.compiler.compile(parse(row["expression"]))
+        prep.compiled = await runner.compiler.compile_async(parse(row["expression"]))
         prep.expression = prep.compiled.text
     prep.stream = False
     return prep
@@ -74,7 +74,7 @@ async def resume_run(runner: Runner, run_id: str, *, db: Any, client_key: str | 
         raise RunNotResumable(f"run {run_id} has already completed; fork it to run part of it again")
     if run_id in runner.resuming:
         raise RunNotResumable(f"run {run_id} is being resumed on this server right now")
-    prep = _rebuild(runner, row, run_id=run_id, client_key=client_key)
+    prep = await _rebuild(runner, row, run_id=run_id, client_key=client_key)
     runner.resuming.add(run_id)
     try:
         _mark_running(runner, run_id)
@@ -92,10 +92,11 @@ async def resume_run(runner: Runner, run_id: str, *, db: Any, client_key: str | 
 
 async def fork_run(runner: Runner, run_id: str, *, db: Any, client_key: str | None = None,
                    checkpoint_id: str | None = None, thread: str | None = None,
-                   patch: dict[str, Any] | None = None) -> ChatResult:
+                   patch: dict[str, Any] | None = None, new_id: str | None = None) -> ChatResult:
+    """A new run (id `new_id`, default: a fresh one) from one checkpoint of run `run_id`."""
     row = await _stored(db, run_id)
-    new_id = uuid.uuid4().hex
-    prep = _rebuild(runner, row, run_id=new_id, client_key=client_key)
+    new_id = new_id or uuid.uuid4().hex
+    prep = await _rebuild(runner, row, run_id=new_id, client_key=client_key)
     assert prep.compiled is not None
     graph = prep.compiled.graph
     if thread is None:

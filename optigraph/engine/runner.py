@@ -30,12 +30,15 @@ from optigraph.core.llm import LLM, Budget
 from optigraph.core.streaming import StreamEvent, StreamSink
 from optigraph.core.usage import Usage, add_usage, empty_usage, openai_usage
 from optigraph.engine.compiler import CompiledExpression, Compiler
-from optigraph.engine.expression import parse, validate
+from optigraph.engine.expression import check_size, parse, validate
 from optigraph.engine.registry import Registry
 from optigraph.engine.request import check_request, forwarded_fields
 from optigraph.engine.selection import select
-from optigraph.errors import InvalidRequest, OptigraphError
+from optigraph.errors import InvalidRequest, OptigraphError, UpstreamInvalidResponse
 from optigraph.memory.records import Recorder, RunRecord, RunResult, utcnow
+
+# Which request parameter an expression came from (selection.Source), for the errors that name it.
+SOURCE_PARAMS = {"model": "model", "body": "optillm_approach", "tag": "messages", "default": None}
 
 
 @dataclass
@@ -88,11 +91,15 @@ class Runner:
 
     # ---- preparing a run ----------------------------------------------------------------------
 
-    def prepare(self, body: dict[str, Any], *, client_key: str | None, run_id: str | None = None) -> Prepared:
+    async def prepare(self, body: dict[str, Any], *, client_key: str | None, run_id: str | None = None) -> Prepared:
+        """The run for `body`, or a 400 naming what is wrong (expression size limits included). A
+        graph not compiled yet is compiled in a worker thread (Compiler.compile_async)."""
         check_request(body, max_n=self.settings.max_n, max_tokens=self.settings.max_tokens_limit)
-        sel = select(body, known=self.registry.names(), default=self.settings.approach)
+        limits = self.compiler.limits
+        sel = select(body, known=self.registry.names(), default=self.settings.approach, limits=limits)
         ast = parse(sel.expression)
         validate(ast, self.registry.names())
+        check_size(ast, limits, n=int(body.get("n") or 1), param=SOURCE_PARAMS[sel.source])
         model = sel.model or self.settings.default_model
         if model is None:
             if self.settings.base_url:
@@ -106,7 +113,7 @@ class Runner:
                   api_key=client_key, retries=self.settings.upstream_retries, n_support=self._n_support,
                   budget=self._budget(body.get("optigraph")))
         passthrough = ast == parse("none")
-        compiled = None if passthrough else self.compiler.compile(ast)
+        compiled = None if passthrough else await self.compiler.compile_async(ast)
         names = ("none",) if compiled is None else compiled.names
         params = self._params(body.get("optillm_params"), names)
         for name in names:
@@ -283,6 +290,7 @@ class Runner:
         body = {**prep.request, "messages": prep.messages, "stream": True, "stream_options": {"include_usage": True},
                 **({"n": prep.n} if prep.n > 1 else {})}
         decoding = None
+        relayed = 0
         async for chunk in prep.llm.forward_stream(body, node="passthrough"):
             if chunk.get("usage"):
                 if not chunk.get("choices"):
@@ -290,7 +298,10 @@ class Runner:
                     continue  # the usage chunk is sent at the end, once, if asked for
                 chunk = {k: v for k, v in chunk.items() if k != "usage"}
             chunk["id"], chunk["model"] = base["id"], base["model"]
+            relayed += 1
             yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+        if not relayed:  # nothing reached the client yet, so this is still a 502 of its own
+            raise UpstreamInvalidResponse(f"the upstream's stream carried no choices for model {prep.model!r}")
         total = prep.llm.answered  # every answered call, when n is emulated by several streams too
         if prep.include_usage:
             yield self._usage_chunk(base, total, prep, decoding)

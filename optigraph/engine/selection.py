@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from optigraph.engine.expression import (
+    Limits,
     Node,
+    check_text,
     is_name,
     parse,
     parse_span,
@@ -34,7 +36,12 @@ from optigraph.engine.expression import (
     to_text,
     validate,
 )
-from optigraph.errors import ExpressionError, InvalidRequest, UnknownApproach
+from optigraph.errors import (
+    ExpressionError,
+    ExpressionTooLarge,
+    InvalidRequest,
+    UnknownApproach,
+)
 
 __all__ = ["Selection", "Source", "select", "split_model", "strip_tags"]
 
@@ -60,11 +67,12 @@ def _has_operator(segment: str) -> bool:
     return any(c in _OPERATORS for c in segment)
 
 
-def split_model(model: str, known: Collection[str]) -> tuple[str, str | None] | None:
+def split_model(model: str, known: Collection[str], limits: Limits | None = None) -> tuple[str, str | None] | None:
     """Split a slug prefix off `model`: `(expression, upstream model or None)`, or None if no prefix.
 
     Leading `-`-separated segments that are known slugs, or expressions over known slugs, are the
     approach; the rest, re-joined, is the upstream model. Several such segments form a pipeline.
+    With `limits`, a prefix longer than `limits.max_chars` is refused before it is parsed.
     """
     # Fast path: the usual plain model name ("gpt-4o", "openai/gpt-4o") has no slug first segment.
     first = model.partition("-")[0]
@@ -74,6 +82,8 @@ def split_model(model: str, known: Collection[str]) -> tuple[str, str | None] | 
     offset = 0
     segments = model.split("-")
     for segment in segments:
+        if limits is not None and (_has_operator(segment) or segment in known):
+            check_text(model[: offset + len(segment)], limits)
         if _has_operator(segment):
             node = parse_span(model, offset, offset + len(segment))
             validate(node, known)
@@ -153,22 +163,25 @@ def _clean_message(message: Any) -> tuple[Any, str | None]:
     return {**message, "content": parts}, found
 
 
-def _checked(text: str, known: Collection[str], param: str) -> str:
+def _checked(text: str, known: Collection[str], param: str, limits: Limits | None) -> str:
     """The canonical form of an expression from the body or a tag, or a 400 naming `param`."""
     try:
+        if limits is not None:
+            check_text(text, limits)
         node = parse(text)
         validate(node, known)
-    except (ExpressionError, UnknownApproach) as exc:
+    except (ExpressionError, ExpressionTooLarge, UnknownApproach) as exc:
         exc.param = param
         raise
     return to_text(node)
 
 
-def select(body: dict[str, Any], *, known: Collection[str], default: str) -> Selection:
+def select(body: dict[str, Any], *, known: Collection[str], default: str, limits: Limits | None = None) -> Selection:
     """Choose the expression for a chat request (see the module docstring for the order).
 
     `default` is the server's configured approach and is returned as is (validated at start).
-    Raises ExpressionError or UnknownApproach (400s) for a bad explicit choice.
+    Raises ExpressionError or UnknownApproach (400s) for a bad explicit choice, ExpressionTooLarge
+    for a text longer than `limits.max_chars` (checked before parsing it).
     """
     model = body.get("model")
     if model is not None and not isinstance(model, str):
@@ -195,7 +208,7 @@ def select(body: dict[str, Any], *, known: Collection[str], default: str) -> Sel
                 user_tag = value
 
     if model:
-        split = split_model(model, known)
+        split = split_model(model, known, limits)
         if split is not None:
             return Selection(split[0], split[1], "model", messages)
     upstream = model or None
@@ -203,8 +216,8 @@ def select(body: dict[str, Any], *, known: Collection[str], default: str) -> Sel
     if requested is not None:
         if not isinstance(requested, str):
             raise InvalidRequest("'optillm_approach' must be a string", param="optillm_approach")
-        return Selection(_checked(requested, known, "optillm_approach"), upstream, "body", messages)
+        return Selection(_checked(requested, known, "optillm_approach", limits), upstream, "body", messages)
     tag = system_tag if system_tag is not None else user_tag
     if tag is not None:
-        return Selection(_checked(tag, known, "messages"), upstream, "tag", messages)
+        return Selection(_checked(tag, known, "messages", limits), upstream, "tag", messages)
     return Selection(default, upstream, "default", messages)

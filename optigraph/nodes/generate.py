@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -17,8 +18,12 @@ async def generate_final(
     messages: list[dict[str, Any]],
     *,
     node: str,
+    fields: Mapping[str, Any] | None = None,
     **params: Any,
 ) -> Completion:
-    """Generates the answer the client receives; streams its tokens if this run streams this choice."""
+    """Generates the answer the client receives; streams its tokens if this run streams this choice.
+
+    `fields`: request fields passed on as one dict (see `LLM.chat`); `params`: the approach's own."""
     c = runtime.context
-    return await c.llm.chat(messages, node=node, sink=c.sink, stream_choice=state.get("stream_choice"), **params)
+    return await c.llm.chat(messages, node=node, sink=c.sink, stream_choice=state.get("stream_choice"),
+                            fields=fields, **params)

@@ -312,23 +312,141 @@ def test_page_needs_the_api_key(browser: Browser, tmp_path: Path) -> None:
         run_id = serve(stack, "fake-model", "hello", api_key="sekrit")
         browser.send("Network.enable")
         browser.send("Network.clearBrowserCookies")
-        browser.goto(stack.url + "/ui")
+        browser.goto(f"{stack.url}/ui/runs/{run_id}")
         assert browser.eval("document.querySelector('input[name=key]') !== null")
         assert run_id not in browser.eval("document.body.innerText")
-        browser.goto(stack.url + "/ui?key=wrong")
-        assert "not valid" in browser.eval("document.body.innerText")
-        # The form sends ?key=, which is kept in a cookie; the address loses it.
+        browser.goto(stack.url + "/ui?key=sekrit")  # a key in the address is refused, even the right one
+        assert "not accepted in the address" in browser.eval("document.body.innerText")
+        assert browser.send("Network.getCookies", urls=[stack.url + "/ui"])["cookies"] == []
+        browser.goto(f"{stack.url}/ui/runs/{run_id}")
+        browser.eval("document.querySelector('input[name=key]').value = 'wrong'")
+        browser.click("form button")
+        browser.wait_for("document.body !== null && document.body.innerText.includes('not valid')")
+        # The form posts the key; the page comes back with a session cookie, and the key is nowhere.
         browser.eval("document.querySelector('input[name=key]').value = 'sekrit'")
         browser.click("form button")
+        browser.wait_for("document.querySelector('#run-id') !== null")
+        assert browser.texts("#run-id") == [run_id] and "sekrit" not in browser.eval("location.href")
+        cookies = browser.send("Network.getCookies", urls=[stack.url + "/ui"])["cookies"]
+        assert [(c["name"], c["httpOnly"], c["sameSite"], c["path"]) for c in cookies] == [
+            ("optigraph_session", True, "Strict", "/ui")]
+        assert "sekrit" not in cookies[0]["value"] and cookies[0]["expires"] > time.time()
+        browser.goto(stack.url + "/ui")
         browser.wait_for(f"document.querySelector(\"tr[data-run-id='{run_id}']\") !== null")
-        assert "key=" not in browser.eval("location.href")
-        browser.goto(f"{stack.url}/ui/runs/{run_id}")
-        assert browser.texts("#run-id") == [run_id]
-        with stack.http() as http:
-            assert http.get("/ui").status_code == 401
-        with stack.http(cookies={"optigraph_key": "sekrit"}) as http:  # the JSON API wants the bearer key
-            assert http.get("/ui").status_code == 200
-            assert http.get("/v1/runs").status_code == 401
-            assert http.get("/ui", params={"key": "sekrit"}).status_code == 303
-            assert http.get("/v1/runs", headers={"Authorization": "Bearer sekrit"}).status_code == 200
+        browser.click("form.logout button")
+        browser.wait_for("document.querySelector('input[name=key]') !== null")
+        assert browser.send("Network.getCookies", urls=[stack.url + "/ui"])["cookies"] == []
         browser.send("Network.clearBrowserCookies")
+
+
+# ---- sessions, without a browser -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with start_stack(tmp_path_factory.mktemp("locked") / "l.db", default_model="fake-model", api_key="sekrit") as s:
+        yield s
+
+
+@pytest.fixture
+def clock(locked: Stack) -> Iterator[list[float]]:
+    """The locked server's session clock, set by the test: `clock[0]` is now."""
+    sessions = locked.server.server.config.app.state.ui_sessions
+    now = [1_900_000_000.0]
+    sessions.clock = lambda: now[0]
+    yield now
+    sessions.clock = time.time
+
+
+def log_in(stack: Stack, key: str, *, next_page: str = "/ui", headers: dict[str, str] | None = None) -> httpx.Response:
+    with stack.http() as http:
+        return http.post("/ui/login", data={"key": key, "next": next_page}, headers=headers)
+
+
+def session_of(response: httpx.Response) -> str:
+    assert response.status_code == 303, response.text
+    return response.cookies["optigraph_session"]
+
+
+def page(stack: Stack, path: str = "/ui", session: str | None = None, **kw: Any) -> httpx.Response:
+    with stack.http(cookies={"optigraph_session": session} if session else None) as http:
+        return http.get(path, **kw)
+
+
+def test_login_sets_a_signed_expiring_session_cookie(locked: Stack, clock: list[float]) -> None:
+    r = log_in(locked, "sekrit", next_page="/ui/runs/abc")
+    assert r.status_code == 303 and r.headers["location"] == "/ui/runs/abc"
+    cookie = r.headers["set-cookie"]
+    flags = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
+    assert {"httponly", "max-age", "path"} <= flags and "secure" not in flags  # plain HTTP here
+    assert "samesite=strict" in cookie.lower() and "path=/ui" in cookie.lower()
+    assert f"max-age={locked.settings.ui_session_ttl_s}" in cookie.lower()
+    session = session_of(r)
+    assert "sekrit" not in session and session.split(".")[0] == str(int(clock[0]) + locked.settings.ui_session_ttl_s)
+    assert page(locked, session=session).status_code == 200
+    assert page(locked).status_code == 401
+
+    # behind a TLS-terminating proxy on loopback (X-Forwarded-Proto: https) the cookie is Secure
+    secure = log_in(locked, "sekrit", headers={"x-forwarded-proto": "https"}).headers["set-cookie"]
+    assert "secure" in {part.strip().lower() for part in secure.split(";")}
+
+    assert log_in(locked, "sekrit", next_page="https://elsewhere.example/").headers["location"] == "/ui"
+    assert log_in(locked, "sekrit", next_page="//elsewhere.example/ui").headers["location"] == "/ui"
+
+
+def test_a_tampered_session_is_refused(locked: Stack, clock: list[float]) -> None:
+    session = session_of(log_in(locked, "sekrit"))
+    expires, mac = session.split(".")
+    flipped = mac[:-1] + ("0" if mac[-1] != "0" else "1")
+    for bad in (f"{expires}.{flipped}", f"{int(expires) + 3600}.{mac}", expires, f".{mac}", "sekrit", "x.y.z"):
+        r = page(locked, session=bad)
+        assert r.status_code == 401 and "session has ended" in r.text, bad
+    with locked.http(cookies={"optigraph_key": "sekrit"}) as http:  # the old raw-key cookie is no longer a login
+        assert http.get("/ui").status_code == 401
+    assert page(locked, session=session).status_code == 200
+
+
+def test_an_expired_session_is_refused(locked: Stack, clock: list[float]) -> None:
+    session = session_of(log_in(locked, "sekrit"))
+    clock[0] += locked.settings.ui_session_ttl_s - 1
+    assert page(locked, session=session).status_code == 200
+    clock[0] += 1
+    r = page(locked, session=session)
+    assert r.status_code == 401 and "session has ended" in r.text
+    assert page(locked, "/ui/runs/some-run", session=session).status_code == 401
+
+
+def test_a_key_in_the_query_string_is_refused(locked: Stack, clock: list[float]) -> None:
+    session = session_of(log_in(locked, "sekrit"))
+    for path in ("/ui", "/ui/runs/some-run"):
+        for with_session in (None, session):
+            r = page(locked, path, session=with_session, params={"key": "sekrit"})
+            assert r.status_code == 400 and "not accepted in the address" in r.text
+            assert "set-cookie" not in r.headers
+
+
+def test_logout_clears_the_session(locked: Stack, clock: list[float]) -> None:
+    with locked.http() as http:
+        r = http.post("/ui/logout")
+    assert r.status_code == 303 and r.headers["location"] == "/ui"
+    cookie = r.headers["set-cookie"].lower()
+    assert cookie.startswith('optigraph_session="";') and "max-age=0" in cookie and "path=/ui" in cookie
+
+
+@pytest.mark.parametrize("key", ["sekrit", "wrong", "", "sekrit ", "SEKRIT", "sekri", "sekrit\u00e9"])
+def test_the_api_and_the_page_accept_the_same_keys(locked: Stack, clock: list[float], key: str) -> None:
+    # (HTTP drops a header value's trailing space, and a non-ASCII value cannot be sent at all)
+    header = {"authorization": f"Bearer {key}".strip()} if key.isascii() else {}
+    with locked.http() as http:
+        api = http.get("/v1/runs", headers=header)
+    login = log_in(locked, key)
+    assert (api.status_code == 200) == (login.status_code == 303) == (key.strip() == "sekrit")
+    assert login.status_code in (303, 401)
+    assert (page(locked, headers=header).status_code == 200) == (api.status_code == 200)  # the bearer key works too
+
+
+def test_a_login_post_that_is_not_the_form_is_refused(locked: Stack, clock: list[float]) -> None:
+    with locked.http() as http:
+        r = http.post("/ui/login", content="&".join(f"f{i}=x" for i in range(50)),
+                      headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400 and "set-cookie" not in r.headers

@@ -23,14 +23,14 @@ def make_runner(backend: Backend, *, registry: Registry | None = None, **setting
 
 
 async def ask(runner: Runner, body: dict[str, Any]) -> dict[str, Any]:
-    return (await runner.complete(runner.prepare(body, client_key=None))).response
+    return (await runner.complete(await runner.prepare(body, client_key=None))).response
 
 
 async def ask_streamed(runner: Runner, body: dict[str, Any]) -> list[dict[str, Any]]:
     import orjson
 
     chunks = []
-    async for data in runner.stream(runner.prepare({**body, "stream": True}, client_key=None)):
+    async for data in runner.stream(await runner.prepare({**body, "stream": True}, client_key=None)):
         payload = data.removeprefix(b"data: ").strip()
         if payload != b"[DONE]":
             chunks.append(orjson.loads(payload))

@@ -91,6 +91,6 @@ async def test_response_format_without_the_json_plugin_is_refused_on_the_local_m
 
     runner = make_runner(ScriptedBackend(capabilities={"local": True}))
     with pytest.raises(InvalidRequest) as info:
-        runner.prepare({"model": "re2-m", "response_format": FORMAT, "messages": [{"role": "user", "content": "q"}]},
+        await runner.prepare({"model": "re2-m", "response_format": FORMAT, "messages": [{"role": "user", "content": "q"}]},
                        client_key=None)
     assert info.value.param == "response_format"

@@ -117,7 +117,7 @@ async def test_plugin_parameters_are_validated_like_approaches() -> None:
 
     runner = make_runner(ScriptedBackend())
     with pytest.raises(InvalidRequest) as info:
-        runner.prepare({"model": "readurls&none-m", "messages": [{"role": "user", "content": "q"}],
+        await runner.prepare({"model": "readurls&none-m", "messages": [{"role": "user", "content": "q"}],
                         "optillm_params": {"readurls": {"max_urls": 0}}}, client_key=None)
     assert info.value.param == "optillm_params.readurls.max_urls"
 

@@ -33,7 +33,7 @@ def runner_with(routes: dict[str, str], backend: ScriptedBackend):
 async def test_the_routed_expression_runs() -> None:
     backend = ScriptedBackend(lambda body: "x")
     runner = runner_with({"math": "re2", "two": "none|re2"}, backend)
-    prep = runner.prepare({"model": "pick&none-m", "messages": [{"role": "user", "content": "a math question"}]},
+    prep = await runner.prepare({"model": "pick&none-m", "messages": [{"role": "user", "content": "a math question"}]},
                           client_key=None)
     result = await runner.complete(prep)
     assert "Read the question again" in backend.calls[0]["messages"][-1]["content"]  # re2 ran, not none
