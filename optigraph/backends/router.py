@@ -33,9 +33,14 @@ class Backends:
         self.http: OpenAIHTTPBackend | None = None
         if settings.base_url:
             self.http = OpenAIHTTPBackend(settings.base_url, api_key=settings.upstream_api_key,
-                                          timeout_s=settings.upstream_timeout_s,
+                                          connect_timeout_s=settings.upstream_connect_timeout_s,
+                                          read_timeout_s=settings.upstream_read_timeout_s,
+                                          total_timeout_s=settings.upstream_total_timeout_s,
                                           max_connections=settings.max_connections)
-        self.litellm = LiteLLMBackend(api_key=settings.upstream_api_key, timeout_s=settings.upstream_timeout_s)
+        self.litellm = LiteLLMBackend(api_key=settings.upstream_api_key,
+                                      connect_timeout_s=settings.upstream_connect_timeout_s,
+                                      read_timeout_s=settings.upstream_read_timeout_s,
+                                      total_timeout_s=settings.upstream_total_timeout_s)
         self._local: Any = None
 
     def local(self) -> Any:
@@ -64,6 +69,15 @@ class Backends:
             local.spec(model)
             return local, model
         return self.local(), self.settings.local_model
+
+    def health(self) -> dict[str, Any]:
+        """What each configured remote backend's recent calls saw (`reachable`, last success and error)."""
+        out: dict[str, Any] = {}
+        if self.http is not None:
+            out["openai"] = {"base_url": self.http.base_url, **self.http.outcomes.report()}
+        if self.litellm.outcomes.reachable is not None or self.http is None:  # used, or usable (no base URL)
+            out["litellm"] = self.litellm.outcomes.report()
+        return out
 
     async def aclose(self) -> None:
         if self.http is not None:
