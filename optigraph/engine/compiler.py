@@ -36,6 +36,7 @@ from optigraph.engine.expression import (
     choice_count,
     to_text,
 )
+from optigraph.engine.mermaid import draw_mermaid
 from optigraph.engine.registry import Registry
 
 
@@ -70,7 +71,7 @@ class CompiledExpression:
         return {"messages": messages, "request": request, "params": own, "stream_choice": stream_choice}
 
     def mermaid(self) -> str:
-        return self.graph.get_graph(xray=True).draw_mermaid()
+        return draw_mermaid(self.graph.get_graph(xray=True))
 
 
 class Compiler:
