@@ -123,7 +123,10 @@ def test_runs_are_filtered(served: Served) -> None:
     ({"approach": "bon&("}, "approach", "approach filter"),
 ])
 def test_a_bad_run_filter_is_a_400(served: Served, params: dict[str, str], param: str, says: str) -> None:
-    body = error(served.stack, "/v1/runs", 400, **params)
+    with served.stack.http() as http:
+        resp = http.get("/v1/runs", params=params)
+    assert resp.status_code == 400, resp.text
+    body = resp.json()["error"]
     assert body["param"] == param and says in body["message"] and body["type"] == "invalid_request_error"
 
 
