@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from api_stack import Stack, closed_port_url, start_stack
-from upstream import ServerThread
+from upstream import ServerThread, make_app
 
 from optigraph.api.app import create_app
 from optigraph.config import Settings
@@ -55,6 +56,24 @@ def test_an_unusable_sqlite_file_is_a_503(tmp_path: Path, how: str) -> None:
         assert body["status"] == "error" and body["database"]["ok"] is False
         assert ("unable to open" if how == "removed" else "not a database") in body["database"]["error"]
         assert not db.exists() or how == "replaced"  # the check did not create the file again
+
+
+def test_a_dropped_postgresql_database_is_a_503(postgres_url: str) -> None:
+    import psycopg
+
+    name = f"health_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    db_url = postgres_url.rsplit("/", 1)[0] + "/" + name
+    with ServerThread(make_app()) as up, \
+            ServerThread(create_app(Settings(base_url=up.url + "/v1", db_url=db_url))) as server:
+        assert health(server.url).status_code == 200
+        with psycopg.connect(postgres_url, autocommit=True) as conn:  # the pool's connections end with it
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        resp = health(server.url)
+    assert resp.status_code == 503, resp.text
+    body = resp.json()
+    assert body["status"] == "error" and f'"{name}" does not exist' in body["database"]["error"]
 
 
 def test_a_failed_upstream_reports_its_last_error(tmp_path: Path) -> None:
