@@ -49,14 +49,15 @@ def serve_limits() -> str:
     d = {name: field.default for name, field in Settings.model_fields.items()}
     return (
         "limits (each a flag above):\n"
-        f"  a request may ask for n <= {d['max_n']} choices and max_tokens <= {d['max_tokens_limit']}; a run makes at most\n"
-        f"  {d['max_upstream_calls']} upstream calls and spends at most {d['max_upstream_tokens']} completion tokens (a "
-        "request may lower\n  both in its \"optigraph\" field; over a cap: a 400 budget_exceeded).\n"
+        f"  a request may ask for n <= {d['max_n']} choices and max_tokens <= {d['max_tokens_limit']}; "
+        f"a run makes at most\n  {d['max_upstream_calls']} upstream calls and spends at most "
+        f"{d['max_upstream_tokens']} completion tokens (a request may lower\n"
+        "  both in its \"optigraph\" field; over a cap: a 400 budget_exceeded).\n"
         f"  One upstream attempt gets {d['upstream_connect_timeout_s']:g} s to connect, "
         f"{d['upstream_read_timeout_s']:g} s between streamed bytes and\n"
         f"  {d['upstream_total_timeout_s']:g} s in all; an attempt that failed in a way safe to retry is retried "
         f"{d['upstream_retries']} times with\n  backoff, so a call to an upstream that hangs gives up after at most "
-        "(retries + 1) x the total timeout.")
+        "(retries + 1) x the total\n  timeout.")
 
 
 def parser() -> argparse.ArgumentParser:

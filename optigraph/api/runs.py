@@ -44,8 +44,9 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
     after: Annotated[str | None, Query(description="the `next_cursor` of the previous page")] = None,
 ) -> inspection.RunList:
-    page = await page_runs(request.app.state.db, status=status, expression=inspection.approach_filter(approach), model=model,
-                           created_after=created_after, created_before=created_before, after=after, limit=limit)
+    page = await page_runs(request.app.state.db, status=status, expression=inspection.approach_filter(approach),
+                           model=model, created_after=created_after, created_before=created_before, after=after,
+                           limit=limit)
     return inspection.run_list(page.runs, has_more=page.has_more)
 
 

@@ -35,7 +35,9 @@ class LiteLLMBackend:
                  read_timeout_s: float = 60.0, total_timeout_s: float = 300.0) -> None:
         self.api_key = api_key
         self.api_base = api_base
-        self.connect_timeout_s, self.read_timeout_s, self.total_timeout_s = connect_timeout_s, read_timeout_s, total_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.total_timeout_s = total_timeout_s
         self.outcomes = CallOutcomes()
         self._module: Any = None
         self._lock = asyncio.Lock()

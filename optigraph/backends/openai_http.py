@@ -78,7 +78,9 @@ class OpenAIHTTPBackend:
                  read_timeout_s: float = 60.0, total_timeout_s: float = 300.0, max_connections: int = 512) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
-        self.connect_timeout_s, self.read_timeout_s, self.total_timeout_s = connect_timeout_s, read_timeout_s, total_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.total_timeout_s = total_timeout_s
         self._timeout = aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=connect_timeout_s)
         self._stream_timeout = aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=connect_timeout_s,
                                                      sock_read=read_timeout_s)
