@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from optigraph.config import Settings
 
@@ -36,7 +37,21 @@ SERVE_FLAGS = (
      "most approach names in one expression, repeats counted (default 64)"),
     ("--max-choices", "max_choices", "most choices one request may produce: the expression's choices times n, default 64"),
     ("--max-body-bytes", "max_body_bytes", "largest request body in bytes; larger ones get a 413 (default 8388608)"),
+    ("--upstream-connect-timeout", "upstream_connect_timeout_s", "seconds to open a connection upstream (default 10)"),
+    ("--upstream-read-timeout", "upstream_read_timeout_s",
+     "seconds a streamed upstream answer may go without a byte; every byte resets it (default 60)"),
+    ("--upstream-total-timeout", "upstream_total_timeout_s",
+     "seconds one upstream attempt may take in all, streamed or not (default 300)"),
+    ("--upstream-retries", "upstream_retries", (
+     "retries of an upstream call that failed in a way safe to retry: timeout, connection error, 408/409/429/5xx, "
+     "each attempt with its own timeouts (default 2)")),
+    ("--max-n", "max_n", "most choices (n) one request may ask for (default 16)"),
+    ("--max-tokens", "max_tokens_limit", "largest max_tokens / max_completion_tokens accepted (default 131072)"),
+    ("--max-upstream-calls", "max_upstream_calls", "per-run cap on upstream calls, default and ceiling (default 256)"),
+    ("--max-upstream-tokens", "max_upstream_tokens",
+     "per-run cap on completion tokens, default and ceiling (default 1000000)"),
 )
+
 # Flags that take no value: present means true.
 SERVE_SWITCHES = (
     ("--local-models-with-upstream", "local_models_with_upstream",
@@ -70,10 +85,33 @@ def repeated_overrides(args: argparse.Namespace) -> dict[str, object]:
     return out
 
 
+FLAG_OF = {dest: flag for flag, dest, _ in (*SERVE_FLAGS, *SERVE_SWITCHES, *REPEATED_SERVE_FLAGS)}
+
+
+def serve_limits() -> str:
+    """The server's limits at their defaults, for `serve --help` (read from Settings, so they cannot drift)."""
+    d = {name: field.default for name, field in Settings.model_fields.items()}
+    return (
+        "limits (each a flag above):\n"
+        f"  a request may ask for n <= {d['max_n']} choices and max_tokens <= {d['max_tokens_limit']}; "
+        f"a run makes at most\n  {d['max_upstream_calls']} upstream calls and spends at most "
+        f"{d['max_upstream_tokens']} completion tokens (a request may lower\n"
+        "  both in its \"optigraph\" field; over a cap: a 400 budget_exceeded).\n"
+        f"  One upstream attempt gets {d['upstream_connect_timeout_s']:g} s to connect, "
+        f"{d['upstream_read_timeout_s']:g} s between streamed bytes and\n"
+        f"  {d['upstream_total_timeout_s']:g} s in all; an attempt that failed in a way safe to retry is retried "
+        f"{d['upstream_retries']} times with\n  backoff, so a call to an upstream that hangs gives up after at most "
+        "(retries + 1) x the total\n  timeout.")
+
+
 def parser() -> argparse.ArgumentParser:
+    from optigraph import __version__
+
     p = argparse.ArgumentParser(prog="optigraph", description="OpenAI-compatible optimizing inference proxy")
+    p.add_argument("--version", action="version", version=f"optigraph {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the HTTP server",
+    serve = sub.add_parser("serve", help="run the HTTP server", epilog=serve_limits(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
                            description="Every flag can also be set with OPTIGRAPH_<NAME> (e.g. OPTIGRAPH_BASE_URL).")
     for flag, dest, help_ in SERVE_FLAGS:
         serve.add_argument(flag, dest=dest, default=None, help=help_)
@@ -107,20 +145,80 @@ def serve(args: argparse.Namespace) -> None:
 
     overrides = {dest: getattr(args, dest) for _, dest, _ in (*SERVE_FLAGS, *SERVE_SWITCHES)
                  if getattr(args, dest) is not None}
-    settings = Settings(**overrides, **repeated_overrides(args))
+    settings = _settings({**overrides, **repeated_overrides(args)})
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
-    from optigraph.errors import ApproachLoadError
+    _check_serve_settings(settings)
+    from optigraph.errors import ApproachLoadError, ExpressionError, UnknownApproach
 
     try:
         app = create_app(settings)
     except ApproachLoadError as exc:  # a bad or clashing user approach: say where, no traceback
         raise SystemExit(f"optigraph: cannot load approaches:\n{exc.message}") from None
+    except (ExpressionError, UnknownApproach) as exc:
+        _serve_error(f"--approach: {exc.message}")
+    # One access-log line per request comes from optigraph.api.access_log; uvicorn's own is off.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                loop="uvloop", http="httptools", access_log=settings.log_level.lower() == "debug")
+                loop="uvloop", http="httptools", access_log=False)
+
+
+def _serve_error(message: str) -> NoReturn:
+    """A bad setting: one line on stderr and exit status 2, as argparse does for a bad flag."""
+    import sys
+
+    print(f"optigraph serve: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _settings(overrides: dict[str, str]) -> Settings:
+    """Settings from the flags and OPTIGRAPH_* variables; a bad value ends the command with one line."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            name = f"{FLAG_OF[field]} (OPTIGRAPH_{field.upper()})" if field in FLAG_OF else f"OPTIGRAPH_{field.upper()}"
+            problems.append(f"{name} {err.get('input')!r}: {err['msg']}")
+        _serve_error("; ".join(problems))
+
+
+def _check_serve_settings(settings: Settings) -> None:
+    """What can be checked before the server starts: the database URL and the local model."""
+    from sqlalchemy.exc import ArgumentError
+
+    from optigraph.errors import OptigraphError
+    from optigraph.memory.db import async_url, sync_url
+
+    try:
+        async_url(settings.db_url)
+        sync_url(settings.db_url)
+    except (ValueError, ArgumentError) as exc:
+        _serve_error(f"--db-url: {exc}")
+    if settings.base_url is None:  # the local model serves: it must exist (it loads in the background)
+        from optigraph.local.models import parse_spec
+
+        try:
+            parse_spec(settings.local_model, settings.local_models_dir)
+        except OptigraphError as exc:
+            _serve_error(f"--local-model: {exc.message}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`optigraph runs show ID | head`): stop quietly. stdout now points at
+        # /dev/null so that flushing it at exit raises nothing either.
+        import sys
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
+
+
+def _main(argv: Sequence[str] | None) -> None:
     args = parser().parse_args(argv)
     if args.command == "serve":
         serve(args)
@@ -359,10 +457,15 @@ def _run_text(run: dict) -> str:
         if thread.get("error"):
             lines.append(f"  {thread['error']}")
             continue
-        rows = [[_step_label(step, depth), "  " * depth + task["name"], task["status"],
-                 _short(f"error: {task.get('error')}", 90) if task["status"] == "error" else _writes(task.get("writes"))]
-                for depth, step, task in iter_steps(thread["steps"])]
-        lines.append(_table(["STEP", "NODE", "STATUS", "WROTE"], rows))
+        rows, shown = [], set()
+        for depth, step, task in iter_steps(thread["steps"]):
+            # A fork starts from a top-level step's checkpoint (`runs fork ID --checkpoint C`); each is shown once.
+            checkpoint = step.get("checkpoint_id") if depth == 0 and id(step) not in shown else None
+            shown.add(id(step))
+            rows.append([_step_label(step, depth), "  " * depth + task["name"], task["status"], checkpoint or "",
+                         _short(f"error: {task.get('error')}", 90) if task["status"] == "error"
+                         else _writes(task.get("writes"))])
+        lines.append(_table(["STEP", "NODE", "STATUS", "CHECKPOINT", "WROTE"], rows))
         if thread.get("next"):
             lines.append(f"  unfinished: next would run {', '.join(thread['next'])}")
     if not run.get("threads"):

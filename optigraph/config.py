@@ -74,8 +74,17 @@ class Settings(BaseSettings):
     local_batch_window_ms: float = Field(default=5.0, ge=0, description="How long the local worker waits for more requests to batch")
     local_max_batch_rows: int = Field(default=32, ge=1, description="Most sequences one local batch decodes together")
     local_threads: int = Field(default=0, ge=0, description="CPU threads for local models (0: half the cores, at least 1)")
-    upstream_timeout_s: float = 600.0
-    upstream_retries: int = 2
+    upstream_connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="Seconds to open a connection to the upstream")
+    upstream_read_timeout_s: float = Field(
+        default=60.0, gt=0, description="Seconds a streamed upstream answer may go without a byte (reset by each byte)")
+    upstream_total_timeout_s: float = Field(
+        default=300.0, gt=0, description="Seconds one upstream attempt may take in all, streamed or not")
+    upstream_retries: int = Field(
+        default=2, ge=0, le=10, description="Retries of a failed upstream call that is safe to retry (timeouts, "
+                                            "connection errors, 408/409/429/5xx); each attempt has its own timeouts")
+    max_n: int = Field(default=16, description="Most choices (`n`) one request may ask for")
+    max_tokens_limit: int = Field(default=131072, description="Largest max_tokens / max_completion_tokens accepted")
     max_expression_chars: int = Field(default=512, ge=1, description="Longest approach expression a request may send")
     max_expression_nodes: int = Field(default=64, ge=1,
                                       description="Most approach names in one expression (repeats counted)")
@@ -83,8 +92,6 @@ class Settings(BaseSettings):
                              description="Most choices one request may produce: the expression's choices times n")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024,
                                 description="Largest request body, in bytes (a larger one gets a 413)")
-    max_n: int = 16
-    max_tokens_limit: int = 131072
     max_connections: int = 512
     max_upstream_calls: int = Field(default=256, description="Per-run cap on upstream calls (default and ceiling)")
     max_upstream_tokens: int = Field(default=1_000_000, description="Per-run cap on completion tokens (default and ceiling)")

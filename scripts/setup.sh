@@ -7,8 +7,15 @@ python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=".venv/bin/pip"
 "$pip" install -q --upgrade pip
-# The CPU build of torch (a plain `torch` would pull a multi-GB CUDA build).
-"$pip" install -q torch==2.13.0
+# torch: the CPU build (the local backend runs on the CPU), from PyTorch's CPU index; on Linux a plain
+# `torch` from the default index is a multi-GB CUDA build. Where that index cannot be reached (it fails
+# fast: no retries, 10 s timeout), whatever the configured index offers. A torch 2.13.0 already in .venv
+# is kept, e.g. a CUDA build installed first (README: "Using a GPU").
+torch_version=2.13.0
+if ! .venv/bin/python -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '$torch_version')" 2>/dev/null; then
+  "$pip" install -q --timeout 10 --retries 0 --index-url https://download.pytorch.org/whl/cpu "torch==$torch_version" \
+    || "$pip" install -q "torch==$torch_version"
+fi
 extras=local
 if [ "${1:-}" = "--test" ]; then
   extras=local,test

@@ -135,6 +135,38 @@ def test_runs_show_is_the_same_from_the_server_and_the_database(served: Served,
     assert "Steps: none recorded" in via_db and "failed" in via_db and "refused" in via_db
 
 
+@pytest.mark.parametrize("source", ["server", "db"])
+def test_runs_show_prints_the_checkpoint_ids_a_fork_needs(served: Served, capsys: pytest.CaptureFixture[str],
+                                                          source: str) -> None:
+    _, out, _ = cli(capsys, "runs", "show", served.ids["parallel"], "--json", *served.server)
+    steps = json.loads(out)["threads"][0]["steps"]
+    code, out, err = cli(capsys, "runs", "show", served.ids["parallel"], *getattr(served, source))
+    assert code == 0, err
+    table = out.split("Steps (thread")[1].split("Upstream calls")[0].splitlines()[1:]
+    assert table[0].split() == ["STEP", "NODE", "STATUS", "CHECKPOINT", "WROTE"]
+    for step in steps:
+        [row] = [line.split() for line in table[1:] if step["checkpoint_id"] in line.split()]
+        assert row[0] == str(step["step"]) and row[3] == step["checkpoint_id"]
+
+
+def test_runs_show_into_a_closed_pipe_is_quiet(served: Served) -> None:
+    # `optigraph runs show ID | head -0`: the reader is gone before anything is written
+    proc = subprocess.Popen([sys.executable, "-m", "optigraph", "runs", "show", served.ids["parallel"], *served.server],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err.decode() and "BrokenPipe" not in err.decode(), err.decode()
+    assert proc.returncode == 1
+
+
+@pytest.mark.parametrize("source", ["server", "db"])
+def test_runs_list_rejects_a_bad_filter(served: Served, capsys: pytest.CaptureFixture[str], source: str) -> None:
+    code, _, err = cli(capsys, "runs", "list", "--status", "bogus", *getattr(served, source))
+    assert code == 1 and "unknown status 'bogus'" in err and "0 runs" not in err
+    code, _, err = cli(capsys, "runs", "list", "--approach", "bon&(", *getattr(served, source))
+    assert code == 1 and "approach filter" in err and "position" in err
+
+
 def test_runs_show_json(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(capsys, "runs", "show", served.ids["parallel"], "--json", *served.server)
     run = json.loads(out)

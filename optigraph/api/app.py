@@ -11,7 +11,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from optigraph import __version__
-from optigraph.api import approaches, chat, models, runs, ui
+from optigraph.api import approaches, chat, docs, health, models, runs, ui
+from optigraph.api.access_log import AccessLog
 from optigraph.api.auth import UISessions
 from optigraph.api.errors import install_error_handlers
 from optigraph.api.limits import BodyLimit
@@ -25,6 +26,7 @@ from optigraph.engine.runner import Runner
 from optigraph.memory.checkpoints import open_checkpointer
 from optigraph.memory.db import create_engine_for
 from optigraph.memory.migrate import upgrade_schema
+from optigraph.memory.queries import count_runs
 from optigraph.memory.recorder import SqlRecorder
 
 log = logging.getLogger("optigraph")
@@ -45,6 +47,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
         db = create_engine_for(settings.db_url)
         recorder = SqlRecorder(db)
         recorder.start()
+        await _report_unfinished_runs(db)
         backends = Backends(settings)
         warmup: asyncio.Task[Any] | None = None
         if settings.base_url is None:
@@ -67,7 +70,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
                 await backends.aclose()
                 await db.dispose()
 
-    app = FastAPI(title="optigraph", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="optigraph", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="OpenAI-compatible optimizing inference proxy: inference-time techniques as "
                               "checkpointed LangGraph graphs.")
     app.state.settings = settings
@@ -77,13 +80,31 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
         **({"secret": settings.ui_session_secret.encode()} if settings.ui_session_secret else {}))
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLog)
     app.include_router(chat.router)
     app.include_router(models.router)
+    app.include_router(health.router)
+    docs.install(app)  # /docs and /redoc with their assets served from a package: they work offline
     app.include_router(runs.router)
     app.include_router(approaches.router)
     app.include_router(ui.router)
     _document_request_schema(app)
     return app
+
+
+async def _report_unfinished_runs(db: Any) -> None:
+    """Says at start how many runs are stored as `running`: a crash or a kill left them so (or another
+    server on the same database is running them), and how to continue them."""
+    try:
+        count = await count_runs(db, status="running")
+    except Exception as exc:  # a start is not refused for this; the first request will say what is wrong
+        log.warning("could not count unfinished runs: %s: %s", type(exc).__name__, exc)
+        return
+    if count:
+        log.warning("%d run%s stored as running (interrupted by a crash or a kill, unless another server on this "
+                    "database is running them): list them with `optigraph runs list --status running`, continue "
+                    "one with `optigraph runs resume RUN_ID` or POST /v1/runs/RUN_ID/resume",
+                    count, "" if count == 1 else "s")
 
 
 def _document_request_schema(app: FastAPI) -> None:

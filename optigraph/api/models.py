@@ -1,4 +1,4 @@
-"""GET /v1/models and GET /health."""
+"""GET /v1/models."""
 
 from __future__ import annotations
 
@@ -33,10 +33,3 @@ async def list_models(request: Request, key: str | None = Depends(upstream_key))
                    "expected_calls": getattr(spec, "expected_calls", None) or spec.calls}
                   for spec in request.app.state.registry.specs.values()]
     return {"object": "list", "data": data, "approaches": approaches}
-
-
-@router.get("/health", tags=["health"], summary="Liveness")
-async def health(request: Request) -> dict[str, Any]:
-    state = request.app.state
-    return {"status": "ok", "local_model": getattr(state, "local_status", lambda: "unused")(),
-            "local_models": getattr(state, "local_models", list)()}

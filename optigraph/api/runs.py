@@ -38,7 +38,7 @@ async def load_run(request: Request, run_id: str) -> dict[str, Any]:
 @router.get("/v1/runs", summary="Stored runs, newest first", response_model=schemas.RunList)
 async def list_runs(
     request: Request,
-    status: Annotated[str | None, Query(description="running, completed or failed")] = None,
+    status: Annotated[str | None, Query(description="running, completed or failed (another value is a 400)")] = None,
     approach: Annotated[str | None, Query(description="the run's approach expression, e.g. bon&re2")] = None,
     model: Annotated[str | None, Query(description="the upstream model (approach prefix removed)")] = None,
     created_after: Annotated[datetime | None, Query(description="ISO 8601; UTC when no offset is given")] = None,
@@ -46,8 +46,9 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
     after: Annotated[str | None, Query(description="the `next_cursor` of the previous page")] = None,
 ) -> dict[str, Any]:
-    page = await page_runs(request.app.state.db, status=status, expression=inspection.canonical(approach), model=model,
-                           created_after=created_after, created_before=created_before, after=after, limit=limit)
+    page = await page_runs(request.app.state.db, status=status, expression=inspection.approach_filter(approach),
+                           model=model, created_after=created_after, created_before=created_before, after=after,
+                           limit=limit)
     return inspection.run_list(page.runs, has_more=page.has_more)
 
 

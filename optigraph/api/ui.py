@@ -312,6 +312,10 @@ def svg_graph(nodes: Iterable[str], edges: list[tuple[str, str, bool]], taken: s
             pos[n] = (x + width_of[n] / 2, margin + k * (box_h + gap_y) + box_h / 2)
             x += width_of[n] + gap_x
     total_h = margin * 2 + (max(rows, default=0) + 1) * (box_h + gap_y) - gap_y
+    for s, t, _ in edges:  # back and sideways edges curve out to the right: the frame must hold them
+        if s in pos and t in pos and pos[t][1] <= pos[s][1]:
+            bend = max(width_of[s], width_of[t]) / 2 + 40
+            total_w = max(total_w, max(pos[s][0], pos[t][0]) + bend + margin)
     parts = [(f"<svg xmlns='http://www.w3.org/2000/svg' id='graph' viewBox='0 0 {total_w:.0f} {total_h:.0f}' "
              f"width='{total_w:.0f}' height='{total_h:.0f}' role='img' aria-label='the run graph'>"),
              ("<defs><marker id='arrow' viewBox='0 0 10 10' refX='10' refY='5' markerWidth='7' markerHeight='7' "

@@ -10,6 +10,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from optigraph.backends.health import CallOutcomes
 from optigraph.core.backend import Capabilities
 from optigraph.errors import UpstreamError, UpstreamTimeout
 
@@ -30,10 +31,14 @@ def is_litellm_model(model: str) -> bool:
 class LiteLLMBackend:
     name = "litellm"
 
-    def __init__(self, *, api_key: str | None = None, api_base: str | None = None, timeout_s: float = 600.0) -> None:
+    def __init__(self, *, api_key: str | None = None, api_base: str | None = None, connect_timeout_s: float = 10.0,
+                 read_timeout_s: float = 60.0, total_timeout_s: float = 300.0) -> None:
         self.api_key = api_key
         self.api_base = api_base
-        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.total_timeout_s = total_timeout_s
+        self.outcomes = CallOutcomes()
         self._module: Any = None
         self._lock = asyncio.Lock()
 
@@ -60,8 +65,16 @@ class LiteLLMBackend:
             kwargs["api_key"] = key
         if self.api_base:
             kwargs["api_base"] = self.api_base
-        kwargs["timeout"] = self.timeout_s
+        # Per attempt, as for the HTTP backend; LiteLLM's own retries are off (optigraph retries, and
+        # records each attempt).
+        kwargs["timeout"] = self._timeout()
+        kwargs["max_retries"] = 0
         return kwargs
+
+    def _timeout(self) -> Any:
+        import httpx
+
+        return httpx.Timeout(self.total_timeout_s, connect=self.connect_timeout_s, read=self.read_timeout_s)
 
     def _error(self, litellm: Any, exc: Exception) -> UpstreamError:
         if isinstance(exc, litellm.Timeout):
@@ -78,7 +91,10 @@ class LiteLLMBackend:
         try:
             resp = await litellm.acompletion(**self._kwargs(body, api_key))
         except Exception as exc:  # LiteLLM raises its own mapped exception types
-            raise self._error(litellm, exc) from None
+            error = self._error(litellm, exc)
+            self.outcomes.failed(error)
+            raise error from None
+        self.outcomes.succeeded()
         return resp.model_dump(exclude_none=True)
 
     async def stream(self, body: dict[str, Any], *, api_key: str | None = None) -> AsyncIterator[dict[str, Any]]:
@@ -87,10 +103,14 @@ class LiteLLMBackend:
             resp = await litellm.acompletion(**self._kwargs({**body, "stream": True}, api_key))
             async for chunk in resp:
                 yield chunk.model_dump(exclude_none=True)
-        except UpstreamError:
+        except UpstreamError as exc:
+            self.outcomes.failed(exc)
             raise
         except Exception as exc:
-            raise self._error(litellm, exc) from None
+            error = self._error(litellm, exc)
+            self.outcomes.failed(error)
+            raise error from None
+        self.outcomes.succeeded()
 
     async def list_models(self, *, api_key: str | None = None) -> list[dict[str, Any]]:
         return []

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from optigraph.backends.health import CallOutcomes
 from optigraph.core.backend import Capabilities
 from optigraph.errors import UpstreamError, UpstreamInvalidResponse, UpstreamTimeout
 
@@ -65,19 +66,29 @@ def env_proxy(base_url: str) -> str | None:
 class OpenAIHTTPBackend:
     """Async client with a connection pool. The server's key wins; otherwise the client's is forwarded.
 
-    Timeouts: 10 s to connect, `timeout_s` to get a pooled connection and between bytes read.
-    Redirects are not followed; proxy settings come from the environment (HTTP_PROXY, NO_PROXY...).
+    Timeouts, per attempt: `connect_timeout_s` to open a connection; `read_timeout_s` between two
+    reads of a streamed answer (each byte resets it); `total_timeout_s` for the whole attempt, waiting
+    for a pooled connection included. A non-streamed answer arrives in one piece after the model has
+    finished, so only the total bounds it. Redirects are not followed; proxy settings come from the
+    environment (HTTP_PROXY, NO_PROXY...).
     """
 
     name = "openai"
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, timeout_s: float = 600.0,
-                 max_connections: int = 512, name: str = "openai", n_sampling: bool | None = None) -> None:
+    def __init__(self, base_url: str, *, api_key: str | None = None, connect_timeout_s: float = 10.0,
+                 read_timeout_s: float = 60.0, total_timeout_s: float = 300.0, max_connections: int = 512,
+                 name: str = "openai", n_sampling: bool | None = None) -> None:
         self.name = name  # recorded with every call: "openai", or "openai:<upstream name>"
         self._n_sampling = n_sampling  # an operator's statement that the upstream does (not) honour n
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_connect=10.0, sock_read=timeout_s)
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.total_timeout_s = total_timeout_s
+        self._timeout = aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=connect_timeout_s)
+        self._stream_timeout = aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=connect_timeout_s,
+                                                     sock_read=read_timeout_s)
+        self.outcomes = CallOutcomes()
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -105,13 +116,32 @@ class OpenAIHTTPBackend:
             headers["authorization"] = f"Bearer {key}"
         return headers
 
+    def _timed_out(self, exc: TimeoutError, *, streaming: bool = False) -> UpstreamTimeout:
+        """Which timeout fired, in words the operator can map to a flag."""
+        what = "while streaming" if streaming else "waiting for its answer"
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return UpstreamTimeout(f"upstream timed out {what}: no connection within {self.connect_timeout_s:g} s")
+        if isinstance(exc, aiohttp.SocketTimeoutError):
+            return UpstreamTimeout(f"upstream timed out {what}: nothing received for {self.read_timeout_s:g} s")
+        return UpstreamTimeout(f"upstream timed out {what}: the attempt took over {self.total_timeout_s:g} s")
+
     async def complete(self, body: dict[str, Any], *, api_key: str | None = None) -> dict[str, Any]:
         try:
+            data = await self._complete(body, api_key)
+        except UpstreamError as exc:
+            self.outcomes.failed(exc)
+            raise
+        self.outcomes.succeeded()
+        return data
+
+    async def _complete(self, body: dict[str, Any], api_key: str | None) -> dict[str, Any]:
+        try:
             async with self._client().post(f"{self.base_url}/chat/completions", data=orjson.dumps(body),
-                                           headers=self._headers(api_key), allow_redirects=False) as resp:
+                                           headers=self._headers(api_key), allow_redirects=False,
+                                           timeout=self._timeout) as resp:
                 status, content = resp.status, await resp.read()
         except TimeoutError as exc:
-            raise UpstreamTimeout(f"upstream timed out: {type(exc).__name__}") from None
+            raise self._timed_out(exc) from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream unreachable: {type(exc).__name__}: {exc}", retryable=True) from None
         if status >= 400:
@@ -126,10 +156,20 @@ class OpenAIHTTPBackend:
         return data
 
     async def stream(self, body: dict[str, Any], *, api_key: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for chunk in self._stream(body, api_key):
+                yield chunk
+        except UpstreamError as exc:
+            self.outcomes.failed(exc)
+            raise
+        self.outcomes.succeeded()
+
+    async def _stream(self, body: dict[str, Any], api_key: str | None) -> AsyncIterator[dict[str, Any]]:
         body = {**body, "stream": True}
         try:
             async with self._client().post(f"{self.base_url}/chat/completions", data=orjson.dumps(body),
-                                           headers=self._headers(api_key), allow_redirects=False) as resp:
+                                           headers=self._headers(api_key), allow_redirects=False,
+                                           timeout=self._stream_timeout) as resp:
                 if resp.status >= 400:
                     raise upstream_error(resp.status, await resp.read())
                 async for line in _lines(resp.content):
@@ -147,7 +187,7 @@ class OpenAIHTTPBackend:
                         raise UpstreamError(f"upstream stream error: {err.get('message', err) if isinstance(err, dict) else err}")
                     yield chunk
         except TimeoutError as exc:
-            raise UpstreamTimeout(f"upstream timed out while streaming: {type(exc).__name__}") from None
+            raise self._timed_out(exc, streaming=True) from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream stream failed: {type(exc).__name__}: {exc}", retryable=True) from None
 

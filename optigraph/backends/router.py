@@ -40,14 +40,22 @@ class Backends:
         self.http: OpenAIHTTPBackend | None = None
         if settings.base_url:
             self.http = OpenAIHTTPBackend(settings.base_url, api_key=settings.upstream_api_key,
-                                          timeout_s=settings.upstream_timeout_s,
+                                          connect_timeout_s=settings.upstream_connect_timeout_s,
+                                          read_timeout_s=settings.upstream_read_timeout_s,
+                                          total_timeout_s=settings.upstream_total_timeout_s,
                                           max_connections=settings.max_connections)
-        self.litellm = LiteLLMBackend(api_key=settings.upstream_api_key, timeout_s=settings.upstream_timeout_s)
+        self.litellm = LiteLLMBackend(api_key=settings.upstream_api_key,
+                                      connect_timeout_s=settings.upstream_connect_timeout_s,
+                                      read_timeout_s=settings.upstream_read_timeout_s,
+                                      total_timeout_s=settings.upstream_total_timeout_s)
         self._local: Any = None
         # Named upstreams (--upstream NAME=URL): addressed by plugins and nodes through the run
         # context (RunContext.llm_for), each with its own key, connection limit and capabilities.
-        self.named: dict[str, Backend] = {
-            name: OpenAIHTTPBackend(up.url, api_key=up.api_key(name), timeout_s=settings.upstream_timeout_s,
+        self.named: dict[str, OpenAIHTTPBackend] = {
+            name: OpenAIHTTPBackend(up.url, api_key=up.api_key(name),
+                                    connect_timeout_s=settings.upstream_connect_timeout_s,
+                                    read_timeout_s=settings.upstream_read_timeout_s,
+                                    total_timeout_s=settings.upstream_total_timeout_s,
                                     max_connections=up.max_connections, name=f"openai:{name}",
                                     n_sampling=up.n_sampling)
             for name, up in settings.upstreams.items()
@@ -87,6 +95,17 @@ class Backends:
             local.spec(model)
             return local, model
         return self.local(), s.local_model
+
+    def health(self) -> dict[str, Any]:
+        """What each configured remote backend's recent calls saw (`reachable`, last success and error)."""
+        out: dict[str, Any] = {}
+        if self.http is not None:
+            out["openai"] = {"base_url": self.http.base_url, **self.http.outcomes.report()}
+        for name, backend in self.named.items():
+            out[f"openai:{name}"] = {"base_url": backend.base_url, **backend.outcomes.report()}
+        if self.litellm.outcomes.reachable is not None or self.http is None:  # used, or usable (no base URL)
+            out["litellm"] = self.litellm.outcomes.report()
+        return out
 
     async def aclose(self) -> None:
         for backend in self.named.values():

@@ -40,6 +40,7 @@ from optigraph.engine.expression import (
     validate,
     with_plugins,
 )
+from optigraph.engine.mermaid import draw_mermaid
 from optigraph.engine.registry import Registry
 from optigraph.engine.wrapping import build_wrap
 
@@ -60,7 +61,7 @@ class CompiledExpression:
         return {"messages": messages, "request": request, "params": own, "stream_choice": stream_choice}
 
     def mermaid(self) -> str:
-        return self.graph.get_graph(xray=True).draw_mermaid()
+        return draw_mermaid(self.graph.get_graph(xray=True))
 
 
 class Compiler:

@@ -35,7 +35,7 @@ from optigraph.engine.expression import (
     validate,
 )
 from optigraph.engine.registry import Registry
-from optigraph.errors import ExpressionError, OptigraphError
+from optigraph.errors import ExpressionError, InvalidRequest, OptigraphError
 from optigraph.memory.checkpoints import open_checkpointer
 from optigraph.memory.db import create_engine_for
 from optigraph.memory.queries import get_run, page_runs
@@ -417,14 +417,25 @@ def canonical(expression: str | None) -> str | None:
     try:
         return to_text(parse(expression))
     except ExpressionError:
-        return expression  # matches nothing, which is the right answer for a filter
+        return expression  # matches nothing (the web page's filter form shows "No runs")
+
+
+def approach_filter(expression: str | None) -> str | None:
+    """`canonical`, but a malformed expression is an InvalidRequest on `approach`: it could match no run."""
+    if expression is None:
+        return None
+    try:
+        return to_text(parse(expression))
+    except ExpressionError as exc:
+        raise InvalidRequest(f"approach filter: {exc.message}", param="approach",
+                             code="invalid_approach_expression") from None
 
 
 async def read_runs(db_url: str, *, approach: str | None = None, **filters: Any) -> dict[str, Any]:
     """A page of runs from the database at `db_url`; `filters` are `page_runs`' other keywords."""
     db = create_engine_for(db_url)
     try:
-        page = await page_runs(db, expression=canonical(approach), **filters)
+        page = await page_runs(db, expression=approach_filter(approach), **filters)
     finally:
         await db.dispose()
     return run_list(page.runs, has_more=page.has_more)

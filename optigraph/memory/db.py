@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+CHECK_TIMEOUT_S = 2.0  # /health's database check
 
 # Drivers that can only be used from asyncio, and the defaults picked when a URL names none.
 _ASYNC_ONLY = {"aiosqlite", "asyncpg", "psycopg_async"}
@@ -107,3 +110,31 @@ def create_engine_for(db_url: str, **kwargs: Any) -> AsyncEngine:
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return create_async_engine(async_url(db_url), **kwargs)
+
+
+async def check_database(engine: AsyncEngine, db_url: str, *, timeout_s: float = CHECK_TIMEOUT_S) -> str | None:
+    """None when the database answers one query on the runs table within `timeout_s`; else why not.
+
+    SQLite is checked on a new connection to the file, opened read-write without creating it: a pooled
+    connection keeps working on a file that was deleted or replaced, while new runs would be lost."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            path = sqlite_path(db_url) if backend_name(db_url) == "sqlite" else None
+            if path is not None and path != ":memory:" and not path.startswith("file:"):
+                await asyncio.to_thread(_check_sqlite_file, Path(path).expanduser(), timeout_s)
+            else:
+                async with engine.connect() as conn:
+                    await conn.execute(text("SELECT 1 FROM runs LIMIT 1"))
+    except TimeoutError:
+        return f"no answer within {timeout_s:g} s"
+    except Exception as exc:  # whatever the driver raises, reported as it is
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _check_sqlite_file(path: Path, timeout_s: float) -> None:
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=timeout_s)
+    try:
+        con.execute("SELECT 1 FROM runs LIMIT 1").fetchall()
+    finally:
+        con.close()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from optigraph.errors import InvalidRequest
@@ -14,6 +14,7 @@ from optigraph.errors import InvalidRequest
 from .tables import RUNS, UPSTREAM_CALLS
 
 MAX_LIMIT = 1000
+RUN_STATUSES = ("running", "completed", "failed")  # the values of runs.status
 BODY_COLUMNS = ("request", "response")  # the large columns a listing leaves out
 
 
@@ -65,6 +66,12 @@ async def get_run(engine: AsyncEngine, run_id: str) -> dict[str, Any] | None:
         return {**run, "upstream_calls": [dict(row) for row in calls.mappings()]}
 
 
+async def count_runs(engine: AsyncEngine, *, status: str) -> int:
+    """How many runs have this status."""
+    async with engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(RUNS).where(RUNS.c.status == status))).scalar_one())
+
+
 @dataclass
 class RunPage:
     """One page of runs, newest first; `has_more` says whether a next page exists."""
@@ -92,9 +99,12 @@ async def page_runs(
 ) -> RunPage:
     """A page of runs, newest first (ties broken by id), without their calls.
 
-    `after` is the last run id of the previous page; an unknown id is an InvalidRequest. Without
+    `after` is the last run id of the previous page; an unknown id or status is an InvalidRequest. Without
     `bodies` the large `request` and `response` columns are left out.
     """
+    if status is not None and status not in RUN_STATUSES:
+        raise InvalidRequest(f"unknown status {status!r}: one of {', '.join(RUN_STATUSES)}", param="status",
+                             code="invalid_value")
     limit = max(1, min(int(limit), MAX_LIMIT))
     columns = list(RUNS.c) if bodies else [c for c in RUNS.c if c.name not in BODY_COLUMNS]
     query = _filtered(select(*columns), status=status, expression=expression, model=model)

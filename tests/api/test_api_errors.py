@@ -196,7 +196,7 @@ def test_upstream_error_after_first_chunk_is_an_event(stack: Stack) -> None:
 @pytest.fixture(scope="module")
 def slow_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with start_stack(tmp_path_factory.mktemp("slow") / "o.db", upstream={"latency": 1.0},
-                     upstream_timeout_s=0.3, upstream_retries=1) as s:
+                     upstream_total_timeout_s=0.3, upstream_retries=1) as s:
         yield s
 
 

@@ -107,7 +107,7 @@ def test_runs_are_filtered(served: Served) -> None:
     assert listed(approach="none | none") == [ids["n2"], ids["parallel"]]  # the canonical form is matched
     assert listed(approach="none&none") == [ids["failed"], ids["pipeline"]]
     assert listed(approach="none") == [ids["long"], ids["other"], ids["pass2"], ids["pass1"]]
-    assert listed(approach="bon&(") == []
+    assert listed(model="no-such-model") == []
     assert listed(model="other-model") == [ids["other"]]
     assert listed(model="other-model", approach="none|none") == []
     runs = {r["id"]: r for r in get(stack, "/v1/runs")["data"]}
@@ -116,6 +116,18 @@ def test_runs_are_filtered(served: Served) -> None:
     assert listed(created_before=middle) == [i for i in served.order[::-1] if runs[i]["created_at"] < middle]
     assert listed(created_after=middle, created_before=runs[ids["n2"]]["created_at"]) == [ids["failed"], ids["other"]]
     assert listed(created_after="2000-01-01T00:00:00") == served.order[::-1]  # no offset: UTC
+
+
+@pytest.mark.parametrize(("params", "param", "says"), [
+    ({"status": "bogus"}, "status", "unknown status 'bogus'"),
+    ({"approach": "bon&("}, "approach", "approach filter"),
+])
+def test_a_bad_run_filter_is_a_400(served: Served, params: dict[str, str], param: str, says: str) -> None:
+    with served.stack.http() as http:
+        resp = http.get("/v1/runs", params=params)
+    assert resp.status_code == 400, resp.text
+    body = resp.json()["error"]
+    assert body["param"] == param and says in body["message"] and body["type"] == "invalid_request_error"
 
 
 def test_runs_are_paginated_with_a_cursor(served: Served) -> None:

@@ -4,6 +4,7 @@ it answers /health soon after start and exits cleanly on SIGTERM, finishing in-f
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -36,6 +37,26 @@ def test_health(stack: Stack) -> None:
     with stack.http() as http:
         resp = http.get("/health")
     assert resp.status_code == 200 and resp.json()["status"] == "ok"
+    assert resp.json()["database"] == {"ok": True, "error": None}  # more in test_api_health.py
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_their_assets_from_this_server(stack: Stack, page: str) -> None:
+    with stack.http() as http:
+        html = http.get(page)
+        assert html.status_code == 200
+        urls = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html.text)
+        urls += re.findall(r"""url:\s*["']([^"']+)["']""", html.text)  # Swagger UI's spec URL
+        urls += re.findall(r"""spec-url=["']([^"']+)["']""", html.text)  # ReDoc's
+        assert urls and all(u.startswith("/") and not u.startswith("//") for u in urls), urls  # no CDN
+        kinds = {}
+        for url in urls:
+            resp = http.get(url)
+            assert resp.status_code == 200, url
+            kinds[url.rsplit(".", 1)[-1]] = resp.headers["content-type"]
+    assert "javascript" in kinds["js"] and "/openapi.json" in urls
+    if page == "/docs":
+        assert "css" in kinds["css"]
 
 
 def test_openapi_and_docs(stack: Stack) -> None:
@@ -122,3 +143,52 @@ def test_sigterm_stops_the_server_cleanly(tmp_path: Path, slow_upstream: tuple[S
         con.close()
     assert rows == [("completed",)]
 
+
+
+def test_serve_logs_each_request_once_and_the_runs_a_crash_left_running(tmp_path: Path) -> None:
+    """At start: how many runs are stored as running and how to resume them. Then one access-log line
+    per request (method, path, status, latency, run id), streamed answers included."""
+    db = tmp_path / "o.db"
+    with start_stack(db, default_model="fake-model") as s:
+        stuck = s.client().chat.completions.with_raw_response.create(
+            model="none&none-fake-model", messages=[{"role": "user", "content": "hi"}]).headers["x-optigraph-run-id"]
+        s.run(stuck)
+    con = sqlite3.connect(db)
+    with con:  # as a crash leaves it
+        con.execute("UPDATE runs SET status = 'running', finished_at = NULL WHERE id = ?", (stuck,))
+    con.close()
+    with ServerThread(make_app()) as up:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIGRAPH_")}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "optigraph", "serve", "--port", str(port), "--base-url", up.url + "/v1",
+             "--db-url", f"sqlite:///{db}", "--log-level", "info"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(url + "/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.05)
+            chat = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+            plain = httpx.post(url + "/v1/chat/completions", json=chat, timeout=30)
+            streamed = httpx.post(url + "/v1/chat/completions", json={**chat, "stream": True}, timeout=30)
+            missing = httpx.get(url + "/v1/runs/no-such-run", timeout=30)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            output = proc.communicate(timeout=30)[0].decode()
+    assert "1 run stored as running" in output and "optigraph runs resume RUN_ID" in output, output
+    assert "/v1/runs/RUN_ID/resume" in output
+    access = [line for line in output.splitlines() if "optigraph.access" in line]
+    posts = [line for line in access if "POST /v1/chat/completions" in line]
+    assert len(posts) == 2, output  # one line per request: uvicorn's own access log is off
+    for line, resp in zip(posts, (plain, streamed)):
+        assert resp.status_code == 200 and " 200 " in line and f"run={resp.headers['x-optigraph-run-id']}" in line
+        assert re.search(r" \d+\.\dms ", line)
+    [line] = [line for line in access if "GET /v1/runs/no-such-run" in line]
+    assert missing.status_code == 404 and " 404 " in line and "run=-" in line
