@@ -129,6 +129,9 @@ class Runner:
         """A 400 when an approach or plugin needs what this server or backend does not offer."""
         spec = self.registry.get(name)
         missing = [need for need in spec.needs if not self._offers(need, llm)]
+        if "store" in missing:  # the server's, not the backend's
+            raise InvalidRequest(f"{spec.kind} {name!r} needs store (a database), which this server runs without",
+                                 param="model", code="approach_unsupported")
         if missing:
             raise InvalidRequest(f"{spec.kind} {name!r} needs {', '.join(missing)}, which the backend "
                                  f"{backend!r} does not offer for model {model!r}",

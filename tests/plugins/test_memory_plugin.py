@@ -159,3 +159,26 @@ async def test_bad_parameters_are_a_400_naming_them(store: ConversationStore, pa
     with pytest.raises(InvalidRequest) as err:
         runner.prepare(body([{"role": "user", "content": "hi"}], **params), client_key=None)
     assert err.value.param == where
+
+
+async def test_a_document_sent_once_answers_later_questions_of_the_conversation(store: ConversationStore) -> None:
+    doc = document(60_000, seed=11)
+    backend = ScriptedBackend(small_model)
+    runner = make_runner(backend, store=store)
+    await ask(runner, body([{"role": "user", "content": "Keep this report.\n" + doc + "\n\nSummarise it."}],
+                           conversation="report", max_context_tokens=3000))
+    out = await ask(runner, body([{"role": "user", "content": QUESTION}], conversation="report",
+                                 max_context_tokens=3000))
+    assert out["choices"][0]["message"]["content"] == "It is 7-3-9-1; Ingrid Halvorsen keeps it."
+    sent = backend.calls[1]["messages"]
+    assert [m["role"] for m in sent] == ["system", "user"] and prompt_tokens(backend.calls[1]) <= CONTEXT
+    assert "Ingrid Halvorsen" in sent[0]["content"]
+
+
+async def test_plugin_stacks_with_privacy_so_the_table_holds_placeholders(store: ConversationStore) -> None:
+    backend = ScriptedBackend(lambda b: "Noted.")
+    runner = make_runner(backend, store=store)
+    await ask(runner, {**body([{"role": "user", "content": "Mail me at jane.roe@example.org please."}],
+                              conversation="pii"), "model": "privacy&memory&none-small"})
+    stored = " ".join(c.text for c in await store.recall("pii"))
+    assert "jane.roe@example.org" not in stored and "[EMAIL_1]" in stored
