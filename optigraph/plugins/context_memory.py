@@ -108,12 +108,13 @@ def _render(item: _Long, kept: list[int]) -> str:
     adjacent ones joined, gaps marked [...]), and the kept last line."""
     text, chunks = item.text, item.chunks
     spans: list[list[int]] = []
+    previous = -2
     for i in sorted(kept):
-        start, end = chunks[i].start, chunks[i].end
-        if spans and start <= spans[-1][1] + 1:
-            spans[-1][1] = max(spans[-1][1], end)
+        if i == previous + 1:  # the next chunk: only whitespace, or the overlap, lies between them
+            spans[-1][1] = chunks[i].end
         else:
-            spans.append([start, end])
+            spans.append([chunks[i].start, chunks[i].end])
+        previous = i
     note = (f"[memory: {len(kept)} of {len(chunks)} parts of this text were kept, the ones most relevant to "
             f"the question, in their original order; [...] marks what was left out]")
     body: list[str] = []

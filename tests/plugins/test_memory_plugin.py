@@ -17,7 +17,8 @@ from optigraph.errors import InvalidRequest
 from optigraph.memory.conversations import ConversationStore
 from optigraph.memory.db import create_engine_for
 from optigraph.memory.migrate import upgrade_schema
-from optigraph.plugins.retrieval import estimate_tokens
+from optigraph.plugins.context_memory import _Long, _render
+from optigraph.plugins.retrieval import estimate_tokens, split_chunks
 
 CONTEXT = 4096  # the scripted model's context, in its own tokens (words, plus one per message)
 FACT = "The vault combination is 7-3-9-1, kept by Ingrid Halvorsen."
@@ -182,3 +183,14 @@ async def test_plugin_stacks_with_privacy_so_the_table_holds_placeholders(store:
                               conversation="pii"), "model": "privacy&memory&none-small"})
     stored = " ".join(c.text for c in await store.recall("pii"))
     assert "jane.roe@example.org" not in stored and "[EMAIL_1]" in stored
+
+
+def test_kept_chunks_are_joined_in_order_and_gaps_marked() -> None:
+    text = "\n\n".join(f"para{i} " + "word " * 30 for i in range(10))
+    chunks = split_chunks(text, chunk_tokens=40, overlap_tokens=0)
+    item = _Long(index=0, text=text, lead_end=0, tail_start=len(text), chunks=chunks)
+    out = _render(item, [4, 1, 2])
+    body = out.split("\n\n", 1)[1]
+    assert out.startswith(f"[memory: 3 of {len(chunks)} parts")
+    assert body == "\n\n".join(["[...]", text[chunks[1].start:chunks[2].end], "[...]", chunks[4].text, "[...]"])
+    assert _render(item, list(range(len(chunks)))).split("\n\n", 1)[1] == text.strip()
