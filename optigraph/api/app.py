@@ -24,6 +24,7 @@ from optigraph.engine.loading import load_registry
 from optigraph.engine.registry import Registry
 from optigraph.engine.runner import Runner
 from optigraph.memory.checkpoints import open_checkpointer
+from optigraph.memory.conversations import ConversationStore
 from optigraph.memory.db import create_engine_for
 from optigraph.memory.migrate import upgrade_schema
 from optigraph.memory.queries import count_runs
@@ -57,7 +58,8 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
             app.state.local_models = local.describe
         async with open_checkpointer(settings.db_url) as saver:
             app.state.runner = Runner(settings=settings, registry=registry, backends=backends, recorder=recorder,
-                                      compiler=Compiler(registry, saver, default=settings.approach, limits=limits))
+                                      compiler=Compiler(registry, saver, default=settings.approach, limits=limits),
+                                      store=ConversationStore(db))
             app.state.backends = backends
             app.state.db = db
             app.state.recorder = recorder

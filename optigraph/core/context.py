@@ -10,6 +10,7 @@ from optigraph.core.backend import Backend
 from optigraph.core.llm import LLM
 from optigraph.core.streaming import StreamSink
 from optigraph.errors import InvalidRequest
+from optigraph.memory.conversations import ConversationStore
 from optigraph.sandbox import DEFAULT_LEVEL, SandboxLevel
 
 
@@ -17,7 +18,8 @@ from optigraph.sandbox import DEFAULT_LEVEL, SandboxLevel
 class RunContext:
     """Run-scoped, never checkpointed: the LLM client of this run, the client's stream, if any, and
     the sandbox level the server requires before it runs model-written code (the strictest unless
-    the server's settings say otherwise)."""
+    the server's settings say otherwise), and the server's conversation store (None where the run
+    has no database, e.g. a Runner built without one)."""
 
     run_id: str
     llm: LLM
@@ -25,6 +27,7 @@ class RunContext:
     sandbox_level: SandboxLevel = DEFAULT_LEVEL
     settings: Settings | None = None  # the server's settings (plugins read their operator options here)
     upstreams: Mapping[str, Backend] = field(default_factory=dict)  # the server's named upstreams
+    store: ConversationStore | None = None  # conversation memory on the server's database
 
     def llm_for(self, upstream: str, model: str | None = None) -> LLM:
         """A client of this run on the named upstream (its own key and capabilities; same budget,

@@ -36,6 +36,12 @@ def replace_last_user(messages: list[dict[str, Any]], text: str) -> list[dict[st
     return out + [{"role": "user", "content": text}]
 
 
+def with_text(message: dict[str, Any], text: str) -> dict[str, Any]:
+    """A copy of `message` saying `text`: its other fields and non-text parts stay as they were (as
+    in replace_last_user)."""
+    return {**message, "content": _replace_text(message.get("content"), text)}
+
+
 def _replace_text(content: Any, text: str) -> Any:
     if not isinstance(content, list):
         return text

@@ -35,6 +35,7 @@ from optigraph.engine.registry import Registry
 from optigraph.engine.request import check_request, forwarded_fields
 from optigraph.engine.selection import select
 from optigraph.errors import InvalidRequest, OptigraphError, UpstreamInvalidResponse
+from optigraph.memory.conversations import ConversationStore
 from optigraph.memory.records import Recorder, RunRecord, RunResult, utcnow
 
 # Which request parameter an expression came from (selection.Source), for the errors that name it.
@@ -72,22 +73,26 @@ class ChatResult:
 
 
 class Runner:
-    """Runs chat-completions requests: prepares, executes (graph or passthrough), streams and records."""
+    """Runs chat-completions requests: prepares, executes (graph or passthrough), streams and records.
+
+    `store` is the conversation store on the server's database, handed to every run's context
+    (plugins that need "store" are refused by a Runner without one)."""
 
     def __init__(self, *, settings: Settings, registry: Registry, backends: Backends, recorder: Recorder,
-                 compiler: Compiler) -> None:
+                 compiler: Compiler, store: ConversationStore | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.backends = backends
         self.recorder = recorder
         self.compiler = compiler
+        self.store = store
         self._n_support: dict[str, bool] = {}
         self.resuming: set[str] = set()  # runs being resumed by this server
 
     def context(self, run_id: str, llm: LLM, sink: StreamSink | None) -> RunContext:
         """The run context of a run on this server (what its nodes reach besides state)."""
         return RunContext(run_id=run_id, llm=llm, sink=sink, sandbox_level=self.settings.sandbox_level,
-                          settings=self.settings, upstreams=self.backends.named)
+                          settings=self.settings, upstreams=self.backends.named, store=self.store)
 
     # ---- preparing a run ----------------------------------------------------------------------
 
@@ -133,17 +138,21 @@ class Runner:
         """A 400 when an approach or plugin needs what this server or backend does not offer."""
         spec = self.registry.get(name)
         missing = [need for need in spec.needs if not self._offers(need, llm)]
+        if "store" in missing:  # the server's, not the backend's
+            raise InvalidRequest(f"{spec.kind} {name!r} needs store (a database), which this server runs without",
+                                 param="model", code="approach_unsupported")
         if missing:
             raise InvalidRequest(f"{spec.kind} {name!r} needs {', '.join(missing)}, which the backend "
                                  f"{backend!r} does not offer for model {model!r}",
                                  param="model", code="approach_unsupported")
 
-    @staticmethod
-    def _offers(need: str, llm: LLM) -> bool:
+    def _offers(self, need: str, llm: LLM) -> bool:
         # What the server offers every run: outbound network (plugins check their own allow-lists),
-        # the code sandbox (it fails closed at run time) and the database.
-        if need in ("network", "sandbox", "store"):
+        # the code sandbox (it fails closed at run time) and, where it has one, the database.
+        if need in ("network", "sandbox"):
             return True
+        if need == "store":
+            return self.store is not None
         return llm.caps.supports(need)
 
     def _budget(self, limits: dict[str, Any] | None) -> Budget:

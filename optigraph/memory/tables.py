@@ -1,4 +1,4 @@
-"""The project's own tables: runs and the upstream calls they made."""
+"""The project's own tables: runs, the upstream calls they made, and conversation memory."""
 
 from __future__ import annotations
 
@@ -117,5 +117,32 @@ class UpstreamCall(Base):
     __table_args__ = (Index("ix_upstream_calls_run_id", "run_id"),)
 
 
+class MemoryChunk(Base):
+    """One piece of an earlier turn of a conversation, kept for the `memory` plugin to retrieve.
+
+    Rows are keyed by `conversation` (the client's id) and `tenant` (None until tenants exist). A
+    conversation's rows are in the order they were stored (`id`); `seq` is a chunk's place in the
+    exchange of the run that stored it (`run_id`), so storing a run's exchange again (a resumed run)
+    replaces its rows instead of adding copies.
+    """
+
+    __tablename__ = "memory_chunks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant: Mapped[str | None] = mapped_column(String(128))
+    conversation: Mapped[str] = mapped_column(String(256))
+    run_id: Mapped[str] = mapped_column(String(128))
+    seq: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index("ix_memory_chunks_conversation", "conversation", "tenant"),
+        Index("ix_memory_chunks_run_id", "run_id"),
+    )
+
+
 RUNS = Run.__table__
 UPSTREAM_CALLS = UpstreamCall.__table__
+MEMORY_CHUNKS = MemoryChunk.__table__

@@ -25,8 +25,8 @@ def _tables_and_version(db_url: str) -> tuple[set[str], list[str]]:
 def test_upgrade_creates_tables_and_is_idempotent(db_url: str) -> None:
     upgrade_schema(db_url)
     tables, versions = _tables_and_version(db_url)
-    assert {"runs", "upstream_calls", "alembic_version"} <= tables
-    assert versions == ["0001"]
+    assert {"runs", "upstream_calls", "memory_chunks", "alembic_version"} <= tables
+    assert versions == ["0002"]
 
     upgrade_schema(db_url)
     assert _tables_and_version(db_url) == (tables, versions)
@@ -41,6 +41,8 @@ def test_migrations_match_models(db_url: str) -> None:
             assert compare_metadata(context, Base.metadata) == []
             indexes = {ix["name"] for ix in inspect(conn).get_indexes("runs")}
             assert {"ix_runs_status", "ix_runs_created_at", "ix_runs_expression"} <= indexes
+            memory = {ix["name"] for ix in inspect(conn).get_indexes("memory_chunks")}
+            assert {"ix_memory_chunks_conversation", "ix_memory_chunks_run_id"} <= memory
     finally:
         engine.dispose()
 
@@ -56,4 +58,4 @@ def test_concurrent_upgrades_from_several_processes(db_url: str) -> None:
     assert [p.exitcode for p in procs] == [0, 0, 0]
     tables, versions = _tables_and_version(db_url)
     assert {"runs", "upstream_calls"} <= tables
-    assert versions == ["0001"]
+    assert versions == ["0002"]

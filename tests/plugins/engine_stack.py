@@ -1,4 +1,5 @@
-"""A Runner in-process (no HTTP, no database) whose every model goes to a backend the test gives."""
+"""A Runner in-process (no HTTP; no database unless the test gives a conversation store) whose every
+model goes to a backend the test gives."""
 
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ from optigraph.core.backend import Backend
 from optigraph.engine.compiler import Compiler
 from optigraph.engine.registry import Registry, builtin_registry
 from optigraph.engine.runner import Runner
+from optigraph.memory.conversations import ConversationStore
 from optigraph.memory.records import NullRecorder
 
 
-def make_runner(backend: Backend, *, registry: Registry | None = None, **settings: Any) -> Runner:
+def make_runner(backend: Backend, *, registry: Registry | None = None, store: ConversationStore | None = None,
+                **settings: Any) -> Runner:
     s = Settings(base_url="http://127.0.0.1:9/v1", db_url="sqlite:///unused.db", **settings)
     registry = registry or builtin_registry()
     backends = Backends(s)
     backends.for_model = lambda model: (backend, model)  # type: ignore[method-assign]
     return Runner(settings=s, registry=registry, backends=backends, recorder=NullRecorder(),
-                  compiler=Compiler(registry, None, default=s.approach))
+                  compiler=Compiler(registry, None, default=s.approach), store=store)
 
 
 async def ask(runner: Runner, body: dict[str, Any]) -> dict[str, Any]:
