@@ -3,6 +3,6 @@
 Each module exposes `SPEC`, a PluginSpec; the engine wraps them around approaches (engine/wrapping.py).
 """
 
-from optigraph.plugins import json_output, privacy, readurls
+from optigraph.plugins import executecode, json_output, privacy, readurls
 
-BUILTIN_PLUGINS = (privacy.SPEC, readurls.SPEC, json_output.SPEC)
+BUILTIN_PLUGINS = (privacy.SPEC, readurls.SPEC, json_output.SPEC, executecode.SPEC)
