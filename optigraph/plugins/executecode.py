@@ -1,25 +1,27 @@
 """`executecode`: the Python in the request, or in the model's answer, runs in the sandbox and its
 output is fed back to the model.
 
-- `pre`: when the last user turn holds ```python fenced blocks, they run in the sandbox as one
-  program (in order, like the cells of one notebook) and what it printed, or how it failed, is added
-  to that turn after the question, so whatever the plugin wraps answers knowing the results.
-- `post`: when an answer holds ```python blocks (the model wrote code to compute its answer), they
-  run the same way; when the program succeeds (exit 0 and it printed something), the model is asked
-  once more, with the conversation, its answer and the program's output, for the final answer
-  (node `executecode.answer`). If that answer holds code again, it runs too, up to `max_rounds`
-  rounds in all.
+- `pre`: when the last user turn holds fenced code blocks labelled `python` (or `py`, `python3`),
+  they run in the sandbox as one program (in order, like the cells of one notebook) and what it
+  printed, or how it failed (the user may be asking why it fails), is added to that turn after the
+  question, so whatever the plugin wraps answers knowing the results.
+- `post`: when an answer holds such blocks (the model wrote code to compute its answer), they run
+  the same way; when the program succeeds (exit 0 and it printed something), the model is asked once
+  more, with the conversation, its answer and the program's output, for the final answer (node
+  `executecode.answer`). If that answer holds code again, it runs too, up to `max_rounds` rounds.
+  A program that failed, timed out, was refused or printed nothing leaves the answer as the model
+  wrote it.
 
 Everything runs in `optigraph.sandbox` (separate process, time and memory limits, no network, only a
 temp dir) at the server's sandbox level, and fails closed: when the sandbox cannot put in force a
-layer that level requires, nothing runs. A program that was not run, failed, timed out, was refused
-or printed nothing changes nothing: the conversation (`pre`) or the answer (`post`) stays as it was,
-no output is invented, and the run's notes say why (the run records are in the notes and, for
-`pre`, in the plugin's private state, both checkpointed with the run).
+layer that level requires, nothing runs, and nothing is said to the model about an output that does
+not exist: the conversation and the answers stay as they were. Every run, and every reason a
+program was not run or an answer was kept, is in the run's notes (and, for `pre`, its record in the
+plugin's private state), checkpointed with the run.
 
 OptILLM's plugin of this name runs model code in a bare Jupyter kernel on the server; here the same
 idea goes through the sandbox and keeps the conversation's messages (roles, fields, non-text parts)
-intact. Only blocks labelled Python run (```python, ```py, ```python3), never unlabelled ones.
+intact. Only blocks labelled Python run, never unlabelled ones (a shell command is not run as Python).
 """
 
 from __future__ import annotations
@@ -68,11 +70,11 @@ class ExecuteCodeParams(ApproachParams):
     max_rounds: int = Field(1, ge=0, le=5,
                             description="Per answer: how many times code in the model's answer is run and the model "
                                         "asked again with its output (0: only the request's code runs).")
-    run_request_code: bool = Field(True, description="Run the ```python blocks of the last user turn (`pre`).")
+    run_request_code: bool = Field(True, description="Run the Python blocks of the last user turn (`pre`).")
 
 
 def python_program(text: str) -> str | None:
-    """The ```python blocks of `text` joined in order as one program, or None when it has none."""
+    """The Python-labelled fenced blocks of `text` joined in order as one program, or None when it has none."""
     blocks = [code for lang, code in code_blocks(text) if lang in PYTHON_LABELS and code.strip()]
     return "\n".join(block.rstrip("\n") for block in blocks) if blocks else None
 
@@ -110,7 +112,7 @@ async def pre(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any
     question = last_user_text(state["messages"])
     program = python_program(question)
     if program is None:
-        return {"notes": ["executecode.pre: no ```python block in the request"]}
+        return {"notes": ["executecode.pre: no Python block in the request"]}
     record, notes = await _run(program, params, runtime, node="executecode.pre", attempt=1)
     private = {"request_run": record}
     said = request_output(record, int(params.get("max_output_chars", 4000)))
@@ -142,7 +144,7 @@ async def _finish(state: PluginState, runtime: Runtime[RunContext], index: int,
         program = python_program(message_text(message))
         if program is None:
             if round_ == 1:
-                notes.append(f"executecode.post: answer {index} holds no ```python block")
+                notes.append(f"executecode.post: answer {index} holds no Python block")
             break
         record, run_notes = await _run(program, params, runtime, node=f"executecode.post[{index}]", attempt=round_)
         notes += run_notes
