@@ -26,6 +26,7 @@ intact. Only blocks labelled Python run, never unlabelled ones (a shell command 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -165,15 +166,12 @@ async def _finish(state: PluginState, runtime: Runtime[RunContext], index: int,
 
 
 async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    answers: list[Answer] = []
-    notes: list[str] = []
+    # each answer's rounds are independent of the others': they run concurrently
+    done = await asyncio.gather(*(_finish(state, runtime, i, a) for i, a in enumerate(state.get("answers") or [])))
     usage = empty_usage()
-    for i, answer in enumerate(state.get("answers") or []):
-        done, answer_notes, answer_usage = await _finish(state, runtime, i, answer)
-        answers.append(done)
-        notes += answer_notes
+    for _, _, answer_usage in done:
         usage = add_usage(usage, answer_usage)
-    return {"answers": answers, "notes": notes, "usage": usage}
+    return {"answers": [a for a, _, _ in done], "notes": [n for _, notes, _ in done for n in notes], "usage": usage}
 
 
 SPEC = PluginSpec(

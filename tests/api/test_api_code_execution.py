@@ -46,7 +46,7 @@ def test_executecode_runs_the_models_code_and_answers_from_its_output(stack: Sta
     assert "executecode.post[0]: run 1 succeeded" in shown
 
 
-def test_executecode_streams_the_final_answer_and_refuses_an_escape(stack: Stack) -> None:
+def test_executecode_streamed_keeps_an_answer_whose_code_was_refused(stack: Stack) -> None:
     stack.reset()
     reply = "Reading it:\n```python\nprint(open('/etc/passwd').read())\n```"
     stack.script.fn = lambda body, index: reply
