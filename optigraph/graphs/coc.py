@@ -148,7 +148,7 @@ class CocState(ExecutionState, total=False):
     values: dict[str, Any]  # call text -> the value the model gave it
     pending: str  # the call that stopped the last run
     output: str  # what the program printed (real or emulated)
-    how: str  # "run" | "emulated calls" | "simulated"
+    how: str  # where the output came from, as the answer call is told
     simulate_reason: str
 
 
@@ -233,7 +233,8 @@ async def run_program(state: CocState, runtime: Runtime[RunContext]) -> dict[str
     update["pending"] = pending[-1].strip() if pending and not record["ok"] else ""
     if record["ok"]:
         update["output"] = record["stdout"]
-        update["how"] = "emulated calls" if values else "run"
+        update["how"] = ("run by Python; the values of the undefined helper calls were given by the model"
+                         if values else "run by Python")
     elif unavailable(record):
         update["simulate_reason"] = "the sandbox did not run the program (a required layer is missing)"
     elif update["pending"]:
@@ -283,7 +284,7 @@ async def simulate(state: CocState, runtime: Runtime[RunContext]) -> dict[str, A
 
 async def answer(state: CocState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     if state.get("code"):
-        instructions = GROUNDED_INSTRUCTIONS.format(code=state["code"], how=state.get("how") or "run",
+        instructions = GROUNDED_INSTRUCTIONS.format(code=state["code"], how=state.get("how") or "run by Python",
                                                     output=(state.get("output") or "").strip()[-OUTPUT_IN_PROMPT:])
         messages = with_system_instructions(state["messages"], instructions)
     else:

@@ -42,6 +42,9 @@ def test_executecode_runs_the_models_code_and_answers_from_its_output(stack: Sta
     detail = run_detail(stack, run_id)
     assert detail["status"] == "completed"
     assert [c["node"] for c in stack.calls(run_id)] == ["passthrough", "executecode.answer"]
+    steps = [t["name"] for step in detail["threads"][0]["steps"] for t in step["tasks"]]
+    assert [n for n in steps if n.startswith("executecode.")] == ["executecode.pre", "executecode.run",
+                                                                  "executecode.post"]  # checkpointed nodes
     shown = json.dumps(detail)
     assert "executecode.post[0]: run 1 succeeded" in shown
 
