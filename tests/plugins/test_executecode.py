@@ -67,6 +67,17 @@ async def test_a_failing_request_program_shows_the_model_its_error() -> None:
     assert "did not finish normally (error)" in sent and "ZeroDivisionError" in sent
 
 
+async def test_the_time_limit_is_a_parameter_and_a_stopped_program_says_so() -> None:
+    backend = ScriptedBackend(lambda body: "It never ends.")
+    body = {"model": "executecode&none-m", "optillm_params": {"executecode": {"timeout_s": 1}},
+            "messages": [{"role": "user", "content": "What about this?\n```python\nprint('start', flush=True)\n"
+                                                     "while True:\n    pass\n```"}]}
+    state = await run_state(make_runner(backend), body)
+    sent = last_user(backend.calls[0])
+    assert "did not finish normally (timeout)" in sent and "start" in sent
+    assert state["private"]["request_run"]["error_kind"] == "timeout"
+
+
 def answers_with_code(body: dict[str, Any]) -> str:
     if "Your Python code was run in a sandbox" in last_user(body):
         output = last_user(body).split("```")[1].strip()
