@@ -3,6 +3,7 @@ what they printed; escapes are refused; a sandbox missing a required layer runs 
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ SQUARES = "```python\nprint(sum(i * i for i in range(1, 11)))\n```"
 async def run_state(runner: Runner, body: dict[str, Any]) -> dict[str, Any]:
     """The run's final graph state (answers, notes, private state) for a one-choice request."""
     prep = runner.prepare(body, client_key=None)
+    if inspect.isawaitable(prep):  # a Runner that compiles off the event loop prepares asynchronously
+        prep = await prep
     assert prep.compiled is not None
     state = prep.compiled.input(messages=prep.messages, request=prep.request, params=prep.params, stream_choice=None)
     return await prep.compiled.graph.ainvoke(state, {"configurable": {"thread_id": prep.run_id}},
