@@ -3,6 +3,7 @@
 from optigraph.graphs import (
     bon,
     cepo,
+    coc,
     cot_reflection,
     decoding,
     deepthink,
@@ -41,5 +42,6 @@ BUILTIN_APPROACHES = (
     leap.SPEC,
     rto.SPEC,
     z3.SPEC,
+    coc.SPEC,
     *decoding.specs(),
 )

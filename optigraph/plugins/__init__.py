@@ -3,6 +3,12 @@
 Each module exposes `SPEC`, a PluginSpec; the engine wraps them around approaches (engine/wrapping.py).
 """
 
-from optigraph.plugins import context_memory, json_output, privacy, readurls
+from optigraph.plugins import (
+    context_memory,
+    executecode,
+    json_output,
+    privacy,
+    readurls,
+)
 
-BUILTIN_PLUGINS = (privacy.SPEC, readurls.SPEC, context_memory.SPEC, json_output.SPEC)
+BUILTIN_PLUGINS = (privacy.SPEC, readurls.SPEC, context_memory.SPEC, json_output.SPEC, executecode.SPEC)
