@@ -62,8 +62,9 @@ def _tainted_asserts(scope: ast.AST) -> list[int]:
             if isinstance(node, ast.Assign) and _uses(node.value, tainted):
                 for t in node.targets:
                     tainted |= _target_names(t)
-            elif isinstance(node, ast.AugAssign | ast.AnnAssign) and node.value is not None and _uses(node.value, tainted):
-                tainted |= _target_names(node.target)
+            elif isinstance(node, ast.AugAssign | ast.AnnAssign) and node.value is not None:
+                if _uses(node.value, tainted):
+                    tainted |= _target_names(node.target)
             elif isinstance(node, ast.comprehension) and _uses(node.iter, tainted):
                 tainted |= _target_names(node.target)
             elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
