@@ -18,9 +18,9 @@ from optigraph.local.cache import ModelCache
 from optigraph.local.models import (
     EMBEDDED_FILE,
     load_model,
-    resident_bytes,
     looks_local,
     parse_spec,
+    resident_bytes,
     resolve_adapter,
     resolve_base,
 )
