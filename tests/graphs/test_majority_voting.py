@@ -9,7 +9,7 @@ from scripted import ScriptedBackend, run_approach  # noqa: E402
 from optigraph.core.context import RunContext  # noqa: E402
 from optigraph.core.cost import evaluate  # noqa: E402
 from optigraph.core.llm import LLM, Budget  # noqa: E402
-from optigraph.errors import BudgetExceeded, UpstreamError  # noqa: E402
+from optigraph.errors import BudgetExceeded, InvalidRequest, UpstreamError  # noqa: E402
 from optigraph.graphs.majority_voting import SPEC  # noqa: E402
 from optigraph.memory.records import NullRecorder  # noqa: E402
 
@@ -119,5 +119,5 @@ async def test_budget_exceeded_propagates():
 def test_spec():
     assert SPEC.validate_params({}) == {"k": 8, "temperature": None, "similarity_threshold": 0.8}
     assert (SPEC.calls, SPEC.rounds) == ("1", "1")
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidRequest):
         SPEC.validate_params({"k": 0})
