@@ -220,12 +220,13 @@ async def test_a_cancelled_run_leaves_nothing_behind(sandbox_tmp, monkeypatch):
 
     monkeypatch.setattr(runner.asyncio, "create_subprocess_exec", recording_spawn)
     task = asyncio.create_task(run_python("while True:\n    pass", timeout_s=60))
-    await asyncio.sleep(1.0)
+    while not started and not task.done():  # cancel once the child exists, however long spawning takes
+        await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     [proc] = started
-    assert await asyncio.wait_for(proc.wait(), 5) == -9  # killed, not left running
+    assert await asyncio.wait_for(proc.wait(), 60) == -9  # killed, not left running (60 s: a hang guard)
     assert list(sandbox_tmp.iterdir()) == []
 
 
