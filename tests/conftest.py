@@ -1,4 +1,10 @@
-"""Fixtures shared by the whole test suite."""
+"""Fixtures shared by the whole test suite, and the rule that a skip in CI is a failure.
+
+With `CI` or `OPTIGRAPH_FAIL_ON_SKIP=1` in the environment (scripts/test.sh sets the latter), a test that
+skips fails instead, unless it is marked `@pytest.mark.needs_hardware("what")`: hardware this machine class
+lacks (a GPU) is the one acceptable reason not to run. Everything else a test needs is installed by
+`scripts/setup.sh --test`.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,33 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+def _fail_on_skip() -> bool:
+    return os.environ.get("OPTIGRAPH_FAIL_ON_SKIP", "") not in ("", "0") or bool(os.environ.get("CI"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs_hardware(what): needs hardware some machines lack (may skip in CI)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if (report.skipped and not hasattr(report, "wasxfail") and _fail_on_skip()
+            and item.get_closest_marker("needs_hardware") is None):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = (f"skipped, and a skip in CI is a failure: {reason}\n(install what the test needs with "
+                           "scripts/setup.sh --test, or mark it needs_hardware if this machine class lacks it)")
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped and _fail_on_skip():
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"{report.nodeid} skipped at collection, and a skip in CI is a failure: {reason}"
 
 
 def _postgres_bin_dir() -> Path | None:

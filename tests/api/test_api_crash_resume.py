@@ -69,7 +69,7 @@ def test_a_run_killed_with_sigkill_is_resumed_without_repeating_finished_calls(t
             worker.start()
             assert arrived.wait(30), "stage three never reached the upstream"
             # The first two calls are recorded (in the background) before the kill.
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 30
             while len(rows(db, "SELECT id FROM upstream_calls")) < 2 and time.monotonic() < deadline:
                 time.sleep(0.02)
             proc.send_signal(signal.SIGKILL)

@@ -68,7 +68,7 @@ class Counter:
 
 @pytest.fixture(scope="module")
 def single_choice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with start_stack(tmp_path_factory.mktemp("n") / "o.db", upstream={"n_support": False, "latency": 0.25}) as s:
+    with start_stack(tmp_path_factory.mktemp("n") / "o.db", upstream={"n_support": False}) as s:
         yield s
 
 
@@ -82,9 +82,11 @@ def no_n(single_choice: Stack) -> Iterator[Stack]:
 
 def test_n_emulated_with_concurrent_calls(no_n: Stack) -> None:
     client = no_n.client()
-    for _ in range(2):  # the first request learns that the upstream ignores n; the second knows it
+    for learned in (False, True):  # the first request learns that the upstream ignores n; the second knows it
         no_n.reset()
         no_n.script.fn = Counter()
+        # the first time, the n=3 try is answered alone, then the 2 missing choices together; then all 3
+        no_n.log.hold_until = 3 if learned else 2
         r = client.chat.completions.create(model="fake-model", messages=HELLO, n=3, seed=7)
         assert [c.index for c in r.choices] == [0, 1, 2]
         assert sorted(c.message.content for c in r.choices) == [f"answer {k} to hello there" for k in range(3)]
@@ -96,19 +98,22 @@ def test_n_emulated_with_concurrent_calls(no_n: Stack) -> None:
         assert len(no_n.calls(run["id"])) == 3
         # every choice is sampled with its own seed (a shared one would repeat the same sample)
         assert sorted(b["seed"] for b in no_n.log.bodies) == [7, 8, 9]
-    # the learned path sends n=1 calls, concurrently
+        assert not no_n.log.stalled
+    # the learned path sends n=1 calls, all in flight together
     assert [b.get("n") for b in no_n.log.bodies] == [1, 1, 1]
     assert no_n.log.max_in_flight == 3
 
 
 async def test_n_emulated_async(no_n: Stack) -> None:
+    no_n.log.hold_until = 3  # at least 3 single-choice calls in flight together (4 once n is known ignored)
     async with no_n.aclient() as client:
         r = await client.chat.completions.create(model="fake-model", messages=HELLO, n=4)
     assert len(r.choices) == 4 and len({c.message.content for c in r.choices}) == 4
-    assert no_n.log.max_in_flight >= 3
+    assert not no_n.log.stalled and no_n.log.max_in_flight >= 3
 
 
 def test_n_emulated_streaming(no_n: Stack) -> None:
+    no_n.log.hold_until = 2
     texts, finish, usage = streamed_choices(no_n.client().chat.completions.create(
         model="fake-model", messages=HELLO, n=3, seed=11, stream=True, stream_options={"include_usage": True}))
     assert sorted(texts) == [0, 1, 2]
@@ -117,17 +122,19 @@ def test_n_emulated_streaming(no_n: Stack) -> None:
     # one n=3 try at most (until the engine learns this upstream ignores n), then single-choice streams
     assert len(sent) == 3 and sum(b.get("n", 1) > 1 for b in sent) <= 1
     assert sorted(b["seed"] for b in sent) == [11, 12, 13]  # emulated choices never share a seed
-    assert no_n.log.max_in_flight >= 2  # the choices the upstream ignored are streamed concurrently
+    assert not no_n.log.stalled  # the choices the upstream ignored are streamed concurrently
+    assert no_n.log.max_in_flight >= 2
     assert usage[-1].model_extra["optigraph"]["upstream_calls"] == 3
     assert usage[-1].usage.completion_tokens == sum(len(t.split()) for t in texts.values())
 
 
 def test_n_runs_a_composite_n_times(no_n: Stack) -> None:
+    no_n.log.hold_until = 4
     r = no_n.client().chat.completions.create(model="none|none-fake-model", messages=HELLO, n=2)
     assert [c.index for c in r.choices] == [0, 1, 2, 3]
     assert len({c.message.content for c in r.choices}) == 4
     assert r.model_extra["optigraph"]["upstream_calls"] == 4 == len(no_n.log.bodies)
-    assert no_n.log.max_in_flight == 4  # the n runs and their branches all run at once
+    assert not no_n.log.stalled and no_n.log.max_in_flight == 4  # the n runs and their branches all at once
 
 
 # ---- composite expressions ---------------------------------------------------------------------

@@ -9,7 +9,7 @@ from api_stack import start_stack
 from upstream import ServerThread, make_app
 
 from optigraph.memory.db import create_engine_for
-from optigraph.memory.queries import get_run, list_runs
+from optigraph.memory.queries import get_run, page_runs
 
 HELLO = [{"role": "user", "content": "hello there"}]
 REQUESTS = [  # (model, stream, upstream calls)
@@ -53,7 +53,7 @@ async def test_runs_survive_a_restart(tmp_path: Path) -> None:
                 assert not run["checkpointed"]
             else:
                 assert run["checkpointed"]
-        listed = await list_runs(engine, limit=10)
+        listed = (await page_runs(engine, limit=10)).runs
         assert {r["id"] for r in listed} == {s[0] for s in served} | {after_id}
     finally:
         await engine.dispose()

@@ -31,7 +31,7 @@ def test_a_run_failed_on_one_server_is_listed_shown_and_resumed_on_another(postg
             assert r.status_code == 400
             run_id = r.headers["x-optigraph-run-id"]
             with httpx.Client(base_url=b.url, timeout=30) as http:
-                for _ in range(100):  # A's recorder writes in the background
+                for _ in range(600):  # A's recorder writes in the background (up to 30 s on a loaded machine)
                     listed = http.get("/v1/runs", params={"status": "failed", "limit": 1000}).json()
                     if run_id in [x["id"] for x in listed["data"]]:
                         break

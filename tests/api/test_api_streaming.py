@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 from api_stack import Stack, fake_usage, start_stack
+from upstream import ChunkGate
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -129,44 +130,52 @@ def test_stream_pipeline_second_stage_sees_first_answer(stack: Stack) -> None:
 
 
 @pytest.fixture(scope="module")
-def slow_stream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with start_stack(tmp_path_factory.mktemp("drip") / "o.db", upstream={"chunk_delay": 0.12}) as s:
-        yield s
+def gated_stream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, ChunkGate]]:
+    gate = ChunkGate()
+    with start_stack(tmp_path_factory.mktemp("drip") / "o.db", upstream={"chunk_gate": gate}) as s:
+        yield s, gate
 
 
 @pytest.mark.parametrize("model", ["fake-model", "none&none-fake-model"])
-def test_stream_relays_chunks_as_they_arrive(slow_stream: Stack, model: str) -> None:
-    arrivals: list[float] = []
-    stream = slow_stream.client().chat.completions.create(
+def test_stream_relays_chunks_as_they_arrive(gated_stream: tuple[Stack, ChunkGate], model: str) -> None:
+    stack, gate = gated_stream
+    gate.reset()
+    pieces: list[str] = []
+    stream = stack.client().chat.completions.create(
         model=model, messages=[{"role": "user", "content": "a b c"}], stream=True)
     for c in stream:
         if c.choices and c.choices[0].delta.content:
-            arrivals.append(time.monotonic())
-    assert len(arrivals) >= 4
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    # each piece reaches the client about when the upstream sends it (0.12 s apart), not all at the end
-    assert min(gaps) > 0.06, gaps
+            pieces.append(c.choices[0].delta.content)
+            gate.received()  # only now does the upstream send the next piece
+    # every piece after the first was sent by the upstream only once the client had the one before it:
+    # a proxy that buffered would have stalled the stream
+    expected = "echo: a b c" if model == "fake-model" else "echo: echo: a b c"  # the pipeline echoes twice
+    assert not gate.stalled
+    assert "".join(pieces) == expected and gate.sent == len(pieces) - 1 == len(expected.split()) - 1
 
 
 @pytest.mark.parametrize("model", ["fake-model", "none&none-fake-model"])
-def test_client_disconnect_mid_stream_is_recorded(slow_stream: Stack, model: str) -> None:
+def test_client_disconnect_mid_stream_is_recorded(gated_stream: tuple[Stack, ChunkGate], model: str) -> None:
+    stack, gate = gated_stream
+    gate.reset()  # the client never acknowledges a piece: the upstream holds the second until it is dropped
     body = {"model": model, "messages": [{"role": "user", "content": "a b c d e f g h"}], "stream": True}
-    with slow_stream.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as resp:
+    with stack.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as resp:
         run_id = resp.headers["x-optigraph-run-id"]
         for line in resp.iter_lines():
             if '"content"' in line:
                 break  # hang up after the first piece
-    run = slow_stream.run(run_id)
+    run = stack.run(run_id)
     assert run["status"] == "failed"
     assert run["error"]["error"]["code"] == "client_disconnected"
     # the upstream stream it abandoned is recorded as such, not as a finished call (a graph's calls
-    # are cancelled with their task, so their rows may land just after the run's)
-    deadline = time.monotonic() + 5
-    while not any(c["status"] == "error" for c in slow_stream.calls(run_id)) and time.monotonic() < deadline:
+    # are cancelled with their task, so their rows may land just after the run's: wait for them)
+    deadline = time.monotonic() + 30
+    while not any(c["status"] == "error" for c in stack.calls(run_id)) and time.monotonic() < deadline:
         time.sleep(0.02)
-    calls = slow_stream.calls(run_id)
+    calls = stack.calls(run_id)
     assert [c["status"] for c in calls] == ["ok"] * (len(calls) - 1) + ["error"]
     assert "cancelled" in calls[-1]["error"]
+    assert gate.sent == 0
 
 
 def test_stream_retried_when_the_upstream_fails_before_the_first_chunk(stack: Stack) -> None:

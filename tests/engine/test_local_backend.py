@@ -130,7 +130,7 @@ async def test_logprobs_are_the_model_own(backend: LocalBackend) -> None:
 
         ids = lm.encode_chat(QUESTION)
         out = []
-        for entry in entries:
+        for _ in entries:
             with torch.inference_mode():
                 logp = torch.log_softmax(lm.model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
             top = torch.topk(logp, 3)

@@ -1,6 +1,5 @@
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
 
@@ -61,13 +60,11 @@ async def test_free_text_groups_by_similarity():
 
 
 async def test_one_round_without_n_support():
-    backend = ScriptedBackend(lambda body: "The answer is 7.", latency=0.1, capabilities={"n_sampling": False})
-    started = time.perf_counter()
+    backend = ScriptedBackend(lambda body: "The answer is 7.", capabilities={"n_sampling": False}, waves=[5])
     state, _ = await run_approach(SPEC, QUESTION, backend)
-    elapsed = time.perf_counter() - started
+    assert backend.wave_errors == []  # the 5 samples were in flight together
     assert len(backend.calls) == 5 and backend.max_in_flight == 5
     assert all(b.get("n", 1) == 1 for b in backend.calls)
-    assert elapsed < 0.25, f"took {elapsed:.3f}s: samples ran one after another"
     expected = backend.total_usage()
     assert {k: state["usage"][k] for k in expected} == expected
 
@@ -147,14 +144,12 @@ async def test_adaptive_full_path_matches_the_formula():
 
 async def test_adaptive_rounds_are_concurrent_inside_and_sequential_across():
     answers = iter(["7", "8"] + ["7"] * 20)
-    backend = ScriptedBackend(lambda body: f"The answer is {next(answers)}.", latency=0.1,
-                              capabilities={"n_sampling": False})
-    started = time.perf_counter()
+    backend = ScriptedBackend(lambda body: f"The answer is {next(answers)}.", capabilities={"n_sampling": False},
+                              waves=[4, 4])
     state, _ = await run_approach(SPEC, QUESTION, backend, params=ADAPTIVE)
-    elapsed = time.perf_counter() - started
-    # round 1: 7 x3 vs 8 (0.81); round 2: 7 x7 vs 1 -> stop after 2 rounds of 4 concurrent calls
+    # round 1: 7 x3 vs 8 (0.81); round 2: 7 x7 vs 1 -> stop after 2 dependent rounds of 4 concurrent calls
+    assert backend.wave_errors == []
     assert len(backend.calls) == 8 and backend.max_in_flight == 4
-    assert 0.2 <= elapsed < 0.5, f"took {elapsed:.3f}s for 2 rounds of 0.1 s"
     expected = backend.total_usage()
     assert {k: state["usage"][k] for k in expected} == expected
 

@@ -109,6 +109,12 @@ class RowCounter:
 
 
 @pytest.fixture
+def row_counter_type() -> type[RowCounter]:
+    """The RowCounter class, for tests that attach one elsewhere (a server's own backend)."""
+    return RowCounter
+
+
+@pytest.fixture
 async def row_counter(tiny_backend: Any) -> Any:
     """A RowCounter on the tiny backend's default model (attached and removed on the worker thread)."""
     counter = RowCounter()

@@ -5,7 +5,7 @@ as its own rows end."""
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from typing import Any
 
 import pytest
@@ -15,6 +15,35 @@ from optigraph.backends.local import LocalBackend
 from optigraph.local.batch import Batch
 
 QUESTION = [{"role": "user", "content": "What is two plus two?"}]
+
+
+class HoldUntilQueued:
+    """At its third forward pass the running generation waits until another request is queued, so that the
+    request deterministically arrives while the generation runs. `guard_s` only ends a hang."""
+
+    def __init__(self, worker: Any, guard_s: float = 60.0) -> None:
+        self.worker, self.guard_s = worker, guard_s
+        self.passes = 0
+        self.saw_queued = False
+        self.handle: Any = None
+
+    def attach(self, lm: Any) -> None:
+        model = lm.model.get_base_model() if hasattr(lm.model, "get_base_model") else lm.model
+
+        def hook(_module: Any, _args: Any) -> None:
+            self.passes += 1
+            if self.passes == 3:
+                pause = threading.Event()  # never set: wait() is a sleep
+                for _ in range(int(self.guard_s / 0.005)):
+                    if self.worker._queue.qsize():
+                        self.saw_queued = True
+                        return
+                    pause.wait(0.005)
+
+        self.handle = model.model.register_forward_pre_hook(hook)
+
+    def detach(self, _lm: Any = None) -> None:
+        self.handle.remove()
 
 
 @pytest.mark.parametrize("later", ["Hi", "Let me think step by step. First, add the numbers, then check them."])
@@ -50,25 +79,30 @@ async def test_a_request_joins_a_running_generation_and_is_answered_first(tiny: 
     batches, joined = worker.batches, worker.joined
     long_body = {"model": model, "messages": QUESTION, "temperature": 0, "max_tokens": 400, "stream": True}
     stream = tiny_backend.stream(long_body)
-    finished: dict[str, float] = {}
+    finished: list[str] = []
 
     async def long_one() -> str:
         text = ""
         async for chunk in stream:
             for choice in chunk["choices"]:
                 text += choice["delta"].get("content") or ""
-        finished["long"] = time.perf_counter()
+        finished.append("long")
         return text
 
-    long_task = asyncio.create_task(long_one())
-    while not long_task.done() and worker.batches == batches:  # the long generation has started
-        await asyncio.sleep(0.005)
-    await asyncio.sleep(0.05)
-    joining = await tiny_backend.complete(short)
-    finished["short"] = time.perf_counter()
-    await long_task
+    hold = HoldUntilQueued(worker)
+    await tiny_backend.run(hold.attach)
+    try:
+        long_task = asyncio.create_task(long_one())
+        while not long_task.done() and hold.passes < 3:  # the long generation is under way (and now waits)
+            await asyncio.sleep(0.005)
+        joining = await tiny_backend.complete(short)
+        finished.append("short")
+        await long_task
+    finally:
+        await tiny_backend.run(hold.detach)
+    assert hold.saw_queued
     assert worker.batches == batches + 1 and worker.joined == joined + 1, "the short request joined the running batch"
-    assert finished["short"] < finished["long"], "answered when its own rows ended, not with the batch"
+    assert finished == ["short", "long"], "answered when its own rows ended, not with the batch"
     assert joining["choices"][0]["message"]["content"] == alone["choices"][0]["message"]["content"]
     assert joining["usage"] == alone["usage"]
 

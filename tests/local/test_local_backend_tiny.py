@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -375,20 +374,31 @@ def test_health_lists_the_local_models(client: openai.OpenAI, server: ServerThre
     assert health["status"] == "ok" and health["local_model"] == "ready"
     [entry] = [m for m in health["local_models"] if m["id"] == str(tiny.path)]
     assert entry["path"] == str(tiny.path.resolve())
-    assert entry["parameter_mib"] > 0 and entry["resident_mib"] >= 0 and entry["load_seconds"] >= 0
+    assert set(entry) >= {"load_seconds", "resident_mib", "parameter_mib"}
+    weights = (tiny.path / "model.safetensors").stat().st_size / 2**20
+    assert weights - 0.2 < entry["parameter_mib"] < weights + 1  # adapters add a little, the file header less
 
 
-def test_http_client_leaving_a_stream_frees_the_model(server: ServerThread, tiny: TinyModel) -> None:
+def test_http_client_leaving_a_stream_frees_the_model(server: ServerThread, tiny: TinyModel,
+                                                     row_counter_type: Any) -> None:
     """lora-b's greedy path runs to the token limit (1000 tokens: seconds); the client leaves after a few chunks."""
     model = f"{tiny.path}+lora-a+lora-b"
-    with httpx.Client(base_url=server.url, timeout=60) as http:
-        body = {"model": model, "messages": QUESTION, "temperature": 0, "max_tokens": 1000, "stream": True}
-        with http.stream("POST", "/v1/chat/completions", json=body) as response:
-            assert response.status_code == 200
-            for number, _ in enumerate(response.iter_lines()):
-                if number == 4:
-                    break
-        started = time.perf_counter()
-        short = http.post("/v1/chat/completions", json={**body, "max_tokens": 2, "stream": False})
-        assert short.status_code == 200 and short.json()["usage"]["completion_tokens"] == 2
-        assert time.perf_counter() - started < 3.0, "the abandoned generation still held the model"
+    local: LocalBackend = server.server.config.app.state.backends.local()
+    counter = row_counter_type()
+    # the worker settles on whichever loop asked: a loop of this thread's own is fine
+    asyncio.run(local.run(counter.attach, model))
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            body = {"model": model, "messages": QUESTION, "temperature": 0, "max_tokens": 1000, "stream": True}
+            with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                assert response.status_code == 200
+                for number, _ in enumerate(response.iter_lines()):
+                    if number == 4:
+                        break
+            short = http.post("/v1/chat/completions", json={**body, "max_tokens": 2, "stream": False})
+            assert short.status_code == 200 and short.json()["usage"]["completion_tokens"] == 2
+        asyncio.run(local.run(lambda lm: None, model))  # after all earlier work on the worker: the count is final
+    finally:
+        asyncio.run(local.run(counter.detach, model))
+    # running to its limit, the abandoned generation alone would have made 1000 forward passes
+    assert len(counter.rows) < 300, f"{len(counter.rows)} forward passes: the abandoned generation went on"

@@ -1,18 +1,21 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from optigraph.errors import InvalidRequest
 from optigraph.memory.db import create_engine_for
-from optigraph.memory.queries import get_run, list_runs
+from optigraph.memory.queries import get_run, page_runs
 from optigraph.memory.recorder import SqlRecorder
 from optigraph.memory.records import CallRecord, RunRecord, RunResult
 from optigraph.memory.tables import RUNS, UPSTREAM_CALLS
 
-T0 = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "reasoning_tokens": 2, "calls": 2}
 
 
@@ -193,7 +196,7 @@ async def test_records_queued_after_close_are_written_by_flush(engine: AsyncEngi
     assert await get_run(engine, "late") is not None
 
 
-async def test_list_runs_filters_and_pages(engine: AsyncEngine) -> None:
+async def test_page_runs_filters_and_pages(engine: AsyncEngine) -> None:
     async with SqlRecorder(engine) as recorder:
         for i in range(6):
             run = a_run(f"r{i}", created_at=T0 + timedelta(seconds=i), expression="bon" if i % 2 else "moa")
@@ -203,19 +206,27 @@ async def test_list_runs_filters_and_pages(engine: AsyncEngine) -> None:
         recorder.call(a_call("r1"))
         await recorder.flush()
 
-    runs = await list_runs(engine)
-    assert [r["id"] for r in runs] == ["r5", "r4", "r3", "r2", "r1", "r0"]
-    assert "upstream_calls" not in runs[0]
-    assert (runs[0]["calls"], runs[4]["calls"]) == (0, 2)  # the column: a count, set at finish
-    assert [r["id"] for r in await list_runs(engine, status="running")] == ["r5", "r4"]
-    assert [r["id"] for r in await list_runs(engine, expression="bon", status="completed")] == ["r3", "r1"]
-    assert await list_runs(engine, model="other") == []
+    async def ids(**filters: Any) -> list[str]:
+        return [r["id"] for r in (await page_runs(engine, **filters)).runs]
 
-    page1 = await list_runs(engine, limit=4)
-    page2 = await list_runs(engine, limit=4, before=page1[-1]["id"])
-    assert [r["id"] for r in page1 + page2] == ["r5", "r4", "r3", "r2", "r1", "r0"]
-    assert [r["id"] for r in await list_runs(engine, before=T0 + timedelta(seconds=2))] == ["r1", "r0"]
-    assert await list_runs(engine, before="unknown") == []
+    page = await page_runs(engine)
+    assert [r["id"] for r in page.runs] == ["r5", "r4", "r3", "r2", "r1", "r0"] and not page.has_more
+    assert "upstream_calls" not in page.runs[0] and "request" not in page.runs[0]  # no bodies unless asked
+    assert "request" in (await page_runs(engine, bodies=True)).runs[0]
+    assert (page.runs[0]["calls"], page.runs[4]["calls"]) == (0, 2)  # the column: a count, set at finish
+    assert await ids(status="running") == ["r5", "r4"]
+    assert await ids(expression="bon", status="completed") == ["r3", "r1"]
+    assert await ids(model="other") == []
+
+    page1 = await page_runs(engine, limit=4)
+    assert page1.has_more and page1.next_cursor == "r2"
+    page2 = await page_runs(engine, limit=4, after=page1.next_cursor)
+    assert [r["id"] for r in page1.runs + page2.runs] == ["r5", "r4", "r3", "r2", "r1", "r0"]
+    assert not page2.has_more and page2.next_cursor is None
+    assert await ids(created_before=T0 + timedelta(seconds=2)) == ["r1", "r0"]
+    assert await ids(created_after=T0 + timedelta(seconds=3)) == ["r5", "r4"]
+    with pytest.raises(InvalidRequest, match="unknown cursor"):
+        await page_runs(engine, after="unknown")
     assert await get_run(engine, "unknown") is None
 
 

@@ -1,6 +1,5 @@
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
 
@@ -75,13 +74,11 @@ async def test_failed_or_empty_rewrites_keep_the_original():
 
 
 async def test_rewrites_run_concurrently():
-    backend = ScriptedBackend(lambda body: "better", latency=0.1)
+    backend = ScriptedBackend(lambda body: "better", waves=[4])
     jobs = [{"id": i, "text": str(i), "feedback": "f"} for i in range(4)]
-    started = time.perf_counter()
     state = await run(backend, jobs)
-    elapsed = time.perf_counter() - started
+    assert backend.wave_errors == []  # all 4 rewrites in flight together
     assert len(state["refined"]) == 4 and backend.max_in_flight == 4
-    assert elapsed < 0.25, f"took {elapsed:.3f}s: rewrites ran one after another"
 
 
 async def test_budget_exceeded_propagates():

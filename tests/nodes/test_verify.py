@@ -1,6 +1,5 @@
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
 
@@ -133,12 +132,10 @@ async def test_failed_and_unreadable_checks_are_none_and_noted():
 
 
 async def test_passes_run_concurrently():
-    backend = ScriptedBackend(lambda body: "Verdict: CORRECT", latency=0.1)
-    started = time.perf_counter()
+    backend = ScriptedBackend(lambda body: "Verdict: CORRECT", waves=[6])
     state = await run(backend, passes=2)
-    elapsed = time.perf_counter() - started
+    assert backend.wave_errors == []  # all 6 checks in flight together
     assert len(state["verifications"]) == 6 and backend.max_in_flight == 6
-    assert elapsed < 0.25, f"took {elapsed:.3f}s: checks ran one after another"
 
 
 async def test_budget_exceeded_propagates():
