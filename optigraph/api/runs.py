@@ -4,6 +4,7 @@ its checkpoints (engine/resume.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from optigraph.api.auth import upstream_key
+from optigraph.api.disconnect import unless_client_goes
 from optigraph.api.errors import ORJSONResponse
 from optigraph.engine import inspection, resume
 from optigraph.errors import NotFound, OptigraphError
@@ -36,7 +38,7 @@ async def load_run(request: Request, run_id: str) -> dict[str, Any]:
 @router.get("/v1/runs", summary="Stored runs, newest first", response_model=inspection.RunList)
 async def list_runs(
     request: Request,
-    status: Annotated[str | None, Query(description="running, completed or failed")] = None,
+    status: Annotated[str | None, Query(description="running, completed, failed, cancelled or interrupted")] = None,
     approach: Annotated[str | None, Query(description="the run's approach expression, e.g. bon&re2")] = None,
     model: Annotated[str | None, Query(description="the upstream model (approach prefix removed)")] = None,
     created_after: Annotated[datetime | None, Query(description="ISO 8601; UTC when no offset is given")] = None,
@@ -72,13 +74,15 @@ class ForkRequest(BaseModel):
 
 
 def _answer(request: Request, run_id: str, call) -> Any:
-    request_recorder = request.app.state.runner.recorder
+    runner = request.app.state.runner
+    request_recorder = runner.recorder
 
     async def answer() -> Response:
         headers = {"x-optigraph-run-id": run_id}
         recorder = request_recorder
-        try:
-            result = await call()
+        task = asyncio.ensure_future(call())
+        try:  # a client that goes cancels the resumed or forked run (which stays resumable)
+            result = await unless_client_goes(request, task, lambda: runner.cancel_task(task, "cancelled"))
         except OptigraphError as exc:
             await recorder.flush()  # what is stored matches the answer before it is sent
             return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
@@ -93,7 +97,7 @@ def _answer(request: Request, run_id: str, call) -> Any:
 @router.post("/v1/runs/{run_id}/resume", summary="Continue an interrupted run from its last checkpoint",
              responses={200: {"description": "The run's chat.completion (non-streaming)"},
                         404: {"description": "No such run"},
-                        409: {"description": "The run cannot be resumed (passthrough, completed, being resumed)"}})
+                        409: {"description": "The run cannot be resumed (passthrough, completed, being executed)"}})
 async def resume_run(request: Request, run_id: RunId, key: str | None = Depends(upstream_key)) -> Response:
     runner = request.app.state.runner
     return await _answer(request, run_id, lambda: resume.resume_run(runner, run_id, db=request.app.state.db,

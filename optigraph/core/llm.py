@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from optigraph.core.backend import Backend, Capabilities
+from optigraph.core.lru import LRUCache
 from optigraph.core.messages import message_text
 from optigraph.core.params import normalise
 from optigraph.core.streaming import StreamEvent, StreamSink
-from optigraph.core.usage import Usage, add_usage, empty_usage, usage_from_response
+from optigraph.core.usage import (
+    Usage,
+    add_usage,
+    empty_usage,
+    one_call,
+    usage_from_response,
+)
 from optigraph.errors import BudgetExceeded, UpstreamError
 from optigraph.memory.records import CallRecord, Recorder, utcnow
 
@@ -75,7 +82,7 @@ class LLM:
         api_key: str | None = None,
         retries: int = 2,
         budget: Budget | None = None,
-        n_support: dict[str, bool] | None = None,
+        n_support: MutableMapping[str, bool] | LRUCache[str, bool] | None = None,
     ) -> None:
         self.backend = backend
         self.model = model
@@ -84,11 +91,12 @@ class LLM:
         self.api_key = api_key
         self.retries = retries
         self.budget = budget or Budget()
-        # Learned per server (an explicit, bounded-by-model-count cache owned by the engine):
+        # Learned per server (a bounded cache owned by the runner, keyed by backend and model):
         # whether this backend/model returned all n choices from one call.
-        self._n_support = n_support if n_support is not None else {}
+        self._n_support = n_support if n_support is not None else LRUCache(64)
         self.caps: Capabilities = backend.capabilities(model)
-        self.spent: Usage = empty_usage()  # every call of this run, failed attempts included
+        # The run's usage (core/usage.py): every recorded call, failed and cancelled attempts included.
+        self.spent: Usage = empty_usage()
         self.answered: Usage = empty_usage()  # the calls that answered
 
     # ---- raw forwarding (passthrough) -------------------------------------------------------
@@ -358,9 +366,9 @@ class LLM:
         error: str | None,
         attempt: int,
     ) -> None:
-        self.spent = add_usage(self.spent, usage)
+        self.spent = add_usage(self.spent, one_call(usage))
         if error is None:
-            self.answered = add_usage(self.answered, usage)
+            self.answered = add_usage(self.answered, one_call(usage))
         self.recorder.call(
             CallRecord(
                 run_id=self.run_id,
