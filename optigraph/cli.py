@@ -26,6 +26,10 @@ SERVE_FLAGS = (
     ("--local-max-models", "local_max_models", "local base models kept loaded (default 2, least recently used out)"),
     ("--local-dtype", "local_dtype", "dtype of local models from directories: float32 (default), bfloat16, auto"),
     ("--local-threads", "local_threads", "CPU threads for local models (default: half the cores, at least 1)"),
+    ("--shutdown-grace", "shutdown_grace_s", "seconds in-flight requests get to finish at shutdown before their "
+                                             "runs are interrupted (stored as interrupted, resumable; default 10)"),
+    ("--run-lease", "run_lease_s", "seconds a resumed run's lease lasts unrenewed: how long another server "
+                                   "waits to resume the run of one that died (default 30)"),
 )
 
 
@@ -52,7 +56,8 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
-    # SIGTERM is a normal stop. uvicorn handles it (draining in-flight requests) and then re-raises
+    # SIGTERM is a normal stop. uvicorn handles it (draining in-flight requests for the grace period,
+    # then interrupting their runs: api/server.py) and then re-raises
     # it to the previous handler; the default one would end the process with -SIGTERM, so the
     # previous handler is this one, which exits with 0 (also when SIGTERM comes while the app loads).
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -70,8 +75,11 @@ def serve(args: argparse.Namespace) -> None:
         app = create_app(settings)
     except ApproachLoadError as exc:  # a bad or clashing user approach: say where, no traceback
         raise SystemExit(f"optigraph: cannot load approaches:\n{exc.message}") from None
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                loop="uvloop", http="httptools", access_log=settings.log_level.lower() == "debug")
+    from optigraph.api.server import Server
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                            loop="uvloop", http="httptools", access_log=settings.log_level.lower() == "debug")
+    Server(config, app=app, grace_s=settings.shutdown_grace_s).run()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
