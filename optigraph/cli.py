@@ -26,10 +26,10 @@ SERVE_FLAGS = (
     ("--local-max-models", "local_max_models", "local base models kept loaded (default 2, least recently used out)"),
     ("--local-dtype", "local_dtype", "dtype of local models from directories: float32 (default), bfloat16, auto"),
     ("--local-threads", "local_threads", "CPU threads for local models (default: half the cores, at least 1)"),
-    ("--shutdown-grace", "shutdown_grace_s", "seconds in-flight requests get to finish at shutdown before their "
-                                             "runs are interrupted (stored as interrupted, resumable; default 10)"),
-    ("--run-lease", "run_lease_s", "seconds a resumed run's lease lasts unrenewed: how long another server "
-                                   "waits to resume the run of one that died (default 30)"),
+    ("--shutdown-grace", "shutdown_grace_s", ("seconds in-flight requests get to finish at shutdown before their "
+                                              "runs are interrupted (stored as interrupted, resumable; default 10)")),
+    ("--run-lease", "run_lease_s", ("seconds a resumed run's lease lasts unrenewed: how long another server "
+                                    "waits to resume the run of one that died (default 30)")),
 )
 
 
