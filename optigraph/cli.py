@@ -52,7 +52,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
-    raise SystemExit(0)
+    # SIGTERM is the normal stop (0); SIGINT (Ctrl-C) exits with the shell's 128 + 2, without a traceback
+    raise SystemExit(130 if signum == signal.SIGINT else 0)
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -61,6 +62,7 @@ def serve(args: argparse.Namespace) -> None:
     # it to the previous handler; the default one would end the process with -SIGTERM, so the
     # previous handler is this one, which exits with 0 (also when SIGTERM comes while the app loads).
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    signal.signal(signal.SIGINT, _exit_cleanly)
     import uvicorn
 
     from optigraph.api.app import create_app

@@ -72,19 +72,22 @@ def stored(tmp_path: Path, run_id: str) -> tuple[str, int]:
         con.close()
 
 
-@pytest.mark.parametrize(("stream", "signals"), [(False, 1), (True, 2)])  # each starts a server: two cases
+# each case starts a server process: two cases. One SIGTERM waits out a short grace; with a grace
+# longer than the test waits, a second signal (Ctrl-C twice) interrupts the run at once.
+@pytest.mark.parametrize(("stream", "signals", "exit_code"),
+                         [(False, (signal.SIGTERM,), 0), (True, (signal.SIGINT, signal.SIGINT), 130)])
 def test_shutdown_interrupts_a_stuck_run_after_the_grace(tmp_path: Path, gated: tuple[ServerThread, Gate],
-                                                         stream: bool, signals: int) -> None:
+                                                         stream: bool, signals: tuple[int, ...],
+                                                         exit_code: int) -> None:
     up, gate = gated
-    # one signal: a short grace; two: a grace longer than the test waits, cut short by the second
-    proc, url = serve(tmp_path, up.url, grace_s=1 if signals == 1 else 3600)
+    proc, url = serve(tmp_path, up.url, grace_s=1 if len(signals) == 1 else 3600)
     try:
         worker, result = stuck_request(url, gate, {"model": "none&none-fake-model", "stream": stream,
                                                    "messages": [{"role": "user", "content": "q"}]})
-        proc.send_signal(signal.SIGTERM)
-        if signals == 2:
-            time.sleep(0.2)  # let the first signal start the shutdown (an ordering aid, not a measurement)
-            proc.send_signal(signal.SIGTERM)
+        for i, sig in enumerate(signals):
+            if i:
+                time.sleep(0.2)  # let the first signal start the shutdown (an ordering aid, not a measurement)
+            proc.send_signal(sig)
         code = proc.wait(timeout=WAIT_S)
         output = proc.stdout.read().decode()
         worker.join(timeout=WAIT_S)
@@ -92,7 +95,7 @@ def test_shutdown_interrupts_a_stuck_run_after_the_grace(tmp_path: Path, gated: 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert code == 0, output
+    assert code == exit_code, output
     assert "Traceback" not in output, output
     resp = result["resp"]
     assert resp.status_code == 503, resp.text
