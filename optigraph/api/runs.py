@@ -17,7 +17,7 @@ from optigraph.api.auth import upstream_key
 from optigraph.api.disconnect import unless_client_goes
 from optigraph.api.errors import ORJSONResponse
 from optigraph.engine import inspection, resume
-from optigraph.errors import NotFound, OptigraphError
+from optigraph.errors import NotFound, OptigraphError, RunCancelled
 from optigraph.memory.queries import MAX_LIMIT, get_run, page_runs
 
 # Every route here needs the server's key when it has one (the forwarded key itself is unused).
@@ -83,6 +83,13 @@ def _answer(request: Request, run_id: str, call) -> Any:
         task = asyncio.ensure_future(call())
         try:  # a client that goes cancels the resumed or forked run (which stays resumable)
             result = await unless_client_goes(request, task, lambda: runner.cancel_task(task, "cancelled"))
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this handler itself is being cancelled
+            # the work was cancelled before its run started: nothing ran, nobody is listening
+            exc = RunCancelled(f"the request for run {run_id} was cancelled: its client disconnected")
+            return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
         except OptigraphError as exc:
             await recorder.flush()  # what is stored matches the answer before it is sent
             return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)

@@ -128,7 +128,7 @@ async def resume_run(runner: Runner, run_id: str, *, db: Any, client_key: str | 
                 answers, usage = await runner.run_graph(prep, sink=None, resume=True)
             except asyncio.CancelledError as exc:
                 runner.record_failure(prep, exc)
-                raise runner.stop_error(prep) from None
+                raise runner.stop_error(prep) if prep.stop_reason else exc from None
             except BaseException as exc:
                 runner.record_failure(prep, exc)
                 raise
@@ -217,7 +217,7 @@ async def fork_run(runner: Runner, run_id: str, *, db: Any, client_key: str | No
                 out = await graph.ainvoke(None, config, context=ctx, durability="sync")
     except asyncio.CancelledError as exc:
         runner.record_failure(prep, exc)
-        raise runner.stop_error(prep) from None
+        raise runner.stop_error(prep) if prep.stop_reason else exc from None
     except BaseException as exc:
         runner.record_failure(prep, exc)
         raise

@@ -186,7 +186,8 @@ class Runner:
 
     async def complete(self, prep: Prepared) -> ChatResult:
         """Runs the request to its answer. Cancelled through `cancel`/`interrupt_all`, it raises
-        RunCancelled or RunInterrupted (OptigraphErrors) once the run is recorded as such."""
+        RunCancelled or RunInterrupted (OptigraphErrors) once the run is recorded as such; cancelled
+        any other way, it records the run as cancelled and lets the CancelledError through."""
         try:
             with self.tracking(prep):
                 if prep.compiled is None:
@@ -202,7 +203,7 @@ class Runner:
                     extra, decoding = {}, None
         except asyncio.CancelledError as exc:
             self.record_failure(prep, exc)
-            raise self.stop_error(prep) from None
+            raise self.stop_error(prep) if prep.stop_reason else exc from None
         except BaseException as exc:
             self.record_failure(prep, exc)
             raise
