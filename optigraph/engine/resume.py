@@ -44,13 +44,7 @@ from typing import Any
 from optigraph.core.context import RunContext
 from optigraph.core.usage import usage_from_rows
 from optigraph.engine.expression import parse
-from optigraph.engine.runner import (
-    ChatResult,
-    Prepared,
-    Runner,
-    answer_choices,
-    run_usage,
-)
+from optigraph.engine.runner import ChatResult, Prepared, Runner, answer_choices, run_usage
 from optigraph.errors import InvalidRequest, NotFound, OptigraphError
 from optigraph.memory.leases import release_lease, renew_lease, take_lease
 from optigraph.memory.queries import get_run

@@ -41,18 +41,9 @@ from optigraph.core.usage import Usage, add_usage, empty_usage, openai_usage
 from optigraph.engine.compiler import CompiledExpression, Compiler
 from optigraph.engine.expression import parse, validate
 from optigraph.engine.registry import Registry
-from optigraph.engine.request import (
-    background_requested,
-    check_request,
-    forwarded_fields,
-)
+from optigraph.engine.request import background_requested, check_request, forwarded_fields
 from optigraph.engine.selection import select
-from optigraph.errors import (
-    InvalidRequest,
-    OptigraphError,
-    RunCancelled,
-    RunInterrupted,
-)
+from optigraph.errors import InvalidRequest, OptigraphError, RunCancelled, RunInterrupted
 from optigraph.memory.records import Recorder, RunRecord, RunResult, utcnow
 
 
@@ -459,11 +450,11 @@ class Runner:
     @staticmethod
     def stop_error(prep: Prepared) -> OptigraphError:
         """What the client of a cancelled run is told (when it is still there to hear it)."""
+        again = ("send the request again" if prep.compiled is None  # a passthrough has no checkpoint
+                 else f"resume it with POST /v1/runs/{prep.run_id}/resume")
         if prep.stop_reason == "interrupted":
-            return RunInterrupted(f"the server is shutting down: run {prep.run_id} was interrupted; resume it "
-                                  f"with POST /v1/runs/{prep.run_id}/resume")
-        return RunCancelled(f"run {prep.run_id} was cancelled: its client disconnected; resume it with "
-                            f"POST /v1/runs/{prep.run_id}/resume")
+            return RunInterrupted(f"the server is shutting down: run {prep.run_id} was interrupted; {again}")
+        return RunCancelled(f"run {prep.run_id} was cancelled: its client disconnected; {again}")
 
 
 def run_spec(*, route: str, messages: list[dict[str, Any]], request: dict[str, Any],
