@@ -114,7 +114,7 @@ def _add_inspect_commands(sub: argparse._SubParsersAction) -> None:
     runs = sub.add_parser("runs", help="list and show stored runs (steps, upstream calls, totals)")
     runs_sub = runs.add_subparsers(dest="runs_command", required=True)
     ls = runs_sub.add_parser("list", help="runs, newest first")
-    ls.add_argument("--status", help="running, completed or failed")
+    ls.add_argument("--status", help="running, completed, failed, cancelled or interrupted")
     ls.add_argument("--approach", help="approach expression, e.g. bon&re2")
     ls.add_argument("--model", help="upstream model")
     ls.add_argument("--limit", type=int, default=50, help="runs per page (default 50, at most 1000)")
