@@ -69,9 +69,10 @@ class Upstream(ScriptedBackend):
 
 
 @contextlib.asynccontextmanager
-async def runner_on(db_url: str, db: Any, backend: Upstream, clock: Clock) -> AsyncIterator[Runner]:
+async def runner_on(db_url: str, db: Any, backend: Upstream, clock: Clock,
+                    lease_s: float = LEASE_S) -> AsyncIterator[Runner]:
     """A runner as a server builds it (its own recorder and checkpointer) on the shared database."""
-    settings = Settings(base_url="http://127.0.0.1:9/v1", db_url=db_url, run_lease_s=LEASE_S)
+    settings = Settings(base_url="http://127.0.0.1:9/v1", db_url=db_url, run_lease_s=lease_s)
     registry = builtin_registry()
     backends = Backends(settings)
     backends.for_model = lambda model: (backend, model)  # type: ignore[method-assign]
@@ -149,3 +150,25 @@ async def test_a_failed_resume_releases_its_lease(db_url: str, db: Any) -> None:
         backend.down = False
         result = await resume.resume_run(b, run_id, db=db)  # no wait for an expiry
         assert result.response["choices"][0]["message"]["content"] == "echo: echo: q"
+
+
+async def test_a_live_resume_renews_its_lease(db_url: str, db: Any) -> None:
+    backend, clock = Upstream(), Clock()
+    async with runner_on(db_url, db, backend, clock, lease_s=0.3) as a, \
+            runner_on(db_url, db, backend, clock, lease_s=0.3) as b:
+        run_id = await failed_run(a)
+        backend.down, backend.gated = False, True
+        first = asyncio.create_task(resume.resume_run(a, run_id, db=db))
+        await backend.entered.wait()
+        taken = (await get_run(db, run_id))["lease_expires_at"]
+        clock.advance(10)  # long past the lease as taken: only renewals keep it
+        for _ in range(500):  # A renews every 0.1 s of real time, at the clock's time
+            expires = (await get_run(db, run_id))["lease_expires_at"]
+            if expires > clock():
+                break
+            await asyncio.sleep(0.01)
+        assert expires > clock() > taken
+        with pytest.raises(resume.RunNotResumable):
+            await resume.resume_run(b, run_id, db=db)
+        backend.release.set()
+        await first
