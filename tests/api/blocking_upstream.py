@@ -23,6 +23,7 @@ class Gate:
     runs in its own thread)."""
 
     prompt: str
+    mid_stream: bool = False  # a streamed answer is held after its first piece, not before it
     received: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     hung_up: threading.Event = field(default_factory=threading.Event)  # a held call's client went away
@@ -41,6 +42,9 @@ def make_gated_app(gate: Gate) -> Starlette:
         body = orjson.loads(await request.body())
         gate.bodies.append(body)
         text = _last_user(body)
+        if text == gate.prompt and gate.mid_stream and body.get("stream"):
+            gate.received.set()
+            return StreamingResponse(_held_sse(body), media_type="text/event-stream")
         if text == gate.prompt:
             gate.received.set()
             while not gate.release.is_set():
@@ -66,6 +70,21 @@ def make_gated_app(gate: Gate) -> Starlette:
                                                                    "finish_reason": finish}]}) + b"\n\n"
         if (body.get("stream_options") or {}).get("include_usage"):
             yield b"data: " + orjson.dumps({**chunk, "choices": [], "usage": usage}) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    async def _held_sse(body: dict[str, Any]) -> AsyncIterator[bytes]:
+        chunk = {"id": "chatcmpl-gated", "object": "chat.completion.chunk", "created": int(time.time()),
+                 "model": body.get("model")}
+        yield b"data: " + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant",
+                                                                                  "content": "first"}}]}) + b"\n\n"
+        try:
+            while not gate.release.is_set():
+                await asyncio.sleep(0.01)
+        finally:
+            if not gate.release.is_set():
+                gate.hung_up.set()  # the response was abandoned while held
+        yield b"data: " + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": {"content": " rest"},
+                                                              "finish_reason": "stop"}]}) + b"\n\n"
         yield b"data: [DONE]\n\n"
 
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])

@@ -4,6 +4,7 @@ exits; a second SIGTERM does not wait out the grace."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -110,3 +111,41 @@ def test_shutdown_interrupts_a_stuck_run_after_the_grace(tmp_path: Path, gated: 
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"] == "echo: echo: q"
         assert stack.run(run_id)["status"] == "completed"
+
+
+def test_a_stream_interrupted_mid_way_ends_with_an_error_event(tmp_path: Path) -> None:
+    gate = Gate(prompt="echo: q", mid_stream=True)  # the pipeline's second (streamed) stage is held
+    with ServerThread(make_gated_app(gate)) as up:
+        proc, url = serve(tmp_path, up.url, grace_s=1)
+        events: list[str] = []
+        first = threading.Event()
+
+        def read() -> None:
+            with httpx.stream("POST", url + "/v1/chat/completions", timeout=WAIT_S, json={
+                    "model": "none&none-fake-model", "stream": True,
+                    "messages": [{"role": "user", "content": "q"}]}) as resp:
+                events.append(resp.headers["x-optigraph-run-id"])
+                for line in resp.iter_lines():
+                    if line.startswith("data: "):
+                        events.append(line[6:])
+                        first.set()
+
+        worker = threading.Thread(target=read)
+        worker.start()
+        try:
+            assert first.wait(WAIT_S), "no chunk reached the client"
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=WAIT_S)
+            worker.join(timeout=WAIT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert code == 0
+        run_id, *data = events
+        assert '"first"' in data[0]
+        assert data[-1] == "[DONE]"
+        error = json.loads(data[-2])["error"]
+        assert error["code"] == "server_shutting_down" and run_id in error["message"]
+        assert stored(tmp_path, run_id)[0] == "interrupted"
+        assert gate.hung_up.wait(WAIT_S)
