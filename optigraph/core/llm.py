@@ -17,13 +17,7 @@ from optigraph.core.lru import LRUCache
 from optigraph.core.messages import message_text
 from optigraph.core.params import normalise
 from optigraph.core.streaming import StreamEvent, StreamSink
-from optigraph.core.usage import (
-    Usage,
-    add_usage,
-    empty_usage,
-    one_call,
-    usage_from_response,
-)
+from optigraph.core.usage import Usage, add_usage, empty_usage, one_call, usage_from_response
 from optigraph.errors import BudgetExceeded, UpstreamError
 from optigraph.memory.records import CallRecord, Recorder, utcnow
 
