@@ -89,7 +89,7 @@ def _answer(request: Request, run_id: str, call) -> Any:
                 raise  # this handler itself is being cancelled
             # the work was cancelled before its run started: nothing ran, nobody is listening
             exc = RunCancelled(f"the request for run {run_id} was cancelled: its client disconnected")
-            return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+            return ORJSONResponse(exc.body(), status_code=exc.status)
         except OptigraphError as exc:
             await recorder.flush()  # what is stored matches the answer before it is sent
             return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
