@@ -157,16 +157,14 @@ def test_client_disconnect_mid_stream_is_recorded(slow_stream: Stack, model: str
             if '"content"' in line:
                 break  # hang up after the first piece
     run = slow_stream.run(run_id)
-    assert run["status"] == "failed"
+    assert run["status"] == "cancelled"
     assert run["error"]["error"]["code"] == "client_disconnected"
-    # the upstream stream it abandoned is recorded as such, not as a finished call (a graph's calls
-    # are cancelled with their task, so their rows may land just after the run's)
-    deadline = time.monotonic() + 5
-    while not any(c["status"] == "error" for c in slow_stream.calls(run_id)) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    # the upstream stream it abandoned is recorded as such, not as a finished call, before the run's
+    # end is (so the run's usage counts it)
     calls = slow_stream.calls(run_id)
     assert [c["status"] for c in calls] == ["ok"] * (len(calls) - 1) + ["error"]
     assert "cancelled" in calls[-1]["error"]
+    assert run["calls"] == len(calls)
 
 
 def test_stream_retried_when_the_upstream_fails_before_the_first_chunk(stack: Stack) -> None:
@@ -188,4 +186,4 @@ def test_stream_retried_when_the_upstream_fails_before_the_first_chunk(stack: St
     assert stack.run(run_id)["status"] == "completed"
     calls = stack.calls(run_id)
     assert [(c["status"], c["attempt"]) for c in calls] == [("error", 1), ("ok", 2)]
-    assert chunks[-1].model_extra["optigraph"]["upstream_calls"] == 1  # calls that answered
+    assert chunks[-1].model_extra["optigraph"]["upstream_calls"] == 2  # every attempt (core/usage.py)

@@ -26,7 +26,7 @@ def test_upgrade_creates_tables_and_is_idempotent(db_url: str) -> None:
     upgrade_schema(db_url)
     tables, versions = _tables_and_version(db_url)
     assert {"runs", "upstream_calls", "alembic_version"} <= tables
-    assert versions == ["0001"]
+    assert versions == ["0002"]
 
     upgrade_schema(db_url)
     assert _tables_and_version(db_url) == (tables, versions)
@@ -56,4 +56,4 @@ def test_concurrent_upgrades_from_several_processes(db_url: str) -> None:
     assert [p.exitcode for p in procs] == [0, 0, 0]
     tables, versions = _tables_and_version(db_url)
     assert {"runs", "upstream_calls"} <= tables
-    assert versions == ["0001"]
+    assert versions == ["0002"]
