@@ -50,6 +50,10 @@ SERVE_FLAGS = (
     ("--max-upstream-calls", "max_upstream_calls", "per-run cap on upstream calls, default and ceiling (default 256)"),
     ("--max-upstream-tokens", "max_upstream_tokens",
      "per-run cap on completion tokens, default and ceiling (default 1000000)"),
+    ("--shutdown-grace", "shutdown_grace_s", ("seconds in-flight requests get to finish at shutdown before their "
+                                              "runs are interrupted (stored as interrupted, resumable; default 10)")),
+    ("--run-lease", "run_lease_s", ("seconds a resumed run's lease lasts unrenewed: how long another server "
+                                    "waits to resume the run of one that died (default 30)")),
 )
 
 # Flags that take no value: present means true.
@@ -131,14 +135,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
-    raise SystemExit(0)
+    # SIGTERM is the normal stop (0); SIGINT (Ctrl-C) exits with the shell's 128 + 2, without a traceback
+    raise SystemExit(130 if signum == signal.SIGINT else 0)
 
 
 def serve(args: argparse.Namespace) -> None:
-    # SIGTERM is a normal stop. uvicorn handles it (draining in-flight requests) and then re-raises
+    # SIGTERM is a normal stop. uvicorn handles it (draining in-flight requests for the grace period,
+    # then interrupting their runs: api/server.py) and then re-raises
     # it to the previous handler; the default one would end the process with -SIGTERM, so the
     # previous handler is this one, which exits with 0 (also when SIGTERM comes while the app loads).
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    signal.signal(signal.SIGINT, _exit_cleanly)
     import uvicorn
 
     from optigraph.api.app import create_app
@@ -157,9 +164,12 @@ def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"optigraph: cannot load approaches:\n{exc.message}") from None
     except (ExpressionError, UnknownApproach) as exc:
         _serve_error(f"--approach: {exc.message}")
+    from optigraph.api.server import Server
+
     # One access-log line per request comes from optigraph.api.access_log; uvicorn's own is off.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                loop="uvloop", http="httptools", access_log=False)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                            loop="uvloop", http="httptools", access_log=False)
+    Server(config, app=app, grace_s=settings.shutdown_grace_s).run()
 
 
 def _serve_error(message: str) -> NoReturn:
@@ -248,7 +258,7 @@ def _add_inspect_commands(sub: argparse._SubParsersAction) -> None:
     runs = sub.add_parser("runs", help="list and show stored runs (steps, upstream calls, totals)")
     runs_sub = runs.add_subparsers(dest="runs_command", required=True)
     ls = runs_sub.add_parser("list", help="runs, newest first")
-    ls.add_argument("--status", help="running, completed or failed")
+    ls.add_argument("--status", help="running, completed, failed, cancelled or interrupted")
     ls.add_argument("--approach", help="approach expression, e.g. bon&re2")
     ls.add_argument("--model", help="upstream model")
     ls.add_argument("--limit", type=int, default=50, help="runs per page (default 50, at most 1000)")

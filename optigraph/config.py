@@ -95,6 +95,13 @@ class Settings(BaseSettings):
     max_connections: int = 512
     max_upstream_calls: int = Field(default=256, description="Per-run cap on upstream calls (default and ceiling)")
     max_upstream_tokens: int = Field(default=1_000_000, description="Per-run cap on completion tokens (default and ceiling)")
+    run_lease_s: float = Field(
+        default=30.0, gt=0, description="How long a resumed run's lease lasts without renewal (renewed every third "
+                                        "of it while the run executes): another server may resume the run only "
+                                        "once it has expired")
+    shutdown_grace_s: float = Field(
+        default=10.0, ge=0, description="At shutdown, how long in-flight requests may take to finish before their "
+                                        "runs are interrupted (stored as interrupted, resumable; clients get a 503)")
     approaches_dir: Path | None = Field(
         default=None, description="Directory of approach modules (*.py) and declarative specs (*.yaml, *.yml, *.json) "
                                   "loaded at start (docs/authoring.md)")

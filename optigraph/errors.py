@@ -105,6 +105,24 @@ class BudgetExceeded(OptigraphError):
     code = "budget_exceeded"
 
 
+class RunCancelled(OptigraphError):
+    """The run was cancelled because its client disconnected (499, the status nginx logs for it);
+    it is stored as `cancelled` and can be resumed."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_disconnected"
+
+
+class RunInterrupted(OptigraphError):
+    """The server shut down before the run finished (503); it is stored as `interrupted` and can be
+    resumed on this server once it is back, or on another one that shares its database."""
+
+    status = 503
+    type = "server_error"
+    code = "server_shutting_down"
+
+
 class ApproachLoadError(OptigraphError):
     """An approach or plugin from outside optigraph could not be loaded (a start-up error)."""
 

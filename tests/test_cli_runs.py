@@ -78,7 +78,7 @@ def test_runs_list_prints_a_table(served: Served, capsys: pytest.CaptureFixture[
     lines = out.splitlines()
     assert lines[0].split() == ["ID", "STATUS", "APPROACH", "MODEL", "CALLS", "TOKENS", "LATENCY", "CREATED"]
     expected = {"pass": ("completed", "none", "1"), "parallel": ("completed", "none|none", "2"),
-                "pipeline": ("completed", "none&none", "2"), "failed": ("failed", "none", "0")}
+                "pipeline": ("completed", "none&none", "2"), "failed": ("failed", "none", "1")}  # its one attempt counts
     for label, (status, approach, calls) in expected.items():
         row = row_of(out, served.ids[label])
         assert row[1:5] == [status, approach, "fake-model", calls], row

@@ -9,8 +9,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from optigraph.api.auth import upstream_key
+from optigraph.api.disconnect import unless_client_goes
 from optigraph.api.errors import ORJSONResponse
 from optigraph.engine.request import ChatCompletionRequest
+from optigraph.engine.runner import run_usage
 from optigraph.errors import InvalidRequest, OptigraphError
 
 router = APIRouter(tags=["chat"])
@@ -34,17 +36,24 @@ async def chat_completions(request: Request, key: str | None = Depends(upstream_
     runner = request.app.state.runner
     prep = await runner.prepare(body, client_key=key)
     headers = {RUN_HEADER: prep.run_id}
+
+    def client_went() -> None:  # the run is cancelled with its client, unless it asked to finish anyway
+        if not prep.background:
+            runner.cancel(prep, "cancelled")
+
     if prep.stream:
         chunks = runner.stream(prep)
         try:  # wait for the first chunk, so that a failure before it gets its own status
-            first = await anext(chunks)
+            first = await unless_client_goes(request, anext(chunks), client_went)
         except OptigraphError as exc:
             return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        # Once streaming, Starlette notices a client that goes and closes `chunks`, which cancels the run.
         return StreamingResponse(_prepend(first, chunks), media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
     try:
-        result = await runner.complete(prep)
-    except OptigraphError as exc:  # the run exists (stored as failed): say which it was
+        result = await unless_client_goes(request, runner.start(prep, runner.complete(prep)), client_went)
+    except OptigraphError as exc:  # the run exists (stored as failed, cancelled or interrupted): say which it was
+        headers["x-optigraph-upstream-calls"] = str(run_usage(prep)["calls"])
         return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
     headers["x-optigraph-upstream-calls"] = str(result.response["optigraph"]["upstream_calls"])
     return Response(orjson.dumps(result.response), media_type="application/json", headers=headers)

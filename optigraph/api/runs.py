@@ -4,6 +4,7 @@ its checkpoints (engine/resume.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
@@ -15,9 +16,10 @@ from pydantic import BaseModel, Field
 
 from optigraph.api import schemas
 from optigraph.api.auth import upstream_key
+from optigraph.api.disconnect import unless_client_goes
 from optigraph.api.errors import ORJSONResponse
 from optigraph.engine import inspection, resume
-from optigraph.errors import NotFound, OptigraphError
+from optigraph.errors import NotFound, OptigraphError, RunCancelled
 from optigraph.memory.queries import MAX_LIMIT, get_run, page_runs
 
 # Every route here needs the server's key when it has one (the forwarded key itself is unused).
@@ -38,7 +40,7 @@ async def load_run(request: Request, run_id: str) -> dict[str, Any]:
 @router.get("/v1/runs", summary="Stored runs, newest first", response_model=schemas.RunList)
 async def list_runs(
     request: Request,
-    status: Annotated[str | None, Query(description="running, completed or failed (another value is a 400)")] = None,
+    status: Annotated[str | None, Query(description="running, completed, failed, cancelled or interrupted (another value is a 400)")] = None,
     approach: Annotated[str | None, Query(description="the run's approach expression, e.g. bon&re2")] = None,
     model: Annotated[str | None, Query(description="the upstream model (approach prefix removed)")] = None,
     created_after: Annotated[datetime | None, Query(description="ISO 8601; UTC when no offset is given")] = None,
@@ -78,12 +80,21 @@ def _answer(request: Request, run_id: str, call) -> Any:
     """The response for a resume or fork whose outcome is stored under `run_id` (for a fork: the
     new run's id). A failure names that run in its header only if the run was stored: a fork
     refused before it started (no such checkpoint, a bad patch) made no run."""
-    request_recorder = request.app.state.runner.recorder
+    runner = request.app.state.runner
+    request_recorder = runner.recorder
 
     async def answer() -> Response:
         recorder = request_recorder
-        try:
-            result = await call()
+        task = asyncio.ensure_future(call())
+        try:  # a client that goes cancels the resumed or forked run (which stays resumable)
+            result = await unless_client_goes(request, task, lambda: runner.cancel_task(task, "cancelled"))
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this handler itself is being cancelled
+            # the work was cancelled before its run started: nothing ran, nobody is listening
+            exc = RunCancelled(f"the request for run {run_id} was cancelled: its client disconnected")
+            return ORJSONResponse(exc.body(), status_code=exc.status)
         except OptigraphError as exc:
             await recorder.flush()  # what is stored matches the answer before it is sent
             stored = await get_run(request.app.state.db, run_id) is not None
@@ -100,7 +111,7 @@ def _answer(request: Request, run_id: str, call) -> Any:
 @router.post("/v1/runs/{run_id}/resume", summary="Continue an interrupted run from its last checkpoint",
              responses={200: {"description": "The run's chat.completion (non-streaming)"},
                         404: {"description": "No such run"},
-                        409: {"description": "The run cannot be resumed (passthrough, completed, being resumed)"}})
+                        409: {"description": "The run cannot be resumed (passthrough, completed, being executed)"}})
 async def resume_run(request: Request, run_id: RunId, key: str | None = Depends(upstream_key)) -> Response:
     runner = request.app.state.runner
     return await _answer(request, run_id, lambda: resume.resume_run(runner, run_id, db=request.app.state.db,

@@ -24,12 +24,13 @@ from optigraph.api.auth import UISessions, bearer, key_matches
 from optigraph.engine import inspection
 from optigraph.errors import OptigraphError
 from optigraph.memory.queries import get_run, page_runs
+from optigraph.memory.records import RUN_STATUSES
 
 router = APIRouter(include_in_schema=False)
 
 COOKIE = "optigraph_session"
 PAGE_SIZE = 50
-STATUSES = ("running", "completed", "failed")
+STATUSES = RUN_STATUSES
 # Nothing may be loaded or run: inline style and data: images only.
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; base-uri 'none'"
 
@@ -41,6 +42,7 @@ th,td{border:1px solid #ccd;padding:.25em .5em;text-align:left;vertical-align:to
 th{background:#eef}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.runs-row:hover{background:#f6f6ff}
 .status-completed{color:#18794e}.status-failed{color:#c62828}.status-running{color:#b26a00}
+.status-cancelled,.status-interrupted{color:#6b6b6b}
 pre{margin:.2em 0;white-space:pre-wrap;word-break:break-word;max-width:70em;background:#f7f7f9;padding:.4em}
 details summary{cursor:pointer;color:#555}code{background:#f3f3f6;padding:0 .2em}
 dl.summary{display:grid;grid-template-columns:max-content auto;gap:.15em 1em}dl.summary dt{color:#666}

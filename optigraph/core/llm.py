@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from optigraph.core.backend import Backend, Capabilities
+from optigraph.core.lru import LRUCache
 from optigraph.core.messages import message_text
 from optigraph.core.params import normalise
 from optigraph.core.streaming import StreamEvent, StreamSink
-from optigraph.core.usage import Usage, add_usage, empty_usage, usage_from_response
+from optigraph.core.usage import Usage, add_usage, empty_usage, one_call, usage_from_response
 from optigraph.errors import BudgetExceeded, UpstreamError, UpstreamInvalidResponse
 from optigraph.memory.records import CallRecord, Recorder, utcnow
 
@@ -78,7 +79,7 @@ class LLM:
         api_key: str | None = None,
         retries: int = 2,
         budget: Budget | None = None,
-        n_support: dict[str, bool] | None = None,
+        n_support: MutableMapping[str, bool] | LRUCache[str, bool] | None = None,
     ) -> None:
         self.backend = backend
         self.model = model
@@ -87,11 +88,12 @@ class LLM:
         self.api_key = api_key
         self.retries = retries
         self.budget = budget or Budget()
-        # Learned per server (an explicit, bounded-by-model-count cache owned by the engine):
+        # Learned per server (a bounded cache owned by the runner, keyed by backend and model):
         # whether this backend/model returned all n choices from one call.
-        self._n_support = n_support if n_support is not None else {}
+        self._n_support = n_support if n_support is not None else LRUCache(64)
         self.caps: Capabilities = backend.capabilities(model)
-        self.spent: Usage = empty_usage()  # every call of this run, failed attempts included
+        # The run's usage (core/usage.py): every recorded call, failed and cancelled attempts included.
+        self.spent: Usage = empty_usage()
         self.answered: Usage = empty_usage()  # the calls that answered
         self.parent: LLM | None = None  # the run's main client, when this one addresses another upstream
 
@@ -388,7 +390,7 @@ class LLM:
         error: str | None,
         attempt: int,
     ) -> None:
-        self._tally(usage, answered=error is None)
+        self._tally(one_call(usage), answered=error is None)
         self.recorder.call(
             CallRecord(
                 run_id=self.run_id,

@@ -1,4 +1,18 @@
-"""Token usage: summed over every upstream call a run makes."""
+"""Token usage, and the one definition of a run's usage.
+
+A run's usage (the response's `usage` and `optigraph.upstream_calls`, the stored run's token and
+`calls` columns, streamed or not, completed, failed, cancelled or interrupted) is the sum over the
+upstream calls the run made, as recorded in `upstream_calls`:
+
+- `calls` counts every upstream request sent: each attempt is one call, so a retried request counts
+  once per attempt, and failed and cancelled attempts count too (they may have cost the upstream
+  work, and they count against the run's `max_upstream_calls`);
+- the token counts are what the upstream reported for each call; a failed attempt reports none.
+
+The LLM client of the run keeps this tally as it records each call (`LLM.spent`), so it holds
+whatever a node did with the answer, even when the node then raised. The graph state's own `usage`
+channel is the approach's accounting of the answers it received and is not the run's usage.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +38,22 @@ def add_usage(a: Usage | None, b: Usage | None) -> Usage:
     if not b:
         return a
     return {k: a.get(k, 0) + b.get(k, 0) for k in empty_usage()}  # type: ignore[return-value]
+
+
+def one_call(usage: Usage) -> Usage:
+    """The usage of one recorded upstream call (an attempt): its tokens, and `calls` = 1."""
+    return {**usage, "calls": 1}
+
+
+def usage_from_rows(rows: list[dict[str, Any]]) -> Usage:
+    """The usage that stored upstream-call rows (or CallRecords as dicts) sum to."""
+    total = empty_usage()
+    for row in rows:
+        prompt, completion = int(row.get("prompt_tokens") or 0), int(row.get("completion_tokens") or 0)
+        total = add_usage(total, {"prompt_tokens": prompt, "completion_tokens": completion,
+                                  "total_tokens": prompt + completion,
+                                  "reasoning_tokens": int(row.get("reasoning_tokens") or 0), "calls": 1})
+    return total
 
 
 def usage_from_response(usage: dict[str, Any] | None) -> Usage:

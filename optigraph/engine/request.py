@@ -40,11 +40,21 @@ class StreamOptions(BaseModel):
 
 
 class RunLimits(BaseModel):
-    """Per-request caps on what one run may spend; the server's settings are the defaults and ceilings."""
+    """optigraph's per-request options: caps on what one run may spend (the server's settings are the
+    defaults and ceilings), and whether the run outlives its client."""
 
     model_config = ConfigDict(extra="forbid")
     max_upstream_calls: int | None = Field(default=None, ge=1, description="Upstream calls the run may make")
     max_upstream_tokens: int | None = Field(default=None, ge=1, description="Completion tokens the run may use")
+    background: bool | None = Field(
+        default=None, description="Finish the run (and store its answer) even if the client disconnects; by "
+                                  "default a client that goes cancels its run, which stays resumable")
+
+
+def background_requested(body: dict[str, Any]) -> bool:
+    """Whether the (checked) request asked its run to finish even if the client goes."""
+    options = body.get("optigraph")
+    return isinstance(options, dict) and bool(options.get("background"))
 
 
 class ChatCompletionRequest(BaseModel):
@@ -73,7 +83,8 @@ class ChatCompletionRequest(BaseModel):
     user: str | None = None
     optillm_approach: str | None = Field(default=None, description="Approach expression, e.g. `bon&re2` or `moa|bon`")
     optillm_params: dict[str, Any] | None = Field(default=None, description="Parameters by approach name: {\"bon\": {\"n\": 4}}")
-    optigraph: RunLimits | None = Field(default=None, description="optigraph's own options: run limits")
+    optigraph: RunLimits | None = Field(default=None, description="optigraph's own options: run limits, "
+                                                                    "background")
 
 
 _BRANCH_TYPES = frozenset({"str", "int", "float", "bool"})

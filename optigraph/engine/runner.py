@@ -9,6 +9,13 @@ Two paths, one behaviour:
   (each finished step, and each finished parallel branch, is stored before the next starts), so a
   crashed run can be resumed from its last finished step (engine/resume.py), or forked from any of
   its checkpoints into a new run (same module), which uses this module's Runner.
+
+A run's usage is the LLM client's tally of every upstream call it made (core/usage.py), the same
+number in the response, the stream's usage chunk and the stored run, whether it succeeded or not.
+
+Every run executes in a task the Runner knows (`live`), so that it can be stopped: `cancel` when its
+client goes (recorded `cancelled`), `interrupt_all` when the server shuts down (recorded
+`interrupted`, and the client gets a 503). Both stay resumable from their checkpoints.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -27,14 +36,15 @@ from optigraph.backends.router import Backends
 from optigraph.config import Settings
 from optigraph.core.context import RunContext
 from optigraph.core.llm import LLM, Budget
+from optigraph.core.lru import LRUCache
 from optigraph.core.streaming import StreamEvent, StreamSink
 from optigraph.core.usage import Usage, add_usage, empty_usage, openai_usage
 from optigraph.engine.compiler import CompiledExpression, Compiler
 from optigraph.engine.expression import check_size, parse, validate
 from optigraph.engine.registry import Registry
-from optigraph.engine.request import check_request, forwarded_fields
+from optigraph.engine.request import background_requested, check_request, forwarded_fields
 from optigraph.engine.selection import select
-from optigraph.errors import InvalidRequest, OptigraphError, UpstreamInvalidResponse
+from optigraph.errors import InvalidRequest, OptigraphError, RunCancelled, RunInterrupted, UpstreamInvalidResponse
 from optigraph.memory.conversations import ConversationStore
 from optigraph.memory.records import Recorder, RunRecord, RunResult, utcnow
 
@@ -59,6 +69,9 @@ class Prepared:
     compiled: CompiledExpression | None  # None for the passthrough fast path
     record: RunRecord
     started: float
+    prior: Usage = field(default_factory=empty_usage)  # calls stored before a resume (engine/resume.py)
+    background: bool = False  # finish even if the client goes
+    stop_reason: str | None = None  # why its task was cancelled: "cancelled" (client gone) or "interrupted"
 
 
 def answer_choices(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -72,6 +85,15 @@ class ChatResult:
     response: dict[str, Any]
 
 
+# Whether a backend/model honours `n` is learned per model name, which clients choose: bounded.
+N_SUPPORT_CACHE_SIZE = 1024
+
+
+def run_usage(prep: Prepared) -> Usage:
+    """The run's usage so far (core/usage.py): calls before a resume plus every call of this client."""
+    return add_usage(prep.prior, prep.llm.spent)
+
+
 class Runner:
     """Runs chat-completions requests: prepares, executes (graph or passthrough), streams and records.
 
@@ -79,15 +101,18 @@ class Runner:
     (plugins that need "store" are refused by a Runner without one)."""
 
     def __init__(self, *, settings: Settings, registry: Registry, backends: Backends, recorder: Recorder,
-                 compiler: Compiler, store: ConversationStore | None = None) -> None:
+                 compiler: Compiler, store: ConversationStore | None = None,
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
+        self.clock = clock  # the time leases are taken and renewed at (engine/resume.py)
         self.registry = registry
         self.backends = backends
         self.recorder = recorder
         self.compiler = compiler
         self.store = store
-        self._n_support: dict[str, bool] = {}
-        self.resuming: set[str] = set()  # runs being resumed by this server
+        self.n_support: LRUCache[str, bool] = LRUCache(N_SUPPORT_CACHE_SIZE)
+        self.owner = uuid.uuid4().hex  # this runner's name on the leases it takes (engine/resume.py)
+        self.live: dict[asyncio.Task[Any], Prepared] = {}  # the runs executing now, by the task running each
 
     def context(self, run_id: str, llm: LLM, sink: StreamSink | None) -> RunContext:
         """The run context of a run on this server (what its nodes reach besides state)."""
@@ -112,11 +137,9 @@ class Runner:
                                      f"model ({body.get('model')}-<model>) or start the server with --default-model",
                                      param="model", code="model_required")
             model = self.settings.local_model
-        backend, upstream_model = self.backends.for_model(model)
         run_id = run_id or uuid.uuid4().hex
-        llm = LLM(backend=backend, model=upstream_model, run_id=run_id, recorder=self.recorder,
-                  api_key=client_key, retries=self.settings.upstream_retries, n_support=self._n_support,
-                  budget=self._budget(body.get("optigraph")))
+        llm = self.llm_for(model, run_id=run_id, client_key=client_key, limits=body.get("optigraph"))
+        backend, upstream_model = llm.backend, llm.model
         passthrough = ast == parse("none")
         compiled = None if passthrough else await self.compiler.compile_async(ast)
         names = ("none",) if compiled is None else compiled.names
@@ -126,13 +149,17 @@ class Runner:
         request = forwarded_fields(body)
         stream = bool(body.get("stream"))
         expression = "none" if compiled is None else compiled.text
+        n = int(body.get("n") or 1)
         record = RunRecord(id=run_id, expression=expression, model=upstream_model, request=body,
                            checkpointed=compiled is not None, user=body.get("user"))
         self._check_fields(body, llm, compiled)
+        if compiled is not None:  # what a resume runs again, whatever the server's defaults are by then
+            record.spec = run_spec(route=model, messages=sel.messages, request=request, params=params, n=n)
         return Prepared(run_id=run_id, expression=expression, model=upstream_model, messages=sel.messages,
-                        request=request, params=params, n=int(body.get("n") or 1), stream=stream,
+                        request=request, params=params, n=n, stream=stream,
                         include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
-                        llm=llm, compiled=compiled, record=record, started=time.perf_counter())
+                        llm=llm, compiled=compiled, record=record, started=time.perf_counter(),
+                        background=background_requested(body))
 
     def _check_needs(self, name: str, llm: LLM, backend: str, model: str) -> None:
         """A 400 when an approach or plugin needs what this server or backend does not offer."""
@@ -155,7 +182,14 @@ class Runner:
             return self.store is not None
         return llm.caps.supports(need)
 
-    def _budget(self, limits: dict[str, Any] | None) -> Budget:
+    def llm_for(self, model: str, *, run_id: str, client_key: str | None, limits: dict[str, Any] | None) -> LLM:
+        """The run's LLM client: the backend serving `model`, the server's retries, the run's budget."""
+        backend, upstream_model = self.backends.for_model(model)
+        return LLM(backend=backend, model=upstream_model, run_id=run_id, recorder=self.recorder,
+                   api_key=client_key, retries=self.settings.upstream_retries, n_support=self.n_support,  # type: ignore[arg-type]
+                   budget=self.budget(limits))
+
+    def budget(self, limits: dict[str, Any] | None) -> Budget:
         """The run's caps: the client's, never above the server's."""
         limits = limits or {}
         calls, tokens = self.settings.max_upstream_calls, self.settings.max_upstream_tokens
@@ -196,22 +230,29 @@ class Runner:
     # ---- non-streaming ------------------------------------------------------------------------
 
     async def complete(self, prep: Prepared) -> ChatResult:
+        """Runs the request to its answer. Cancelled through `cancel`/`interrupt_all`, it raises
+        RunCancelled or RunInterrupted (OptigraphErrors) once the run is recorded as such; cancelled
+        any other way, it records the run as cancelled and lets the CancelledError through."""
         try:
-            if prep.compiled is None:
-                completion = await prep.llm.forward({**prep.request, "messages": prep.messages,
-                                                     **({"n": prep.n} if prep.n > 1 else {})}, node="passthrough")
-                choices = completion.choices
-                usage = completion.usage
-                extra = {k: completion.raw[k] for k in ("system_fingerprint", "service_tier") if k in completion.raw}
-                decoding = completion.raw.get("optigraph_decoding")  # a local decoding strategy's details
-            else:
-                self.recorder.run_started(prep.record)
-                answers, usage = await self.run_graph(prep, sink=None)
-                choices = answer_choices(answers)
-                extra, decoding = {}, None
+            with self.tracking(prep):
+                if prep.compiled is None:
+                    completion = await prep.llm.forward({**prep.request, "messages": prep.messages,
+                                                         **({"n": prep.n} if prep.n > 1 else {})}, node="passthrough")
+                    choices = completion.choices
+                    extra = {k: completion.raw[k] for k in ("system_fingerprint", "service_tier") if k in completion.raw}
+                    decoding = completion.raw.get("optigraph_decoding")  # a local decoding strategy's details
+                else:
+                    self.recorder.run_started(prep.record)
+                    answers, _ = await self.run_graph(prep, sink=None)
+                    choices = answer_choices(answers)
+                    extra, decoding = {}, None
+        except asyncio.CancelledError as exc:
+            self.record_failure(prep, exc)
+            raise self.stop_error(prep) if prep.stop_reason else exc from None
         except BaseException as exc:
             self.record_failure(prep, exc)
             raise
+        usage = run_usage(prep)
         response = self.response_body(prep, choices, usage, extra)
         if decoding is not None:
             response["optigraph"]["decoding"] = decoding
@@ -257,18 +298,45 @@ class Runner:
 
         outs = await asyncio.gather(*(one(i) for i in range(prep.n)))
         answers = [a for out in outs for a in (out.get("answers") or [])]
-        usage = empty_usage()
-        for out in outs:
-            usage = add_usage(usage, out.get("usage"))
-        return answers, usage
+        return answers, run_usage(prep)
 
     # ---- streaming ----------------------------------------------------------------------------
 
-    async def stream(self, prep: Prepared) -> AsyncIterator[bytes]:
+    def stream(self, prep: Prepared) -> AsyncIterator[bytes]:
         """SSE bytes for the response; always ends with `data: [DONE]`.
 
-        An OptigraphError before the first chunk is raised (nothing was sent yet, so the API answers
-        with the error's own status, e.g. 502/504); after it, the error is sent as an event."""
+        The run executes in its own task (which `cancel` and `interrupt_all` stop), feeding the
+        returned iterator. An OptigraphError before the first chunk is raised by it (nothing was sent
+        yet, so the API answers with the error's own status, e.g. 502/504, or 503 when interrupted);
+        after it, the error is sent as an event. Closing the iterator early cancels the run, unless
+        the request asked to finish in the background."""
+        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        task = self.start(prep, self._pump(prep, queue))
+        return self._relay(prep, task, queue)
+
+    async def _pump(self, prep: Prepared, queue: asyncio.Queue[bytes | BaseException | None]) -> None:
+        try:
+            async for data in self._sse(prep):
+                queue.put_nowait(data)
+        except asyncio.CancelledError:  # recorded by _sse; the reader learns why
+            queue.put_nowait(self.stop_error(prep))
+        except BaseException as exc:  # noqa: BLE001 (an error before the first chunk: the reader raises it)
+            queue.put_nowait(exc)
+        finally:
+            queue.put_nowait(None)
+
+    async def _relay(self, prep: Prepared, task: asyncio.Task[None],
+                     queue: asyncio.Queue[bytes | BaseException | None]) -> AsyncIterator[bytes]:
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not task.done() and not prep.background:  # the reader went away: so does the run
+                self.cancel(prep, "cancelled")
+
+    async def _sse(self, prep: Prepared) -> AsyncIterator[bytes]:
         created = int(time.time())
         base = {"id": f"chatcmpl-{prep.run_id}", "object": "chat.completion.chunk", "created": created,
                 "model": prep.model}
@@ -287,9 +355,13 @@ class Runner:
             if not sent:
                 raise
             yield b"data: " + orjson.dumps(exc.body()) + b"\n\n"
-        except asyncio.CancelledError:
-            self.record_failure(prep, InvalidRequest("the client disconnected before the run finished", code="client_disconnected"))
-            raise
+        except asyncio.CancelledError as exc:
+            self.record_failure(prep, exc)
+            if prep.stop_reason != "interrupted":
+                raise
+            if not sent:
+                raise self.stop_error(prep) from None
+            yield b"data: " + orjson.dumps(self.stop_error(prep).body()) + b"\n\n"
         except Exception as exc:  # an unexpected failure still ends the stream properly and is recorded
             self.record_failure(prep, exc)
             yield b"data: " + orjson.dumps(OptigraphError(f"internal error: {type(exc).__name__}").body()) + b"\n\n"
@@ -311,7 +383,7 @@ class Runner:
             yield b"data: " + orjson.dumps(chunk) + b"\n\n"
         if not relayed:  # nothing reached the client yet, so this is still a 502 of its own
             raise UpstreamInvalidResponse(f"the upstream's stream carried no choices for model {prep.model!r}")
-        total = prep.llm.answered  # every answered call, when n is emulated by several streams too
+        total = run_usage(prep)  # every call, when n is emulated by several streams too
         if prep.include_usage:
             yield self._usage_chunk(base, total, prep, decoding)
         self.record_success(prep, total, {"streamed": True, "usage": openai_usage(total)})
@@ -333,6 +405,8 @@ class Runner:
         finally:
             if not task.done():
                 task.cancel()
+                # its cancelled upstream calls are recorded before the run's usage is
+                await asyncio.gather(task, return_exceptions=True)
         for i, answer in enumerate(answers):
             held = sink.flush(i)  # what a plugin's stream rewriter still held back (a split placeholder)
             if i not in sink.streamed:
@@ -370,11 +444,82 @@ class Runner:
         self.recorder.run_finished(prep.run_id, result, run=prep.record if prep.compiled is None else None)
 
     def record_failure(self, prep: Prepared, exc: BaseException) -> None:
+        """Ends the run as failed, or as cancelled/interrupted when its task was cancelled."""
+        status = "failed"
+        if isinstance(exc, asyncio.CancelledError):
+            status = prep.stop_reason or "cancelled"
+            exc = self.stop_error(prep)
         body = exc.body() if isinstance(exc, OptigraphError) else {"error": {"message": f"{type(exc).__name__}: {exc}",
                                                                              "type": "server_error"}}
-        if isinstance(exc, asyncio.CancelledError):
-            body = {"error": {"message": "cancelled", "type": "cancelled"}}
-        result = RunResult(status="failed", finished_at=utcnow(),
+        result = RunResult(status=status, finished_at=utcnow(),
                            latency_ms=(time.perf_counter() - prep.started) * 1000.0,
-                           usage=dict(prep.llm.spent), error=body)
+                           usage=dict(run_usage(prep)), error=body)
         self.recorder.run_finished(prep.run_id, result, run=prep.record if prep.compiled is None else None)
+
+    # ---- the runs executing now: cancelled when their client goes, interrupted at shutdown ---------
+
+    def start(self, prep: Prepared, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Runs `coro` (the run of `prep`) in its own task, known to `cancel` and `interrupt_all`."""
+        task = asyncio.ensure_future(coro)
+        self.live[task] = prep
+        task.add_done_callback(self._forget)
+        return task
+
+    def track(self, prep: Prepared) -> None:
+        """Makes the current task the one that runs `prep` (until the task ends)."""
+        task = asyncio.current_task()
+        if task is not None and task not in self.live:
+            self.live[task] = prep
+            task.add_done_callback(self._forget)
+
+    @contextmanager
+    def tracking(self, prep: Prepared) -> Iterator[None]:
+        """`track` for the duration of a block (the task may go on to other work)."""
+        task = asyncio.current_task()
+        known = task in self.live
+        self.track(prep)
+        try:
+            yield
+        finally:
+            if task is not None and not known:
+                self.live.pop(task, None)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self.live.pop(task, None)
+
+    def cancel(self, prep: Prepared, reason: str) -> bool:
+        """Cancels the run of `prep` ("cancelled": its client went; "interrupted": shutdown)."""
+        tasks = [t for t, p in self.live.items() if p is prep]
+        for task in tasks:
+            self.cancel_task(task, reason)
+        return bool(tasks)
+
+    def cancel_task(self, task: asyncio.Future[Any], reason: str) -> None:
+        """Cancels a task, recording `reason` on the run it executes (if any)."""
+        prep = self.live.get(task)  # type: ignore[call-overload]
+        if prep is not None and prep.stop_reason is None:
+            prep.stop_reason = reason
+        task.cancel()
+
+    def interrupt_all(self) -> int:
+        """Cancels every run executing now as interrupted (server shutdown); how many there were."""
+        tasks = list(self.live)
+        for task in tasks:
+            self.cancel_task(task, "interrupted")
+        return len(tasks)
+
+    @staticmethod
+    def stop_error(prep: Prepared) -> OptigraphError:
+        """What the client of a cancelled run is told (when it is still there to hear it)."""
+        again = ("send the request again" if prep.compiled is None  # a passthrough has no checkpoint
+                 else f"resume it with POST /v1/runs/{prep.run_id}/resume")
+        if prep.stop_reason == "interrupted":
+            return RunInterrupted(f"the server is shutting down: run {prep.run_id} was interrupted; {again}")
+        return RunCancelled(f"run {prep.run_id} was cancelled: its client disconnected; {again}")
+
+
+def run_spec(*, route: str, messages: list[dict[str, Any]], request: dict[str, Any],
+             params: dict[str, dict[str, Any]], n: int) -> dict[str, Any]:
+    """What a stored run is rebuilt from (engine/resume.py): the model name it was routed by, its
+    cleaned messages, forwarded fields, validated parameters and number of threads."""
+    return {"route": route, "messages": messages, "request": request, "params": params, "n": n}

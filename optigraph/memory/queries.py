@@ -11,10 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from optigraph.errors import InvalidRequest
 
+from .records import RUN_STATUSES
 from .tables import RUNS, UPSTREAM_CALLS
 
 MAX_LIMIT = 1000
-RUN_STATUSES = ("running", "completed", "failed")  # the values of runs.status
 BODY_COLUMNS = ("request", "response")  # the large columns a listing leaves out
 
 

@@ -75,6 +75,7 @@ def run_row(run: RunRecord) -> dict[str, Any]:
         "created_at": run.created_at,
         "checkpointed": run.checkpointed,
         "user": run.user,
+        "spec": run.spec,
     }
 
 

@@ -15,6 +15,12 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# How a run stands: `running` until it ends; `cancelled` (its client disconnected) and `interrupted`
+# (the server shut down) are stopped on purpose and, like `failed`, can be resumed from checkpoints.
+RUN_STATUSES = ("running", "completed", "failed", "cancelled", "interrupted")
+FINISHED_STATUSES = ("completed", "failed", "cancelled", "interrupted")
+
+
 @dataclass
 class RunRecord:
     """One client request served by an approach expression."""
@@ -23,18 +29,19 @@ class RunRecord:
     expression: str
     model: str
     request: dict[str, Any]
-    status: str = "running"  # running | completed | failed
+    status: str = "running"  # one of RUN_STATUSES
     created_at: datetime = field(default_factory=utcnow)
     checkpointed: bool = False  # whether its graph state is in the checkpointer (resumable)
     parent_id: str | None = None
     user: str | None = None
+    spec: dict[str, Any] | None = None  # what a resume rebuilds it from (engine/runner.py run_spec)
 
 
 @dataclass
 class RunResult:
     """How a run ended."""
 
-    status: str  # completed | failed
+    status: str  # one of RUN_STATUSES
     finished_at: datetime
     latency_ms: float
     usage: dict[str, int]

@@ -82,6 +82,13 @@ class Run(Base):
     calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     checkpointed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     user: Mapped[str | None] = mapped_column(String(256))
+    # What a resume rebuilds the run from: expression aside, its routed model, cleaned messages,
+    # forwarded fields, validated parameters and thread count (engine/runner.py run_spec).
+    spec: Mapped[dict[str, Any] | None]
+    # Who is executing the run (a runner's id) until when: a resume takes the lease only when it is
+    # free or expired, so two servers sharing the database never run it at once (memory/leases.py).
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
 
     __table_args__ = (
         Index("ix_runs_status", "status"),

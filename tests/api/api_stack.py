@@ -28,7 +28,7 @@ from optigraph.api.app import create_app  # noqa: E402
 from optigraph.config import Settings  # noqa: E402
 
 JSON_COLUMNS = {"runs": ("request", "response", "error"), "upstream_calls": ("request", "response")}
-FINISHED = ("completed", "failed")
+FINISHED = ("completed", "failed", "cancelled", "interrupted")
 
 
 class Script:

@@ -110,7 +110,7 @@ async def test_upstream_http_errors_are_mapped(upstream: Any, stream: bool, stat
 async def test_a_server_that_does_not_answer_in_time_is_an_upstream_timeout() -> None:
     log = UpstreamLog()
     with ServerThread(make_app(log=log, latency=5.0)) as up:
-        backend = backend_for(up, timeout_s=0.5)
+        backend = backend_for(up, total_timeout_s=0.5, read_timeout_s=0.5)
         with pytest.raises(UpstreamTimeout) as info:
             await backend.complete({"model": "openai/fake-model", "messages": HELLO})
     assert info.value.status == 504 and info.value.retryable
