@@ -3,7 +3,7 @@
     python bench/graph_overhead.py
     python bench/graph_overhead.py --runs 500
 
-Runs requests through optigraph's Engine in-process, against a stub backend that answers at once
+Runs requests through optigraph's Runner in-process, against a stub backend that answers at once
 (no network, no recording), for a few expressions: once with an in-memory checkpointer (the
 LangGraph runtime and optigraph's engine alone) and once with the SQLite checkpointer the server
 uses (each finished step committed before the next starts: durability "sync"). A lone `none` takes
@@ -63,7 +63,7 @@ async def measure(saver: Any, runs: int) -> dict[str, float]:
     registry = builtin_registry()
     backends = Backends(settings)
     backends.http.complete = stub_complete  # type: ignore[method-assign, union-attr]
-    engine = Runner(settings=settings, registry=registry, backends=backends, recorder=NullRecorder(),
+    runner = Runner(settings=settings, registry=registry, backends=backends, recorder=NullRecorder(),
                     compiler=Compiler(registry, saver))
     out = {}
     for expr in EXPRESSIONS:
@@ -72,7 +72,7 @@ async def measure(saver: Any, runs: int) -> dict[str, float]:
         times = []
         for i in range(runs + 20):
             t0 = time.perf_counter()
-            await engine.complete(await engine.prepare(dict(body), client_key=None))
+            await runner.complete(await runner.prepare(dict(body), client_key=None))
             if i >= 20:  # the first runs compile and warm up
                 times.append(time.perf_counter() - t0)
         out[expr] = statistics.median(times) * 1000.0

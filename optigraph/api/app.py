@@ -25,7 +25,7 @@ from optigraph.engine.registry import Registry
 from optigraph.engine.runner import Runner
 from optigraph.memory.checkpoints import open_checkpointer
 from optigraph.memory.conversations import ConversationStore
-from optigraph.memory.db import create_engine_for
+from optigraph.memory.db import open_database
 from optigraph.memory.migrate import upgrade_schema
 from optigraph.memory.queries import count_runs
 from optigraph.memory.recorder import SqlRecorder
@@ -45,7 +45,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(upgrade_schema, settings.db_url)
-        db = create_engine_for(settings.db_url)
+        db = open_database(settings.db_url)
         recorder = SqlRecorder(db)
         recorder.start()
         await _report_unfinished_runs(db)

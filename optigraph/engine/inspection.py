@@ -37,7 +37,7 @@ from optigraph.engine.expression import (
 from optigraph.engine.registry import Registry
 from optigraph.errors import ExpressionError, InvalidRequest, OptigraphError
 from optigraph.memory.checkpoints import open_checkpointer
-from optigraph.memory.db import create_engine_for
+from optigraph.memory.db import open_database
 from optigraph.memory.queries import get_run, page_runs
 
 MAX_CHARS = 4096  # default cut for long strings in step values and call messages
@@ -433,7 +433,7 @@ def approach_filter(expression: str | None) -> str | None:
 
 async def read_runs(db_url: str, *, approach: str | None = None, **filters: Any) -> dict[str, Any]:
     """A page of runs from the database at `db_url`; `filters` are `page_runs`' other keywords."""
-    db = create_engine_for(db_url)
+    db = open_database(db_url)
     try:
         page = await page_runs(db, expression=approach_filter(approach), **filters)
     finally:
@@ -444,7 +444,7 @@ async def read_runs(db_url: str, *, approach: str | None = None, **filters: Any)
 async def read_run(db_url: str, run_id: str, registry: Registry, *,
                    max_chars: int | None = MAX_CHARS) -> dict[str, Any] | None:
     """One run from the database at `db_url`, its steps from the checkpoints there; None if unknown."""
-    db = create_engine_for(db_url)
+    db = open_database(db_url)
     try:
         row = await get_run(db, run_id)
         if row is None:

@@ -32,10 +32,10 @@ class StoredChunk:
 
 
 class ConversationStore:
-    """Reads and writes conversation memory on one database (the server's engine)."""
+    """Reads and writes conversation memory on one database (the server's)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, db: AsyncEngine) -> None:
+        self.db = db
 
     async def remember(self, conversation: str, run_id: str, chunks: Sequence[tuple[str, str]], *,
                        tenant: str | None = None) -> None:
@@ -44,7 +44,7 @@ class ConversationStore:
         now = utcnow()
         rows = [{"tenant": tenant, "conversation": conversation, "run_id": run_id, "seq": i, "role": role,
                  "text": text, "created_at": now} for i, (role, text) in enumerate(chunks)]
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             await conn.execute(delete(MEMORY_CHUNKS).where(self._key(conversation, tenant),
                                                            MEMORY_CHUNKS.c.run_id == run_id))
             if rows:
@@ -56,13 +56,13 @@ class ConversationStore:
         t = MEMORY_CHUNKS.c
         query = (select(t.role, t.text, t.run_id, t.created_at).where(self._key(conversation, tenant))
                  .order_by(t.id.desc()).limit(limit))
-        async with self.engine.connect() as conn:
+        async with self.db.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [StoredChunk(role=r.role, text=r.text, run_id=r.run_id, created_at=r.created_at) for r in reversed(rows)]
 
     async def forget(self, conversation: str, *, tenant: str | None = None) -> int:
         """Deletes everything stored for the conversation; how many chunks were deleted."""
-        async with self.engine.begin() as conn:
+        async with self.db.begin() as conn:
             result = await conn.execute(delete(MEMORY_CHUNKS).where(self._key(conversation, tenant)))
         return int(result.rowcount or 0)
 

@@ -1,4 +1,4 @@
-"""Database URLs and engines: one user-facing URL, the right driver for each use."""
+"""Database URLs and connections (SQLAlchemy engines, called `db` here): one user-facing URL, the right driver for each use."""
 
 from __future__ import annotations
 
@@ -99,20 +99,20 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
         cursor.close()
 
 
-def create_engine_for(db_url: str, **kwargs: Any) -> AsyncEngine:
+def open_database(db_url: str, **kwargs: Any) -> AsyncEngine:
     """An AsyncEngine for the user's URL. SQLite gets WAL and a busy timeout on every connection."""
     kwargs.setdefault("json_serializer", json_dumps)
     kwargs.setdefault("json_deserializer", orjson.loads)
     if backend_name(db_url) == "sqlite":
         ensure_sqlite_dir(db_url)
-        engine = create_async_engine(async_url(db_url), **kwargs)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return engine
+        db = create_async_engine(async_url(db_url), **kwargs)
+        event.listen(db.sync_engine, "connect", _sqlite_pragmas)
+        return db
     kwargs.setdefault("pool_pre_ping", True)
     return create_async_engine(async_url(db_url), **kwargs)
 
 
-async def check_database(engine: AsyncEngine, db_url: str, *, timeout_s: float = CHECK_TIMEOUT_S) -> str | None:
+async def check_database(db: AsyncEngine, db_url: str, *, timeout_s: float = CHECK_TIMEOUT_S) -> str | None:
     """None when the database answers one query on the runs table within `timeout_s`; else why not.
 
     SQLite is checked on a new connection to the file, opened read-write without creating it: a pooled
@@ -123,7 +123,7 @@ async def check_database(engine: AsyncEngine, db_url: str, *, timeout_s: float =
             if path is not None and path != ":memory:" and not path.startswith("file:"):
                 await asyncio.to_thread(_check_sqlite_file, Path(path).expanduser(), timeout_s)
             else:
-                async with engine.connect() as conn:
+                async with db.connect() as conn:
                     await conn.execute(text("SELECT 1 FROM runs LIMIT 1"))
     except TimeoutError:
         return f"no answer within {timeout_s:g} s"

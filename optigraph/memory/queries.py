@@ -18,12 +18,12 @@ MAX_LIMIT = 1000
 BODY_COLUMNS = ("request", "response")  # the large columns a listing leaves out
 
 
-async def get_run(engine: AsyncEngine, run_id: str) -> dict[str, Any] | None:
+async def get_run(db: AsyncEngine, run_id: str) -> dict[str, Any] | None:
     """One run's fields plus `upstream_calls`, its calls in the order they started; None if unknown.
 
     (`calls` is the run's own column: how many upstream calls it made.)
     """
-    async with engine.connect() as conn:
+    async with db.connect() as conn:
         run = (await conn.execute(select(RUNS).where(RUNS.c.id == run_id))).mappings().one_or_none()
         if run is None:
             return None
@@ -35,9 +35,9 @@ async def get_run(engine: AsyncEngine, run_id: str) -> dict[str, Any] | None:
         return {**run, "upstream_calls": [dict(row) for row in calls.mappings()]}
 
 
-async def count_runs(engine: AsyncEngine, *, status: str) -> int:
+async def count_runs(db: AsyncEngine, *, status: str) -> int:
     """How many runs have this status."""
-    async with engine.connect() as conn:
+    async with db.connect() as conn:
         return int((await conn.execute(select(func.count()).select_from(RUNS).where(RUNS.c.status == status))).scalar_one())
 
 
@@ -55,7 +55,7 @@ class RunPage:
 
 
 async def page_runs(
-    engine: AsyncEngine,
+    db: AsyncEngine,
     *,
     status: str | None = None,
     expression: str | None = None,
@@ -82,7 +82,7 @@ async def page_runs(
     if created_before is not None:
         query = query.where(RUNS.c.created_at < _utc(created_before))
     query = query.order_by(RUNS.c.created_at.desc(), RUNS.c.id.desc()).limit(limit + 1)
-    async with engine.connect() as conn:
+    async with db.connect() as conn:
         if after is not None:
             cursor = await _created_at(conn, after)
             if cursor is None:

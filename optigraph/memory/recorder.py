@@ -1,6 +1,6 @@
 """A Recorder that writes runs and upstream calls to SQL from one background task.
 
-The engine's calls only append to a queue (O(1), no awaits). The writer wakes up, lingers a few
+The runner's calls only append to a queue (O(1), no awaits). The writer wakes up, lingers a few
 milliseconds so that a burst of records gathers, takes whatever accumulated, and writes it in one
 transaction, so a busy server pays one commit per batch rather than one per record. (Without the
 linger, a server answering one request at a time writes after every request, and that write
@@ -120,12 +120,12 @@ class SqlRecorder:
     """Records runs and calls in the `runs` and `upstream_calls` tables (see memory/tables.py).
 
     Call `start()` from the event loop (or let the first record start it) and `await aclose()` at
-    shutdown, which writes everything still queued. The engine is borrowed, not disposed.
+    shutdown, which writes everything still queued. The database is borrowed, not disposed.
     """
 
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = 1000, max_queue: int = 100_000,
+    def __init__(self, db: AsyncEngine, *, max_batch: int = 1000, max_queue: int = 100_000,
                  linger_s: float = 0.02) -> None:
-        self._engine = engine
+        self._db = db
         self._max_batch = max_batch
         self._max_queue = max_queue
         self._linger_s = linger_s
@@ -135,7 +135,7 @@ class SqlRecorder:
         self._task: asyncio.Task[None] | None = None
         self._closed = False  # after aclose(), records wait for an explicit start() or flush()
         self._dropped = 0
-        dialect = engine.dialect.name
+        dialect = db.dialect.name
         if dialect == "postgresql":
             self._insert = postgresql.insert
         elif dialect == "sqlite":
@@ -264,7 +264,7 @@ class SqlRecorder:
         try:
             if records:
                 try:
-                    async with self._engine.begin() as conn:
+                    async with self._db.begin() as conn:
                         await self._write_records(conn, records)
                 except Exception as exc:
                     if len(records) == 1:
@@ -284,7 +284,7 @@ class SqlRecorder:
     async def _write_one_by_one(self, records: list[_Item]) -> None:
         for record in records:
             try:
-                async with self._engine.begin() as conn:
+                async with self._db.begin() as conn:
                     await self._write_records(conn, [record])
             except Exception as exc:
                 self._log_dropped(record, exc)

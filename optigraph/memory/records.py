@@ -1,6 +1,6 @@
-"""What the engine records about runs and upstream calls, and the interface that stores it.
+"""What the runner records about runs and upstream calls, and the interface that stores it.
 
-The engine only calls the non-blocking `Recorder` methods; a background writer (memory/recorder.py)
+The runner only calls the non-blocking `Recorder` methods; a background writer (memory/recorder.py)
 does the SQL work off the request's hot path.
 """
 

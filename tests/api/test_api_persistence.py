@@ -8,7 +8,7 @@ import pytest
 from api_stack import start_stack
 from upstream import ServerThread, make_app
 
-from optigraph.memory.db import create_engine_for
+from optigraph.memory.db import open_database
 from optigraph.memory.queries import get_run, page_runs
 
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -24,7 +24,7 @@ async def test_runs_survive_a_restart(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
     with ServerThread(make_app(reasoning_tokens=2)) as upstream:
         served, after_id = await serve_twice(db, upstream.url + "/v1")
-    engine = create_engine_for(f"sqlite:///{db}")
+    engine = open_database(f"sqlite:///{db}")
     try:
         for run_id, expression, usage, calls in served:
             run = await get_run(engine, run_id)

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from optigraph.memory.db import create_engine_for
+from optigraph.memory.db import open_database
 from optigraph.memory.migrate import upgrade_schema
 
 
@@ -33,6 +33,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
 async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
     """An engine on a migrated database."""
     upgrade_schema(db_url)
-    engine = create_engine_for(db_url)
+    engine = open_database(db_url)
     yield engine
     await engine.dispose()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from optigraph.memory.db import async_url, create_engine_for, sync_url
+from optigraph.memory.db import async_url, open_database, sync_url
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ def test_unsupported_url_is_rejected() -> None:
 
 async def test_sqlite_engine_creates_folder_and_uses_wal(tmp_path) -> None:
     path = tmp_path / "a" / "b" / "x.db"
-    engine = create_engine_for(f"sqlite:///{path}")
+    engine = open_database(f"sqlite:///{path}")
     try:
         async with engine.connect() as conn:
             assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"

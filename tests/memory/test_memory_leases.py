@@ -26,7 +26,7 @@ from optigraph.engine.registry import builtin_registry  # noqa: E402
 from optigraph.engine.runner import Runner  # noqa: E402
 from optigraph.errors import UpstreamError  # noqa: E402
 from optigraph.memory.checkpoints import open_checkpointer  # noqa: E402
-from optigraph.memory.db import create_engine_for  # noqa: E402
+from optigraph.memory.db import open_database  # noqa: E402
 from optigraph.memory.leases import take_lease  # noqa: E402
 from optigraph.memory.migrate import upgrade_schema  # noqa: E402
 from optigraph.memory.queries import get_run  # noqa: E402
@@ -95,7 +95,7 @@ async def failed_run(runner: Runner) -> str:
 @pytest.fixture
 async def db(db_url: str) -> AsyncIterator[Any]:
     await asyncio.to_thread(upgrade_schema, db_url)
-    engine = create_engine_for(db_url)
+    engine = open_database(db_url)
     yield engine
     await engine.dispose()
 

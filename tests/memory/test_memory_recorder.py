@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from optigraph.errors import InvalidRequest
-from optigraph.memory.db import create_engine_for
+from optigraph.memory.db import open_database
 from optigraph.memory.queries import get_run, page_runs
 from optigraph.memory.recorder import SqlRecorder
 from optigraph.memory.records import CallRecord, RunRecord, RunResult
@@ -73,7 +73,7 @@ async def test_runs_and_calls_survive_reopening(engine: AsyncEngine, db_url: str
     await recorder.aclose()
     await engine.dispose()
 
-    reopened = create_engine_for(db_url)
+    reopened = open_database(db_url)
     try:
         run = await get_run(reopened, "run-1")
     finally:

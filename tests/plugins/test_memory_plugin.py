@@ -15,7 +15,7 @@ from scripted import ScriptedBackend, prompt_tokens
 from optigraph.core.messages import message_text
 from optigraph.errors import InvalidRequest
 from optigraph.memory.conversations import ConversationStore
-from optigraph.memory.db import create_engine_for
+from optigraph.memory.db import open_database
 from optigraph.memory.migrate import upgrade_schema
 from optigraph.plugins.context_memory import _Long, _render
 from optigraph.plugins.retrieval import estimate_tokens, split_chunks
@@ -47,7 +47,7 @@ def small_model(body: dict[str, Any]) -> Any:
 async def store(tmp_path: Path) -> AsyncIterator[ConversationStore]:
     url = f"sqlite:///{tmp_path / 'memory.db'}"
     upgrade_schema(url)
-    engine = create_engine_for(url)
+    engine = open_database(url)
     yield ConversationStore(engine)
     await engine.dispose()
 
