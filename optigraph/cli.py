@@ -29,6 +29,8 @@ SERVE_FLAGS = (
     ("--local-max-models", "local_max_models", "local base models kept loaded (default 2, least recently used out)"),
     ("--local-dtype", "local_dtype", "dtype of local models: float32 (default), bfloat16, float16, auto"),
     ("--local-threads", "local_threads", "CPU threads for local models (default: half the cores, at least 1)"),
+    ("--mcp-config", "mcp_config", ("JSON file of the MCP servers (stdio commands, streamable HTTP URLs) whose "
+                                    "tools the mcp plugin offers to the model (docs/plugins.md)")),
     ("--sandbox-level", "sandbox_level", ("layers required before model-written code runs, else it is not run: "
                                           "strict (default, all), reduced (no namespaces: containers that forbid "
                                           "them), minimal (no namespaces, no Landlock); see docs/sandbox.md")),
