@@ -188,7 +188,7 @@ def _settings(overrides: dict[str, str]) -> Settings:
 
 
 def _check_serve_settings(settings: Settings) -> None:
-    """What can be checked before the server starts: the database URL and the local model."""
+    """What can be checked before the server starts: the database URL, the local model and the MCP config."""
     from sqlalchemy.exc import ArgumentError
 
     from optigraph.errors import OptigraphError
@@ -206,6 +206,13 @@ def _check_serve_settings(settings: Settings) -> None:
             parse_spec(settings.local_model, settings.local_models_dir)
         except OptigraphError as exc:
             _serve_error(f"--local-model: {exc.message}")
+    if settings.mcp_config is not None:  # read again at every run; a broken file still stops the start
+        from optigraph.plugins.mcp_servers import load_config
+
+        try:
+            load_config(settings.mcp_config)
+        except OptigraphError as exc:
+            _serve_error(f"--mcp-config: {exc.message}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3,14 +3,15 @@
     python tests/mcp_server.py stdio LOG                 # over stdin/stdout
     python tests/mcp_server.py http LOG PORT_FILE        # streamable HTTP on a free loopback port
 
-Tools: `add(a, b)`, `lookup(city)` (a fact about a city; an unknown city is an error with its reason) and `fail()`
-(always raises). A resource `facts://cities` and a prompt `travel_tips`. Every tool call appends a
+Tools: `add(a, b)`, `lookup(city)` (a fact about a city; an unknown city is an error with its reason), `fail()`
+(always raises) and `crash()` (the process exits in the middle of the call). A resource `facts://cities` and a prompt `travel_tips`. Every tool call appends a
 line `tool<TAB>json args` to LOG, so a test sees what the server really ran.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -52,6 +53,13 @@ def fail() -> str:
     """Always fails."""
     _logged("fail")
     raise RuntimeError("the fact database is down")
+
+
+@server.tool()
+def crash() -> str:
+    """Ends the server process in the middle of the call."""
+    _logged("crash")
+    os._exit(3)
 
 
 @server.resource("facts://cities")

@@ -94,7 +94,7 @@ async def test_a_stdio_servers_tool_is_called_and_its_result_used(stdio_config: 
     assert calls_made(log) == [("lookup", {"city": "Paris"})]  # the server really ran it
     first, second = backend.calls
     assert len(backend.calls) == 2
-    assert offered(first) == ["add", "lookup", "fail"]
+    assert offered(first) == ["add", "lookup", "fail", "crash"]
     assert first["tools"][0]["function"]["parameters"]["required"] == ["a", "b"]
     # resources and prompts listed in a system turn after the client's own
     assert first["messages"][0] == {"role": "system", "content": "Be brief."}
@@ -104,7 +104,7 @@ async def test_a_stdio_servers_tool_is_called_and_its_result_used(stdio_config: 
     assert second["messages"][-1] == {"role": "tool", "tool_call_id": "call_1",
                                       "content": "Paris has 20 arrondissements."}
     notes = " ".join(state["notes"])
-    assert "mcp.pre: facts (stdio): 3 tools, 1 resources, 1 prompts" in notes
+    assert "mcp.pre: facts (stdio): 4 tools, 1 resources, 1 prompts" in notes
     assert 'mcp.post: answer 0 step 1: facts.lookup({"city": "Paris"}) -> 29 chars' in notes
 
 
@@ -121,7 +121,7 @@ async def test_a_streamable_http_servers_tools_are_called(tmp_path: Path, log: P
     state = await run_state(make_runner(backend, mcp_config=config), {"model": "mcp&none-m", "messages": QUESTION})
     assert content(state) == "The sum is 42."
     assert calls_made(log) == [("add", {"a": 19, "b": 23})]
-    assert "mcp.pre: remote (http): 3 tools" in " ".join(state["notes"])
+    assert "mcp.pre: remote (http): 4 tools" in " ".join(state["notes"])
 
 
 async def test_the_step_limit_is_kept_and_the_last_step_asks_for_an_answer(stdio_config: Path, log: Path) -> None:
@@ -163,6 +163,28 @@ async def test_server_errors_and_bad_calls_become_tool_messages(stdio_config: Pa
     assert "facts.lookup" in " ".join(state["notes"]) and "error:" in " ".join(state["notes"])
 
 
+async def test_a_server_that_dies_in_a_call_is_an_error_the_model_sees(stdio_config: Path, log: Path) -> None:
+    def model(body: dict[str, Any]) -> dict[str, Any] | str:
+        results = tool_results(body)
+        if results:
+            return "The tools failed: " + " | ".join(results)
+        return {"content": None, "tool_calls": [tool_call("crash", {}, "a"), tool_call("add", {"a": 1, "b": 2}, "b")]}
+
+    backend = ScriptedBackend(model)
+    state = await run_state(make_runner(backend, mcp_config=stdio_config), {"model": "mcp&none-m", "messages": QUESTION})
+    results = tool_results(backend.calls[1])
+    assert len(results) == 2 and all(r.startswith("Error: the tool could not be called") for r in results)
+    assert content(state).startswith("The tools failed: Error:")
+    assert [name for name, _ in calls_made(log)] == ["crash"]
+
+
+async def test_a_config_broken_after_the_start_fails_the_run_with_its_reason(stdio_config: Path) -> None:
+    runner = make_runner(ScriptedBackend(fact_model), mcp_config=stdio_config)
+    stdio_config.write_text("{not json", encoding="utf-8")
+    with pytest.raises(McpConfigError, match="cannot read it"):
+        await run_state(runner, {"model": "mcp&none-m", "messages": QUESTION})
+
+
 async def test_the_clients_own_tool_calls_go_to_the_client(stdio_config: Path, log: Path) -> None:
     weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object",
                                                                                       "properties": {}}}}
@@ -170,7 +192,7 @@ async def test_the_clients_own_tool_calls_go_to_the_client(stdio_config: Path, l
     backend = ScriptedBackend(lambda body: {"content": None, "tool_calls": both})
     state = await run_state(make_runner(backend, mcp_config=stdio_config),
                             {"model": "mcp&none-m", "messages": QUESTION, "tools": [weather]})
-    assert offered(backend.calls[0]) == ["get_weather", "add", "lookup", "fail"]
+    assert offered(backend.calls[0]) == ["get_weather", "add", "lookup", "fail", "crash"]
     assert len(backend.calls) == 1 and calls_made(log) == []
     [call] = state["answers"][0]["message"]["tool_calls"]  # only what the client can run
     assert call["function"]["name"] == "get_weather"
