@@ -56,7 +56,7 @@ def load_config(path: str | Path) -> list[ServerConfig]:
         raise McpConfigError(f"MCP config {path}: cannot read it: {exc}") from None
     servers = raw.get("mcpServers") if isinstance(raw, dict) else None
     if not isinstance(servers, dict):
-        raise McpConfigError(f"MCP config {path}: needs an object under \"mcpServers\"")
+        raise McpConfigError(f'MCP config {path}: needs an object under "mcpServers"')
     return [_server(path, name, entry) for name, entry in servers.items()]
 
 
@@ -65,19 +65,19 @@ def _server(path: str | Path, name: str, entry: Any) -> ServerConfig:
     if not SERVER_NAME.match(name):
         raise McpConfigError(f"{where}: a name is 1-64 letters, digits, '_', '-' or '.'")
     if not isinstance(entry, dict) or ("command" in entry) == ("url" in entry):
-        raise McpConfigError(f"{where}: needs either \"command\" (stdio) or \"url\" (streamable HTTP)")
+        raise McpConfigError(f'{where}: needs either "command" (stdio) or "url" (streamable HTTP)')
     if "url" in entry:
         url = entry["url"]
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise McpConfigError(f"{where}: \"url\" must be an http:// or https:// address")
+            raise McpConfigError(f'{where}: "url" must be an http:// or https:// address')
         return ServerConfig(name=name, url=url)
     command, args, env = entry["command"], entry.get("args", []), entry.get("env", {})
     if not isinstance(command, str) or not command:
-        raise McpConfigError(f"{where}: \"command\" must be a non-empty string")
+        raise McpConfigError(f'{where}: "command" must be a non-empty string')
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-        raise McpConfigError(f"{where}: \"args\" must be a list of strings")
+        raise McpConfigError(f'{where}: "args" must be a list of strings')
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise McpConfigError(f"{where}: \"env\" must map names to strings")
+        raise McpConfigError(f'{where}: "env" must map names to strings')
     return ServerConfig(name=name, command=command, args=tuple(args), env=dict(env))
 
 
@@ -101,8 +101,9 @@ class Servers:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         try:
             await self._stack.aclose()
         except Exception as close_exc:  # noqa: BLE001  (a server that died first must not fail the run on the way out)
@@ -125,17 +126,22 @@ class Servers:
     async def catalog(self, name: str) -> dict[str, Any]:
         """What server `name` offers: its tools (name, description, JSON schema), resources and prompts."""
         client = await self.client(name)
-        tools = [{"name": t.name, "description": t.description or "", "schema": _schema(t)}
-                 for t in await _all(client.list_tools, "tools")]
+        tools = [
+            {"name": t.name, "description": t.description or "", "schema": _schema(t)}
+            for t in await _all(client.list_tools, "tools")
+        ]
         resources, prompts = [], []
         capabilities = client.server_capabilities
         if capabilities.resources is not None:
-            resources = [{"uri": str(r.uri), "name": r.name, "description": r.description or ""}
-                         for r in await _all(client.list_resources, "resources")]
+            resources = [
+                {"uri": str(r.uri), "name": r.name, "description": r.description or ""}
+                for r in await _all(client.list_resources, "resources")
+            ]
         if capabilities.prompts is not None:
-            prompts = [{"name": p.name, "description": p.description or "",
-                        "arguments": [a.name for a in (p.arguments or [])]}
-                       for p in await _all(client.list_prompts, "prompts")]
+            prompts = [
+                {"name": p.name, "description": p.description or "", "arguments": [a.name for a in (p.arguments or [])]}
+                for p in await _all(client.list_prompts, "prompts")
+            ]
         return {"tools": tools, "resources": resources, "prompts": prompts}
 
     async def call(self, name: str, tool: str, arguments: dict[str, Any]) -> tuple[str, bool]:

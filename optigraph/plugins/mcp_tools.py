@@ -39,25 +39,36 @@ from optigraph.plugins.mcp_servers import ServerConfig, Servers, error_text, loa
 FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Client fields a step does not forward: it answers one choice, in full, and chooses its tools itself.
 NOT_FORWARDED = ("n", "logprobs", "top_logprobs", "tool_choice")
-GUIDE = ("Tools from MCP servers are available as functions; call them when they help, and their results "
-         "come back as tool messages.")
+GUIDE = (
+    "Tools from MCP servers are available as functions; call them when they help, and their results "
+    "come back as tool messages."
+)
 
 
 class McpParams(ApproachParams):
-    max_steps: int = Field(5, ge=1, le=20, description="Most model calls after running tools, per answer; the last "
-                                                      "asks for an answer without tools.")
-    timeout_s: float = Field(30.0, gt=0, le=300, description="Time limit of a connection and of one tool call, in "
-                                                           "seconds.")
-    max_result_chars: int = Field(8000, ge=100, le=100_000,
-                                  description="Characters of one tool result given to the model (the first ones).")
+    max_steps: int = Field(
+        5,
+        ge=1,
+        le=20,
+        description="Most model calls after running tools, per answer; the last asks for an answer without tools.",
+    )
+    timeout_s: float = Field(
+        30.0, gt=0, le=300, description="Time limit of a connection and of one tool call, in seconds."
+    )
+    max_result_chars: int = Field(
+        8000, ge=100, le=100_000, description="Characters of one tool result given to the model (the first ones)."
+    )
 
 
 def _configs(runtime: Runtime[RunContext]) -> list[ServerConfig]:
     settings = runtime.context.settings
     path = getattr(settings, "mcp_config", None)
     if not path:
-        raise InvalidRequest("plugin 'mcp' needs an MCP config file, which this server runs without (--mcp-config)",
-                             param="model", code="approach_unsupported")
+        raise InvalidRequest(
+            "plugin 'mcp' needs an MCP config file, which this server runs without (--mcp-config)",
+            param="model",
+            code="approach_unsupported",
+        )
     return load_config(path)
 
 
@@ -89,8 +100,9 @@ def _openai_tools(catalogs: dict[str, dict[str, Any]], names: dict[str, dict[str
     for name, where in names.items():
         tool = by_tool[(where["server"], where["tool"])]
         schema = tool["schema"] if tool["schema"].get("type") == "object" else {"type": "object", "properties": {}}
-        tools.append({"type": "function", "function": {"name": name, "description": tool["description"],
-                                                       "parameters": schema}})
+        tools.append(
+            {"type": "function", "function": {"name": name, "description": tool["description"], "parameters": schema}}
+        )
     return tools
 
 
@@ -102,8 +114,10 @@ def summary(catalogs: dict[str, dict[str, Any]]) -> str:
         for r in catalog["resources"]:
             lines.append(f"- resource {r['uri']} ({r['name']}){': ' + r['description'] if r['description'] else ''}")
         for p in catalog["prompts"]:
-            lines.append(f"- prompt {p['name']}({', '.join(p['arguments'])})"
-                         f"{': ' + p['description'] if p['description'] else ''}")
+            lines.append(
+                f"- prompt {p['name']}({', '.join(p['arguments'])})"
+                f"{': ' + p['description'] if p['description'] else ''}"
+            )
     return "\n".join(lines)
 
 
@@ -127,8 +141,10 @@ async def pre(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any
                 notes.append(f"mcp.pre: {config.name} ({config.transport}) not offered: {error_text(exc)}")
                 continue
             catalogs[config.name] = catalog
-            notes.append(f"mcp.pre: {config.name} ({config.transport}): {len(catalog['tools'])} tools, "
-                         f"{len(catalog['resources'])} resources, {len(catalog['prompts'])} prompts")
+            notes.append(
+                f"mcp.pre: {config.name} ({config.transport}): {len(catalog['tools'])} tools, "
+                f"{len(catalog['resources'])} resources, {len(catalog['prompts'])} prompts"
+            )
     request = dict(state.get("request") or {})
     client_tools = list(request.get("tools") or [])
     taken = {(t.get("function") or {}).get("name") for t in client_tools if isinstance(t, dict)}
@@ -139,8 +155,12 @@ async def pre(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any
     tools = _openai_tools(catalogs, names)
     if tools:
         request["tools"] = client_tools + tools
-    return {"messages": _with_system(state["messages"], summary(catalogs)), "request": request,
-            "private": private, "notes": notes}
+    return {
+        "messages": _with_system(state["messages"], summary(catalogs)),
+        "request": request,
+        "private": private,
+        "notes": notes,
+    }
 
 
 def _calls(message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -151,8 +171,9 @@ def _name(call: dict[str, Any]) -> str:
     return str((call.get("function") or {}).get("name") or "")
 
 
-async def _execute(servers: Servers, where: dict[str, str], call: dict[str, Any], limit: int,
-                   label: str) -> tuple[str, str]:
+async def _execute(
+    servers: Servers, where: dict[str, str], call: dict[str, Any], limit: int, label: str
+) -> tuple[str, str]:
     """Runs one tool call: (the tool message's text, the note recording it). Never raises: what went
     wrong is the result, so the model sees it."""
     server, tool = where["server"], where["tool"]
@@ -184,13 +205,15 @@ def _client_only(answer: Answer, client_tools: set[str], label: str) -> tuple[An
     if not mine:
         return answer, None
     dropped = len(calls) - len(mine)
-    note = f"{label}: calls the client's tools; sent to the client" + (f" without its {dropped} MCP calls"
-                                                                        if dropped else "")
+    note = f"{label}: calls the client's tools; sent to the client" + (
+        f" without its {dropped} MCP calls" if dropped else ""
+    )
     return {**answer, "message": {**answer["message"], "tool_calls": mine}}, note
 
 
-async def _loop(state: PluginState, runtime: Runtime[RunContext], servers: Servers, index: int,
-                answer: Answer) -> tuple[Answer, list[str], dict[str, Any]]:
+async def _loop(
+    state: PluginState, runtime: Runtime[RunContext], servers: Servers, index: int, answer: Answer
+) -> tuple[Answer, list[str], dict[str, Any]]:
     """One answer after its MCP tool calls ran and the model answered from their results."""
     params = state.get("params") or {}
     private = state.get("private") or {}
@@ -220,8 +243,9 @@ async def _loop(state: PluginState, runtime: Runtime[RunContext], servers: Serve
             notes.append(call_note)
             conversation.append({"role": "tool", "tool_call_id": call["id"], "content": text})
         last = step == max_steps
-        completion = await runtime.context.llm.chat(conversation, node="mcp.step",
-                                                    **{**step_params, **({"tool_choice": "none"} if last else {})})
+        completion = await runtime.context.llm.chat(
+            conversation, node="mcp.step", **{**step_params, **({"tool_choice": "none"} if last else {})}
+        )
         usage = add_usage(usage, completion.usage)
         answer = answer_of(completion.choices[0])
     label = f"mcp.post: answer {index}"
@@ -256,8 +280,8 @@ async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, An
 SPEC = PluginSpec(
     name="mcp",
     description="Offers the tools of the MCP servers in --mcp-config (stdio or streamable HTTP) to the model, runs "
-                "the calls it makes and feeds the results back, up to max_steps steps; resources and prompts "
-                "are listed to it.",
+    "the calls it makes and feeds the results back, up to max_steps steps; resources and prompts "
+    "are listed to it.",
     pre=pre,
     post=post,
     params=McpParams,

@@ -26,8 +26,11 @@ def tool_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def stack(tmp_path_factory: pytest.TempPathFactory, tool_log: Path) -> Iterator[Stack]:
     where = tmp_path_factory.mktemp("mcp")
     config = where / "mcp.json"
-    config.write_text(json.dumps({"mcpServers": {"facts": {"command": sys.executable,
-                                                           "args": [str(SERVER), "stdio", str(tool_log)]}}}))
+    config.write_text(
+        json.dumps(
+            {"mcpServers": {"facts": {"command": sys.executable, "args": [str(SERVER), "stdio", str(tool_log)]}}}
+        )
+    )
     with start_stack(where / "m.db", default_model="fake-model", mcp_config=config) as s:
         yield s
 
@@ -38,8 +41,12 @@ def respond(body: dict[str, Any], index: int) -> dict[str, Any] | str:
         return f"Did you know? {results[-1]}"
     if "lookup" not in [t["function"]["name"] for t in body.get("tools") or []]:
         return "I have no tools."
-    return {"content": None, "tool_calls": [{"id": "call_9", "type": "function",
-                                             "function": {"name": "lookup", "arguments": '{"city": "Oslo"}'}}]}
+    return {
+        "content": None,
+        "tool_calls": [
+            {"id": "call_9", "type": "function", "function": {"name": "lookup", "arguments": '{"city": "Oslo"}'}}
+        ],
+    }
 
 
 def run_detail(stack: Stack, run_id: str) -> dict[str, Any]:

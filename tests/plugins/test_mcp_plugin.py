@@ -87,8 +87,9 @@ def http_url(tmp_path: Path, log: Path) -> Iterator[str]:
 
 async def test_a_stdio_servers_tool_is_called_and_its_result_used(stdio_config: Path, log: Path) -> None:
     backend = ScriptedBackend(fact_model)
-    state = await run_state(make_runner(backend, mcp_config=stdio_config),
-                            {"model": "mcp&none-m", "messages": QUESTION})
+    state = await run_state(
+        make_runner(backend, mcp_config=stdio_config), {"model": "mcp&none-m", "messages": QUESTION}
+    )
 
     assert content(state) == "Here is a fact: Paris has 20 arrondissements."
     assert calls_made(log) == [("lookup", {"city": "Paris"})]  # the server really ran it
@@ -101,8 +102,11 @@ async def test_a_stdio_servers_tool_is_called_and_its_result_used(stdio_config: 
     listing = first["messages"][1]["content"]
     assert first["messages"][1]["role"] == "system" and "facts://cities" in listing and "travel_tips(city)" in listing
     assert second["messages"][-2]["tool_calls"][0]["function"]["name"] == "lookup"
-    assert second["messages"][-1] == {"role": "tool", "tool_call_id": "call_1",
-                                      "content": "Paris has 20 arrondissements."}
+    assert second["messages"][-1] == {
+        "role": "tool",
+        "tool_call_id": "call_1",
+        "content": "Paris has 20 arrondissements.",
+    }
     notes = " ".join(state["notes"])
     assert "mcp.pre: facts (stdio): 4 tools, 1 resources, 1 prompts" in notes
     assert 'mcp.post: answer 0 step 1: facts.lookup({"city": "Paris"}) -> 29 chars' in notes
@@ -130,8 +134,10 @@ async def test_the_step_limit_is_kept_and_the_last_step_asks_for_an_answer(stdio
         return {"content": f"still adding ({step})", "tool_calls": [tool_call("add", {"a": step, "b": 1}, f"c{step}")]}
 
     backend = ScriptedBackend(model)
-    state = await run_state(make_runner(backend, mcp_config=stdio_config),
-                            {"model": "mcp&none-m", "messages": QUESTION, "optillm_params": {"mcp": {"max_steps": 2}}})
+    state = await run_state(
+        make_runner(backend, mcp_config=stdio_config),
+        {"model": "mcp&none-m", "messages": QUESTION, "optillm_params": {"mcp": {"max_steps": 2}}},
+    )
     assert len(backend.calls) == 3  # the wrapped call and two steps
     assert [c.get("tool_choice") for c in backend.calls] == [None, None, "none"]
     assert [args for _, args in calls_made(log)] == [{"a": 0, "b": 1}, {"a": 1, "b": 1}]
@@ -146,8 +152,12 @@ async def test_server_errors_and_bad_calls_become_tool_messages(stdio_config: Pa
         if results:
             return "Sorry: " + " | ".join(results)
         bad_json = {"id": "c", "type": "function", "function": {"name": "add", "arguments": "{not json"}}
-        calls = [tool_call("lookup", {"city": "Atlantis"}, "a"), tool_call("fail", {}, "b"), bad_json,
-                 tool_call("teleport", {}, "d")]
+        calls = [
+            tool_call("lookup", {"city": "Atlantis"}, "a"),
+            tool_call("fail", {}, "b"),
+            bad_json,
+            tool_call("teleport", {}, "d"),
+        ]
         return {"content": None, "tool_calls": calls}
 
     backend = ScriptedBackend(model)
@@ -171,7 +181,9 @@ async def test_a_server_that_dies_in_a_call_is_an_error_the_model_sees(stdio_con
         return {"content": None, "tool_calls": [tool_call("crash", {}, "a"), tool_call("add", {"a": 1, "b": 2}, "b")]}
 
     backend = ScriptedBackend(model)
-    state = await run_state(make_runner(backend, mcp_config=stdio_config), {"model": "mcp&none-m", "messages": QUESTION})
+    state = await run_state(
+        make_runner(backend, mcp_config=stdio_config), {"model": "mcp&none-m", "messages": QUESTION}
+    )
     results = tool_results(backend.calls[1])
     assert len(results) == 2 and all(r.startswith("Error: the tool could not be called") for r in results)
     assert content(state).startswith("The tools failed: Error:")
@@ -186,12 +198,15 @@ async def test_a_config_broken_after_the_start_fails_the_run_with_its_reason(std
 
 
 async def test_the_clients_own_tool_calls_go_to_the_client(stdio_config: Path, log: Path) -> None:
-    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object",
-                                                                                      "properties": {}}}}
+    weather = {
+        "type": "function",
+        "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+    }
     both = [tool_call("get_weather", {}), tool_call("lookup", {"city": "Oslo"}, "c2")]
     backend = ScriptedBackend(lambda body: {"content": None, "tool_calls": both})
-    state = await run_state(make_runner(backend, mcp_config=stdio_config),
-                            {"model": "mcp&none-m", "messages": QUESTION, "tools": [weather]})
+    state = await run_state(
+        make_runner(backend, mcp_config=stdio_config), {"model": "mcp&none-m", "messages": QUESTION, "tools": [weather]}
+    )
     assert offered(backend.calls[0]) == ["get_weather", "add", "lookup", "fail", "crash"]
     assert len(backend.calls) == 1 and calls_made(log) == []
     [call] = state["answers"][0]["message"]["tool_calls"]  # only what the client can run
@@ -200,8 +215,9 @@ async def test_the_clients_own_tool_calls_go_to_the_client(stdio_config: Path, l
 
 
 async def test_an_unreachable_server_is_left_out_and_the_others_still_work(tmp_path: Path, log: Path) -> None:
-    config = write_config(tmp_path / "mcp.json", {"gone": {"command": str(tmp_path / "no-such-server")},
-                                                  "facts": stdio_entry(log)})
+    config = write_config(
+        tmp_path / "mcp.json", {"gone": {"command": str(tmp_path / "no-such-server")}, "facts": stdio_entry(log)}
+    )
     backend = ScriptedBackend(fact_model)
     state = await run_state(make_runner(backend, mcp_config=config), {"model": "mcp&none-m", "messages": QUESTION})
     assert content(state) == "Here is a fact: Paris has 20 arrondissements."
@@ -214,12 +230,15 @@ async def test_without_a_config_the_plugin_is_a_400(tmp_path: Path) -> None:
         await runner.prepare({"model": "mcp&none-m", "messages": QUESTION}, client_key=None)
 
 
-@pytest.mark.parametrize("servers, message", [
-    ({"x": {"command": "a", "url": "http://h/mcp"}}, "either"),
-    ({"x": {"url": "ftp://h/mcp"}}, "http://"),
-    ({"x": {"command": "a", "args": "b"}}, "args"),
-    ({"bad name": {"command": "a"}}, "name"),
-])
+@pytest.mark.parametrize(
+    "servers, message",
+    [
+        ({"x": {"command": "a", "url": "http://h/mcp"}}, "either"),
+        ({"x": {"url": "ftp://h/mcp"}}, "http://"),
+        ({"x": {"command": "a", "args": "b"}}, "args"),
+        ({"bad name": {"command": "a"}}, "name"),
+    ],
+)
 def test_a_malformed_config_is_named(tmp_path: Path, servers: dict[str, Any], message: str) -> None:
     with pytest.raises(McpConfigError, match=message):
         load_config(write_config(tmp_path / "mcp.json", servers))
@@ -228,10 +247,15 @@ def test_a_malformed_config_is_named(tmp_path: Path, servers: dict[str, Any], me
 
 
 def test_tool_names_clash_only_then_get_the_server_prefix() -> None:
-    catalogs = {"a": {"tools": [{"name": "search"}, {"name": "read"}]},
-                "b": {"tools": [{"name": "search"}, {"name": "get weather"}, {"name": "ping"}]}}
+    catalogs = {
+        "a": {"tools": [{"name": "search"}, {"name": "read"}]},
+        "b": {"tools": [{"name": "search"}, {"name": "get weather"}, {"name": "ping"}]},
+    }
     names = function_names(catalogs, taken={"ping"})
-    assert names == {"a__search": {"server": "a", "tool": "search"}, "read": {"server": "a", "tool": "read"},
-                     "b__search": {"server": "b", "tool": "search"},
-                     "b__get_weather": {"server": "b", "tool": "get weather"},
-                     "b__ping": {"server": "b", "tool": "ping"}}
+    assert names == {
+        "a__search": {"server": "a", "tool": "search"},
+        "read": {"server": "a", "tool": "read"},
+        "b__search": {"server": "b", "tool": "search"},
+        "b__get_weather": {"server": "b", "tool": "get weather"},
+        "b__ping": {"server": "b", "tool": "ping"},
+    }
