@@ -29,6 +29,8 @@ SERVE_FLAGS = (
     ("--local-max-models", "local_max_models", "local base models kept loaded (default 2, least recently used out)"),
     ("--local-dtype", "local_dtype", "dtype of local models: float32 (default), bfloat16, float16, auto"),
     ("--local-threads", "local_threads", "CPU threads for local models (default: half the cores, at least 1)"),
+    ("--mcp-config", "mcp_config", ("JSON file of the MCP servers (stdio commands, streamable HTTP URLs) whose "
+                                    "tools the mcp plugin offers to the model (docs/plugins.md)")),
     ("--sandbox-level", "sandbox_level", ("layers required before model-written code runs, else it is not run: "
                                           "strict (default, all), reduced (no namespaces: containers that forbid "
                                           "them), minimal (no namespaces, no Landlock); see docs/sandbox.md")),
@@ -196,7 +198,7 @@ def _settings(overrides: dict[str, str]) -> Settings:
 
 
 def _check_serve_settings(settings: Settings) -> None:
-    """What can be checked before the server starts: the database URL and the local model."""
+    """What can be checked before the server starts: the database URL, the local model and the MCP config."""
     from sqlalchemy.exc import ArgumentError
 
     from optigraph.errors import OptigraphError
@@ -214,6 +216,13 @@ def _check_serve_settings(settings: Settings) -> None:
             parse_spec(settings.local_model, settings.local_models_dir)
         except OptigraphError as exc:
             _serve_error(f"--local-model: {exc.message}")
+    if settings.mcp_config is not None:  # read again at every run; a broken file still stops the start
+        from optigraph.plugins.mcp_servers import load_config
+
+        try:
+            load_config(settings.mcp_config)
+        except OptigraphError as exc:
+            _serve_error(f"--mcp-config: {exc.message}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

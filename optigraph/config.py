@@ -115,6 +115,9 @@ class Settings(BaseSettings):
                     "loopback, private, link-local or otherwise not public (an intranet allow-list)")
     readurls_max_bytes: int = Field(default=2_000_000, ge=1, description="Largest page readurls reads, in bytes")
     readurls_timeout_s: float = Field(default=10.0, gt=0, description="Time limit of one readurls fetch")
+    mcp_config: Path | None = Field(
+        default=None, description="JSON file of the MCP servers the mcp plugin connects to "
+                                  "({\"mcpServers\": {name: {command, args, env} | {url}}}; docs/plugins.md)")
     upstreams: dict[str, UpstreamSettings] = Field(
         default_factory=dict,
         description="Named OpenAI-compatible upstreams besides --base-url (`--upstream NAME=URL`, or "

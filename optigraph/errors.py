@@ -127,3 +127,10 @@ class ApproachLoadError(OptigraphError):
     """An approach or plugin from outside optigraph could not be loaded (a start-up error)."""
 
     code = "approach_load_error"
+
+
+class McpConfigError(OptigraphError):
+    """The server's MCP config file (--mcp-config) is missing, unreadable or malformed: the operator's
+    mistake, named with the file and key in the message."""
+
+    code = "mcp_config_invalid"

@@ -26,6 +26,7 @@ def optigraph(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> subpr
     (["--port", "notaport"], ["--port", "'notaport'", "integer"]),
     (["--upstream-retries", "-1"], ["--upstream-retries", "greater than or equal to 0"]),
     (["--local-model", "no-such-dir/no-such-model.gguf"], ["--local-model", "not found"]),
+    (["--mcp-config", "no-such-mcp.json"], ["--mcp-config", "no-such-mcp.json", "cannot read it"]),
 ])
 def test_a_bad_serve_setting_is_one_line_and_exit_2(tmp_path: Path, argv: list[str], says: list[str]) -> None:
     done = optigraph("serve", "--port", "1", "--db-url", f"sqlite:///{tmp_path / 'o.db'}", *argv, cwd=tmp_path)

@@ -85,7 +85,8 @@ class PluginSpec:
     """One plugin: `pre` and/or `post` stages around whatever it wraps.
 
     - `needs`: what the server or backend must offer: "network" (it fetches), "sandbox" (it runs
-      code), "local" (a model on this machine), "store" (the database), or backend needs as approaches.
+      code), "local" (a model on this machine), "store" (the database), "mcp" (MCP servers configured
+      with --mcp-config), or backend needs as approaches.
     - `stream`: given the run's request and this plugin's private state, a TextRewriter for the
       wrapped approach's streamed text, or None. Without it a plugin with a `post` stage makes the
       wrapped part answer in one piece (its text cannot be sent before `post` has seen all of it).

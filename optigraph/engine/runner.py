@@ -168,6 +168,9 @@ class Runner:
         if "store" in missing:  # the server's, not the backend's
             raise InvalidRequest(f"{spec.kind} {name!r} needs store (a database), which this server runs without",
                                  param="model", code="approach_unsupported")
+        if "mcp" in missing:  # the server's too
+            raise InvalidRequest(f"{spec.kind} {name!r} needs MCP servers, which this server runs without "
+                                 "(--mcp-config)", param="model", code="approach_unsupported")
         if missing:
             raise InvalidRequest(f"{spec.kind} {name!r} needs {', '.join(missing)}, which the backend "
                                  f"{backend!r} does not offer for model {model!r}",
@@ -175,11 +178,13 @@ class Runner:
 
     def _offers(self, need: str, llm: LLM) -> bool:
         # What the server offers every run: outbound network (plugins check their own allow-lists),
-        # the code sandbox (it fails closed at run time) and, where it has one, the database.
+        # the code sandbox (it fails closed at run time) and, where it has them, the database and MCP servers.
         if need in ("network", "sandbox"):
             return True
         if need == "store":
             return self.store is not None
+        if need == "mcp":  # MCP servers from the operator's config file
+            return self.settings.mcp_config is not None
         return llm.caps.supports(need)
 
     def llm_for(self, model: str, *, run_id: str, client_key: str | None, limits: dict[str, Any] | None) -> LLM:

@@ -7,8 +7,10 @@ from optigraph.plugins import (
     context_memory,
     executecode,
     json_output,
+    mcp_tools,
     privacy,
     readurls,
 )
 
-BUILTIN_PLUGINS = (privacy.SPEC, readurls.SPEC, context_memory.SPEC, json_output.SPEC, executecode.SPEC)
+BUILTIN_PLUGINS = (privacy.SPEC, readurls.SPEC, context_memory.SPEC, json_output.SPEC, executecode.SPEC,
+                   mcp_tools.SPEC)
