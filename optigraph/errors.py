@@ -109,3 +109,12 @@ class ApproachLoadError(OptigraphError):
     """An approach or plugin from outside optigraph could not be loaded (a start-up error)."""
 
     code = "approach_load_error"
+
+
+class PrivacyKeyChanged(OptigraphError):
+    """A stored run's privacy mapping was encrypted with another key than the server's (409): the
+    server restarted without a fixed privacy key, so the run's answer cannot be restored."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "privacy_key_changed"
