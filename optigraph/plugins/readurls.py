@@ -216,7 +216,7 @@ async def _read(client: httpx.AsyncClient, url: str, allowed: Allowed, max_bytes
         return await asyncio.wait_for(fetch(client, url, allowed=allowed, max_bytes=max_bytes), timeout), None
     except FetchRefused as exc:
         return "", str(exc).removeprefix(f"{url}: ")
-    except (httpx.HTTPError, asyncio.TimeoutError, UnicodeError) as exc:
+    except (TimeoutError, httpx.HTTPError, UnicodeError) as exc:
         return "", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 

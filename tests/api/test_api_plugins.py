@@ -120,6 +120,53 @@ def test_privacy_keeps_personal_data_away_from_the_upstream_and_its_records(stac
     assert stack.run(run_id)["status"] == "completed"
 
 
+def checkpoints(stack: Stack, run_id: str) -> list[dict[str, Any]]:
+    """Every checkpoint of the run (its own and its subgraphs'), decoded as LangGraph wrote it, in order."""
+    import sqlite3
+
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+    serde = JsonPlusSerializer()
+    with sqlite3.connect(stack.db_path) as db:
+        rows = db.execute("SELECT checkpoint_ns, type, checkpoint FROM checkpoints WHERE thread_id = ? "
+                          "ORDER BY checkpoint_id", (run_id,)).fetchall()
+    return [{"ns": ns, **serde.loads_typed((kind, blob))} for ns, kind, blob in rows]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_privacy_checkpoints_hold_placeholders_and_an_encrypted_mapping(stack: Stack, stream: bool) -> None:
+    """What docs/plugins.md says is stored: from privacy.pre on, the run's state holds placeholders and
+    the mapping only as a token that the server's privacy_key opens; the client's own request (the
+    run's input) and the restored answer (its output) are stored as they are, like for any run."""
+    from optigraph.core.context import RunContext
+    from optigraph.plugins.privacy import _fernet, unseal
+
+    with stack.http() as http:
+        r = http.post("/v1/chat/completions", json={"model": "privacy&none-fake-model", "stream": stream,
+                                                    "messages": [{"role": "user", "content": question_with_pii()}]})
+    assert r.status_code == 200
+    run_id = r.headers["x-optigraph-run-id"]
+    assert stack.run(run_id)["status"] == "completed"
+    sent, calls = json.dumps(stack.log.bodies), stored_calls_text(stack, run_id)
+    assert all(v not in sent and v not in calls for v in PII.values())
+    saved = checkpoints(stack, run_id)
+    pre_done = next(i for i, c in enumerate(saved) if c["channel_values"].get("private"))
+    inner = [c for c in saved if c["ns"]]  # the wrapped approach's own checkpoints
+    assert inner and pre_done > 0
+    for c in saved[pre_done:-1] + inner:
+        values = json.dumps(c["channel_values"], default=str)
+        assert all(v not in values for v in PII.values()), c["ns"]
+    assert "[EMAIL_1]" in json.dumps(saved[pre_done]["channel_values"]["messages"])
+    token = saved[-1]["channel_values"]["private"]["mapping"]
+    assert all(v not in token for v in PII.values())
+    context = RunContext(run_id=run_id, llm=None, settings=stack.settings)  # type: ignore[arg-type]
+    mapping = unseal({"mapping": token}, _fernet(context))
+    assert mapping == {"[EMAIL_1]": PII["email"], "[PHONE_1]": PII["phone"], "[CARD_1]": PII["card"]}
+    # Documented: the run's input and its restored answer are the client's own text.
+    assert PII["email"] in json.dumps(saved[0]["channel_values"], default=str)
+    assert PII["email"] in json.dumps(saved[-1]["channel_values"]["answers"])
+
+
 def test_privacy_restores_a_streamed_answer(stack: Stack) -> None:
     stream = stack.client().chat.completions.create(
         model="privacy&none-fake-model", stream=True, messages=[{"role": "user", "content": question_with_pii()}])
