@@ -3,8 +3,13 @@ conversation with stable placeholders (`[EMAIL_1]`, `[PHONE_2]`...); the wrapped
 upstream see only those; `post` puts the originals back in every answer, and while streaming a
 placeholder split across chunks is held back until it is whole, then restored.
 
-What is detected (and what is not) is listed in `optigraph.plugins.pii`: Presidio's pattern
-recognizers and our recognizer of names introduced by a cue; no model is downloaded.
+Detected (`optigraph.plugins.pii`: Presidio's pattern recognizers and ours for names; no model is
+loaded or downloaded): e-mail addresses, phone numbers, payment card numbers (Luhn-valid), IBANs
+(checksum-valid), IPv4 and IPv6 addresses, MAC addresses, US social security numbers, Bitcoin
+addresses, and person names after a cue ("my name is", "I am", "call me", "name:", Mr/Ms/Dr...).
+Not detected: names without such a cue, postal addresses, dates (of birth or other), passport and
+other national numbers, organisations and places; tool-call arguments and request fields other
+than the messages' text are not read.
 
 The same value gets the same placeholder everywhere in the conversation. The mapping (placeholder ->
 original) is this plugin's private state, which is checkpointed with the run so that a resumed run
