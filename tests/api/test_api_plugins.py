@@ -263,3 +263,34 @@ def test_a_run_that_failed_inside_the_wrapped_part_resumes_with_its_private_stat
     assert r.json()["choices"][0]["message"]["content"] == "echo: echo: " + question_with_pii()
     assert len(stack.log.bodies) == 3  # only the failed stage ran again; privacy.pre did not run twice
     assert all(v not in json.dumps(stack.log.bodies) for v in PII.values())
+
+
+def test_a_restarted_server_restores_a_resumed_privacy_run_only_with_the_same_key(tmp_path: Path) -> None:
+    """Documented: the mapping is encrypted with OPTIGRAPH_PRIVACY_KEY; a server started with
+    another key says so (409) instead of answering with placeholders, and the right key resumes."""
+    db = tmp_path / "restart.db"
+
+    def fail_second_stage(body: dict[str, Any], index: int) -> Any:
+        if last_user_text(body).startswith("echo:"):
+            return HTTPFailure(400, "stage two is broken")
+        return echo_responder(body, index)
+
+    body = {"model": "privacy&none&none-fake-model", "messages": [{"role": "user", "content": question_with_pii()}]}
+    with start_stack(db, default_model="fake-model", privacy_key="the first key") as first:
+        first.script.fn = fail_second_stage
+        with first.http() as http:
+            r = http.post("/v1/chat/completions", json=body)
+        run_id = r.headers["x-optigraph-run-id"]
+        assert r.status_code == 400 and first.run(run_id)["status"] == "failed"
+    with start_stack(db, default_model="fake-model", privacy_key="another key") as second:
+        with second.http() as http:
+            r = http.post(f"/v1/runs/{run_id}/resume")
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["code"] == "privacy_key_changed"
+        assert "[EMAIL_1]" in json.dumps(second.log.bodies)  # the wrapped part ran, on placeholders
+    with start_stack(db, default_model="fake-model", privacy_key="the first key") as third:
+        with third.http() as http:
+            r = http.post(f"/v1/runs/{run_id}/resume")
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == "echo: echo: " + question_with_pii()
+        assert all(v not in json.dumps(third.log.bodies) for v in PII.values())
