@@ -8,8 +8,9 @@ loaded or downloaded): e-mail addresses, phone numbers, payment card numbers (Lu
 (checksum-valid), IPv4 and IPv6 addresses, MAC addresses, US social security numbers, Bitcoin
 addresses, and person names after a cue ("my name is", "I am", "call me", "name:", Mr/Ms/Dr...).
 Not detected: names without such a cue, postal addresses, dates (of birth or other), passport and
-other national numbers, organisations and places; tool-call arguments and request fields other
-than the messages' text are not read.
+other national numbers, organisations and places. Read: the messages' text, their tool calls'
+arguments, the `user` field and `metadata` values; a request with `tools` is answered whole when it
+streams, so that `post` restores the tool calls' arguments too.
 
 The same value gets the same placeholder everywhere in the conversation. The mapping (placeholder ->
 original) is this plugin's private state, which is checkpointed with the run so that a resumed run
@@ -66,19 +67,46 @@ class Anonymizer:
         return "".join(out) + text[last:]
 
     def message(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A message with its text, its text parts and its tool calls' arguments anonymized."""
+        out = dict(message)
         content = message.get("content")
         if isinstance(content, str):
-            return {**message, "content": self.text(content)}
-        if isinstance(content, list):
-            parts = [{**p, "text": self.text(p["text"])} if isinstance(p, dict) and p.get("type") == "text"
-                     and isinstance(p.get("text"), str) else p for p in content]
-            return {**message, "content": parts}
-        return message
+            out["content"] = self.text(content)
+        elif isinstance(content, list):
+            out["content"] = [{**p, "text": self.text(p["text"])} if isinstance(p, dict) and p.get("type") == "text"
+                              and isinstance(p.get("text"), str) else p for p in content]
+        if isinstance(message.get("tool_calls"), list):
+            out["tool_calls"] = [_map_arguments(call, self.text) for call in message["tool_calls"]]
+        return out
+
+    def request(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """The forwarded fields that name the end user (`user`, `metadata` values) anonymized; None when
+        there is nothing to change."""
+        out = dict(request)
+        if isinstance(request.get("user"), str):
+            out["user"] = self.text(request["user"])
+        if isinstance(request.get("metadata"), dict):
+            out["metadata"] = {k: self.text(v) if isinstance(v, str) else v for k, v in request["metadata"].items()}
+        return out if out != request else None
+
+
+def _map_arguments(call: Any, rewrite: Any) -> Any:
+    """A tool call with `rewrite` applied to its function's arguments (a JSON string)."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+        return call
+    return {**call, "function": {**function, "arguments": rewrite(function["arguments"])}}
 
 
 def restore(text: str, mapping: dict[str, str]) -> str:
     """`text` with every known placeholder replaced by its original (unknown ones are left as they are)."""
     return _PLACEHOLDER.sub(lambda m: mapping.get(m.group(0), m.group(0)), text)
+
+
+def restore_json(text: str, mapping: dict[str, str]) -> str:
+    """`restore` inside a JSON document (tool-call arguments): each original escaped as a JSON string body."""
+    return _PLACEHOLDER.sub(lambda m: json.dumps(mapping[m.group(0)])[1:-1] if m.group(0) in mapping
+                            else m.group(0), text)
 
 
 class Restorer:
@@ -128,22 +156,26 @@ def unseal(private: dict[str, Any], fernet: Fernet) -> dict[str, str]:
                           "restarted without OPTIGRAPH_PRIVACY_KEY set?): its answer cannot be restored") from exc
 
 
-def _anonymize(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def _anonymize(messages: list[dict[str, Any]], request: dict[str, Any]) -> tuple[
+        list[dict[str, Any]], dict[str, Any] | None, dict[str, str]]:
     anonymizer = Anonymizer()
-    return [anonymizer.message(m) for m in messages], anonymizer.mapping
+    return [anonymizer.message(m) for m in messages], anonymizer.request(request), anonymizer.mapping
 
 
 async def pre(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     fernet = _fernet(runtime.context)
     # The detectors are CPU work (and the first call imports Presidio): off the event loop.
-    messages, mapping = await asyncio.to_thread(_anonymize, list(state["messages"]))
+    messages, request, mapping = await asyncio.to_thread(_anonymize, list(state["messages"]),
+                                                         dict(state.get("request") or {}))
     counts: dict[str, int] = {}
     for placeholder in mapping:
         label = placeholder[1:].split("_")[0]
         counts[label] = counts.get(label, 0) + 1
     found = ", ".join(f"{n} {label.lower()}" for label, n in sorted(counts.items())) or "nothing"
-    return {"messages": messages, "private": {"mapping": seal(mapping, fernet)},
-            "notes": [f"privacy: replaced {found}"]}
+    out = {"messages": messages, "private": {"mapping": seal(mapping, fernet)}, "notes": [f"privacy: replaced {found}"]}
+    if request is not None:
+        out["request"] = request
+    return out
 
 
 async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -153,11 +185,18 @@ async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, An
         message = dict(answer.get("message") or {})
         if isinstance(message.get("content"), str):
             message["content"] = restore(message["content"], mapping)
+        if isinstance(message.get("tool_calls"), list):
+            message["tool_calls"] = [_map_arguments(c, lambda a: restore_json(a, mapping))
+                                     for c in message["tool_calls"]]
         answers.append({**answer, "message": message})
     return {"answers": answers}
 
 
-def stream(request: dict[str, Any], private: dict[str, Any], context: RunContext) -> Restorer:
+def stream(request: dict[str, Any], private: dict[str, Any], context: RunContext) -> Restorer | None:
+    """The streamed text's Restorer; None (the wrapped part answers whole, `post` restores it) when the
+    request offers tools, since streamed tool-call arguments do not pass through text rewriters."""
+    if request.get("tools") or request.get("functions"):
+        return None
     return Restorer(unseal(private, _fernet(context)))
 
 

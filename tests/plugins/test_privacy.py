@@ -11,7 +11,15 @@ from optigraph.config import Settings
 from optigraph.core.context import RunContext
 from optigraph.errors import PrivacyKeyChanged
 from optigraph.plugins import pii
-from optigraph.plugins.privacy import Anonymizer, Restorer, _fernet, restore, seal, unseal
+from optigraph.plugins.privacy import (
+    Anonymizer,
+    Restorer,
+    _fernet,
+    restore,
+    restore_json,
+    seal,
+    unseal,
+)
 
 DETECTED = [
     ("EMAIL", "write to jane.doe+work@example.co.uk today", "jane.doe+work@example.co.uk"),
@@ -107,7 +115,8 @@ def test_lookalikes_are_left_alone(text: str) -> None:
 def test_the_same_value_gets_the_same_placeholder_across_messages() -> None:
     anonymizer = Anonymizer()
     first = anonymizer.message({"role": "system", "content": "Mail bob@example.com"})
-    second = anonymizer.message({"role": "user", "content": [{"type": "text", "text": "bob@example.com or amy@example.org"},
+    second = anonymizer.message({"role": "user", "content": [
+                                    {"type": "text", "text": "bob@example.com or amy@example.org"},
                                                              {"type": "image_url", "image_url": {"url": "x"}}]})
     assert first["content"] == "Mail [EMAIL_1]"
     assert second["content"][0]["text"] == "[EMAIL_1] or [EMAIL_2]"
@@ -179,3 +188,42 @@ async def test_streamed_answers_are_restored_chunk_by_chunk() -> None:
 
 def test_dates_are_not_phone_numbers() -> None:
     assert Anonymizer().text("due 2024-01-15 or 15.01.2024") == "due 2024-01-15 or 15.01.2024"
+
+
+def test_tool_call_arguments_are_anonymized_and_restored_as_json() -> None:
+    anonymizer = Anonymizer()
+    call = {"id": "c1", "type": "function", "function": {"name": "mail", "arguments": '{"to": "bob@example.com"}'}}
+    sent = anonymizer.message({"role": "assistant", "content": None, "tool_calls": [call]})
+    assert sent["tool_calls"][0]["function"]["arguments"] == '{"to": "[EMAIL_1]"}'
+    assert restore_json('{"who": "[NAME_1]"}', {"[NAME_1]": 'Jane "JJ" Roe'}) == '{"who": "Jane \\"JJ\\" Roe"}'
+
+
+TOOLS = [{"type": "function", "function": {"name": "send_mail", "parameters": {
+    "type": "object", "properties": {"to": {"type": "string"}}}}}]
+
+
+def reply_with_a_tool_call(body: dict) -> dict:
+    address = body["messages"][-1]["content"].split()[-1]
+    return {"content": None, "finish_reason": "tool_calls", "tool_calls": [{
+        "id": "call_1", "type": "function", "function": {"name": "send_mail", "arguments": f'{{"to": "{address}"}}'}}]}
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_tool_call_gets_the_originals_and_the_user_field_stays_home(streamed: bool) -> None:
+    backend = ScriptedBackend(reply_with_a_tool_call)
+    body = {"model": "privacy&none-m", "tools": TOOLS, "user": "jane.roe@example.org",
+            "metadata": {"who": "jane.roe@example.org"},
+            "messages": [{"role": "user", "content": "Mail bob@example.com"}]}
+    runner = make_runner(backend)
+    if streamed:
+        chunks = await ask_streamed(runner, body)
+        deltas = [c["delta"] for ch in chunks for c in ch["choices"] if c.get("delta", {}).get("tool_calls")]
+        arguments = "".join(tc["function"].get("arguments") or "" for d in deltas for tc in d["tool_calls"])
+    else:
+        message = (await ask(runner, body))["choices"][0]["message"]
+        arguments = message["tool_calls"][0]["function"]["arguments"]
+    assert arguments == '{"to": "bob@example.com"}'
+    sent = str(backend.calls)
+    assert "example.org" not in sent and "bob@example.com" not in sent
+    assert backend.calls[0]["messages"][0]["content"] == "Mail [EMAIL_1]"
+    assert backend.calls[0]["user"] == "[EMAIL_2]" and backend.calls[0]["metadata"] == {"who": "[EMAIL_2]"}
