@@ -96,6 +96,16 @@ async def test_a_page_is_reduced_to_its_article(server: ServerThread) -> None:
     assert "Home" not in text.split()
 
 
+def test_extraction_fetches_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The extractor only parses the page it is given (no look-ups of links, suffix lists or feeds)."""
+    import socket
+
+    lookups: list[str] = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: lookups.append(host) or [])
+    assert "A couchette costs 79 euros one way" in page_text(ARTICLE)
+    assert lookups == []
+
+
 def test_a_page_without_a_main_text_keeps_its_visible_text() -> None:
     """Where the extractor finds nothing it would call content, the stdlib reduction is used."""
     page = "<html><body><nav><a href='/a'>Alpha</a> <a href='/b'>Beta</a></nav><script>x=1</script></body></html>"
