@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -109,6 +110,11 @@ class Settings(BaseSettings):
         default="strict", description="Layers the sandbox must have in force before it runs model-written code, else "
                                       "the code is not run (docs/sandbox.md): strict (all), reduced (no namespaces), "
                                       "minimal (no namespaces, no Landlock)")
+    privacy_key: SecretStr = Field(
+        default_factory=lambda: SecretStr(secrets.token_urlsafe(32)),
+        description="Secret that encrypts the privacy plugin's placeholder mapping in the checkpoints (default: drawn "
+                    "at start, so a run checkpointed before a restart cannot restore its originals; set it to resume "
+                    "such runs after a restart or on another replica)")
     readurls_allow: list[str] = Field(
         default_factory=list,
         description="Hosts, IP addresses or networks (CIDR) the readurls plugin may fetch although they are "

@@ -134,3 +134,12 @@ class McpConfigError(OptigraphError):
     mistake, named with the file and key in the message."""
 
     code = "mcp_config_invalid"
+
+
+class PrivacyKeyChanged(OptigraphError):
+    """A stored run's privacy mapping was encrypted with another key than the server's (409): the
+    server restarted without a fixed privacy key, so the run's answer cannot be restored."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "privacy_key_changed"

@@ -77,7 +77,7 @@ def validate_params(model: type[BaseModel], name: str, raw: dict[str, Any] | Non
 # `post` returns {"answers": [...]} (and may return "notes").
 PluginStage = Callable[..., Awaitable[dict[str, Any]]]
 # Made by `pre` or `post` at run time: rewrites the streamed text of one choice (see core/streaming.py).
-StreamRewriter = Callable[[dict[str, Any], dict[str, Any]], TextRewriter | None]
+StreamRewriter = Callable[[dict[str, Any], dict[str, Any], Any], TextRewriter | None]
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class PluginSpec:
     - `needs`: what the server or backend must offer: "network" (it fetches), "sandbox" (it runs
       code), "local" (a model on this machine), "store" (the database), "mcp" (MCP servers configured
       with --mcp-config), or backend needs as approaches.
-    - `stream`: given the run's request and this plugin's private state, a TextRewriter for the
+    - `stream`: given the run's request, this plugin's private state and the run's context, a TextRewriter for the
       wrapped approach's streamed text, or None. Without it a plugin with a `post` stage makes the
       wrapped part answer in one piece (its text cannot be sent before `post` has seen all of it).
     - `routes`: `pre` may choose, at run time, the expression that runs inside the plugin (a

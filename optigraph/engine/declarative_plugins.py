@@ -173,7 +173,7 @@ def load_plugin(path: Path | str) -> PluginSpec:
         tail = _text(path, "post.append", post_raw.get("append", ""))
         post = _post_stage(replace, prepend, tail)
         if not replace and not prepend:
-            def stream(request: dict[str, Any], private: dict[str, Any], _tail: str = tail) -> _Appender:
+            def stream(request: dict[str, Any], private: dict[str, Any], context: Any, _tail: str = tail) -> _Appender:
                 return _Appender(_tail)
     params = _params(path, name, data.get("parameters"))
     if stream is not None and "{" in (post_raw or {}).get("append", ""):

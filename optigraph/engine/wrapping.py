@@ -141,7 +141,7 @@ def _stream_choice(state: WrapState, spec: PluginSpec, runtime: Runtime[RunConte
     if spec.stream is None:
         return None
     for choice in range(base, base + count):
-        rewriter = spec.stream(state.get("request") or {}, state.get("private") or {})
+        rewriter = spec.stream(state.get("request") or {}, state.get("private") or {}, runtime.context)
         if rewriter is None:
             return None
         sink.add_rewriter(choice, rewriter)

@@ -269,7 +269,7 @@ class _Unchanged:
         return ""
 
 
-def stream(request: dict[str, Any], private: dict[str, Any]) -> _Unchanged:
+def stream(request: dict[str, Any], private: dict[str, Any], context: RunContext) -> _Unchanged:
     return _Unchanged()
 
 

@@ -3,84 +3,43 @@ conversation with stable placeholders (`[EMAIL_1]`, `[PHONE_2]`...); the wrapped
 upstream see only those; `post` puts the originals back in every answer, and while streaming a
 placeholder split across chunks is held back until it is whole, then restored.
 
-Detected (pattern detectors, each checked by a test): e-mail addresses, phone numbers written with a
-country code or grouped digits, payment card numbers (Luhn-valid), IBANs (checksum-valid), IPv4 and
-IPv6 addresses. Not detected by this version: person names, postal addresses, dates of birth.
+Detected (`optigraph.plugins.pii`: Presidio's pattern recognizers and ours for names; no model is
+loaded or downloaded): e-mail addresses, phone numbers, payment card numbers (Luhn-valid), IBANs
+(checksum-valid), IPv4 and IPv6 addresses, MAC addresses, US social security numbers, Bitcoin
+addresses, and person names after a cue ("my name is", "I am", "call me", "name:", Mr/Ms/Dr...).
+Not detected: names without such a cue, postal addresses, dates (of birth or other), passport and
+other national numbers, organisations and places. Read: the messages' text, their tool calls'
+arguments, the `user` field and `metadata` values; a request with `tools` is answered whole when it
+streams, so that `post` restores the tool calls' arguments too.
 
-The same value gets the same placeholder everywhere in the conversation. The mapping is this
-plugin's private state: it is kept with the run's checkpoints (on this machine) so that a resumed
-run can still restore the answer; nothing with the originals is sent upstream.
+The same value gets the same placeholder everywhere in the conversation. The mapping (placeholder ->
+original) is this plugin's private state, which is checkpointed with the run so that a resumed run
+can still restore its answer; it is stored only encrypted (Fernet, with a key derived from the
+server's `privacy_key` setting), so the checkpoints' copy of the plugin's state holds placeholders and
+a token, never the originals. Nothing with the originals is sent upstream.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import asyncio
+import base64
+import hashlib
+import json
 import re
-from collections.abc import Callable
 from typing import Any
 
+from cryptography.fernet import Fernet, InvalidToken
 from langgraph.runtime import Runtime
 
 from optigraph.core.context import RunContext
 from optigraph.core.spec import PluginSpec
 from optigraph.core.state import Answer, PluginState
+from optigraph.errors import OptigraphError, PrivacyKeyChanged
+from optigraph.plugins.pii import LABELS, find
 
-_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
-_CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
-_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?!\w)")
-_DATE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
-_IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
-_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{1,4})*(?![\w:])")
-_PLACEHOLDER = re.compile(r"\[(?:EMAIL|CARD|IBAN|PHONE|IP)_\d+\]")
-_LONGEST_PLACEHOLDER = len("[PHONE_99999]")
-
-
-def _luhn(digits: str) -> bool:
-    total = 0
-    for i, d in enumerate(reversed(digits)):
-        n = int(d)
-        if i % 2:
-            n = n * 2 - 9 if n > 4 else n * 2
-        total += n
-    return total % 10 == 0
-
-
-def _card(text: str) -> bool:
-    digits = re.sub(r"\D", "", text)
-    return 13 <= len(digits) <= 19 and _luhn(digits)
-
-
-def _iban(text: str) -> bool:
-    compact = text.replace(" ", "")
-    moved = compact[4:] + compact[:4]
-    number = "".join(str(int(c, 36)) for c in moved)
-    return 15 <= len(compact) <= 34 and int(number) % 97 == 1
-
-
-def _ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _phone(text: str) -> bool:
-    """7 to 15 digits, and not shaped like a date."""
-    return 7 <= len(re.sub(r"\D", "", text)) <= 15 and not _DATE.match(text)
-
-
-# (label, pattern, check) in the order they are applied: the most specific first, so a card number
-# is not also taken for a phone number.
-DETECTORS: tuple[tuple[str, re.Pattern[str], Callable[[str], bool]], ...] = (
-    ("EMAIL", _EMAIL, lambda _: True),
-    ("IBAN", _IBAN, _iban),
-    ("CARD", _CARD, _card),
-    ("IP", _IPV6, _ip),
-    ("IP", _IPV4, _ip),
-    ("PHONE", _PHONE, _phone),
-)
+_LABELS = "|".join(sorted(set(LABELS.values())))
+_PLACEHOLDER = re.compile(rf"\[(?:{_LABELS})_\d+\]")
+_LONGEST_PLACEHOLDER = max(len(f"[{label}_99999]") for label in LABELS.values())
 
 
 class Anonymizer:
@@ -100,25 +59,54 @@ class Anonymizer:
         return found
 
     def text(self, text: str) -> str:
-        for label, pattern, check in DETECTORS:
-            text = pattern.sub(lambda m, lb=label, ck=check: self._placeholder(lb, m.group(0)) if ck(m.group(0))
-                               else m.group(0), text)
-        return text
+        """`text` with each detected value replaced by its placeholder."""
+        out, last = [], 0
+        for f in find(text):
+            out += [text[last:f.start], self._placeholder(f.label, text[f.start:f.end])]
+            last = f.end
+        return "".join(out) + text[last:]
 
     def message(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A message with its text, its text parts and its tool calls' arguments anonymized."""
+        out = dict(message)
         content = message.get("content")
         if isinstance(content, str):
-            return {**message, "content": self.text(content)}
-        if isinstance(content, list):
-            parts = [{**p, "text": self.text(p["text"])} if isinstance(p, dict) and p.get("type") == "text"
-                     and isinstance(p.get("text"), str) else p for p in content]
-            return {**message, "content": parts}
-        return message
+            out["content"] = self.text(content)
+        elif isinstance(content, list):
+            out["content"] = [{**p, "text": self.text(p["text"])} if isinstance(p, dict) and p.get("type") == "text"
+                              and isinstance(p.get("text"), str) else p for p in content]
+        if isinstance(message.get("tool_calls"), list):
+            out["tool_calls"] = [_map_arguments(call, self.text) for call in message["tool_calls"]]
+        return out
+
+    def request(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """The forwarded fields that name the end user (`user`, `metadata` values) anonymized; None when
+        there is nothing to change."""
+        out = dict(request)
+        if isinstance(request.get("user"), str):
+            out["user"] = self.text(request["user"])
+        if isinstance(request.get("metadata"), dict):
+            out["metadata"] = {k: self.text(v) if isinstance(v, str) else v for k, v in request["metadata"].items()}
+        return out if out != request else None
+
+
+def _map_arguments(call: Any, rewrite: Any) -> Any:
+    """A tool call with `rewrite` applied to its function's arguments (a JSON string)."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+        return call
+    return {**call, "function": {**function, "arguments": rewrite(function["arguments"])}}
 
 
 def restore(text: str, mapping: dict[str, str]) -> str:
     """`text` with every known placeholder replaced by its original (unknown ones are left as they are)."""
     return _PLACEHOLDER.sub(lambda m: mapping.get(m.group(0), m.group(0)), text)
+
+
+def restore_json(text: str, mapping: dict[str, str]) -> str:
+    """`restore` inside a JSON document (tool-call arguments): each original escaped as a JSON string body."""
+    return _PLACEHOLDER.sub(lambda m: json.dumps(mapping[m.group(0)])[1:-1] if m.group(0) in mapping
+                            else m.group(0), text)
 
 
 class Restorer:
@@ -142,37 +130,81 @@ class Restorer:
         return restore(data, self.mapping)
 
 
-async def pre(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+def _fernet(runtime_context: RunContext | None) -> Fernet:
+    """The cipher of the mapping, keyed by the server's `privacy_key` (any string: it is hashed)."""
+    settings = runtime_context.settings if runtime_context is not None else None
+    if settings is None:
+        raise OptigraphError("the privacy plugin needs the server's settings (its privacy_key)")
+    secret = settings.privacy_key.get_secret_value().encode()
+    return Fernet(base64.urlsafe_b64encode(hashlib.sha256(b"optigraph privacy mapping\0" + secret).digest()))
+
+
+def seal(mapping: dict[str, str], fernet: Fernet) -> str:
+    """The mapping as an encrypted token, as it is kept in the checkpointed private state."""
+    return fernet.encrypt(json.dumps(mapping).encode()).decode()
+
+
+def unseal(private: dict[str, Any], fernet: Fernet) -> dict[str, str]:
+    """The mapping from the private state; a clear error when the key has changed since it was sealed."""
+    token = private.get("mapping")
+    if not token:
+        return {}
+    try:
+        return json.loads(fernet.decrypt(token.encode()))
+    except InvalidToken as exc:
+        raise PrivacyKeyChanged("the privacy mapping of this run was encrypted with another privacy_key (the server "
+                          "restarted without OPTIGRAPH_PRIVACY_KEY set?): its answer cannot be restored") from exc
+
+
+def _anonymize(messages: list[dict[str, Any]], request: dict[str, Any]) -> tuple[
+        list[dict[str, Any]], dict[str, Any] | None, dict[str, str]]:
     anonymizer = Anonymizer()
-    messages = [anonymizer.message(m) for m in state["messages"]]
+    return [anonymizer.message(m) for m in messages], anonymizer.request(request), anonymizer.mapping
+
+
+async def pre(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    fernet = _fernet(runtime.context)
+    # The detectors are CPU work (and the first call imports Presidio): off the event loop.
+    messages, request, mapping = await asyncio.to_thread(_anonymize, list(state["messages"]),
+                                                         dict(state.get("request") or {}))
     counts: dict[str, int] = {}
-    for placeholder in anonymizer.mapping:
+    for placeholder in mapping:
         label = placeholder[1:].split("_")[0]
         counts[label] = counts.get(label, 0) + 1
     found = ", ".join(f"{n} {label.lower()}" for label, n in sorted(counts.items())) or "nothing"
-    return {"messages": messages, "private": {"mapping": anonymizer.mapping},
-            "notes": [f"privacy: replaced {found}"]}
+    out = {"messages": messages, "private": {"mapping": seal(mapping, fernet)}, "notes": [f"privacy: replaced {found}"]}
+    if request is not None:
+        out["request"] = request
+    return out
 
 
 async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    mapping = (state.get("private") or {}).get("mapping") or {}
+    mapping = unseal(state.get("private") or {}, _fernet(runtime.context))
     answers: list[Answer] = []
     for answer in state.get("answers") or []:
         message = dict(answer.get("message") or {})
         if isinstance(message.get("content"), str):
             message["content"] = restore(message["content"], mapping)
+        if isinstance(message.get("tool_calls"), list):
+            message["tool_calls"] = [_map_arguments(c, lambda a: restore_json(a, mapping))
+                                     for c in message["tool_calls"]]
         answers.append({**answer, "message": message})
     return {"answers": answers}
 
 
-def stream(request: dict[str, Any], private: dict[str, Any]) -> Restorer:
-    return Restorer(private.get("mapping") or {})
+def stream(request: dict[str, Any], private: dict[str, Any], context: RunContext) -> Restorer | None:
+    """The streamed text's Restorer; None (the wrapped part answers whole, `post` restores it) when the
+    request offers tools, since streamed tool-call arguments do not pass through text rewriters."""
+    if request.get("tools") or request.get("functions"):
+        return None
+    return Restorer(unseal(private, _fernet(context)))
 
 
 SPEC = PluginSpec(
     name="privacy",
-    description="Replaces personal data (e-mails, phones, cards, IBANs, IPs) with placeholders before "
-                "anything goes upstream, and restores them in the answer (streaming too).",
+    description="Replaces personal data (e-mails, phones, cards, IBANs, IPs, SSNs, crypto and MAC addresses, names "
+                "after a cue) with placeholders before anything goes upstream, and restores them in the answer "
+                "(streaming too).",
     pre=pre,
     post=post,
     stream=stream,

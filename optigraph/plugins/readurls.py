@@ -1,7 +1,9 @@
 """`readurls`: the readable text of the web pages a request links to, added to the conversation.
 
 `pre` finds the http(s) URLs in the last user turn, fetches them concurrently and appends each
-page's text (HTML reduced to its visible text) to that turn, after the question. Fetching is safe by
+page's text to that turn, after the question. An HTML page is reduced to its main text by
+trafilatura (the article, without navigation, sidebars, cookie banners and footers); when it finds
+no main text, the page's whole visible text is used. Fetching is safe by
 default:
 - only `http` and `https`;
 - the host name is resolved once and every address it resolves to must be public (no loopback,
@@ -80,6 +82,20 @@ def html_text(html: str) -> str:
     parser.feed(html)
     lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
     return "\n".join(line for line in lines if line)
+
+
+def page_text(html: str) -> str:
+    """The main text of an HTML page by trafilatura (it only parses, it fetches nothing), without the
+    navigation, sidebars, banners and footers around it. When it finds no main text, or keeps every
+    word anyway (a page with nothing around its text), the page's visible text (`html_text`) is used:
+    same words, with inline markup kept on its line."""
+    import trafilatura  # imported on first use: it takes a while and most servers never read a page
+
+    visible = html_text(html)
+    main = trafilatura.extract(html, include_comments=False, include_tables=True)
+    if not main or len(main.split()) >= len(visible.split()):
+        return visible
+    return main
 
 
 def find_urls(text: str, limit: int) -> list[str]:
@@ -164,7 +180,8 @@ async def fetch(client: httpx.AsyncClient, url: str, *, allowed: Allowed, max_by
         finally:
             await response.aclose()
         text = body.decode(response.encoding or "utf-8", errors="replace")
-        return html_text(text) if "html" in kind else text
+        # Parsing a large page is CPU work: off the event loop.
+        return await asyncio.to_thread(page_text, text) if "html" in kind else text
     raise FetchRefused(f"{url}: more than {MAX_REDIRECTS} redirects")
 
 

@@ -120,6 +120,53 @@ def test_privacy_keeps_personal_data_away_from_the_upstream_and_its_records(stac
     assert stack.run(run_id)["status"] == "completed"
 
 
+def checkpoints(stack: Stack, run_id: str) -> list[dict[str, Any]]:
+    """Every checkpoint of the run (its own and its subgraphs'), decoded as LangGraph wrote it, in order."""
+    import sqlite3
+
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+    serde = JsonPlusSerializer()
+    with sqlite3.connect(stack.db_path) as db:
+        rows = db.execute("SELECT checkpoint_ns, type, checkpoint FROM checkpoints WHERE thread_id = ? "
+                          "ORDER BY checkpoint_id", (run_id,)).fetchall()
+    return [{"ns": ns, **serde.loads_typed((kind, blob))} for ns, kind, blob in rows]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_privacy_checkpoints_hold_placeholders_and_an_encrypted_mapping(stack: Stack, stream: bool) -> None:
+    """What docs/plugins.md says is stored: from privacy.pre on, the run's state holds placeholders and
+    the mapping only as a token that the server's privacy_key opens; the client's own request (the
+    run's input) and the restored answer (its output) are stored as they are, like for any run."""
+    from optigraph.core.context import RunContext
+    from optigraph.plugins.privacy import _fernet, unseal
+
+    with stack.http() as http:
+        r = http.post("/v1/chat/completions", json={"model": "privacy&none-fake-model", "stream": stream,
+                                                    "messages": [{"role": "user", "content": question_with_pii()}]})
+    assert r.status_code == 200
+    run_id = r.headers["x-optigraph-run-id"]
+    assert stack.run(run_id)["status"] == "completed"
+    sent, calls = json.dumps(stack.log.bodies), stored_calls_text(stack, run_id)
+    assert all(v not in sent and v not in calls for v in PII.values())
+    saved = checkpoints(stack, run_id)
+    pre_done = next(i for i, c in enumerate(saved) if c["channel_values"].get("private"))
+    inner = [c for c in saved if c["ns"]]  # the wrapped approach's own checkpoints
+    assert inner and pre_done > 0
+    for c in saved[pre_done:-1] + inner:
+        values = json.dumps(c["channel_values"], default=str)
+        assert all(v not in values for v in PII.values()), c["ns"]
+    assert "[EMAIL_1]" in json.dumps(saved[pre_done]["channel_values"]["messages"])
+    token = saved[-1]["channel_values"]["private"]["mapping"]
+    assert all(v not in token for v in PII.values())
+    context = RunContext(run_id=run_id, llm=None, settings=stack.settings)  # type: ignore[arg-type]
+    mapping = unseal({"mapping": token}, _fernet(context))
+    assert mapping == {"[EMAIL_1]": PII["email"], "[PHONE_1]": PII["phone"], "[CARD_1]": PII["card"]}
+    # Documented: the run's input and its restored answer are the client's own text.
+    assert PII["email"] in json.dumps(saved[0]["channel_values"], default=str)
+    assert PII["email"] in json.dumps(saved[-1]["channel_values"]["answers"])
+
+
 def test_privacy_restores_a_streamed_answer(stack: Stack) -> None:
     stream = stack.client().chat.completions.create(
         model="privacy&none-fake-model", stream=True, messages=[{"role": "user", "content": question_with_pii()}])
@@ -216,3 +263,34 @@ def test_a_run_that_failed_inside_the_wrapped_part_resumes_with_its_private_stat
     assert r.json()["choices"][0]["message"]["content"] == "echo: echo: " + question_with_pii()
     assert len(stack.log.bodies) == 3  # only the failed stage ran again; privacy.pre did not run twice
     assert all(v not in json.dumps(stack.log.bodies) for v in PII.values())
+
+
+def test_a_restarted_server_restores_a_resumed_privacy_run_only_with_the_same_key(tmp_path: Path) -> None:
+    """Documented: the mapping is encrypted with OPTIGRAPH_PRIVACY_KEY; a server started with
+    another key says so (409) instead of answering with placeholders, and the right key resumes."""
+    db = tmp_path / "restart.db"
+
+    def fail_second_stage(body: dict[str, Any], index: int) -> Any:
+        if last_user_text(body).startswith("echo:"):
+            return HTTPFailure(400, "stage two is broken")
+        return echo_responder(body, index)
+
+    body = {"model": "privacy&none&none-fake-model", "messages": [{"role": "user", "content": question_with_pii()}]}
+    with start_stack(db, default_model="fake-model", privacy_key="the first key") as first:
+        first.script.fn = fail_second_stage
+        with first.http() as http:
+            r = http.post("/v1/chat/completions", json=body)
+        run_id = r.headers["x-optigraph-run-id"]
+        assert r.status_code == 400 and first.run(run_id)["status"] == "failed"
+    with start_stack(db, default_model="fake-model", privacy_key="another key") as second:
+        with second.http() as http:
+            r = http.post(f"/v1/runs/{run_id}/resume")
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["code"] == "privacy_key_changed"
+        assert "[EMAIL_1]" in json.dumps(second.log.bodies)  # the wrapped part ran, on placeholders
+    with start_stack(db, default_model="fake-model", privacy_key="the first key") as third:
+        with third.http() as http:
+            r = http.post(f"/v1/runs/{run_id}/resume")
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == "echo: echo: " + question_with_pii()
+        assert all(v not in json.dumps(third.log.bodies) for v in PII.values())

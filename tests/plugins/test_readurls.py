@@ -19,10 +19,35 @@ from optigraph.plugins.readurls import (
     fetch,
     find_urls,
     html_text,
+    page_text,
 )
 
 PAGE = """<html><head><title>t</title><style>p {color: red}</style><script>var secret = 1;</script></head>
 <body><h1>Opening hours</h1><p>The museum opens at <b>9:30</b> on Sundays.</p></body></html>"""
+
+
+# A news page as sites serve them: the article among navigation, a cookie banner, a sidebar, a footer.
+ARTICLE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Night trains return to the Alps | Rail Weekly</title>
+<script>window.dataLayer = [];</script><style>.nav{display:flex}</style></head>
+<body>
+<header><nav class="menu"><ul><li><a href="/">Home</a></li><li><a href="/news">News</a></li>
+<li><a href="/about">About us</a></li><li><a href="/subscribe">Subscribe</a></li></ul></nav></header>
+<div class="cookie-banner">We use cookies to improve your experience. Accept all cookies.</div>
+<aside class="sidebar"><h3>Most read</h3><ul><li><a href="/a">Ten cheapest fares this winter</a></li>
+<li><a href="/b">Why your train is late</a></li></ul></aside>
+<main><article>
+<h1>Night trains return to the Alps</h1>
+<p>The operator announced on Tuesday that a new night train will link Zurich and Vienna three times a week
+from March, with sleeper cabins and a dining car that serves regional dishes.</p>
+<p>Tickets go on sale in January. A couchette costs 79 euros one way, and a private sleeper cabin for two
+costs 240 euros, breakfast included.</p>
+<p>The company expects the service to be full on most nights during the ski season, and plans to add a
+fourth weekly departure if demand stays high through the spring.</p>
+</article></main>
+<footer><p>Copyright 2026 Rail Weekly. All rights reserved.</p><ul><li><a href="/privacy">Privacy policy</a></li>
+<li><a href="/terms">Terms of use</a></li><li><a href="/contact">Contact</a></li></ul></footer>
+</body></html>"""
 
 
 def site() -> Starlette:
@@ -41,8 +66,11 @@ def site() -> Starlette:
     async def big(request):  # noqa: ANN001
         return PlainTextResponse("x" * 50_000)
 
+    async def article(request):  # noqa: ANN001
+        return Response(ARTICLE, media_type="text/html; charset=utf-8")
+
     return Starlette(routes=[Route("/page", page), Route("/meta", to_metadata), Route("/local", to_local),
-                             Route("/bin", binary), Route("/big", big)])
+                             Route("/bin", binary), Route("/big", big), Route("/article", article)])
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +83,33 @@ def test_html_is_reduced_to_its_visible_text() -> None:
     assert html_text(PAGE) == "t\nOpening hours\nThe museum opens at 9:30 on Sundays." or \
         html_text(PAGE) == "Opening hours\nThe museum opens at 9:30 on Sundays."
     assert "secret" not in html_text(PAGE) and "color" not in html_text(PAGE)
+
+
+async def test_a_page_is_reduced_to_its_article(server: ServerThread) -> None:
+    async with httpx.AsyncClient() as client:
+        text = await fetch(client, f"{server.url}/article", allowed=Allowed(["127.0.0.1"]), max_bytes=100_000)
+    assert "A couchette costs 79 euros one way" in text
+    assert "fourth weekly departure if demand stays high" in text
+    for boilerplate in ("About us", "Subscribe", "cookies", "Most read", "Ten cheapest fares", "All rights reserved",
+                        "Privacy policy", "dataLayer", "display:flex"):
+        assert boilerplate not in text, boilerplate
+    assert "Home" not in text.split()
+
+
+def test_extraction_fetches_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The extractor only parses the page it is given (no look-ups of links, suffix lists or feeds)."""
+    import socket
+
+    lookups: list[str] = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: lookups.append(host) or [])
+    assert "A couchette costs 79 euros one way" in page_text(ARTICLE)
+    assert lookups == []
+
+
+def test_a_page_without_a_main_text_keeps_its_visible_text() -> None:
+    """Where the extractor finds nothing it would call content, the stdlib reduction is used."""
+    page = "<html><body><nav><a href='/a'>Alpha</a> <a href='/b'>Beta</a></nav><script>x=1</script></body></html>"
+    assert page_text(page) == html_text(page) == "Alpha Beta"
 
 
 def test_urls_are_found_once_in_order_without_trailing_punctuation() -> None:
