@@ -53,8 +53,9 @@ def stop(proc: subprocess.Popen) -> None:
 def fake_upstream(latency: float = 0.0) -> Iterator[tuple[str, subprocess.Popen]]:
     """Yields (base URL ending in /v1, process)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(BENCH / "fake_upstream.py"), "--port", str(port),
-                             "--latency", str(latency)])
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH / "fake_upstream.py"), "--port", str(port), "--latency", str(latency)]
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/v1/models", proc)
         yield f"http://127.0.0.1:{port}/v1", proc
@@ -70,8 +71,23 @@ def optigraph_server(base_url: str, *extra: str) -> Iterator[tuple[str, subproce
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="optigraph-bench-") as tmp:
         db_url = f"sqlite:///{Path(tmp) / 'bench.db'}"
-        proc = subprocess.Popen([sys.executable, "-m", "optigraph", "serve", "--base-url", base_url,
-                                 "--db-url", db_url, "--port", str(port), "--log-level", "warning", *extra])
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "optigraph",
+                "serve",
+                "--base-url",
+                base_url,
+                "--db-url",
+                db_url,
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                *extra,
+            ]
+        )
         try:
             wait_http(f"http://127.0.0.1:{port}/health", proc)
             yield f"http://127.0.0.1:{port}/v1", proc
@@ -92,8 +108,9 @@ def cpu_seconds(pid: int) -> float:
 def reference_proxy(base_url: str) -> Iterator[tuple[str, subprocess.Popen]]:
     """Runs bench/reference_proxy.py in front of `base_url`. Yields (base URL ending in /v1, process)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(BENCH / "reference_proxy.py"), "--port", str(port),
-                             "--upstream", base_url])
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH / "reference_proxy.py"), "--port", str(port), "--upstream", base_url]
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc)
         yield f"http://127.0.0.1:{port}/v1", proc

@@ -35,10 +35,18 @@ from optigraph.engine.registry import Registry, builtin_registry  # noqa: E402
 
 # (expression, optillm_params by approach); the last rows show that wider fan-outs cost no extra rounds.
 CASES: tuple[tuple[str, dict[str, dict[str, Any]]], ...] = (
-    ("none", {}), ("none|none", {}), ("none&none", {}), ("bon", {}), ("moa", {}), ("self_consistency", {}),
-    ("bon", {"bon": {"n": 8}}), ("moa", {"moa": {"n": 8}}), ("self_consistency", {"self_consistency": {"samples": 16}}),
+    ("none", {}),
+    ("none|none", {}),
+    ("none&none", {}),
+    ("bon", {}),
+    ("moa", {}),
+    ("self_consistency", {}),
+    ("bon", {"bon": {"n": 8}}),
+    ("moa", {"moa": {"n": 8}}),
+    ("self_consistency", {"self_consistency": {"samples": 16}}),
 )
 MESSAGES = [{"role": "user", "content": "What is six times seven? Think it through, then answer."}]
+
 
 def expected(node: Node, registry: Registry, params: dict[str, dict[str, Any]]) -> tuple[int, int]:
     """(dependent rounds, upstream calls) of an expression with the given (else default) parameters."""
@@ -75,7 +83,9 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="2 timed runs per case instead of 5")
     p.add_argument("--runs", type=int, help="timed runs per case (default 5; quick 2)")
     p.add_argument("--latency", type=float, default=0.1, help="upstream latency per call in seconds (default 0.1)")
-    p.add_argument("expressions", nargs="*", help="expressions to run with default parameters (default: a set of cases)")
+    p.add_argument(
+        "expressions", nargs="*", help="expressions to run with default parameters (default: a set of cases)"
+    )
     args = p.parse_args()
     runs = args.runs or (2 if args.quick else 5)
     registry = builtin_registry()
@@ -89,8 +99,10 @@ def main() -> int:
 
     lat_ms = args.latency * 1000.0
     print(f"optigraph approaches benchmark  {dt.datetime.now().isoformat(timespec='seconds')}")
-    print(f"machine: nproc={os.cpu_count()}  Python {platform.python_version()}  upstream latency {lat_ms:.0f} ms per call"
-          f"  median of {runs} runs after one warm-up")
+    print(
+        f"machine: nproc={os.cpu_count()}  Python {platform.python_version()}  upstream latency {lat_ms:.0f} ms per call"
+        f"  median of {runs} runs after one warm-up"
+    )
     rows = []
     with fake_upstream(args.latency) as (up_url, _), optigraph_server(up_url) as (url, _):
         direct = openai.OpenAI(base_url=up_url, api_key="bench", max_retries=0, timeout=120)
@@ -111,8 +123,7 @@ def main() -> int:
             made: set[int] = set()
             for i in range(runs + 1):
                 t0 = time.perf_counter()
-                r = client.chat.completions.create(model="fake-model", messages=MESSAGES,
-                                                   extra_body=extra)
+                r = client.chat.completions.create(model="fake-model", messages=MESSAGES, extra_body=extra)
                 elapsed = time.perf_counter() - t0
                 ext = (r.model_extra or {}).get("optigraph") or {}
                 made.add(int(ext.get("upstream_calls", -1)))
@@ -120,16 +131,21 @@ def main() -> int:
                     times.append(elapsed)
             wall = statistics.median(times) * 1000.0
             ideal = rounds * lat_ms
-            rows.append((expr, shown_params(parse(expr), registry, params), rounds, calls, made, wall, ideal,
-                         len(r.choices)))
+            rows.append(
+                (expr, shown_params(parse(expr), registry, params), rounds, calls, made, wall, ideal, len(r.choices))
+            )
     print()
-    print(f"{'expression':18}{'rounds':>7}{'calls':>7}{'made':>6}{'choices':>8}{'ideal ms':>10}{'wall ms':>10}"
-          f"{'over ms':>9}{'wall/ideal':>11}   {'calls x lat':>11}  parameters")
+    print(
+        f"{'expression':18}{'rounds':>7}{'calls':>7}{'made':>6}{'choices':>8}{'ideal ms':>10}{'wall ms':>10}"
+        f"{'over ms':>9}{'wall/ideal':>11}   {'calls x lat':>11}  parameters"
+    )
     print("-" * 118)
     for expr, dflt, rounds, calls, made, wall, ideal, choices in rows:
         made_s = ",".join(str(m) for m in sorted(made))
-        print(f"{expr:18}{rounds:7d}{calls:7d}{made_s:>6}{choices:8d}{ideal:10.0f}{wall:10.1f}{wall - ideal:9.1f}"
-              f"{wall / ideal:11.2f}   {calls * lat_ms:11.0f}  {dflt}")
+        print(
+            f"{expr:18}{rounds:7d}{calls:7d}{made_s:>6}{choices:8d}{ideal:10.0f}{wall:10.1f}{wall - ideal:9.1f}"
+            f"{wall / ideal:11.2f}   {calls * lat_ms:11.0f}  {dflt}"
+        )
     print("-" * 118)
     print("(direct upstream): the same client calling the fake upstream itself, for the client's own overhead.")
     print("rounds/calls: declared by the approach for these parameters; made: upstream calls the response reports;")

@@ -44,8 +44,9 @@ def main() -> None:
     args = p.parse_args()
     log = UpstreamLog(bodies=_Discard(), headers=_Discard())
     app = make_app(bench_responder, latency=args.latency, log=log)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                loop="uvloop", http="httptools")
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="warning", access_log=False, loop="uvloop", http="httptools"
+    )
 
 
 if __name__ == "__main__":

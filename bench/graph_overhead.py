@@ -33,11 +33,16 @@ from optigraph.engine.runner import Runner
 from optigraph.memory.checkpoints import open_checkpointer
 
 EXPRESSIONS = ("none", "re2", "none&none", "none|none", "bon", "moa")
-ANSWER = orjson.dumps({
-    "id": "chatcmpl-stub", "object": "chat.completion", "created": 0, "model": "stub",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "8"}, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
-})
+ANSWER = orjson.dumps(
+    {
+        "id": "chatcmpl-stub",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "stub",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "8"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+    }
+)
 
 
 class NullRecorder:
@@ -63,12 +68,20 @@ async def measure(saver: Any, runs: int) -> dict[str, float]:
     registry = builtin_registry()
     backends = Backends(settings)
     backends.http.complete = stub_complete  # type: ignore[method-assign, union-attr]
-    runner = Runner(settings=settings, registry=registry, backends=backends, recorder=NullRecorder(),
-                    compiler=Compiler(registry, saver))
+    runner = Runner(
+        settings=settings,
+        registry=registry,
+        backends=backends,
+        recorder=NullRecorder(),
+        compiler=Compiler(registry, saver),
+    )
     out = {}
     for expr in EXPRESSIONS:
-        body = {"model": "fake-model", "messages": [{"role": "user", "content": "What is six times seven?"}],
-                "optillm_approach": expr}
+        body = {
+            "model": "fake-model",
+            "messages": [{"role": "user", "content": "What is six times seven?"}],
+            "optillm_approach": expr,
+        }
         times = []
         for i in range(runs + 20):
             t0 = time.perf_counter()

@@ -46,13 +46,21 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-PROMPT = ("Write a long, detailed story about a lighthouse keeper who finds a message in a bottle. Describe the sea, "
-          "the weather, the keeper's daily routine, and what the message says.")
+PROMPT = (
+    "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle. Describe the sea, "
+    "the weather, the keeper's daily routine, and what the message says."
+)
 
 
 def body(args: argparse.Namespace, *, n: int = 1, seed: int = 0) -> dict[str, Any]:
-    return {"model": args.model, "messages": [{"role": "user", "content": PROMPT}], "n": n, "temperature": 1.0,
-            "seed": seed, "max_tokens": args.max_tokens}
+    return {
+        "model": args.model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "n": n,
+        "temperature": 1.0,
+        "seed": seed,
+        "max_tokens": args.max_tokens,
+    }
 
 
 def median(values: list[float]) -> float:
@@ -80,6 +88,7 @@ async def ready(backend: Any, model: str) -> float:
 
 # ---- 1. n samples in one request vs n requests one after another -----------------------------------------
 
+
 async def n_samples(backend: Any, args: argparse.Namespace, repeat: int) -> dict[str, Any]:
     seed = 1000 * (repeat + 1)
 
@@ -94,7 +103,7 @@ async def n_samples(backend: Any, args: argparse.Namespace, repeat: int) -> dict
         return time.perf_counter() - t0, count
 
     out: dict[str, Any] = {}
-    for name in (("batched", "sequential") if repeat % 2 == 0 else ("sequential", "batched")):
+    for name in ("batched", "sequential") if repeat % 2 == 0 else ("sequential", "batched"):
         elapsed, count = await (batched() if name == "batched" else sequential())
         out[name] = {"seconds": elapsed, "tokens": count, "tokens_per_s": count / elapsed}
     out["ratio"] = out["batched"]["tokens_per_s"] / out["sequential"]["tokens_per_s"]
@@ -103,8 +112,8 @@ async def n_samples(backend: Any, args: argparse.Namespace, repeat: int) -> dict
 
 # ---- 2. concurrent requests, batched by the worker or not ------------------------------------------------
 
-async def concurrent(backend: Any, args: argparse.Namespace, seed: int,
-                     rows: int | None = None) -> dict[str, Any]:
+
+async def concurrent(backend: Any, args: argparse.Namespace, seed: int, rows: int | None = None) -> dict[str, Any]:
     """`args.n` requests at once; `rows` sets the worker's max_batch_rows for this run (1: each alone)."""
     saved = backend.worker.max_batch_rows
     if rows is not None:
@@ -112,21 +121,28 @@ async def concurrent(backend: Any, args: argparse.Namespace, seed: int,
     try:
         before = backend.worker.batches
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(timed(lambda i=i: backend.complete(body(args, seed=seed + i)))
-                                         for i in range(args.n)))
+        results = await asyncio.gather(
+            *(timed(lambda i=i: backend.complete(body(args, seed=seed + i))) for i in range(args.n))
+        )
         wall = time.perf_counter() - t0
     finally:
         backend.worker.max_batch_rows = saved
     count = sum(tokens(r) for _, r in results)
     latencies = [elapsed for elapsed, _ in results]
-    return {"seconds": wall, "tokens": count, "tokens_per_s": count / wall, "batches": backend.worker.batches - before,
-            "latency_median_s": median(latencies), "latency_max_s": max(latencies)}
+    return {
+        "seconds": wall,
+        "tokens": count,
+        "tokens_per_s": count / wall,
+        "batches": backend.worker.batches - before,
+        "latency_median_s": median(latencies),
+        "latency_max_s": max(latencies),
+    }
 
 
 async def concurrency(batched: Any, unbatched: Any, args: argparse.Namespace, repeat: int) -> dict[str, Any]:
     seed = 1000 * (repeat + 1) + 500
     out: dict[str, Any] = {}
-    for name in (("batched", "unbatched") if repeat % 2 == 0 else ("unbatched", "batched")):
+    for name in ("batched", "unbatched") if repeat % 2 == 0 else ("unbatched", "batched"):
         if name == "batched":
             out[name] = await concurrent(batched, args, seed)
         else:
@@ -136,6 +152,7 @@ async def concurrency(batched: Any, unbatched: Any, args: argparse.Namespace, re
 
 
 # ---- 4. streaming: time to first token ----------------------------------------------------------------
+
 
 async def streaming(backend: Any, args: argparse.Namespace, repeat: int) -> dict[str, Any]:
     request = {**body(args, seed=7 + repeat), "stream_options": {"include_usage": True}}
@@ -147,11 +164,15 @@ async def streaming(backend: Any, args: argparse.Namespace, repeat: int) -> dict
             first = time.perf_counter() - t0
         usage = chunk.get("usage") or usage
     total = time.perf_counter() - t0
-    return {"ttft_s": first if first is not None else total, "total_s": total,
-            "tokens": int(usage.get("completion_tokens", 0))}
+    return {
+        "ttft_s": first if first is not None else total,
+        "total_s": total,
+        "tokens": int(usage.get("completion_tokens", 0)),
+    }
 
 
 # ---- 5. where decoding time goes ------------------------------------------------------------------------
+
 
 def profile(lm: Any, rows_list: tuple[int, ...], threads_list: tuple[int, ...], steps: int) -> dict[str, Any]:
     """Runs on the worker thread: a forward step and sampling at each row count and torch thread count (the
@@ -188,8 +209,10 @@ def profile(lm: Any, rows_list: tuple[int, ...], threads_list: tuple[int, ...], 
                     times[config][0].append(t2 - t1)
                     times[config][1].append(t1 - t0)
             for (threads, rows), (forward, sample) in times.items():
-                out["threads"].setdefault(threads, {})[rows] = {"forward_ms": median(forward) * 1000.0,
-                                                                "sample_ms": median(sample) * 1000.0}
+                out["threads"].setdefault(threads, {})[rows] = {
+                    "forward_ms": median(forward) * 1000.0,
+                    "sample_ms": median(sample) * 1000.0,
+                }
     finally:
         torch.set_num_threads(default_threads)
     ids = lm.tokenizer(PROMPT * 4, add_special_tokens=False)["input_ids"]
@@ -202,6 +225,7 @@ def profile(lm: Any, rows_list: tuple[int, ...], threads_list: tuple[int, ...], 
 
 
 # ---- the run -------------------------------------------------------------------------------------------
+
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     import inspect
@@ -224,11 +248,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         pass
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
     report: dict[str, Any] = {
-        "date": dt.datetime.now().isoformat(timespec="seconds"), "machine": {
-            "nproc": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "loadavg_start": os.getloadavg()},
-        "settings": {"model": args.model, "n": args.n, "max_tokens": args.max_tokens, "repeats": args.repeats,
-                     "dtype": args.dtype, "two_backends": args.two_backends}}
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": {
+            "nproc": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "loadavg_start": os.getloadavg(),
+        },
+        "settings": {
+            "model": args.model,
+            "n": args.n,
+            "max_tokens": args.max_tokens,
+            "repeats": args.repeats,
+            "dtype": args.dtype,
+            "two_backends": args.two_backends,
+        },
+    }
     say(f"loading {args.model}...")
     batched = LocalBackend(args.model, **options)
     load_batched = await ready(batched, args.model)
@@ -260,31 +295,41 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         return median(values)
 
     report["summary"] = {
-        "n_samples": {"batched_tokens_per_s": med("n_samples", "batched", "tokens_per_s"),
-                      "sequential_tokens_per_s": med("n_samples", "sequential", "tokens_per_s"),
-                      "ratio": med("n_samples", "ratio"),
-                      "batched_tokens": med("n_samples", "batched", "tokens"),
-                      "sequential_tokens": med("n_samples", "sequential", "tokens")},
-        "concurrent": {"batched_tokens_per_s": med("concurrent", "batched", "tokens_per_s"),
-                       "unbatched_tokens_per_s": med("concurrent", "unbatched", "tokens_per_s"),
-                       "ratio": med("concurrent", "ratio"),
-                       "batched_batches": med("concurrent", "batched", "batches"),
-                       "unbatched_batches": med("concurrent", "unbatched", "batches"),
-                       "batched_latency_median_s": med("concurrent", "batched", "latency_median_s"),
-                       "unbatched_latency_median_s": med("concurrent", "unbatched", "latency_median_s")},
-        "streaming": {"ttft_s": med("streaming", "ttft_s"), "total_s": med("streaming", "total_s"),
-                      "tokens": med("streaming", "tokens")},
+        "n_samples": {
+            "batched_tokens_per_s": med("n_samples", "batched", "tokens_per_s"),
+            "sequential_tokens_per_s": med("n_samples", "sequential", "tokens_per_s"),
+            "ratio": med("n_samples", "ratio"),
+            "batched_tokens": med("n_samples", "batched", "tokens"),
+            "sequential_tokens": med("n_samples", "sequential", "tokens"),
+        },
+        "concurrent": {
+            "batched_tokens_per_s": med("concurrent", "batched", "tokens_per_s"),
+            "unbatched_tokens_per_s": med("concurrent", "unbatched", "tokens_per_s"),
+            "ratio": med("concurrent", "ratio"),
+            "batched_batches": med("concurrent", "batched", "batches"),
+            "unbatched_batches": med("concurrent", "unbatched", "batches"),
+            "batched_latency_median_s": med("concurrent", "batched", "latency_median_s"),
+            "unbatched_latency_median_s": med("concurrent", "unbatched", "latency_median_s"),
+        },
+        "streaming": {
+            "ttft_s": med("streaming", "ttft_s"),
+            "total_s": med("streaming", "total_s"),
+            "tokens": med("streaming", "tokens"),
+        },
     }
     if args.profile:
         say("profiling one decoding step...")
         threads = tuple(sorted({1, report["machine"]["torch_threads"], os.cpu_count() or 1}))
-        report["profile"] = await batched.run(lambda lm: profile(lm, (1, args.n), threads, args.profile_steps),
-                                              args.model)
+        report["profile"] = await batched.run(
+            lambda lm: profile(lm, (1, args.n), threads, args.profile_steps), args.model
+        )
     if args.model2:
         say(f"loading {args.model2}...")
         await ready(batched, args.model2)
-    report["memory"] = {"backend": batched.describe(),
-                        "second_backend": [] if unbatched is batched else unbatched.describe()}
+    report["memory"] = {
+        "backend": batched.describe(),
+        "second_backend": [] if unbatched is batched else unbatched.describe(),
+    }
     report["machine"]["loadavg_end"] = os.getloadavg()
     for backend in {id(b): b for b in (batched, unbatched)}.values():
         await backend.aclose()
@@ -298,41 +343,60 @@ def show(report: dict[str, Any]) -> None:
     m, s, summary = report["machine"], report["settings"], report["summary"]
     n = s["n"]
     print(f"optigraph local inference benchmark  {report['date']}")
-    print(f"machine: nproc={m['nproc']}  Python {m['python']}  torch {m['torch']}  torch threads {m['torch_threads']}"
-          f"  load average {m['loadavg_start'][0]:.2f} -> {m['loadavg_end'][0]:.2f}")
-    print(f"model {s['model']} ({s['dtype']}), max_tokens {s['max_tokens']}, temperature 1, "
-          f"median of {s['repeats']} repeats, unbatched case on "
-          + ("a second backend" if s.get("two_backends") else "the same backend with max_batch_rows=1"))
+    print(
+        f"machine: nproc={m['nproc']}  Python {m['python']}  torch {m['torch']}  torch threads {m['torch_threads']}"
+        f"  load average {m['loadavg_start'][0]:.2f} -> {m['loadavg_end'][0]:.2f}"
+    )
+    print(
+        f"model {s['model']} ({s['dtype']}), max_tokens {s['max_tokens']}, temperature 1, "
+        f"median of {s['repeats']} repeats, unbatched case on "
+        + ("a second backend" if s.get("two_backends") else "the same backend with max_batch_rows=1")
+    )
     print()
     ns, cc = summary["n_samples"], summary["concurrent"]
     print(f"{'case':46}{'tokens':>8}{'tok/s':>9}{'ratio':>8}")
     print("-" * 71)
     print(f"{f'one request, n={n}':46}{ns['batched_tokens']:8.0f}{ns['batched_tokens_per_s']:9.2f}{ns['ratio']:8.2f}")
-    print(f"{f'{n} requests n=1, one after another':46}{ns['sequential_tokens']:8.0f}"
-          f"{ns['sequential_tokens_per_s']:9.2f}{1:8.2f}")
-    print(f"{f'{n} concurrent requests, batched':46}{'':8}{cc['batched_tokens_per_s']:9.2f}{cc['ratio']:8.2f}"
-          f"   batches {cc['batched_batches']:.0f}, latency median {cc['batched_latency_median_s']:.2f} s")
-    print(f"{f'{n} concurrent requests, max_batch_rows=1':46}{'':8}{cc['unbatched_tokens_per_s']:9.2f}{1:8.2f}"
-          f"   batches {cc['unbatched_batches']:.0f}, latency median {cc['unbatched_latency_median_s']:.2f} s")
+    print(
+        f"{f'{n} requests n=1, one after another':46}{ns['sequential_tokens']:8.0f}"
+        f"{ns['sequential_tokens_per_s']:9.2f}{1:8.2f}"
+    )
+    print(
+        f"{f'{n} concurrent requests, batched':46}{'':8}{cc['batched_tokens_per_s']:9.2f}{cc['ratio']:8.2f}"
+        f"   batches {cc['batched_batches']:.0f}, latency median {cc['batched_latency_median_s']:.2f} s"
+    )
+    print(
+        f"{f'{n} concurrent requests, max_batch_rows=1':46}{'':8}{cc['unbatched_tokens_per_s']:9.2f}{1:8.2f}"
+        f"   batches {cc['unbatched_batches']:.0f}, latency median {cc['unbatched_latency_median_s']:.2f} s"
+    )
     print("-" * 71)
-    print("per repeat, ratio n-samples / concurrent: "
-          + ", ".join(f"{a['ratio']:.2f} / {b['ratio']:.2f}"
-                      for a, b in zip(report["runs"]["n_samples"], report["runs"]["concurrent"])))
+    print(
+        "per repeat, ratio n-samples / concurrent: "
+        + ", ".join(
+            f"{a['ratio']:.2f} / {b['ratio']:.2f}"
+            for a, b in zip(report["runs"]["n_samples"], report["runs"]["concurrent"])
+        )
+    )
     st = summary["streaming"]
-    print(f"streaming one request: first token {st['ttft_s'] * 1000:.0f} ms, whole stream {st['total_s']:.2f} s "
-          f"({st['tokens']:.0f} tokens)")
+    print(
+        f"streaming one request: first token {st['ttft_s'] * 1000:.0f} ms, whole stream {st['total_s']:.2f} s "
+        f"({st['tokens']:.0f} tokens)"
+    )
     print()
     print(f"{'loaded model':28}{'resident MiB':>14}{'parameter MiB':>15}{'load s':>9}")
     for where, models in report["memory"].items():
         for model in models:
-            label = os.path.basename(model["id"].rstrip("/"))[:16] + (" (2nd copy)" if where == "second_backend" else "")
-            print(f"{label:28}{model['resident_mib']:14.1f}"
-                  f"{model['parameter_mib']:15.1f}{model['load_seconds']:9.1f}")
+            label = os.path.basename(model["id"].rstrip("/"))[:16] + (
+                " (2nd copy)" if where == "second_backend" else ""
+            )
+            print(f"{label:28}{model['resident_mib']:14.1f}{model['parameter_mib']:15.1f}{model['load_seconds']:9.1f}")
     if "profile" in report:
         p = report["profile"]
         print()
-        print(f"one decoding step ({p['prompt_tokens']}-token prompt, prefill {p['prefill_ms']:.0f} ms with "
-              f"{p['worker_torch_threads']} torch threads), median ms, the configurations taking turns:")
+        print(
+            f"one decoding step ({p['prompt_tokens']}-token prompt, prefill {p['prefill_ms']:.0f} ms with "
+            f"{p['worker_torch_threads']} torch threads), median ms, the configurations taking turns:"
+        )
         print(f"{'threads':>8}{'rows':>6}{'forward':>10}{'sample':>9}{'per row':>10}")
         for threads, by_rows in p["threads"].items():
             for rows, r in by_rows.items():
@@ -344,18 +408,28 @@ def show(report: dict[str, Any]) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2", help="local model name: smollm2, a .gguf file or a model directory")
-    p.add_argument("--model2", help="a second local model to load, for its memory figures: a built-in name or a "
-                                    "name inside --models-dir (requests may name nothing else)")
-    p.add_argument("--models-dir", type=lambda v: __import__("pathlib").Path(v),
-                   help="the models directory: where --model2 and relative names are looked up")
+    p.add_argument(
+        "--model2",
+        help="a second local model to load, for its memory figures: a built-in name or a "
+        "name inside --models-dir (requests may name nothing else)",
+    )
+    p.add_argument(
+        "--models-dir",
+        type=lambda v: __import__("pathlib").Path(v),
+        help="the models directory: where --model2 and relative names are looked up",
+    )
     p.add_argument("--dtype", default="float32", help="dtype the models load in (default float32)")
     p.add_argument("--n", type=int, default=8, help="samples per request / concurrent requests (default 8)")
     p.add_argument("--max-tokens", type=int, default=64, help="max_tokens of every timed request (default 64)")
     p.add_argument("--repeats", type=int, default=3, help="repeats of each comparison (default 3)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch threads of the local worker (default: LocalBackend's default)")
-    p.add_argument("--two-backends", action="store_true",
-                   help="run the unbatched case on a second LocalBackend(max_batch_rows=1), a second model copy")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads of the local worker (default: LocalBackend's default)"
+    )
+    p.add_argument(
+        "--two-backends",
+        action="store_true",
+        help="run the unbatched case on a second LocalBackend(max_batch_rows=1), a second model copy",
+    )
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the per-step timing")
     p.add_argument("--profile-steps", type=int, default=16, help="decoding steps timed per row count (default 16)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON (progress goes to stderr)")

@@ -42,8 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _servers import cpu_seconds, fake_upstream, optigraph_server, reference_proxy  # noqa: E402
 
-BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "What is six times seven?"}],
-        "max_tokens": 16}
+BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "What is six times seven?"}], "max_tokens": 16}
 BODY_BYTES = json.dumps(BODY).encode()
 TARGET_ADDED_MS = 2.0
 TARGET_RATIO = 0.5
@@ -51,6 +50,7 @@ CONNECTIONS = 64
 
 
 # ---- latency ----------------------------------------------------------------------------------
+
 
 class Client:
     """One keep-alive HTTP/1.1 connection (the stdlib client: little overhead of its own)."""
@@ -108,9 +108,21 @@ wrk.headers["Content-Type"] = "application/json"
 
 
 def wrk_round(url: str, seconds: float, script: str) -> dict[str, float]:
-    out = subprocess.run(["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "-s", script,
-                          url.rstrip("/") + "/chat/completions"],
-                         capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{CONNECTIONS}",
+            f"-d{max(1, round(seconds))}s",
+            "-s",
+            script,
+            url.rstrip("/") + "/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
     rps = errors = total = 0.0
     for line in out.splitlines():
         line = line.strip()
@@ -159,8 +171,9 @@ def asyncio_round(url: str, seconds: float) -> dict[str, float]:
     return uvloop.run(_asyncio_round(url, seconds))
 
 
-def measure_throughput(urls: dict[str, str], pids: dict[str, int], *, rounds: int, seconds: float,
-                       warmup_s: float, use_wrk: bool) -> dict[str, dict[str, list[float]]]:
+def measure_throughput(
+    urls: dict[str, str], pids: dict[str, int], *, rounds: int, seconds: float, warmup_s: float, use_wrk: bool
+) -> dict[str, dict[str, list[float]]]:
     """Per target: req/s and errors of each round, and CPU ms per request of the process serving it."""
     with tempfile.TemporaryDirectory(prefix="optigraph-bench-") as tmp:
         script = str(Path(tmp) / "post.lua")
@@ -174,7 +187,7 @@ def measure_throughput(urls: dict[str, str], pids: dict[str, int], *, rounds: in
         results = {name: {"rps": [], "errors": [], "cpu_ms_per_req": []} for name in urls}
         names = list(urls)
         for i in range(rounds):
-            for name in (names if i % 2 == 0 else names[::-1]):
+            for name in names if i % 2 == 0 else names[::-1]:
                 cpu0 = cpu_seconds(pids[name])
                 r = one(urls[name], seconds)
                 cpu = cpu_seconds(pids[name]) - cpu0
@@ -196,8 +209,11 @@ def main() -> int:
     p.add_argument("--requests", type=int, help="sequential requests per target (default 2000; quick 400)")
     p.add_argument("--seconds", type=float, help="seconds per load round (default 10; quick 3)")
     p.add_argument("--rounds", type=int, help="load rounds per target (default 3; quick 1)")
-    p.add_argument("--reference", action="store_true",
-                   help="also measure bench/reference_proxy.py, a minimal forwarding proxy on the same stack")
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="also measure bench/reference_proxy.py, a minimal forwarding proxy on the same stack",
+    )
     p.add_argument("--no-wrk", action="store_true", help="use the asyncio load generator even if wrk is installed")
     args = p.parse_args()
     requests = args.requests or (400 if args.quick else 2000)
@@ -207,8 +223,10 @@ def main() -> int:
     generator = "wrk (1 thread)" if use_wrk else "asyncio aiohttp client, one process (wrk not found)"
 
     print(f"optigraph passthrough benchmark  {dt.datetime.now().isoformat(timespec='seconds')}")
-    print(f"machine: nproc={os.cpu_count()}  {platform.machine()}  Python {platform.python_version()}"
-          f"  (load generator, proxies and upstream share these cores)")
+    print(
+        f"machine: nproc={os.cpu_count()}  {platform.machine()}  Python {platform.python_version()}"
+        f"  (load generator, proxies and upstream share these cores)"
+    )
     print(f"load generator: {generator}")
     with contextlib.ExitStack() as stack:
         direct_url, up = stack.enter_context(fake_upstream(0.0))
@@ -219,10 +237,12 @@ def main() -> int:
             urls["reference"], pids["reference"] = ref_url, ref.pid
         print(f"sequential latency: {requests} requests per target, blocks of 100, interleaved ...", flush=True)
         lat = measure_latency(urls, requests=requests, block=min(100, requests), warmup=50 if args.quick else 200)
-        print(f"throughput: {CONNECTIONS} connections, {rounds} x {seconds:.0f} s per target, alternating ...",
-              flush=True)
-        tp = measure_throughput(urls, pids, rounds=rounds, seconds=seconds, warmup_s=2.0 if args.quick else 3.0,
-                                use_wrk=use_wrk)
+        print(
+            f"throughput: {CONNECTIONS} connections, {rounds} x {seconds:.0f} s per target, alternating ...", flush=True
+        )
+        tp = measure_throughput(
+            urls, pids, rounds=rounds, seconds=seconds, warmup_s=2.0 if args.quick else 3.0, use_wrk=use_wrk
+        )
 
     names = list(urls)
     med = {n: statistics.median(lat[n]) * 1000.0 for n in names}
@@ -238,11 +258,19 @@ def main() -> int:
     print()
     print(f"{'':30}" + "".join(LABELS[n].rjust(12) for n in names))
     print("-" * (30 + 12 * len(names) + 40))
-    row("latency median (ms)", med, ".3f",
-        f"optigraph adds {added:+.3f} ms  (target <= +{TARGET_ADDED_MS:.0f}: {'met' if added <= TARGET_ADDED_MS else 'MISSED'})")
+    row(
+        "latency median (ms)",
+        med,
+        ".3f",
+        f"optigraph adds {added:+.3f} ms  (target <= +{TARGET_ADDED_MS:.0f}: {'met' if added <= TARGET_ADDED_MS else 'MISSED'})",
+    )
     row("latency p90 (ms)", p90, ".3f", f"optigraph adds {p90['optigraph'] - p90['direct']:+.3f} ms")
-    row(f"throughput, {CONNECTIONS} conn (req/s)", rps, ".0f",
-        f"optigraph/direct {ratio:.2f}  (target >= {TARGET_RATIO:.2f}: {'met' if ratio >= TARGET_RATIO else 'MISSED'})")
+    row(
+        f"throughput, {CONNECTIONS} conn (req/s)",
+        rps,
+        ".0f",
+        f"optigraph/direct {ratio:.2f}  (target >= {TARGET_RATIO:.2f}: {'met' if ratio >= TARGET_RATIO else 'MISSED'})",
+    )
     row("  ratio to direct", {n: rps[n] / rps["direct"] for n in names}, ".2f")
     row("CPU per request (ms)", cpu, ".3f", "of the process serving that target, under load")
     print("-" * (30 + 12 * len(names) + 40))

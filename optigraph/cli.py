@@ -24,54 +24,118 @@ SERVE_FLAGS = (
     ("--log-level", "log_level", "debug, info, warning, error"),
     ("--approaches-dir", "approaches_dir", "load approach modules (*.py) and YAML/JSON specs from this directory"),
     ("--local-model", "local_model", "local model: smollm2 (default), a .gguf file or model directory, +adapters"),
-    ("--local-models-dir", "local_models_dir", ("directory of the local models and adapters clients may name "
-                                                "(besides smollm2 and --local-model); nothing outside it loads")),
+    (
+        "--local-models-dir",
+        "local_models_dir",
+        (
+            "directory of the local models and adapters clients may name "
+            "(besides smollm2 and --local-model); nothing outside it loads"
+        ),
+    ),
     ("--local-max-models", "local_max_models", "local base models kept loaded (default 2, least recently used out)"),
     ("--local-dtype", "local_dtype", "dtype of local models: float32 (default), bfloat16, float16, auto"),
     ("--local-threads", "local_threads", "CPU threads for local models (default: half the cores, at least 1)"),
-    ("--mcp-config", "mcp_config", ("JSON file of the MCP servers (stdio commands, streamable HTTP URLs) whose "
-                                    "tools the mcp plugin offers to the model (docs/plugins.md)")),
-    ("--sandbox-level", "sandbox_level", ("layers required before model-written code runs, else it is not run: "
-                                          "strict (default, all), reduced (no namespaces: containers that forbid "
-                                          "them), minimal (no namespaces, no Landlock); see docs/sandbox.md")),
+    (
+        "--mcp-config",
+        "mcp_config",
+        (
+            "JSON file of the MCP servers (stdio commands, streamable HTTP URLs) whose "
+            "tools the mcp plugin offers to the model (docs/plugins.md)"
+        ),
+    ),
+    (
+        "--sandbox-level",
+        "sandbox_level",
+        (
+            "layers required before model-written code runs, else it is not run: "
+            "strict (default, all), reduced (no namespaces: containers that forbid "
+            "them), minimal (no namespaces, no Landlock); see docs/sandbox.md"
+        ),
+    ),
     ("--max-expression-chars", "max_expression_chars", "longest approach expression a request may send (default 512)"),
-    ("--max-expression-nodes", "max_expression_nodes",
-     "most approach names in one expression, repeats counted (default 64)"),
-    ("--max-choices", "max_choices", "most choices one request may produce: the expression's choices times n, default 64"),
+    (
+        "--max-expression-nodes",
+        "max_expression_nodes",
+        "most approach names in one expression, repeats counted (default 64)",
+    ),
+    (
+        "--max-choices",
+        "max_choices",
+        "most choices one request may produce: the expression's choices times n, default 64",
+    ),
     ("--max-body-bytes", "max_body_bytes", "largest request body in bytes; larger ones get a 413 (default 8388608)"),
     ("--upstream-connect-timeout", "upstream_connect_timeout_s", "seconds to open a connection upstream (default 10)"),
-    ("--upstream-read-timeout", "upstream_read_timeout_s",
-     "seconds a streamed upstream answer may go without a byte; every byte resets it (default 60)"),
-    ("--upstream-total-timeout", "upstream_total_timeout_s",
-     "seconds one upstream attempt may take in all, streamed or not (default 300)"),
-    ("--upstream-retries", "upstream_retries", (
-     "retries of an upstream call that failed in a way safe to retry: timeout, connection error, 408/409/429/5xx, "
-     "each attempt with its own timeouts (default 2)")),
+    (
+        "--upstream-read-timeout",
+        "upstream_read_timeout_s",
+        "seconds a streamed upstream answer may go without a byte; every byte resets it (default 60)",
+    ),
+    (
+        "--upstream-total-timeout",
+        "upstream_total_timeout_s",
+        "seconds one upstream attempt may take in all, streamed or not (default 300)",
+    ),
+    (
+        "--upstream-retries",
+        "upstream_retries",
+        (
+            "retries of an upstream call that failed in a way safe to retry: timeout, connection error, 408/409/429/5xx, "
+            "each attempt with its own timeouts (default 2)"
+        ),
+    ),
     ("--max-n", "max_n", "most choices (n) one request may ask for (default 16)"),
     ("--max-tokens", "max_tokens_limit", "largest max_tokens / max_completion_tokens accepted (default 131072)"),
     ("--max-upstream-calls", "max_upstream_calls", "per-run cap on upstream calls, default and ceiling (default 256)"),
-    ("--max-upstream-tokens", "max_upstream_tokens",
-     "per-run cap on completion tokens, default and ceiling (default 1000000)"),
-    ("--shutdown-grace", "shutdown_grace_s", ("seconds in-flight requests get to finish at shutdown before their "
-                                              "runs are interrupted (stored as interrupted, resumable; default 10)")),
-    ("--run-lease", "run_lease_s", ("seconds a resumed run's lease lasts unrenewed: how long another server "
-                                    "waits to resume the run of one that died (default 30)")),
+    (
+        "--max-upstream-tokens",
+        "max_upstream_tokens",
+        "per-run cap on completion tokens, default and ceiling (default 1000000)",
+    ),
+    (
+        "--shutdown-grace",
+        "shutdown_grace_s",
+        (
+            "seconds in-flight requests get to finish at shutdown before their "
+            "runs are interrupted (stored as interrupted, resumable; default 10)"
+        ),
+    ),
+    (
+        "--run-lease",
+        "run_lease_s",
+        (
+            "seconds a resumed run's lease lasts unrenewed: how long another server "
+            "waits to resume the run of one that died (default 30)"
+        ),
+    ),
 )
 
 # Flags that take no value: present means true.
 SERVE_SWITCHES = (
-    ("--local-models-with-upstream", "local_models_with_upstream",
-     ("with --base-url, still serve local model names (local/..., smollm2, --local-model, models in "
-      "--local-models-dir) here; without it every model goes upstream")),
+    (
+        "--local-models-with-upstream",
+        "local_models_with_upstream",
+        (
+            "with --base-url, still serve local model names (local/..., smollm2, --local-model, models in "
+            "--local-models-dir) here; without it every model goes upstream"
+        ),
+    ),
 )
 
 
 # Flags given once per value (--upstream a=URL --upstream b=URL).
 REPEATED_SERVE_FLAGS = (
-    ("--upstream", "upstreams", "a named upstream NAME=URL besides --base-url, for plugins that address several "
-                                "(its key: OPTIGRAPH_UPSTREAM_<NAME>_API_KEY); repeat for more"),
-    ("--readurls-allow", "readurls_allow", "a host, address or CIDR network the readurls plugin may fetch although "
-                                           "it is not public (an intranet); repeat for more"),
+    (
+        "--upstream",
+        "upstreams",
+        "a named upstream NAME=URL besides --base-url, for plugins that address several "
+        "(its key: OPTIGRAPH_UPSTREAM_<NAME>_API_KEY); repeat for more",
+    ),
+    (
+        "--readurls-allow",
+        "readurls_allow",
+        "a host, address or CIDR network the readurls plugin may fetch although "
+        "it is not public (an intranet); repeat for more",
+    ),
 )
 
 
@@ -102,12 +166,13 @@ def serve_limits() -> str:
         f"  a request may ask for n <= {d['max_n']} choices and max_tokens <= {d['max_tokens_limit']}; "
         f"a run makes at most\n  {d['max_upstream_calls']} upstream calls and spends at most "
         f"{d['max_upstream_tokens']} completion tokens (a request may lower\n"
-        "  both in its \"optigraph\" field; over a cap: a 400 budget_exceeded).\n"
+        '  both in its "optigraph" field; over a cap: a 400 budget_exceeded).\n'
         f"  One upstream attempt gets {d['upstream_connect_timeout_s']:g} s to connect, "
         f"{d['upstream_read_timeout_s']:g} s between streamed bytes and\n"
         f"  {d['upstream_total_timeout_s']:g} s in all; an attempt that failed in a way safe to retry is retried "
         f"{d['upstream_retries']} times with\n  backoff, so a call to an upstream that hangs gives up after at most "
-        "(retries + 1) x the total\n  timeout.")
+        "(retries + 1) x the total\n  timeout."
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -116,9 +181,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="optigraph", description="OpenAI-compatible optimizing inference proxy")
     p.add_argument("--version", action="version", version=f"optigraph {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the HTTP server", epilog=serve_limits(),
-                           formatter_class=argparse.RawDescriptionHelpFormatter,
-                           description="Every flag can also be set with OPTIGRAPH_<NAME> (e.g. OPTIGRAPH_BASE_URL).")
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP server",
+        epilog=serve_limits(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Every flag can also be set with OPTIGRAPH_<NAME> (e.g. OPTIGRAPH_BASE_URL).",
+    )
     for flag, dest, help_ in SERVE_FLAGS:
         serve.add_argument(flag, dest=dest, default=None, help=help_)
     for flag, dest, help_ in REPEATED_SERVE_FLAGS:
@@ -127,11 +196,15 @@ def parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=help_)
     from optigraph.evals.runner import add_arguments as add_eval_arguments
 
-    add_eval_arguments(sub.add_parser(
-        "eval", help="run approaches on a problem set and report which one pays",
-        description="Runs each approach on each problem against an OpenAI-compatible endpoint and prints "
-                    "accuracy, tokens, upstream calls and wall time per approach; writes results.jsonl, "
-                    "summary.json and plot.png into --out."))
+    add_eval_arguments(
+        sub.add_parser(
+            "eval",
+            help="run approaches on a problem set and report which one pays",
+            description="Runs each approach on each problem against an OpenAI-compatible endpoint and prints "
+            "accuracy, tokens, upstream calls and wall time per approach; writes results.jsonl, "
+            "summary.json and plot.png into --out.",
+        )
+    )
     _add_inspect_commands(sub)
     return p
 
@@ -152,8 +225,9 @@ def serve(args: argparse.Namespace) -> None:
 
     from optigraph.api.app import create_app
 
-    overrides = {dest: getattr(args, dest) for _, dest, _ in (*SERVE_FLAGS, *SERVE_SWITCHES)
-                 if getattr(args, dest) is not None}
+    overrides = {
+        dest: getattr(args, dest) for _, dest, _ in (*SERVE_FLAGS, *SERVE_SWITCHES) if getattr(args, dest) is not None
+    }
     settings = _settings({**overrides, **repeated_overrides(args)})
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
@@ -169,8 +243,15 @@ def serve(args: argparse.Namespace) -> None:
     from optigraph.api.server import Server
 
     # One access-log line per request comes from optigraph.api.access_log; uvicorn's own is off.
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                            loop="uvloop", http="httptools", access_log=False)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+    )
     Server(config, app=app, grace_s=settings.shutdown_grace_s).run()
 
 
@@ -257,11 +338,17 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 def _add_inspect_commands(sub: argparse._SubParsersAction) -> None:
     def source(p: argparse.ArgumentParser, *, server_default: str | None) -> None:
         where = p.add_mutually_exclusive_group()
-        where.add_argument("--server", default=server_default,
-                           help=f"a running optigraph server (default {server_default or 'none: this installation'})")
+        where.add_argument(
+            "--server",
+            default=server_default,
+            help=f"a running optigraph server (default {server_default or 'none: this installation'})",
+        )
         where.add_argument("--db-url", help="read the database directly instead, e.g. sqlite:///./optigraph.db")
-        p.add_argument("--api-key", default=os.environ.get("OPTIGRAPH_API_KEY"),
-                       help="the server's key, when it requires one (default $OPTIGRAPH_API_KEY)")
+        p.add_argument(
+            "--api-key",
+            default=os.environ.get("OPTIGRAPH_API_KEY"),
+            help="the server's key, when it requires one (default $OPTIGRAPH_API_KEY)",
+        )
         p.add_argument("--json", action="store_true", help="print the JSON document instead of tables")
 
     runs = sub.add_parser("runs", help="list and show stored runs (steps, upstream calls, totals)")
@@ -279,17 +366,24 @@ def _add_inspect_commands(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--max-chars", type=int, default=4096, help="cut longer strings (0: keep them whole)")
     source(show, server_default=DEFAULT_SERVER)
     show.set_defaults(handler=_runs_show)
-    for name, help_ in (("resume", "continue an interrupted run (crash or upstream failure) on a server"),
-                        ("fork", "start a new run from a checkpoint of a run, with an optional state patch")):
+    for name, help_ in (
+        ("resume", "continue an interrupted run (crash or upstream failure) on a server"),
+        ("fork", "start a new run from a checkpoint of a run, with an optional state patch"),
+    ):
         cmd = runs_sub.add_parser(name, help=help_)
         cmd.add_argument("run_id")
         if name == "fork":
             cmd.add_argument("--checkpoint", help="the checkpoint id to start from (default: the latest)")
             cmd.add_argument("--thread", help="the source thread, <id>.<i> for choice i of an n > 1 run")
-            cmd.add_argument("--patch", help='state values to overwrite, as JSON, e.g. \'{"request": {"temperature": 0.2}}\'')
+            cmd.add_argument(
+                "--patch", help='state values to overwrite, as JSON, e.g. \'{"request": {"temperature": 0.2}}\''
+            )
         cmd.add_argument("--server", default=DEFAULT_SERVER, help=f"the optigraph server (default {DEFAULT_SERVER})")
-        cmd.add_argument("--api-key", default=os.environ.get("OPTIGRAPH_API_KEY"),
-                         help="the server's key, when it requires one (default $OPTIGRAPH_API_KEY)")
+        cmd.add_argument(
+            "--api-key",
+            default=os.environ.get("OPTIGRAPH_API_KEY"),
+            help="the server's key, when it requires one (default $OPTIGRAPH_API_KEY)",
+        )
         cmd.add_argument("--json", action="store_true", help="print the whole chat.completion")
         cmd.set_defaults(handler=_runs_continue)
 
@@ -334,8 +428,9 @@ def _api_get(args: argparse.Namespace, path: str, params: dict | None = None) ->
         with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
             response = client.get(path, params={k: v for k, v in (params or {}).items() if v is not None})
     except httpx.HTTPError as exc:
-        raise _CommandError(f"cannot reach {url} ({exc}); start it with `optigraph serve`, "
-                            "or read the database with --db-url") from None
+        raise _CommandError(
+            f"cannot reach {url} ({exc}); start it with `optigraph serve`, or read the database with --db-url"
+        ) from None
     try:
         body = response.json()
     except ValueError:
@@ -361,7 +456,9 @@ def _from_db(coro_fn, db_url: str, *args, **kwargs):
     except OptigraphError as exc:  # e.g. an unknown cursor
         raise _CommandError(exc.message) from None
     except SQLAlchemyError as exc:
-        raise _CommandError(f"cannot read runs from {db_url}: {exc.__class__.__name__}: {exc.args[0] if exc.args else exc}")
+        raise _CommandError(
+            f"cannot read runs from {db_url}: {exc.__class__.__name__}: {exc.args[0] if exc.args else exc}"
+        )
 
 
 def _print_json(value: object) -> None:
@@ -371,8 +468,13 @@ def _print_json(value: object) -> None:
 
 
 def _runs_list(args: argparse.Namespace) -> None:
-    filters = {"status": args.status, "approach": args.approach, "model": args.model,
-               "limit": args.limit, "after": args.after}
+    filters = {
+        "status": args.status,
+        "approach": args.approach,
+        "model": args.model,
+        "limit": args.limit,
+        "after": args.after,
+    }
     if args.db_url:
         from optigraph.engine import inspection
 
@@ -381,8 +483,19 @@ def _runs_list(args: argparse.Namespace) -> None:
         page = _api_get(args, "/v1/runs", filters)
     if args.json:
         return _print_json(page)
-    rows = [[r["id"], r["status"], r["expression"], r["model"], r["usage"]["calls"], r["usage"]["total_tokens"],
-             _ms(r.get("latency_ms")), _when(r.get("created_at"))] for r in page["data"]]
+    rows = [
+        [
+            r["id"],
+            r["status"],
+            r["expression"],
+            r["model"],
+            r["usage"]["calls"],
+            r["usage"]["total_tokens"],
+            _ms(r.get("latency_ms")),
+            _when(r.get("created_at")),
+        ]
+        for r in page["data"]
+    ]
     print(_table(["ID", "STATUS", "APPROACH", "MODEL", "CALLS", "TOKENS", "LATENCY", "CREATED"], rows))
     more = f"; next page: --after {page['next_cursor']}" if page.get("has_more") else ""
     print(f"\n{_count(len(rows), 'run')}{more}")
@@ -393,7 +506,9 @@ def _runs_show(args: argparse.Namespace) -> None:
         from optigraph.engine import inspection
         from optigraph.engine.registry import builtin_registry
 
-        run = _from_db(inspection.read_run, args.db_url, args.run_id, builtin_registry(), max_chars=args.max_chars or None)
+        run = _from_db(
+            inspection.read_run, args.db_url, args.run_id, builtin_registry(), max_chars=args.max_chars or None
+        )
         if run is None:
             raise _CommandError(f"no run with id {args.run_id!r}")
     else:
@@ -441,7 +556,9 @@ def _runs_continue(args: argparse.Namespace) -> None:
         return _print_json(answer)
     info = answer.get("optigraph") or {}
     parent = f" (forked from {info['parent_id']})" if info.get("parent_id") else ""
-    print(f"run {info.get('run_id')}{parent}: completed, {_count(int(info.get('upstream_calls') or 0), 'upstream call')}")
+    print(
+        f"run {info.get('run_id')}{parent}: completed, {_count(int(info.get('upstream_calls') or 0), 'upstream call')}"
+    )
     for choice in answer.get("choices") or []:
         print(f"\n[{choice.get('index')}] {(choice.get('message') or {}).get('content') or ''}")
 
@@ -456,9 +573,15 @@ def _run_text(run: dict) -> str:
         ("approach", run["expression"]),
         ("model", run["model"]),
         ("created", _when(run.get("created_at"))),
-        ("finished", f"{_when(run.get('finished_at'))}  ({_ms(run.get('latency_ms'))})" if run.get("finished_at") else "-"),
-        ("usage", f"{_count(usage['calls'], 'upstream call')}, {usage['prompt_tokens']} prompt + {usage['completion_tokens']} "
-                  f"completion tokens ({usage['reasoning_tokens']} reasoning) = {usage['total_tokens']}"),
+        (
+            "finished",
+            f"{_when(run.get('finished_at'))}  ({_ms(run.get('latency_ms'))})" if run.get("finished_at") else "-",
+        ),
+        (
+            "usage",
+            f"{_count(usage['calls'], 'upstream call')}, {usage['prompt_tokens']} prompt + {usage['completion_tokens']} "
+            f"completion tokens ({usage['reasoning_tokens']} reasoning) = {usage['total_tokens']}",
+        ),
     ]
     if run.get("parent_id"):
         fields.append(("parent", run["parent_id"]))
@@ -481,9 +604,17 @@ def _run_text(run: dict) -> str:
             # A fork starts from a top-level step's checkpoint (`runs fork ID --checkpoint C`); each is shown once.
             checkpoint = step.get("checkpoint_id") if depth == 0 and id(step) not in shown else None
             shown.add(id(step))
-            rows.append([_step_label(step, depth), "  " * depth + task["name"], task["status"], checkpoint or "",
-                         _short(f"error: {task.get('error')}", 90) if task["status"] == "error"
-                         else _writes(task.get("writes"))])
+            rows.append(
+                [
+                    _step_label(step, depth),
+                    "  " * depth + task["name"],
+                    task["status"],
+                    checkpoint or "",
+                    _short(f"error: {task.get('error')}", 90)
+                    if task["status"] == "error"
+                    else _writes(task.get("writes")),
+                ]
+            )
         lines.append(_table(["STEP", "NODE", "STATUS", "CHECKPOINT", "WROTE"], rows))
         if thread.get("next"):
             lines.append(f"  unfinished: next would run {', '.join(thread['next'])}")
@@ -491,20 +622,38 @@ def _run_text(run: dict) -> str:
         lines += ["", "Steps: none recorded (a lone passthrough is not checkpointed)"]
     calls = run.get("upstream_calls") or []
     lines += ["", "Upstream calls"]
-    rows = [[i + 1, c["node"], c["model"], c["status"] if not c.get("error") else f"{c['status']}: {_short(c['error'], 30)}",
-             c["attempt"], c["usage"]["prompt_tokens"], c["usage"]["completion_tokens"], _ms(c["latency_ms"]),
-             _sent(c.get("messages")), _short(" | ".join(str(ch.get("text", "")) for ch in c.get("choices") or []), 40)]
-            for i, c in enumerate(calls)]
+    rows = [
+        [
+            i + 1,
+            c["node"],
+            c["model"],
+            c["status"] if not c.get("error") else f"{c['status']}: {_short(c['error'], 30)}",
+            c["attempt"],
+            c["usage"]["prompt_tokens"],
+            c["usage"]["completion_tokens"],
+            _ms(c["latency_ms"]),
+            _sent(c.get("messages")),
+            _short(" | ".join(str(ch.get("text", "")) for ch in c.get("choices") or []), 40),
+        ]
+        for i, c in enumerate(calls)
+    ]
     lines.append(_table(["#", "NODE", "MODEL", "STATUS", "TRY", "PROMPT", "COMPL", "LATENCY", "SENT", "ANSWER"], rows))
     t = run.get("totals") or {}
     if t:
-        lines += ["", f"Totals: {_count(t['calls'], 'call')} ({t['failed_calls']} failed, {t['retried_calls']} retried), "
-                      f"{t['prompt_tokens']} prompt + {t['completion_tokens']} completion = {t['total_tokens']} tokens, "
-                      f"{_ms(t['upstream_latency_ms'])} upstream; {t['steps']} steps, {t['tasks']} node runs"]
+        lines += [
+            "",
+            f"Totals: {_count(t['calls'], 'call')} ({t['failed_calls']} failed, {t['retried_calls']} retried), "
+            f"{t['prompt_tokens']} prompt + {t['completion_tokens']} completion = {t['total_tokens']} tokens, "
+            f"{_ms(t['upstream_latency_ms'])} upstream; {t['steps']} steps, {t['tasks']} node runs",
+        ]
         by_node = t.get("by_node") or {}
         if by_node:
-            lines.append(_table(["NODE", "CALLS", "TOKENS", "LATENCY"],
-                                [[n, v["calls"], v["total_tokens"], _ms(v["latency_ms"])] for n, v in by_node.items()]))
+            lines.append(
+                _table(
+                    ["NODE", "CALLS", "TOKENS", "LATENCY"],
+                    [[n, v["calls"], v["total_tokens"], _ms(v["latency_ms"])] for n, v in by_node.items()],
+                )
+            )
     return "\n".join(lines)
 
 
@@ -555,8 +704,18 @@ def _approaches_list(args: argparse.Namespace) -> None:
         data = [inspection.approach_info(spec) for spec in _local_registry(args).specs.values()]
     if args.json:
         return _print_json(data)
-    rows = [[a["name"], _short(a["calls"], 30), _short(a["rounds"], 30), _cost_cell(a.get("default_calls"), a.get("default_rounds")),
-             ", ".join(a["needs"]), "yes" if a["streams_final"] else "no", _short(a["description"], 70)] for a in data]
+    rows = [
+        [
+            a["name"],
+            _short(a["calls"], 30),
+            _short(a["rounds"], 30),
+            _cost_cell(a.get("default_calls"), a.get("default_rounds")),
+            ", ".join(a["needs"]),
+            "yes" if a["streams_final"] else "no",
+            _short(a["description"], 70),
+        ]
+        for a in data
+    ]
     print(_table(["NAME", "CALLS", "ROUNDS", "AT DEFAULTS", "NEEDS", "STREAMS", "DESCRIPTION"], rows))
 
 
@@ -572,19 +731,31 @@ def _approaches_show(args: argparse.Namespace) -> None:
 
         registry = _local_registry(args)
         try:
-            info = inspection.expression_info(inspection.compile_expression(args.expression, Compiler(registry, None)), registry)
+            info = inspection.expression_info(
+                inspection.compile_expression(args.expression, Compiler(registry, None)), registry
+            )
         except OptigraphError as exc:
             raise _CommandError(exc.message) from None
     if args.json:
         return _print_json(info)
     cost = info["cost"]
-    print(f"{info['expression']}: {info['choices']} choice{'s' if info['choices'] != 1 else ''}; at default parameters "
-          f"{cost['calls'] if cost['calls'] is not None else '?'} upstream calls in "
-          f"{cost['rounds'] if cost['rounds'] is not None else '?'} dependent rounds\n")
+    print(
+        f"{info['expression']}: {info['choices']} choice{'s' if info['choices'] != 1 else ''}; at default parameters "
+        f"{cost['calls'] if cost['calls'] is not None else '?'} upstream calls in "
+        f"{cost['rounds'] if cost['rounds'] is not None else '?'} dependent rounds\n"
+    )
     print(info["mermaid"].rstrip())
     print()
-    rows = [[a["name"], _short(a["calls"], 30), _short(a["rounds"], 30), _cost_cell(a.get("default_calls"), a.get("default_rounds")),
-             _short(a["description"], 70)] for a in info["approaches"]]
+    rows = [
+        [
+            a["name"],
+            _short(a["calls"], 30),
+            _short(a["rounds"], 30),
+            _cost_cell(a.get("default_calls"), a.get("default_rounds")),
+            _short(a["description"], 70),
+        ]
+        for a in info["approaches"]
+    ]
     print(_table(["APPROACH", "CALLS", "ROUNDS", "AT DEFAULTS", "DESCRIPTION"], rows))
 
 

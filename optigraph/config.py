@@ -24,8 +24,9 @@ class UpstreamSettings(BaseModel):
     url: str
     api_key_env: str | None = None
     max_connections: int = Field(default=64, ge=1)
-    n_sampling: bool | None = Field(default=None, description="Whether it returns n choices from one call "
-                                                               "(default: learned from its answers)")
+    n_sampling: bool | None = Field(
+        default=None, description="Whether it returns n choices from one call (default: learned from its answers)"
+    )
 
     def api_key(self, name: str) -> str | None:
         return os.environ.get(self.api_key_env or f"OPTIGRAPH_UPSTREAM_{name.upper()}_API_KEY")
@@ -47,88 +48,136 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     base_url: str | None = Field(default=None, description="OpenAI-compatible upstream, e.g. http://127.0.0.1:8080/v1")
-    upstream_api_key: str | None = Field(default=None, description="Key sent upstream; without it the client's bearer token is forwarded")
+    upstream_api_key: str | None = Field(
+        default=None, description="Key sent upstream; without it the client's bearer token is forwarded"
+    )
     approach: str = Field(default="none", description="Default approach expression")
     db_url: str = Field(default_factory=default_db_url, description="sqlite:///path or postgresql://...")
     api_key: str | None = Field(default=None, description="When set, clients must send this bearer key")
     ui_session_ttl_s: int = Field(default=8 * 3600, ge=60, description="How long a web page login lasts, in seconds")
     ui_session_secret: str | None = Field(
-        default=None, description="Secret that signs web page sessions (default: drawn at start, so a restart ends "
-                                  "them; set it to share sessions between replicas)")
+        default=None,
+        description="Secret that signs web page sessions (default: drawn at start, so a restart ends "
+        "them; set it to share sessions between replicas)",
+    )
     log_level: str = "info"
     default_model: str | None = Field(
         default=None,
         description="Upstream model for requests whose model is only an approach (`bon`); without it: the "
-                    "local model when no base URL is set, else a 400")
-    local_model: str = Field(default="smollm2", description="Model the embedded backend serves when no upstream is set: "
-                                                            "a built-in name, a .gguf file or a model directory, +adapters")
+        "local model when no base URL is set, else a 400",
+    )
+    local_model: str = Field(
+        default="smollm2",
+        description="Model the embedded backend serves when no upstream is set: "
+        "a built-in name, a .gguf file or a model directory, +adapters",
+    )
     local_models_dir: Path | None = Field(
-        default=None, description="Directory of the local models and adapters clients may name (besides the built-in "
-                                  "names and local_model); nothing outside it is loaded for a client")
+        default=None,
+        description="Directory of the local models and adapters clients may name (besides the built-in "
+        "names and local_model); nothing outside it is loaded for a client",
+    )
     local_models_with_upstream: bool = Field(
-        default=False, description="With a base URL set, still serve local model names (local/..., built-in names, "
-                                   "local_model, names in local_models_dir) here; without it every model goes "
-                                   "upstream")
-    local_max_models: int = Field(default=2, ge=1, description="Local base models kept in memory (least recently used out)")
+        default=False,
+        description="With a base URL set, still serve local model names (local/..., built-in names, "
+        "local_model, names in local_models_dir) here; without it every model goes "
+        "upstream",
+    )
+    local_max_models: int = Field(
+        default=2, ge=1, description="Local base models kept in memory (least recently used out)"
+    )
     local_dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
-        default="float32", description="Weights dtype of local models: float32, bfloat16, float16 or auto")
-    local_batch_window_ms: float = Field(default=5.0, ge=0, description="How long the local worker waits for more requests to batch")
+        default="float32", description="Weights dtype of local models: float32, bfloat16, float16 or auto"
+    )
+    local_batch_window_ms: float = Field(
+        default=5.0, ge=0, description="How long the local worker waits for more requests to batch"
+    )
     local_max_batch_rows: int = Field(default=32, ge=1, description="Most sequences one local batch decodes together")
-    local_threads: int = Field(default=0, ge=0, description="CPU threads for local models (0: half the cores, at least 1)")
+    local_threads: int = Field(
+        default=0, ge=0, description="CPU threads for local models (0: half the cores, at least 1)"
+    )
     upstream_connect_timeout_s: float = Field(
-        default=10.0, gt=0, description="Seconds to open a connection to the upstream")
+        default=10.0, gt=0, description="Seconds to open a connection to the upstream"
+    )
     upstream_read_timeout_s: float = Field(
-        default=60.0, gt=0, description="Seconds a streamed upstream answer may go without a byte (reset by each byte)")
+        default=60.0, gt=0, description="Seconds a streamed upstream answer may go without a byte (reset by each byte)"
+    )
     upstream_total_timeout_s: float = Field(
-        default=300.0, gt=0, description="Seconds one upstream attempt may take in all, streamed or not")
+        default=300.0, gt=0, description="Seconds one upstream attempt may take in all, streamed or not"
+    )
     upstream_retries: int = Field(
-        default=2, ge=0, le=10, description="Retries of a failed upstream call that is safe to retry (timeouts, "
-                                            "connection errors, 408/409/429/5xx); each attempt has its own timeouts")
+        default=2,
+        ge=0,
+        le=10,
+        description="Retries of a failed upstream call that is safe to retry (timeouts, "
+        "connection errors, 408/409/429/5xx); each attempt has its own timeouts",
+    )
     max_n: int = Field(default=16, description="Most choices (`n`) one request may ask for")
     max_tokens_limit: int = Field(default=131072, description="Largest max_tokens / max_completion_tokens accepted")
     max_expression_chars: int = Field(default=512, ge=1, description="Longest approach expression a request may send")
-    max_expression_nodes: int = Field(default=64, ge=1,
-                                      description="Most approach names in one expression (repeats counted)")
-    max_choices: int = Field(default=64, ge=1,
-                             description="Most choices one request may produce: the expression's choices times n")
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024,
-                                description="Largest request body, in bytes (a larger one gets a 413)")
+    max_expression_nodes: int = Field(
+        default=64, ge=1, description="Most approach names in one expression (repeats counted)"
+    )
+    max_choices: int = Field(
+        default=64, ge=1, description="Most choices one request may produce: the expression's choices times n"
+    )
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Largest request body, in bytes (a larger one gets a 413)"
+    )
     max_connections: int = 512
     max_upstream_calls: int = Field(default=256, description="Per-run cap on upstream calls (default and ceiling)")
-    max_upstream_tokens: int = Field(default=1_000_000, description="Per-run cap on completion tokens (default and ceiling)")
+    max_upstream_tokens: int = Field(
+        default=1_000_000, description="Per-run cap on completion tokens (default and ceiling)"
+    )
     run_lease_s: float = Field(
-        default=30.0, gt=0, description="How long a resumed run's lease lasts without renewal (renewed every third "
-                                        "of it while the run executes): another server may resume the run only "
-                                        "once it has expired")
+        default=30.0,
+        gt=0,
+        description="How long a resumed run's lease lasts without renewal (renewed every third "
+        "of it while the run executes): another server may resume the run only "
+        "once it has expired",
+    )
     shutdown_grace_s: float = Field(
-        default=10.0, ge=0, description="At shutdown, how long in-flight requests may take to finish before their "
-                                        "runs are interrupted (stored as interrupted, resumable; clients get a 503)")
+        default=10.0,
+        ge=0,
+        description="At shutdown, how long in-flight requests may take to finish before their "
+        "runs are interrupted (stored as interrupted, resumable; clients get a 503)",
+    )
     approaches_dir: Path | None = Field(
-        default=None, description="Directory of approach modules (*.py) and declarative specs (*.yaml, *.yml, *.json) "
-                                  "loaded at start (docs/authoring.md)")
+        default=None,
+        description="Directory of approach modules (*.py) and declarative specs (*.yaml, *.yml, *.json) "
+        "loaded at start (docs/authoring.md)",
+    )
     sandbox_level: Literal["strict", "reduced", "minimal"] = Field(
-        default="strict", description="Layers the sandbox must have in force before it runs model-written code, else "
-                                      "the code is not run (docs/sandbox.md): strict (all), reduced (no namespaces), "
-                                      "minimal (no namespaces, no Landlock)")
+        default="strict",
+        description="Layers the sandbox must have in force before it runs model-written code, else "
+        "the code is not run (docs/sandbox.md): strict (all), reduced (no namespaces), "
+        "minimal (no namespaces, no Landlock)",
+    )
     privacy_key: SecretStr = Field(
         default_factory=lambda: SecretStr(secrets.token_urlsafe(32)),
         description="Secret that encrypts the privacy plugin's placeholder mapping in the checkpoints (default: drawn "
-                    "at start, so a run checkpointed before a restart cannot restore its originals; set it to resume "
-                    "such runs after a restart or on another replica)")
+        "at start, so a run checkpointed before a restart cannot restore its originals; set it to resume "
+        "such runs after a restart or on another replica)",
+    )
     readurls_allow: list[str] = Field(
         default_factory=list,
         description="Hosts, IP addresses or networks (CIDR) the readurls plugin may fetch although they are "
-                    "loopback, private, link-local or otherwise not public (an intranet allow-list)")
+        "loopback, private, link-local or otherwise not public (an intranet allow-list)",
+    )
     readurls_max_bytes: int = Field(default=2_000_000, ge=1, description="Largest page readurls reads, in bytes")
     readurls_timeout_s: float = Field(default=10.0, gt=0, description="Time limit of one readurls fetch")
     mcp_config: Path | None = Field(
-        default=None, description="JSON file of the MCP servers the mcp plugin connects to "
-                                  "({\"mcpServers\": {name: {command, args, env} | {url}}}; docs/plugins.md)")
+        default=None,
+        description="JSON file of the MCP servers the mcp plugin connects to "
+        '({"mcpServers": {name: {command, args, env} | {url}}}; docs/plugins.md)',
+    )
     upstreams: dict[str, UpstreamSettings] = Field(
         default_factory=dict,
         description="Named OpenAI-compatible upstreams besides --base-url (`--upstream NAME=URL`, or "
-                    "OPTIGRAPH_UPSTREAMS as JSON {name: {url, api_key_env, max_connections, n_sampling}}). "
-                    "Plugins and nodes address them by name; each has its own key, connection limit and "
-                    "capabilities")
+        "OPTIGRAPH_UPSTREAMS as JSON {name: {url, api_key_env, max_connections, n_sampling}}). "
+        "Plugins and nodes address them by name; each has its own key, connection limit and "
+        "capabilities",
+    )
     approach_entry_points: bool = Field(
-        default=True, description="Load approaches that installed packages declare in the optigraph.approaches entry-point group")
+        default=True,
+        description="Load approaches that installed packages declare in the optigraph.approaches entry-point group",
+    )

@@ -32,12 +32,18 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
-    if (report.skipped and not hasattr(report, "wasxfail") and _fail_on_skip()
-            and item.get_closest_marker("needs_hardware") is None):
+    if (
+        report.skipped
+        and not hasattr(report, "wasxfail")
+        and _fail_on_skip()
+        and item.get_closest_marker("needs_hardware") is None
+    ):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
-        report.longrepr = (f"skipped, and a skip in CI is a failure: {reason}\n(install what the test needs with "
-                           "scripts/setup.sh --test, or mark it needs_hardware if this machine class lacks it)")
+        report.longrepr = (
+            f"skipped, and a skip in CI is a failure: {reason}\n(install what the test needs with "
+            "scripts/setup.sh --test, or mark it needs_hardware if this machine class lacks it)"
+        )
 
 
 def pytest_collectreport(report: pytest.CollectReport) -> None:
@@ -81,7 +87,11 @@ def _reap_orphan_postgres(bin_dir: Path, as_user: list[str]) -> None:
             continue
         if not _pid_alive(pid):
             data = os.path.join(root, "data")
-            subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True, timeout=60)
+            subprocess.run(
+                [*as_user, str(bin_dir / "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"],
+                capture_output=True,
+                timeout=60,
+            )
             shutil.rmtree(root, ignore_errors=True)
 
 
@@ -114,5 +124,9 @@ def postgres_url() -> Iterator[str]:
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True, timeout=60)
+        subprocess.run(
+            [*as_user, str(bin_dir / "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(root, ignore_errors=True)

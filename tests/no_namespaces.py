@@ -34,8 +34,14 @@ def supported() -> bool:
 def deny_unshare() -> None:
     """From now on unshare(2) fails with EPERM in this process and its descendants."""
     arch, unshare = UNSHARE[platform.machine()]
-    prog = [(_LD, 0, 0, 4), (_JEQ, 0, 3, arch), (_LD, 0, 0, 0), (_JEQ, 0, 1, unshare),
-            (_RET, 0, 0, _ERRNO_EPERM), (_RET, 0, 0, _ALLOW)]
+    prog = [
+        (_LD, 0, 0, 4),
+        (_JEQ, 0, 3, arch),
+        (_LD, 0, 0, 0),
+        (_JEQ, 0, 1, unshare),
+        (_RET, 0, 0, _ERRNO_EPERM),
+        (_RET, 0, 0, _ALLOW),
+    ]
     filters = (_Filter * len(prog))(*(_Filter(*ins) for ins in prog))
     program = _Program(len(prog), filters)
     libc = ctypes.CDLL(None, use_errno=True)

@@ -159,13 +159,24 @@ class ScriptedBackend:
             choices = self._choices(body, call_index)
             usage = self._usage(body, choices)
             self.usages.append(usage)
-            base = {"id": f"chatcmpl-{call_index}", "object": "chat.completion.chunk", "created": 0, "model": body.get("model", "m")}
+            base = {
+                "id": f"chatcmpl-{call_index}",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": body.get("model", "m"),
+            }
             for c in choices:
-                yield {**base, "choices": [{"index": c["index"], "delta": {"role": "assistant"}, "finish_reason": None}]}
+                yield {
+                    **base,
+                    "choices": [{"index": c["index"], "delta": {"role": "assistant"}, "finish_reason": None}],
+                }
                 words = (c["message"].get("content") or "").split(" ")
                 for j, word in enumerate(words):
                     piece = word if j == 0 else " " + word
-                    yield {**base, "choices": [{"index": c["index"], "delta": {"content": piece}, "finish_reason": None}]}
+                    yield {
+                        **base,
+                        "choices": [{"index": c["index"], "delta": {"content": piece}, "finish_reason": None}],
+                    }
                 yield {**base, "choices": [{"index": c["index"], "delta": {}, "finish_reason": c["finish_reason"]}]}
             if (body.get("stream_options") or {}).get("include_usage"):
                 yield {**base, "choices": [], "usage": usage}
@@ -204,8 +215,9 @@ class _Waves:
             return
         k = self._wave_of(call_index)
         if self._settling is not None:
-            self.errors.append(f"call {call_index} arrived before wave {self._settling} was answered: "
-                               "it does not depend on that wave")
+            self.errors.append(
+                f"call {call_index} arrived before wave {self._settling} was answered: it does not depend on that wave"
+            )
         if k is None:
             self.errors.append(f"call {call_index} is beyond the {len(self.sizes)} expected waves")
             return
@@ -220,8 +232,10 @@ class _Waves:
         try:
             await asyncio.wait_for(self._released[k].wait(), self.fill_guard_s)
         except TimeoutError:
-            self.errors.append(f"wave {k}: only {self._arrived[k]} of {self.sizes[k]} calls were in flight "
-                               "together (the rest waited for these)")
+            self.errors.append(
+                f"wave {k}: only {self._arrived[k]} of {self.sizes[k]} calls were in flight "
+                "together (the rest waited for these)"
+            )
             self._broken = True  # let everything through: the test fails on the errors, it does not hang
             for event in self._released:
                 event.set()

@@ -25,8 +25,9 @@ def test_the_dtype_help_lists_every_accepted_dtype(capsys: pytest.CaptureFixture
     assert all(re.search(rf"\b{dtype}\b", line) for dtype in accepted), line  # float16, not only bfloat16
 
 
-def test_local_models_beside_an_upstream_are_off_unless_enabled(capsys: pytest.CaptureFixture[str],
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_models_beside_an_upstream_are_off_unless_enabled(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert "--local-models-with-upstream" in serve_help(capsys)
     assert parser().parse_args(["serve"]).local_models_with_upstream is None  # the setting's default applies
     assert parser().parse_args(["serve", "--local-models-with-upstream"]).local_models_with_upstream is True

@@ -43,15 +43,20 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     db = tmp_path_factory.mktemp("cli") / "optigraph.db"
     with start_stack(db, default_model="fake-model", api_key=KEY) as stack:
-        stack.script.fn = lambda body, i: (HTTPFailure(400, "refused") if "refuse" in last_user_text(body)
-                                           else echo_responder(body, i))
+        stack.script.fn = lambda body, i: (
+            HTTPFailure(400, "refused") if "refuse" in last_user_text(body) else echo_responder(body, i)
+        )
         ids: dict[str, str] = {}
-        for label, model, content in [("pass", "fake-model", "hello"), ("parallel", "none|none-fake-model", "both"),
-                                      ("pipeline", "none&none-fake-model", "chain"),
-                                      ("failed", "fake-model", "refuse this")]:
+        for label, model, content in [
+            ("pass", "fake-model", "hello"),
+            ("parallel", "none|none-fake-model", "both"),
+            ("pipeline", "none&none-fake-model", "chain"),
+            ("failed", "fake-model", "refuse this"),
+        ]:
             try:
                 raw = stack.client(api_key=KEY).chat.completions.with_raw_response.create(
-                    model=model, messages=[{"role": "user", "content": content}])
+                    model=model, messages=[{"role": "user", "content": content}]
+                )
                 ids[label] = raw.headers["x-optigraph-run-id"]
             except openai.APIStatusError as exc:
                 ids[label] = exc.response.headers["x-optigraph-run-id"]
@@ -77,8 +82,12 @@ def test_runs_list_prints_a_table(served: Served, capsys: pytest.CaptureFixture[
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split() == ["ID", "STATUS", "APPROACH", "MODEL", "CALLS", "TOKENS", "LATENCY", "CREATED"]
-    expected = {"pass": ("completed", "none", "1"), "parallel": ("completed", "none|none", "2"),
-                "pipeline": ("completed", "none&none", "2"), "failed": ("failed", "none", "1")}  # its one attempt counts
+    expected = {
+        "pass": ("completed", "none", "1"),
+        "parallel": ("completed", "none|none", "2"),
+        "pipeline": ("completed", "none&none", "2"),
+        "failed": ("failed", "none", "1"),
+    }  # its one attempt counts
     for label, (status, approach, calls) in expected.items():
         row = row_of(out, served.ids[label])
         assert row[1:5] == [status, approach, "fake-model", calls], row
@@ -106,8 +115,9 @@ def test_runs_list_filters_and_pages(served: Served, capsys: pytest.CaptureFixtu
 
 
 @pytest.mark.parametrize("source", ["server", "db"])
-def test_runs_show_prints_steps_calls_and_totals(served: Served, capsys: pytest.CaptureFixture[str],
-                                                 source: str) -> None:
+def test_runs_show_prints_steps_calls_and_totals(
+    served: Served, capsys: pytest.CaptureFixture[str], source: str
+) -> None:
     code, out, err = cli(capsys, "runs", "show", served.ids["pipeline"], *getattr(served, source))
     assert code == 0, err
     assert f"Run {served.ids['pipeline']}" in out
@@ -126,8 +136,9 @@ def test_runs_show_prints_steps_calls_and_totals(served: Served, capsys: pytest.
     assert "Totals: 2 calls (0 failed, 0 retried)" in out
 
 
-def test_runs_show_is_the_same_from_the_server_and_the_database(served: Served,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_runs_show_is_the_same_from_the_server_and_the_database(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
     for label in ("pass", "parallel", "failed"):
         _, via_server, _ = cli(capsys, "runs", "show", served.ids[label], *served.server)
         _, via_db, _ = cli(capsys, "runs", "show", served.ids[label], *served.db)
@@ -136,8 +147,9 @@ def test_runs_show_is_the_same_from_the_server_and_the_database(served: Served,
 
 
 @pytest.mark.parametrize("source", ["server", "db"])
-def test_runs_show_prints_the_checkpoint_ids_a_fork_needs(served: Served, capsys: pytest.CaptureFixture[str],
-                                                          source: str) -> None:
+def test_runs_show_prints_the_checkpoint_ids_a_fork_needs(
+    served: Served, capsys: pytest.CaptureFixture[str], source: str
+) -> None:
     _, out, _ = cli(capsys, "runs", "show", served.ids["parallel"], "--json", *served.server)
     steps = json.loads(out)["threads"][0]["steps"]
     code, out, err = cli(capsys, "runs", "show", served.ids["parallel"], *getattr(served, source))
@@ -151,8 +163,11 @@ def test_runs_show_prints_the_checkpoint_ids_a_fork_needs(served: Served, capsys
 
 def test_runs_show_into_a_closed_pipe_is_quiet(served: Served) -> None:
     # `optigraph runs show ID | head -0`: the reader is gone before anything is written
-    proc = subprocess.Popen([sys.executable, "-m", "optigraph", "runs", "show", served.ids["parallel"], *served.server],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "optigraph", "runs", "show", served.ids["parallel"], *served.server],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()
     _, err = proc.communicate(timeout=60)
     assert "Traceback" not in err.decode() and "BrokenPipe" not in err.decode(), err.decode()
@@ -171,8 +186,11 @@ def test_runs_show_json(served: Served, capsys: pytest.CaptureFixture[str]) -> N
     code, out, _ = cli(capsys, "runs", "show", served.ids["parallel"], "--json", *served.server)
     run = json.loads(out)
     assert code == 0 and run["id"] == served.ids["parallel"]
-    assert [[t["name"] for t in s["tasks"]] for s in run["threads"][0]["steps"]] == \
-        [["__start__"], ["none", "none#2"], ["collect"]]
+    assert [[t["name"] for t in s["tasks"]] for s in run["threads"][0]["steps"]] == [
+        ["__start__"],
+        ["none", "none#2"],
+        ["collect"],
+    ]
 
 
 def test_runs_commands_fail_clearly(served: Served, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -196,12 +214,15 @@ def test_approaches_list(served: Served, capsys: pytest.CaptureFixture[str], rem
     assert lines[0].split()[:3] == ["NAME", "CALLS", "ROUNDS"]
     assert [line.split()[0] for line in lines[1:]] == list(builtin_registry().names())
     bon = builtin_registry().get("bon")
-    assert f"{evaluate(bon.calls, bon.params().model_dump())} calls" in next(line for line in lines if line.startswith("bon "))
+    assert f"{evaluate(bon.calls, bon.params().model_dump())} calls" in next(
+        line for line in lines if line.startswith("bon ")
+    )
 
 
 @pytest.mark.parametrize("remote", [False, True])
-def test_approaches_show_draws_the_graph_and_its_cost(served: Served, capsys: pytest.CaptureFixture[str],
-                                                      remote: bool) -> None:
+def test_approaches_show_draws_the_graph_and_its_cost(
+    served: Served, capsys: pytest.CaptureFixture[str], remote: bool
+) -> None:
     code, out, err = cli(capsys, "approaches", "show", "bon&re2|moa", *(served.server if remote else []))
     assert code == 0, err
     registry = builtin_registry()
@@ -216,7 +237,8 @@ def test_approaches_show_draws_the_graph_and_its_cost(served: Served, capsys: py
 
 
 def test_the_command_runs_as_a_program(served: Served) -> None:
-    done = subprocess.run([sys.executable, "-m", "optigraph", "runs", "list", *served.server],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "optigraph", "runs", "list", *served.server], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert row_of(done.stdout, served.ids["parallel"])[1:3] == ["completed", "none|none"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-INNER = '''
+INNER = """
 import pytest
 
 def test_runs():
@@ -26,12 +26,13 @@ def test_skips_for_lack_of_a_gpu():
 @pytest.mark.xfail(reason="known", strict=True)
 def test_expected_failure():
     raise ValueError
-'''
+"""
 SKIPPED_MODULE = 'import pytest\npytest.importorskip("no_such_module_anywhere")\n\ndef test_never(): pass\n'
 
 
-def run_inner(tmp_path: Path, files: dict[str, str], *, fail_on_skip: bool,
-              variable: str = "OPTIGRAPH_FAIL_ON_SKIP") -> subprocess.CompletedProcess[str]:
+def run_inner(
+    tmp_path: Path, files: dict[str, str], *, fail_on_skip: bool, variable: str = "OPTIGRAPH_FAIL_ON_SKIP"
+) -> subprocess.CompletedProcess[str]:
     shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
     for name, text in files.items():
         (tmp_path / name).write_text(text)
@@ -39,9 +40,15 @@ def run_inner(tmp_path: Path, files: dict[str, str], *, fail_on_skip: bool,
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # the inner tests need no plugin
     if fail_on_skip:
         env[variable] = "1" if variable == "OPTIGRAPH_FAIL_ON_SKIP" else "true"
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", str(tmp_path)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
 
 
 def test_outside_ci_a_skip_is_a_skip(tmp_path: Path) -> None:

@@ -8,8 +8,18 @@ import ast
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
-CLOCKS = {"time", "perf_counter", "perf_counter_ns", "monotonic", "monotonic_ns", "time_ns", "process_time",
-          "thread_time", "now", "utcnow"}
+CLOCKS = {
+    "time",
+    "perf_counter",
+    "perf_counter_ns",
+    "monotonic",
+    "monotonic_ns",
+    "time_ns",
+    "process_time",
+    "thread_time",
+    "now",
+    "utcnow",
+}
 CLOCK_OWNERS = {"time", "datetime", "loop"}
 
 
@@ -48,8 +58,13 @@ def _target_names(target: ast.AST) -> set[str]:
 def _scopes(tree: ast.Module) -> list[ast.AST]:
     """Each outermost function (with what it nests) and the module's own statements, analysed apart."""
     functions = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
-    functions += [m for c in tree.body if isinstance(c, ast.ClassDef) for m in c.body
-                  if isinstance(m, ast.FunctionDef | ast.AsyncFunctionDef)]
+    functions += [
+        m
+        for c in tree.body
+        if isinstance(c, ast.ClassDef)
+        for m in c.body
+        if isinstance(m, ast.FunctionDef | ast.AsyncFunctionDef)
+    ]
     rest = [n for n in tree.body if not isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)]
     return [*functions, ast.Module(body=rest, type_ignores=[])]
 
@@ -67,9 +82,12 @@ def _tainted_asserts(scope: ast.AST) -> list[int]:
                     tainted |= _target_names(node.target)
             elif isinstance(node, ast.comprehension) and _uses(node.iter, tainted):
                 tainted |= _target_names(node.target)
-            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                  and node.func.attr in {"append", "extend", "add", "insert", "update", "setdefault"}
-                  and any(_uses(a, tainted) for a in node.args)):
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in {"append", "extend", "add", "insert", "update", "setdefault"}
+                and any(_uses(a, tainted) for a in node.args)
+            ):
                 tainted |= _target_names(node.func.value)
         if len(tainted) == before:
             break
@@ -90,7 +108,7 @@ def test_no_test_asserts_wall_clock_time() -> None:
 
 
 def test_the_scan_finds_the_usual_shapes() -> None:
-    source = '''
+    source = """
 import time
 async def t(backend):
     started = time.perf_counter()
@@ -108,5 +126,5 @@ async def t(backend):
     while time.monotonic() < deadline:
         pass
     assert backend.max_in_flight == 3
-'''
+"""
     assert timing_assertions(source) == [6, 10, 13, 14]

@@ -57,8 +57,10 @@ async def test_a_z3_program_solves_and_reports_its_layers(sandbox_tmp):
     assert list(sandbox_tmp.iterdir()) == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or platform.machine() not in ("x86_64", "aarch64"),
-                    reason="the CI machine runs as root on x86_64 / aarch64")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or platform.machine() not in ("x86_64", "aarch64"),
+    reason="the CI machine runs as root on x86_64 / aarch64",
+)
 async def test_every_kernel_layer_is_in_force_on_a_machine_like_ci():
     result = await run_python("print(1)")
     expected = [layer for layer in KERNEL_LAYERS if layer != "landlock" or landlock_abi() > 0]
@@ -85,10 +87,14 @@ async def test_what_a_killed_program_printed_comes_back():
     assert result.error_kind == "timeout" and result.stdout == "before\n"
 
 
-@pytest.mark.parametrize("code", [
-    "x = bytearray(8 * 1024 ** 3)",
-    "chunks = []\nwhile True:\n    chunks.append(bytearray(32 * 1024 ** 2))",
-], ids=["one-block", "growing"])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "x = bytearray(8 * 1024 ** 3)",
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(32 * 1024 ** 2))",
+    ],
+    ids=["one-block", "growing"],
+)
 async def test_a_memory_bomb_is_stopped(code):
     result = await run_python(code, memory_mb=256, timeout_s=20)
     assert (result.ok, result.error_kind) == (False, "memory"), result.stderr
@@ -140,11 +146,15 @@ async def test_a_network_connection_is_refused(listener, audit_guard):
 
 
 # kernel-only, resolving localhost is no leak once nothing can connect: that case is not asked for
-@pytest.mark.parametrize("audit_guard,name", [(True, "localhost"), (True, "example.com"), (False, "example.com")],
-                         ids=["all-layers-localhost", "all-layers-example.com", "kernel-only-example.com"])
+@pytest.mark.parametrize(
+    "audit_guard,name",
+    [(True, "localhost"), (True, "example.com"), (False, "example.com")],
+    ids=["all-layers-localhost", "all-layers-example.com", "kernel-only-example.com"],
+)
 async def test_name_resolution_fails(audit_guard, name):
-    result = await run_python(f"import socket\nprint(socket.getaddrinfo({name!r}, 80))", allow_modules=("socket",),
-                              audit_guard=audit_guard)
+    result = await run_python(
+        f"import socket\nprint(socket.getaddrinfo({name!r}, 80))", allow_modules=("socket",), audit_guard=audit_guard
+    )
     assert (result.ok, result.error_kind) == (False, "forbidden"), result.stderr
     assert result.stdout == ""
 
@@ -156,12 +166,16 @@ async def test_the_socket_module_is_not_even_importable_by_default():
 
 
 @BOTH
-@pytest.mark.parametrize("code", [
-    "import os\nwhile True:\n    os.fork()",
-    "import os\nforks = 0\nwhile True:\n    try:\n        os.fork()\n        forks += 1\n    except OSError:\n        break\nprint(forks)",
-    "import subprocess\nsubprocess.run(['/bin/true'])",
-    "import os\nprint(os.system('true'))",
-], ids=["fork-bomb", "fork-count", "subprocess", "system"])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import os\nwhile True:\n    os.fork()",
+        "import os\nforks = 0\nwhile True:\n    try:\n        os.fork()\n        forks += 1\n    except OSError:\n        break\nprint(forks)",
+        "import subprocess\nsubprocess.run(['/bin/true'])",
+        "import os\nprint(os.system('true'))",
+    ],
+    ids=["fork-bomb", "fork-count", "subprocess", "system"],
+)
 async def test_no_process_can_be_started(code, audit_guard):
     result = await run_python(code, allow_modules=("os", "subprocess"), audit_guard=audit_guard, timeout_s=10)
     if "print(" in code and result.ok:  # the program saw the refusal as a failed call and went on
@@ -181,8 +195,9 @@ async def test_files_outside_the_temp_dir_cannot_be_read(tmp_path, audit_guard):
         result = await run_python(f"print(open({path!r}).read())", audit_guard=audit_guard)
         assert (result.ok, result.error_kind) == (False, "forbidden"), (path, result.stderr)
         assert result.stdout == ""
-    result = await run_python(f"import os\nprint(os.listdir({str(tmp_path)!r}))", allow_modules=("os",),
-                              audit_guard=audit_guard)
+    result = await run_python(
+        f"import os\nprint(os.listdir({str(tmp_path)!r}))", allow_modules=("os",), audit_guard=audit_guard
+    )
     assert result.error_kind == "forbidden" and "secret" not in result.stdout
 
 
@@ -193,8 +208,9 @@ async def test_files_outside_the_temp_dir_cannot_be_written(tmp_path, audit_guar
     assert (result.ok, result.error_kind) == (False, "forbidden"), result.stderr
     assert not target.exists()
     site_packages = os.path.dirname(os.path.dirname(socket.__file__))
-    result = await run_python(f"open({os.path.join(site_packages, 'planted.py')!r}, 'w').write('x')",
-                              audit_guard=audit_guard)
+    result = await run_python(
+        f"open({os.path.join(site_packages, 'planted.py')!r}, 'w').write('x')", audit_guard=audit_guard
+    )
     assert result.error_kind == "forbidden"
     assert not os.path.exists(os.path.join(site_packages, "planted.py"))
 
@@ -235,8 +251,10 @@ async def test_a_cancelled_run_leaves_nothing_behind(sandbox_tmp, monkeypatch):
 
 async def test_a_planted_library_cannot_be_loaded():
     lib = next(p for p in sys.path if p.endswith("site-packages"))
-    code = (f"import shutil, ctypes\nshutil.copy({os.path.join(lib, 'z3', 'lib', 'libz3.so')!r}, 'planted.so')\n"
-            "ctypes.CDLL('./planted.so')\nprint('loaded')")
+    code = (
+        f"import shutil, ctypes\nshutil.copy({os.path.join(lib, 'z3', 'lib', 'libz3.so')!r}, 'planted.so')\n"
+        "ctypes.CDLL('./planted.so')\nprint('loaded')"
+    )
     for audit_guard in (True, False):  # the hook refuses; without it, the noexec work dir does
         result = await run_python(code, allow_modules=("shutil", "ctypes"), audit_guard=audit_guard)
         assert not result.ok and "loaded" not in result.stdout, result.stderr
@@ -245,8 +263,7 @@ async def test_a_planted_library_cannot_be_loaded():
 @BOTH
 async def test_the_server_process_is_unaffected(tmp_path, audit_guard):
     cwd, env, pid = os.getcwd(), dict(os.environ), os.getpid()
-    code = (f"import os, signal\nos.environ['LEAK'] = '1'\nos.chdir('/')\n"
-            f"os.kill({pid}, signal.SIGKILL)")
+    code = f"import os, signal\nos.environ['LEAK'] = '1'\nos.chdir('/')\nos.kill({pid}, signal.SIGKILL)"
     result = await run_python(code, allow_modules=("os", "signal"), audit_guard=audit_guard)
     assert result.error_kind == "forbidden", result.stderr
     assert (os.getcwd(), dict(os.environ), os.getpid()) == (cwd, env, pid)  # and we are still alive
@@ -318,12 +335,14 @@ async def test_reduced_runs_without_namespaces_and_still_refuses_the_network_and
     code = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=3)\nprint('connected')"
     # without the hook, and with neither namespaces nor Landlock at minimal, seccomp refuses every new socket
     for level, withheld in (("reduced", ("namespaces",)), ("minimal", ("namespaces", "landlock"))):
-        result = await run_python(code, level=level, withhold_layers=withheld, audit_guard=False,
-                                  allow_modules=("socket",))
+        result = await run_python(
+            code, level=level, withhold_layers=withheld, audit_guard=False, allow_modules=("socket",)
+        )
         assert (result.error_kind, result.stdout) == ("forbidden", ""), result.stderr
     assert accepted == []
-    result = await run_python("print(open('/etc/passwd').read())", level="reduced", withhold_layers=("namespaces",),
-                              audit_guard=False)
+    result = await run_python(
+        "print(open('/etc/passwd').read())", level="reduced", withhold_layers=("namespaces",), audit_guard=False
+    )
     assert result.error_kind == "forbidden" and result.stdout == ""
 
 
@@ -373,8 +392,14 @@ def test_in_a_container_that_forbids_namespaces_strict_refuses_and_reduced_runs(
     import optigraph
 
     tree = os.path.dirname(os.path.dirname(os.path.abspath(optigraph.__file__)))  # this tree, not an installed one
-    done = subprocess.run(no_namespaces.command("-c", NO_NAMESPACES), capture_output=True, text=True, timeout=120,
-                          check=False, env={**os.environ, "PYTHONPATH": tree})
+    done = subprocess.run(
+        no_namespaces.command("-c", NO_NAMESPACES),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": tree},
+    )
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
     assert seen["strict"] == {"namespaces": "unshare: Operation not permitted", "tmpfs": "needs the namespaces layer"}
@@ -401,8 +426,10 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/sbin/runuser")
-                    or not os.path.exists("/usr/bin/python3"), reason="needs root, runuser and a system python")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/usr/sbin/runuser") or not os.path.exists("/usr/bin/python3"),
+    reason="needs root, runuser and a system python",
+)
 def test_an_unprivileged_server_gets_the_same_layers():
     """The runner is stdlib only, so a system interpreter can run it as `nobody`: the namespaces
     then come from an unprivileged user namespace."""
@@ -411,12 +438,18 @@ def test_an_unprivileged_server_gets_the_same_layers():
 
     from optigraph.sandbox import runner
 
-    version = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(sys.version_info >= (3, 11))"],
-                             capture_output=True, text=True)
+    version = subprocess.run(
+        ["/usr/bin/python3", "-c", "import sys; print(sys.version_info >= (3, 11))"], capture_output=True, text=True
+    )
     if version.stdout.strip() != "True":
         pytest.skip("the system python is older than 3.11")
-    done = subprocess.run(["/usr/sbin/runuser", "-u", "nobody", "--", "/usr/bin/python3", "-I", "-c", UNPRIVILEGED,
-                           runner.__file__], capture_output=True, text=True, timeout=120, cwd="/")
+    done = subprocess.run(
+        ["/usr/sbin/runuser", "-u", "nobody", "--", "/usr/bin/python3", "-I", "-c", UNPRIVILEGED, runner.__file__],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
     if done.returncode != 0 and "Permission denied" in done.stderr:
         pytest.skip("nobody cannot read the sandbox's source here")
     assert done.returncode == 0, done.stderr

@@ -109,9 +109,17 @@ class HTTPFailure(Exception):
         self.message = message
 
 
-def make_app(responder: Responder = echo_responder, *, latency: float = 0.0, n_support: bool = True,
-             log: UpstreamLog | None = None, model_ids: tuple[str, ...] = ("fake-model",),
-             reasoning_tokens: int = 0, chunk_delay: float = 0.0, chunk_gate: ChunkGate | None = None) -> Starlette:
+def make_app(
+    responder: Responder = echo_responder,
+    *,
+    latency: float = 0.0,
+    n_support: bool = True,
+    log: UpstreamLog | None = None,
+    model_ids: tuple[str, ...] = ("fake-model",),
+    reasoning_tokens: int = 0,
+    chunk_delay: float = 0.0,
+    chunk_gate: ChunkGate | None = None,
+) -> Starlette:
     log = log if log is not None else UpstreamLog()
 
     def reply(body: dict[str, Any], i: int) -> dict[str, Any]:
@@ -136,23 +144,47 @@ def make_app(responder: Responder = echo_responder, *, latency: float = 0.0, n_s
             try:
                 messages = [reply(body, i) for i in range(n)]
             except HTTPFailure as exc:
-                return Response(orjson.dumps({"error": {"message": exc.message, "type": "upstream"}}),
-                                status_code=exc.status, media_type="application/json")
+                return Response(
+                    orjson.dumps({"error": {"message": exc.message, "type": "upstream"}}),
+                    status_code=exc.status,
+                    media_type="application/json",
+                )
         finally:
             log.in_flight -= 1
         prompt = sum(len(str(m.get("content") or "").split()) for m in body.get("messages") or [])
         completion = sum(len((m.get("content") or "").split()) for m in messages)
-        usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
-                                 "total_tokens": prompt + completion}
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
         if reasoning_tokens:
             usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
-        choices = [{"index": i, "message": m, "finish_reason": "tool_calls" if m.get("tool_calls") else "stop",
-                    "logprobs": None} for i, m in enumerate(messages)]
+        choices = [
+            {
+                "index": i,
+                "message": m,
+                "finish_reason": "tool_calls" if m.get("tool_calls") else "stop",
+                "logprobs": None,
+            }
+            for i, m in enumerate(messages)
+        ]
         if body.get("stream"):
             return StreamingResponse(_sse(body, choices, usage), media_type="text/event-stream")
-        return Response(orjson.dumps({"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-                                      "model": body.get("model"), "choices": choices, "usage": usage,
-                                      "system_fingerprint": "fp_fake"}), media_type="application/json")
+        return Response(
+            orjson.dumps(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model"),
+                    "choices": choices,
+                    "usage": usage,
+                    "system_fingerprint": "fp_fake",
+                }
+            ),
+            media_type="application/json",
+        )
 
     async def _sse(body: dict[str, Any], choices: list[dict[str, Any]], usage: dict[str, Any]):
         async for event in _events(body, choices, usage):
@@ -161,33 +193,92 @@ def make_app(responder: Responder = echo_responder, *, latency: float = 0.0, n_s
                 await asyncio.sleep(chunk_delay)
 
     async def _events(body: dict[str, Any], choices: list[dict[str, Any]], usage: dict[str, Any]):
-        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": body.get("model")}
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body.get("model"),
+        }
         for c in choices:
             m = c["message"]
-            yield b"data: " + orjson.dumps({**base, "choices": [{"index": c["index"], "delta": {"role": "assistant"}}]}) + b"\n\n"
+            yield (
+                b"data: "
+                + orjson.dumps({**base, "choices": [{"index": c["index"], "delta": {"role": "assistant"}}]})
+                + b"\n\n"
+            )
             for w, word in enumerate((m.get("content") or "").split(" ")):
                 if word and w and chunk_gate is not None:
                     await chunk_gate.wait_for_client()
                 if word:
                     piece = word if w == 0 else " " + word
-                    yield b"data: " + orjson.dumps({**base, "choices": [{"index": c["index"], "delta": {"content": piece}}]}) + b"\n\n"
+                    yield (
+                        b"data: "
+                        + orjson.dumps({**base, "choices": [{"index": c["index"], "delta": {"content": piece}}]})
+                        + b"\n\n"
+                    )
             for k, tc in enumerate(m.get("tool_calls") or []):
                 args = tc["function"]["arguments"]
                 half = len(args) // 2
-                yield b"data: " + orjson.dumps({**base, "choices": [{"index": c["index"], "delta": {"tool_calls": [
-                    {"index": k, "id": tc["id"], "type": "function", "function": {"name": tc["function"]["name"], "arguments": args[:half]}}]}}]}) + b"\n\n"
-                yield b"data: " + orjson.dumps({**base, "choices": [{"index": c["index"], "delta": {"tool_calls": [
-                    {"index": k, "function": {"arguments": args[half:]}}]}}]}) + b"\n\n"
-            yield b"data: " + orjson.dumps({**base, "choices": [{"index": c["index"], "delta": {}, "finish_reason": c["finish_reason"]}]}) + b"\n\n"
+                yield (
+                    b"data: "
+                    + orjson.dumps(
+                        {
+                            **base,
+                            "choices": [
+                                {
+                                    "index": c["index"],
+                                    "delta": {
+                                        "tool_calls": [
+                                            {
+                                                "index": k,
+                                                "id": tc["id"],
+                                                "type": "function",
+                                                "function": {"name": tc["function"]["name"], "arguments": args[:half]},
+                                            }
+                                        ]
+                                    },
+                                }
+                            ],
+                        }
+                    )
+                    + b"\n\n"
+                )
+                yield (
+                    b"data: "
+                    + orjson.dumps(
+                        {
+                            **base,
+                            "choices": [
+                                {
+                                    "index": c["index"],
+                                    "delta": {"tool_calls": [{"index": k, "function": {"arguments": args[half:]}}]},
+                                }
+                            ],
+                        }
+                    )
+                    + b"\n\n"
+                )
+            yield (
+                b"data: "
+                + orjson.dumps(
+                    {**base, "choices": [{"index": c["index"], "delta": {}, "finish_reason": c["finish_reason"]}]}
+                )
+                + b"\n\n"
+            )
         if (body.get("stream_options") or {}).get("include_usage"):
             yield b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n"
         yield b"data: [DONE]\n\n"
 
     async def models(_: Request) -> Response:
-        return Response(orjson.dumps({"object": "list", "data": [{"id": m, "object": "model", "created": 0,
-                                                                   "owned_by": "fake"} for m in model_ids]}),
-                        media_type="application/json")
+        return Response(
+            orjson.dumps(
+                {
+                    "object": "list",
+                    "data": [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in model_ids],
+                }
+            ),
+            media_type="application/json",
+        )
 
     app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models)])
     app.state.log = log
@@ -205,8 +296,9 @@ class ServerThread:
 
     def __init__(self, app: Any, port: int | None = None) -> None:
         self.port = port or free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="on"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

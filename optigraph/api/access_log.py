@@ -37,5 +37,11 @@ class AccessLog:
             await self.app(scope, receive, send_logged)
         finally:
             # The query string is left out: it may carry a key.
-            log.info("%s %s %s %.1fms run=%s", scope.get("method", "-"), scope.get("path", ""), seen["status"],
-                     (time.perf_counter() - t0) * 1000.0, seen["run"])
+            log.info(
+                "%s %s %s %.1fms run=%s",
+                scope.get("method", "-"),
+                scope.get("path", ""),
+                seen["status"],
+                (time.perf_counter() - t0) * 1000.0,
+                seen["run"],
+            )

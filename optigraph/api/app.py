@@ -36,8 +36,11 @@ log = logging.getLogger("optigraph")
 def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
     if registry is None:  # the built-ins plus entry points and --approaches-dir (a clash fails the start)
         registry = load_registry(approaches_dir=settings.approaches_dir, entry_points=settings.approach_entry_points)
-    limits = Limits(max_chars=settings.max_expression_chars, max_nodes=settings.max_expression_nodes,
-                    max_choices=settings.max_choices)
+    limits = Limits(
+        max_chars=settings.max_expression_chars,
+        max_nodes=settings.max_expression_nodes,
+        max_choices=settings.max_choices,
+    )
     default = parse(settings.approach)  # a bad default fails at start, not per request
     validate(default, registry.names())
     check_size(default, limits)
@@ -57,9 +60,14 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
             app.state.local_status = lambda: local.status
             app.state.local_models = local.describe
         async with open_checkpointer(settings.db_url) as saver:
-            app.state.runner = Runner(settings=settings, registry=registry, backends=backends, recorder=recorder,
-                                      compiler=Compiler(registry, saver, default=settings.approach, limits=limits),
-                                      store=ConversationStore(db))
+            app.state.runner = Runner(
+                settings=settings,
+                registry=registry,
+                backends=backends,
+                recorder=recorder,
+                compiler=Compiler(registry, saver, default=settings.approach, limits=limits),
+                store=ConversationStore(db),
+            )
             app.state.backends = backends
             app.state.db = db
             app.state.recorder = recorder
@@ -72,14 +80,26 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
                 await backends.aclose()
                 await db.dispose()
 
-    app = FastAPI(title="optigraph", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="OpenAI-compatible optimizing inference proxy: inference-time techniques as "
-                              "checkpointed LangGraph graphs.")
+    app = FastAPI(
+        title="optigraph",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="OpenAI-compatible optimizing inference proxy: inference-time techniques as "
+        "checkpointed LangGraph graphs.",
+    )
     app.state.settings = settings
     app.state.registry = registry
-    app.state.ui_sessions = None if not settings.api_key else UISessions(
-        api_key=settings.api_key, ttl_s=settings.ui_session_ttl_s,
-        **({"secret": settings.ui_session_secret.encode()} if settings.ui_session_secret else {}))
+    app.state.ui_sessions = (
+        None
+        if not settings.api_key
+        else UISessions(
+            api_key=settings.api_key,
+            ttl_s=settings.ui_session_ttl_s,
+            **({"secret": settings.ui_session_secret.encode()} if settings.ui_session_secret else {}),
+        )
+    )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog)
@@ -103,10 +123,13 @@ async def _report_unfinished_runs(db: Any) -> None:
         log.warning("could not count unfinished runs: %s: %s", type(exc).__name__, exc)
         return
     if count:
-        log.warning("%d run%s stored as running (interrupted by a crash or a kill, unless another server on this "
-                    "database is running them): list them with `optigraph runs list --status running`, continue "
-                    "one with `optigraph runs resume RUN_ID` or POST /v1/runs/RUN_ID/resume",
-                    count, "" if count == 1 else "s")
+        log.warning(
+            "%d run%s stored as running (interrupted by a crash or a kill, unless another server on this "
+            "database is running them): list them with `optigraph runs list --status running`, continue "
+            "one with `optigraph runs resume RUN_ID` or POST /v1/runs/RUN_ID/resume",
+            count,
+            "" if count == 1 else "s",
+        )
 
 
 def _document_request_schema(app: FastAPI) -> None:

@@ -23,8 +23,12 @@ RUN_HEADER = "x-optigraph-run-id"
 @router.post(
     "/v1/chat/completions",
     summary="Chat completion through an approach expression",
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
+        }
+    },
     responses={200: {"description": "An OpenAI chat.completion, or an SSE stream of chat.completion.chunk"}},
 )
 async def chat_completions(request: Request, key: str | None = Depends(upstream_key)) -> Response:
@@ -48,8 +52,9 @@ async def chat_completions(request: Request, key: str | None = Depends(upstream_
         except OptigraphError as exc:
             return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
         # Once streaming, Starlette notices a client that goes and closes `chunks`, which cancels the run.
-        return StreamingResponse(_prepend(first, chunks), media_type="text/event-stream",
-                                 headers={**headers, "cache-control": "no-cache"})
+        return StreamingResponse(
+            _prepend(first, chunks), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}
+        )
     try:
         result = await unless_client_goes(request, runner.start(prep, runner.complete(prep)), client_went)
     except OptigraphError as exc:  # the run exists (stored as failed, cancelled or interrupted): say which it was

@@ -34,8 +34,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:
         err = exc.errors()[0] if exc.errors() else {}
         param = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
-        return ORJSONResponse(error_body(f"invalid value for {param!r}: {err.get('msg')}", "invalid_request_error",
-                                         param=param or None, code="invalid_value"), status_code=400)
+        return ORJSONResponse(
+            error_body(
+                f"invalid value for {param!r}: {err.get('msg')}",
+                "invalid_request_error",
+                param=param or None,
+                code="invalid_value",
+            ),
+            status_code=400,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:

@@ -15,18 +15,36 @@ router = APIRouter()
 
 LOADING = ("not loaded", "loading")  # the default local model's states before it can serve
 
-EXAMPLE = {"status": "ok", "database": {"ok": True, "error": None},
-           "backends": {"openai": {"base_url": "http://127.0.0.1:8080/v1", "reachable": True,
-                                   "last_ok_at": "2026-12-05T09:00:00+00:00", "last_error_at": None,
-                                   "last_error": None}},
-           "local_model": "unused", "local_models": []}
+EXAMPLE = {
+    "status": "ok",
+    "database": {"ok": True, "error": None},
+    "backends": {
+        "openai": {
+            "base_url": "http://127.0.0.1:8080/v1",
+            "reachable": True,
+            "last_ok_at": "2026-12-05T09:00:00+00:00",
+            "last_error_at": None,
+            "last_error": None,
+        }
+    },
+    "local_model": "unused",
+    "local_models": [],
+}
 
 
-@router.get("/health", tags=["health"], summary="Database, backends and local model",
-            responses={200: {"description": "`status` is `ok`, `loading` (the local model is loading) or "
-                                            "`degraded` (a backend's last call failed, or the local model did)",
-                             "content": {"application/json": {"example": EXAMPLE}}},
-                       503: {"description": "The database is unusable (`status`: `error`; `database.error` says why)"}})
+@router.get(
+    "/health",
+    tags=["health"],
+    summary="Database, backends and local model",
+    responses={
+        200: {
+            "description": "`status` is `ok`, `loading` (the local model is loading) or "
+            "`degraded` (a backend's last call failed, or the local model did)",
+            "content": {"application/json": {"example": EXAMPLE}},
+        },
+        503: {"description": "The database is unusable (`status`: `error`; `database.error` says why)"},
+    },
+)
 async def health(request: Request) -> Response:
     """One query on the database (2 s at most); the backends report what their own recent calls saw
     (`reachable` is null until a call was made), so no request is sent upstream."""
@@ -43,6 +61,11 @@ async def health(request: Request) -> Response:
         status = "degraded"
     else:
         status = "ok"
-    body = {"status": status, "database": {"ok": db_error is None, "error": db_error}, "backends": backends,
-            "local_model": local, "local_models": getattr(state, "local_models", list)()}
+    body = {
+        "status": status,
+        "database": {"ok": db_error is None, "error": db_error},
+        "backends": backends,
+        "local_model": local,
+        "local_models": getattr(state, "local_models", list)(),
+    }
     return ORJSONResponse(body, status_code=503 if db_error is not None else 200)

@@ -56,12 +56,21 @@ class BodyLimit:
         await self.app(scope, replayed, send)
 
     async def _refuse(self, send: Send) -> None:
-        error = RequestTooLarge(f"the request body is larger than this server's limit of {self.max_bytes} bytes "
-                                "(max_body_bytes)")
+        error = RequestTooLarge(
+            f"the request body is larger than this server's limit of {self.max_bytes} bytes (max_body_bytes)"
+        )
         body = orjson.dumps(error.body())
-        await send({"type": "http.response.start", "status": error.status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": error.status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

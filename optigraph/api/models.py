@@ -26,10 +26,24 @@ async def list_models(request: Request, key: str | None = Depends(upstream_key))
         except OptigraphError as exc:  # unreachable, or no /models route: the server's own entries still help
             log.warning("listing upstream models failed: %s", exc.message)
     if backends.local_reachable:  # with an upstream, local models are listed only when clients may use them
-        data.append({"id": request.app.state.settings.local_model, "object": "model", "created": 0,
-                     "owned_by": "optigraph-local"})
-    approaches = [{"id": spec.name, "kind": spec.kind, "description": spec.description, "needs": sorted(spec.needs),
-                   "calls": spec.calls, "rounds": spec.rounds,
-                   "expected_calls": getattr(spec, "expected_calls", None) or spec.calls}
-                  for spec in request.app.state.registry.specs.values()]
+        data.append(
+            {
+                "id": request.app.state.settings.local_model,
+                "object": "model",
+                "created": 0,
+                "owned_by": "optigraph-local",
+            }
+        )
+    approaches = [
+        {
+            "id": spec.name,
+            "kind": spec.kind,
+            "description": spec.description,
+            "needs": sorted(spec.needs),
+            "calls": spec.calls,
+            "rounds": spec.rounds,
+            "expected_calls": getattr(spec, "expected_calls", None) or spec.calls,
+        }
+        for spec in request.app.state.registry.specs.values()
+    ]
     return {"object": "list", "data": data, "approaches": approaches}

@@ -25,8 +25,9 @@ from optigraph.memory.queries import MAX_LIMIT, get_run, page_runs
 # Every route here needs the server's key when it has one (the forwarded key itself is unused).
 router = APIRouter(tags=["runs"], dependencies=[Depends(upstream_key)])
 
-RunId = Annotated[str, Path(description="The run id (the `optigraph.run_id` of a response, or the "
-                                        "x-optigraph-run-id header)")]
+RunId = Annotated[
+    str, Path(description="The run id (the `optigraph.run_id` of a response, or the x-optigraph-run-id header)")
+]
 
 
 async def load_run(request: Request, run_id: str) -> dict[str, Any]:
@@ -40,7 +41,9 @@ async def load_run(request: Request, run_id: str) -> dict[str, Any]:
 @router.get("/v1/runs", summary="Stored runs, newest first", response_model=schemas.RunList)
 async def list_runs(
     request: Request,
-    status: Annotated[str | None, Query(description="running, completed, failed, cancelled or interrupted (another value is a 400)")] = None,
+    status: Annotated[
+        str | None, Query(description="running, completed, failed, cancelled or interrupted (another value is a 400)")
+    ] = None,
     approach: Annotated[str | None, Query(description="the run's approach expression, e.g. bon&re2")] = None,
     model: Annotated[str | None, Query(description="the upstream model (approach prefix removed)")] = None,
     created_after: Annotated[datetime | None, Query(description="ISO 8601; UTC when no offset is given")] = None,
@@ -48,32 +51,48 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
     after: Annotated[str | None, Query(description="the `next_cursor` of the previous page")] = None,
 ) -> dict[str, Any]:
-    page = await page_runs(request.app.state.db, status=status, expression=inspection.approach_filter(approach),
-                           model=model, created_after=created_after, created_before=created_before, after=after,
-                           limit=limit)
+    page = await page_runs(
+        request.app.state.db,
+        status=status,
+        expression=inspection.approach_filter(approach),
+        model=model,
+        created_after=created_after,
+        created_before=created_before,
+        after=after,
+        limit=limit,
+    )
     return inspection.run_list(page.runs, has_more=page.has_more)
 
 
-@router.get("/v1/runs/{run_id}", summary="One run: its graph, steps, upstream calls and totals",
-            response_model=schemas.RunDetail)
+@router.get(
+    "/v1/runs/{run_id}",
+    summary="One run: its graph, steps, upstream calls and totals",
+    response_model=schemas.RunDetail,
+)
 async def show_run(
     request: Request,
     run_id: RunId,
-    max_chars: Annotated[int, Query(ge=0, description="cut strings longer than this; 0 keeps them whole")]
-    = inspection.MAX_CHARS,
+    max_chars: Annotated[
+        int, Query(ge=0, description="cut strings longer than this; 0 keeps them whole")
+    ] = inspection.MAX_CHARS,
 ) -> dict[str, Any]:
     row = await load_run(request, run_id)
     return await inspection.run_detail(row, request.app.state.runner.compiler, max_chars=max_chars or None)
 
 
-
 class ForkRequest(BaseModel):
-    checkpoint_id: str | None = Field(None, description="the checkpoint to start from (a step's `checkpoint_id` "
-                                                          "in GET /v1/runs/{id}); default: the thread's latest")
-    thread: str | None = Field(None, description="the source thread: the run id, or `<id>.<i>` for choice i of "
-                                                 "an n > 1 run (default: the first)")
-    patch: dict[str, Any] | None = Field(None, description="state values to overwrite at that checkpoint, e.g. "
-                                                           '{"request": {"temperature": 0.2}}')
+    checkpoint_id: str | None = Field(
+        None,
+        description="the checkpoint to start from (a step's `checkpoint_id` "
+        "in GET /v1/runs/{id}); default: the thread's latest",
+    )
+    thread: str | None = Field(
+        None,
+        description="the source thread: the run id, or `<id>.<i>` for choice i of an n > 1 run (default: the first)",
+    )
+    patch: dict[str, Any] | None = Field(
+        None, description='state values to overwrite at that checkpoint, e.g. {"request": {"temperature": 0.2}}'
+    )
 
 
 def _answer(request: Request, run_id: str, call) -> Any:
@@ -101,32 +120,60 @@ def _answer(request: Request, run_id: str, call) -> Any:
             headers = {"x-optigraph-run-id": run_id} if stored else None
             return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
         await recorder.flush()
-        headers = {"x-optigraph-run-id": result.run_id,
-                   "x-optigraph-upstream-calls": str(result.response["optigraph"]["upstream_calls"])}
+        headers = {
+            "x-optigraph-run-id": result.run_id,
+            "x-optigraph-upstream-calls": str(result.response["optigraph"]["upstream_calls"]),
+        }
         return Response(orjson.dumps(result.response), media_type="application/json", headers=headers)
 
     return answer()
 
 
-@router.post("/v1/runs/{run_id}/resume", summary="Continue an interrupted run from its last checkpoint",
-             responses={200: {"description": "The run's chat.completion (non-streaming)"},
-                        404: {"description": "No such run"},
-                        409: {"description": "The run cannot be resumed (passthrough, completed, being executed)"}})
+@router.post(
+    "/v1/runs/{run_id}/resume",
+    summary="Continue an interrupted run from its last checkpoint",
+    responses={
+        200: {"description": "The run's chat.completion (non-streaming)"},
+        404: {"description": "No such run"},
+        409: {"description": "The run cannot be resumed (passthrough, completed, being executed)"},
+    },
+)
 async def resume_run(request: Request, run_id: RunId, key: str | None = Depends(upstream_key)) -> Response:
     runner = request.app.state.runner
-    return await _answer(request, run_id, lambda: resume.resume_run(runner, run_id, db=request.app.state.db,
-                                                                     client_key=key))
+    return await _answer(
+        request, run_id, lambda: resume.resume_run(runner, run_id, db=request.app.state.db, client_key=key)
+    )
 
 
-@router.post("/v1/runs/{run_id}/fork", summary="A new run from one checkpoint of a run, with a state patch",
-             responses={200: {"description": "The new run's chat.completion; `optigraph.parent_id` is the source"},
-                        404: {"description": "No such run or checkpoint"},
-                        409: {"description": "The run has no checkpoints (passthrough)"}})
-async def fork_run(request: Request, run_id: RunId, body: Annotated[ForkRequest | None, Body()] = None,
-                   key: str | None = Depends(upstream_key)) -> Response:
+@router.post(
+    "/v1/runs/{run_id}/fork",
+    summary="A new run from one checkpoint of a run, with a state patch",
+    responses={
+        200: {"description": "The new run's chat.completion; `optigraph.parent_id` is the source"},
+        404: {"description": "No such run or checkpoint"},
+        409: {"description": "The run has no checkpoints (passthrough)"},
+    },
+)
+async def fork_run(
+    request: Request,
+    run_id: RunId,
+    body: Annotated[ForkRequest | None, Body()] = None,
+    key: str | None = Depends(upstream_key),
+) -> Response:
     runner = request.app.state.runner
     body = body or ForkRequest()
     new_id = uuid.uuid4().hex  # chosen here so that a failed fork's answer names the new run, not its source
-    return await _answer(request, new_id, lambda: resume.fork_run(runner, run_id, db=request.app.state.db, client_key=key,
-                                                     checkpoint_id=body.checkpoint_id, thread=body.thread,
-                                                     patch=body.patch, new_id=new_id))
+    return await _answer(
+        request,
+        new_id,
+        lambda: resume.fork_run(
+            runner,
+            run_id,
+            db=request.app.state.db,
+            client_key=key,
+            checkpoint_id=body.checkpoint_id,
+            thread=body.thread,
+            patch=body.patch,
+            new_id=new_id,
+        ),
+    )

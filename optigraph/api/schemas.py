@@ -46,7 +46,8 @@ class Thread(BaseModel):
     next: list[str] = Field(description="nodes still to run; empty when the graph finished")
     steps: list[Step]
     decisions: list[dict[str, Any]] = Field(
-        default_factory=list, description="what plugins chose while the run ran (routes), outermost first")
+        default_factory=list, description="what plugins chose while the run ran (routes), outermost first"
+    )
     error: str | None = Field(description="why the steps could not be read")
 
 
@@ -135,8 +136,9 @@ class ApproachInfo(BaseModel):
     papers: list[str]
     streams_final: bool
     stages: list[str] | None = Field(default=None, description="plugins: their stages, pre and/or post")
-    streams_through: bool | None = Field(default=None, description="plugins: a post stage that still lets the "
-                                                                    "wrapped part stream")
+    streams_through: bool | None = Field(
+        default=None, description="plugins: a post stage that still lets the wrapped part stream"
+    )
     routes: bool | None = Field(default=None, description="plugins: may choose at run time what runs inside them")
 
 

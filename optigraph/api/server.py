@@ -60,5 +60,6 @@ class Server(uvicorn.Server):
         runner = getattr(self.app.state, "runner", None)
         count = runner.interrupt_all() if runner is not None else 0
         if count:
-            log.warning("shutdown: interrupted %d run(s) still executing; resume each with "
-                        "POST /v1/runs/<id>/resume", count)
+            log.warning(
+                "shutdown: interrupted %d run(s) still executing; resume each with POST /v1/runs/<id>/resume", count
+            )

@@ -82,11 +82,13 @@ def _guard(request: Request) -> Response | None:
 def _login(request: Request, *, status: int, message: str = "", target: str | None = None) -> HTMLResponse:
     note = f"<p class='status-failed'>{escape(message)}</p>" if message else ""
     target = target or request.url.path
-    body = (f"<h1>optigraph</h1><p>This server needs its API key to show runs.</p>{note}"
-            "<form method='post' action='/ui/login'>"
-            f"<input type='hidden' name='next' value='{escape(_safe_target(target))}'>"
-            "<label>API key <input type='password' name='key' autocomplete='current-password' autofocus></label> "
-            "<button>Log in</button></form>")
+    body = (
+        f"<h1>optigraph</h1><p>This server needs its API key to show runs.</p>{note}"
+        "<form method='post' action='/ui/login'>"
+        f"<input type='hidden' name='next' value='{escape(_safe_target(target))}'>"
+        "<label>API key <input type='password' name='key' autocomplete='current-password' autofocus></label> "
+        "<button>Log in</button></form>"
+    )
     return _page("optigraph: API key", body, status=status)
 
 
@@ -110,16 +112,22 @@ async def login(request: Request) -> Response:
     if not key_matches(sessions.api_key, key or None):
         return _login(request, status=401, message="That key is not valid.", target=target)
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(COOKIE, sessions.issue(), max_age=sessions.ttl_s, path="/ui", httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
+    response.set_cookie(
+        COOKIE,
+        sessions.issue(),
+        max_age=sessions.ttl_s,
+        path="/ui",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
     return response
 
 
 @router.post("/ui/logout", response_class=HTMLResponse)
 async def logout(request: Request) -> Response:
     response = RedirectResponse("/ui", status_code=303)
-    response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict",
-                           secure=request.url.scheme == "https")
+    response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict", secure=request.url.scheme == "https")
     return response
 
 
@@ -133,12 +141,16 @@ def _logout_form(request: Request) -> str:
 
 
 def _page(title: str, body: str, *, status: int = 200) -> HTMLResponse:
-    text = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
-            f"<meta name='viewport' content='width=device-width,initial-scale=1'><style>{CSS}</style></head>"
-            f"<body>{body}</body></html>")
-    return HTMLResponse(text, status_code=status, headers={"Content-Security-Policy": CSP,
-                                                           "Cache-Control": "no-store",
-                                                           "X-Content-Type-Options": "nosniff"})
+    text = (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        f"<meta name='viewport' content='width=device-width,initial-scale=1'><style>{CSS}</style></head>"
+        f"<body>{body}</body></html>"
+    )
+    return HTMLResponse(
+        text,
+        status_code=status,
+        headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 @router.get("/ui", response_class=HTMLResponse)
@@ -153,15 +165,21 @@ async def runs_page(
         return denied
     status = status or None
     approach = (approach or "").strip() or None
-    page = await page_runs(request.app.state.db, status=status, expression=inspection.canonical(approach),
-                           after=after or None, limit=PAGE_SIZE)
+    page = await page_runs(
+        request.app.state.db,
+        status=status,
+        expression=inspection.canonical(approach),
+        after=after or None,
+        limit=PAGE_SIZE,
+    )
     runs = inspection.run_list(page.runs, has_more=page.has_more)
-    options = "".join(f"<option value='{s}'{' selected' if s == status else ''}>{s}</option>"
-                      for s in STATUSES)
-    filters = ("<form class='filters' method='get' action='/ui'>"
-               f"<label>Status <select name='status'><option value=''>any</option>{options}</select></label>"
-               f"<label>Approach <input name='approach' value='{escape(approach or '')}' "
-               "placeholder='e.g. bon&amp;re2'></label><button>Filter</button> <a href='/ui'>clear</a></form>")
+    options = "".join(f"<option value='{s}'{' selected' if s == status else ''}>{s}</option>" for s in STATUSES)
+    filters = (
+        "<form class='filters' method='get' action='/ui'>"
+        f"<label>Status <select name='status'><option value=''>any</option>{options}</select></label>"
+        f"<label>Approach <input name='approach' value='{escape(approach or '')}' "
+        "placeholder='e.g. bon&amp;re2'></label><button>Filter</button> <a href='/ui'>clear</a></form>"
+    )
     rows = []
     for r in runs["data"]:
         href = f"/ui/runs/{escape(r['id'])}"
@@ -171,10 +189,17 @@ async def runs_page(
             f"<td class='status status-{escape(r['status'])}'>{escape(r['status'])}</td>"
             f"<td><code>{escape(r['expression'])}</code></td><td>{escape(r['model'])}</td>"
             f"<td class='num'>{r['usage']['calls']}</td><td class='num'>{r['usage']['total_tokens']}</td>"
-            f"<td class='num'>{_ms(r.get('latency_ms'))}</td><td>{escape(_when(r.get('created_at')))}</td></tr>")
-    table = ("<table id='runs'><thead><tr><th>Run</th><th>Status</th><th>Approach</th><th>Model</th>"
-             "<th>Calls</th><th>Tokens</th><th>Latency</th><th>Created</th></tr></thead>"
-             f"<tbody>{''.join(rows)}</tbody></table>") if rows else "<p id='no-runs'>No runs.</p>"
+            f"<td class='num'>{_ms(r.get('latency_ms'))}</td><td>{escape(_when(r.get('created_at')))}</td></tr>"
+        )
+    table = (
+        (
+            "<table id='runs'><thead><tr><th>Run</th><th>Status</th><th>Approach</th><th>Model</th>"
+            "<th>Calls</th><th>Tokens</th><th>Latency</th><th>Created</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>"
+        )
+        if rows
+        else "<p id='no-runs'>No runs.</p>"
+    )
     more = ""
     if runs["has_more"] and runs["next_cursor"]:
         query = {k: v for k, v in (("status", status), ("approach", approach)) if v}
@@ -191,9 +216,11 @@ async def run_page(request: Request, run_id: str) -> Response:
         return denied
     row = await get_run(request.app.state.db, run_id)
     if row is None:
-        return _page("optigraph: no such run",
-                     f"<p><a href='/ui'>&larr; runs</a></p><h1>No run with id <code>{escape(run_id)}</code></h1>",
-                     status=404)
+        return _page(
+            "optigraph: no such run",
+            f"<p><a href='/ui'>&larr; runs</a></p><h1>No run with id <code>{escape(run_id)}</code></h1>",
+            status=404,
+        )
     compiler = request.app.state.runner.compiler
     detail = await inspection.run_detail(row, compiler)
     return _page(f"optigraph run {run_id}", _logout_form(request) + render_run(detail, compiler))
@@ -207,15 +234,23 @@ def render_run(detail: Mapping[str, Any], compiler: Any) -> str:
     totals = detail["totals"]
     parent = detail.get("parent_id")
     items = [
-        ("Status", f"<span id='run-status' class='status-{escape(detail['status'])}'>{escape(detail['status'])}</span>"),
+        (
+            "Status",
+            f"<span id='run-status' class='status-{escape(detail['status'])}'>{escape(detail['status'])}</span>",
+        ),
         ("Approach", f"<code id='run-approach'>{escape(detail['expression'])}</code>"),
         ("Model", escape(detail["model"])),
         ("Created", escape(_when(detail.get("created_at")))),
         ("Finished", escape(_when(detail.get("finished_at")))),
         ("Latency", _ms(detail.get("latency_ms"))),
         ("Upstream calls", f"{totals['calls']} ({totals['failed_calls']} failed, {totals['retried_calls']} retried)"),
-        ("Tokens", (f"{usage['total_tokens']} (prompt {usage['prompt_tokens']}, completion "
-                   f"{usage['completion_tokens']}, reasoning {usage['reasoning_tokens']})")),
+        (
+            "Tokens",
+            (
+                f"{usage['total_tokens']} (prompt {usage['prompt_tokens']}, completion "
+                f"{usage['completion_tokens']}, reasoning {usage['reasoning_tokens']})"
+            ),
+        ),
         ("Steps", f"{totals['steps']} steps, {totals['tasks']} tasks"),
     ]
     if parent:
@@ -223,13 +258,17 @@ def render_run(detail: Mapping[str, Any], compiler: Any) -> str:
     if detail.get("error"):
         items.append(("Error", f"<pre id='run-error'>{_json(detail['error'])}</pre>"))
     summary = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
-    io = (f"<details><summary>Request</summary><pre id='run-request'>{_json(detail.get('request'))}</pre></details>"
-          f"<details><summary>Response</summary><pre id='run-response'>{_json(detail.get('response'))}</pre></details>")
-    return (f"<p><a href='/ui'>&larr; runs</a></p><h1>Run <code id='run-id'>{escape(detail['id'])}</code></h1>"
-            f"<dl class='summary'>{summary}</dl>{io}"
-            f"<h2>Graph</h2>{render_graph(detail, compiler)}"
-            f"<h2>Steps</h2>{render_steps(detail)}"
-            f"<h2>Upstream calls</h2>{render_calls(detail.get('upstream_calls') or [])}")
+    io = (
+        f"<details><summary>Request</summary><pre id='run-request'>{_json(detail.get('request'))}</pre></details>"
+        f"<details><summary>Response</summary><pre id='run-response'>{_json(detail.get('response'))}</pre></details>"
+    )
+    return (
+        f"<p><a href='/ui'>&larr; runs</a></p><h1>Run <code id='run-id'>{escape(detail['id'])}</code></h1>"
+        f"<dl class='summary'>{summary}</dl>{io}"
+        f"<h2>Graph</h2>{render_graph(detail, compiler)}"
+        f"<h2>Steps</h2>{render_steps(detail)}"
+        f"<h2>Upstream calls</h2>{render_calls(detail.get('upstream_calls') or [])}"
+    )
 
 
 def taken_nodes(detail: Mapping[str, Any]) -> set[str]:
@@ -268,9 +307,11 @@ def render_graph(detail: Mapping[str, Any], compiler: Any) -> str:
     edges = [(e.source, e.target, bool(e.conditional)) for e in drawn.edges]
     svg = svg_graph(nodes, edges, taken_nodes(detail))
     mermaid = graph.get("mermaid") or ""
-    return ("<div class='graph'><p class='legend'><span class='taken'>ran in this run</span>"
-            "<span>did not run</span> dashed arrows: conditional or fan-out</p>"
-            f"{svg}<details><summary>Mermaid text</summary><pre id='mermaid'>{escape(mermaid)}</pre></details></div>")
+    return (
+        "<div class='graph'><p class='legend'><span class='taken'>ran in this run</span>"
+        "<span>did not run</span> dashed arrows: conditional or fan-out</p>"
+        f"{svg}<details><summary>Mermaid text</summary><pre id='mermaid'>{escape(mermaid)}</pre></details></div>"
+    )
 
 
 def svg_graph(nodes: Iterable[str], edges: list[tuple[str, str, bool]], taken: set[str]) -> str:
@@ -318,10 +359,16 @@ def svg_graph(nodes: Iterable[str], edges: list[tuple[str, str, bool]], taken: s
         if s in pos and t in pos and pos[t][1] <= pos[s][1]:
             bend = max(width_of[s], width_of[t]) / 2 + 40
             total_w = max(total_w, max(pos[s][0], pos[t][0]) + bend + margin)
-    parts = [(f"<svg xmlns='http://www.w3.org/2000/svg' id='graph' viewBox='0 0 {total_w:.0f} {total_h:.0f}' "
-             f"width='{total_w:.0f}' height='{total_h:.0f}' role='img' aria-label='the run graph'>"),
-             ("<defs><marker id='arrow' viewBox='0 0 10 10' refX='10' refY='5' markerWidth='7' markerHeight='7' "
-             "orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z' fill='#778'/></marker></defs>")]
+    parts = [
+        (
+            f"<svg xmlns='http://www.w3.org/2000/svg' id='graph' viewBox='0 0 {total_w:.0f} {total_h:.0f}' "
+            f"width='{total_w:.0f}' height='{total_h:.0f}' role='img' aria-label='the run graph'>"
+        ),
+        (
+            "<defs><marker id='arrow' viewBox='0 0 10 10' refX='10' refY='5' markerWidth='7' markerHeight='7' "
+            "orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z' fill='#778'/></marker></defs>"
+        ),
+    ]
     for s, t, conditional in edges:
         if s not in pos or t not in pos:
             continue
@@ -331,19 +378,25 @@ def svg_graph(nodes: Iterable[str], edges: list[tuple[str, str, bool]], taken: s
             d = f"M{x1:.1f},{y1 + box_h / 2:.1f} L{x2:.1f},{y2 - box_h / 2:.1f}"
         else:  # back or sideways: a curve out to the right
             bend = max(width_of[s], width_of[t]) / 2 + 40
-            d = (f"M{x1 + width_of[s] / 2:.1f},{y1:.1f} C{x1 + bend:.1f},{y1:.1f} {x2 + bend:.1f},{y2:.1f} "
-                 f"{x2 + width_of[t] / 2:.1f},{y2:.1f}")
-        parts.append(f"<path class='{classes}' data-source='{escape(s)}' data-target='{escape(t)}' d='{d}' "
-                     "marker-end='url(#arrow)'/>")
+            d = (
+                f"M{x1 + width_of[s] / 2:.1f},{y1:.1f} C{x1 + bend:.1f},{y1:.1f} {x2 + bend:.1f},{y2:.1f} "
+                f"{x2 + width_of[t] / 2:.1f},{y2:.1f}"
+            )
+        parts.append(
+            f"<path class='{classes}' data-source='{escape(s)}' data-target='{escape(t)}' d='{d}' "
+            "marker-end='url(#arrow)'/>"
+        )
     for n in nodes:
         x, y = pos[n]
         w = width_of[n]
         ran = n in taken
         rx = box_h / 2 if n in ("__start__", "__end__") else 4
-        parts.append(f"<g class='node{' taken' if ran else ''}' data-node='{escape(n)}' "
-                     f"data-taken='{'true' if ran else 'false'}'><title>{escape(n)}{' (ran)' if ran else ''}</title>"
-                     f"<rect x='{x - w / 2:.1f}' y='{y - box_h / 2:.1f}' width='{w:.1f}' height='{box_h}' rx='{rx}'/>"
-                     f"<text x='{x:.1f}' y='{y + 4:.1f}' text-anchor='middle'>{escape(n)}</text></g>")
+        parts.append(
+            f"<g class='node{' taken' if ran else ''}' data-node='{escape(n)}' "
+            f"data-taken='{'true' if ran else 'false'}'><title>{escape(n)}{' (ran)' if ran else ''}</title>"
+            f"<rect x='{x - w / 2:.1f}' y='{y - box_h / 2:.1f}' width='{w:.1f}' height='{box_h}' rx='{rx}'/>"
+            f"<text x='{x:.1f}' y='{y + 4:.1f}' text-anchor='middle'>{escape(n)}</text></g>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -361,9 +414,15 @@ def render_steps(detail: Mapping[str, Any]) -> str:
             ns = step.get("checkpoint_ns") or ""
             graph = ns.split(":", 1)[0] if ns else ""
             writes = task.get("writes")
-            cell = (f"<details><summary>{len(writes) if isinstance(writes, Mapping) else ''} "
+            cell = (
+                (
+                    f"<details><summary>{len(writes) if isinstance(writes, Mapping) else ''} "
                     f"{escape(', '.join(writes) if isinstance(writes, Mapping) else 'value')}</summary>"
-                    f"<pre class='writes'>{_json(writes)}</pre></details>") if writes is not None else ""
+                    f"<pre class='writes'>{_json(writes)}</pre></details>"
+                )
+                if writes is not None
+                else ""
+            )
             if task.get("error"):
                 cell += f"<pre class='task-error'>{escape(str(task['error']))}</pre>"
             indent = "&nbsp;&nbsp;" * depth + ("&#8627; " if depth else "")
@@ -373,17 +432,25 @@ def render_steps(detail: Mapping[str, Any]) -> str:
                 + f"<td class='num'>{step.get('step')}</td><td>{escape(graph)}</td>"
                 f"<td class='task-name'>{indent}{escape(task['name'])}</td><td>{escape(task.get('kind') or '')}</td>"
                 f"<td class='status-{escape(task.get('status') or '')}'>{escape(task.get('status') or '')}</td>"
-                f"<td>{cell}</td></tr>")
-    head = ("<th>Thread</th>" if many else "") + ("<th>Step</th><th>Graph</th><th>Task</th><th>Kind</th>"
-                                                  "<th>Status</th><th>Writes</th>")
-    return render_decisions(threads) + f"<table id='steps'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+                f"<td>{cell}</td></tr>"
+            )
+    head = ("<th>Thread</th>" if many else "") + (
+        "<th>Step</th><th>Graph</th><th>Task</th><th>Kind</th><th>Status</th><th>Writes</th>"
+    )
+    return (
+        render_decisions(threads)
+        + f"<table id='steps'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def render_decisions(threads: list[Mapping[str, Any]]) -> str:
     """What plugins chose while the run ran (a router's route), one line each."""
-    items = [f"<li class='decision'>{escape(t['thread_id'])}: <code>{escape(d.get('plugin', ''))}</code> chose "
-             f"<code>{escape(d.get('route', ''))}</code>" + (f": {escape(d['reason'])}" if d.get("reason") else "")
-             + "</li>" for t in threads for d in t.get("decisions") or []]
+    items = [
+        f"<li class='decision'>{escape(t['thread_id'])}: <code>{escape(d.get('plugin', ''))}</code> chose "
+        f"<code>{escape(d.get('route', ''))}</code>" + (f": {escape(d['reason'])}" if d.get("reason") else "") + "</li>"
+        for t in threads
+        for d in t.get("decisions") or []
+    ]
     return f"<h3>Decisions</h3><ul id='decisions'>{''.join(items)}</ul>" if items else ""
 
 
@@ -393,8 +460,9 @@ def render_calls(calls: list[Mapping[str, Any]]) -> str:
     rows = []
     for i, c in enumerate(calls, 1):
         answers = [ch.get("text") if isinstance(ch, Mapping) and "text" in ch else ch for ch in c.get("choices") or []]
-        answer = "\n---\n".join(a if isinstance(a, str) else json.dumps(a, indent=2, ensure_ascii=False)
-                                for a in answers)
+        answer = "\n---\n".join(
+            a if isinstance(a, str) else json.dumps(a, indent=2, ensure_ascii=False) for a in answers
+        )
         u = c["usage"]
         error = f"<pre class='call-error'>{escape(str(c['error']))}</pre>" if c.get("error") else ""
         rows.append(
@@ -407,10 +475,13 @@ def render_calls(calls: list[Mapping[str, Any]]) -> str:
             f"<td><details><summary>{len(c.get('messages') or [])} messages</summary>"
             f"<pre class='messages'>{_messages(c.get('messages') or [])}</pre></details></td>"
             f"<td><details><summary>{escape(_preview(answer))}</summary>"
-            f"<pre class='answer'>{escape(answer)}</pre></details></td></tr>")
-    return ("<table id='calls'><thead><tr><th>#</th><th>Node</th><th>Model</th><th>Attempt</th><th>Status</th>"
-            "<th>Tokens (prompt / completion / total)</th><th>Latency</th><th>Messages</th><th>Answer</th></tr>"
-            f"</thead><tbody>{''.join(rows)}</tbody></table>")
+            f"<pre class='answer'>{escape(answer)}</pre></details></td></tr>"
+        )
+    return (
+        "<table id='calls'><thead><tr><th>#</th><th>Node</th><th>Model</th><th>Attempt</th><th>Status</th>"
+        "<th>Tokens (prompt / completion / total)</th><th>Latency</th><th>Messages</th><th>Answer</th></tr>"
+        f"</thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 # ---- formatting ----------------------------------------------------------------------------------

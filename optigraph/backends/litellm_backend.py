@@ -15,11 +15,35 @@ from optigraph.core.backend import Capabilities
 from optigraph.errors import UpstreamError, UpstreamTimeout
 
 # Provider prefixes routed to LiteLLM when no OpenAI-compatible base URL is configured.
-PROVIDERS = frozenset({
-    "anthropic", "azure", "azure_ai", "bedrock", "cerebras", "cohere", "databricks", "deepinfra", "deepseek",
-    "fireworks_ai", "gemini", "groq", "huggingface", "mistral", "ollama", "ollama_chat", "openai", "openrouter",
-    "perplexity", "replicate", "sagemaker", "together_ai", "vertex_ai", "watsonx", "xai",
-})
+PROVIDERS = frozenset(
+    {
+        "anthropic",
+        "azure",
+        "azure_ai",
+        "bedrock",
+        "cerebras",
+        "cohere",
+        "databricks",
+        "deepinfra",
+        "deepseek",
+        "fireworks_ai",
+        "gemini",
+        "groq",
+        "huggingface",
+        "mistral",
+        "ollama",
+        "ollama_chat",
+        "openai",
+        "openrouter",
+        "perplexity",
+        "replicate",
+        "sagemaker",
+        "together_ai",
+        "vertex_ai",
+        "watsonx",
+        "xai",
+    }
+)
 
 
 def is_litellm_model(model: str) -> bool:
@@ -31,8 +55,15 @@ def is_litellm_model(model: str) -> bool:
 class LiteLLMBackend:
     name = "litellm"
 
-    def __init__(self, *, api_key: str | None = None, api_base: str | None = None, connect_timeout_s: float = 10.0,
-                 read_timeout_s: float = 60.0, total_timeout_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        api_base: str | None = None,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 60.0,
+        total_timeout_s: float = 300.0,
+    ) -> None:
         self.api_key = api_key
         self.api_base = api_base
         self.connect_timeout_s = connect_timeout_s
@@ -80,8 +111,9 @@ class LiteLLMBackend:
         if isinstance(exc, litellm.Timeout):
             return UpstreamTimeout(f"upstream timed out: {exc}")
         status = getattr(exc, "status_code", None)
-        err = UpstreamError(f"upstream error: {exc}", upstream_status=status,
-                            retryable=status in (None, 408, 429, 500, 502, 503, 504))
+        err = UpstreamError(
+            f"upstream error: {exc}", upstream_status=status, retryable=status in (None, 408, 429, 500, 502, 503, 504)
+        )
         if isinstance(status, int) and 400 <= status < 500 and status not in (408, 409):
             err.status = status
         return err

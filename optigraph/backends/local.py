@@ -57,9 +57,14 @@ def _number(body: dict[str, Any], name: str, default: Any, low: float, high: flo
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int if kind is int else int | float) or not low <= value <= high:
-        raise InvalidRequest(f"{name} must be {'an integer' if kind is int else 'a number'} between {low} and {high}",
-                             param=name)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int if kind is int else int | float)
+        or not low <= value <= high
+    ):
+        raise InvalidRequest(
+            f"{name} must be {'an integer' if kind is int else 'a number'} between {low} and {high}", param=name
+        )
     return kind(value)
 
 
@@ -85,8 +90,9 @@ def _decoding(body: dict[str, Any]) -> tuple[str | None, BaseModel | None]:
     from optigraph.local.decoding.registry import DECODERS
 
     if not isinstance(name, str) or name not in DECODERS:
-        raise InvalidRequest(f"unknown decoding {name!r}: one of {', '.join(sorted(DECODERS))}", param="decoding",
-                             code="invalid_value")
+        raise InvalidRequest(
+            f"unknown decoding {name!r}: one of {', '.join(sorted(DECODERS))}", param="decoding", code="invalid_value"
+        )
     model = DECODERS[name].params
     try:
         return name, model.model_validate({k: v for k, v in body.items() if k in model.model_fields})
@@ -102,17 +108,26 @@ def refuse_unsupported(body: dict[str, Any]) -> None:
     "auto" (no tools: nothing to call) are fine."""
     for name in ("tools", "functions"):
         if body.get(name):
-            raise InvalidRequest(f"the local model does not support tool calling: remove {name}", param=name,
-                                 code="unsupported_parameter")
+            raise InvalidRequest(
+                f"the local model does not support tool calling: remove {name}",
+                param=name,
+                code="unsupported_parameter",
+            )
     for param in ("tool_choice", "function_call"):
         if body.get(param) not in (None, "none", "auto"):
-            raise InvalidRequest(f"the local model does not support tool calling: {param} must be absent, 'none' "
-                                 "or 'auto'", param=param, code="unsupported_parameter")
+            raise InvalidRequest(
+                f"the local model does not support tool calling: {param} must be absent, 'none' or 'auto'",
+                param=param,
+                code="unsupported_parameter",
+            )
     fmt = body.get("response_format")
     if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
         kind = fmt.get("type") if isinstance(fmt, dict) else fmt
-        raise InvalidRequest(f"the local model supports only response_format type 'text', not {kind!r}",
-                             param="response_format", code="unsupported_parameter")
+        raise InvalidRequest(
+            f"the local model supports only response_format type 'text', not {kind!r}",
+            param="response_format",
+            code="unsupported_parameter",
+        )
 
 
 def parse_request(body: dict[str, Any]) -> LocalRequest:
@@ -142,8 +157,13 @@ def parse_request(body: dict[str, Any]) -> LocalRequest:
     if decoding is not None and logprobs:
         raise InvalidRequest(f"logprobs are not available with decoding {decoding!r}", param="logprobs")
     return LocalRequest(
-        messages=[{"role": "system" if m.get("role") == "developer" else str(m.get("role") or "user"),
-                   "content": _text(m.get("content"))} for m in messages],
+        messages=[
+            {
+                "role": "system" if m.get("role") == "developer" else str(m.get("role") or "user"),
+                "content": _text(m.get("content")),
+            }
+            for m in messages
+        ],
         max_tokens=max_tokens or _number(body, "max_tokens", None, 1, 1 << 20, int),
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
@@ -164,9 +184,17 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, default_model: str = "smollm2", *, models_dir: Path | None = None, max_models: int = 2,
-                 dtype: str = "float32", batch_window_ms: float = 5.0, max_batch_rows: int = 32,
-                 threads: int = 0) -> None:
+    def __init__(
+        self,
+        default_model: str = "smollm2",
+        *,
+        models_dir: Path | None = None,
+        max_models: int = 2,
+        dtype: str = "float32",
+        batch_window_ms: float = 5.0,
+        max_batch_rows: int = 32,
+        threads: int = 0,
+    ) -> None:
         from optigraph.local.cache import ModelCache
         from optigraph.local.models import parse_spec
         from optigraph.local.worker import LocalWorker
@@ -175,8 +203,9 @@ class LocalBackend:
         self.default_model = default_model
         self.default_spec = parse_spec(default_model, models_dir)  # a missing default model fails at start
         self.cache = ModelCache(max_models=max_models, dtype=dtype)
-        self.worker = LocalWorker(self.cache, batch_window_s=batch_window_ms / 1000.0, max_batch_rows=max_batch_rows,
-                                  threads=threads)
+        self.worker = LocalWorker(
+            self.cache, batch_window_s=batch_window_ms / 1000.0, max_batch_rows=max_batch_rows, threads=threads
+        )
 
     # ---- names ---------------------------------------------------------------------------------
 
@@ -222,14 +251,20 @@ class LocalBackend:
             if active in (name, str(path)) or Path(active).name == name:
                 return lm.row_adapter(name)
         names = ", ".join(name for name, _ in spec.adapters) or "none loaded"
-        raise InvalidRequest(f"active_adapter {active!r} is not an adapter of this model name ({names}); "
-                             "add it as base+adapter", param="active_adapter", code="adapter_not_found")
+        raise InvalidRequest(
+            f"active_adapter {active!r} is not an adapter of this model name ({names}); add it as base+adapter",
+            param="active_adapter",
+            code="adapter_not_found",
+        )
 
     def _prompt(self, lm: Any, req: LocalRequest) -> list[int]:
         prompt = lm.encode_chat(req.messages)
         if len(prompt) >= lm.context:
-            raise InvalidRequest(f"the prompt has {len(prompt)} tokens; the model's context holds {lm.context}",
-                                 param="messages", code="context_length_exceeded")
+            raise InvalidRequest(
+                f"the prompt has {len(prompt)} tokens; the model's context holds {lm.context}",
+                param="messages",
+                code="context_length_exceeded",
+            )
         return prompt
 
     async def _generate(self, body: dict[str, Any], req: LocalRequest, on_delta: Any = None) -> tuple[int, list[Any]]:
@@ -244,11 +279,19 @@ class LocalBackend:
         def prepare(lm: Any) -> GenerateJob:
             prompt = self._prompt(lm, req)
             seen["prompt"] = len(prompt)
-            return GenerateJob(prompt=prompt, n=req.n, max_tokens=req.max_tokens or DEFAULT_MAX_TOKENS,
-                               sampling=Sampling(temperature=req.temperature, top_p=req.top_p),
-                               generator=make_generator(req.seed), stop=req.stop, logprobs=req.logprobs,
-                               top_logprobs=req.top_logprobs, adapter=self._adapter(spec, lm, req.active_adapter),
-                               cancel=cancel, on_delta=on_delta)
+            return GenerateJob(
+                prompt=prompt,
+                n=req.n,
+                max_tokens=req.max_tokens or DEFAULT_MAX_TOKENS,
+                sampling=Sampling(temperature=req.temperature, top_p=req.top_p),
+                generator=make_generator(req.seed),
+                stop=req.stop,
+                logprobs=req.logprobs,
+                top_logprobs=req.top_logprobs,
+                adapter=self._adapter(spec, lm, req.active_adapter),
+                cancel=cancel,
+                on_delta=on_delta,
+            )
 
         try:
             choices = await self.worker.generate(spec, prepare)
@@ -260,7 +303,9 @@ class LocalBackend:
             cancel.set()  # a cancelled request stops its rows at the next token
         return seen["prompt"], choices
 
-    async def _decode(self, body: dict[str, Any], req: LocalRequest, emit: Callable[[str], None] | None) -> tuple[int, Any]:
+    async def _decode(
+        self, body: dict[str, Any], req: LocalRequest, emit: Callable[[str], None] | None
+    ) -> tuple[int, Any]:
         """(prompt tokens, DecodeResult) of a decoding strategy."""
         from optigraph.local.decoding.base import DecodeContext
         from optigraph.local.decoding.registry import DECODERS
@@ -273,9 +318,18 @@ class LocalBackend:
         def run(lm: Any) -> tuple[int, Any]:
             prompt = self._prompt(lm, req)
             adapter = self._adapter(spec, lm, req.active_adapter)
-            ctx = DecodeContext(lm=lm, messages=req.messages, prompt=prompt, adapter=adapter, max_tokens=req.max_tokens,
-                                sampling=Sampling(temperature=req.temperature, top_p=req.top_p),
-                                generator=make_generator(req.seed), cancel=cancel, emit=emit, explicit=req.explicit)
+            ctx = DecodeContext(
+                lm=lm,
+                messages=req.messages,
+                prompt=prompt,
+                adapter=adapter,
+                max_tokens=req.max_tokens,
+                sampling=Sampling(temperature=req.temperature, top_p=req.top_p),
+                generator=make_generator(req.seed),
+                cancel=cancel,
+                emit=emit,
+                explicit=req.explicit,
+            )
             with _active_adapter(lm, adapter):
                 return len(prompt), decoder.run(ctx, req.decoding_params)
 
@@ -291,22 +345,35 @@ class LocalBackend:
     async def complete(self, body: dict[str, Any], *, api_key: str | None = None) -> dict[str, Any]:
         """One chat completion with `n` choices, as an OpenAI response dict."""
         req = parse_request(body)
-        response = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                    "model": body.get("model") or self.default_model}
+        response = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or self.default_model,
+        }
         if req.decoding is not None:
             prompt_tokens, result = await self._decode(body, req, None)
             message = {"role": "assistant", "content": result.text}
-            return {**response, "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason,
-                                             "logprobs": None}],
-                    "usage": _usage(prompt_tokens + result.prompt_tokens, result.completion_tokens),
-                    "optigraph_decoding": {"strategy": req.decoding, **result.info}}
+            return {
+                **response,
+                "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason, "logprobs": None}],
+                "usage": _usage(prompt_tokens + result.prompt_tokens, result.completion_tokens),
+                "optigraph_decoding": {"strategy": req.decoding, **result.info},
+            }
         prompt_tokens, choices = await self._generate(body, req)
-        return {**response,
-                "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
-                             "finish_reason": c.finish_reason,
-                             "logprobs": {"content": c.logprobs, "refusal": None} if req.logprobs else None}
-                            for i, c in enumerate(choices)],
-                "usage": _usage(prompt_tokens, sum(c.tokens for c in choices))}
+        return {
+            **response,
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": c.text},
+                    "finish_reason": c.finish_reason,
+                    "logprobs": {"content": c.logprobs, "refusal": None} if req.logprobs else None,
+                }
+                for i, c in enumerate(choices)
+            ],
+            "usage": _usage(prompt_tokens, sum(c.tokens for c in choices)),
+        }
 
     async def stream(self, body: dict[str, Any], *, api_key: str | None = None) -> AsyncIterator[dict[str, Any]]:
         """Chunks as tokens are generated. An error before the first token raises before any chunk."""
@@ -326,8 +393,12 @@ class LocalBackend:
         else:
             task = asyncio.ensure_future(self._generate(body, req, lambda i, text, entries: put((i, text, entries))))
         task.add_done_callback(lambda _: events.put_nowait(None))
-        base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": body.get("model") or self.default_model}
+        base = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body.get("model") or self.default_model,
+        }
 
         def chunk(index: int, delta: dict[str, Any], finish: str | None = None, entries: Any = None) -> dict[str, Any]:
             logprobs = {"content": entries or [], "refusal": None} if req.logprobs and finish is None else None
@@ -354,7 +425,7 @@ class LocalBackend:
                 finals = [(c.text, c.finish_reason) for c in choices]
                 usage = _usage(prompt_tokens, sum(c.tokens for c in choices))
             for index, (text, finish) in enumerate(finals):
-                rest = text[len(sent.get(index, "")):] if text.startswith(sent.get(index, "")) else ""
+                rest = text[len(sent.get(index, "")) :] if text.startswith(sent.get(index, "")) else ""
                 if rest or index not in started:  # strategies that decide at the end send their answer here
                     yield chunk(index, {**({"role": "assistant"} if index not in started else {}), "content": rest})
                 yield chunk(index, {}, finish)
@@ -369,8 +440,11 @@ class LocalBackend:
 
     async def list_models(self, *, api_key: str | None = None) -> list[dict[str, Any]]:
         models = [{"id": self.default_model, "object": "model", "owned_by": "optigraph-local"}]
-        models += [{"id": m["id"], "object": "model", "owned_by": "optigraph-local"}
-                   for m in self.describe() if m["id"] != self.default_spec.base.id]
+        models += [
+            {"id": m["id"], "object": "model", "owned_by": "optigraph-local"}
+            for m in self.describe()
+            if m["id"] != self.default_spec.base.id
+        ]
         return models
 
     async def aclose(self) -> None:

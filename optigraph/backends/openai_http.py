@@ -29,8 +29,12 @@ RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 def capabilities_for(model: str) -> Capabilities:
     if REASONING_MODEL.match(model):
-        return Capabilities(temperature=False, max_tokens_field="max_completion_tokens",
-                            system_messages=not model.split("/")[-1].startswith("o1-mini"), logprobs=False)
+        return Capabilities(
+            temperature=False,
+            max_tokens_field="max_completion_tokens",
+            system_messages=not model.split("/")[-1].startswith("o1-mini"),
+            logprobs=False,
+        )
     return Capabilities()
 
 
@@ -46,8 +50,9 @@ def upstream_error(status: int, payload: bytes) -> UpstreamError:
             message = err
     except orjson.JSONDecodeError:
         pass
-    exc = UpstreamError(f"upstream returned {status}: {message}", upstream_status=status,
-                        retryable=status in RETRYABLE_STATUS)
+    exc = UpstreamError(
+        f"upstream returned {status}: {message}", upstream_status=status, retryable=status in RETRYABLE_STATUS
+    )
     if 400 <= status < 500 and status not in (408, 409):
         exc.status = status
         exc.type = "invalid_request_error" if status not in (401, 403, 429) else exc.type
@@ -75,9 +80,18 @@ class OpenAIHTTPBackend:
 
     name = "openai"
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, connect_timeout_s: float = 10.0,
-                 read_timeout_s: float = 60.0, total_timeout_s: float = 300.0, max_connections: int = 512,
-                 name: str = "openai", n_sampling: bool | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 60.0,
+        total_timeout_s: float = 300.0,
+        max_connections: int = 512,
+        name: str = "openai",
+        n_sampling: bool | None = None,
+    ) -> None:
         self.name = name  # recorded with every call: "openai", or "openai:<upstream name>"
         self._n_sampling = n_sampling  # an operator's statement that the upstream does (not) honour n
         self.base_url = base_url.rstrip("/")
@@ -86,8 +100,9 @@ class OpenAIHTTPBackend:
         self.read_timeout_s = read_timeout_s
         self.total_timeout_s = total_timeout_s
         self._timeout = aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=connect_timeout_s)
-        self._stream_timeout = aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=connect_timeout_s,
-                                                     sock_read=read_timeout_s)
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=total_timeout_s, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+        )
         self.outcomes = CallOutcomes()
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -100,8 +115,9 @@ class OpenAIHTTPBackend:
         session = self._session
         if session is None or session.closed or self._loop is not loop:
             connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, keepalive_timeout=5.0)
-            session = self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
-                                                            proxy=self._proxy)
+            session = self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, proxy=self._proxy
+            )
             self._loop = loop
         return session
 
@@ -136,9 +152,13 @@ class OpenAIHTTPBackend:
 
     async def _complete(self, body: dict[str, Any], api_key: str | None) -> dict[str, Any]:
         try:
-            async with self._client().post(f"{self.base_url}/chat/completions", data=orjson.dumps(body),
-                                           headers=self._headers(api_key), allow_redirects=False,
-                                           timeout=self._timeout) as resp:
+            async with self._client().post(
+                f"{self.base_url}/chat/completions",
+                data=orjson.dumps(body),
+                headers=self._headers(api_key),
+                allow_redirects=False,
+                timeout=self._timeout,
+            ) as resp:
                 status, content = resp.status, await resp.read()
         except TimeoutError as exc:
             raise self._timed_out(exc) from None
@@ -167,9 +187,13 @@ class OpenAIHTTPBackend:
     async def _stream(self, body: dict[str, Any], api_key: str | None) -> AsyncIterator[dict[str, Any]]:
         body = {**body, "stream": True}
         try:
-            async with self._client().post(f"{self.base_url}/chat/completions", data=orjson.dumps(body),
-                                           headers=self._headers(api_key), allow_redirects=False,
-                                           timeout=self._stream_timeout) as resp:
+            async with self._client().post(
+                f"{self.base_url}/chat/completions",
+                data=orjson.dumps(body),
+                headers=self._headers(api_key),
+                allow_redirects=False,
+                timeout=self._stream_timeout,
+            ) as resp:
                 if resp.status >= 400:
                     raise upstream_error(resp.status, await resp.read())
                 async for line in _lines(resp.content):
@@ -184,7 +208,9 @@ class OpenAIHTTPBackend:
                         continue
                     if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
                         err = chunk["error"]
-                        raise UpstreamError(f"upstream stream error: {err.get('message', err) if isinstance(err, dict) else err}")
+                        raise UpstreamError(
+                            f"upstream stream error: {err.get('message', err) if isinstance(err, dict) else err}"
+                        )
                     yield chunk
         except TimeoutError as exc:
             raise self._timed_out(exc, streaming=True) from None
@@ -193,8 +219,9 @@ class OpenAIHTTPBackend:
 
     async def list_models(self, *, api_key: str | None = None) -> list[dict[str, Any]]:
         try:
-            async with self._client().get(f"{self.base_url}/models", headers=self._headers(api_key),
-                                          allow_redirects=False) as resp:
+            async with self._client().get(
+                f"{self.base_url}/models", headers=self._headers(api_key), allow_redirects=False
+            ) as resp:
                 status, content = resp.status, await resp.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamError(f"upstream unreachable: {type(exc).__name__}: {exc}") from None
@@ -203,12 +230,17 @@ class OpenAIHTTPBackend:
         try:
             data = orjson.loads(content)
         except orjson.JSONDecodeError:
-            raise UpstreamInvalidResponse(f"upstream /models returned a body that is not JSON: "
-                                          f"{content.decode('utf-8', 'replace')[:200]}") from None
+            raise UpstreamInvalidResponse(
+                f"upstream /models returned a body that is not JSON: {content.decode('utf-8', 'replace')[:200]}"
+            ) from None
         models = (data.get("data") or []) if isinstance(data, dict) else None
-        if not isinstance(models, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in models):
-            raise UpstreamInvalidResponse("upstream /models did not return a list of models (expected "
-                                          f"{{\"data\": [{{\"id\": ...}}]}}): {content.decode('utf-8', 'replace')[:200]}")
+        if not isinstance(models, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("id"), str) for m in models
+        ):
+            raise UpstreamInvalidResponse(
+                "upstream /models did not return a list of models (expected "
+                f'{{"data": [{{"id": ...}}]}}): {content.decode("utf-8", "replace")[:200]}'
+            )
         return models
 
     async def aclose(self) -> None:

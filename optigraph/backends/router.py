@@ -39,25 +39,34 @@ class Backends:
         self.settings = settings
         self.http: OpenAIHTTPBackend | None = None
         if settings.base_url:
-            self.http = OpenAIHTTPBackend(settings.base_url, api_key=settings.upstream_api_key,
-                                          connect_timeout_s=settings.upstream_connect_timeout_s,
-                                          read_timeout_s=settings.upstream_read_timeout_s,
-                                          total_timeout_s=settings.upstream_total_timeout_s,
-                                          max_connections=settings.max_connections)
-        self.litellm = LiteLLMBackend(api_key=settings.upstream_api_key,
-                                      connect_timeout_s=settings.upstream_connect_timeout_s,
-                                      read_timeout_s=settings.upstream_read_timeout_s,
-                                      total_timeout_s=settings.upstream_total_timeout_s)
+            self.http = OpenAIHTTPBackend(
+                settings.base_url,
+                api_key=settings.upstream_api_key,
+                connect_timeout_s=settings.upstream_connect_timeout_s,
+                read_timeout_s=settings.upstream_read_timeout_s,
+                total_timeout_s=settings.upstream_total_timeout_s,
+                max_connections=settings.max_connections,
+            )
+        self.litellm = LiteLLMBackend(
+            api_key=settings.upstream_api_key,
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            read_timeout_s=settings.upstream_read_timeout_s,
+            total_timeout_s=settings.upstream_total_timeout_s,
+        )
         self._local: Any = None
         # Named upstreams (--upstream NAME=URL): addressed by plugins and nodes through the run
         # context (RunContext.llm_for), each with its own key, connection limit and capabilities.
         self.named: dict[str, OpenAIHTTPBackend] = {
-            name: OpenAIHTTPBackend(up.url, api_key=up.api_key(name),
-                                    connect_timeout_s=settings.upstream_connect_timeout_s,
-                                    read_timeout_s=settings.upstream_read_timeout_s,
-                                    total_timeout_s=settings.upstream_total_timeout_s,
-                                    max_connections=up.max_connections, name=f"openai:{name}",
-                                    n_sampling=up.n_sampling)
+            name: OpenAIHTTPBackend(
+                up.url,
+                api_key=up.api_key(name),
+                connect_timeout_s=settings.upstream_connect_timeout_s,
+                read_timeout_s=settings.upstream_read_timeout_s,
+                total_timeout_s=settings.upstream_total_timeout_s,
+                max_connections=up.max_connections,
+                name=f"openai:{name}",
+                n_sampling=up.n_sampling,
+            )
             for name, up in settings.upstreams.items()
         }
 
@@ -67,9 +76,15 @@ class Backends:
             from optigraph.backends.local import LocalBackend
 
             s = self.settings
-            self._local = LocalBackend(s.local_model, models_dir=s.local_models_dir, max_models=s.local_max_models,
-                                       dtype=s.local_dtype, batch_window_ms=s.local_batch_window_ms,
-                                       max_batch_rows=s.local_max_batch_rows, threads=s.local_threads)
+            self._local = LocalBackend(
+                s.local_model,
+                models_dir=s.local_models_dir,
+                max_models=s.local_max_models,
+                dtype=s.local_dtype,
+                batch_window_ms=s.local_batch_window_ms,
+                max_batch_rows=s.local_max_batch_rows,
+                threads=s.local_threads,
+            )
         return self._local
 
     @property

@@ -38,7 +38,7 @@ def strip_think(text: str) -> str:
     text = _THINK_BLOCK.sub("", text)
     closes = list(_THINK_CLOSE.finditer(text))
     if closes:
-        text = text[closes[-1].end():]
+        text = text[closes[-1].end() :]
     return text.strip()
 
 
@@ -50,7 +50,7 @@ def _last_boxed(text: str) -> str | None:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
         if depth == 0:
-            found = text[m.end(): i - 1]
+            found = text[m.end() : i - 1]
     return found
 
 
@@ -92,7 +92,7 @@ def extract_answer(text: str) -> Extracted | None:
 
 
 def normalize_number(value: str) -> str | None:
-    """"1,000" / "1000.0" / "$1000" -> "1000"; "0.50" -> "0.5"; None when not a number."""
+    """ "1,000" / "1000.0" / "$1000" -> "1000"; "0.50" -> "0.5"; None when not a number."""
     s = value.strip().replace("$", "").replace("\\%", "").rstrip("%").strip()
     if _GROUPED.match(s):
         s = s.replace(",", "")
@@ -136,7 +136,7 @@ def tag_content(text: str, tag: str) -> str | None:
     opening = list(re.finditer(rf"<{re.escape(tag)}\s*>", text, re.IGNORECASE))
     if not opening:
         return None
-    rest = text[opening[-1].end():]
+    rest = text[opening[-1].end() :]
     closing = re.search(rf"</{re.escape(tag)}\s*>", rest, re.IGNORECASE)
     return (rest[: closing.start()] if closing else rest).strip()
 
@@ -161,8 +161,11 @@ def extract_code(text: str) -> str | None:
         if found:
             return found[-1]
     body = strip_think(text)
-    opened = re.search(r"^[ \t]*```[ \t]*(python3?|py)?[ \t]*\n(.*)\Z", body[_last_fence_end(body):],
-                       re.DOTALL | re.MULTILINE | re.IGNORECASE)
+    opened = re.search(
+        r"^[ \t]*```[ \t]*(python3?|py)?[ \t]*\n(.*)\Z",
+        body[_last_fence_end(body) :],
+        re.DOTALL | re.MULTILINE | re.IGNORECASE,
+    )
     return opened.group(2) if opened and opened.group(2).strip() else None
 
 

@@ -34,6 +34,8 @@ class RunContext:
         same run record, its calls counted in the run's usage). `model` defaults to the run's."""
         backend = self.upstreams.get(upstream)
         if backend is None:
-            raise InvalidRequest(f"no upstream named {upstream!r}; configured: {', '.join(sorted(self.upstreams)) or 'none'}",
-                                 code="unknown_upstream")
+            raise InvalidRequest(
+                f"no upstream named {upstream!r}; configured: {', '.join(sorted(self.upstreams)) or 'none'}",
+                code="unknown_upstream",
+            )
         return self.llm.sibling(backend, model)

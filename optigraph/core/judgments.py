@@ -27,8 +27,10 @@ _BOLD = re.compile(r"[*_]{1,2}\s*" + _RATING_NUM + r"\s*[*_]{1,2}")
 
 _ANY = re.compile(r"(?<![\w.])" + _RATING_NUM + r"(?![\w]|\.\d)")
 
+
 def _in_range(value: float) -> float | None:
     return value if 0.0 <= value <= 10.0 else None
+
 
 def parse_rating(text: str) -> float | None:
     """A 0-10 rating from a loosely written reply; None when there is none or it is ambiguous."""
@@ -50,8 +52,24 @@ def parse_rating(text: str) -> float | None:
 
 _WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
 
-_ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7, "eighth": 8,
-             "ninth": 9, "tenth": 10, "1st": 1, "2nd": 2, "3rd": 3, "4th": 4, "5th": 5, "last": -1}
+_ORDINALS = {
+    "first": 1,
+    "second": 2,
+    "third": 3,
+    "fourth": 4,
+    "fifth": 5,
+    "sixth": 6,
+    "seventh": 7,
+    "eighth": 8,
+    "ninth": 9,
+    "tenth": 10,
+    "1st": 1,
+    "2nd": 2,
+    "3rd": 3,
+    "4th": 4,
+    "5th": 5,
+    "last": -1,
+}
 
 _CHOICE_NUM = r"(\d+|" + "|".join(_WORDS) + r")\b"
 
@@ -63,16 +81,35 @@ _FILL = r"[\s*_\[\]()#:.\-]*"  # markup between a label and its number
 
 _PATTERNS = (
     # "BEST CANDIDATE: 2", "The best response is Candidate 2", "best candidate: **#2**"
-    re.compile(r"\bbest(?:\s+(?:" + _NOUN + r"|one)\s*" + _VERB + r"?|\s*" + _VERB + r")" + _FILL
-               + r"(?:" + _NOUN + r"|number|no\.)?" + _FILL + _CHOICE_NUM, re.IGNORECASE),
+    re.compile(
+        r"\bbest(?:\s+(?:"
+        + _NOUN
+        + r"|one)\s*"
+        + _VERB
+        + r"?|\s*"
+        + _VERB
+        + r")"
+        + _FILL
+        + r"(?:"
+        + _NOUN
+        + r"|number|no\.)?"
+        + _FILL
+        + _CHOICE_NUM,
+        re.IGNORECASE,
+    ),
     re.compile(r"\[\[\s*" + _CHOICE_NUM + r"\s*\]\]", re.IGNORECASE),
     # "Candidate 2 is the best", "Response 1 is better"
-    re.compile(r"\b" + _NOUN + r"\s*#?\s*" + _CHOICE_NUM + r"[*_)\s]*(?:is|was)\s+(?:clearly\s+|the\s+|much\s+)*"
-               r"(?:best|better|correct|strongest|stronger|superior|preferred|preferable|winner|most\s+accurate)",
-               re.IGNORECASE),
+    re.compile(
+        r"\b" + _NOUN + r"\s*#?\s*" + _CHOICE_NUM + r"[*_)\s]*(?:is|was)\s+(?:clearly\s+|the\s+|much\s+)*"
+        r"(?:best|better|correct|strongest|stronger|superior|preferred|preferable|winner|most\s+accurate)",
+        re.IGNORECASE,
+    ),
     # "I choose Candidate 2", "I'd pick 3", "winner: Response 1"
-    re.compile(r"\b(?:choose|chose|pick|picked|select|selected|prefer|go\s+with|winner\s*(?:is|:))\s+"
-               r"(?:is\s+)?[*_]*(?:" + _NOUN + r")?" + _FILL + _CHOICE_NUM, re.IGNORECASE),
+    re.compile(
+        r"\b(?:choose|chose|pick|picked|select|selected|prefer|go\s+with|winner\s*(?:is|:))\s+"
+        r"(?:is\s+)?[*_]*(?:" + _NOUN + r")?" + _FILL + _CHOICE_NUM,
+        re.IGNORECASE,
+    ),
     re.compile(r"\*\*\s*(?:" + _NOUN + r")?\s*#?\s*" + _CHOICE_NUM + r"\s*\*\*", re.IGNORECASE),
 )
 
@@ -82,9 +119,11 @@ _BARE = re.compile(r"^\W*(?:" + _NOUN + r")?\s*#?\s*" + _CHOICE_NUM + r"\W*$", r
 
 _MENTION = re.compile(r"\b" + _NOUN + r"\s*#?\s*" + _CHOICE_NUM, re.IGNORECASE)
 
+
 def _number(token: str) -> int:
     token = token.lower()
     return _WORDS[token] if token in _WORDS else int(token)
+
 
 def parse_choice(text: str, count: int) -> int | None:
     """The 0-based position of the candidate a reply picks among `count`, or None."""
@@ -109,18 +148,50 @@ def parse_choice(text: str, count: int) -> int | None:
 
 # ---- verdicts and labelled scores -------------------------------------------------------------------
 
-_PASS = frozenset({"correct", "pass", "passed", "passes", "valid", "true", "accept", "accepted", "accurate",
-                   "right", "sound", "verified"})
+_PASS = frozenset(
+    {
+        "correct",
+        "pass",
+        "passed",
+        "passes",
+        "valid",
+        "true",
+        "accept",
+        "accepted",
+        "accurate",
+        "right",
+        "sound",
+        "verified",
+    }
+)
 
-_FAIL = frozenset({"incorrect", "fail", "failed", "fails", "invalid", "false", "reject", "rejected",
-                   "inaccurate", "wrong", "unsound", "flawed", "incomplete", "erroneous", "unverified"})
+_FAIL = frozenset(
+    {
+        "incorrect",
+        "fail",
+        "failed",
+        "fails",
+        "invalid",
+        "false",
+        "reject",
+        "rejected",
+        "inaccurate",
+        "wrong",
+        "unsound",
+        "flawed",
+        "incomplete",
+        "erroneous",
+        "unverified",
+    }
+)
 
 _NEGATIONS = frozenset({"not", "never", "isn't", "isnt", "wasn't", "nor"})
 
 _QUALIFIERS = frozenset({"partially", "partly", "mostly", "almost", "largely", "nearly", "somewhat", "half"})
 
-_LABEL = re.compile(r"\b(?:final\s+)?(?:verdict|assessment|judge?ment)\b[\s*_`#]*(?:is\b)?[\s*_`]*[:=\-–—]?(.*)",
-                    re.IGNORECASE)
+_LABEL = re.compile(
+    r"\b(?:final\s+)?(?:verdict|assessment|judge?ment)\b[\s*_`#]*(?:is\b)?[\s*_`]*[:=\-–—]?(.*)", re.IGNORECASE
+)
 
 _JUDGING = re.compile(
     r"\b(?:solution|answer|proof|response|reasoning|derivation|it|this)\s+"
@@ -135,16 +206,20 @@ _SCORE_LINE = re.compile(r"^[^\n]*\b(?:score|confidence)\b[^\n]*$", re.IGNORECAS
 
 _ISSUES = re.compile(r"^[\W_]*issues?(?:\s+found)?[\s*_`]*:(.*)", re.IGNORECASE | re.MULTILINE)
 
-_SECTION_END = re.compile(r"^[\W_]*(?:score|confidence|verdict|final\s+verdict|assessment)\b",
-                          re.IGNORECASE | re.MULTILINE)
+_SECTION_END = re.compile(
+    r"^[\W_]*(?:score|confidence|verdict|final\s+verdict|assessment)\b", re.IGNORECASE | re.MULTILINE
+)
 
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*")
 
-_NONE = re.compile(r"^(?:none|no issues?(?: found)?|no problems?(?: found)?|no errors?(?: found)?|n/?a|nothing)\W*$",
-                   re.IGNORECASE)
+_NONE = re.compile(
+    r"^(?:none|no issues?(?: found)?|no problems?(?: found)?|no errors?(?: found)?|n/?a|nothing)\W*$", re.IGNORECASE
+)
+
 
 def _words(text: str) -> list[str]:
     return re.findall(r"[a-z]+(?:'[a-z]+)?", text.lower())
+
 
 def _judge_phrase(phrase: str, *, limit: int = 10) -> bool | None:
     """The verdict a short phrase states ("CORRECT", "not correct", "The solution is wrong")."""
@@ -160,6 +235,7 @@ def _judge_phrase(phrase: str, *, limit: int = 10) -> bool | None:
                 return False
             return (word in _PASS) != negated
     return None
+
 
 def parse_verdict(text: str) -> bool | None:
     """True (pass), False (fail), or None when the reply states no readable verdict."""
@@ -193,6 +269,7 @@ def parse_verdict(text: str) -> bool | None:
         return shouted[-1] in ("CORRECT", "PASS", "VALID")
     return None
 
+
 def parse_labelled_score(text: str) -> float | None:
     """The 0-10 score of the last `Score:` (or `Confidence:`) line; None when there is none."""
     lines = _SCORE_LINE.findall(strip_think(text))
@@ -202,6 +279,7 @@ def parse_labelled_score(text: str) -> float | None:
             return value
     return None
 
+
 def parse_issues(text: str) -> list[str]:
     """The problems listed after the last `Issues:` label (bullets, lines or semicolons); [] for
     "none" or when there is no such section."""
@@ -210,7 +288,7 @@ def parse_issues(text: str) -> list[str]:
     if not found:
         return []
     start = found[-1]
-    rest = start.group(1) + body[start.end():]
+    rest = start.group(1) + body[start.end() :]
     end = _SECTION_END.search(rest, len(start.group(1)))
     section = rest[: end.start()] if end else rest
     lines = [ln for ln in section.splitlines() if ln.strip()]
@@ -226,6 +304,7 @@ _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
 _SCALE_OUT_OF = re.compile(r"\d\s*(?:/|out\s+of)\s*\d", re.IGNORECASE)
 
 _FRACTION = re.compile(r"(?<![\d.])(?:0?\.\d+|1\.0+)(?![\d.])")
+
 
 def parse_unit_score(text: str) -> float | None:
     """A score in [0, 1] from a loosely written evaluation: "7", "**7/10**", "Score: 0.8", "80%".

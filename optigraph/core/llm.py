@@ -101,8 +101,16 @@ class LLM:
         """A client of the same run on another backend (a named upstream): same run id, recorder,
         budget and retries, its own key (the backend's configured one, never the client's), and its
         calls counted in this client's totals too."""
-        other = LLM(backend=backend, model=model or self.model, run_id=self.run_id, recorder=self.recorder,
-                    api_key=None, retries=self.retries, budget=self.budget, n_support=self._n_support)
+        other = LLM(
+            backend=backend,
+            model=model or self.model,
+            run_id=self.run_id,
+            recorder=self.recorder,
+            api_key=None,
+            retries=self.retries,
+            budget=self.budget,
+            n_support=self._n_support,
+        )
         other.parent = self
         return other
 
@@ -141,8 +149,9 @@ class LLM:
         raw["choices"] = choices
         return _answered(Completion(choices=choices, usage=usage, raw=raw), self.model)
 
-    async def _emulate_n(self, body: dict[str, Any], n: int, *, node: str, partial: bool = False,
-                         first: int = 0) -> Completion:
+    async def _emulate_n(
+        self, body: dict[str, Any], n: int, *, node: str, partial: bool = False, first: int = 0
+    ) -> Completion:
         """`n` concurrent single-choice calls; with a seed, choice i (counting from `first`, the
         choices already sampled) gets seed + i, so no two choices share a seed."""
         bodies = self._seeded(body, n, first)
@@ -197,12 +206,14 @@ class LLM:
         if n > 1:
             self._n_support[key] = len(seen) >= n
             if len(seen) < n:  # the upstream ignored n: the missing choices follow, streamed concurrently
-                async for chunk in self._merged_streams(self._seeded(body, n - len(seen), len(seen)), node=node,
-                                                        first=len(seen)):
+                async for chunk in self._merged_streams(
+                    self._seeded(body, n - len(seen), len(seen)), node=node, first=len(seen)
+                ):
                     yield chunk
 
-    async def _merged_streams(self, bodies: list[dict[str, Any]], *, node: str,
-                              first: int = 0) -> AsyncIterator[dict[str, Any]]:
+    async def _merged_streams(
+        self, bodies: list[dict[str, Any]], *, node: str, first: int = 0
+    ) -> AsyncIterator[dict[str, Any]]:
         """Single-choice streams run concurrently; stream i's chunks carry choice index first + i."""
         queue: asyncio.Queue[tuple[int, dict[str, Any] | BaseException | None]] = asyncio.Queue()
 
@@ -230,11 +241,15 @@ class LLM:
                 choices = [{**c, "index": first + i} for c in item.get("choices") or ()]
                 if choices:
                     yield {**{k: v for k, v in item.items() if k != "usage"}, "choices": choices}
-            yield {"choices": [], "usage": {"prompt_tokens": usage["prompt_tokens"],
-                                            "completion_tokens": usage["completion_tokens"],
-                                            "total_tokens": usage["total_tokens"],
-                                            "completion_tokens_details": {"reasoning_tokens": usage["reasoning_tokens"]}},
-                   }
+            yield {
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": usage["prompt_tokens"],
+                    "completion_tokens": usage["completion_tokens"],
+                    "total_tokens": usage["total_tokens"],
+                    "completion_tokens_details": {"reasoning_tokens": usage["reasoning_tokens"]},
+                },
+            }
         finally:
             for t in tasks:
                 t.cancel()
@@ -273,7 +288,9 @@ class LLM:
                 body=body,
                 started=started,
                 t0=t0,
-                response={"choices": [{"text": "".join(t), "finish_reason": finish.get(i)} for i, t in sorted(texts.items())]},
+                response={
+                    "choices": [{"text": "".join(t), "finish_reason": finish.get(i)} for i, t in sorted(texts.items())]
+                },
                 usage=usage_from_response(usage),
                 error=error,
                 attempt=attempt,
@@ -351,15 +368,31 @@ class LLM:
             try:
                 raw = await self.backend.complete(body, api_key=self.api_key)
             except UpstreamError as exc:
-                self._record(node=node, body=body, started=started, t0=t0, response=None,
-                             usage=empty_usage(), error=exc.message, attempt=attempt)
+                self._record(
+                    node=node,
+                    body=body,
+                    started=started,
+                    t0=t0,
+                    response=None,
+                    usage=empty_usage(),
+                    error=exc.message,
+                    attempt=attempt,
+                )
                 if exc.retryable and attempt <= self.retries:
                     await asyncio.sleep(0.2 * 2 ** (attempt - 1))
                     continue
                 raise
             except asyncio.CancelledError:  # recorded too: the upstream may have spent tokens on it
-                self._record(node=node, body=body, started=started, t0=t0, response=None,
-                             usage=empty_usage(), error="cancelled before the upstream answered", attempt=attempt)
+                self._record(
+                    node=node,
+                    body=body,
+                    started=started,
+                    t0=t0,
+                    response=None,
+                    usage=empty_usage(),
+                    error="cancelled before the upstream answered",
+                    attempt=attempt,
+                )
                 raise
             usage = usage_from_response(raw.get("usage"))
             self._record(
@@ -367,11 +400,20 @@ class LLM:
                 body=body,
                 started=started,
                 t0=t0,
-                response={"choices": [
-                    {"text": message_text(c.get("message") or {}), "finish_reason": c.get("finish_reason"),
-                     **({"tool_calls": c["message"]["tool_calls"]} if (c.get("message") or {}).get("tool_calls") else {})}
-                    for c in raw.get("choices") or ()
-                ]},
+                response={
+                    "choices": [
+                        {
+                            "text": message_text(c.get("message") or {}),
+                            "finish_reason": c.get("finish_reason"),
+                            **(
+                                {"tool_calls": c["message"]["tool_calls"]}
+                                if (c.get("message") or {}).get("tool_calls")
+                                else {}
+                            ),
+                        }
+                        for c in raw.get("choices") or ()
+                    ]
+                },
                 usage=usage,
                 error=None,
                 attempt=attempt,

@@ -8,7 +8,15 @@ from typing import Any
 from optigraph.core.backend import Capabilities
 
 # Sampling parameters reasoning models (o1, o3, o4-mini, gpt-5) reject.
-SAMPLING_ONLY = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs")
+SAMPLING_ONLY = (
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+)
 
 
 def normalise(body: dict[str, Any], caps: Capabilities) -> dict[str, Any]:
@@ -28,7 +36,5 @@ def normalise(body: dict[str, Any], caps: Capabilities) -> dict[str, Any]:
         out.pop("logprobs", None)
         out.pop("top_logprobs", None)
     if not caps.system_messages and any(m.get("role") == "system" for m in out.get("messages", ())):
-        out["messages"] = [
-            {**m, "role": "developer"} if m.get("role") == "system" else m for m in out["messages"]
-        ]
+        out["messages"] = [{**m, "role": "developer"} if m.get("role") == "system" else m for m in out["messages"]]
     return out

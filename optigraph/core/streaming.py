@@ -43,8 +43,12 @@ class StreamSink:
                 text = rewriter.feed(text)
             if not text and len(event.delta) == 1:
                 return  # everything held back for now
-            event = StreamEvent(choice=event.choice, delta={**event.delta, "content": text},
-                                finish_reason=event.finish_reason, logprobs=event.logprobs)
+            event = StreamEvent(
+                choice=event.choice,
+                delta={**event.delta, "content": text},
+                finish_reason=event.finish_reason,
+                logprobs=event.logprobs,
+            )
         self.streamed.add(event.choice)
         self.queue.put_nowait(event)
 

@@ -50,9 +50,16 @@ def usage_from_rows(rows: list[dict[str, Any]]) -> Usage:
     total = empty_usage()
     for row in rows:
         prompt, completion = int(row.get("prompt_tokens") or 0), int(row.get("completion_tokens") or 0)
-        total = add_usage(total, {"prompt_tokens": prompt, "completion_tokens": completion,
-                                  "total_tokens": prompt + completion,
-                                  "reasoning_tokens": int(row.get("reasoning_tokens") or 0), "calls": 1})
+        total = add_usage(
+            total,
+            {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+                "reasoning_tokens": int(row.get("reasoning_tokens") or 0),
+                "calls": 1,
+            },
+        )
     return total
 
 

@@ -39,17 +39,23 @@ def _section(spec: ApproachSpec | PluginSpec, defined_by: object, facts: list[st
     """A spec's Markdown section: heading, description, its module's docstring, facts, then `extra`."""
     module = inspect.getmodule(defined_by)
     doc = inspect.cleandoc(module.__doc__ or "") if module else ""
-    return "\n".join([f"## `{spec.name}`", "", spec.description, "", doc, "", *facts, "", *extra,
-                      params_table(spec), ""])
+    return "\n".join(
+        [f"## `{spec.name}`", "", spec.description, "", doc, "", *facts, "", *extra, params_table(spec), ""]
+    )
 
 
 def approach_markdown(spec: ApproachSpec) -> str:
     papers = ", ".join(spec.papers) if spec.papers else "none cited"
-    return _section(spec, spec.build, [
-        f"- Upstream calls: `{spec.calls}`{_expected(spec)}; dependent rounds: `{spec.rounds}`.",
-        f"- Needs from a backend: {', '.join(sorted(spec.needs))}. Streams its final stage: {'yes' if spec.streams_final else 'no'}.",
-        f"- Papers: {papers}.",
-    ], ["```mermaid", mermaid(spec).strip(), "```", ""])
+    return _section(
+        spec,
+        spec.build,
+        [
+            f"- Upstream calls: `{spec.calls}`{_expected(spec)}; dependent rounds: `{spec.rounds}`.",
+            f"- Needs from a backend: {', '.join(sorted(spec.needs))}. Streams its final stage: {'yes' if spec.streams_final else 'no'}.",
+            f"- Papers: {papers}.",
+        ],
+        ["```mermaid", mermaid(spec).strip(), "```", ""],
+    )
 
 
 def _expected(spec: ApproachSpec) -> str:
@@ -58,26 +64,40 @@ def _expected(spec: ApproachSpec) -> str:
 
 
 def plugin_markdown(spec: PluginSpec) -> str:
-    streaming = ("streams through its rewriter" if spec.stream is not None else
-                 "the wrapped part answers whole" if spec.post is not None else "the wrapped part streams as usual")
+    streaming = (
+        "streams through its rewriter"
+        if spec.stream is not None
+        else "the wrapped part answers whole"
+        if spec.post is not None
+        else "the wrapped part streams as usual"
+    )
     routes = " Chooses at run time what runs inside it." if spec.routes else ""
-    return _section(spec, spec.pre or spec.post, [
-        f"- Stages: {' and '.join(spec.stages)}. Streaming: {streaming}.{routes}",
-        f"- Upstream calls of its own: `{spec.calls}`; dependent rounds: `{spec.rounds}`.",
-        f"- Needs: {', '.join(sorted(spec.needs)) or 'nothing'}.",
-    ], [])
+    return _section(
+        spec,
+        spec.pre or spec.post,
+        [
+            f"- Stages: {' and '.join(spec.stages)}. Streaming: {streaming}.{routes}",
+            f"- Upstream calls of its own: `{spec.calls}`; dependent rounds: `{spec.rounds}`.",
+            f"- Needs: {', '.join(sorted(spec.needs)) or 'nothing'}.",
+        ],
+        [],
+    )
 
 
 def catalog_markdown(registry: Registry) -> str:
     rows = ["| approach | calls | rounds | needs | streams |", "|---|---|---|---|---|"]
     for spec in registry.approaches():
         calls = f"`{spec.calls}`" + (f" (expected `{spec.expected_calls}`)" if spec.expected_calls else "")
-        rows.append(f"| [`{spec.name}`](#{spec.name}) | {calls} | `{spec.rounds}` | "
-                    f"{', '.join(sorted(spec.needs))} | {'yes' if spec.streams_final else 'no'} |")
+        rows.append(
+            f"| [`{spec.name}`](#{spec.name}) | {calls} | `{spec.rounds}` | "
+            f"{', '.join(sorted(spec.needs))} | {'yes' if spec.streams_final else 'no'} |"
+        )
     plugin_rows = ["| plugin | stages | own calls | needs |", "|---|---|---|---|"]
     for plugin in registry.plugins():
-        plugin_rows.append(f"| [`{plugin.name}`](#{plugin.name}) | {'+'.join(plugin.stages)} | `{plugin.calls}` | "
-                           f"{', '.join(sorted(plugin.needs)) or '-'} |")
+        plugin_rows.append(
+            f"| [`{plugin.name}`](#{plugin.name}) | {'+'.join(plugin.stages)} | `{plugin.calls}` | "
+            f"{', '.join(sorted(plugin.needs)) or '-'} |"
+        )
     header = [
         "# Approaches and plugins",
         "",
@@ -85,7 +105,7 @@ def catalog_markdown(registry: Registry) -> str:
         "",
         "Select one with a model prefix (`bon-gpt-4o-mini`), `optillm_approach` in the body, an",
         "`<optillm_approach>` tag, or the server's `--approach`; combine them with `&` (pipeline) and `|`",
-        "(parallel). Parameters go in `optillm_params: {\"<approach>\": {...}}`. Calls count upstream requests",
+        '(parallel). Parameters go in `optillm_params: {"<approach>": {...}}`. Calls count upstream requests',
         "(one request may return n completions); rounds count the calls that must wait for earlier ones, which",
         "is what wall time follows, since independent calls are made concurrently. Both are the most the",
         "approach makes; where it stops early (enough attempts succeeded), the expected calls say what a",

@@ -54,8 +54,14 @@ class CompiledExpression:
     names: tuple[str, ...]  # approaches and plugins it uses
     dynamic: bool = False  # a plugin may choose at run time what runs (so the choices are not known before)
 
-    def input(self, *, messages: list[dict[str, Any]], request: dict[str, Any],
-              params: dict[str, dict[str, Any]], stream_choice: int | None) -> dict[str, Any]:
+    def input(
+        self,
+        *,
+        messages: list[dict[str, Any]],
+        request: dict[str, Any],
+        params: dict[str, dict[str, Any]],
+        stream_choice: int | None,
+    ) -> dict[str, Any]:
         """The graph's input state. `params` is keyed by approach or plugin name."""
         own = params.get(self.ast.name, {}) if isinstance(self.ast, Approach) else params
         return {"messages": messages, "request": request, "params": own, "stream_choice": stream_choice}
@@ -71,8 +77,15 @@ class Compiler:
     large expression takes a second or more: `compile_async` does a cache miss in a worker thread,
     off the event loop. The caches are shared by those threads, hence the lock."""
 
-    def __init__(self, registry: Registry, checkpointer: BaseCheckpointSaver | None, *, cache_size: int = 256,
-                 default: str = "none", limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        checkpointer: BaseCheckpointSaver | None,
+        *,
+        cache_size: int = 256,
+        default: str = "none",
+        limits: Limits | None = None,
+    ) -> None:
         self.registry = registry
         self.checkpointer = checkpointer
         self.cache_size = cache_size
@@ -122,8 +135,9 @@ class Compiler:
         graph = self._build(ast).compile(checkpointer=self.checkpointer, name=text)
         used = tuple(dict.fromkeys(names(ast)))
         dynamic = any(n in self.registry.plugin_names() and self.registry.plugin(n).routes for n in used)
-        compiled = CompiledExpression(text=text, ast=ast, graph=graph, choices=choice_count(ast), names=used,
-                                      dynamic=dynamic)
+        compiled = CompiledExpression(
+            text=text, ast=ast, graph=graph, choices=choice_count(ast), names=used, dynamic=dynamic
+        )
         with self._lock:
             self._cache[text] = compiled
             if len(self._cache) > self.cache_size:

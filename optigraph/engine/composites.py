@@ -56,8 +56,9 @@ class CompositeState(TypedDict, total=False):
     decisions: Annotated[list[Decision], operator.add]  # choices made at run time, from any depth
 
 
-def child_input(state: dict[str, Any], child: Node, messages: list[dict[str, Any]],
-                stream_choice: int | None) -> dict[str, Any]:
+def child_input(
+    state: dict[str, Any], child: Node, messages: list[dict[str, Any]], stream_choice: int | None
+) -> dict[str, Any]:
     """A child graph's input: the conversation it works on, and its own (leaf) or all parameters."""
     params = state.get("params") or {}
     own = params.get(child.name, {}) if isinstance(child, Approach) else params
@@ -74,8 +75,9 @@ def build_pipeline(ast: Pipeline, child_for: ChildFor) -> StateGraph:
     labels = labels_for(ast.stages, numbered=True)
     last = len(ast.stages) - 1
     for k, (stage, label) in enumerate(zip(ast.stages, labels)):
-        graph.add_node(label, _child_runner(child_for(stage), stage, label, count=choice_count(stage),
-                                             streams=k == last))
+        graph.add_node(
+            label, _child_runner(child_for(stage), stage, label, count=choice_count(stage), streams=k == last)
+        )
         graph.add_node(f"{label}/done", _collect(label))
         graph.add_edge(label, f"{label}/done")
     graph.add_conditional_edges(START, _fan_out_first(labels[0]), [labels[0]])
@@ -93,8 +95,7 @@ def build_parallel(ast: Parallel, child_for: ChildFor) -> StateGraph:
         offsets.append(total)
         total += choice_count(branch)
     for branch, label in zip(ast.branches, labels):
-        graph.add_node(label, _child_runner(child_for(branch), branch, label, count=choice_count(branch),
-                                             streams=True))
+        graph.add_node(label, _child_runner(child_for(branch), branch, label, count=choice_count(branch), streams=True))
         graph.add_edge(label, "collect")
     graph.add_node("collect", _collect_all(labels))
     graph.add_conditional_edges(START, _fan_out_branches(labels, offsets), labels)
@@ -123,8 +124,9 @@ def _child_runner(child: CompiledStateGraph, ast: Node, label: str, *, count: in
             return {"outputs": {f"{label}/{slot}": [branch["carry"]]}}
         base = state.get("stream_choice")
         stream_choice = base + int(branch.get("offset", slot * count)) if (streams and base is not None) else None
-        out = await child.ainvoke(child_input(state, ast, branch.get("messages") or state["messages"], stream_choice),
-                                  config)
+        out = await child.ainvoke(
+            child_input(state, ast, branch.get("messages") or state["messages"], stream_choice), config
+        )
         return {"outputs": {f"{label}/{slot}": out.get("answers") or []}, **child_output(out)}
 
     run_child.__name__ = f"run_{label}"
@@ -150,7 +152,7 @@ def _fan_out_first(label: str):
 
 def _stage_answers(outputs: dict[str, list[Answer]], label: str) -> list[Answer]:
     prefix = f"{label}/"
-    slots = sorted((int(k[len(prefix):]), v) for k, v in outputs.items() if k.startswith(prefix))
+    slots = sorted((int(k[len(prefix) :]), v) for k, v in outputs.items() if k.startswith(prefix))
     return [a for _, answers in slots for a in answers]
 
 

@@ -91,8 +91,12 @@ def _replacements(path: Path, raw: Any) -> list[tuple[re.Pattern[str], str]]:
     for i, item in enumerate(raw):
         item = _check_keys(path, f"post.replace[{i}]", item, {"pattern", "with"})
         try:
-            out.append((re.compile(_text(path, f"post.replace[{i}].pattern", item.get("pattern"))),
-                        _text(path, f"post.replace[{i}].with", item.get("with", ""))))
+            out.append(
+                (
+                    re.compile(_text(path, f"post.replace[{i}].pattern", item.get("pattern"))),
+                    _text(path, f"post.replace[{i}].with", item.get("with", "")),
+                )
+            )
         except re.error as exc:
             raise ApproachLoadError(f"{path}: post.replace[{i}].pattern: {exc}") from None
     return out
@@ -108,7 +112,11 @@ def _pre_stage(system: str | None, append: str | None):
         messages = list(state["messages"])
         if system is not None:
             text = _fill(system, params)
-            if messages and messages[0].get("role") in ("system", "developer") and isinstance(messages[0].get("content"), str):
+            if (
+                messages
+                and messages[0].get("role") in ("system", "developer")
+                and isinstance(messages[0].get("content"), str)
+            ):
                 messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{text}"}
             else:
                 messages.insert(0, {"role": "system", "content": text})
@@ -173,10 +181,18 @@ def load_plugin(path: Path | str) -> PluginSpec:
         tail = _text(path, "post.append", post_raw.get("append", ""))
         post = _post_stage(replace, prepend, tail)
         if not replace and not prepend:
+
             def stream(request: dict[str, Any], private: dict[str, Any], context: Any, _tail: str = tail) -> _Appender:
                 return _Appender(_tail)
+
     params = _params(path, name, data.get("parameters"))
     if stream is not None and "{" in (post_raw or {}).get("append", ""):
         stream = None  # the tail depends on parameters the rewriter does not see: answer whole
-    return PluginSpec(name=name, description=_text(path, "description", data.get("description", "")),
-                      pre=pre, post=post, params=params, stream=stream)
+    return PluginSpec(
+        name=name,
+        description=_text(path, "description", data.get("description", "")),
+        pre=pre,
+        post=post,
+        params=params,
+        stream=stream,
+    )

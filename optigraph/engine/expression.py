@@ -253,8 +253,11 @@ class Limits:
 def check_text(text: str, limits: Limits, *, param: str | None = "model") -> None:
     """Raise ExpressionTooLarge when `text` is longer than the limit (checked before it is parsed)."""
     if len(text) > limits.max_chars:
-        raise ExpressionTooLarge(f"the approach expression is {len(text)} characters long; this server allows at "
-                                 f"most {limits.max_chars} (max_expression_chars)", param=param)
+        raise ExpressionTooLarge(
+            f"the approach expression is {len(text)} characters long; this server allows at "
+            f"most {limits.max_chars} (max_expression_chars)",
+            param=param,
+        )
 
 
 def check_size(node: Node, limits: Limits, *, n: int = 1, param: str | None = "model") -> None:
@@ -262,23 +265,27 @@ def check_size(node: Node, limits: Limits, *, n: int = 1, param: str | None = "m
     too many choices. Cheap: one walk of a tree that parsing has already built."""
     count = sum(1 for _ in _walk(node))
     if count > limits.max_nodes:
-        raise ExpressionTooLarge(f"the approach expression names {count} approaches; this server allows at most "
-                                 f"{limits.max_nodes} (max_expression_nodes)", param=param)
+        raise ExpressionTooLarge(
+            f"the approach expression names {count} approaches; this server allows at most "
+            f"{limits.max_nodes} (max_expression_nodes)",
+            param=param,
+        )
     per_run = choice_count(node)
     if per_run * n > limits.max_choices:
         detail = f" ({per_run} per run, n={n})" if n > 1 else ""
         blame = "n" if n > 1 and per_run <= limits.max_choices else param  # n alone made it too many
-        raise ExpressionTooLarge(f"the request would produce {per_run * n} choices{detail}; this server allows at "
-                                 f"most {limits.max_choices} (max_choices)", param=blame)
+        raise ExpressionTooLarge(
+            f"the request would produce {per_run * n} choices{detail}; this server allows at "
+            f"most {limits.max_choices} (max_choices)",
+            param=blame,
+        )
 
 
 def validate(node: Node, known: Collection[str]) -> None:
     """Raise UnknownApproach for the first name in `node` that is not in `known`."""
     for name in _walk(node):
         if name not in known:
-            raise UnknownApproach(
-                f"unknown approach {name!r}; known: {', '.join(sorted(known))}", param="model"
-            )
+            raise UnknownApproach(f"unknown approach {name!r}; known: {', '.join(sorted(known))}", param="model")
 
 
 def with_plugins(node: Node, plugins: Collection[str], default: Node) -> Node:
@@ -302,7 +309,7 @@ def _wrap(node: Node, plugins: frozenset[str], default: Node) -> Node:
     stages = list(node.stages)
     for k, stage in enumerate(stages):
         if isinstance(stage, Approach) and stage.name in plugins:
-            rest = pipeline(*stages[k + 1:]) if k + 1 < len(stages) else default
+            rest = pipeline(*stages[k + 1 :]) if k + 1 < len(stages) else default
             wrapped = Plugin(stage.name, _wrap(rest, plugins, default))
             return pipeline(*[_wrap(s, plugins, default) for s in stages[:k]], wrapped)
     return Pipeline(tuple(_wrap(s, plugins, default) for s in stages))

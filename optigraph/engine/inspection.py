@@ -113,8 +113,12 @@ def run_summary(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_list(runs: list[Mapping[str, Any]], *, has_more: bool) -> dict[str, Any]:
-    return {"object": "list", "data": [run_summary(r) for r in runs], "has_more": has_more,
-            "next_cursor": runs[-1]["id"] if has_more and runs else None}
+    return {
+        "object": "list",
+        "data": [run_summary(r) for r in runs],
+        "has_more": has_more,
+        "next_cursor": runs[-1]["id"] if has_more and runs else None,
+    }
 
 
 def thread_ids(row: Mapping[str, Any]) -> list[str]:
@@ -144,8 +148,9 @@ def compile_expression(text: str, compiler: Compiler) -> CompiledExpression:
     return compiler.compile(parse_expression(text, compiler))
 
 
-async def run_detail(row: Mapping[str, Any], compiler: Compiler, *,
-                     max_chars: int | None = MAX_CHARS) -> dict[str, Any]:
+async def run_detail(
+    row: Mapping[str, Any], compiler: Compiler, *, max_chars: int | None = MAX_CHARS
+) -> dict[str, Any]:
     """A run (a `get_run` row, calls included) with its graph, steps, upstream calls and totals."""
     detail: dict[str, Any] = {
         **run_summary(row),
@@ -161,8 +166,15 @@ async def run_detail(row: Mapping[str, Any], compiler: Compiler, *,
     threads: list[dict[str, Any]] = []
     for thread_id in thread_ids(row):
         if compiled is None:
-            threads.append({"thread_id": thread_id, "checkpoint_id": None, "next": [], "steps": [],
-                            "error": "the expression does not compile here, so its steps cannot be read"})
+            threads.append(
+                {
+                    "thread_id": thread_id,
+                    "checkpoint_id": None,
+                    "next": [],
+                    "steps": [],
+                    "error": "the expression does not compile here, so its steps cannot be read",
+                }
+            )
         else:
             threads.append(await read_thread(compiled, thread_id, max_chars=max_chars))
     calls = [upstream_call(c, max_chars=max_chars) for c in row.get("upstream_calls") or ()]
@@ -172,8 +184,9 @@ async def run_detail(row: Mapping[str, Any], compiler: Compiler, *,
     return detail
 
 
-async def read_thread(compiled: CompiledExpression, thread_id: str, *,
-                      max_chars: int | None = MAX_CHARS) -> dict[str, Any]:
+async def read_thread(
+    compiled: CompiledExpression, thread_id: str, *, max_chars: int | None = MAX_CHARS
+) -> dict[str, Any]:
     """One thread's steps, oldest first, child graphs' steps nested in the tasks that ran them."""
     config = {"configurable": {"thread_id": thread_id}}
     snapshots = await _history(compiled, config)
@@ -202,33 +215,44 @@ async def _history(compiled: CompiledExpression, config: dict[str, Any]) -> list
     return chain[::-1]
 
 
-async def _steps(compiled: CompiledExpression, snapshots: list[StateSnapshot], *,
-                 max_chars: int | None) -> list[dict[str, Any]]:
+async def _steps(
+    compiled: CompiledExpression, snapshots: list[StateSnapshot], *, max_chars: int | None
+) -> list[dict[str, Any]]:
     steps: list[dict[str, Any]] = []
     for k, before in enumerate(snapshots):
         if not before.tasks:
             continue  # the final checkpoint: nothing ran from it
         after = snapshots[k + 1] if k + 1 < len(snapshots) else None
         sends = await _sends(compiled, before) if any(_is_push(t.path) for t in before.tasks) else []
-        tasks = [await _task(compiled, before, t, sends, done=after is not None, max_chars=max_chars)
-                 for t in before.tasks]
+        tasks = [
+            await _task(compiled, before, t, sends, done=after is not None, max_chars=max_chars) for t in before.tasks
+        ]
         meta = before.metadata or {}
-        steps.append({
-            "step": int(meta.get("step", -1)) + 1,
-            "checkpoint_ns": before.config["configurable"].get("checkpoint_ns", ""),
-            "checkpoint_id": after.config["configurable"]["checkpoint_id"] if after else None,
-            "parent_checkpoint_id": before.config["configurable"]["checkpoint_id"],
-            "started_at": before.created_at,
-            "finished_at": after.created_at if after else None,
-            "status": "done" if after is not None else "incomplete",
-            "tasks": tasks,
-            "changes": _changes(before.values, after.values, max_chars=max_chars) if after else None,
-        })
+        steps.append(
+            {
+                "step": int(meta.get("step", -1)) + 1,
+                "checkpoint_ns": before.config["configurable"].get("checkpoint_ns", ""),
+                "checkpoint_id": after.config["configurable"]["checkpoint_id"] if after else None,
+                "parent_checkpoint_id": before.config["configurable"]["checkpoint_id"],
+                "started_at": before.created_at,
+                "finished_at": after.created_at if after else None,
+                "status": "done" if after is not None else "incomplete",
+                "tasks": tasks,
+                "changes": _changes(before.values, after.values, max_chars=max_chars) if after else None,
+            }
+        )
     return steps
 
 
-async def _task(compiled: CompiledExpression, snapshot: StateSnapshot, task: Any, sends: list[Any], *,
-                done: bool, max_chars: int | None) -> dict[str, Any]:
+async def _task(
+    compiled: CompiledExpression,
+    snapshot: StateSnapshot,
+    task: Any,
+    sends: list[Any],
+    *,
+    done: bool,
+    max_chars: int | None,
+) -> dict[str, Any]:
     status = "error" if task.error is not None else ("done" if done or task.result is not None else "pending")
     out: dict[str, Any] = {
         "id": task.id,
@@ -247,9 +271,15 @@ async def _task(compiled: CompiledExpression, snapshot: StateSnapshot, task: Any
     child = task.state.get("configurable", {}) if isinstance(task.state, Mapping) else {}
     if child.get("checkpoint_ns"):
         out["checkpoint_ns"] = child["checkpoint_ns"]
-        history = await _history(compiled, {"configurable": {"thread_id": child.get("thread_id")
-                                                             or snapshot.config["configurable"]["thread_id"],
-                                                             "checkpoint_ns": child["checkpoint_ns"]}})
+        history = await _history(
+            compiled,
+            {
+                "configurable": {
+                    "thread_id": child.get("thread_id") or snapshot.config["configurable"]["thread_id"],
+                    "checkpoint_ns": child["checkpoint_ns"],
+                }
+            },
+        )
         out["steps"] = await _steps(compiled, history, max_chars=max_chars)
     return out
 
@@ -298,9 +328,13 @@ def upstream_call(row: Mapping[str, Any], *, max_chars: int | None = MAX_CHARS) 
         "messages": jsonable(messages, max_chars=max_chars),
         "parameters": jsonable(request, max_chars=max_chars),
         "choices": jsonable((row.get("response") or {}).get("choices") or [], max_chars=max_chars),
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                  "reasoning_tokens": int(row.get("reasoning_tokens") or 0),
-                  "total_tokens": prompt + completion, "calls": 1},
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "reasoning_tokens": int(row.get("reasoning_tokens") or 0),
+            "total_tokens": prompt + completion,
+            "calls": 1,
+        },
     }
 
 
@@ -386,8 +420,9 @@ def expression_info(compiled: CompiledExpression, registry: Registry) -> dict[st
     }
 
 
-def _cost(ast: Node, infos: dict[str, dict[str, Any]], *,
-          calls_key: str = "default_calls") -> tuple[int | None, int | None]:
+def _cost(
+    ast: Node, infos: dict[str, dict[str, Any]], *, calls_key: str = "default_calls"
+) -> tuple[int | None, int | None]:
     """Calls (at most, or expected with `calls_key="default_expected_calls"`) and dependent rounds: a
     pipeline stage runs once per answer of the stage before it and after it; parallel branches run at
     once."""
@@ -427,8 +462,9 @@ def approach_filter(expression: str | None) -> str | None:
     try:
         return to_text(parse(expression))
     except ExpressionError as exc:
-        raise InvalidRequest(f"approach filter: {exc.message}", param="approach",
-                             code="invalid_approach_expression") from None
+        raise InvalidRequest(
+            f"approach filter: {exc.message}", param="approach", code="invalid_approach_expression"
+        ) from None
 
 
 async def read_runs(db_url: str, *, approach: str | None = None, **filters: Any) -> dict[str, Any]:
@@ -441,8 +477,9 @@ async def read_runs(db_url: str, *, approach: str | None = None, **filters: Any)
     return run_list(page.runs, has_more=page.has_more)
 
 
-async def read_run(db_url: str, run_id: str, registry: Registry, *,
-                   max_chars: int | None = MAX_CHARS) -> dict[str, Any] | None:
+async def read_run(
+    db_url: str, run_id: str, registry: Registry, *, max_chars: int | None = MAX_CHARS
+) -> dict[str, Any] | None:
     """One run from the database at `db_url`, its steps from the checkpoints there; None if unknown."""
     db = open_database(db_url)
     try:
@@ -456,7 +493,20 @@ async def read_run(db_url: str, run_id: str, registry: Registry, *,
 
 
 __all__ = [
-    "approach_info", "canonical", "compile_expression", "expression_info", "iter_steps", "jsonable",
-    "parse_expression", "read_run", "read_runs", "read_thread", "run_detail", "run_list", "run_summary", "thread_ids",
-    "totals", "upstream_call",
+    "approach_info",
+    "canonical",
+    "compile_expression",
+    "expression_info",
+    "iter_steps",
+    "jsonable",
+    "parse_expression",
+    "read_run",
+    "read_runs",
+    "read_thread",
+    "run_detail",
+    "run_list",
+    "run_summary",
+    "thread_ids",
+    "totals",
+    "upstream_call",
 ]

@@ -44,6 +44,8 @@ SPEC_TYPES = (ApproachSpec, PluginSpec)
 def _defined_in(spec: Spec, module: ModuleType) -> bool:
     functions = (spec.build,) if isinstance(spec, ApproachSpec) else (spec.pre, spec.post)
     return any(getattr(f, "__module__", None) == module.__name__ for f in functions if f is not None)
+
+
 DECLARATIVE_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -75,8 +77,9 @@ def specs_of(obj: Any, source: str) -> list[Spec]:
         return specs_of_module(obj)
     if isinstance(obj, (list, tuple)) and all(isinstance(s, SPEC_TYPES) for s in obj):
         return list(obj)
-    raise ApproachLoadError(f"{source}: expected an ApproachSpec or PluginSpec, a sequence of them or a module, "
-                            f"got {type(obj).__name__}")
+    raise ApproachLoadError(
+        f"{source}: expected an ApproachSpec or PluginSpec, a sequence of them or a module, got {type(obj).__name__}"
+    )
 
 
 def load_module_file(path: Path) -> ModuleType:
@@ -118,8 +121,11 @@ def load_directory(directory: Path | str) -> list[tuple[Spec, str]]:
 def entry_point_specs(*groups: str) -> list[tuple[Spec, str]]:
     """(spec, source) for every approach and plugin installed packages declare in the entry-point groups."""
     out: list[tuple[Spec, str]] = []
-    eps = [ep for group in (groups or (ENTRY_POINT_GROUP, PLUGIN_ENTRY_POINT_GROUP))
-           for ep in importlib.metadata.entry_points(group=group)]
+    eps = [
+        ep
+        for group in (groups or (ENTRY_POINT_GROUP, PLUGIN_ENTRY_POINT_GROUP))
+        for ep in importlib.metadata.entry_points(group=group)
+    ]
     for ep in sorted(eps, key=lambda e: (e.group, e.name)):
         source = f"entry point {ep.name} = {ep.value}" + (f" (package {ep.dist.name})" if ep.dist else "")
         try:
@@ -138,13 +144,15 @@ def add_all(registry: Registry, specs: Iterable[tuple[Spec, str]], sources: dict
         if spec.name in registry:
             raise ApproachLoadError(
                 f"{source}: {spec.kind} {spec.name!r} is already registered by {sources.get(spec.name, 'optigraph')}; "
-                "rename it (built-in approaches and plugins cannot be replaced)")
+                "rename it (built-in approaches and plugins cannot be replaced)"
+            )
         registry.add(spec)
         sources[spec.name] = source
 
 
-def load_registry(*, approaches_dir: Path | str | None = None, entry_points: bool = True,
-                  registry: Registry | None = None) -> Registry:
+def load_registry(
+    *, approaches_dir: Path | str | None = None, entry_points: bool = True, registry: Registry | None = None
+) -> Registry:
     """The built-ins (or `registry`) plus the installed entry points and the directory's approaches."""
     registry = registry if registry is not None else builtin_registry()
     sources = {name: "optigraph (built-in)" for name in registry.names()}

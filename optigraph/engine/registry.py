@@ -27,9 +27,7 @@ class Registry:
     def get(self, name: str) -> Spec:
         spec = self.specs.get(name)
         if spec is None:
-            raise UnknownApproach(
-                f"unknown approach {name!r}; known: {', '.join(sorted(self.specs))}", param="model"
-            )
+            raise UnknownApproach(f"unknown approach {name!r}; known: {', '.join(sorted(self.specs))}", param="model")
         return spec
 
     def approach(self, name: str) -> ApproachSpec:

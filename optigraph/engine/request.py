@@ -13,8 +13,9 @@ from optigraph.errors import InvalidRequest
 
 # Fields the engine consumes; everything else in the body is forwarded upstream, except OptILLM's
 # own `optillm_*` fields, which are meant for the proxy and would be refused by a strict upstream.
-CONTROL_KEYS = frozenset({"model", "messages", "n", "stream", "stream_options", "optillm_approach", "optillm_params",
-                          "optigraph"})
+CONTROL_KEYS = frozenset(
+    {"model", "messages", "n", "stream", "stream_options", "optillm_approach", "optillm_params", "optigraph"}
+)
 CONTROL_PREFIX = "optillm_"
 
 
@@ -47,8 +48,10 @@ class RunLimits(BaseModel):
     max_upstream_calls: int | None = Field(default=None, ge=1, description="Upstream calls the run may make")
     max_upstream_tokens: int | None = Field(default=None, ge=1, description="Completion tokens the run may use")
     background: bool | None = Field(
-        default=None, description="Finish the run (and store its answer) even if the client disconnects; by "
-                                  "default a client that goes cancels its run, which stays resumable")
+        default=None,
+        description="Finish the run (and store its answer) even if the client disconnects; by "
+        "default a client that goes cancels its run, which stays resumable",
+    )
 
 
 def background_requested(body: dict[str, Any]) -> bool:
@@ -62,7 +65,9 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1, description="Upstream model, optionally prefixed by an approach: `bon-gpt-4o-mini`")
+    model: str = Field(
+        min_length=1, description="Upstream model, optionally prefixed by an approach: `bon-gpt-4o-mini`"
+    )
     messages: list[Message] = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
@@ -82,9 +87,10 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     user: str | None = None
     optillm_approach: str | None = Field(default=None, description="Approach expression, e.g. `bon&re2` or `moa|bon`")
-    optillm_params: dict[str, Any] | None = Field(default=None, description="Parameters by approach name: {\"bon\": {\"n\": 4}}")
-    optigraph: RunLimits | None = Field(default=None, description="optigraph's own options: run limits, "
-                                                                    "background")
+    optillm_params: dict[str, Any] | None = Field(
+        default=None, description='Parameters by approach name: {"bon": {"n": 4}}'
+    )
+    optigraph: RunLimits | None = Field(default=None, description="optigraph's own options: run limits, background")
 
 
 _BRANCH_TYPES = frozenset({"str", "int", "float", "bool"})
@@ -111,8 +117,11 @@ def check_request(body: Any, *, max_n: int, max_tokens: int) -> None:
             message = f"missing required parameter: {param!r}"
         else:
             message = f"invalid value for {param!r}: {err.get('msg')}"
-        raise InvalidRequest(message, param=param or None, code="invalid_value" if err.get("type") != "missing"
-                             else "missing_required_parameter") from None
+        raise InvalidRequest(
+            message,
+            param=param or None,
+            code="invalid_value" if err.get("type") != "missing" else "missing_required_parameter",
+        ) from None
     if req.n is not None and req.n > max_n:
         raise InvalidRequest(f"n must be at most {max_n}", param="n", code="invalid_value")
     for key in ("max_tokens", "max_completion_tokens"):

@@ -65,8 +65,10 @@ async def _stored(db: Any, run_id: str) -> dict[str, Any]:
     if row is None:
         raise NotFound(f"no run with id {run_id!r}", param="run_id")
     if not row.get("checkpointed") or row.get("expression") == "none":
-        raise RunNotResumable(f"run {run_id} is a passthrough (`none`) run: a single upstream call has no "
-                              "checkpoint to continue from; send the request again instead")
+        raise RunNotResumable(
+            f"run {run_id} is a passthrough (`none`) run: a single upstream call has no "
+            "checkpoint to continue from; send the request again instead"
+        )
     if not isinstance(row.get("request"), dict):
         raise RunNotResumable(f"run {run_id} has no stored request to rebuild it from")
     return row
@@ -85,14 +87,35 @@ async def _rebuild(runner: Runner, row: dict[str, Any], *, run_id: str, client_k
         params = {name: runner.registry.get(name).validate_params(stored.get(name)) for name in compiled.names}
     except InvalidRequest as exc:  # e.g. an approach this server no longer has
         raise RunNotResumable(f"run {run_id} cannot be rebuilt on this server: {exc.message}") from None
-    record = RunRecord(id=run_id, expression=compiled.text, model=llm.model, request=body, checkpointed=True,
-                       user=body.get("user"), spec=spec)
-    return Prepared(run_id=run_id, expression=compiled.text, model=llm.model, messages=spec["messages"],
-                    request=spec["request"], params=params, n=int(spec["n"]), stream=False, include_usage=False,
-                    llm=llm, compiled=compiled, record=record, started=time.perf_counter())
+    record = RunRecord(
+        id=run_id,
+        expression=compiled.text,
+        model=llm.model,
+        request=body,
+        checkpointed=True,
+        user=body.get("user"),
+        spec=spec,
+    )
+    return Prepared(
+        run_id=run_id,
+        expression=compiled.text,
+        model=llm.model,
+        messages=spec["messages"],
+        request=spec["request"],
+        params=params,
+        n=int(spec["n"]),
+        stream=False,
+        include_usage=False,
+        llm=llm,
+        compiled=compiled,
+        record=record,
+        started=time.perf_counter(),
+    )
 
 
-async def _rebuild_from_request(runner: Runner, row: dict[str, Any], *, run_id: str, client_key: str | None) -> Prepared:
+async def _rebuild_from_request(
+    runner: Runner, row: dict[str, Any], *, run_id: str, client_key: str | None
+) -> Prepared:
     """A run stored before specs existed: its request, prepared again, running its stored expression."""
     prep = await runner.prepare(dict(row["request"]), client_key=client_key, run_id=run_id)
     if prep.compiled is None or prep.expression != row["expression"]:
@@ -103,8 +126,16 @@ async def _rebuild_from_request(runner: Runner, row: dict[str, Any], *, run_id: 
 
 
 def _mark_running(runner: Runner, run_id: str) -> None:
-    runner.recorder.run_finished(run_id, RunResult(status="running", finished_at=None,  # type: ignore[arg-type]
-                                                   latency_ms=None, usage={}, error=None))  # type: ignore[arg-type]
+    runner.recorder.run_finished(
+        run_id,
+        RunResult(
+            status="running",
+            finished_at=None,  # type: ignore[arg-type]
+            latency_ms=None,
+            usage={},
+            error=None,
+        ),
+    )  # type: ignore[arg-type]
 
 
 async def resume_run(runner: Runner, run_id: str, *, db: Any, client_key: str | None = None) -> ChatResult:
@@ -138,8 +169,11 @@ async def _lease(runner: Runner, db: Any, run_id: str) -> AsyncIterator[None]:
     how the run ended."""
     ttl = runner.settings.run_lease_s
     if not await take_lease(db, run_id, owner=runner.owner, now=runner.clock(), ttl_s=ttl):
-        raise RunNotResumable(f"run {run_id} is being executed right now (by this server or another sharing its "
-                              "database); try again once that has ended", code="run_in_progress")
+        raise RunNotResumable(
+            f"run {run_id} is being executed right now (by this server or another sharing its "
+            "database); try again once that has ended",
+            code="run_in_progress",
+        )
     renewal = asyncio.create_task(_renew(runner, db, run_id, ttl))
     try:
         yield
@@ -160,9 +194,17 @@ async def _renew(runner: Runner, db: Any, run_id: str, ttl: float) -> None:
             log.exception("run %s: renewing its lease failed", run_id)
 
 
-async def fork_run(runner: Runner, run_id: str, *, db: Any, client_key: str | None = None,
-                   checkpoint_id: str | None = None, thread: str | None = None,
-                   patch: dict[str, Any] | None = None, new_id: str | None = None) -> ChatResult:
+async def fork_run(
+    runner: Runner,
+    run_id: str,
+    *,
+    db: Any,
+    client_key: str | None = None,
+    checkpoint_id: str | None = None,
+    thread: str | None = None,
+    patch: dict[str, Any] | None = None,
+    new_id: str | None = None,
+) -> ChatResult:
     """A new run (id `new_id`, default: a fresh one) from one checkpoint of run `run_id`."""
     row = await _stored(db, run_id)
     new_id = new_id or uuid.uuid4().hex
@@ -171,9 +213,12 @@ async def fork_run(runner: Runner, run_id: str, *, db: Any, client_key: str | No
     graph = prep.compiled.graph
     if thread is None:
         thread = run_id if prep.n == 1 else f"{run_id}.0"
-    elif thread != run_id and not (thread.startswith(f"{run_id}.") and thread[len(run_id) + 1:].isdigit()):
-        raise InvalidRequest(f"thread {thread!r} is not a thread of run {run_id} (its threads are {run_id} "
-                             f"for one choice, {run_id}.0, {run_id}.1, ... for n > 1)", param="thread")
+    elif thread != run_id and not (thread.startswith(f"{run_id}.") and thread[len(run_id) + 1 :].isdigit()):
+        raise InvalidRequest(
+            f"thread {thread!r} is not a thread of run {run_id} (its threads are {run_id} "
+            f"for one choice, {run_id}.0, {run_id}.1, ... for n > 1)",
+            param="thread",
+        )
     source: dict[str, Any] = {"thread_id": thread, "checkpoint_ns": ""}
     if checkpoint_id:
         source["checkpoint_id"] = checkpoint_id
@@ -185,8 +230,7 @@ async def fork_run(runner: Runner, run_id: str, *, db: Any, client_key: str | No
     channels = set(graph.stream_channels_list) | set(graph.channels)
     unknown = sorted(k for k in patch if k not in channels or k.startswith("__") or ":" in k)
     if unknown:
-        raise InvalidRequest(f"patch names state values the graph does not have: {', '.join(unknown)}",
-                             param="patch")
+        raise InvalidRequest(f"patch names state values the graph does not have: {', '.join(unknown)}", param="patch")
     values = {**snapshot.values, **patch}
     producer = await _producer(graph, snapshot)
 
@@ -196,9 +240,15 @@ async def fork_run(runner: Runner, run_id: str, *, db: Any, client_key: str | No
     if "request" in patch and isinstance(patch["request"], dict):
         prep.request = patch["request"]
     prep.record.spec = {**(prep.record.spec or {}), "n": 1, "request": prep.request}
-    prep.record.request = {**row["request"], "optigraph_fork": {"parent_id": run_id, "thread": thread,
-                                                                 "checkpoint_id": snapshot.config["configurable"].get("checkpoint_id"),
-                                                                 "patch": patch}}
+    prep.record.request = {
+        **row["request"],
+        "optigraph_fork": {
+            "parent_id": run_id,
+            "thread": thread,
+            "checkpoint_id": snapshot.config["configurable"].get("checkpoint_id"),
+            "patch": patch,
+        },
+    }
     runner.recorder.run_started(prep.record)
     config = {"configurable": {"thread_id": new_id}}
     ctx = runner.context(new_id, prep.llm, None)

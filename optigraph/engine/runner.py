@@ -75,8 +75,15 @@ class Prepared:
 
 
 def answer_choices(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"index": i, "message": a["message"], "finish_reason": a.get("finish_reason") or "stop",
-             "logprobs": a.get("logprobs")} for i, a in enumerate(answers)]
+    return [
+        {
+            "index": i,
+            "message": a["message"],
+            "finish_reason": a.get("finish_reason") or "stop",
+            "logprobs": a.get("logprobs"),
+        }
+        for i, a in enumerate(answers)
+    ]
 
 
 @dataclass
@@ -100,9 +107,17 @@ class Runner:
     `store` is the conversation store on the server's database, handed to every run's context
     (plugins that need "store" are refused by a Runner without one)."""
 
-    def __init__(self, *, settings: Settings, registry: Registry, backends: Backends, recorder: Recorder,
-                 compiler: Compiler, store: ConversationStore | None = None,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        registry: Registry,
+        backends: Backends,
+        recorder: Recorder,
+        compiler: Compiler,
+        store: ConversationStore | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.settings = settings
         self.clock = clock  # the time leases are taken and renewed at (engine/resume.py)
         self.registry = registry
@@ -116,8 +131,15 @@ class Runner:
 
     def context(self, run_id: str, llm: LLM, sink: StreamSink | None) -> RunContext:
         """The run context of a run on this server (what its nodes reach besides state)."""
-        return RunContext(run_id=run_id, llm=llm, sink=sink, sandbox_level=self.settings.sandbox_level,
-                          settings=self.settings, upstreams=self.backends.named, store=self.store)
+        return RunContext(
+            run_id=run_id,
+            llm=llm,
+            sink=sink,
+            sandbox_level=self.settings.sandbox_level,
+            settings=self.settings,
+            upstreams=self.backends.named,
+            store=self.store,
+        )
 
     # ---- preparing a run ----------------------------------------------------------------------
 
@@ -133,9 +155,12 @@ class Runner:
         model = sel.model or self.settings.default_model
         if model is None:
             if self.settings.base_url:
-                raise InvalidRequest(f"the model {body.get('model')!r} names only an approach: add the upstream "
-                                     f"model ({body.get('model')}-<model>) or start the server with --default-model",
-                                     param="model", code="model_required")
+                raise InvalidRequest(
+                    f"the model {body.get('model')!r} names only an approach: add the upstream "
+                    f"model ({body.get('model')}-<model>) or start the server with --default-model",
+                    param="model",
+                    code="model_required",
+                )
             model = self.settings.local_model
         run_id = run_id or uuid.uuid4().hex
         llm = self.llm_for(model, run_id=run_id, client_key=client_key, limits=body.get("optigraph"))
@@ -150,31 +175,57 @@ class Runner:
         stream = bool(body.get("stream"))
         expression = "none" if compiled is None else compiled.text
         n = int(body.get("n") or 1)
-        record = RunRecord(id=run_id, expression=expression, model=upstream_model, request=body,
-                           checkpointed=compiled is not None, user=body.get("user"))
+        record = RunRecord(
+            id=run_id,
+            expression=expression,
+            model=upstream_model,
+            request=body,
+            checkpointed=compiled is not None,
+            user=body.get("user"),
+        )
         self._check_fields(body, llm, compiled)
         if compiled is not None:  # what a resume runs again, whatever the server's defaults are by then
             record.spec = run_spec(route=model, messages=sel.messages, request=request, params=params, n=n)
-        return Prepared(run_id=run_id, expression=expression, model=upstream_model, messages=sel.messages,
-                        request=request, params=params, n=n, stream=stream,
-                        include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
-                        llm=llm, compiled=compiled, record=record, started=time.perf_counter(),
-                        background=background_requested(body))
+        return Prepared(
+            run_id=run_id,
+            expression=expression,
+            model=upstream_model,
+            messages=sel.messages,
+            request=request,
+            params=params,
+            n=n,
+            stream=stream,
+            include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+            llm=llm,
+            compiled=compiled,
+            record=record,
+            started=time.perf_counter(),
+            background=background_requested(body),
+        )
 
     def _check_needs(self, name: str, llm: LLM, backend: str, model: str) -> None:
         """A 400 when an approach or plugin needs what this server or backend does not offer."""
         spec = self.registry.get(name)
         missing = [need for need in spec.needs if not self._offers(need, llm)]
         if "store" in missing:  # the server's, not the backend's
-            raise InvalidRequest(f"{spec.kind} {name!r} needs store (a database), which this server runs without",
-                                 param="model", code="approach_unsupported")
+            raise InvalidRequest(
+                f"{spec.kind} {name!r} needs store (a database), which this server runs without",
+                param="model",
+                code="approach_unsupported",
+            )
         if "mcp" in missing:  # the server's too
-            raise InvalidRequest(f"{spec.kind} {name!r} needs MCP servers, which this server runs without "
-                                 "(--mcp-config)", param="model", code="approach_unsupported")
+            raise InvalidRequest(
+                f"{spec.kind} {name!r} needs MCP servers, which this server runs without (--mcp-config)",
+                param="model",
+                code="approach_unsupported",
+            )
         if missing:
-            raise InvalidRequest(f"{spec.kind} {name!r} needs {', '.join(missing)}, which the backend "
-                                 f"{backend!r} does not offer for model {model!r}",
-                                 param="model", code="approach_unsupported")
+            raise InvalidRequest(
+                f"{spec.kind} {name!r} needs {', '.join(missing)}, which the backend "
+                f"{backend!r} does not offer for model {model!r}",
+                param="model",
+                code="approach_unsupported",
+            )
 
     def _offers(self, need: str, llm: LLM) -> bool:
         # What the server offers every run: outbound network (plugins check their own allow-lists),
@@ -190,16 +241,25 @@ class Runner:
     def llm_for(self, model: str, *, run_id: str, client_key: str | None, limits: dict[str, Any] | None) -> LLM:
         """The run's LLM client: the backend serving `model`, the server's retries, the run's budget."""
         backend, upstream_model = self.backends.for_model(model)
-        return LLM(backend=backend, model=upstream_model, run_id=run_id, recorder=self.recorder,
-                   api_key=client_key, retries=self.settings.upstream_retries, n_support=self.n_support,  # type: ignore[arg-type]
-                   budget=self.budget(limits))
+        return LLM(
+            backend=backend,
+            model=upstream_model,
+            run_id=run_id,
+            recorder=self.recorder,
+            api_key=client_key,
+            retries=self.settings.upstream_retries,
+            n_support=self.n_support,  # type: ignore[arg-type]
+            budget=self.budget(limits),
+        )
 
     def budget(self, limits: dict[str, Any] | None) -> Budget:
         """The run's caps: the client's, never above the server's."""
         limits = limits or {}
         calls, tokens = self.settings.max_upstream_calls, self.settings.max_upstream_tokens
-        return Budget(max_calls=min(limits.get("max_upstream_calls") or calls, calls),
-                      max_tokens=min(limits.get("max_upstream_tokens") or tokens, tokens))
+        return Budget(
+            max_calls=min(limits.get("max_upstream_calls") or calls, calls),
+            max_tokens=min(limits.get("max_upstream_tokens") or tokens, tokens),
+        )
 
     def _params(self, raw: Any, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         if raw is None:
@@ -211,8 +271,11 @@ class Runner:
             raw = {names[0]: raw}  # a flat object is the single approach's parameters
             unknown = []
         if unknown:
-            raise InvalidRequest(f"optillm_params names approaches not in the expression: {', '.join(unknown)}",
-                                 param="optillm_params", code="invalid_approach_parameter")
+            raise InvalidRequest(
+                f"optillm_params names approaches not in the expression: {', '.join(unknown)}",
+                param="optillm_params",
+                code="invalid_approach_parameter",
+            )
         return {name: self.registry.get(name).validate_params(raw.get(name)) for name in names}
 
     @staticmethod
@@ -220,17 +283,24 @@ class Runner:
         """A 400 for body fields the run would otherwise accept and ignore."""
         decoding = body.get("decoding")
         if decoding is not None and decoding != "none" and not llm.caps.local:  # as the slug form is refused
-            raise InvalidRequest(f"decoding {decoding!r} needs local, which the backend {llm.backend.name!r} does not "
-                                 f"offer for model {llm.model!r}", param="decoding", code="approach_unsupported")
+            raise InvalidRequest(
+                f"decoding {decoding!r} needs local, which the backend {llm.backend.name!r} does not "
+                f"offer for model {llm.model!r}",
+                param="decoding",
+                code="approach_unsupported",
+            )
         if llm.caps.local:  # what the local model cannot honour, before any call of an approach
             # The json plugin serves response_format itself on the local model (it asks for JSON, then
             # validates and repairs), so the field is fine when it is in the expression.
             served = compiled is not None and "json" in compiled.names
             refuse_unsupported({k: v for k, v in body.items() if not (served and k == "response_format")})
         if body.get("logprobs") and compiled is not None:
-            raise InvalidRequest(f"logprobs are not supported with approach {compiled.text!r}: only 'none' returns "
-                                 "one completion as the model sampled it", param="logprobs",
-                                 code="unsupported_parameter")
+            raise InvalidRequest(
+                f"logprobs are not supported with approach {compiled.text!r}: only 'none' returns "
+                "one completion as the model sampled it",
+                param="logprobs",
+                code="unsupported_parameter",
+            )
 
     # ---- non-streaming ------------------------------------------------------------------------
 
@@ -241,10 +311,14 @@ class Runner:
         try:
             with self.tracking(prep):
                 if prep.compiled is None:
-                    completion = await prep.llm.forward({**prep.request, "messages": prep.messages,
-                                                         **({"n": prep.n} if prep.n > 1 else {})}, node="passthrough")
+                    completion = await prep.llm.forward(
+                        {**prep.request, "messages": prep.messages, **({"n": prep.n} if prep.n > 1 else {})},
+                        node="passthrough",
+                    )
                     choices = completion.choices
-                    extra = {k: completion.raw[k] for k in ("system_fingerprint", "service_tier") if k in completion.raw}
+                    extra = {
+                        k: completion.raw[k] for k in ("system_fingerprint", "service_tier") if k in completion.raw
+                    }
                     decoding = completion.raw.get("optigraph_decoding")  # a local decoding strategy's details
                 else:
                     self.recorder.run_started(prep.record)
@@ -265,7 +339,9 @@ class Runner:
         return ChatResult(run_id=prep.run_id, response=response)
 
     @staticmethod
-    def response_body(prep: Prepared, choices: list[dict[str, Any]], usage: Usage, extra: dict[str, Any]) -> dict[str, Any]:
+    def response_body(
+        prep: Prepared, choices: list[dict[str, Any]], usage: Usage, extra: dict[str, Any]
+    ) -> dict[str, Any]:
         return {
             "id": f"chatcmpl-{prep.run_id}",
             "object": "chat.completion",
@@ -277,8 +353,9 @@ class Runner:
             "optigraph": {"run_id": prep.run_id, "approach": prep.expression, "upstream_calls": usage["calls"]},
         }
 
-    async def run_graph(self, prep: Prepared, *, sink: StreamSink | None,
-                         resume: bool = False) -> tuple[list[dict[str, Any]], Usage]:
+    async def run_graph(
+        self, prep: Prepared, *, sink: StreamSink | None, resume: bool = False
+    ) -> tuple[list[dict[str, Any]], Usage]:
         """Runs the n threads of the run. With `resume`, each thread continues from its last
         checkpoint (a finished thread is read back, a thread with no checkpoint starts afresh)."""
         assert prep.compiled is not None
@@ -289,8 +366,11 @@ class Runner:
             thread = prep.run_id if prep.n == 1 else f"{prep.run_id}.{i}"
             config = {"configurable": {"thread_id": thread}}
             state: dict[str, Any] | None = compiled.input(
-                messages=prep.messages, request=prep.request, params=prep.params,
-                stream_choice=(i * compiled.choices) if sink is not None and not compiled.dynamic else None)
+                messages=prep.messages,
+                request=prep.request,
+                params=prep.params,
+                stream_choice=(i * compiled.choices) if sink is not None and not compiled.dynamic else None,
+            )
             if resume:
                 snapshot = await compiled.graph.aget_state(config)
                 if snapshot.values or snapshot.next:
@@ -330,8 +410,9 @@ class Runner:
         finally:
             queue.put_nowait(None)
 
-    async def _relay(self, prep: Prepared, task: asyncio.Task[None],
-                     queue: asyncio.Queue[bytes | BaseException | None]) -> AsyncIterator[bytes]:
+    async def _relay(
+        self, prep: Prepared, task: asyncio.Task[None], queue: asyncio.Queue[bytes | BaseException | None]
+    ) -> AsyncIterator[bytes]:
         try:
             while (item := await queue.get()) is not None:
                 if isinstance(item, BaseException):
@@ -343,8 +424,12 @@ class Runner:
 
     async def _sse(self, prep: Prepared) -> AsyncIterator[bytes]:
         created = int(time.time())
-        base = {"id": f"chatcmpl-{prep.run_id}", "object": "chat.completion.chunk", "created": created,
-                "model": prep.model}
+        base = {
+            "id": f"chatcmpl-{prep.run_id}",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": prep.model,
+        }
         sent = False
         try:
             if prep.compiled is None:
@@ -373,8 +458,13 @@ class Runner:
         yield b"data: [DONE]\n\n"
 
     async def _stream_passthrough(self, prep: Prepared, base: dict[str, Any]) -> AsyncIterator[bytes]:
-        body = {**prep.request, "messages": prep.messages, "stream": True, "stream_options": {"include_usage": True},
-                **({"n": prep.n} if prep.n > 1 else {})}
+        body = {
+            **prep.request,
+            "messages": prep.messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **({"n": prep.n} if prep.n > 1 else {}),
+        }
         decoding = None
         relayed = 0
         async for chunk in prep.llm.forward_stream(body, node="passthrough"):
@@ -419,8 +509,12 @@ class Runner:
                 yield self._delta_chunk(base, StreamEvent(choice=i, delta=delta), first=True)
             elif held:
                 yield self._delta_chunk(base, StreamEvent(choice=i, delta={"content": held}), first=False)
-            finish = {**base, "choices": [{"index": i, "delta": {}, "finish_reason": answer.get("finish_reason") or "stop",
-                                           "logprobs": None}]}
+            finish = {
+                **base,
+                "choices": [
+                    {"index": i, "delta": {}, "finish_reason": answer.get("finish_reason") or "stop", "logprobs": None}
+                ],
+            }
             yield b"data: " + orjson.dumps(finish) + b"\n\n"
         if prep.include_usage:
             yield self._usage_chunk(base, usage, prep)
@@ -429,23 +523,39 @@ class Runner:
     @staticmethod
     def _delta_chunk(base: dict[str, Any], event: StreamEvent, *, first: bool) -> bytes:
         delta = {"role": "assistant", **event.delta} if first else event.delta
-        chunk = {**base, "choices": [{"index": event.choice, "delta": delta, "finish_reason": None,
-                                      "logprobs": event.logprobs}]}
+        chunk = {
+            **base,
+            "choices": [{"index": event.choice, "delta": delta, "finish_reason": None, "logprobs": event.logprobs}],
+        }
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     @staticmethod
-    def _usage_chunk(base: dict[str, Any], usage: Usage, prep: Prepared, decoding: dict[str, Any] | None = None) -> bytes:
-        chunk = {**base, "choices": [], "usage": openai_usage(usage),
-                 "optigraph": {"run_id": prep.run_id, "approach": prep.expression, "upstream_calls": usage["calls"],
-                               **({"decoding": decoding} if decoding is not None else {})}}
+    def _usage_chunk(
+        base: dict[str, Any], usage: Usage, prep: Prepared, decoding: dict[str, Any] | None = None
+    ) -> bytes:
+        chunk = {
+            **base,
+            "choices": [],
+            "usage": openai_usage(usage),
+            "optigraph": {
+                "run_id": prep.run_id,
+                "approach": prep.expression,
+                "upstream_calls": usage["calls"],
+                **({"decoding": decoding} if decoding is not None else {}),
+            },
+        }
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     # ---- recording ----------------------------------------------------------------------------
 
     def record_success(self, prep: Prepared, usage: Usage, response: dict[str, Any]) -> None:
-        result = RunResult(status="completed", finished_at=utcnow(),
-                           latency_ms=(time.perf_counter() - prep.started) * 1000.0, usage=dict(usage),
-                           response=response)
+        result = RunResult(
+            status="completed",
+            finished_at=utcnow(),
+            latency_ms=(time.perf_counter() - prep.started) * 1000.0,
+            usage=dict(usage),
+            response=response,
+        )
         self.recorder.run_finished(prep.run_id, result, run=prep.record if prep.compiled is None else None)
 
     def record_failure(self, prep: Prepared, exc: BaseException) -> None:
@@ -454,11 +564,18 @@ class Runner:
         if isinstance(exc, asyncio.CancelledError):
             status = prep.stop_reason or "cancelled"
             exc = self.stop_error(prep)
-        body = exc.body() if isinstance(exc, OptigraphError) else {"error": {"message": f"{type(exc).__name__}: {exc}",
-                                                                             "type": "server_error"}}
-        result = RunResult(status=status, finished_at=utcnow(),
-                           latency_ms=(time.perf_counter() - prep.started) * 1000.0,
-                           usage=dict(run_usage(prep)), error=body)
+        body = (
+            exc.body()
+            if isinstance(exc, OptigraphError)
+            else {"error": {"message": f"{type(exc).__name__}: {exc}", "type": "server_error"}}
+        )
+        result = RunResult(
+            status=status,
+            finished_at=utcnow(),
+            latency_ms=(time.perf_counter() - prep.started) * 1000.0,
+            usage=dict(run_usage(prep)),
+            error=body,
+        )
         self.recorder.run_finished(prep.run_id, result, run=prep.record if prep.compiled is None else None)
 
     # ---- the runs executing now: cancelled when their client goes, interrupted at shutdown ---------
@@ -516,15 +633,19 @@ class Runner:
     @staticmethod
     def stop_error(prep: Prepared) -> OptigraphError:
         """What the client of a cancelled run is told (when it is still there to hear it)."""
-        again = ("send the request again" if prep.compiled is None  # a passthrough has no checkpoint
-                 else f"resume it with POST /v1/runs/{prep.run_id}/resume")
+        again = (
+            "send the request again"
+            if prep.compiled is None  # a passthrough has no checkpoint
+            else f"resume it with POST /v1/runs/{prep.run_id}/resume"
+        )
         if prep.stop_reason == "interrupted":
             return RunInterrupted(f"the server is shutting down: run {prep.run_id} was interrupted; {again}")
         return RunCancelled(f"run {prep.run_id} was cancelled: its client disconnected; {again}")
 
 
-def run_spec(*, route: str, messages: list[dict[str, Any]], request: dict[str, Any],
-             params: dict[str, dict[str, Any]], n: int) -> dict[str, Any]:
+def run_spec(
+    *, route: str, messages: list[dict[str, Any]], request: dict[str, Any], params: dict[str, dict[str, Any]], n: int
+) -> dict[str, Any]:
     """What a stored run is rebuilt from (engine/resume.py): the model name it was routed by, its
     cleaned messages, forwarded fields, validated parameters and number of threads."""
     return {"route": route, "messages": messages, "request": request, "params": params, "n": n}

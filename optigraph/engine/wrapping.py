@@ -114,10 +114,17 @@ def _run(ast: Plugin, spec: PluginSpec, inner: CompiledStateGraph, route: RouteC
             try:
                 child_ast, child = route(state["route"])
             except InvalidRequest as exc:
-                raise InvalidRequest(f"plugin {spec.name!r} routed to an invalid expression: {exc.message}",
-                                     code="invalid_route") from exc
-            decisions.append(Decision(node=f"{spec.name}.run", plugin=spec.name, route=state["route"],
-                                      reason=state.get("route_reason") or ""))
+                raise InvalidRequest(
+                    f"plugin {spec.name!r} routed to an invalid expression: {exc.message}", code="invalid_route"
+                ) from exc
+            decisions.append(
+                Decision(
+                    node=f"{spec.name}.run",
+                    plugin=spec.name,
+                    route=state["route"],
+                    reason=state.get("route_reason") or "",
+                )
+            )
         stream_choice = _stream_choice(state, spec, runtime, count, routed=bool(decisions))
         out = await child.ainvoke(child_input(state, child_ast, state["messages"], stream_choice), config)
         result = child_output(out)
@@ -129,8 +136,9 @@ def _run(ast: Plugin, spec: PluginSpec, inner: CompiledStateGraph, route: RouteC
     return run
 
 
-def _stream_choice(state: WrapState, spec: PluginSpec, runtime: Runtime[RunContext], count: int, *,
-                   routed: bool) -> int | None:
+def _stream_choice(
+    state: WrapState, spec: PluginSpec, runtime: Runtime[RunContext], count: int, *, routed: bool
+) -> int | None:
     """The first choice the wrapped part may stream to, or None when it must answer whole."""
     base = state.get("stream_choice")
     sink = runtime.context.sink

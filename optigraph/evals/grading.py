@@ -44,7 +44,9 @@ _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOT
 _LATEX_WRAP = re.compile(r"\\[(\[]|\\[)\]]|\$")
 # An expected answer that is a number and nothing else ("1,200", "-0.5", "3/4", "\\frac{3}{4}", "25%");
 # other expected answers ("3\\sqrt{2}") are never compared by their first number alone.
-_PLAIN_NUMBER = re.compile(r"\s*-?\$?\s*(?:(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+)?|\\[dt]?frac\{\d+\}\{\d+\})\s*%?\s*")
+_PLAIN_NUMBER = re.compile(
+    r"\s*-?\$?\s*(?:(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+)?|\\[dt]?frac\{\d+\}\{\d+\})\s*%?\s*"
+)
 _LABEL = re.compile(r"^[\s*_]*(?:the\s+)?(?:final\s+)?answer(?:\s+is)?[\s*_]*:[\s*_]*", re.IGNORECASE)
 
 
@@ -56,7 +58,7 @@ def _answer(response: str) -> str | None:
         return None
     answer = found.answer
     while (m := _LABEL.match(answer)) and m.end() < len(answer):
-        answer = answer[m.end():]
+        answer = answer[m.end() :]
     return answer.strip()
 
 
@@ -79,6 +81,7 @@ def math_verify_available() -> bool:
 
 
 # -- numbers ---------------------------------------------------------------------------------------
+
 
 def parse_number(text: str) -> Fraction | None:
     """The number an answer states: "1,234.5", "$30.50", "25%", "7.5 degrees", "x = 12", "3/4",
@@ -143,6 +146,7 @@ def grade_number(problem: Problem, response: str, *, use_math_verify: bool | Non
 
 # -- text and choices ------------------------------------------------------------------------------
 
+
 def _committed_text(response: str) -> str | None:
     """The answer a response commits to in words: an explicit answer, else its last line."""
     found = extract_answer(response)
@@ -170,7 +174,7 @@ def grade_exact(problem: Problem, response: str) -> Grade:
     if len(words) <= 5:
         for target in targets:
             t = _words(target)
-            if t and any(words[i:i + len(t)] == t for i in range(len(words) - len(t) + 1)):
+            if t and any(words[i : i + len(t)] == t for i in range(len(words) - len(t) + 1)):
                 return Grade(True, answer, "exact", "contained")
     return Grade(False, answer, "exact")
 
@@ -207,6 +211,7 @@ def grade_choice(problem: Problem, response: str) -> Grade:
 
 
 # -- code ------------------------------------------------------------------------------------------
+
 
 def extract_code(response: str) -> str | None:
     """The code a response offers: the last fenced block with a `def` (else the last block), or the
@@ -252,8 +257,13 @@ def _read_sandbox_result(result: SandboxResult, timeout_s: float) -> CodeRun:
     return CodeRun(False, _failure(result.stderr, result.exit_code))
 
 
-async def run_tests(code: str, tests: tuple[str, ...] | list[str], *, timeout_s: float = CODE_TIMEOUT_S,
-                    sandbox_level: SandboxLevel = DEFAULT_LEVEL) -> CodeRun:
+async def run_tests(
+    code: str,
+    tests: tuple[str, ...] | list[str],
+    *,
+    timeout_s: float = CODE_TIMEOUT_S,
+    sandbox_level: SandboxLevel = DEFAULT_LEVEL,
+) -> CodeRun:
     """Runs `code` followed by `tests` in the sandbox at `sandbox_level`; ok when the program exits
     with 0. When the sandbox lacks a layer that level requires, nothing runs and the run fails with
     a detail that starts "not run:" and names the missing layers."""
@@ -268,8 +278,9 @@ async def run_tests(code: str, tests: tuple[str, ...] | list[str], *, timeout_s:
     return _read_sandbox_result(result, timeout_s)
 
 
-async def grade_code(problem: Problem, response: str, *, timeout_s: float = CODE_TIMEOUT_S,
-                     sandbox_level: SandboxLevel = DEFAULT_LEVEL) -> Grade:
+async def grade_code(
+    problem: Problem, response: str, *, timeout_s: float = CODE_TIMEOUT_S, sandbox_level: SandboxLevel = DEFAULT_LEVEL
+) -> Grade:
     code = extract_code(response)
     if code is None:
         return Grade(False, None, "none", "no code found")
@@ -277,8 +288,13 @@ async def grade_code(problem: Problem, response: str, *, timeout_s: float = CODE
     return Grade(run.ok, code, "code", run.detail)
 
 
-async def grade(problem: Problem, response: str | None, *, use_math_verify: bool | None = None,
-                sandbox_level: SandboxLevel = DEFAULT_LEVEL) -> Grade:
+async def grade(
+    problem: Problem,
+    response: str | None,
+    *,
+    use_math_verify: bool | None = None,
+    sandbox_level: SandboxLevel = DEFAULT_LEVEL,
+) -> Grade:
     """Grades one response (None or empty: wrong, no answer); code runs in the sandbox at
     `sandbox_level`."""
     if not response or not response.strip():

@@ -23,10 +23,10 @@ GRADERS = ("number", "exact", "choice", "code")
 # What the runner appends to each prompt so that answers can be found (see `prompt_for`).
 INSTRUCTIONS = {
     "number": "Think step by step, then give the final answer as a plain number on the last line, "
-              "in the form: Final answer: <number>",
+    "in the form: Final answer: <number>",
     "exact": "Think step by step, then give the final answer on the last line, in the form: Final answer: <answer>",
     "choice": "Think step by step, then give the letter of the correct option on the last line, "
-              "in the form: Final answer: <letter>",
+    "in the form: Final answer: <letter>",
     "code": "Answer with the complete Python code in one ```python code block.",
 }
 
@@ -48,8 +48,13 @@ class Problem:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id, "category": self.category, "prompt": self.prompt,
-                               "answer": self.answer, "grader": self.grader}
+        out: dict[str, Any] = {
+            "id": self.id,
+            "category": self.category,
+            "prompt": self.prompt,
+            "answer": self.answer,
+            "grader": self.grader,
+        }
         if self.tests:
             out["tests"] = list(self.tests)
         if self.choices:
@@ -87,16 +92,22 @@ def problem_from_dict(row: dict[str, Any], *, where: str = "") -> Problem:
         raise ProblemError(f"{where}: a code problem needs 'tests'")
     choices = row.get("choices") or {}
     if not isinstance(choices, dict):
-        raise ProblemError(f"{where}: 'choices' must be an object such as {{\"A\": \"...\"}}")
+        raise ProblemError(f'{where}: \'choices\' must be an object such as {{"A": "..."}}')
     aliases = row.get("aliases") or ()
     if isinstance(aliases, str):
         aliases = (aliases,)
     known = {"id", "category", "prompt", "answer", "grader", "tests", "choices", "aliases"}
-    return Problem(id=str(row["id"]), category=str(row.get("category") or "general"), prompt=str(row["prompt"]),
-                   answer=str(row["answer"]), grader=grader, tests=tuple(tests),
-                   choices={str(k).upper(): str(v) for k, v in choices.items()},
-                   aliases=tuple(str(a) for a in aliases),
-                   extra={k: v for k, v in row.items() if k not in known})
+    return Problem(
+        id=str(row["id"]),
+        category=str(row.get("category") or "general"),
+        prompt=str(row["prompt"]),
+        answer=str(row["answer"]),
+        grader=grader,
+        tests=tuple(tests),
+        choices={str(k).upper(): str(v) for k, v in choices.items()},
+        aliases=tuple(str(a) for a in aliases),
+        extra={k: v for k, v in row.items() if k not in known},
+    )
 
 
 def parse_problems(text: str, *, source: str = "<problems>") -> list[Problem]:
@@ -131,8 +142,13 @@ def load_problems(path: str | Path | None = None) -> list[Problem]:
     return parse_problems(p.read_text(encoding="utf-8"), source=str(p))
 
 
-def select_problems(problems: list[Problem], *, categories: list[str] | None = None,
-                    ids: list[str] | None = None, limit: int | None = None) -> list[Problem]:
+def select_problems(
+    problems: list[Problem],
+    *,
+    categories: list[str] | None = None,
+    ids: list[str] | None = None,
+    limit: int | None = None,
+) -> list[Problem]:
     """A subset: only these categories and ids (when given), then the first `limit`."""
     out = problems
     if categories:
@@ -163,6 +179,14 @@ def reasoning_gym_problems(dataset: str, count: int, seed: int) -> list[Problem]
     for i, entry in enumerate(data):
         answer = str(entry["answer"])
         grader = "number" if normalize_number(answer) is not None else "exact"
-        problems.append(Problem(id=f"{dataset}-{seed}-{i}", category=dataset, prompt=str(entry["question"]),
-                                answer=answer, grader=grader, extra={"source": "reasoning-gym"}))
+        problems.append(
+            Problem(
+                id=f"{dataset}-{seed}-{i}",
+                category=dataset,
+                prompt=str(entry["question"]),
+                answer=answer,
+                grader=grader,
+                extra={"source": "reasoning-gym"},
+            )
+        )
     return problems

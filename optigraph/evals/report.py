@@ -81,34 +81,60 @@ def summarize(results: list[ProblemResult], elapsed: dict[str, float]) -> list[A
             categories[r.category][0] += int(r.correct)
             categories[r.category][1] += 1
         calls = [r.upstream_calls for r in rows if r.upstream_calls is not None]
-        out.append(ApproachSummary(
-            approach=approach, problems=len(rows), correct=sum(r.correct for r in rows),
-            errors=sum(r.error is not None for r in rows),
-            mean_prompt_tokens=_mean([r.prompt_tokens for r in rows]),
-            mean_completion_tokens=_mean([r.completion_tokens for r in rows]),
-            mean_upstream_calls=_mean(calls) if calls else None,
-            mean_wall_s=_mean([r.wall_s for r in rows]),
-            total_wall_s=elapsed.get(approach, sum(r.wall_s for r in rows)),
-            by_category={k: (v[0], v[1]) for k, v in sorted(categories.items())}))
+        out.append(
+            ApproachSummary(
+                approach=approach,
+                problems=len(rows),
+                correct=sum(r.correct for r in rows),
+                errors=sum(r.error is not None for r in rows),
+                mean_prompt_tokens=_mean([r.prompt_tokens for r in rows]),
+                mean_completion_tokens=_mean([r.completion_tokens for r in rows]),
+                mean_upstream_calls=_mean(calls) if calls else None,
+                mean_wall_s=_mean([r.wall_s for r in rows]),
+                total_wall_s=elapsed.get(approach, sum(r.wall_s for r in rows)),
+                by_category={k: (v[0], v[1]) for k, v in sorted(categories.items())},
+            )
+        )
     return out
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
     sep = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
 
 
 def format_table(summaries: list[ApproachSummary]) -> str:
     """A Markdown table: accuracy (with count), mean tokens, upstream calls, wall time, per approach."""
-    header = ["approach", "accuracy", "correct", "errors", "prompt tok", "completion tok", "upstream calls",
-              "mean wall s", "total wall s"]
-    rows = [[s.approach, f"{100 * s.accuracy:.1f}%", f"{s.correct}/{s.problems}", str(s.errors),
-             f"{s.mean_prompt_tokens:.0f}", f"{s.mean_completion_tokens:.0f}",
-             "-" if s.mean_upstream_calls is None else f"{s.mean_upstream_calls:.1f}",
-             f"{s.mean_wall_s:.2f}", f"{s.total_wall_s:.1f}"] for s in summaries]
+    header = [
+        "approach",
+        "accuracy",
+        "correct",
+        "errors",
+        "prompt tok",
+        "completion tok",
+        "upstream calls",
+        "mean wall s",
+        "total wall s",
+    ]
+    rows = [
+        [
+            s.approach,
+            f"{100 * s.accuracy:.1f}%",
+            f"{s.correct}/{s.problems}",
+            str(s.errors),
+            f"{s.mean_prompt_tokens:.0f}",
+            f"{s.mean_completion_tokens:.0f}",
+            "-" if s.mean_upstream_calls is None else f"{s.mean_upstream_calls:.1f}",
+            f"{s.mean_wall_s:.2f}",
+            f"{s.total_wall_s:.1f}",
+        ]
+        for s in summaries
+    ]
     return _table(header, rows)
 
 
@@ -134,8 +160,9 @@ def write_jsonl(results: list[ProblemResult], path: Path) -> None:
 
 
 def write_summary(summaries: list[ApproachSummary], path: Path, **meta: Any) -> None:
-    path.write_text(json.dumps({**meta, "approaches": [s.to_dict() for s in summaries]}, indent=2) + "\n",
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps({**meta, "approaches": [s.to_dict() for s in summaries]}, indent=2) + "\n", encoding="utf-8"
+    )
 
 
 def plot(summaries: list[ApproachSummary], path: Path, *, title: str = "") -> bool:
@@ -148,14 +175,21 @@ def plot(summaries: list[ApproachSummary], path: Path, *, title: str = "") -> bo
         return False
     fig = Figure(figsize=(10, 4.2), dpi=100)
     FigureCanvasAgg(fig)  # the Agg canvas: no display, no global backend switch
-    panels = ((fig.add_subplot(1, 2, 1), "mean tokens per problem (prompt + completion)", lambda s: s.mean_tokens),
-              (fig.add_subplot(1, 2, 2), "mean wall time per problem (s)", lambda s: s.mean_wall_s))
+    panels = (
+        (fig.add_subplot(1, 2, 1), "mean tokens per problem (prompt + completion)", lambda s: s.mean_tokens),
+        (fig.add_subplot(1, 2, 2), "mean wall time per problem (s)", lambda s: s.mean_wall_s),
+    )
     for ax, xlabel, x_of in panels:
         for s in summaries:
             x, y = x_of(s), 100 * s.accuracy
             ax.scatter([x], [y], s=60, zorder=3)
-            ax.annotate(f"{s.approach} ({s.correct}/{s.problems})", (x, y), textcoords="offset points",
-                        xytext=(6, 6), fontsize=9)
+            ax.annotate(
+                f"{s.approach} ({s.correct}/{s.problems})",
+                (x, y),
+                textcoords="offset points",
+                xytext=(6, 6),
+                fontsize=9,
+            )
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-5, 110)

@@ -110,8 +110,9 @@ def check_approaches(approaches: list[str], known: set[str]) -> None:
     for expression in approaches:
         unknown = sorted({n for n in _NAME.findall(expression) if n not in known})
         if unknown:
-            raise EvalError(f"unknown approach {', '.join(unknown)} in {expression!r}; "
-                            f"the server knows: {', '.join(sorted(known))}")
+            raise EvalError(
+                f"unknown approach {', '.join(unknown)} in {expression!r}; the server knows: {', '.join(sorted(known))}"
+            )
 
 
 def request_model(approach: str, model: str, optigraph_endpoint: bool) -> str:
@@ -138,10 +139,18 @@ def _error_text(exc: BaseException) -> str:
     return text[:1000]
 
 
-async def solve(client: Any, config: EvalConfig, approach: str, problem: Problem, optigraph_endpoint: bool) -> ProblemResult:
+async def solve(
+    client: Any, config: EvalConfig, approach: str, problem: Problem, optigraph_endpoint: bool
+) -> ProblemResult:
     """One problem, one approach: the request, its usage and the grade. Never raises."""
-    result = ProblemResult(approach=approach, model=config.model, id=problem.id, category=problem.category,
-                           grader=problem.grader, expected=problem.answer)
+    result = ProblemResult(
+        approach=approach,
+        model=config.model,
+        id=problem.id,
+        category=problem.category,
+        grader=problem.grader,
+        expected=problem.answer,
+    )
     kwargs: dict[str, Any] = {}
     if config.max_tokens is not None:
         kwargs["max_tokens"] = config.max_tokens
@@ -154,7 +163,9 @@ async def solve(client: Any, config: EvalConfig, approach: str, problem: Problem
     try:
         response = await client.chat.completions.create(
             model=request_model(approach, config.model, optigraph_endpoint),
-            messages=[{"role": "user", "content": prompt_for(problem, instructions=config.instructions)}], **kwargs)
+            messages=[{"role": "user", "content": prompt_for(problem, instructions=config.instructions)}],
+            **kwargs,
+        )
     except Exception as exc:  # one problem failing is recorded, never the end of the eval
         result.wall_s = time.perf_counter() - started
         result.error = _error_text(exc)
@@ -198,8 +209,9 @@ async def run_eval(config: EvalConfig, *, results_file: TextIO | None = None) ->
     optigraph_endpoint = known is not None
     if known is not None:
         check_approaches(config.approaches, known)
-    client = openai.AsyncOpenAI(base_url=config.base_url, api_key=config.api_key or "none", max_retries=0,
-                                timeout=config.timeout_s)
+    client = openai.AsyncOpenAI(
+        base_url=config.base_url, api_key=config.api_key or "none", max_retries=0, timeout=config.timeout_s
+    )
     outcome = EvalOutcome(results=[], endpoint=config.base_url, optigraph_endpoint=optigraph_endpoint)
     bar = _progress(len(config.approaches) * len(config.problems), config.progress)
     gate = asyncio.Semaphore(max(1, config.concurrency))
@@ -237,8 +249,9 @@ def run_with_server(config: EvalConfig, *, results_file: TextIO | None = None) -
 
     logging.getLogger("optigraph").setLevel(logging.ERROR)  # failures are in the results, not on the bar
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
-    server = InProcessServer(upstream=config.upstream, db_path=config.out_dir / SERVER_DB_FILE,
-                             sandbox_level=config.sandbox_level)
+    server = InProcessServer(
+        upstream=config.upstream, db_path=config.out_dir / SERVER_DB_FILE, sandbox_level=config.sandbox_level
+    )
     try:
         server.__enter__()
     except RuntimeError as exc:
@@ -263,16 +276,27 @@ def execute(config: EvalConfig, *, out: TextIO | None = None) -> EvalOutcome:
     # Rewritten in a stable order (the lines streamed during the run are in completion order).
     write_jsonl(outcome.results, config.out_dir / RESULTS_FILE)
     summaries = summarize(outcome.results, outcome.elapsed)
-    where = config.base_url or (f"optigraph in-process -> {config.upstream}" if config.upstream
-                                else "optigraph in-process -> local model")
-    write_summary(summaries, config.out_dir / SUMMARY_FILE, model=config.model, endpoint=where,
-                  started=started.isoformat(timespec="seconds"), problems=len(config.problems),
-                  max_tokens=config.max_tokens, temperature=config.temperature, params=config.params,
-                  concurrency=config.concurrency, math_verify=math_verify_available())
-    plotted = plot(summaries, config.out_dir / PLOT_FILE,
-                   title=f"{config.model}: {len(config.problems)} problems")
-    print(f"\nmodel {config.model} via {where}; {len(config.problems)} problems, "
-          f"concurrency {config.concurrency}\n", file=out)
+    where = config.base_url or (
+        f"optigraph in-process -> {config.upstream}" if config.upstream else "optigraph in-process -> local model"
+    )
+    write_summary(
+        summaries,
+        config.out_dir / SUMMARY_FILE,
+        model=config.model,
+        endpoint=where,
+        started=started.isoformat(timespec="seconds"),
+        problems=len(config.problems),
+        max_tokens=config.max_tokens,
+        temperature=config.temperature,
+        params=config.params,
+        concurrency=config.concurrency,
+        math_verify=math_verify_available(),
+    )
+    plotted = plot(summaries, config.out_dir / PLOT_FILE, title=f"{config.model}: {len(config.problems)} problems")
+    print(
+        f"\nmodel {config.model} via {where}; {len(config.problems)} problems, concurrency {config.concurrency}\n",
+        file=out,
+    )
     print(format_table(summaries), file=out)
     by_category = format_category_table(summaries)
     if by_category:
@@ -280,53 +304,84 @@ def execute(config: EvalConfig, *, out: TextIO | None = None) -> EvalOutcome:
         print(by_category, file=out)
     errors = [r for r in outcome.results if r.error]
     if errors:
-        print(f"\n{len(errors)} request(s) failed (counted as wrong); first: {errors[0].approach} "
-              f"{errors[0].id}: {errors[0].error}", file=out)
+        print(
+            f"\n{len(errors)} request(s) failed (counted as wrong); first: {errors[0].approach} "
+            f"{errors[0].id}: {errors[0].error}",
+            file=out,
+        )
     print(f"\nresults: {config.out_dir / RESULTS_FILE}", file=out)
     print(f"summary: {config.out_dir / SUMMARY_FILE}", file=out)
-    print(f"plot:    {config.out_dir / PLOT_FILE}" if plotted else "plot:    skipped (pip install matplotlib)", file=out)
+    print(
+        f"plot:    {config.out_dir / PLOT_FILE}" if plotted else "plot:    skipped (pip install matplotlib)", file=out
+    )
     return outcome
 
 
 # -- the command line ------------------------------------------------------------------------------
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--approaches", default="none,bon,self_consistency",
-                   help="comma-separated approach expressions (default none,bon,self_consistency)")
-    p.add_argument("--model", default=None,
-                   help="model name sent to the endpoint (required, except with --local: the local model)")
+    p.add_argument(
+        "--approaches",
+        default="none,bon,self_consistency",
+        help="comma-separated approach expressions (default none,bon,self_consistency)",
+    )
+    p.add_argument(
+        "--model", default=None, help="model name sent to the endpoint (required, except with --local: the local model)"
+    )
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--base-url", default=None,
-                       help="an OpenAI-compatible endpoint, e.g. a running optigraph at http://127.0.0.1:8000/v1")
-    where.add_argument("--upstream", default=None,
-                       help="start optigraph in this process in front of this OpenAI-compatible upstream")
-    where.add_argument("--local", action="store_true",
-                       help="start optigraph in this process in front of the local model (the default)")
+    where.add_argument(
+        "--base-url",
+        default=None,
+        help="an OpenAI-compatible endpoint, e.g. a running optigraph at http://127.0.0.1:8000/v1",
+    )
+    where.add_argument(
+        "--upstream", default=None, help="start optigraph in this process in front of this OpenAI-compatible upstream"
+    )
+    where.add_argument(
+        "--local", action="store_true", help="start optigraph in this process in front of the local model (the default)"
+    )
     p.add_argument("--api-key", default=None, help="bearer key for the endpoint (default: $OPENAI_API_KEY, else none)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--problems", default=None, help="a JSONL problem file (default: the shipped set)")
-    src.add_argument("--reasoning-gym", dest="reasoning_gym", default=None, metavar="DATASET",
-                     help="generate problems offline with reasoning-gym, e.g. gsm_symbolic")
+    src.add_argument(
+        "--reasoning-gym",
+        dest="reasoning_gym",
+        default=None,
+        metavar="DATASET",
+        help="generate problems offline with reasoning-gym, e.g. gsm_symbolic",
+    )
     p.add_argument("--count", type=int, default=20, help="problems to generate with --reasoning-gym (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed for --reasoning-gym (default 0)")
-    p.add_argument("--category", action="append", default=None,
-                   help="only problems of this category (repeatable; comma-separated also works)")
+    p.add_argument(
+        "--category",
+        action="append",
+        default=None,
+        help="only problems of this category (repeatable; comma-separated also works)",
+    )
     p.add_argument("--ids", default=None, help="only these problem ids (comma-separated)")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems (after the filters)")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
     p.add_argument("--out", default="eval-results", help="folder for results.jsonl, summary.json, plot.png")
     p.add_argument("--max-tokens", type=int, default=None, help="max_tokens sent with each request")
     p.add_argument("--temperature", type=float, default=None, help="temperature sent with each request")
-    p.add_argument("--params", default=None,
-                   help='optillm_params as JSON, e.g. \'{"bon": {"n": 4}}\'')
+    p.add_argument("--params", default=None, help='optillm_params as JSON, e.g. \'{"bon": {"n": 4}}\'')
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per request (default 600)")
-    p.add_argument("--no-instructions", dest="instructions", action="store_false",
-                   help="send prompts as they are, without the answer-format instruction")
+    p.add_argument(
+        "--no-instructions",
+        dest="instructions",
+        action="store_false",
+        help="send prompts as they are, without the answer-format instruction",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("--sandbox-level", choices=tuple(LEVELS), default=DEFAULT_LEVEL,
-                   help="layers the sandbox must have before it runs code (grading, and the in-process server): "
-                        "strict (default), reduced (no namespaces), minimal (no namespaces, no Landlock); "
-                        "see docs/sandbox.md")
+    p.add_argument(
+        "--sandbox-level",
+        choices=tuple(LEVELS),
+        default=DEFAULT_LEVEL,
+        help="layers the sandbox must have before it runs code (grading, and the in-process server): "
+        "strict (default), reduced (no namespaces), minimal (no namespaces, no Landlock); "
+        "see docs/sandbox.md",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
@@ -360,12 +415,23 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         from optigraph.config import Settings
 
         model = Settings().local_model
-    return EvalConfig(approaches=approaches, model=model, problems=problems, out_dir=Path(args.out),
-                      base_url=args.base_url, upstream=args.upstream,
-                      api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
-                      concurrency=max(1, args.concurrency), max_tokens=args.max_tokens,
-                      temperature=args.temperature, params=params, timeout_s=args.timeout,
-                      instructions=args.instructions, progress=args.progress, sandbox_level=args.sandbox_level)
+    return EvalConfig(
+        approaches=approaches,
+        model=model,
+        problems=problems,
+        out_dir=Path(args.out),
+        base_url=args.base_url,
+        upstream=args.upstream,
+        api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
+        concurrency=max(1, args.concurrency),
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        params=params,
+        timeout_s=args.timeout,
+        instructions=args.instructions,
+        progress=args.progress,
+        sandbox_level=args.sandbox_level,
+    )
 
 
 def main(args: argparse.Namespace) -> int:

@@ -28,9 +28,16 @@ class InProcessServer:
     that model has loaded (so loading is not counted in the first problem's wall time).
     """
 
-    def __init__(self, *, upstream: str | None, db_path: Path, upstream_api_key: str | None = None,
-                 start_timeout_s: float = 60.0, model_load_timeout_s: float = 900.0,
-                 sandbox_level: SandboxLevel = DEFAULT_LEVEL) -> None:
+    def __init__(
+        self,
+        *,
+        upstream: str | None,
+        db_path: Path,
+        upstream_api_key: str | None = None,
+        start_timeout_s: float = 60.0,
+        model_load_timeout_s: float = 900.0,
+        sandbox_level: SandboxLevel = DEFAULT_LEVEL,
+    ) -> None:
         self.upstream = upstream
         self.sandbox_level = sandbox_level
         self.db_path = db_path
@@ -55,12 +62,20 @@ class InProcessServer:
         from optigraph.api.app import create_app
         from optigraph.config import Settings
 
-        settings = Settings(host="127.0.0.1", port=self.port, base_url=self.upstream, approach="none",
-                            db_url=f"sqlite:///{self.db_path.resolve()}", log_level="warning",
-                            upstream_api_key=self.upstream_api_key, sandbox_level=self.sandbox_level)
+        settings = Settings(
+            host="127.0.0.1",
+            port=self.port,
+            base_url=self.upstream,
+            approach="none",
+            db_url=f"sqlite:///{self.db_path.resolve()}",
+            log_level="warning",
+            upstream_api_key=self.upstream_api_key,
+            sandbox_level=self.sandbox_level,
+        )
         app = create_app(settings)
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                     access_log=False, lifespan="on"))
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False, lifespan="on")
+        )
         self._thread = threading.Thread(target=self._server.run, name="optigraph-eval-server", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + self.start_timeout_s

@@ -108,7 +108,8 @@ class CepoParams(ApproachParams):
     bestofn_temperature: float = Field(0.1, ge=0.0, le=2.0, description="Temperature of the rating calls.")
     bestofn_max_tokens: int = Field(4096, ge=1, le=131072, description="Length cap of the rating calls.")
     bestofn_rating_type: Literal["absolute", "pairwise", "majority"] = Field(
-        "absolute", description="absolute: rate each 0-10; pairwise: judge every ordered pair; majority: vote.")
+        "absolute", description="absolute: rate each 0-10; pairwise: judge every ordered pair; majority: vote."
+    )
     planning_n: int = Field(3, ge=1, le=16, description="Accepted attempts per chain after which attempts stop.")
     planning_m: int = Field(6, ge=1, le=16, description="Most plan-and-execute attempts per chain.")
     planning_temperature_step1: float = Field(0.55, ge=0.0, le=2.0, description="Temperature of the plans.")
@@ -144,8 +145,9 @@ def _payload(state: CepoState, **branch: Any) -> dict[str, Any]:
 def _step(state: CepoState, step: int) -> dict[str, Any]:
     """An internal call's parameters at this step's own temperature and length."""
     p = state["params"]
-    return helper_params(state, temperature=p[f"planning_temperature_step{step}"],
-                         max_tokens=p[f"planning_max_tokens_step{step}"])
+    return helper_params(
+        state, temperature=p[f"planning_temperature_step{step}"], max_tokens=p[f"planning_max_tokens_step{step}"]
+    )
 
 
 def _status(completion: Any) -> str:
@@ -163,6 +165,7 @@ def plan_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # are plain nodes reached by static edges: they run once, after every branch of the step.
 
 # ---- steps 1 and 2: plan, then execute, in waves until planning_n are accepted -------------------
+
 
 def wave(state: CepoState) -> list[Send]:
     """The next wave of attempts: per chain, as many as it still misses accepted ones (at first
@@ -214,16 +217,25 @@ async def execute(state: CepoState, runtime: Runtime[RunContext]) -> dict[str, A
     record = {"chain": b["chain"], "attempt": b["attempt"], "text": "", "status": "no plan"}
     if b["status"] != "ok":
         return {"executions": [record]}
-    messages = [*plan_messages(state["messages"]), {"role": "assistant", "content": b["text"]},
-                {"role": "user", "content": EXECUTE_PROMPT}]
+    messages = [
+        *plan_messages(state["messages"]),
+        {"role": "assistant", "content": b["text"]},
+        {"role": "user", "content": EXECUTE_PROMPT},
+    ]
     try:
         completion = await runtime.context.llm.chat(messages, node="execute", **_step(state, 2))
     except UpstreamError as exc:
         record["status"] = "failed"
-        return {"executions": [record], "notes": [f"execute: chain {b['chain']} attempt {b['attempt']} failed: {exc.message}"]}
+        return {
+            "executions": [record],
+            "notes": [f"execute: chain {b['chain']} attempt {b['attempt']} failed: {exc.message}"],
+        }
     record.update(text=completion.text, status=_status(completion))
-    notes = [] if record["status"] == "ok" else [
-        f"execute: chain {b['chain']} attempt {b['attempt']} rejected ({record['status']})"]
+    notes = (
+        []
+        if record["status"] == "ok"
+        else [f"execute: chain {b['chain']} attempt {b['attempt']} rejected ({record['status']})"]
+    )
     return {"executions": [record], "usage": completion.usage, "notes": notes}
 
 
@@ -253,6 +265,7 @@ async def keep(state: CepoState) -> dict[str, Any]:
 
 # ---- steps 3 and 4: review the kept solutions, then answer, one per chain ------------------------
 
+
 def refine_each(state: CepoState) -> list[Send]:
     return [Send("refine", _payload(state, **k)) for k in state["kept"]]
 
@@ -267,13 +280,17 @@ async def refine(state: CepoState, runtime: Runtime[RunContext]) -> dict[str, An
         prompt = REFINE_DIRECT_PROMPT.format(question=question)
     record: dict[str, Any] = {"chain": chain, "text": None}
     try:
-        completion = await runtime.context.llm.chat(replace_last_user(state["messages"], prompt), node="refine",
-                                                    **_step(state, 3))
+        completion = await runtime.context.llm.chat(
+            replace_last_user(state["messages"], prompt), node="refine", **_step(state, 3)
+        )
     except UpstreamError as exc:
         return {"solutions": [record], "notes": [f"refine: chain {chain} failed, it drops out: {exc.message}"]}
     if not completion.text.strip():
-        return {"solutions": [record], "usage": completion.usage,
-                "notes": [f"refine: chain {chain} came back empty, it drops out"]}
+        return {
+            "solutions": [record],
+            "usage": completion.usage,
+            "notes": [f"refine: chain {chain} came back empty, it drops out"],
+        }
     record["text"] = completion.text
     return {"solutions": [record], "usage": completion.usage}
 
@@ -290,7 +307,9 @@ async def answer(state: CepoState, runtime: Runtime[RunContext]) -> dict[str, An
         return {}
     p = state["params"]
     prompt = ANSWER_PROMPT.format(question=last_user_text(state["messages"]), solution=b["text"])
-    call = generation_params(state, temperature=p["planning_temperature_step4"], max_tokens=p["planning_max_tokens_step4"])
+    call = generation_params(
+        state, temperature=p["planning_temperature_step4"], max_tokens=p["planning_max_tokens_step4"]
+    )
     try:
         completion = await runtime.context.llm.chat(replace_last_user(state["messages"], prompt), node="answer", **call)
     except UpstreamError as exc:
@@ -309,6 +328,7 @@ async def collect(state: CepoState) -> dict[str, Any]:
 
 # ---- selection ---------------------------------------------------------------------------------
 
+
 def rate_or_compare(state: CepoState) -> list[Send] | str:
     candidates = sorted_candidates(state)
     p = state["params"]
@@ -318,18 +338,35 @@ def rate_or_compare(state: CepoState) -> list[Send] | str:
     if kind == "majority":
         return "vote"
     if kind == "pairwise":
-        return pairs_each(state, params={"comparison_temperature": p["bestofn_temperature"],
-                                         "comparison_max_tokens": p["bestofn_max_tokens"]})
+        return pairs_each(
+            state,
+            params={
+                "comparison_temperature": p["bestofn_temperature"],
+                "comparison_max_tokens": p["bestofn_max_tokens"],
+            },
+        )
     rating = {"rating_temperature": p["bestofn_temperature"], "rating_max_tokens": p["bestofn_max_tokens"]}
-    return [Send("rate", branch_payload(state, {"index": c["index"], "candidate": c}, params=rating))
-            for c in candidates]
+    return [
+        Send("rate", branch_payload(state, {"index": c["index"], "candidate": c}, params=rating)) for c in candidates
+    ]
 
 
 def build() -> StateGraph:
     graph = StateGraph(CepoState, context_schema=RunContext)
-    for name, node in (("plan", plan), ("execute", execute), ("tally", tally), ("keep", keep), ("refine", refine),
-                       ("answer", answer), ("collect", collect), ("rate", rate), ("select", select),
-                       ("compare_pair", compare_pair), ("select_by_wins", select_by_wins), ("vote", vote)):
+    for name, node in (
+        ("plan", plan),
+        ("execute", execute),
+        ("tally", tally),
+        ("keep", keep),
+        ("refine", refine),
+        ("answer", answer),
+        ("collect", collect),
+        ("rate", rate),
+        ("select", select),
+        ("compare_pair", compare_pair),
+        ("select_by_wins", select_by_wins),
+        ("vote", vote),
+    ):
         graph.add_node(name, node)
     graph.add_conditional_edges(START, wave, ["plan"])
     graph.add_conditional_edges("plan", to_execute, ["execute"])
@@ -349,7 +386,7 @@ def build() -> StateGraph:
 SPEC = ApproachSpec(
     name="cepo",
     description="CePO: best of n over plan, execute, review and answer chains, selected by rating, "
-                "pairwise comparison or vote.",
+    "pairwise comparison or vote.",
     build=build,
     params=CepoParams,
     papers=(),

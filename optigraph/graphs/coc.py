@@ -112,7 +112,7 @@ OUTPUT_IN_PROMPT = 6000  # characters of program output shown to the model
 # Prepended to the program: a stub for each semantic function. `__coc_values` maps the text of a
 # call (name and argument reprs) to the value the model gave it; an unknown call stops the program
 # with an exception its own `except Exception` cannot swallow.
-STUBS = '''class __CocPending(BaseException):
+STUBS = """class __CocPending(BaseException):
     pass
 
 
@@ -128,7 +128,7 @@ def __coc_stub(name):
     return call
 
 
-'''
+"""
 
 
 class CocParams(ApproachParams):
@@ -206,8 +206,9 @@ def _params(state: CocState) -> dict[str, Any]:
 
 async def write(state: CocState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     p = _params(state)
-    messages = with_system_instructions(state["messages"],
-                                        WRITE_INSTRUCTIONS.format(modules=", ".join(DEFAULT_ALLOWED_MODULES)))
+    messages = with_system_instructions(
+        state["messages"], WRITE_INSTRUCTIONS.format(modules=", ".join(DEFAULT_ALLOWED_MODULES))
+    )
     call = helper_params(state, temperature=p["write_temperature"], max_tokens=p["write_max_tokens"])
     completion = await runtime.context.llm.chat(messages, node="write", **call)
     code = extract_code(completion.text) or ""
@@ -215,10 +216,19 @@ async def write(state: CocState, runtime: Runtime[RunContext]) -> dict[str, Any]
     if not code:
         note = "write: no program in the reply; answering directly"
     else:
-        note = f"write: a program with semantic functions: {', '.join(semantic)}" if semantic \
+        note = (
+            f"write: a program with semantic functions: {', '.join(semantic)}"
+            if semantic
             else "write: a program with no semantic functions"
-    return {"plan": completion.text, "code": code, "semantic": semantic, "values": {}, "notes": [note],
-            "usage": completion.usage}
+        )
+    return {
+        "plan": completion.text,
+        "code": code,
+        "semantic": semantic,
+        "values": {},
+        "notes": [note],
+        "usage": completion.usage,
+    }
 
 
 async def run_program(state: CocState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -226,15 +236,24 @@ async def run_program(state: CocState, runtime: Runtime[RunContext]) -> dict[str
     values = state.get("values") or {}
     program = with_stubs(state["code"], state.get("semantic") or [], values)
     attempt = len(state.get("executions") or []) + 1
-    update = await execute(program, node="execute", attempt=attempt, level=runtime.context.sandbox_level,
-                           timeout_s=p["timeout_s"], memory_mb=p["memory_mb"])
+    update = await execute(
+        program,
+        node="execute",
+        attempt=attempt,
+        level=runtime.context.sandbox_level,
+        timeout_s=p["timeout_s"],
+        memory_mb=p["memory_mb"],
+    )
     record = update["executions"][0]
     pending = _PENDING_LINE.findall(record.get("stderr") or "")
     update["pending"] = pending[-1].strip() if pending and not record["ok"] else ""
     if record["ok"]:
         update["output"] = record["stdout"]
-        update["how"] = ("run by Python; the values of the undefined helper calls were given by the model"
-                         if values else "run by Python")
+        update["how"] = (
+            "run by Python; the values of the undefined helper calls were given by the model"
+            if values
+            else "run by Python"
+        )
     elif unavailable(record):
         update["simulate_reason"] = "the sandbox did not run the program (a required layer is missing)"
     elif update["pending"]:
@@ -252,14 +271,18 @@ async def emulate(state: CocState, runtime: Runtime[RunContext]) -> dict[str, An
     p = _params(state)
     values = dict(state.get("values") or {})
     known = "".join(f"\n- `{k}` returned {v!r}" for k, v in values.items())
-    request = EMULATE_REQUEST.format(code=state["code"], call=state["pending"],
-                                     known=f"\nCalls already answered:{known}\n" if known else "")
+    request = EMULATE_REQUEST.format(
+        code=state["code"], call=state["pending"], known=f"\nCalls already answered:{known}\n" if known else ""
+    )
     call = helper_params(state, temperature=0.0, max_tokens=p["emulate_max_tokens"])
     completion = await runtime.context.llm.chat([{"role": "user", "content": request}], node="emulate", **call)
     ok, value = literal(completion.text)
     if not ok:
-        return {"simulate_reason": f"the emulated value of {state['pending']} was not a Python literal",
-                "notes": [f"emulate: no literal value for {state['pending']}"], "usage": completion.usage}
+        return {
+            "simulate_reason": f"the emulated value of {state['pending']} was not a Python literal",
+            "notes": [f"emulate: no literal value for {state['pending']}"],
+            "usage": completion.usage,
+        }
     values[state["pending"]] = value
     return {"values": values, "notes": [f"emulate: {state['pending']} -> {value!r}"], "usage": completion.usage}
 
@@ -278,14 +301,21 @@ async def simulate(state: CocState, runtime: Runtime[RunContext]) -> dict[str, A
     completion = await runtime.context.llm.chat([{"role": "user", "content": request}], node="simulate", **call)
     blocks = [code for lang, code in code_blocks(completion.text) if lang in ("output", "text", "")]
     output = blocks[-1] if blocks else completion.text
-    return {"output": output, "how": "emulated by the model, not run", "usage": completion.usage,
-            "notes": [f"simulate: the model emulated the program because {why.splitlines()[0] if why else 'asked'}"]}
+    return {
+        "output": output,
+        "how": "emulated by the model, not run",
+        "usage": completion.usage,
+        "notes": [f"simulate: the model emulated the program because {why.splitlines()[0] if why else 'asked'}"],
+    }
 
 
 async def answer(state: CocState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     if state.get("code"):
-        instructions = GROUNDED_INSTRUCTIONS.format(code=state["code"], how=state.get("how") or "run by Python",
-                                                    output=(state.get("output") or "").strip()[-OUTPUT_IN_PROMPT:])
+        instructions = GROUNDED_INSTRUCTIONS.format(
+            code=state["code"],
+            how=state.get("how") or "run by Python",
+            output=(state.get("output") or "").strip()[-OUTPUT_IN_PROMPT:],
+        )
         messages = with_system_instructions(state["messages"], instructions)
     else:
         messages = state["messages"]
@@ -327,7 +357,7 @@ def build() -> StateGraph:
 SPEC = ApproachSpec(
     name="coc",
     description="Chain of Code: reasons in a program, runs it in the sandbox and lets the model emulate "
-                "the calls (or, failing that, the lines) Python cannot run, then answers from the output.",
+    "the calls (or, failing that, the lines) Python cannot run, then answers from the output.",
     build=build,
     params=CocParams,
     papers=("arXiv:2312.04474",),

@@ -65,7 +65,7 @@ def reflection_output(text: str) -> str:
     lowered = text.lower()
     end = lowered.rfind("</reflection>")
     if end >= 0:
-        rest = text[end + len("</reflection>"):]
+        rest = text[end + len("</reflection>") :]
         rest = rest.replace("</thinking>", "").replace("</THINKING>", "").strip()
         if rest:
             return rest

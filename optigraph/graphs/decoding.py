@@ -40,7 +40,9 @@ def approach_params(decoder: Decoder) -> type[ApproachParams]:
     for name, info in decoder.params.model_fields.items():
         checked = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation  # ranges kept
         default = info.get_default(call_default_factory=True)
-        described = f"{info.description or ''} Default: {default!r}.".strip() if default is not None else info.description
+        described = (
+            f"{info.description or ''} Default: {default!r}.".strip() if default is not None else info.description
+        )
         fields[name] = (Optional[checked], Field(default=None, description=described))  # noqa: UP045
     title = "".join(part.title() for part in decoder.name.split("_"))
     return create_model(f"{title}Params", __base__=ApproachParams, __doc__=decoder.summary, **fields)
@@ -50,8 +52,9 @@ def decode_node(name: str) -> Callable[..., Any]:
     async def decode(state: ApproachState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         chosen = {k: v for k, v in (state.get("params") or {}).items() if v is not None}
         params = {k: v for k, v in generation_params(state).items() if k not in ("logprobs", "top_logprobs")}
-        completion = await generate_final(state, runtime, state["messages"], node="decode",
-                                          **{**params, **chosen, "decoding": name})
+        completion = await generate_final(
+            state, runtime, state["messages"], node="decode", **{**params, **chosen, "decoding": name}
+        )
         return {"answers": [answer_of(completion.choices[0])], "usage": completion.usage}
 
     return decode
@@ -61,9 +64,17 @@ def spec_for(decoder: Decoder) -> ApproachSpec:
     def build() -> StateGraph:
         return chain(("decode", decode_node(decoder.name)))
 
-    return ApproachSpec(name=decoder.name, description=decoder.summary, build=build, params=approach_params(decoder),
-                        papers=PAPERS.get(decoder.name, ()), needs=frozenset({"text", "local"}), calls="1",
-                        rounds="1", streams_final=decoder.streams)
+    return ApproachSpec(
+        name=decoder.name,
+        description=decoder.summary,
+        build=build,
+        params=approach_params(decoder),
+        papers=PAPERS.get(decoder.name, ()),
+        needs=frozenset({"text", "local"}),
+        calls="1",
+        rounds="1",
+        streams_final=decoder.streams,
+    )
 
 
 def specs() -> tuple[ApproachSpec, ...]:

@@ -115,7 +115,10 @@ MIN_MODULES = 3
 class DeepThinkParams(ApproachParams):
     deepthink_samples: int = Field(3, ge=1, le=32, description="Chain-of-thought samples voted on.")
     confidence_threshold: float = Field(
-        0.7, ge=0.0, le=1.0, description="Share of samples agreeing needed to trust the majority over the greedy answer."
+        0.7,
+        ge=0.0,
+        le=1.0,
+        description="Share of samples agreeing needed to trust the majority over the greedy answer.",
     )
     temperature: float | None = client_temperature(DEFAULT_TEMPERATURE)
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling for the samples (not the greedy answer).")
@@ -150,7 +153,9 @@ def parse_module_numbers(text: str, limit: int) -> list[int]:
     return out[:limit]
 
 
-async def _discover(state: DeepThinkState, runtime: Runtime[RunContext], prompt: str, node: str) -> tuple[str | None, dict[str, Any]]:
+async def _discover(
+    state: DeepThinkState, runtime: Runtime[RunContext], prompt: str, node: str
+) -> tuple[str | None, dict[str, Any]]:
     """One self-discover call; (reply, update) with the reply None and a note when it fails."""
     call = helper_params(state, temperature=DISCOVER_TEMPERATURE, max_tokens=DISCOVER_MAX_TOKENS)
     try:
@@ -167,8 +172,9 @@ async def _discover(state: DeepThinkState, runtime: Runtime[RunContext], prompt:
 async def select_modules(state: DeepThinkState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     limit = int(state["params"]["reasoning_modules_limit"])
     listed = "\n".join(f"{i + 1}. {m}" for i, m in enumerate(REASONING_MODULES))
-    prompt = SELECT_PROMPT.format(task=last_user_text(state["messages"]), modules=listed,
-                                  low=min(MIN_MODULES, limit), limit=limit)
+    prompt = SELECT_PROMPT.format(
+        task=last_user_text(state["messages"]), modules=listed, low=min(MIN_MODULES, limit), limit=limit
+    )
     reply, update = await _discover(state, runtime, prompt, "select_modules")
     chosen = parse_module_numbers(reply or "", limit)
     if not chosen:
@@ -202,8 +208,13 @@ async def sample(state: DeepThinkState, runtime: Runtime[RunContext]) -> dict[st
     params = state["params"]
     try:
         return await sample_candidates(
-            state, runtime, n=int(params["deepthink_samples"]), node="sample", messages=solve_messages(state),
-            temperature=param_or_client(state, "temperature", DEFAULT_TEMPERATURE), top_p=params["top_p"],
+            state,
+            runtime,
+            n=int(params["deepthink_samples"]),
+            node="sample",
+            messages=solve_messages(state),
+            temperature=param_or_client(state, "temperature", DEFAULT_TEMPERATURE),
+            top_p=params["top_p"],
             max_tokens=params.get("max_tokens"),
         )
     except UpstreamError as exc:
@@ -267,7 +278,7 @@ def build() -> StateGraph:
 SPEC = ApproachSpec(
     name="deepthink",
     description="Deep think: self-discovers a reasoning structure, then k samples and a greedy answer; "
-                "the majority if confident, else the greedy one.",
+    "the majority if confident, else the greedy one.",
     build=build,
     params=DeepThinkParams,
     papers=("arXiv:2402.03620", "arXiv:2312.11805"),

@@ -35,8 +35,9 @@ class GenSelectParams(ApproachParams):
 
 
 def build() -> StateGraph:
-    return chain(("sample", sample_node(count="num_candidates", default_temperature=DEFAULT_TEMPERATURE)),
-                 ("compare", compare))
+    return chain(
+        ("sample", sample_node(count="num_candidates", default_temperature=DEFAULT_TEMPERATURE)), ("compare", compare)
+    )
 
 
 SPEC = ApproachSpec(

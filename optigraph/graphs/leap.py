@@ -117,8 +117,10 @@ DEFAULT_HELPER_MAX_TOKENS = 1024
 
 _Q_LABEL = r"Q|Question|Input|Problem"
 _A_LABEL = r"A|Answer|Output|Solution"
-_LABEL = re.compile(rf"^[ \t]*(?:\*\*)?(?:(?P<q>{_Q_LABEL})|(?P<a>{_A_LABEL}))(?:\*\*)?[ \t]*\d*[ \t]*:(?:\*\*)?[ \t]*",
-                    re.IGNORECASE | re.MULTILINE)
+_LABEL = re.compile(
+    rf"^[ \t]*(?:\*\*)?(?:(?P<q>{_Q_LABEL})|(?P<a>{_A_LABEL}))(?:\*\*)?[ \t]*\d*[ \t]*:(?:\*\*)?[ \t]*",
+    re.IGNORECASE | re.MULTILINE,
+)
 _PRINCIPLES_HEADER = re.compile(r"^\W*principles?\W*:?\W*$|^\W*principles?\s*:", re.IGNORECASE | re.MULTILINE)
 _NONE_REPLY = re.compile(r"^\W*none\W*$", re.IGNORECASE)
 
@@ -127,14 +129,25 @@ class LeapParams(ApproachParams):
     max_examples: int = Field(4, ge=1, le=16, description="Examples to learn from, at most.")
     samples_per_example: int = Field(1, ge=1, le=8, description="Attempts per example, sampled in one call.")
     max_principles: int = Field(8, ge=1, le=32, description="Principles kept after condensing.")
-    attempt_temperature: float = Field(DEFAULT_ATTEMPT_TEMPERATURE, ge=0.0, le=2.0,
-                                       description="Temperature of the model's own answers to the examples.")
-    helper_temperature: float = Field(DEFAULT_HELPER_TEMPERATURE, ge=0.0, le=2.0,
-                                      description="Temperature of extraction, reflection and condensation.")
-    helper_max_tokens: int = Field(DEFAULT_HELPER_MAX_TOKENS, ge=1, le=32768,
-                                   description="Longest reply of extraction, reflection and condensation.")
-    extract_with_llm: bool = Field(True, description="Ask the model for the examples when none are found "
-                                                     "without it.")
+    attempt_temperature: float = Field(
+        DEFAULT_ATTEMPT_TEMPERATURE,
+        ge=0.0,
+        le=2.0,
+        description="Temperature of the model's own answers to the examples.",
+    )
+    helper_temperature: float = Field(
+        DEFAULT_HELPER_TEMPERATURE,
+        ge=0.0,
+        le=2.0,
+        description="Temperature of extraction, reflection and condensation.",
+    )
+    helper_max_tokens: int = Field(
+        DEFAULT_HELPER_MAX_TOKENS,
+        ge=1,
+        le=32768,
+        description="Longest reply of extraction, reflection and condensation.",
+    )
+    extract_with_llm: bool = Field(True, description="Ask the model for the examples when none are found without it.")
 
 
 class LeapState(ApproachState, total=False):
@@ -145,6 +158,7 @@ class LeapState(ApproachState, total=False):
 
 
 # ---- finding examples ---------------------------------------------------------------------------
+
 
 def examples_from_turns(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
     """User/assistant pairs before the last user turn (assistant turns with tool calls excepted)."""
@@ -164,8 +178,13 @@ def examples_from_text(text: str) -> list[dict[str, str]]:
     question (the few-shot layout); otherwise none, so a specification that merely mentions
     "Input:" and "Output:" is not taken for examples."""
     labels = list(_LABEL.finditer(text))
-    parts = [("q" if m.group("q") else "a", text[m.end(): labels[k + 1].start() if k + 1 < len(labels) else len(text)].strip())
-             for k, m in enumerate(labels)]
+    parts = [
+        (
+            "q" if m.group("q") else "a",
+            text[m.end() : labels[k + 1].start() if k + 1 < len(labels) else len(text)].strip(),
+        )
+        for k, m in enumerate(labels)
+    ]
     pairs: list[dict[str, str]] = []
     k = 0
     while k < len(parts) - 1:
@@ -190,7 +209,7 @@ def parse_examples(text: str) -> list[dict[str, str]]:
     if start < 0 or end <= start:
         return []
     try:
-        data = json.loads(body[start: end + 1])
+        data = json.loads(body[start : end + 1])
     except ValueError:
         return []
     out = []
@@ -208,8 +227,11 @@ def parse_examples(text: str) -> list[dict[str, str]]:
 
 def _helper_call(state: ApproachState) -> dict[str, Any]:
     params = state.get("params") or {}
-    return helper_params(state, temperature=params.get("helper_temperature", DEFAULT_HELPER_TEMPERATURE),
-                         max_tokens=params.get("helper_max_tokens", DEFAULT_HELPER_MAX_TOKENS))
+    return helper_params(
+        state,
+        temperature=params.get("helper_temperature", DEFAULT_HELPER_TEMPERATURE),
+        max_tokens=params.get("helper_max_tokens", DEFAULT_HELPER_MAX_TOKENS),
+    )
 
 
 async def find_examples(state: LeapState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -222,8 +244,9 @@ async def find_examples(state: LeapState, runtime: Runtime[RunContext]) -> dict[
         return {"examples": found[:limit]}
     prompt = EXTRACT_PROMPT.format(query=last_user_text(messages))
     try:
-        completion = await runtime.context.llm.chat(replace_last_user(messages, prompt), node="find_examples",
-                                                    **_helper_call(state))
+        completion = await runtime.context.llm.chat(
+            replace_last_user(messages, prompt), node="find_examples", **_helper_call(state)
+        )
     except UpstreamError as exc:
         return {"examples": [], "notes": [f"find_examples: extraction failed: {exc.message}"]}
     found = parse_examples(completion.text)
@@ -232,6 +255,7 @@ async def find_examples(state: LeapState, runtime: Runtime[RunContext]) -> dict[
 
 
 # ---- learning from mistakes -----------------------------------------------------------------------
+
 
 def _payload(state: ApproachState, **branch: Any) -> dict[str, Any]:
     return branch_payload(state, branch)
@@ -265,8 +289,12 @@ async def attempt(state: ApproachState, runtime: Runtime[RunContext]) -> Command
     mistakes: list[str] = []
     try:
         completion = await runtime.context.llm.chat(
-            messages, node="attempt", n=n, partial=True,
-            **helper_params(state, temperature=params.get("attempt_temperature", DEFAULT_ATTEMPT_TEMPERATURE)))
+            messages,
+            node="attempt",
+            n=n,
+            partial=True,
+            **helper_params(state, temperature=params.get("attempt_temperature", DEFAULT_ATTEMPT_TEMPERATURE)),
+        )
     except UpstreamError as exc:
         update["notes"] = [f"attempt: example {index} failed: {exc.message}"]
     else:
@@ -286,7 +314,7 @@ def learned_principles(text: str, limit: int) -> list[str]:
         return []
     header = list(_PRINCIPLES_HEADER.finditer(body))
     if header:
-        body = body[header[-1].start():]
+        body = body[header[-1].start() :]
         body = re.sub(r"^\W*principles?[*_ \t]*:?[*_ \t]*", "", body, count=1, flags=re.IGNORECASE)
     return parse_list(body, limit=limit)
 
@@ -299,12 +327,14 @@ async def learn(state: ApproachState, runtime: Runtime[RunContext]) -> dict[str,
         return {}
     example, index = branch["example"], branch["index"]
     params = state.get("params") or {}
-    prompt = LEARN_PROMPT.format(question=example["question"], attempts=ATTEMPT_SEPARATOR.join(mistakes),
-                                 answer=example["answer"])
+    prompt = LEARN_PROMPT.format(
+        question=example["question"], attempts=ATTEMPT_SEPARATOR.join(mistakes), answer=example["answer"]
+    )
     system = [m for m in state["messages"] if m.get("role") in ("system", "developer")]
     try:
-        completion = await runtime.context.llm.chat([*system, {"role": "user", "content": prompt}], node="learn",
-                                                    **_helper_call(state))
+        completion = await runtime.context.llm.chat(
+            [*system, {"role": "user", "content": prompt}], node="learn", **_helper_call(state)
+        )
     except UpstreamError as exc:
         return {"notes": [f"learn: example {index} failed: {exc.message}"]}
     principles = learned_principles(completion.text, int(params["max_principles"]))
@@ -320,10 +350,14 @@ async def condense(state: LeapState, runtime: Runtime[RunContext]) -> dict[str, 
         return {"principles": [], "notes": ["condense: no mistakes to learn from"]}
     prompt = CONDENSE_PROMPT.format(principles=numbered(low), count=limit)
     try:
-        completion = await runtime.context.llm.chat(replace_last_user(state["messages"], prompt), node="condense",
-                                                    **_helper_call(state))
+        completion = await runtime.context.llm.chat(
+            replace_last_user(state["messages"], prompt), node="condense", **_helper_call(state)
+        )
     except UpstreamError as exc:
-        return {"principles": low[:limit], "notes": [f"condense: failed, using the principles as learned: {exc.message}"]}
+        return {
+            "principles": low[:limit],
+            "notes": [f"condense: failed, using the principles as learned: {exc.message}"],
+        }
     principles = parse_list(completion.text, limit=limit)
     notes = [] if principles else ["condense: no principles in the reply, using them as learned"]
     return {"principles": principles or low[:limit], "usage": completion.usage, "notes": notes}
@@ -334,8 +368,9 @@ async def principles_for_question(state: LeapState, runtime: Runtime[RunContext]
     limit = int((state.get("params") or {})["max_principles"])
     prompt = QUESTION_PRINCIPLES_PROMPT.format(query=last_user_text(state["messages"]), count=limit)
     try:
-        completion = await runtime.context.llm.chat(replace_last_user(state["messages"], prompt),
-                                                    node="principles_for_question", **_helper_call(state))
+        completion = await runtime.context.llm.chat(
+            replace_last_user(state["messages"], prompt), node="principles_for_question", **_helper_call(state)
+        )
     except UpstreamError as exc:
         return {"principles": [], "notes": [f"principles_for_question: failed: {exc.message}"]}
     return {"principles": parse_list(completion.text, limit=limit), "usage": completion.usage}
@@ -373,8 +408,7 @@ def build() -> StateGraph:
 
 SPEC = ApproachSpec(
     name="leap",
-    description="LEAP: answers the prompt's few-shot examples, learns principles from the mistakes, answers "
-                "with them.",
+    description="LEAP: answers the prompt's few-shot examples, learns principles from the mistakes, answers with them.",
     build=build,
     params=LeapParams,
     papers=("arXiv:2402.05403",),

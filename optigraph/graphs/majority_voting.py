@@ -30,7 +30,10 @@ class MajorityVotingParams(ApproachParams):
     k: int = Field(8, ge=1, le=64, description="Responses to sample and vote over.")
     temperature: float | None = client_temperature(DEFAULT_TEMPERATURE)
     similarity_threshold: float = Field(
-        SIMILARITY_THRESHOLD, ge=0.0, le=1.0, description="Text similarity grouping responses with no extractable answer."
+        SIMILARITY_THRESHOLD,
+        ge=0.0,
+        le=1.0,
+        description="Text similarity grouping responses with no extractable answer.",
     )
 
 

@@ -87,8 +87,14 @@ Use whatever in their approaches makes your response more correct or complete; k
 reasoning where it is sound."""
 
 LIGHTWEIGHT_MAX_TOKENS = 4000
-LIGHTWEIGHT = {"num_agents": 2, "max_iterations": 2, "verification_passes_required": 1, "consensus_threshold": 1,
-               "enable_aggregation": False, "enable_strategy_network": False}
+LIGHTWEIGHT = {
+    "num_agents": 2,
+    "max_iterations": 2,
+    "verification_passes_required": 1,
+    "consensus_threshold": 1,
+    "enable_aggregation": False,
+    "enable_strategy_network": False,
+}
 IMPROVE_FACTOR = 0.8  # improvements run a little cooler than their author
 ENHANCE_FACTOR = 0.9
 SYNTHESIS_POOL = 3
@@ -178,10 +184,19 @@ def active(state: MarsState) -> list[Solution]:
 def new_solution(branch: dict[str, Any], source: dict[str, Any]) -> Solution:
     """A solution born in `branch` (explore, aggregate or enhance) from a generated candidate."""
     text = source.get("text") or ""
-    return {"id": branch["id"], "agent": branch.get("agent"), "origin": branch["node"], "text": text,
-            "message": source.get("message") or {"role": "assistant", "content": text},
-            "finish_reason": source.get("finish_reason"), "temperature": branch["temperature"], "version": 0,
-            "verified": False, "score": None, "feedback": ""}
+    return {
+        "id": branch["id"],
+        "agent": branch.get("agent"),
+        "origin": branch["node"],
+        "text": text,
+        "message": source.get("message") or {"role": "assistant", "content": text},
+        "finish_reason": source.get("finish_reason"),
+        "temperature": branch["temperature"],
+        "version": 0,
+        "verified": False,
+        "score": None,
+        "feedback": "",
+    }
 
 
 def route_plan(otherwise: str) -> Callable[[MarsState], Awaitable[list[Send] | str]]:
@@ -197,12 +212,15 @@ def route_plan(otherwise: str) -> Callable[[MarsState], Awaitable[list[Send] | s
 
 # ---- explore and evolve --------------------------------------------------------------------------
 
+
 async def setup(state: MarsState) -> dict[str, Any]:
     """Fixes the parameters in effect and plans one exploring call per agent."""
     params = effective_params(state.get("params") or {}, state.get("request") or {})
     temps = params["agent_temperatures"]
-    plan = [{"node": "explore", "id": i, "agent": i, "temperature": temps[i % len(temps)]}
-            for i in range(params["num_agents"])]
+    plan = [
+        {"node": "explore", "id": i, "agent": i, "temperature": temps[i % len(temps)]}
+        for i in range(params["num_agents"])
+    ]
     return {"params": params, "step": 0, "iteration": 0, "next_id": params["num_agents"], "plan": plan}
 
 
@@ -229,8 +247,12 @@ async def strategize(state: MarsState, runtime: Runtime[RunContext]) -> dict[str
     """A short summary of one explored solution's strategy, for its peers."""
     branch, params = state["branch"], state["params"]
     prompt = STRATEGY_PROMPT.format(query=last_user_text(state["messages"]), solution=branch["text"])
-    call = helper_params(state, temperature=params["strategy_temperature"], max_tokens=STRATEGY_MAX_TOKENS,
-                         reasoning_effort=(state.get("request") or {}).get("reasoning_effort"))
+    call = helper_params(
+        state,
+        temperature=params["strategy_temperature"],
+        max_tokens=STRATEGY_MAX_TOKENS,
+        reasoning_effort=(state.get("request") or {}).get("reasoning_effort"),
+    )
     messages = replace_last_user(state["messages"], prompt)
     try:
         completion = await runtime.context.llm.chat(messages, node="strategize", **call)
@@ -267,15 +289,24 @@ async def evolve(state: MarsState) -> dict[str, Any]:
         fresh = [j["id"] for j in state.get("plan") or [] if j["node"] == "aggregate" and j["id"] in sols]
         pool = [*(state.get("pool") or []), *fresh][-cap:]
         jobs = {j["id"]: j for j in state.get("plan") or [] if j["node"] == "enhance"}
-        made = [new_solution(jobs[r["id"]], r) for r in state.get("refined") or []
-                if r.get("round") == step - 1 and r["id"] in jobs]
+        made = [
+            new_solution(jobs[r["id"]], r)
+            for r in state.get("refined") or []
+            if r.get("round") == step - 1 and r["id"] in jobs
+        ]
         update["solutions"] = made
         update["enhanced"] = [*(state.get("enhanced") or []), *(s["id"] for s in made)]
     plan: list[dict[str, Any]] = []
     if params["enable_aggregation"] and step < params["aggregation_loops"]:
         for members in rsa_groups(pool, step, params["aggregation_groups"], params["aggregation_size"]):
-            plan.append({"node": "aggregate", "id": next_id, "members": [sols[m] for m in members],
-                         "temperature": params["aggregation_temperature"]})
+            plan.append(
+                {
+                    "node": "aggregate",
+                    "id": next_id,
+                    "members": [sols[m] for m in members],
+                    "temperature": params["aggregation_temperature"],
+                }
+            )
             next_id += 1
     if params["enable_strategy_network"] and len(agents) > 1:
         if step == 0:
@@ -283,17 +314,29 @@ async def evolve(state: MarsState) -> dict[str, Any]:
         elif step == 1:
             strategies = state.get("strategies") or {}
             for s in agents:
-                peers = [f"- Solver {p['agent'] + 1}: {strategies[str(p['id'])]}" for p in agents
-                         if p["id"] != s["id"] and str(p["id"]) in strategies]
+                peers = [
+                    f"- Solver {p['agent'] + 1}: {strategies[str(p['id'])]}"
+                    for p in agents
+                    if p["id"] != s["id"] and str(p["id"]) in strategies
+                ]
                 if peers:
-                    plan.append({"node": "enhance", "id": next_id, "agent": s["agent"], "round": step,
-                                 "temperature": s["temperature"] * ENHANCE_FACTOR, "text": candidate_text(s),
-                                 "feedback": PEERS_FEEDBACK.format(strategies="\n".join(peers))})
+                    plan.append(
+                        {
+                            "node": "enhance",
+                            "id": next_id,
+                            "agent": s["agent"],
+                            "round": step,
+                            "temperature": s["temperature"] * ENHANCE_FACTOR,
+                            "text": candidate_text(s),
+                            "feedback": PEERS_FEEDBACK.format(strategies="\n".join(peers)),
+                        }
+                    )
                     next_id += 1
     return {**update, "pool": pool, "step": step + 1, "next_id": next_id, "plan": plan}
 
 
 # ---- verify and improve --------------------------------------------------------------------------
+
 
 async def check(state: MarsState) -> dict[str, Any]:
     """Absorbs the last improvements and sends every unverified solution to its checks."""
@@ -303,13 +346,25 @@ async def check(state: MarsState) -> dict[str, Any]:
     for r in state.get("refined") or []:
         if r.get("round") == step - 1 and r.get("kind") == "solution" and r["id"] in sols:
             old = sols[r["id"]]
-            improved.append({**old, "text": r["text"], "message": r["message"], "version": old.get("version", 0) + 1,
-                             "finish_reason": r.get("finish_reason"), "verified": False})
+            improved.append(
+                {
+                    **old,
+                    "text": r["text"],
+                    "message": r["message"],
+                    "version": old.get("version", 0) + 1,
+                    "finish_reason": r.get("finish_reason"),
+                    "verified": False,
+                }
+            )
     current = by_id({"solutions": merge_by_id(list(sols.values()), improved)})
     ids = [s["id"] for s in active(state)]
     passes = state["params"]["verification_passes_required"]
-    plan = [{"node": "verify", "id": i, "text": candidate_text(current[i]), "round": step}
-            for i in ids if i in current and not current[i].get("verified") for _ in range(passes)]
+    plan = [
+        {"node": "verify", "id": i, "text": candidate_text(current[i]), "round": step}
+        for i in ids
+        if i in current and not current[i].get("verified")
+        for _ in range(passes)
+    ]
     return {"solutions": improved, "plan": plan, "step": step + 1}
 
 
@@ -323,8 +378,14 @@ async def judge(state: MarsState) -> dict[str, Any]:
         mine = [v for v in checks if v["id"] == ident]
         scores = [v["score"] for v in mine if v.get("score") is not None]
         passed = len(mine) >= params["verification_passes_required"] and all(v.get("verdict") is True for v in mine)
-        updated.append({**sols[ident], "verified": passed, "score": sum(scores) / len(scores) if scores else None,
-                        "feedback": feedback_of(mine)})
+        updated.append(
+            {
+                **sols[ident],
+                "verified": passed,
+                "score": sum(scores) / len(scores) if scores else None,
+                "feedback": feedback_of(mine),
+            }
+        )
     current = by_id({"solutions": merge_by_id(list(sols.values()), updated)})
     pool = [current[s["id"]] for s in active(state)]
     verified = sum(1 for s in pool if s.get("verified"))
@@ -333,14 +394,23 @@ async def judge(state: MarsState) -> dict[str, Any]:
     note = f"judge: after {iteration} improvement round(s), {verified} of {len(pool)} solutions verified"
     plan: list[dict[str, Any]] = []
     if verified < params["consensus_threshold"] and unverified and iteration < params["max_iterations"]:
-        plan = [{"node": "improve", "id": s["id"], "round": round_, "text": candidate_text(s),
-                 "feedback": s.get("feedback") or "", "temperature": s["temperature"] * IMPROVE_FACTOR}
-                for s in unverified]
+        plan = [
+            {
+                "node": "improve",
+                "id": s["id"],
+                "round": round_,
+                "text": candidate_text(s),
+                "feedback": s.get("feedback") or "",
+                "temperature": s["temperature"] * IMPROVE_FACTOR,
+            }
+            for s in unverified
+        ]
         iteration += 1
     return {"solutions": updated, "plan": plan, "iteration": iteration, "notes": [note]}
 
 
 # ---- final ---------------------------------------------------------------------------------------
+
 
 def rank(solution: Solution) -> tuple[float, int]:
     value = solution.get("score")
@@ -355,15 +425,19 @@ async def finalize(state: MarsState) -> dict[str, Any]:
         texts = [candidate_text(s) for s in verified]
         vote = majority([extract_normalized(t) for t in texts], texts)
         best = max((verified[i] for i in vote.top.members), key=rank)
-        return {"answers": [answer_of(best)],
-                "notes": [f"finalize: verified solution {best['id']} ({len(verified)} of {len(pool)} verified)"]}
+        return {
+            "answers": [answer_of(best)],
+            "notes": [f"finalize: verified solution {best['id']} ({len(verified)} of {len(pool)} verified)"],
+        }
     texts = [candidate_text(s) for s in pool]
     answered = [g for g in group_answers([extract_normalized(t) for t in texts], texts) if g.extracted]
     top = max(answered, key=lambda g: (len(g.members), -g.members[0]), default=None)
     if top is not None and len(top.members) >= state["params"]["min_votes"]:
         best = max((pool[i] for i in top.members), key=rank)
-        return {"answers": [answer_of(best)],
-                "notes": [f"finalize: none verified; {len(top.members)} of {len(pool)} agree on {top.key[:40]!r}"]}
+        return {
+            "answers": [answer_of(best)],
+            "notes": [f"finalize: none verified; {len(top.members)} of {len(pool)} agree on {top.key[:40]!r}"],
+        }
     return {"notes": ["finalize: none verified and no majority; synthesizing"]}
 
 
@@ -376,16 +450,28 @@ async def synthesize(state: MarsState, runtime: Runtime[RunContext]) -> dict[str
     top = sorted(active(state), key=rank, reverse=True)[:SYNTHESIS_POOL]
     messages = aggregate_messages(state["messages"], top, "")
     temperature = state["params"]["synthesis_temperature"]
-    completion = await generate_final(state, runtime, messages, node="synthesize",
-                                      **generation_params(state, temperature=temperature))
+    completion = await generate_final(
+        state, runtime, messages, node="synthesize", **generation_params(state, temperature=temperature)
+    )
     return {"answers": [answer_of(completion.choices[0])], "usage": completion.usage}
 
 
 def build() -> StateGraph:
     graph = StateGraph(MarsState, context_schema=RunContext)
-    for name, node in (("setup", setup), ("explore", write_solution), ("evolve", evolve), ("aggregate", write_solution),
-                       ("strategize", strategize), ("enhance", refine), ("check", check), ("verify", verify),
-                       ("judge", judge), ("improve", refine), ("finalize", finalize), ("synthesize", synthesize)):
+    for name, node in (
+        ("setup", setup),
+        ("explore", write_solution),
+        ("evolve", evolve),
+        ("aggregate", write_solution),
+        ("strategize", strategize),
+        ("enhance", refine),
+        ("check", check),
+        ("verify", verify),
+        ("judge", judge),
+        ("improve", refine),
+        ("finalize", finalize),
+        ("synthesize", synthesize),
+    ):
         graph.add_node(name, node)
     graph.add_edge(START, "setup")
     graph.add_conditional_edges("setup", route_plan("check"), ["explore", "check"])
@@ -401,20 +487,24 @@ def build() -> StateGraph:
     return graph
 
 
-_SOLUTIONS = ("(min(num_agents + enable_aggregation * aggregation_loops * aggregation_groups, "
-              "max(population_size, num_agents)) + enable_strategy_network * num_agents)")
+_SOLUTIONS = (
+    "(min(num_agents + enable_aggregation * aggregation_loops * aggregation_groups, "
+    "max(population_size, num_agents)) + enable_strategy_network * num_agents)"
+)
 
 SPEC = ApproachSpec(
     name="mars",
     description="Multi-agent reasoning: agents at diverse temperatures, recursive self-aggregation, "
-                "repeated verification with improvement from the reports, verified answer or vote.",
+    "repeated verification with improvement from the reports, verified answer or vote.",
     build=build,
     params=MarsParams,
     papers=("arXiv:2507.15855", "arXiv:2509.26626"),
-    calls=("num_agents + enable_aggregation * aggregation_loops * aggregation_groups"
-           " + 2 * enable_strategy_network * num_agents"
-           f" + {_SOLUTIONS} * (verification_passes_required"
-           " + max_iterations * (1 + verification_passes_required)) + 1"),
+    calls=(
+        "num_agents + enable_aggregation * aggregation_loops * aggregation_groups"
+        " + 2 * enable_strategy_network * num_agents"
+        f" + {_SOLUTIONS} * (verification_passes_required"
+        " + max_iterations * (1 + verification_passes_required)) + 1"
+    ),
     rounds="3 + max(enable_aggregation * aggregation_loops, 2 * enable_strategy_network) + 2 * max_iterations",
     streams_final=True,
 )

@@ -80,15 +80,24 @@ DEFAULT_SIMULATION_MAX_TOKENS = 512
 
 class MctsParams(ApproachParams):
     simulations: int = Field(
-        2, ge=1, le=64, validation_alias=AliasChoices("simulations", "mcts_simulations"),
+        2,
+        ge=1,
+        le=64,
+        validation_alias=AliasChoices("simulations", "mcts_simulations"),
         description="Search iterations (select, expand, simulate, evaluate, backpropagate). Also `mcts_simulations`.",
     )
     exploration: float = Field(
-        0.2, ge=0.0, le=10.0, validation_alias=AliasChoices("exploration", "mcts_exploration"),
+        0.2,
+        ge=0.0,
+        le=10.0,
+        validation_alias=AliasChoices("exploration", "mcts_exploration"),
         description="UCT exploration constant c. Also `mcts_exploration`.",
     )
     depth: int = Field(
-        1, ge=1, le=8, validation_alias=AliasChoices("depth", "mcts_depth"),
+        1,
+        ge=1,
+        le=8,
+        validation_alias=AliasChoices("depth", "mcts_depth"),
         description="Simulated user turns after each candidate reply (1: the user's reaction only). Also `mcts_depth`.",
     )
     expansions: int = Field(3, ge=1, le=16, description="Candidate replies sampled per expansion (one n-call).")
@@ -130,8 +139,10 @@ def transcript(messages: list[dict[str, Any]]) -> str:
 
 
 def simulator_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"role": "system", "content": USER_SIMULATOR},
-            {"role": "user", "content": USER_SIMULATOR_PROMPT.format(transcript=transcript(messages))}]
+    return [
+        {"role": "system", "content": USER_SIMULATOR},
+        {"role": "user", "content": USER_SIMULATOR_PROMPT.format(transcript=transcript(messages))},
+    ]
 
 
 def evaluation_messages(before: list[dict[str, Any]], node: TreeNode) -> list[dict[str, Any]]:
@@ -139,7 +150,8 @@ def evaluation_messages(before: list[dict[str, Any]], node: TreeNode) -> list[di
     continuation (the user's reaction and any further turns) is shown as evidence."""
     data = node["data"]
     turns = ([{"role": "user", "content": data["user"]}] if data.get("user") is not None else []) + list(
-        data.get("rollout") or [])
+        data.get("rollout") or []
+    )
     followup = FOLLOWUP_EVIDENCE.format(continuation=transcript(turns)) if turns else ""
     return [*before, reply_message(node), {"role": "user", "content": EVALUATION_REQUEST.format(followup=followup)}]
 
@@ -169,8 +181,9 @@ async def expand(state: MctsState, runtime: Runtime[RunContext]) -> dict[str, An
     temperature = param_or_client(state, "temperature", DEFAULT_TEMPERATURE)
     messages = conversation(tree, leaf, state["messages"])
     try:
-        sampled = await sample_candidates(state, runtime, n=n, node="expand", messages=messages,
-                                          temperature=temperature)
+        sampled = await sample_candidates(
+            state, runtime, n=n, node="expand", messages=messages, temperature=temperature
+        )
     except UpstreamError as exc:
         if leaf == 0:
             raise  # nothing to answer with
@@ -182,29 +195,46 @@ async def expand(state: MctsState, runtime: Runtime[RunContext]) -> dict[str, An
         candidates = [c for c in candidates if is_usable(c)]
         if not candidates:
             tree[leaf]["terminal"] = True
-            return {"tree": tree.to_state(), "frontier": [], "usage": sampled["usage"],
-                    "notes": [*sampled["notes"], f"expand: node {leaf} got no usable reply, left as a leaf"]}
+            return {
+                "tree": tree.to_state(),
+                "frontier": [],
+                "usage": sampled["usage"],
+                "notes": [*sampled["notes"], f"expand: node {leaf} got no usable reply, left as a leaf"],
+            }
     frontier = []
     for cand in candidates:
         message = cand.get("message") or {}
-        frontier.append(tree.add_child(leaf, {
-            "text": candidate_text(cand),
-            "message": message,
-            "finish_reason": cand.get("finish_reason"),
-        }, terminal=bool(message.get("tool_calls"))))  # a tool call waits for a tool result, not the user
+        frontier.append(
+            tree.add_child(
+                leaf,
+                {
+                    "text": candidate_text(cand),
+                    "message": message,
+                    "finish_reason": cand.get("finish_reason"),
+                },
+                terminal=bool(message.get("tool_calls")),
+            )
+        )  # a tool call waits for a tool result, not the user
     return {"tree": tree.to_state(), "frontier": frontier, "usage": sampled["usage"], "notes": sampled["notes"]}
 
 
-async def _play_forward(state: MctsState, runtime: Runtime[RunContext], before: list[dict[str, Any]],
-                        node: TreeNode) -> dict[str, Any]:
+async def _play_forward(
+    state: MctsState, runtime: Runtime[RunContext], before: list[dict[str, Any]], node: TreeNode
+) -> dict[str, Any]:
     """The user's reaction to the reply (None when it came back empty), then `depth - 1` more
     assistant/user exchanges; a failure after the reaction ends the rollout early, noted."""
     params = _params(state)
     llm = runtime.context.llm
-    user_call = helper_params(state, temperature=params.get("simulation_temperature", 1.0),
-                              max_tokens=params.get("simulation_max_tokens", DEFAULT_SIMULATION_MAX_TOKENS))
-    reply_call = helper_params(state, temperature=param_or_client(state, "temperature", DEFAULT_TEMPERATURE),
-                               max_tokens=(state.get("request") or {}).get("max_tokens"))
+    user_call = helper_params(
+        state,
+        temperature=params.get("simulation_temperature", 1.0),
+        max_tokens=params.get("simulation_max_tokens", DEFAULT_SIMULATION_MAX_TOKENS),
+    )
+    reply_call = helper_params(
+        state,
+        temperature=param_or_client(state, "temperature", DEFAULT_TEMPERATURE),
+        max_tokens=(state.get("request") or {}).get("max_tokens"),
+    )
     talk = [*before, reply_message(node)]
     completion = await llm.chat(simulator_messages(talk), node="simulate", **user_call)
     usage: list[Usage] = [completion.usage]
@@ -259,11 +289,15 @@ async def evaluate(state: MctsState, runtime: Runtime[RunContext]) -> dict[str, 
         return {}
     params = _params(state)
     before = conversation(tree, state["leaf"], state["messages"])
-    call = helper_params(state, temperature=params.get("evaluation_temperature", DEFAULT_EVALUATION_TEMPERATURE),
-                         max_tokens=params.get("evaluation_max_tokens", DEFAULT_EVALUATION_MAX_TOKENS))
+    call = helper_params(
+        state,
+        temperature=params.get("evaluation_temperature", DEFAULT_EVALUATION_TEMPERATURE),
+        max_tokens=params.get("evaluation_max_tokens", DEFAULT_EVALUATION_MAX_TOKENS),
+    )
     llm = runtime.context.llm
     results = await gather_survivors(
-        llm.chat(evaluation_messages(before, tree[i]), node="evaluate", **call) for i in frontier)
+        llm.chat(evaluation_messages(before, tree[i]), node="evaluate", **call) for i in frontier
+    )
     usage: list[Usage] = []
     notes: list[str] = []
     for node_id, result in zip(frontier, results):
@@ -324,8 +358,10 @@ async def answer(state: MctsState) -> dict[str, Any]:
     stats = ", ".join(f"{ch}: {tree[ch]['visits']} visits, mean {_fmt(tree.mean(ch))}" for ch in tree.root["children"])
     notes.append(f"answer: reply {best} ({stats})")
     data = tree[best]["data"]
-    return {"answers": [answer_of({"message": data["message"], "finish_reason": data.get("finish_reason")})],
-            "notes": notes}
+    return {
+        "answers": [answer_of({"message": data["message"], "finish_reason": data.get("finish_reason")})],
+        "notes": notes,
+    }
 
 
 def _fmt(value: float | None) -> str:

@@ -32,9 +32,12 @@ class MoaParams(ApproachParams):
 
 
 def build() -> StateGraph:
-    return chain(("sample", sample_node(count="n", default_temperature=SAMPLE_TEMPERATURE)),
-                 ("critique", critique),
-                 ("aggregate", aggregate), state=CritiqueState)
+    return chain(
+        ("sample", sample_node(count="n", default_temperature=SAMPLE_TEMPERATURE)),
+        ("critique", critique),
+        ("aggregate", aggregate),
+        state=CritiqueState,
+    )
 
 
 SPEC = ApproachSpec(

@@ -15,8 +15,9 @@ from optigraph.nodes.generate import generate_final
 
 async def passthrough(state: ApproachState, runtime: Runtime[RunContext]) -> dict:
     # The client's fields go as one dict: splatted, a field named `node` or `sink` would clash.
-    completion = await generate_final(state, runtime, state["messages"], node="passthrough",
-                                      fields=state.get("request") or {})
+    completion = await generate_final(
+        state, runtime, state["messages"], node="passthrough", fields=state.get("request") or {}
+    )
     return {"answers": [answer_of(completion.choices[0])], "usage": completion.usage}
 
 

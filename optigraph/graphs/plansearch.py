@@ -56,10 +56,12 @@ class PlanSearchParams(ApproachParams):
     num_solutions: int = Field(3, ge=1, le=16, description="Observation subsets to plan and implement, concurrently.")
     subset_size: int = Field(2, ge=1, le=6, description="Observations combined per subset (smaller ones follow).")
     temperature: float | None = client_temperature(DEFAULT_TEMPERATURE, "Temperature of the implementations")
-    planning_temperature: float = Field(plan.DEFAULT_TEMPERATURE, ge=0.0, le=2.0,
-                                        description="Temperature of the observation and plan steps.")
-    planning_max_tokens: int = Field(plan.DEFAULT_MAX_TOKENS, ge=1, le=32768,
-                                     description="Longest reply of an observation or plan step.")
+    planning_temperature: float = Field(
+        plan.DEFAULT_TEMPERATURE, ge=0.0, le=2.0, description="Temperature of the observation and plan steps."
+    )
+    planning_max_tokens: int = Field(
+        plan.DEFAULT_MAX_TOKENS, ge=1, le=32768, description="Longest reply of an observation or plan step."
+    )
 
 
 class PlanSearchState(ApproachState, total=False):
@@ -86,8 +88,9 @@ def fan_out(state: PlanSearchState) -> list[Send]:
     params = state.get("params") or {}
     observations = list(state.get("observations") or [])
     subsets = observation_subsets(len(observations), int(params["num_solutions"]), int(params["subset_size"]))
-    return [Send("derive", _payload(state, index=i, subset=[observations[j] for j in s]))
-            for i, s in enumerate(subsets)]
+    return [
+        Send("derive", _payload(state, index=i, subset=[observations[j] for j in s])) for i, s in enumerate(subsets)
+    ]
 
 
 async def derive(state: ApproachState, runtime: Runtime[RunContext]) -> Command:
@@ -165,7 +168,7 @@ def build() -> StateGraph:
 SPEC = ApproachSpec(
     name="plansearch",
     description="PlanSearch: observations, derived observations per subset, a plan and a solution per subset, "
-                "the best solution by comparison.",
+    "the best solution by comparison.",
     build=build,
     params=PlanSearchParams,
     papers=("arXiv:2409.03733",),

@@ -98,8 +98,19 @@ async def route_provers(state: PvgState) -> list[Send]:
     n = int(state["params"]["num_solutions"])
     messages = prover_messages(state)
     return [
-        Send("prove", branch_payload(state, {"role": role, "round": round_, "start": round_ * 2 * n + k * n,
-                                             "temperature": round_temperature(state, round_)}, messages=messages))
+        Send(
+            "prove",
+            branch_payload(
+                state,
+                {
+                    "role": role,
+                    "round": round_,
+                    "start": round_ * 2 * n + k * n,
+                    "temperature": round_temperature(state, round_),
+                },
+                messages=messages,
+            ),
+        )
         for k, role in enumerate(ROLES)
     ]
 
@@ -207,8 +218,10 @@ async def select(state: PvgState) -> dict[str, Any]:
     check = checks.get(best["index"]) or {}
     return {
         "answers": [answer_of(best)],
-        "notes": [f"select: helpful solution {best['index']} of round {best.get('round', 0) + 1} "
-                  f"(verdict {check.get('verdict')}, score {check.get('score')})"],
+        "notes": [
+            f"select: helpful solution {best['index']} of round {best.get('round', 0) + 1} "
+            f"(verdict {check.get('verdict')}, score {check.get('score')})"
+        ],
     }
 
 
@@ -235,7 +248,7 @@ def build() -> StateGraph:
 SPEC = ApproachSpec(
     name="pvg",
     description="Prover-verifier game: helpful and sneaky provers, blind verification, question "
-                "rewrites between rounds; returns the best-checked helpful solution.",
+    "rewrites between rounds; returns the best-checked helpful solution.",
     build=build,
     params=PvgParams,
     papers=("arXiv:2407.13692",),

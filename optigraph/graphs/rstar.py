@@ -56,7 +56,13 @@ from optigraph.nodes.sample import param_or_client
 from optigraph.nodes.search import Expandable, Tree, TreeNode, gather_survivors
 from optigraph.nodes.transform import with_system_instructions
 
-ONE_STEP, REMAINING, SUB_QUESTION, RE_ANSWER, REPHRASE = "one_step", "remaining", "sub_question", "re_answer", "rephrase"
+ONE_STEP, REMAINING, SUB_QUESTION, RE_ANSWER, REPHRASE = (
+    "one_step",
+    "remaining",
+    "sub_question",
+    "re_answer",
+    "rephrase",
+)
 
 SOLVER_INSTRUCTIONS = """Solve problems step by step. When you reach the final answer, state it on its \
 own line as: The final answer is <answer>."""
@@ -72,16 +78,16 @@ NO_PROGRESS = "No steps have been taken yet."
 
 ACTION_PROMPTS = {
     ONE_STEP: "Write only the next single step of the solution (a short piece of reasoning or one "
-              "calculation). If this step reaches the answer, end with: The final answer is <answer>.",
+    "calculation). If this step reaches the answer, end with: The final answer is <answer>.",
     REMAINING: "Complete the solution: write all the remaining steps, then end with: The final answer is <answer>.",
     SUB_QUESTION: "Pose the next sub-question whose answer brings the solution closer, and answer it, in "
-                  "this form:\nSub-question: <the sub-question>\nAnswer: <its answer, with brief reasoning>\n"
-                  "If this answers the whole problem, end with: The final answer is <answer>.",
+    "this form:\nSub-question: <the sub-question>\nAnswer: <its answer, with brief reasoning>\n"
+    "If this answers the whole problem, end with: The final answer is <answer>.",
     RE_ANSWER: "Answer the last sub-question again, carefully and step by step, correcting its previous "
-               "answer if it was wrong, in this form:\nAnswer: <the answer, with reasoning>\n"
-               "If this answers the whole problem, end with: The final answer is <answer>.",
+    "answer if it was wrong, in this form:\nAnswer: <the answer, with reasoning>\n"
+    "If this answers the whole problem, end with: The final answer is <answer>.",
     REPHRASE: "Rephrase the problem: list every condition it states, one per line, then state exactly what "
-              "is asked. Do not solve it yet.",
+    "is asked. Do not solve it yet.",
 }
 
 STEP_HEADINGS = {REPHRASE: "Restating the problem:\n", RE_ANSWER: "Checking the last sub-question again:\n"}
@@ -107,22 +113,36 @@ _MARKER = re.compile(r"final\s+answer|\\boxed\s*\{", re.IGNORECASE)
 
 class RstarParams(ApproachParams):
     max_depth: int = Field(
-        3, ge=1, le=10, validation_alias=AliasChoices("max_depth", "rstar_max_depth"),
+        3,
+        ge=1,
+        le=10,
+        validation_alias=AliasChoices("max_depth", "rstar_max_depth"),
         description="Most reasoning steps in a trajectory. Also `rstar_max_depth`.",
     )
     num_rollouts: int = Field(
-        5, ge=1, le=64, validation_alias=AliasChoices("num_rollouts", "rstar_num_rollouts"),
+        5,
+        ge=1,
+        le=64,
+        validation_alias=AliasChoices("num_rollouts", "rstar_num_rollouts"),
         description="MCTS rollouts (each ends in at most one trajectory). Also `rstar_num_rollouts`.",
     )
-    c: float = Field(1.4, ge=0.0, le=10.0, validation_alias=AliasChoices("c", "rstar_c"),
-                     description="UCT exploration constant. Also `rstar_c`.")
-    rollout_batch: int = Field(2, ge=1, le=64, description="Rollouts run concurrently per wave; UCT acts between waves.")
+    c: float = Field(
+        1.4,
+        ge=0.0,
+        le=10.0,
+        validation_alias=AliasChoices("c", "rstar_c"),
+        description="UCT exploration constant. Also `rstar_c`.",
+    )
+    rollout_batch: int = Field(
+        2, ge=1, le=64, description="Rollouts run concurrently per wave; UCT acts between waves."
+    )
     temperature: float | None = client_temperature(DEFAULT_TEMPERATURE, "Temperature of reasoning steps")
     step_max_tokens: int | None = Field(
         None, ge=1, le=32768, description="Token cap per step; default: the client's max_tokens."
     )
-    check_temperature: float = Field(DEFAULT_CHECK_TEMPERATURE, ge=0.0, le=2.0,
-                                     description="Temperature of the discriminator's completions.")
+    check_temperature: float = Field(
+        DEFAULT_CHECK_TEMPERATURE, ge=0.0, le=2.0, description="Temperature of the discriminator's completions."
+    )
 
 
 class RstarState(ApproachState, total=False):
@@ -140,7 +160,7 @@ def final_answer(text: str) -> str | None:
     """The normalised answer a text commits to with "final answer" or `\\boxed{}`; None otherwise."""
     body = strip_think(text)
     marks = list(_MARKER.finditer(body))
-    return extract_normalized(body[marks[-1].start():]) if marks else None
+    return extract_normalized(body[marks[-1].start() :]) if marks else None
 
 
 def step_text(node: TreeNode) -> str:
@@ -187,9 +207,11 @@ def choose(candidates: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
     `value`, `consistent` (True, False, or None when unchecked). Returns it and how it was chosen."""
     if not candidates:
         raise ValueError("no trajectories to choose from")
-    pools = (("consistent", [c for c in candidates if c["consistent"] is True]),
-             ("unchecked", [c for c in candidates if c["consistent"] is None]),
-             ("all, none consistent", list(candidates)))
+    pools = (
+        ("consistent", [c for c in candidates if c["consistent"] is True]),
+        ("unchecked", [c for c in candidates if c["consistent"] is None]),
+        ("all, none consistent", list(candidates)),
+    )
     how, pool = next((name, p) for name, p in pools if p)
     frequency = Counter(c["answer"] for c in candidates)
     best = max(pool, key=lambda c: (round(c["value"], 9), frequency[c["answer"]], -c["node"]))
@@ -216,8 +238,9 @@ def _rng(state: RstarState, *key: object) -> random.Random:
 def step_messages(state: RstarState, tree: Tree, parent: int, action: str) -> list[dict[str, Any]]:
     steps = trajectory_text(tree, parent)
     progress = PROGRESS.format(steps=steps) if steps else NO_PROGRESS
-    prompt = STEP_PROMPT.format(question=last_user_text(state["messages"]), progress=progress,
-                                instruction=ACTION_PROMPTS[action])
+    prompt = STEP_PROMPT.format(
+        question=last_user_text(state["messages"]), progress=progress, instruction=ACTION_PROMPTS[action]
+    )
     return with_system_instructions(replace_last_user(state["messages"], prompt), SOLVER_INSTRUCTIONS)
 
 
@@ -226,8 +249,11 @@ async def _generate(state: RstarState, runtime: Runtime[RunContext], tree: Tree,
     node = tree[node_id]
     action = node["data"]["action"]
     params = _params(state)
-    call = helper_params(state, temperature=param_or_client(state, "temperature", DEFAULT_TEMPERATURE),
-                         max_tokens=params.get("step_max_tokens") or (state.get("request") or {}).get("max_tokens"))
+    call = helper_params(
+        state,
+        temperature=param_or_client(state, "temperature", DEFAULT_TEMPERATURE),
+        max_tokens=params.get("step_max_tokens") or (state.get("request") or {}).get("max_tokens"),
+    )
     messages = step_messages(state, tree, node["parent"], action)
     completion = await runtime.context.llm.chat(messages, node=f"step:{action}", **call)
     text = strip_think(completion.text)
@@ -246,8 +272,9 @@ def _fail(tree: Tree, node_id: int) -> None:
     tree[node_id]["data"].update(pending=False, failed=True)
 
 
-async def _continue(state: RstarState, runtime: Runtime[RunContext], tree: Tree, start: int,
-                    usage: list[Usage], notes: list[str]) -> int:
+async def _continue(
+    state: RstarState, runtime: Runtime[RunContext], tree: Tree, start: int, usage: list[Usage], notes: list[str]
+) -> int:
     """The rest of a rollout: random actions from `start` until a final answer or the depth limit.
     Returns the node it ended at; a failed step ends it early at the last good node."""
     max_depth = int(_params(state).get("max_depth", 3))
@@ -300,7 +327,9 @@ async def expand(state: RstarState, runtime: Runtime[RunContext]) -> dict[str, A
     for node_id, result in zip(frontier, results):
         if isinstance(result, UpstreamError):
             _fail(tree, node_id)
-            notes.append(f"expand: the {tree[node_id]['data']['action']} step of node {node_id} failed: {result.message}")
+            notes.append(
+                f"expand: the {tree[node_id]['data']['action']} step of node {node_id} failed: {result.message}"
+            )
         else:
             usage.append(result)
     if not usage and not any(n["data"].get("text") for n in tree.nodes):
@@ -318,8 +347,12 @@ async def simulate(state: RstarState, runtime: Runtime[RunContext]) -> dict[str,
     live = [i for i in frontier if not tree[i]["data"].get("failed")]
     ends = await gather_survivors(_continue(state, runtime, tree, i, usage, notes) for i in live)
     by_start = dict(zip(live, ends))
-    return {"tree": tree.to_state(), "ends": [by_start.get(i) for i in frontier], "notes": notes,
-            "usage": reduce(add_usage, usage, empty_usage())}
+    return {
+        "tree": tree.to_state(),
+        "ends": [by_start.get(i) for i in frontier],
+        "notes": notes,
+        "usage": reduce(add_usage, usage, empty_usage()),
+    }
 
 
 async def evaluate(state: RstarState) -> dict[str, Any]:
@@ -357,11 +390,17 @@ def _prefix(state: RstarState, tree: Tree, node_id: int) -> str:
 async def _check(state: RstarState, runtime: Runtime[RunContext], tree: Tree, node_id: int) -> tuple[str | None, Usage]:
     question = last_user_text(state["messages"])
     prefix = _prefix(state, tree, node_id)
-    prompt = (CHECK_PROMPT.format(question=question, prefix=prefix) if prefix
-              else CHECK_PROMPT_FROM_SCRATCH.format(question=question))
+    prompt = (
+        CHECK_PROMPT.format(question=question, prefix=prefix)
+        if prefix
+        else CHECK_PROMPT_FROM_SCRATCH.format(question=question)
+    )
     messages = with_system_instructions(replace_last_user(state["messages"], prompt), SOLVER_INSTRUCTIONS)
-    call = helper_params(state, temperature=_params(state).get("check_temperature", DEFAULT_CHECK_TEMPERATURE),
-                         max_tokens=(state.get("request") or {}).get("max_tokens"))
+    call = helper_params(
+        state,
+        temperature=_params(state).get("check_temperature", DEFAULT_CHECK_TEMPERATURE),
+        max_tokens=(state.get("request") or {}).get("max_tokens"),
+    )
     completion = await runtime.context.llm.chat(messages, node="discriminate", **call)
     return final_answer(completion.text) or extract_normalized(completion.text), completion.usage
 
@@ -386,7 +425,10 @@ async def discriminate(state: RstarState, runtime: Runtime[RunContext]) -> dict[
             continue
         answer, spent = result
         usage.append(spent)
-        checks[str(node["id"])] = {"answer": answer, "consistent": answer is not None and answer == node["data"]["answer"]}
+        checks[str(node["id"])] = {
+            "answer": answer,
+            "consistent": answer is not None and answer == node["data"]["answer"],
+        }
     return {"checks": checks, "notes": notes, "usage": reduce(add_usage, usage, empty_usage())}
 
 
@@ -394,13 +436,22 @@ async def answer(state: RstarState) -> dict[str, Any]:
     """The chosen trajectory, whole; without any answered trajectory, the deepest one generated."""
     tree = Tree.from_state(state["tree"])
     checks = state.get("checks") or {}
-    candidates = [{"node": n["id"], "answer": n["data"]["answer"], "value": path_value(tree, n["id"]),
-                   "consistent": (checks.get(str(n["id"])) or {}).get("consistent")} for n in _trajectories(tree)]
+    candidates = [
+        {
+            "node": n["id"],
+            "answer": n["data"]["answer"],
+            "value": path_value(tree, n["id"]),
+            "consistent": (checks.get(str(n["id"])) or {}).get("consistent"),
+        }
+        for n in _trajectories(tree)
+    ]
     if candidates:
         best, how = choose(candidates)
-        listed = ", ".join(f"{c['node']}: {c['answer']!r} value {c['value']:.2f} "
-                           f"{ {True: 'consistent', False: 'inconsistent', None: 'unchecked'}[c['consistent']] }"
-                           for c in candidates)
+        listed = ", ".join(
+            f"{c['node']}: {c['answer']!r} value {c['value']:.2f} "
+            f"{ {True: 'consistent', False: 'inconsistent', None: 'unchecked'}[c['consistent']] }"
+            for c in candidates
+        )
         node_id, note = best["node"], f"answer: trajectory {best['node']} from {how} ({listed})"
     else:
         good = [n for n in tree.nodes[1:] if n["data"].get("text") and not n["data"].get("failed")]

@@ -74,10 +74,12 @@ _COMMENT_LINE = re.compile(r"^(?:#(?:\s|$)|//|--\s)")
 
 
 class RtoParams(ApproachParams):
-    temperature: float | None = client_temperature(DEFAULT_TEMPERATURE,
-                                                   "Temperature of both answers and the reconciliation")
-    describe_max_tokens: int = Field(DEFAULT_DESCRIBE_MAX_TOKENS, ge=1, le=32768,
-                                     description="Longest task description.")
+    temperature: float | None = client_temperature(
+        DEFAULT_TEMPERATURE, "Temperature of both answers and the reconciliation"
+    )
+    describe_max_tokens: int = Field(
+        DEFAULT_DESCRIBE_MAX_TOKENS, ge=1, le=32768, description="Longest task description."
+    )
 
 
 class RtoState(ApproachState, total=False):
@@ -125,10 +127,16 @@ def route_first(state: RtoState) -> str:
 
 async def describe(state: RtoState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     params = state.get("params") or {}
-    messages = [*state["messages"], {"role": "assistant", "content": candidate_text(state["first"])},
-                {"role": "user", "content": DESCRIBE_PROMPT}]
-    call = helper_params(state, temperature=param_or_client(state, "temperature", DEFAULT_TEMPERATURE),
-                         max_tokens=params.get("describe_max_tokens", DEFAULT_DESCRIBE_MAX_TOKENS))
+    messages = [
+        *state["messages"],
+        {"role": "assistant", "content": candidate_text(state["first"])},
+        {"role": "user", "content": DESCRIBE_PROMPT},
+    ]
+    call = helper_params(
+        state,
+        temperature=param_or_client(state, "temperature", DEFAULT_TEMPERATURE),
+        max_tokens=params.get("describe_max_tokens", DEFAULT_DESCRIBE_MAX_TOKENS),
+    )
     try:
         completion = await runtime.context.llm.chat(messages, node="describe", **call)
     except UpstreamError as exc:
@@ -169,17 +177,23 @@ def route_comparison(state: RtoState) -> str:
 
 async def reconcile(state: RtoState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Compares the two answers against the query and writes the final one (streamed)."""
-    prompt = RECONCILE_PROMPT.format(query=last_user_text(state["messages"]),
-                                     first=candidate_text(state["first"]), second=candidate_text(state["second"]))
+    prompt = RECONCILE_PROMPT.format(
+        query=last_user_text(state["messages"]),
+        first=candidate_text(state["first"]),
+        second=candidate_text(state["second"]),
+    )
     try:
-        completion = await generate_final(state, runtime, replace_last_user(state["messages"], prompt),
-                                          node="reconcile", **_call(state))
+        completion = await generate_final(
+            state, runtime, replace_last_user(state["messages"], prompt), node="reconcile", **_call(state)
+        )
     except UpstreamError as exc:
         sink, choice = runtime.context.sink, state.get("stream_choice")
         if sink is not None and choice in sink.streamed:
             raise  # part of the answer already reached the client
-        return {"answers": [answer_of(state["first"])],
-                "notes": [f"reconcile: failed, returning the first answer: {exc.message}"]}
+        return {
+            "answers": [answer_of(state["first"])],
+            "notes": [f"reconcile: failed, returning the first answer: {exc.message}"],
+        }
     return {"answers": [answer_of(completion.choices[0])], "usage": completion.usage}
 
 

@@ -52,7 +52,9 @@ class SelfConsistencyParams(ApproachParams):
     batch: int = Field(4, ge=1, le=64, description="Adaptive: paths sampled per round.")
     max_samples: int = Field(16, ge=1, le=64, description="Adaptive: most paths sampled in all.")
     stop_threshold: float = Field(
-        0.95, gt=0.5, le=1.0,
+        0.95,
+        gt=0.5,
+        le=1.0,
         description="Adaptive: stop once P(leading answer stays ahead of the runner-up) reaches this.",
     )
 
@@ -85,7 +87,10 @@ async def sample(state: SelfConsistencyState, runtime: Runtime[RunContext]) -> d
     except UpstreamError as exc:
         if not state.get("candidates"):
             raise
-        return {"drawn": int(params["max_samples"]), "notes": [f"sample: round failed, voting on what we have: {exc.message}"]}
+        return {
+            "drawn": int(params["max_samples"]),
+            "notes": [f"sample: round failed, voting on what we have: {exc.message}"],
+        }
     candidates = [{**c, "index": drawn + c.get("index", 0)} for c in out["candidates"]]
     return {**out, "candidates": candidates, "drawn": drawn + n}
 
@@ -113,7 +118,7 @@ def build() -> StateGraph:
 SPEC = ApproachSpec(
     name="self_consistency",
     description="Self-consistency: samples several reasoning paths, returns one with the majority answer "
-                "(optionally adaptive: stops sampling once the majority is clear).",
+    "(optionally adaptive: stops sampling once the majority is clear).",
     build=build,
     params=SelfConsistencyParams,
     papers=("arXiv:2203.11171", "arXiv:2305.11860"),

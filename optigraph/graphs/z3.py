@@ -151,8 +151,14 @@ async def analyze(state: Z3State, runtime: Runtime[RunContext]) -> dict[str, Any
 async def run_program(state: Z3State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     p = _params(state)
     attempt = len(state.get("executions") or []) + 1
-    update = await execute(state["code"], node="execute", attempt=attempt, level=runtime.context.sandbox_level,
-                           timeout_s=p["timeout_s"], memory_mb=p["memory_mb"])
+    update = await execute(
+        state["code"],
+        node="execute",
+        attempt=attempt,
+        level=runtime.context.sandbox_level,
+        timeout_s=p["timeout_s"],
+        memory_mb=p["memory_mb"],
+    )
     last = update["executions"][0]
     if not last["ok"] and not unavailable(last) and attempt >= p["max_attempts"]:
         update["notes"].append(f"execute: no attempts left after {attempt} run(s)")
@@ -163,8 +169,11 @@ async def fix(state: Z3State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     p = _params(state)
     last = (state.get("executions") or [])[-1]
     request = FIX_REQUEST.format(report=failure_report(last), code=last.get("code", ""))
-    messages = [*_analysis_messages(state), {"role": "assistant", "content": state.get("analysis", "")},
-                {"role": "user", "content": request}]
+    messages = [
+        *_analysis_messages(state),
+        {"role": "assistant", "content": state.get("analysis", "")},
+        {"role": "user", "content": request},
+    ]
     call = helper_params(state, temperature=p["fix_temperature"], max_tokens=p["fix_max_tokens"])
     completion = await runtime.context.llm.chat(messages, node="fix", **call)
     code = extract_code(completion.text)
@@ -245,7 +254,7 @@ def build() -> StateGraph:
 SPEC = ApproachSpec(
     name="z3",
     description="Formalises the problem as a Z3/SymPy program, runs it in a sandbox (fixing it on "
-                "failure), and answers from the solver's output; plain reasoning when it cannot.",
+    "failure), and answers from the solver's output; plain reasoning when it cannot.",
     build=build,
     params=Z3Params,
     papers=("arXiv:2211.10435", "arXiv:2211.12588"),

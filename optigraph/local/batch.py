@@ -19,8 +19,17 @@ class Batch:
     """The decoding state of `rows` sequences: after `prefill` and each `step`, `logits` holds the next-token
     logits of every row (float32, shape [rows, vocab])."""
 
-    def __init__(self, model: Any, cache: Any, mask: Any, positions: Any, logits: Any,
-                 adapters: list[str] | None, hidden: Any = None, cache_arg: str = "past_key_values") -> None:
+    def __init__(
+        self,
+        model: Any,
+        cache: Any,
+        mask: Any,
+        positions: Any,
+        logits: Any,
+        adapters: list[str] | None,
+        hidden: Any = None,
+        cache_arg: str = "past_key_values",
+    ) -> None:
         self.model = model
         self.cache_arg = cache_arg
         self.cache = cache
@@ -31,8 +40,15 @@ class Batch:
         self.hidden = hidden  # [rows, hidden] last hidden state, when asked for
 
     @classmethod
-    def prefill(cls, model: Any, prompts: Sequence[Sequence[int]], *, pad_id: int,
-                adapters: Sequence[str] | None = None, hidden: bool = False) -> Batch:
+    def prefill(
+        cls,
+        model: Any,
+        prompts: Sequence[Sequence[int]],
+        *,
+        pad_id: int,
+        adapters: Sequence[str] | None = None,
+        hidden: bool = False,
+    ) -> Batch:
         """Runs the prompts (left padded to one length) through the model in one forward pass."""
         import torch
         from transformers import DynamicCache
@@ -65,8 +81,9 @@ class Batch:
         ids = torch.as_tensor(tokens, dtype=torch.long).reshape(self.rows, 1)
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.rows, 1))], dim=1)
         self.positions = self.positions + 1
-        self.logits, self.hidden = _forward(self.model, ids, self.mask, self.positions.unsqueeze(1), self.cache,
-                                            self.adapters, hidden, self.cache_arg)
+        self.logits, self.hidden = _forward(
+            self.model, ids, self.mask, self.positions.unsqueeze(1), self.cache, self.adapters, hidden, self.cache_arg
+        )
 
     def select(self, rows: Sequence[int]) -> None:
         """Keeps these rows in this order; a row may appear several times (copies share their past)."""
@@ -83,7 +100,6 @@ class Batch:
             self.hidden = self.hidden.index_select(0, index)
         if self.adapters is not None:
             self.adapters = [self.adapters[i] for i in rows]
-
 
     @property
     def can_extend(self) -> bool:
@@ -109,10 +125,13 @@ class Batch:
         self.mask = torch.cat([self.mask, other.mask])
         self.positions = torch.cat([self.positions, other.positions])
         self.logits = torch.cat([self.logits, other.logits])
-        self.hidden = torch.cat([self.hidden, other.hidden]) if self.hidden is not None and other.hidden is not None \
-            else None
+        self.hidden = (
+            torch.cat([self.hidden, other.hidden]) if self.hidden is not None and other.hidden is not None else None
+        )
         if self.adapters is not None or other.adapters is not None:
-            self.adapters = (self.adapters or [BASE_ADAPTER] * own_rows) + (other.adapters or [BASE_ADAPTER] * other.rows)
+            self.adapters = (self.adapters or [BASE_ADAPTER] * own_rows) + (
+                other.adapters or [BASE_ADAPTER] * other.rows
+            )
 
     def _pad_left(self, count: int) -> None:
         import torch.nn.functional as F
@@ -129,14 +148,29 @@ def _cache_argument(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def _forward(model: Any, ids: Any, mask: Any, positions: Any, cache: Any, adapters: list[str] | None,
-             hidden: bool, cache_arg: str) -> tuple[Any, Any]:
+def _forward(
+    model: Any,
+    ids: Any,
+    mask: Any,
+    positions: Any,
+    cache: Any,
+    adapters: list[str] | None,
+    hidden: bool,
+    cache_arg: str,
+) -> tuple[Any, Any]:
     import torch
 
     extra: dict[str, Any] = {"adapter_names": adapters} if adapters is not None else {}
     extra[cache_arg] = cache
     with torch.inference_mode():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                    output_hidden_states=hidden, logits_to_keep=1, **extra)
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            output_hidden_states=hidden,
+            logits_to_keep=1,
+            **extra,
+        )
     last = out.hidden_states[-1][:, -1, :].float() if hidden else None
     return out.logits[:, -1, :].float(), last

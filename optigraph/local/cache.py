@@ -58,9 +58,17 @@ class ModelCache:
     def describe(self) -> list[dict[str, Any]]:
         """The loaded models, least recent first (for /health and the benchmarks)."""
         with self._lock:
-            return [{"id": m.source.id, "path": str(m.source.path), "adapters": sorted(m.adapters),
-                     "load_seconds": round(m.load_seconds, 2), "resident_mib": round(m.memory_bytes / 2**20, 1),
-                     "parameter_mib": round(m.parameter_bytes / 2**20, 1)} for m in self._models.values()]
+            return [
+                {
+                    "id": m.source.id,
+                    "path": str(m.source.path),
+                    "adapters": sorted(m.adapters),
+                    "load_seconds": round(m.load_seconds, 2),
+                    "resident_mib": round(m.memory_bytes / 2**20, 1),
+                    "parameter_mib": round(m.parameter_bytes / 2**20, 1),
+                }
+                for m in self._models.values()
+            ]
 
     def clear(self) -> None:
         with self._lock:

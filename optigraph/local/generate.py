@@ -75,17 +75,21 @@ class _Row:
     def finish(self, finish_reason: str) -> Choice:
         if self.stop_at < 0:
             self.detok.flush()
-        text = self.detok.text[:self.stop_at] if self.stop_at >= 0 else self.detok.text
+        text = self.detok.text[: self.stop_at] if self.stop_at >= 0 else self.detok.text
         self._send(len(text), final=True)
         finish = "stop" if self.stop_at >= 0 else ("stop" if finish_reason in ("stop", "cancelled") else "length")
-        return Choice(text=text, tokens=len(self.detok.ids), finish_reason=finish,
-                      logprobs=self.entries if self.job.logprobs else None)
+        return Choice(
+            text=text,
+            tokens=len(self.detok.ids),
+            finish_reason=finish,
+            logprobs=self.entries if self.job.logprobs else None,
+        )
 
     def _send(self, upto: int, final: bool = False) -> None:
         if self.job.on_delta is None:
             return
-        text = self.detok.text[self.sent:upto]
-        entries = self.entries[self.entries_sent:] if (text or final) else []
+        text = self.detok.text[self.sent : upto]
+        entries = self.entries[self.entries_sent :] if (text or final) else []
         if text or entries:
             self.job.on_delta(self.choice, text, entries)
             self.sent, self.entries_sent = max(self.sent, upto), len(self.entries)
@@ -144,18 +148,26 @@ class Generation:
                 raise ValueError("prompt longer than the model's context")  # the caller checks this first
         # a job prepared before another one loaded the model's first adapter has no adapter name:
         # in a batch with adapters its rows are the base model's
-        with_adapters = any(job.adapter is not None for job in jobs) or (self.batch is not None and
-                                                                        self.batch.adapters is not None)
+        with_adapters = any(job.adapter is not None for job in jobs) or (
+            self.batch is not None and self.batch.adapters is not None
+        )
         keys = [(tuple(job.prompt), (job.adapter or BASE_ADAPTER) if with_adapters else None) for job in jobs]
         distinct = list(dict.fromkeys(keys))  # requests with the same prompt and adapter share one prefill row
-        batch = Batch.prefill(lm.model, [list(prompt) for prompt, _ in distinct], pad_id=lm.pad_id,
-                              adapters=[adapter for _, adapter in distinct] if with_adapters else None)
+        batch = Batch.prefill(
+            lm.model,
+            [list(prompt) for prompt, _ in distinct],
+            pad_id=lm.pad_id,
+            adapters=[adapter for _, adapter in distinct] if with_adapters else None,
+        )
         owner = [j for j, job in enumerate(jobs) for _ in range(job.rows)]
         batch.select([distinct.index(keys[j]) for j in owner])  # sampled rows are copies of their prefill row
         for r, j in enumerate(owner):
             job = jobs[j]
-            self.active.append(_Active(job, _Row(job, owner[:r].count(j), lm.tokenizer),
-                                       min(job.max_tokens, lm.context - len(job.prompt))))
+            self.active.append(
+                _Active(
+                    job, _Row(job, owner[:r].count(j), lm.tokenizer), min(job.max_tokens, lm.context - len(job.prompt))
+                )
+            )
         for job in jobs:
             self.pending[id(job)] = (job, {})
         if self.batch is None:

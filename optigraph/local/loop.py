@@ -21,9 +21,16 @@ class RowResult:
     finish_reason: str = "length"  # "stop" (end of sequence), "length", "cancelled", or what `after` said
 
 
-def decode_rows(batch: Batch, *, limits: Sequence[int], pick: Pick, eos_ids: frozenset[int],
-                cancel: threading.Event | None = None, after: After | None = None,
-                hidden: bool = False) -> list[RowResult]:
+def decode_rows(
+    batch: Batch,
+    *,
+    limits: Sequence[int],
+    pick: Pick,
+    eos_ids: frozenset[int],
+    cancel: threading.Event | None = None,
+    after: After | None = None,
+    hidden: bool = False,
+) -> list[RowResult]:
     """Decodes every row of `batch` until it ends (end-of-sequence token), reaches its token limit, or
     `after` ends it. Finished rows leave the batch so they stop costing compute. Rows are numbered as in
     the batch when called; `pick` gets the logits of the rows still going, in that order."""

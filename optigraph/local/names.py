@@ -25,15 +25,20 @@ from pathlib import Path
 from optigraph.errors import InvalidRequest, NotFound
 from optigraph.local.models import BUILTIN, ModelSource, ModelSpec, resolve_base
 
-MODEL_NOT_FOUND = ("model not found: a local model is a built-in name ({builtin}), the server's configured model, "
-                   "or a model inside the server's models directory; nothing is downloaded")
-ADAPTER_NOT_FOUND = ("LoRA adapter not found: an adapter is one named in the server's configured model, or a peft "
-                     "adapter directory (adapter_config.json) inside the server's models directory")
+MODEL_NOT_FOUND = (
+    "model not found: a local model is a built-in name ({builtin}), the server's configured model, "
+    "or a model inside the server's models directory; nothing is downloaded"
+)
+ADAPTER_NOT_FOUND = (
+    "LoRA adapter not found: an adapter is one named in the server's configured model, or a peft "
+    "adapter directory (adapter_config.json) inside the server's models directory"
+)
 
 
 def model_not_found() -> NotFound:
-    return NotFound(MODEL_NOT_FOUND.format(builtin=", ".join(sorted(set(BUILTIN)))), param="model",
-                    code="model_not_found")
+    return NotFound(
+        MODEL_NOT_FOUND.format(builtin=", ".join(sorted(set(BUILTIN)))), param="model", code="model_not_found"
+    )
 
 
 def adapter_not_found() -> NotFound:

@@ -26,10 +26,10 @@ class Detokenizer:
     def add(self, token: int) -> str:
         """Adds a token; returns the new text (maybe empty)."""
         self.ids.append(token)
-        before = decode(self.tokenizer, self.ids[self.prefix:self.read])
-        after = decode(self.tokenizer, self.ids[self.prefix:])
+        before = decode(self.tokenizer, self.ids[self.prefix : self.read])
+        after = decode(self.tokenizer, self.ids[self.prefix :])
         if len(after) > len(before) and not after.endswith("\ufffd"):
-            new = after[len(before):]
+            new = after[len(before) :]
             self.prefix, self.read = self.read, len(self.ids)
             self.text += new
             return new
@@ -37,7 +37,9 @@ class Detokenizer:
 
     def flush(self) -> str:
         """Whatever is still held (an incomplete character at the very end)."""
-        rest = decode(self.tokenizer, self.ids[self.prefix:])[len(decode(self.tokenizer, self.ids[self.prefix:self.read])):]
+        rest = decode(self.tokenizer, self.ids[self.prefix :])[
+            len(decode(self.tokenizer, self.ids[self.prefix : self.read])) :
+        ]
         self.read = len(self.ids)
         self.text += rest
         return rest

@@ -66,8 +66,9 @@ def _settle(item: _Item, result: Any = None, error: BaseException | None = None)
 class LocalWorker:
     """Runs model work on one thread, batching generation requests that arrive together."""
 
-    def __init__(self, cache: ModelCache, *, batch_window_s: float = 0.005, max_batch_rows: int = 32,
-                 threads: int = 0) -> None:
+    def __init__(
+        self, cache: ModelCache, *, batch_window_s: float = 0.005, max_batch_rows: int = 32, threads: int = 0
+    ) -> None:
         self.cache = cache
         # torch intra-op threads, a process-wide torch setting. By default half the cores: the event loop,
         # HTTP and recording need the rest, and torch's threads slow each other down when one of them is
@@ -183,8 +184,9 @@ class LocalWorker:
     def _joinable(self, item: _Generate, lm: LoadedModel) -> bool:
         """Whether a queued item can join the running generation now: same base model, and no adapter to
         load (loading one changes the model's layers under the rows already running)."""
-        return item.spec.base.path == lm.source.path and all(lm.adapters.get(name) == path
-                                                             for name, path in item.spec.adapters)
+        return item.spec.base.path == lm.source.path and all(
+            lm.adapters.get(name) == path for name, path in item.spec.adapters
+        )
 
     def _joiners(self, lm: LoadedModel, room: int) -> list[_Generate]:
         """Queued requests that can join now; stops at the first that cannot (it runs after this batch)."""

@@ -37,25 +37,42 @@ class ConversationStore:
     def __init__(self, db: AsyncEngine) -> None:
         self.db = db
 
-    async def remember(self, conversation: str, run_id: str, chunks: Sequence[tuple[str, str]], *,
-                       tenant: str | None = None) -> None:
+    async def remember(
+        self, conversation: str, run_id: str, chunks: Sequence[tuple[str, str]], *, tenant: str | None = None
+    ) -> None:
         """Stores `chunks` ((role, text) in the order said) as what run `run_id` added to the
         conversation, replacing what that run stored before (so a resumed run stores once)."""
         now = utcnow()
-        rows = [{"tenant": tenant, "conversation": conversation, "run_id": run_id, "seq": i, "role": role,
-                 "text": text, "created_at": now} for i, (role, text) in enumerate(chunks)]
+        rows = [
+            {
+                "tenant": tenant,
+                "conversation": conversation,
+                "run_id": run_id,
+                "seq": i,
+                "role": role,
+                "text": text,
+                "created_at": now,
+            }
+            for i, (role, text) in enumerate(chunks)
+        ]
         async with self.db.begin() as conn:
-            await conn.execute(delete(MEMORY_CHUNKS).where(self._key(conversation, tenant),
-                                                           MEMORY_CHUNKS.c.run_id == run_id))
+            await conn.execute(
+                delete(MEMORY_CHUNKS).where(self._key(conversation, tenant), MEMORY_CHUNKS.c.run_id == run_id)
+            )
             if rows:
                 await conn.execute(insert(MEMORY_CHUNKS), rows)
 
-    async def recall(self, conversation: str, *, tenant: str | None = None,
-                     limit: int = MAX_RECALLED) -> list[StoredChunk]:
+    async def recall(
+        self, conversation: str, *, tenant: str | None = None, limit: int = MAX_RECALLED
+    ) -> list[StoredChunk]:
         """The conversation's stored chunks, oldest first (at most the `limit` most recent)."""
         t = MEMORY_CHUNKS.c
-        query = (select(t.role, t.text, t.run_id, t.created_at).where(self._key(conversation, tenant))
-                 .order_by(t.id.desc()).limit(limit))
+        query = (
+            select(t.role, t.text, t.run_id, t.created_at)
+            .where(self._key(conversation, tenant))
+            .order_by(t.id.desc())
+            .limit(limit)
+        )
         async with self.db.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [StoredChunk(role=r.role, text=r.text, run_id=r.run_id, created_at=r.created_at) for r in reversed(rows)]

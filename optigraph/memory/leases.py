@@ -23,8 +23,7 @@ async def take_lease(db: AsyncEngine, run_id: str, *, owner: str, now: datetime,
     """Takes the run's lease for `ttl_s` seconds from `now`; False if another holder's has not expired."""
     stmt = (
         update(RUNS)
-        .where(and_(RUNS.c.id == run_id,
-                    or_(RUNS.c.lease_expires_at.is_(None), RUNS.c.lease_expires_at <= now)))
+        .where(and_(RUNS.c.id == run_id, or_(RUNS.c.lease_expires_at.is_(None), RUNS.c.lease_expires_at <= now)))
         .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=ttl_s))
     )
     async with db.begin() as conn:

@@ -38,7 +38,9 @@ async def get_run(db: AsyncEngine, run_id: str) -> dict[str, Any] | None:
 async def count_runs(db: AsyncEngine, *, status: str) -> int:
     """How many runs have this status."""
     async with db.connect() as conn:
-        return int((await conn.execute(select(func.count()).select_from(RUNS).where(RUNS.c.status == status))).scalar_one())
+        return int(
+            (await conn.execute(select(func.count()).select_from(RUNS).where(RUNS.c.status == status))).scalar_one()
+        )
 
 
 @dataclass
@@ -72,8 +74,9 @@ async def page_runs(
     `bodies` the large `request` and `response` columns are left out.
     """
     if status is not None and status not in RUN_STATUSES:
-        raise InvalidRequest(f"unknown status {status!r}: one of {', '.join(RUN_STATUSES)}", param="status",
-                             code="invalid_value")
+        raise InvalidRequest(
+            f"unknown status {status!r}: one of {', '.join(RUN_STATUSES)}", param="status", code="invalid_value"
+        )
     limit = max(1, min(int(limit), MAX_LIMIT))
     columns = list(RUNS.c) if bodies else [c for c in RUNS.c if c.name not in BODY_COLUMNS]
     query = _filtered(select(*columns), status=status, expression=expression, model=model)
@@ -86,8 +89,11 @@ async def page_runs(
         if after is not None:
             cursor = await _created_at(conn, after)
             if cursor is None:
-                raise InvalidRequest(f"unknown cursor {after!r}: pass the last run id of the previous page",
-                                     param="after", code="invalid_cursor")
+                raise InvalidRequest(
+                    f"unknown cursor {after!r}: pass the last run id of the previous page",
+                    param="after",
+                    code="invalid_cursor",
+                )
             query = query.where(or_(RUNS.c.created_at < cursor, and_(RUNS.c.created_at == cursor, RUNS.c.id < after)))
         rows = (await conn.execute(query)).mappings().all()
     return RunPage(runs=[dict(row) for row in rows[:limit]], has_more=len(rows) > limit)

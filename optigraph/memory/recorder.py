@@ -123,8 +123,9 @@ class SqlRecorder:
     shutdown, which writes everything still queued. The database is borrowed, not disposed.
     """
 
-    def __init__(self, db: AsyncEngine, *, max_batch: int = 1000, max_queue: int = 100_000,
-                 linger_s: float = 0.02) -> None:
+    def __init__(
+        self, db: AsyncEngine, *, max_batch: int = 1000, max_queue: int = 100_000, linger_s: float = 0.02
+    ) -> None:
         self._db = db
         self._max_batch = max_batch
         self._max_queue = max_queue
@@ -319,13 +320,13 @@ class SqlRecorder:
             await conn.execute(stmt, list(started.values()))
         if complete:
             stmt = self._insert(RUNS)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["id"], set_={c: stmt.excluded[c] for c in FINISH_COLUMNS}
-            )
+            stmt = stmt.on_conflict_do_update(index_elements=["id"], set_={c: stmt.excluded[c] for c in FINISH_COLUMNS})
             await conn.execute(stmt, list(complete.values()))
         if finished:
-            stmt = update(RUNS).where(RUNS.c.id == bindparam("_id")).values(
-                {c: bindparam(f"_{c}") for c in FINISH_COLUMNS}
+            stmt = (
+                update(RUNS)
+                .where(RUNS.c.id == bindparam("_id"))
+                .values({c: bindparam(f"_{c}") for c in FINISH_COLUMNS})
             )
             await conn.execute(stmt, list(finished.values()))
         if calls:

@@ -10,9 +10,24 @@ from optigraph.core.state import Answer, ApproachState, Candidate
 
 # Client parameters that shape a generation and are forwarded to every sampling call.
 GENERATION_KEYS = (
-    "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "presence_penalty",
-    "frequency_penalty", "logit_bias", "tools", "tool_choice", "parallel_tool_calls", "response_format",
-    "logprobs", "top_logprobs", "user", "reasoning_effort", "active_adapter",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "user",
+    "reasoning_effort",
+    "active_adapter",
 )
 
 
@@ -37,8 +52,14 @@ def helper_params(state: ApproachState, **overrides: Any) -> dict[str, Any]:
     return out
 
 
-def branch_payload(state: ApproachState, branch: dict[str, Any], *, messages: list[dict[str, Any]] | None = None,
-                   params: dict[str, Any] | None = None, stream: bool = False) -> dict[str, Any]:
+def branch_payload(
+    state: ApproachState,
+    branch: dict[str, Any],
+    *,
+    messages: list[dict[str, Any]] | None = None,
+    params: dict[str, Any] | None = None,
+    stream: bool = False,
+) -> dict[str, Any]:
     """The input of one fan-out branch (a LangGraph `Send`): what every node reads (conversation,
     client parameters, approach parameters) plus the branch's own `branch` fields."""
     payload = {
@@ -66,7 +87,10 @@ def candidates_from(completion: Completion, start: int = 0) -> list[Candidate]:
 
 def answer_of(choice_or_candidate: dict[str, Any]) -> Answer:
     """An Answer from an upstream choice or a candidate."""
-    message = choice_or_candidate.get("message") or {"role": "assistant", "content": choice_or_candidate.get("text", "")}
+    message = choice_or_candidate.get("message") or {
+        "role": "assistant",
+        "content": choice_or_candidate.get("text", ""),
+    }
     return {
         "message": {"role": "assistant", **{k: v for k, v in message.items() if k != "role"}},
         "finish_reason": choice_or_candidate.get("finish_reason") or "stop",

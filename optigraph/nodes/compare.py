@@ -111,15 +111,19 @@ async def compare(state: ApproachState, runtime: Runtime[RunContext]) -> dict[st
     update: dict[str, Any] = {}
     pos: int | None = None
     try:
-        completion = await runtime.context.llm.chat(compare_messages(state["messages"], candidates), node="compare",
-                                                    **_call_params(state))
+        completion = await runtime.context.llm.chat(
+            compare_messages(state["messages"], candidates), node="compare", **_call_params(state)
+        )
     except UpstreamError as exc:
         note = f"compare: the comparison failed: {exc.message}"
     else:
         update["usage"] = completion.usage
         pos = parse_choice(completion.text, len(candidates))
-        note = (f"compare: no candidate named in {completion.text[-160:]!r}" if pos is None
-                else f"compare: picked candidate {pos + 1} of {len(candidates)}")
+        note = (
+            f"compare: no candidate named in {completion.text[-160:]!r}"
+            if pos is None
+            else f"compare: picked candidate {pos + 1} of {len(candidates)}"
+        )
     notes = [note]
     if pos is None:
         pos = vote_candidates(candidates).winner
@@ -148,16 +152,20 @@ async def compare_pair(state: ApproachState, runtime: Runtime[RunContext]) -> di
     second: Candidate = state["branch"]["second"]
     i, j = first.get("index", 0), second.get("index", 0)
     try:
-        completion = await runtime.context.llm.chat(pair_messages(state["messages"], first, second),
-                                                    node="compare_pair", **_call_params(state))
+        completion = await runtime.context.llm.chat(
+            pair_messages(state["messages"], first, second), node="compare_pair", **_call_params(state)
+        )
     except UpstreamError as exc:
         outcome: PairOutcome = {"first": i, "second": j, "winner": None, "raw": ""}
         return {"comparisons": [outcome], "notes": [f"compare_pair: {i} vs {j} failed: {exc.message}"]}
     pick = parse_choice(completion.text, 2)
     winner = None if pick is None else (i, j)[pick]
     notes = [] if pick is not None else [f"compare_pair: no winner named for {i} vs {j} in {completion.text[-120:]!r}"]
-    return {"comparisons": [{"first": i, "second": j, "winner": winner, "raw": completion.text}],
-            "usage": completion.usage, "notes": notes}
+    return {
+        "comparisons": [{"first": i, "second": j, "winner": winner, "raw": completion.text}],
+        "usage": completion.usage,
+        "notes": notes,
+    }
 
 
 def wins(candidates: Sequence[Candidate], outcomes: Sequence[PairOutcome]) -> list[int]:

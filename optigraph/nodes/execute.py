@@ -67,13 +67,20 @@ async def execute(
     nothing counts as failed ("no_output"). A sandbox that lacks a required layer runs nothing:
     the outcome is "unavailable" (see `unavailable`)."""
     try:
-        result = await run_python(code, level=level, timeout_s=timeout_s, memory_mb=memory_mb,
-                                  allow_modules=allow_modules)
+        result = await run_python(
+            code, level=level, timeout_s=timeout_s, memory_mb=memory_mb, allow_modules=allow_modules
+        )
     except SandboxUnavailable as refusal:
         return _not_run(code, node=node, attempt=attempt, refusal=refusal)
     except Exception as exc:  # the sandbox itself could not run (no temp dir, no pipes): an outcome too
-        result = SandboxResult(ok=False, stdout="", stderr=f"sandbox failure: {type(exc).__name__}: {exc}",
-                               error_kind="error", exit_code=None, seconds=0.0)
+        result = SandboxResult(
+            ok=False,
+            stdout="",
+            stderr=f"sandbox failure: {type(exc).__name__}: {exc}",
+            error_kind="error",
+            exit_code=None,
+            seconds=0.0,
+        )
     kind: Outcome | None = result.error_kind
     if kind is None and require_output and not result.stdout.strip():
         kind = "no_output"
@@ -99,12 +106,22 @@ async def execute(
 def _not_run(code: str, *, node: str, attempt: int, refusal: SandboxUnavailable) -> dict[str, Any]:
     missing = "; ".join(f"{name} ({why})" for name, why in refusal.missing.items())
     record: Execution = {
-        "attempt": attempt, "code": code, "ok": False, "error_kind": "unavailable", "exit_code": None,
-        "stdout": "", "stderr": "", "seconds": 0.0, "layers": sorted(refusal.layers), "violations": [],
+        "attempt": attempt,
+        "code": code,
+        "ok": False,
+        "error_kind": "unavailable",
+        "exit_code": None,
+        "stdout": "",
+        "stderr": "",
+        "seconds": 0.0,
+        "layers": sorted(refusal.layers),
+        "violations": [],
         "missing_layers": dict(refusal.missing),
     }
-    note = (f"{node}: run {attempt} not started: sandbox level {refusal.level!r} requires layers that are not "
-            f"in force: {missing}; the program was not run")
+    note = (
+        f"{node}: run {attempt} not started: sandbox level {refusal.level!r} requires layers that are not "
+        f"in force: {missing}; the program was not run"
+    )
     return {"executions": [record], "notes": [note]}
 
 
@@ -124,16 +141,20 @@ def failure_report(record: Execution, *, limit: int = 3000) -> str:
     """What went wrong with a run, written for the model that will fix the program."""
     kind = record.get("error_kind")
     stderr = (record.get("stderr") or "").strip()[-limit:]
-    stdout = (record.get("stdout") or "").strip()[-limit // 3:]
+    stdout = (record.get("stdout") or "").strip()[-limit // 3 :]
     if kind == "timeout":
-        text = ("It was stopped at the time limit. Make it finish quickly: let the solver search "
-                "instead of enumerating, and bound any loop.")
+        text = (
+            "It was stopped at the time limit. Make it finish quickly: let the solver search "
+            "instead of enumerating, and bound any loop."
+        )
     elif kind == "memory":
         text = "It ran out of memory. Use a smaller formulation; do not build huge lists or ranges."
     elif kind == "forbidden":
         refused = "; ".join(record.get("violations") or ()) or "an operation the sandbox forbids"
-        text = (f"It tried something the sandbox forbids ({refused}). Use only the allowed modules; "
-                "no files, network or processes.")
+        text = (
+            f"It tried something the sandbox forbids ({refused}). Use only the allowed modules; "
+            "no files, network or processes."
+        )
     elif kind == "no_output":
         text = "It ran without error but printed nothing. It must print its result."
     elif kind == "unavailable":

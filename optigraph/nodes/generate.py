@@ -25,5 +25,6 @@ async def generate_final(
 
     `fields`: request fields passed on as one dict (see `LLM.chat`); `params`: the approach's own."""
     c = runtime.context
-    return await c.llm.chat(messages, node=node, sink=c.sink, stream_choice=state.get("stream_choice"),
-                            fields=fields, **params)
+    return await c.llm.chat(
+        messages, node=node, sink=c.sink, stream_choice=state.get("stream_choice"), fields=fields, **params
+    )

@@ -98,9 +98,7 @@ PlanNode = Callable[[ApproachState, Runtime[RunContext]], Awaitable[dict[str, An
 
 # ---- parsing --------------------------------------------------------------------------------------
 
-_MARKER = re.compile(
-    r"^(?P<indent>[ \t]*)(?:[-*•+▪‣◦]|\(?\d{1,3}[.):]|\[\d{1,3}\]|\*\*\d{1,3}[.):]?\*\*)[ \t]+"
-)
+_MARKER = re.compile(r"^(?P<indent>[ \t]*)(?:[-*•+▪‣◦]|\(?\d{1,3}[.):]|\[\d{1,3}\]|\*\*\d{1,3}[.):]?\*\*)[ \t]+")
 _LABEL = re.compile(
     r"^(?:[*_]{1,2})?\s*(?:observation|insight|idea|step|principle|hint|point|lesson|rule)\s*#?\s*\d*"
     r"\s*(?:[*_]{1,2})?\s*(?:[:.)\-–—]|$)\s*(?:[*_]{1,2}(?=\s|$))?\s*",
@@ -115,13 +113,13 @@ def _start(line: str) -> tuple[int, str] | None:
     ("Observation 2: ...") or a heading naming one ("### Observation 2"); None otherwise."""
     m = _MARKER.match(line)
     if m:
-        rest = line[m.end():]
+        rest = line[m.end() :]
         return len(m.group("indent").expandtabs(4)), _LABEL.sub("", rest, count=1).strip()
     heading = _HEADING.match(line)
-    body = line[heading.end():] if heading else line.lstrip()
+    body = line[heading.end() :] if heading else line.lstrip()
     label = _LABEL.match(body)
     if label:
-        return len(line) - len(line.lstrip()), body[label.end():].strip()
+        return len(line) - len(line.lstrip()), body[label.end() :].strip()
     return None
 
 
@@ -181,6 +179,7 @@ def numbered(items: Sequence[str]) -> str:
 
 # ---- messages ---------------------------------------------------------------------------------------
 
+
 def observations_messages(messages: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
     """The conversation with its last user turn replaced by the request for observations."""
     return replace_last_user(messages, OBSERVATIONS_PROMPT.format(query=last_user_text(messages), count=count))
@@ -209,11 +208,14 @@ def follow_plan_messages(
     if plan.strip():
         return replace_last_user(messages, FOLLOW_PLAN_PROMPT.format(query=query, plan=plan.strip()))
     if observations:
-        return replace_last_user(messages, FOLLOW_OBSERVATIONS_PROMPT.format(query=query, observations=numbered(observations)))
+        return replace_last_user(
+            messages, FOLLOW_OBSERVATIONS_PROMPT.format(query=query, observations=numbered(observations))
+        )
     return messages
 
 
 # ---- steps --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class StepResult:
@@ -234,8 +236,9 @@ class StepResult:
         return out
 
 
-def planning_call(state: ApproachState, *, temperature: float = DEFAULT_TEMPERATURE,
-                  max_tokens: int = DEFAULT_MAX_TOKENS) -> dict[str, Any]:
+def planning_call(
+    state: ApproachState, *, temperature: float = DEFAULT_TEMPERATURE, max_tokens: int = DEFAULT_MAX_TOKENS
+) -> dict[str, Any]:
     """Call parameters of a planning step: `planning_temperature` and `planning_max_tokens` from the
     approach's parameters when set, else the given defaults; none of the client's tools or formats."""
     params = state.get("params") or {}
@@ -246,8 +249,15 @@ def planning_call(state: ApproachState, *, temperature: float = DEFAULT_TEMPERAT
     )
 
 
-async def _ask(runtime: Runtime[RunContext], messages: list[dict[str, Any]], *, node: str,
-               limit: int | None, what: str, **call: Any) -> StepResult:
+async def _ask(
+    runtime: Runtime[RunContext],
+    messages: list[dict[str, Any]],
+    *,
+    node: str,
+    limit: int | None,
+    what: str,
+    **call: Any,
+) -> StepResult:
     try:
         completion = await runtime.context.llm.chat(messages, node=node, **call)
     except UpstreamError as exc:
@@ -264,25 +274,57 @@ async def _ask(runtime: Runtime[RunContext], messages: list[dict[str, Any]], *, 
     return StepResult(text=text, items=items, usage=completion.usage, notes=notes)
 
 
-async def observe(state: ApproachState, runtime: Runtime[RunContext], *, count: int, node: str = "observe",
-                  **call: Any) -> StepResult:
+async def observe(
+    state: ApproachState, runtime: Runtime[RunContext], *, count: int, node: str = "observe", **call: Any
+) -> StepResult:
     """Asks for `count` observations about the task in the last user turn."""
-    return await _ask(runtime, observations_messages(state["messages"], count), node=node, limit=count,
-                      what="observations", **(call or planning_call(state)))
+    return await _ask(
+        runtime,
+        observations_messages(state["messages"], count),
+        node=node,
+        limit=count,
+        what="observations",
+        **(call or planning_call(state)),
+    )
 
 
-async def derive(state: ApproachState, runtime: Runtime[RunContext], observations: Sequence[str], *, count: int,
-                 node: str = "derive", **call: Any) -> StepResult:
+async def derive(
+    state: ApproachState,
+    runtime: Runtime[RunContext],
+    observations: Sequence[str],
+    *,
+    count: int,
+    node: str = "derive",
+    **call: Any,
+) -> StepResult:
     """Asks for `count` new observations following from `observations` together."""
-    return await _ask(runtime, derive_messages(state["messages"], observations, count), node=node, limit=count,
-                      what="derived observations", **(call or planning_call(state)))
+    return await _ask(
+        runtime,
+        derive_messages(state["messages"], observations, count),
+        node=node,
+        limit=count,
+        what="derived observations",
+        **(call or planning_call(state)),
+    )
 
 
-async def sketch(state: ApproachState, runtime: Runtime[RunContext], observations: Sequence[str], *,
-                 node: str = "sketch", **call: Any) -> StepResult:
+async def sketch(
+    state: ApproachState,
+    runtime: Runtime[RunContext],
+    observations: Sequence[str],
+    *,
+    node: str = "sketch",
+    **call: Any,
+) -> StepResult:
     """Asks for a natural-language solution plan built on `observations` (or on the task alone)."""
-    result = await _ask(runtime, sketch_messages(state["messages"], observations), node=node, limit=None,
-                        what="plan", **(call or planning_call(state)))
+    result = await _ask(
+        runtime,
+        sketch_messages(state["messages"], observations),
+        node=node,
+        limit=None,
+        what="plan",
+        **(call or planning_call(state)),
+    )
     result.text = strip_think(result.text)
     return result
 
@@ -290,6 +332,7 @@ async def sketch(state: ApproachState, runtime: Runtime[RunContext], observation
 # ---- nodes over state keys ----------------------------------------------------------------------------
 # Their state is typed as a plain dict on purpose: LangGraph narrows a node's input to the keys of the
 # TypedDict it is annotated with, and these read keys that only the using graph's state declares.
+
 
 def observe_node(*, count: str = "num_observations", key: str = "observations", node: str = "observe") -> PlanNode:
     """A node writing `params[count]` observations to `state[key]` ([] when the call failed)."""
@@ -303,8 +346,9 @@ def observe_node(*, count: str = "num_observations", key: str = "observations", 
     return observe_step
 
 
-def derive_node(*, source: str = "observations", count: str = "num_derived", key: str = "derived_observations",
-                node: str = "derive") -> PlanNode:
+def derive_node(
+    *, source: str = "observations", count: str = "num_derived", key: str = "derived_observations", node: str = "derive"
+) -> PlanNode:
     """A node writing `params[count]` observations derived from `state[source]` to `state[key]`;
     no call when there is nothing to derive from or nothing to derive."""
 

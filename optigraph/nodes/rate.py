@@ -46,8 +46,10 @@ def rating_messages(messages: list[dict[str, Any]], candidate: Candidate) -> lis
 
 def rate_each(state: ApproachState, *, node: str = "rate") -> list[Send]:
     """Fan-out: one `rate` branch per candidate, carrying what the branch needs."""
-    return [Send(node, branch_payload(state, {"index": c.get("index", i), "candidate": c}))
-            for i, c in enumerate(sorted_candidates(state))]
+    return [
+        Send(node, branch_payload(state, {"index": c.get("index", i), "candidate": c}))
+        for i, c in enumerate(sorted_candidates(state))
+    ]
 
 
 async def rate(state: ApproachState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -61,7 +63,9 @@ async def rate(state: ApproachState, runtime: Runtime[RunContext]) -> dict[str, 
         max_tokens=params.get("rating_max_tokens", DEFAULT_MAX_TOKENS),
     )
     try:
-        completion = await runtime.context.llm.chat(rating_messages(state["messages"], branch["candidate"]), node="rate", **call)
+        completion = await runtime.context.llm.chat(
+            rating_messages(state["messages"], branch["candidate"]), node="rate", **call
+        )
     except UpstreamError as exc:
         score: Score = {"index": index, "score": None, "raw": ""}
         return {"scores": [score], "notes": [f"rate: rating candidate {index} failed: {exc.message}"]}

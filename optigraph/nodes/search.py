@@ -175,8 +175,16 @@ def max_children(visits: int) -> int:
 
 
 def _node(node_id: int, parent: int | None, depth: int, data: dict[str, Any], *, terminal: bool = False) -> TreeNode:
-    return {"id": node_id, "parent": parent, "children": [], "depth": depth, "visits": 0, "value": 0.0,
-            "terminal": terminal, "data": data}
+    return {
+        "id": node_id,
+        "parent": parent,
+        "children": [],
+        "depth": depth,
+        "visits": 0,
+        "value": 0.0,
+        "terminal": terminal,
+        "data": data,
+    }
 
 
 async def gather_survivors(calls: Iterable[Awaitable[T]]) -> list[T | UpstreamError]:

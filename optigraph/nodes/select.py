@@ -33,4 +33,7 @@ async def select(state: ApproachState) -> dict[str, Any]:
     pos = best_index(candidates, scores)
     chosen = candidates[pos]
     listed = ", ".join(f"{s.get('index')}: {s.get('score')}" for s in sorted(scores, key=lambda s: s.get("index", 0)))
-    return {"answers": [answer_of(chosen)], "notes": [f"select: candidate {chosen.get('index', pos)} (scores {listed or 'none'})"]}
+    return {
+        "answers": [answer_of(chosen)],
+        "notes": [f"select: candidate {chosen.get('index', pos)} (scores {listed or 'none'})"],
+    }

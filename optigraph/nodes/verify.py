@@ -84,6 +84,7 @@ def feedback_of(verifications: Iterable[Verification]) -> str:
 
 # ---- the node ------------------------------------------------------------------------------------
 
+
 def verify_messages(messages: list[dict[str, Any]], solution: str, query: str | None = None) -> list[dict[str, Any]]:
     """The conversation with its last user turn replaced by the verification request."""
     prompt = VERIFY_PROMPT.format(query=query if query is not None else last_user_text(messages), solution=solution)
@@ -130,8 +131,14 @@ async def verify(state: VerifyState, runtime: Runtime[RunContext]) -> dict[str, 
     try:
         completion = await runtime.context.llm.chat(messages, node=node, **call)
     except UpstreamError as exc:
-        failed: Verification = {"id": ident, "round": round_, "verdict": None, "score": None, "issues": [],
-                                "report": ""}
+        failed: Verification = {
+            "id": ident,
+            "round": round_,
+            "verdict": None,
+            "score": None,
+            "issues": [],
+            "report": "",
+        }
         return {"verifications": [failed], "notes": [f"{node}: checking candidate {ident} failed: {exc.message}"]}
     report = strip_think(completion.text)
     verdict = parse_verdict(report)

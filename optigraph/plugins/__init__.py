@@ -12,5 +12,4 @@ from optigraph.plugins import (
     readurls,
 )
 
-BUILTIN_PLUGINS = (privacy.SPEC, readurls.SPEC, context_memory.SPEC, json_output.SPEC, executecode.SPEC,
-                   mcp_tools.SPEC)
+BUILTIN_PLUGINS = (privacy.SPEC, readurls.SPEC, context_memory.SPEC, json_output.SPEC, executecode.SPEC, mcp_tools.SPEC)

@@ -47,16 +47,28 @@ MEMORY_HEADER = "Earlier in this conversation (retrieved from memory, oldest fir
 
 class MemoryParams(ApproachParams):
     max_context_tokens: int = Field(
-        2000, ge=200, le=10_000_000,
+        2000,
+        ge=200,
+        le=10_000_000,
         description="Estimated tokens (characters / 4) the conversation may take; above it, long turns are "
-                    "reduced to their chunks most relevant to the question. Set it to the model's context "
-                    "less room for the answer.")
-    chunk_tokens: int = Field(200, ge=20, le=20_000, description="Estimated tokens per chunk; longer turns are chunked.")
-    overlap_tokens: int = Field(40, ge=0, le=10_000, description="Estimated tokens each chunk repeats of the one before.")
-    top_k: int = Field(8, ge=1, le=1000, description="Most chunks kept from long turns (fewer if the limit is reached).")
+        "reduced to their chunks most relevant to the question. Set it to the model's context "
+        "less room for the answer.",
+    )
+    chunk_tokens: int = Field(
+        200, ge=20, le=20_000, description="Estimated tokens per chunk; longer turns are chunked."
+    )
+    overlap_tokens: int = Field(
+        40, ge=0, le=10_000, description="Estimated tokens each chunk repeats of the one before."
+    )
+    top_k: int = Field(
+        8, ge=1, le=1000, description="Most chunks kept from long turns (fewer if the limit is reached)."
+    )
     conversation: str | None = Field(
-        None, min_length=1, max_length=256,
-        description="Conversation id: the exchange is stored under it and later requests with it retrieve it.")
+        None,
+        min_length=1,
+        max_length=256,
+        description="Conversation id: the exchange is stored under it and later requests with it retrieve it.",
+    )
     recall_k: int = Field(4, ge=0, le=100, description="Most stored chunks of the conversation added to a request.")
 
     @model_validator(mode="after")
@@ -115,8 +127,10 @@ def _render(item: _Long, kept: list[int]) -> str:
         else:
             spans.append([chunks[i].start, chunks[i].end])
         previous = i
-    note = (f"[memory: {len(kept)} of {len(chunks)} parts of this text were kept, the ones most relevant to "
-            f"the question, in their original order; [...] marks what was left out]")
+    note = (
+        f"[memory: {len(kept)} of {len(chunks)} parts of this text were kept, the ones most relevant to "
+        f"the question, in their original order; [...] marks what was left out]"
+    )
     body: list[str] = []
     if spans and spans[0][0] > chunks[0].start:
         body.append("[...]")
@@ -126,7 +140,7 @@ def _render(item: _Long, kept: list[int]) -> str:
         body.append(text[start:end])
     if not spans or spans[-1][1] < chunks[-1].end:
         body.append("[...]")
-    lead, tail = text[:item.lead_end].strip(), text[item.tail_start:].strip()
+    lead, tail = text[: item.lead_end].strip(), text[item.tail_start :].strip()
     return "\n\n".join(p for p in (note, lead, *body, tail) if p)
 
 
@@ -144,17 +158,23 @@ def fit(messages: list[dict[str, Any]], budget: int, params: dict[str, Any]) -> 
     for i, text in enumerate(texts):
         if estimate_tokens(text) <= chunk_tokens:
             continue
-        lead_end, tail_start = (_ends(text, cap) if i == question_at else (0, len(text)))
+        lead_end, tail_start = _ends(text, cap) if i == question_at else (0, len(text))
         middle = text[lead_end:tail_start]
-        chunks = [Chunk(c.start + lead_end, c.end + lead_end, c.text)
-                  for c in split_chunks(middle, chunk_tokens=chunk_tokens, overlap_tokens=overlap)]
+        chunks = [
+            Chunk(c.start + lead_end, c.end + lead_end, c.text)
+            for c in split_chunks(middle, chunk_tokens=chunk_tokens, overlap_tokens=overlap)
+        ]
         if i == question_at:
             query = text[:lead_end] + "\n" + text[tail_start:]
         if chunks:
             longs.append(_Long(i, text, lead_end, tail_start, chunks))
     if not longs:
-        return messages, [(f"memory: {total} estimated tokens, over the limit of {budget}, but no turn is long "
-                           f"enough to reduce (each is under {chunk_tokens} tokens)")]
+        return messages, [
+            (
+                f"memory: {total} estimated tokens, over the limit of {budget}, but no turn is long "
+                f"enough to reduce (each is under {chunk_tokens} tokens)"
+            )
+        ]
     pool = [(n, k) for n, item in enumerate(longs) for k in range(len(item.chunks))]
     scores = BM25([longs[n].chunks[k].text for n, k in pool]).scores(query)
     ranking = sorted(range(len(pool)), key=lambda p: (-scores[p], p))
@@ -162,8 +182,10 @@ def fit(messages: list[dict[str, Any]], budget: int, params: dict[str, Any]) -> 
         ranking = [p for p in ranking if scores[p] > 0.0]
     reduced = {item.index for item in longs}
     fixed = sum(estimate_tokens(t) for i, t in enumerate(texts) if i not in reduced)
-    fixed += sum(estimate_tokens(it.text[:it.lead_end]) + estimate_tokens(it.text[it.tail_start:]) + NOTE_TOKENS
-                 for it in longs)
+    fixed += sum(
+        estimate_tokens(it.text[: it.lead_end]) + estimate_tokens(it.text[it.tail_start :]) + NOTE_TOKENS
+        for it in longs
+    )
     room = budget - fixed
     kept: dict[int, list[int]] = {n: [] for n in range(len(longs))}
     used = count = 0
@@ -181,8 +203,12 @@ def fit(messages: list[dict[str, Any]], budget: int, params: dict[str, Any]) -> 
     for n, item in enumerate(longs):
         out[item.index] = with_text(messages[item.index], _render(item, kept[n]))
     after = sum(estimate_tokens(message_text(m)) for m in out)
-    notes = [(f"memory: {total} estimated tokens over the limit of {budget}: kept {count} of {len(pool)} chunks "
-              f"of {len(longs)} long turn(s); now {after}")]
+    notes = [
+        (
+            f"memory: {total} estimated tokens over the limit of {budget}: kept {count} of {len(pool)} chunks "
+            f"of {len(longs)} long turn(s); now {after}"
+        )
+    ]
     if after > budget:
         notes.append(f"memory: still over the limit: the turns kept whole take {fixed} estimated tokens")
     return out, notes
@@ -226,7 +252,9 @@ async def pre(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any
         store = _store(runtime)
         private = {"conversation": conversation, "question": question}
         stored = await store.recall(conversation)
-        query = question if estimate_tokens(question) <= params["chunk_tokens"] else question[-params["chunk_tokens"] * 4:]
+        query = (
+            question if estimate_tokens(question) <= params["chunk_tokens"] else question[-params["chunk_tokens"] * 4 :]
+        )
         recalled = await asyncio.to_thread(recall, stored, messages, query, int(params["recall_k"]))
         notes.append(f"memory: recalled {len(recalled)} of {len(stored)} stored chunks of the conversation")
     memory_tokens = estimate_tokens("\n".join([MEMORY_HEADER, *(c.text for c in recalled)])) if recalled else 0
@@ -244,7 +272,10 @@ async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, An
     conversation = private.get("conversation")
     if conversation and answers:
         params = state.get("params") or {}
-        size = {"chunk_tokens": int(params.get("chunk_tokens", 200)), "overlap_tokens": int(params.get("overlap_tokens", 40))}
+        size = {
+            "chunk_tokens": int(params.get("chunk_tokens", 200)),
+            "overlap_tokens": int(params.get("overlap_tokens", 40)),
+        }
         said = [("user", private.get("question") or ""), ("assistant", message_text(answers[0].get("message") or {}))]
         chunks = [(role, c.text) for role, text in said for c in split_chunks(text, **size)]
         await _store(runtime).remember(conversation, runtime.context.run_id, chunks)
@@ -254,8 +285,11 @@ async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, An
 def _store(runtime: Runtime[RunContext]) -> Any:
     store = runtime.context.store
     if store is None:
-        raise InvalidRequest("conversation memory needs the server's database, which this run has none of",
-                             param="optillm_params.memory.conversation", code="approach_unsupported")
+        raise InvalidRequest(
+            "conversation memory needs the server's database, which this run has none of",
+            param="optillm_params.memory.conversation",
+            code="approach_unsupported",
+        )
     return store
 
 
@@ -276,7 +310,7 @@ def stream(request: dict[str, Any], private: dict[str, Any], context: RunContext
 SPEC = PluginSpec(
     name="memory",
     description="Unbounded context: long turns are cut into chunks and only those relevant to the question are "
-                "kept (BM25); with a conversation id, earlier exchanges are stored and recalled from the database.",
+    "kept (BM25); with a conversation id, earlier exchanges are stored and recalled from the database.",
     pre=pre,
     post=post,
     params=MemoryParams,

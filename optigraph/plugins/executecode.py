@@ -66,11 +66,16 @@ shows the code was wrong, say so and correct the answer."""
 class ExecuteCodeParams(ApproachParams):
     timeout_s: float = Field(10.0, gt=0, le=120, description="Wall-clock limit of one program run, in seconds.")
     memory_mb: int = Field(512, ge=128, le=4096, description="Address-space limit of one program run, in MiB.")
-    max_output_chars: int = Field(4000, ge=100, le=50_000,
-                                  description="Characters of a program's output shown to the model (the last ones).")
-    max_rounds: int = Field(1, ge=0, le=5,
-                            description="Per answer: how many times code in the model's answer is run and the model "
-                                        "asked again with its output (0: only the request's code runs).")
+    max_output_chars: int = Field(
+        4000, ge=100, le=50_000, description="Characters of a program's output shown to the model (the last ones)."
+    )
+    max_rounds: int = Field(
+        1,
+        ge=0,
+        le=5,
+        description="Per answer: how many times code in the model's answer is run and the model "
+        "asked again with its output (0: only the request's code runs).",
+    )
     run_request_code: bool = Field(True, description="Run the Python blocks of the last user turn (`pre`).")
 
 
@@ -85,10 +90,17 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else f"[... {len(text) - limit} characters cut ...]\n{text[-limit:]}"
 
 
-async def _run(code: str, params: dict[str, Any], runtime: Runtime[RunContext], *, node: str,
-               attempt: int) -> tuple[Execution, list[str]]:
-    update = await execute(code, node=node, attempt=attempt, level=runtime.context.sandbox_level,
-                           timeout_s=float(params.get("timeout_s", 10.0)), memory_mb=int(params.get("memory_mb", 512)))
+async def _run(
+    code: str, params: dict[str, Any], runtime: Runtime[RunContext], *, node: str, attempt: int
+) -> tuple[Execution, list[str]]:
+    update = await execute(
+        code,
+        node=node,
+        attempt=attempt,
+        level=runtime.context.sandbox_level,
+        timeout_s=float(params.get("timeout_s", 10.0)),
+        memory_mb=int(params.get("memory_mb", 512)),
+    )
     return update["executions"][0], update["notes"]
 
 
@@ -102,8 +114,9 @@ def request_output(record: Execution, limit: int) -> str | None:
     kind = record.get("error_kind")
     if kind == "no_output":
         return "[The Python code above was run in a sandbox; it finished without error and printed nothing.]"
-    return REQUEST_OUTPUT.format(what=f"It did not finish normally ({kind}):",
-                                 output=_clip(failure_report(record, limit=limit), limit))
+    return REQUEST_OUTPUT.format(
+        what=f"It did not finish normally ({kind}):", output=_clip(failure_report(record, limit=limit), limit)
+    )
 
 
 async def pre(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -129,8 +142,9 @@ def _follow_up_params(state: PluginState) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in NOT_FORWARDED}
 
 
-async def _finish(state: PluginState, runtime: Runtime[RunContext], index: int,
-                  answer: Answer) -> tuple[Answer, list[str], dict[str, Any]]:
+async def _finish(
+    state: PluginState, runtime: Runtime[RunContext], index: int, answer: Answer
+) -> tuple[Answer, list[str], dict[str, Any]]:
     """One answer after up to `max_rounds` rounds of running its code and asking the model again."""
     params = state.get("params") or {}
     limit = int(params.get("max_output_chars", 4000))
@@ -153,14 +167,19 @@ async def _finish(state: PluginState, runtime: Runtime[RunContext], index: int,
             why = "the sandbox could not run it" if unavailable(record) else f"it failed ({record.get('error_kind')})"
             notes.append(f"executecode.post: answer {index} kept as the model wrote it; {why}")
             break
-        conversation += [{"role": "assistant", "content": message_text(message)},
-                         {"role": "user", "content": FOLLOW_UP.format(output=_clip(record.get("stdout") or "", limit))}]
-        completion = await runtime.context.llm.chat(conversation, node="executecode.answer",
-                                                    **_follow_up_params(state))
+        conversation += [
+            {"role": "assistant", "content": message_text(message)},
+            {"role": "user", "content": FOLLOW_UP.format(output=_clip(record.get("stdout") or "", limit))},
+        ]
+        completion = await runtime.context.llm.chat(conversation, node="executecode.answer", **_follow_up_params(state))
         usage = add_usage(usage, completion.usage)
         choice = completion.choices[0]
-        answer = {**answer, "message": {"role": "assistant", "content": completion.text},
-                  "finish_reason": choice.get("finish_reason") or "stop", "logprobs": None}
+        answer = {
+            **answer,
+            "message": {"role": "assistant", "content": completion.text},
+            "finish_reason": choice.get("finish_reason") or "stop",
+            "logprobs": None,
+        }
         notes.append(f"executecode.post: answer {index} rewritten from its program's output (round {round_})")
     return answer, notes, usage
 
@@ -177,7 +196,7 @@ async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, An
 SPEC = PluginSpec(
     name="executecode",
     description="Runs the Python in the request, and the Python the model answers with, in the sandbox "
-                "(fails closed) and gives the model the output.",
+    "(fails closed) and gives the model the output.",
     pre=pre,
     post=post,
     params=ExecuteCodeParams,

@@ -66,7 +66,7 @@ def parse_json(text: str) -> Any:
     for open_, close in (("{", "}"), ("[", "]")):
         start, end = text.find(open_), text.rfind(close)
         if start != -1 and end > start:
-            candidates.append(text[start:end + 1])
+            candidates.append(text[start : end + 1])
     error: Exception = ValueError("the answer holds no JSON value")
     for candidate in candidates:
         try:
@@ -93,11 +93,20 @@ def check(text: str, schema: dict[str, Any] | None) -> tuple[Any, str | None]:
     return value, None
 
 
-async def _repair(state: PluginState, runtime: Runtime[RunContext], answer: str, error: str,
-                  schema: dict[str, Any] | None, max_tokens: int) -> Completion:
+async def _repair(
+    state: PluginState,
+    runtime: Runtime[RunContext],
+    answer: str,
+    error: str,
+    schema: dict[str, Any] | None,
+    max_tokens: int,
+) -> Completion:
     hint = f" matching this JSON schema: {json.dumps(schema)}" if schema is not None else ""
-    messages = [*state["messages"], {"role": "assistant", "content": answer},
-                {"role": "user", "content": REPAIR_PROMPT.format(error=error, schema_hint=hint)}]
+    messages = [
+        *state["messages"],
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": REPAIR_PROMPT.format(error=error, schema_hint=hint)},
+    ]
     request = state.get("request") or {}
     params = {k: request[k] for k in ("response_format", "seed", "user") if k in request}
     return await runtime.context.llm.chat(messages, node="json.repair", max_tokens=max_tokens, **params)
@@ -114,10 +123,12 @@ async def pre(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any
         return {}
     hint = f", matching this JSON schema: {json.dumps(schema)}" if schema is not None else ""
     system = {"role": "system", "content": INSTRUCTION.format(schema_hint=hint)}
-    return {"messages": [system, *state["messages"]],
-            "request": {k: v for k, v in request.items() if k != "response_format"},
-            "private": {"response_format": request["response_format"]},
-            "notes": ["json: response_format asked for in a system message (the backend has no structured output)"]}
+    return {
+        "messages": [system, *state["messages"]],
+        "request": {k: v for k, v in request.items() if k != "response_format"},
+        "private": {"response_format": request["response_format"]},
+        "notes": ["json: response_format asked for in a system message (the backend has no structured output)"],
+    }
 
 
 async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -141,8 +152,9 @@ async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, An
             text = repaired.text
             value, error = check(text, schema)
         if error is not None:
-            raise InvalidModelOutput(f"the model's answer does not match response_format after {tries} "
-                                     f"repair(s): {error}")
+            raise InvalidModelOutput(
+                f"the model's answer does not match response_format after {tries} repair(s): {error}"
+            )
         message = {**(answer.get("message") or {}), "content": json.dumps(value, ensure_ascii=False)}
         answers.append({**answer, "message": message})
     return {"answers": answers, "notes": notes, "usage": usage}
@@ -151,7 +163,7 @@ async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, An
 SPEC = PluginSpec(
     name="json",
     description="Makes the answer JSON that validates against response_format's schema, repairing it "
-                "with the model when it does not.",
+    "with the model when it does not.",
     pre=pre,
     post=post,
     params=JsonParams,

@@ -21,8 +21,15 @@ from typing import Any, NamedTuple
 
 # Presidio's entity type -> our placeholder label.
 LABELS = {
-    "EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "CREDIT_CARD": "CARD", "IBAN_CODE": "IBAN",
-    "IP_ADDRESS": "IP", "US_SSN": "SSN", "CRYPTO": "CRYPTO", "MAC_ADDRESS": "MAC", "PERSON": "NAME",
+    "EMAIL_ADDRESS": "EMAIL",
+    "PHONE_NUMBER": "PHONE",
+    "CREDIT_CARD": "CARD",
+    "IBAN_CODE": "IBAN",
+    "IP_ADDRESS": "IP",
+    "US_SSN": "SSN",
+    "CRYPTO": "CRYPTO",
+    "MAC_ADDRESS": "MAC",
+    "PERSON": "NAME",
 }
 # Below this score a match is too weak to act on (Presidio gives 0.05 to 0.3 to shapes it could not
 # validate, such as an SSN-shaped number with a known-fake prefix).
@@ -73,11 +80,24 @@ def _recognizers() -> tuple[Any, ...]:
     # Variable-width look-behind: Presidio matches with the `regex` module, which allows it. Case
     # matters here (Presidio ignores it by default): "I am happy" names no one.
     names = PatternRecognizer(
-        supported_entity="PERSON", name="NameAfterCueRecognizer", global_regex_flags=regex.MULTILINE,
-        patterns=[Pattern(f"name after {i}", rf"(?<={cue}){_NAME}", score) for i, (cue, score) in
-                  enumerate(_NAME_PATTERNS)])
-    return (OfflineEmailRecognizer(), PhoneRecognizer(), CreditCardRecognizer(), IbanRecognizer(),
-            IpRecognizer(), UsSsnRecognizer(), CryptoRecognizer(), MacAddressRecognizer(), names)
+        supported_entity="PERSON",
+        name="NameAfterCueRecognizer",
+        global_regex_flags=regex.MULTILINE,
+        patterns=[
+            Pattern(f"name after {i}", rf"(?<={cue}){_NAME}", score) for i, (cue, score) in enumerate(_NAME_PATTERNS)
+        ],
+    )
+    return (
+        OfflineEmailRecognizer(),
+        PhoneRecognizer(),
+        CreditCardRecognizer(),
+        IbanRecognizer(),
+        IpRecognizer(),
+        UsSsnRecognizer(),
+        CryptoRecognizer(),
+        MacAddressRecognizer(),
+        names,
+    )
 
 
 def find(text: str) -> list[Finding]:

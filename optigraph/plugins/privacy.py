@@ -62,7 +62,7 @@ class Anonymizer:
         """`text` with each detected value replaced by its placeholder."""
         out, last = [], 0
         for f in find(text):
-            out += [text[last:f.start], self._placeholder(f.label, text[f.start:f.end])]
+            out += [text[last : f.start], self._placeholder(f.label, text[f.start : f.end])]
             last = f.end
         return "".join(out) + text[last:]
 
@@ -73,8 +73,12 @@ class Anonymizer:
         if isinstance(content, str):
             out["content"] = self.text(content)
         elif isinstance(content, list):
-            out["content"] = [{**p, "text": self.text(p["text"])} if isinstance(p, dict) and p.get("type") == "text"
-                              and isinstance(p.get("text"), str) else p for p in content]
+            out["content"] = [
+                {**p, "text": self.text(p["text"])}
+                if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                else p
+                for p in content
+            ]
         if isinstance(message.get("tool_calls"), list):
             out["tool_calls"] = [_map_arguments(call, self.text) for call in message["tool_calls"]]
         return out
@@ -105,8 +109,9 @@ def restore(text: str, mapping: dict[str, str]) -> str:
 
 def restore_json(text: str, mapping: dict[str, str]) -> str:
     """`restore` inside a JSON document (tool-call arguments): each original escaped as a JSON string body."""
-    return _PLACEHOLDER.sub(lambda m: json.dumps(mapping[m.group(0)])[1:-1] if m.group(0) in mapping
-                            else m.group(0), text)
+    return _PLACEHOLDER.sub(
+        lambda m: json.dumps(mapping[m.group(0)])[1:-1] if m.group(0) in mapping else m.group(0), text
+    )
 
 
 class Restorer:
@@ -152,12 +157,15 @@ def unseal(private: dict[str, Any], fernet: Fernet) -> dict[str, str]:
     try:
         return json.loads(fernet.decrypt(token.encode()))
     except InvalidToken as exc:
-        raise PrivacyKeyChanged("the privacy mapping of this run was encrypted with another privacy_key (the server "
-                          "restarted without OPTIGRAPH_PRIVACY_KEY set?): its answer cannot be restored") from exc
+        raise PrivacyKeyChanged(
+            "the privacy mapping of this run was encrypted with another privacy_key (the server "
+            "restarted without OPTIGRAPH_PRIVACY_KEY set?): its answer cannot be restored"
+        ) from exc
 
 
-def _anonymize(messages: list[dict[str, Any]], request: dict[str, Any]) -> tuple[
-        list[dict[str, Any]], dict[str, Any] | None, dict[str, str]]:
+def _anonymize(
+    messages: list[dict[str, Any]], request: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, str]]:
     anonymizer = Anonymizer()
     return [anonymizer.message(m) for m in messages], anonymizer.request(request), anonymizer.mapping
 
@@ -165,8 +173,9 @@ def _anonymize(messages: list[dict[str, Any]], request: dict[str, Any]) -> tuple
 async def pre(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     fernet = _fernet(runtime.context)
     # The detectors are CPU work (and the first call imports Presidio): off the event loop.
-    messages, request, mapping = await asyncio.to_thread(_anonymize, list(state["messages"]),
-                                                         dict(state.get("request") or {}))
+    messages, request, mapping = await asyncio.to_thread(
+        _anonymize, list(state["messages"]), dict(state.get("request") or {})
+    )
     counts: dict[str, int] = {}
     for placeholder in mapping:
         label = placeholder[1:].split("_")[0]
@@ -186,8 +195,9 @@ async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, An
         if isinstance(message.get("content"), str):
             message["content"] = restore(message["content"], mapping)
         if isinstance(message.get("tool_calls"), list):
-            message["tool_calls"] = [_map_arguments(c, lambda a: restore_json(a, mapping))
-                                     for c in message["tool_calls"]]
+            message["tool_calls"] = [
+                _map_arguments(c, lambda a: restore_json(a, mapping)) for c in message["tool_calls"]
+            ]
         answers.append({**answer, "message": message})
     return {"answers": answers}
 
@@ -203,8 +213,8 @@ def stream(request: dict[str, Any], private: dict[str, Any], context: RunContext
 SPEC = PluginSpec(
     name="privacy",
     description="Replaces personal data (e-mails, phones, cards, IBANs, IPs, SSNs, crypto and MAC addresses, names "
-                "after a cue) with placeholders before anything goes upstream, and restores them in the answer "
-                "(streaming too).",
+    "after a cue) with placeholders before anything goes upstream, and restores them in the answer "
+    "(streaming too).",
     pre=pre,
     post=post,
     stream=stream,

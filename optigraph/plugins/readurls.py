@@ -157,8 +157,9 @@ async def fetch(client: httpx.AsyncClient, url: str, *, allowed: Allowed, max_by
         host = parts.hostname
         address = await resolve(host, port, allowed)
         target = httpx.URL(url).copy_with(host=address)
-        request = client.build_request("GET", target, headers={"Host": parts.netloc.rpartition("@")[2]},
-                                       extensions={"sni_hostname": host})
+        request = client.build_request(
+            "GET", target, headers={"Host": parts.netloc.rpartition("@")[2]}, extensions={"sni_hostname": host}
+        )
         response = await client.send(request, stream=True)
         try:
             if response.is_redirect:
@@ -210,8 +211,9 @@ async def pre(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any
     return {"messages": messages, "notes": notes}
 
 
-async def _read(client: httpx.AsyncClient, url: str, allowed: Allowed, max_bytes: int,
-                timeout: float) -> tuple[str, str | None]:
+async def _read(
+    client: httpx.AsyncClient, url: str, allowed: Allowed, max_bytes: int, timeout: float
+) -> tuple[str, str | None]:
     try:
         return await asyncio.wait_for(fetch(client, url, allowed=allowed, max_bytes=max_bytes), timeout), None
     except FetchRefused as exc:
@@ -223,7 +225,7 @@ async def _read(client: httpx.AsyncClient, url: str, allowed: Allowed, max_bytes
 SPEC = PluginSpec(
     name="readurls",
     description="Reads the web pages the request links to (public addresses only, by default) and adds "
-                "their text to the conversation.",
+    "their text to the conversation.",
     pre=pre,
     params=ReadUrlsParams,
     needs=frozenset({"network"}),

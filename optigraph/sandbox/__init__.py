@@ -19,5 +19,13 @@ from optigraph.sandbox.runner import (
     run_python,
 )
 
-__all__ = ["DEFAULT_ALLOWED_MODULES", "DEFAULT_LEVEL", "LEVELS", "ErrorKind", "SandboxLevel", "SandboxResult",
-           "SandboxUnavailable", "run_python"]
+__all__ = [
+    "DEFAULT_ALLOWED_MODULES",
+    "DEFAULT_LEVEL",
+    "LEVELS",
+    "ErrorKind",
+    "SandboxLevel",
+    "SandboxResult",
+    "SandboxUnavailable",
+    "run_python",
+]

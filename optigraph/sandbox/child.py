@@ -57,8 +57,15 @@ def confine_self(config: dict, confine, read_roots: list[str]) -> tuple[dict[str
         layer("tmpfs", confine.private_workdir, workdir, config["disk_mb"])
     else:
         missing["tmpfs"] = "needs the namespaces layer"
-    layer("rlimits", confine.set_limits, memory_mb=config["memory_mb"], cpu_s=config["cpu_s"],
-          nproc=config["nproc"], fsize_mb=config["disk_mb"], nofile=config["nofile"])
+    layer(
+        "rlimits",
+        confine.set_limits,
+        memory_mb=config["memory_mb"],
+        cpu_s=config["cpu_s"],
+        nproc=config["nproc"],
+        fsize_mb=config["disk_mb"],
+        nofile=config["nofile"],
+    )
     layer("no_new_privs", confine.no_new_privs)
     layer("landlock", confine.landlock, read=[*read_roots, *SYSTEM_LIBRARIES], write=[workdir], devices=list(DEVICES))
     layer("capabilities", confine.drop_capabilities)
@@ -117,6 +124,7 @@ def main() -> int:
     sys.path.insert(0, here)  # this directory's two helpers, without importing the package
     import confine  # noqa: PLC0415
     import guard  # noqa: PLC0415
+
     sys.path.remove(here)
 
     read_roots, library_roots = interpreter_roots()
@@ -126,9 +134,12 @@ def main() -> int:
     if "audit_hook" in (config.get("withhold") or ()):
         missing["audit_hook"] = "withheld (testing)"
     elif config["audit_guard"]:
-        guard.install(workdir=workdir, read_roots=read_roots, library_roots=library_roots, devices=DEVICES,
-                      report_fd=report_fd)
-        active["audit_hook"] = "network, processes, files outside the work dir, ctypes loading, interpreter introspection"
+        guard.install(
+            workdir=workdir, read_roots=read_roots, library_roots=library_roots, devices=DEVICES, report_fd=report_fd
+        )
+        active["audit_hook"] = (
+            "network, processes, files outside the work dir, ctypes loading, interpreter introspection"
+        )
     else:
         missing["audit_hook"] = "turned off"
     refused = [name for name in config["require"] if name not in active]

@@ -98,8 +98,10 @@ def set_limits(*, memory_mb: int, cpu_s: int, nproc: int, fsize_mb: int, nofile:
         resource.setrlimit(which, value)
     # The kernel exempts uid 0 from RLIMIT_NPROC; the seccomp filter is what stops forks there.
     nproc_note = " (not enforced for uid 0)" if os.getuid() == 0 else ""
-    return (f"address space {memory_mb} MiB, cpu {cpu_s} s, processes {nproc}{nproc_note}, "
-            f"file size {fsize_mb} MiB, open files {nofile}, no core dumps")
+    return (
+        f"address space {memory_mb} MiB, cpu {cpu_s} s, processes {nproc}{nproc_note}, "
+        f"file size {fsize_mb} MiB, open files {nofile}, no core dumps"
+    )
 
 
 # ---- no_new_privs and capabilities -------------------------------------------------------------
@@ -144,16 +146,38 @@ def drop_capabilities() -> str:
 # ---- Landlock ----------------------------------------------------------------------------------
 
 _SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446  # one number on every arch
-_FS = {name: 1 << bit for bit, name in enumerate((
-    "execute", "write_file", "read_file", "read_dir", "remove_dir", "remove_file", "make_char",
-    "make_dir", "make_reg", "make_sock", "make_fifo", "make_block", "make_sym", "refer", "truncate",
-    "ioctl_dev"))}
+_FS = {
+    name: 1 << bit
+    for bit, name in enumerate(
+        (
+            "execute",
+            "write_file",
+            "read_file",
+            "read_dir",
+            "remove_dir",
+            "remove_file",
+            "make_char",
+            "make_dir",
+            "make_reg",
+            "make_sock",
+            "make_fifo",
+            "make_block",
+            "make_sym",
+            "refer",
+            "truncate",
+            "ioctl_dev",
+        )
+    )
+}
 _FS_BY_ABI = {1: 13, 2: 14, 3: 15, 4: 15, 5: 16}  # how many of the rights above each ABI knows
 
 
 class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64)]
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
 
 
 class _PathBeneath(ctypes.Structure):
@@ -171,8 +195,9 @@ def landlock(*, read: list[str], write: list[str], devices: list[str]) -> str:
     handled = (1 << _FS_BY_ABI.get(abi, 16)) - 1
     file_rights = _FS["read_file"] | _FS["write_file"] | _FS["truncate"]
     read_rights = _FS["read_file"] | _FS["read_dir"]
-    write_rights = handled & ~(_FS["execute"] | _FS["make_char"] | _FS["make_block"] | _FS["make_sock"]
-                               | _FS["ioctl_dev"])
+    write_rights = handled & ~(
+        _FS["execute"] | _FS["make_char"] | _FS["make_block"] | _FS["make_sock"] | _FS["ioctl_dev"]
+    )
     attr = _RulesetAttr(handled, 0b11 if abi >= 4 else 0, 0b11 if abi >= 6 else 0)
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
     ruleset = _check(_libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), size, 0), "landlock_create_ruleset")
@@ -205,24 +230,86 @@ def _allow(ruleset: int, path: str, rights: int) -> None:
 # sockets where there is no network namespace), namespaces and mounts, tracing other processes,
 # kernel keyrings, BPF, io_uring (which performs calls seccomp never sees) and the like.
 _DENIED = {
-    "x86_64": (0xC000003E, 56, 435, [
-        57, 58, 59, 322,  # fork, vfork, execve, execveat
-        41,  # socket (socketpair stays: an unconnected pair reaches nothing)
-        101, 310, 311,  # ptrace, process_vm_readv, process_vm_writev
-        272, 308, 165, 166, 155, 161,  # unshare, setns, mount, umount2, pivot_root, chroot
-        321, 323, 298, 250, 248, 249,  # bpf, userfaultfd, perf_event_open, keyctl, add_key, request_key
-        303, 304, 246, 175, 313, 176,  # name/open_by_handle_at, kexec_load, init/finit/delete_module
-        425, 428, 429, 430, 431, 432, 433, 442,  # io_uring_setup, the new mount API
-    ]),
-    "aarch64": (0xC00000B7, 220, 435, [
-        221, 281,  # execve, execveat (no fork or vfork on this architecture: clone covers them)
-        198,  # socket
-        117, 270, 271,
-        97, 268, 40, 39, 41, 51,
-        280, 282, 241, 219, 217, 218,
-        264, 265, 104, 105, 273, 106,
-        425, 428, 429, 430, 431, 432, 433, 442,
-    ]),
+    "x86_64": (
+        0xC000003E,
+        56,
+        435,
+        [
+            57,
+            58,
+            59,
+            322,  # fork, vfork, execve, execveat
+            41,  # socket (socketpair stays: an unconnected pair reaches nothing)
+            101,
+            310,
+            311,  # ptrace, process_vm_readv, process_vm_writev
+            272,
+            308,
+            165,
+            166,
+            155,
+            161,  # unshare, setns, mount, umount2, pivot_root, chroot
+            321,
+            323,
+            298,
+            250,
+            248,
+            249,  # bpf, userfaultfd, perf_event_open, keyctl, add_key, request_key
+            303,
+            304,
+            246,
+            175,
+            313,
+            176,  # name/open_by_handle_at, kexec_load, init/finit/delete_module
+            425,
+            428,
+            429,
+            430,
+            431,
+            432,
+            433,
+            442,  # io_uring_setup, the new mount API
+        ],
+    ),
+    "aarch64": (
+        0xC00000B7,
+        220,
+        435,
+        [
+            221,
+            281,  # execve, execveat (no fork or vfork on this architecture: clone covers them)
+            198,  # socket
+            117,
+            270,
+            271,
+            97,
+            268,
+            40,
+            39,
+            41,
+            51,
+            280,
+            282,
+            241,
+            219,
+            217,
+            218,
+            264,
+            265,
+            104,
+            105,
+            273,
+            106,
+            425,
+            428,
+            429,
+            430,
+            431,
+            432,
+            433,
+            442,
+        ],
+    ),
 }
 
 

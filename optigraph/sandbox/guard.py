@@ -25,37 +25,100 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 # Every event whose name starts with one of these is refused outright.
 _DENIED_PREFIXES = ("socket.",)
-_DENIED_EVENTS = frozenset({
-    # new processes and programs
-    "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "subprocess.Popen",
-    "os.startfile", "os.kill", "os.killpg", "signal.pthread_kill", "pty.spawn",
-    # reaching into the interpreter (to find or disable this hook)
-    "sys.addaudithook", "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
-    "sys.settrace", "sys.setprofile",  # audited from Python 3.12; tracers can rewrite a frame's locals
-    "cpython.remote_debugger_script",
-    # raw memory through ctypes
-    "ctypes.dlsym/handle", "ctypes.cdata", "ctypes.string_at", "ctypes.wstring_at", "ctypes.PyObj_FromPtr",
-    "ctypes.call_function",
-    # limits and links
-    "resource.setrlimit", "resource.prlimit", "os.link", "os.symlink", "os.chflags", "os.lchflags",
-    "os.mknod", "os.chown", "shutil.chown", "os.setxattr", "os.removexattr",
-    "urllib.Request", "ftplib.connect", "http.client.connect", "smtplib.connect", "imaplib.open",
-    "nntplib.connect", "poplib.connect", "telnetlib.Telnet.open", "webbrowser.open",
-})
+_DENIED_EVENTS = frozenset(
+    {
+        # new processes and programs
+        "os.system",
+        "os.exec",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.fork",
+        "os.forkpty",
+        "subprocess.Popen",
+        "os.startfile",
+        "os.kill",
+        "os.killpg",
+        "signal.pthread_kill",
+        "pty.spawn",
+        # reaching into the interpreter (to find or disable this hook)
+        "sys.addaudithook",
+        "gc.get_objects",
+        "gc.get_referrers",
+        "gc.get_referents",
+        "sys._current_frames",
+        "sys.settrace",
+        "sys.setprofile",  # audited from Python 3.12; tracers can rewrite a frame's locals
+        "cpython.remote_debugger_script",
+        # raw memory through ctypes
+        "ctypes.dlsym/handle",
+        "ctypes.cdata",
+        "ctypes.string_at",
+        "ctypes.wstring_at",
+        "ctypes.PyObj_FromPtr",
+        "ctypes.call_function",
+        # limits and links
+        "resource.setrlimit",
+        "resource.prlimit",
+        "os.link",
+        "os.symlink",
+        "os.chflags",
+        "os.lchflags",
+        "os.mknod",
+        "os.chown",
+        "shutil.chown",
+        "os.setxattr",
+        "os.removexattr",
+        "urllib.Request",
+        "ftplib.connect",
+        "http.client.connect",
+        "smtplib.connect",
+        "imaplib.open",
+        "nntplib.connect",
+        "poplib.connect",
+        "telnetlib.Telnet.open",
+        "webbrowser.open",
+    }
+)
 # Modules whose mere import hands out a way around the hook: a second interpreter without it, raw
 # C APIs. (`_posixsubprocess` spawns without an event of its own, but sympy imports `subprocess`;
 # the seccomp filter refuses its fork and exec.)
-DENIED_IMPORTS = frozenset({
-    "_xxsubinterpreters", "_xxinterpchannels", "_interpreters", "_interpchannels",
-    "_testcapi", "_testinternalcapi", "_testmultiphase", "_testbuffer", "_testimportmultiple",
-    "cffi", "_cffi_backend", "_ctypes_test",
-})
+DENIED_IMPORTS = frozenset(
+    {
+        "_xxsubinterpreters",
+        "_xxinterpchannels",
+        "_interpreters",
+        "_interpchannels",
+        "_testcapi",
+        "_testinternalcapi",
+        "_testmultiphase",
+        "_testbuffer",
+        "_testimportmultiple",
+        "cffi",
+        "_cffi_backend",
+        "_ctypes_test",
+    }
+)
 # Events that name paths to be written (all arguments that are paths must lie in the work dir).
-_WRITE_EVENTS = frozenset({
-    "os.mkdir", "os.rmdir", "os.remove", "os.rename", "os.truncate", "os.chmod", "os.utime", "os.mkfifo",
-    "shutil.rmtree", "shutil.copyfile", "shutil.copymode", "shutil.copystat", "shutil.copytree",
-    "shutil.move", "shutil.make_archive", "shutil.unpack_archive",
-})
+_WRITE_EVENTS = frozenset(
+    {
+        "os.mkdir",
+        "os.rmdir",
+        "os.remove",
+        "os.rename",
+        "os.truncate",
+        "os.chmod",
+        "os.utime",
+        "os.mkfifo",
+        "shutil.rmtree",
+        "shutil.copyfile",
+        "shutil.copymode",
+        "shutil.copystat",
+        "shutil.copytree",
+        "shutil.move",
+        "shutil.make_archive",
+        "shutil.unpack_archive",
+    }
+)
 _COPY_EVENTS = frozenset({"shutil.copyfile", "shutil.copymode", "shutil.copystat", "shutil.copytree"})  # src, dst
 _READ_EVENTS = frozenset({"os.listdir", "os.scandir", "os.getxattr", "os.listxattr", "os.chdir"})
 
@@ -76,8 +139,9 @@ class Policy(NamedTuple):
     report_fd: int
 
 
-def install(*, workdir: str, read_roots: Iterable[str], library_roots: Iterable[str],
-            devices: Iterable[str], report_fd: int) -> None:
+def install(
+    *, workdir: str, read_roots: Iterable[str], library_roots: Iterable[str], devices: Iterable[str], report_fd: int
+) -> None:
     """Adds the audit hook. Reads are allowed under `read_roots` and the work dir, writes only in
     the work dir; ctypes may load and look up symbols only in libraries under `library_roots`.
     Every refusal raises `SandboxViolation` and is written as a JSON line to `report_fd`."""
@@ -98,12 +162,33 @@ def _hook_for(policy: Policy) -> Callable[[str, tuple[Any, ...]], None]:
     `builtins` attributes changes nothing the hook sees. It fails closed: any error raised in it
     aborts the audited operation."""
 
-    def hook(event: str, args: tuple[Any, ...], *, _p: Policy = policy, _reads=_READ_EVENTS, _writes=_WRITE_EVENTS,
-             _copies=_COPY_EVENTS, _denied=_DENIED_EVENTS, _prefixes=_DENIED_PREFIXES, _imports=DENIED_IMPORTS,
-             _write_flags=_WRITE_FLAGS, _getcwd=os.getcwd, _fspath=os.fspath, _fsdecode=os.fsdecode,
-             _normpath=_NORMPATH, _write=os.write, _isinstance=isinstance, _getattr=getattr, _str=str, _int=int,
-             _describe=_describe, _quote=json.dumps, _violation=SandboxViolation, _sep=os.sep,
-             _reported=[0]) -> None:  # noqa: B006 (a counter of reports, on purpose)
+    def hook(
+        event: str,
+        args: tuple[Any, ...],
+        *,
+        _p: Policy = policy,
+        _reads=_READ_EVENTS,
+        _writes=_WRITE_EVENTS,
+        _copies=_COPY_EVENTS,
+        _denied=_DENIED_EVENTS,
+        _prefixes=_DENIED_PREFIXES,
+        _imports=DENIED_IMPORTS,
+        _write_flags=_WRITE_FLAGS,
+        _getcwd=os.getcwd,
+        _fspath=os.fspath,
+        _fsdecode=os.fsdecode,
+        _normpath=_NORMPATH,
+        _write=os.write,
+        _isinstance=isinstance,
+        _getattr=getattr,
+        _str=str,
+        _int=int,
+        _describe=_describe,
+        _quote=json.dumps,
+        _violation=SandboxViolation,
+        _sep=os.sep,
+        _reported=[0],  # noqa: B006 (a counter of reports, on purpose)
+    ) -> None:
         paths: list[tuple[Any, bool]] = []  # (path, for writing)
         refusal: str | None = None  # why the operation is refused
         if event == "open":
@@ -183,8 +268,9 @@ def import_allowlist(allowed: Iterable[str], report: Callable[[str], None]) -> C
         top = name.partition(".")[0]
         if level == 0 and top not in allowed_set:
             report(f"import {name}")
-            raise ImportError(f"sandbox: module {top!r} is not allowed here (allowed: {', '.join(sorted(allowed_set))})",
-                              name=name)
+            raise ImportError(
+                f"sandbox: module {top!r} is not allowed here (allowed: {', '.join(sorted(allowed_set))})", name=name
+            )
         return real_import(name, globals, locals, fromlist, level)
 
     return guarded_import

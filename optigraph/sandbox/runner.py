@@ -39,15 +39,43 @@ CHILD = str(Path(__file__).with_name("child.py"))
 
 # Modules a program may import itself (what those modules import is up to them).
 DEFAULT_ALLOWED_MODULES: tuple[str, ...] = (
-    "z3", "sympy", "mpmath", "math", "cmath", "fractions", "decimal", "numbers", "statistics", "random",
-    "itertools", "functools", "operator", "collections", "heapq", "bisect", "array", "copy", "string", "re",
-    "json", "typing", "dataclasses", "enum", "datetime", "time", "textwrap", "pprint", "numpy",
+    "z3",
+    "sympy",
+    "mpmath",
+    "math",
+    "cmath",
+    "fractions",
+    "decimal",
+    "numbers",
+    "statistics",
+    "random",
+    "itertools",
+    "functools",
+    "operator",
+    "collections",
+    "heapq",
+    "bisect",
+    "array",
+    "copy",
+    "string",
+    "re",
+    "json",
+    "typing",
+    "dataclasses",
+    "enum",
+    "datetime",
+    "time",
+    "textwrap",
+    "pprint",
+    "numpy",
 )
 _MEMORY_SIGNS = ("MemoryError", "std::bad_alloc", "out of memory", "Cannot allocate memory")
 # How a refusal by a kernel layer (Landlock, seccomp, the empty network namespace) ends a program
 # that the audit hook did not stop first: the last line of its traceback.
-_KERNEL_REFUSAL = re.compile(r"^(PermissionError|sandbox\.SandboxViolation)\b|Network is unreachable"
-                             r"|Temporary failure in name resolution|Name or service not known")
+_KERNEL_REFUSAL = re.compile(
+    r"^(PermissionError|sandbox\.SandboxViolation)\b|Network is unreachable"
+    r"|Temporary failure in name resolution|Name or service not known"
+)
 
 
 class SandboxUnavailable(Exception):
@@ -59,8 +87,9 @@ class SandboxUnavailable(Exception):
         self.missing = dict(missing)
         self.layers = dict(layers or {})
         why = "; ".join(f"{name}: {reason}" for name, reason in self.missing.items())
-        super().__init__(f"the program was not run: sandbox level {level!r} requires layers that are not in force "
-                         f"({why})")
+        super().__init__(
+            f"the program was not run: sandbox level {level!r} requires layers that are not in force ({why})"
+        )
 
 
 @dataclass(frozen=True)
@@ -124,8 +153,15 @@ async def run_python(
         "require": required,
         "withhold": sorted(set(withhold_layers)),
     }
-    env = {"HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-           "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    env = {
+        "HOME": workdir,
+        "TMPDIR": workdir,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "MALLOC_ARENA_MAX": "2",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
     started = time.perf_counter()
     proc: asyncio.subprocess.Process | None = None
     report_r = report_w = -1
@@ -133,17 +169,40 @@ async def run_python(
         report_r, report_w = os.pipe()
         config["report_fd"] = report_w
         proc = await asyncio.create_subprocess_exec(
-            python or sys.executable, "-I", "-B", CHILD, json.dumps(config),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            cwd=workdir, env=env, start_new_session=True, pass_fds=(report_w,),
+            python or sys.executable,
+            "-I",
+            "-B",
+            CHILD,
+            json.dumps(config),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=workdir,
+            env=env,
+            start_new_session=True,
+            pass_fds=(report_w,),
         )
         os.close(report_w)
         report_w = -1
-        return await _supervise(proc, code, report_r, timeout_s=timeout_s, max_output=max_output, started=started,
-                                level=level, required=required)
+        return await _supervise(
+            proc,
+            code,
+            report_r,
+            timeout_s=timeout_s,
+            max_output=max_output,
+            started=started,
+            level=level,
+            required=required,
+        )
     except OSError as exc:  # the sandbox itself failed (no pipe, no interpreter): not the program
-        return SandboxResult(ok=False, stdout="", stderr=f"sandbox failure: {exc}",
-                             error_kind="error", exit_code=None, seconds=time.perf_counter() - started)
+        return SandboxResult(
+            ok=False,
+            stdout="",
+            stderr=f"sandbox failure: {exc}",
+            error_kind="error",
+            exit_code=None,
+            seconds=time.perf_counter() - started,
+        )
     finally:
         if proc is not None and proc.returncode is None:
             _kill_group(proc)  # cancelled while running: nothing may outlive the request
@@ -154,13 +213,23 @@ async def run_python(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def _supervise(proc: asyncio.subprocess.Process, code: str, report_fd: int, *, timeout_s: float,
-                     max_output: int, started: float, level: str, required: list[str]) -> SandboxResult:
+async def _supervise(
+    proc: asyncio.subprocess.Process,
+    code: str,
+    report_fd: int,
+    *,
+    timeout_s: float,
+    max_output: int,
+    started: float,
+    level: str,
+    required: list[str],
+) -> SandboxResult:
     assert proc.stdin and proc.stdout and proc.stderr
     report = asyncio.StreamReader()
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(report),
-                                                os.fdopen(os.dup(report_fd), "rb", buffering=0))
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(report), os.fdopen(os.dup(report_fd), "rb", buffering=0)
+    )
     out, err, records = _Capture(max_output), _Capture(max_output), _Capture(256 * 1024)
     readers = [asyncio.create_task(c.drain(s)) for c, s in ((out, proc.stdout), (err, proc.stderr), (records, report))]
     timed_out = False
@@ -186,8 +255,16 @@ async def _supervise(proc: asyncio.subprocess.Process, code: str, report_fd: int
         transport.close()
     report = records.records()
     _check_layers(report, level=level, required=required)
-    return _result(proc.returncode, out.text(), err.text(), report, seconds=seconds,
-                   timed_out=timed_out, truncated=out.cut or err.cut, timeout_s=timeout_s)
+    return _result(
+        proc.returncode,
+        out.text(),
+        err.text(),
+        report,
+        seconds=seconds,
+        timed_out=timed_out,
+        truncated=out.cut or err.cut,
+        timeout_s=timeout_s,
+    )
 
 
 def _check_layers(report: list[dict], *, level: str, required: list[str]) -> None:
@@ -223,7 +300,7 @@ class _Capture:
             room = self.cap - len(self.data)
             if len(chunk) > room:
                 self.cut = True
-            self.data += chunk[:max(room, 0)]
+            self.data += chunk[: max(room, 0)]
 
     def text(self) -> str:
         text = self.data.decode("utf-8", errors="replace")
@@ -240,8 +317,17 @@ class _Capture:
         return found
 
 
-def _result(code: int | None, out: str, err: str, report: list[dict], *, seconds: float, timed_out: bool,
-            truncated: bool, timeout_s: float) -> SandboxResult:
+def _result(
+    code: int | None,
+    out: str,
+    err: str,
+    report: list[dict],
+    *,
+    seconds: float,
+    timed_out: bool,
+    truncated: bool,
+    timeout_s: float,
+) -> SandboxResult:
     # Only the first record is the child's own statement of its layers (written before the program
     # ran); anything after it may have been written by the program.
     head = report[0] if report and "layers" in report[0] else {}
@@ -261,7 +347,15 @@ def _result(code: int | None, out: str, err: str, report: list[dict], *, seconds
         kind = "error"
     else:
         kind = None
-    return SandboxResult(ok=kind is None, stdout=out, stderr=err, error_kind=kind, exit_code=code,
-                         seconds=seconds, layers=dict(head.get("layers") or {}),
-                         unavailable=dict(head.get("unavailable") or {}), violations=violations,
-                         truncated=truncated)
+    return SandboxResult(
+        ok=kind is None,
+        stdout=out,
+        stderr=err,
+        error_kind=kind,
+        exit_code=code,
+        seconds=seconds,
+        layers=dict(head.get("layers") or {}),
+        unavailable=dict(head.get("unavailable") or {}),
+        violations=violations,
+        truncated=truncated,
+    )

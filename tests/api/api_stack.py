@@ -110,8 +110,14 @@ class Stack:
 
 
 @contextlib.contextmanager
-def start_stack(db_path: Path, *, upstream: dict[str, Any] | None = None, base_url: str | None = None,
-                registry: Any = None, **settings: Any) -> Iterator[Stack]:
+def start_stack(
+    db_path: Path,
+    *,
+    upstream: dict[str, Any] | None = None,
+    base_url: str | None = None,
+    registry: Any = None,
+    **settings: Any,
+) -> Iterator[Stack]:
     """Starts a fake upstream (unless `base_url` points elsewhere) and optigraph in front of it."""
     log, script = UpstreamLog(), Script()
     with contextlib.ExitStack() as stack:

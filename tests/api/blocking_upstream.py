@@ -53,38 +53,65 @@ def make_gated_app(gate: Gate) -> Starlette:
                     return Response(status_code=499)
                 await asyncio.sleep(0.01)  # polling the two events; nothing here measures time
         answer = f"echo: {text}"
-        usage = {"prompt_tokens": len(text.split()), "completion_tokens": len(answer.split()),
-                 "total_tokens": len(text.split()) + len(answer.split())}
+        usage = {
+            "prompt_tokens": len(text.split()),
+            "completion_tokens": len(answer.split()),
+            "total_tokens": len(text.split()) + len(answer.split()),
+        }
         base = {"id": "chatcmpl-gated", "created": int(time.time()), "model": body.get("model")}
         if body.get("stream"):
             return StreamingResponse(_sse(base, answer, usage, body), media_type="text/event-stream")
-        return Response(orjson.dumps({**base, "object": "chat.completion", "usage": usage, "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]}),
-            media_type="application/json")
+        return Response(
+            orjson.dumps(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "usage": usage,
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
+                    ],
+                }
+            ),
+            media_type="application/json",
+        )
 
-    async def _sse(base: dict[str, Any], answer: str, usage: dict[str, Any],
-                   body: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def _sse(
+        base: dict[str, Any], answer: str, usage: dict[str, Any], body: dict[str, Any]
+    ) -> AsyncIterator[bytes]:
         chunk = {**base, "object": "chat.completion.chunk"}
         for delta, finish in (({"role": "assistant"}, None), ({"content": answer}, None), ({}, "stop")):
-            yield b"data: " + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": delta,
-                                                                   "finish_reason": finish}]}) + b"\n\n"
+            yield (
+                b"data: "
+                + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+                + b"\n\n"
+            )
         if (body.get("stream_options") or {}).get("include_usage"):
             yield b"data: " + orjson.dumps({**chunk, "choices": [], "usage": usage}) + b"\n\n"
         yield b"data: [DONE]\n\n"
 
     async def _held_sse(body: dict[str, Any]) -> AsyncIterator[bytes]:
-        chunk = {"id": "chatcmpl-gated", "object": "chat.completion.chunk", "created": int(time.time()),
-                 "model": body.get("model")}
-        yield b"data: " + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant",
-                                                                                  "content": "first"}}]}) + b"\n\n"
+        chunk = {
+            "id": "chatcmpl-gated",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body.get("model"),
+        }
+        yield (
+            b"data: "
+            + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "first"}}]})
+            + b"\n\n"
+        )
         try:
             while not gate.release.is_set():
                 await asyncio.sleep(0.01)
         finally:
             if not gate.release.is_set():
                 gate.hung_up.set()  # the response was abandoned while held
-        yield b"data: " + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": {"content": " rest"},
-                                                              "finish_reason": "stop"}]}) + b"\n\n"
+        yield (
+            b"data: "
+            + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": {"content": " rest"}, "finish_reason": "stop"}]})
+            + b"\n\n"
+        )
         yield b"data: [DONE]\n\n"
 
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])

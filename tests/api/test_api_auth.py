@@ -36,15 +36,28 @@ def check_401(resp) -> None:
     assert err["type"] == "authentication_error" and err["code"] == "invalid_api_key" and err["message"]
 
 
-@pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer wrong"}, {"authorization": "Basic k"},
-                                     {"authorization": "Bearer"}, {"authorization": "k"}],
-                         ids=["none", "wrong", "basic", "empty", "no-scheme"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"authorization": "Bearer wrong"},
+        {"authorization": "Basic k"},
+        {"authorization": "Bearer"},
+        {"authorization": "k"},
+    ],
+    ids=["none", "wrong", "basic", "empty", "no-scheme"],
+)
 @pytest.mark.parametrize("stream", [False, True])
 def test_missing_or_wrong_key_is_401(locked: Stack, headers: dict, stream: bool) -> None:
     locked.reset()
     with locked.http() as http:
-        check_401(http.post("/v1/chat/completions", json={"model": "fake-model", "messages": HELLO, "stream": stream},
-                            headers=headers))
+        check_401(
+            http.post(
+                "/v1/chat/completions",
+                json={"model": "fake-model", "messages": HELLO, "stream": stream},
+                headers=headers,
+            )
+        )
         check_401(http.get("/v1/models", headers=headers))
     assert locked.log.bodies == []
 
@@ -84,8 +97,11 @@ def test_client_bearer_forwarded_without_server_keys(open_server: Stack, model: 
 
 def test_client_bearer_forwarded_when_streaming(open_server: Stack) -> None:
     open_server.reset()
-    list(open_server.client(api_key="client-secret").chat.completions.create(model="fake-model", messages=HELLO,
-                                                                             stream=True))
+    list(
+        open_server.client(api_key="client-secret").chat.completions.create(
+            model="fake-model", messages=HELLO, stream=True
+        )
+    )
     assert [h["authorization"] for h in open_server.log.headers] == ["Bearer client-secret"]
 
 
@@ -99,6 +115,9 @@ def test_no_bearer_sends_none_upstream(open_server: Stack) -> None:
 def test_server_upstream_key_wins(server_key: Stack) -> None:
     server_key.reset()
     server_key.client(api_key="client-secret").chat.completions.create(model="fake-model", messages=HELLO)
-    list(server_key.client(api_key="client-secret").chat.completions.create(model="fake-model", messages=HELLO,
-                                                                            stream=True))
+    list(
+        server_key.client(api_key="client-secret").chat.completions.create(
+            model="fake-model", messages=HELLO, stream=True
+        )
+    )
     assert [h["authorization"] for h in server_key.log.headers] == ["Bearer upstream-secret"] * 2

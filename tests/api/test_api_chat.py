@@ -52,11 +52,12 @@ async def test_async_completion(stack: Stack) -> None:
 async def test_async_concurrent_requests_are_independent(stack: Stack) -> None:
     """Per-request settings never leak: each upstream body matches its own request."""
     async with stack.aclient() as client:
+
         async def one(i: int):
             model = "o3-mini" if i % 2 else "fake-model"
             return model, await client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": f"request {i}"}], temperature=0.5,
-                max_tokens=10 + i)
+                model=model, messages=[{"role": "user", "content": f"request {i}"}], temperature=0.5, max_tokens=10 + i
+            )
 
         results = await asyncio.gather(*(one(i) for i in range(16)))
     assert len({r.model_extra["optigraph"]["run_id"] for _, r in results}) == 16
@@ -74,10 +75,22 @@ async def test_async_concurrent_requests_are_independent(stack: Stack) -> None:
 
 def test_unknown_fields_reach_upstream_and_control_fields_do_not(stack: Stack) -> None:
     r = stack.client().chat.completions.create(
-        model="fake-model", messages=HELLO, seed=5, stop=["\n\n"], user="u-1", top_p=0.5,
-        response_format={"type": "text"}, logprobs=True, top_logprobs=2,
-        extra_body={"my_vendor_field": 1, "vendor_options": {"a": [1, 2]}, "optillm_approach": "none",
-                    "optillm_params": {}})
+        model="fake-model",
+        messages=HELLO,
+        seed=5,
+        stop=["\n\n"],
+        user="u-1",
+        top_p=0.5,
+        response_format={"type": "text"},
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={
+            "my_vendor_field": 1,
+            "vendor_options": {"a": [1, 2]},
+            "optillm_approach": "none",
+            "optillm_params": {},
+        },
+    )
     check_completion(r)
     (body,) = stack.log.bodies
     assert body["my_vendor_field"] == 1 and body["vendor_options"] == {"a": [1, 2]}
@@ -88,8 +101,9 @@ def test_unknown_fields_reach_upstream_and_control_fields_do_not(stack: Stack) -
 
 
 def test_other_optillm_fields_do_not_reach_upstream(stack: Stack) -> None:
-    stack.client().chat.completions.create(model="fake-model", messages=HELLO,
-                                           extra_body={"optillm_base_model": "x", "optillm_whatever": True})
+    stack.client().chat.completions.create(
+        model="fake-model", messages=HELLO, extra_body={"optillm_base_model": "x", "optillm_whatever": True}
+    )
     assert not [k for k in stack.log.bodies[0] if k.startswith("optillm")]
 
 
@@ -107,8 +121,10 @@ def test_approach_only_model_uses_the_default_model(stack: Stack) -> None:
 
 
 def test_approach_tag_is_removed_before_upstream(stack: Stack) -> None:
-    messages = [{"role": "system", "content": "<optillm_approach>none|none</optillm_approach>\nBe brief."},
-                {"role": "user", "content": "hello there"}]
+    messages = [
+        {"role": "system", "content": "<optillm_approach>none|none</optillm_approach>\nBe brief."},
+        {"role": "user", "content": "hello there"},
+    ]
     r = stack.client().chat.completions.create(model="fake-model", messages=messages)
     assert r.model_extra["optigraph"]["approach"] == "none|none"
     assert [c.message.content for c in r.choices] == ["echo: hello there"] * 2
@@ -119,8 +135,10 @@ def test_approach_tag_is_removed_before_upstream(stack: Stack) -> None:
 
 
 def test_multipart_content(stack: Stack) -> None:
-    content = [{"type": "text", "text": "hello "},
-               {"type": "text", "text": "<optillm_approach>none</optillm_approach>world"}]
+    content = [
+        {"type": "text", "text": "hello "},
+        {"type": "text", "text": "<optillm_approach>none</optillm_approach>world"},
+    ]
     r = stack.client().chat.completions.create(model="fake-model", messages=[{"role": "user", "content": content}])
     assert r.choices[0].message.content == "echo: hello world"
     assert r.model_extra["optigraph"]["approach"] == "none"
@@ -131,8 +149,15 @@ def test_multipart_content(stack: Stack) -> None:
 def test_tools_and_tool_calls(stack: Stack) -> None:
     call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
     stack.script.fn = lambda body, i: {"content": None, "tool_calls": [call]}
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     r = stack.client().chat.completions.create(model="fake-model", messages=HELLO, tools=tools, tool_choice="auto")
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -145,8 +170,9 @@ def test_tools_and_tool_calls(stack: Stack) -> None:
 
 
 def test_reasoning_model_gets_max_completion_tokens_and_no_temperature(stack: Stack) -> None:
-    r = stack.client().chat.completions.create(model="o3-mini", messages=HELLO, max_tokens=64, temperature=0.3,
-                                               top_p=0.9)
+    r = stack.client().chat.completions.create(
+        model="o3-mini", messages=HELLO, max_tokens=64, temperature=0.3, top_p=0.9
+    )
     assert r.model == "o3-mini"
     (body,) = stack.log.bodies
     assert body["model"] == "o3-mini"
@@ -155,8 +181,7 @@ def test_reasoning_model_gets_max_completion_tokens_and_no_temperature(stack: St
 
 
 def test_reasoning_model_normalised_in_every_call_of_a_composite(stack: Stack) -> None:
-    stack.client().chat.completions.create(model="none|none-o3-mini", messages=HELLO, max_tokens=64,
-                                           temperature=0.3)
+    stack.client().chat.completions.create(model="none|none-o3-mini", messages=HELLO, max_tokens=64, temperature=0.3)
     assert len(stack.log.bodies) == 2
     for body in stack.log.bodies:
         assert body["model"] == "o3-mini" and body["max_completion_tokens"] == 64
@@ -165,13 +190,15 @@ def test_reasoning_model_normalised_in_every_call_of_a_composite(stack: Stack) -
 
 def test_o1_mini_system_message_becomes_developer(stack: Stack) -> None:
     stack.client().chat.completions.create(
-        model="o1-mini", messages=[{"role": "system", "content": "Be brief."}, *HELLO])
+        model="o1-mini", messages=[{"role": "system", "content": "Be brief."}, *HELLO]
+    )
     assert [m["role"] for m in stack.log.bodies[0]["messages"]] == ["developer", "user"]
 
 
 def test_plain_model_gets_one_max_tokens_field(stack: Stack) -> None:
-    stack.client().chat.completions.create(model="fake-model", messages=HELLO, max_completion_tokens=20,
-                                           temperature=0.3)
+    stack.client().chat.completions.create(
+        model="fake-model", messages=HELLO, max_completion_tokens=20, temperature=0.3
+    )
     (body,) = stack.log.bodies
     limits = [body[k] for k in ("max_tokens", "max_completion_tokens") if k in body]
     assert limits == [20]

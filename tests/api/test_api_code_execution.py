@@ -35,7 +35,8 @@ def test_executecode_runs_the_models_code_and_answers_from_its_output(stack: Sta
 
     stack.script.fn = respond
     response = stack.client().chat.completions.create(
-        model="executecode&none-fake-model", messages=[{"role": "user", "content": "The 20th Fibonacci number?"}])
+        model="executecode&none-fake-model", messages=[{"role": "user", "content": "The 20th Fibonacci number?"}]
+    )
     assert response.choices[0].message.content == "The 20th Fibonacci number is 6765."
     assert response.model_extra["optigraph"]["upstream_calls"] == 2
     run_id = response.model_extra["optigraph"]["run_id"]
@@ -43,8 +44,11 @@ def test_executecode_runs_the_models_code_and_answers_from_its_output(stack: Sta
     assert detail["status"] == "completed"
     assert [c["node"] for c in stack.calls(run_id)] == ["passthrough", "executecode.answer"]
     steps = [t["name"] for step in detail["threads"][0]["steps"] for t in step["tasks"]]
-    assert [n for n in steps if n.startswith("executecode.")] == ["executecode.pre", "executecode.run",
-                                                                  "executecode.post"]  # checkpointed nodes
+    assert [n for n in steps if n.startswith("executecode.")] == [
+        "executecode.pre",
+        "executecode.run",
+        "executecode.post",
+    ]  # checkpointed nodes
     shown = json.dumps(detail)
     assert "executecode.post[0]: run 1 succeeded" in shown
 
@@ -54,7 +58,8 @@ def test_executecode_streamed_keeps_an_answer_whose_code_was_refused(stack: Stac
     reply = "Reading it:\n```python\nprint(open('/etc/passwd').read())\n```"
     stack.script.fn = lambda body, index: reply
     stream = stack.client().chat.completions.create(
-        model="executecode&none-fake-model", stream=True, messages=[{"role": "user", "content": "Show users."}])
+        model="executecode&none-fake-model", stream=True, messages=[{"role": "user", "content": "Show users."}]
+    )
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text == reply  # kept as the model wrote it: nothing ran, nothing was invented
     assert len(stack.log.bodies) == 1
@@ -62,8 +67,10 @@ def test_executecode_streamed_keeps_an_answer_whose_code_was_refused(stack: Stac
 
 def test_coc_runs_the_computable_part_and_emulates_the_semantic_call(stack: Stack) -> None:
     stack.reset()
-    program = ('words = ["rose", "oak", "tulip"]\nflowers = [w for w in words if is_flower(w)]\n'
-               'print(f"count={len(flowers) * 7}")')
+    program = (
+        'words = ["rose", "oak", "tulip"]\nflowers = [w for w in words if is_flower(w)]\n'
+        'print(f"count={len(flowers) * 7}")'
+    )
 
     def respond(body: dict[str, Any], index: int) -> str:
         system = " ".join(str(m.get("content")) for m in body["messages"] if m.get("role") == "system")
@@ -78,7 +85,8 @@ def test_coc_runs_the_computable_part_and_emulates_the_semantic_call(stack: Stac
 
     stack.script.fn = respond
     response = stack.client().chat.completions.create(
-        model="coc-fake-model", messages=[{"role": "user", "content": "Flowers among rose, oak, tulip, times 7?"}])
+        model="coc-fake-model", messages=[{"role": "user", "content": "Flowers among rose, oak, tulip, times 7?"}]
+    )
     assert response.choices[0].message.content == "The answer is 14."
     run_id = response.model_extra["optigraph"]["run_id"]
     detail = run_detail(stack, run_id)

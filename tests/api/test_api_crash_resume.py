@@ -23,9 +23,25 @@ from upstream import ServerThread, UpstreamLog, echo_responder, free_port, make_
 def start_server(db: Path, port: int, upstream_url: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIGRAPH_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "optigraph", "serve", "--port", str(port), "--base-url", upstream_url + "/v1",
-         "--db-url", f"sqlite:///{db}", "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=db.parent)
+        [
+            sys.executable,
+            "-m",
+            "optigraph",
+            "serve",
+            "--port",
+            str(port),
+            "--base-url",
+            upstream_url + "/v1",
+            "--db-url",
+            f"sqlite:///{db}",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=db.parent,
+    )
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -98,7 +114,7 @@ def test_a_run_killed_with_sigkill_is_resumed_without_repeating_finished_calls(t
             assert body["choices"][0]["message"]["content"] == "echo: echo: echo: crash"
             assert body["optigraph"]["run_id"] == run_id and body["optigraph"]["upstream_calls"] == 3
             # Only the interrupted call was sent again.
-            after = [last_user_text(b) for b in log.bodies[len(before):]]
+            after = [last_user_text(b) for b in log.bodies[len(before) :]]
             assert after == ["echo: echo: crash"]
             r = httpx.post(f"{url}/v1/runs/{run_id}/resume", timeout=30)
             assert r.status_code == 409  # completed now
@@ -113,15 +129,20 @@ def test_a_run_killed_with_sigkill_is_resumed_without_repeating_finished_calls(t
     run = rows(db, "SELECT status, response FROM runs WHERE id = ?", run_id)[0]
     assert run["status"] == "completed"
     assert json.loads(run["response"])["choices"][0]["message"]["content"] == "echo: echo: echo: crash"
-    calls = [last_user_text(json.loads(c["request"])) for c in
-             rows(db, "SELECT request FROM upstream_calls WHERE run_id = ? ORDER BY id", run_id)]
+    calls = [
+        last_user_text(json.loads(c["request"]))
+        for c in rows(db, "SELECT request FROM upstream_calls WHERE run_id = ? ORDER BY id", run_id)
+    ]
     assert calls.count("crash") == 1 and calls.count("echo: crash") == 1  # the pre-crash calls, once each
     assert calls[-1] == "echo: echo: crash"
 
 
 def _post_ignoring_errors(url: str) -> None:
     try:
-        httpx.post(url + "/v1/chat/completions", timeout=30,
-                   json={"model": "none&none&none-fake-model", "messages": [{"role": "user", "content": "crash"}]})
+        httpx.post(
+            url + "/v1/chat/completions",
+            timeout=30,
+            json={"model": "none&none&none-fake-model", "messages": [{"role": "user", "content": "crash"}]},
+        )
     except httpx.HTTPError:
         pass  # the server dies under it

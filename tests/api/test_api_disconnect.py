@@ -23,8 +23,10 @@ WAIT_S = 20  # generous bounds for a loaded machine; nothing asserts how long an
 @pytest.fixture
 def gated(tmp_path: Path) -> Iterator[tuple[Stack, Gate]]:
     gate = Gate(prompt="q")
-    with ServerThread(make_gated_app(gate)) as up, start_stack(tmp_path / "o.db", base_url=up.url + "/v1",
-                                                               default_model="fake-model") as stack:
+    with (
+        ServerThread(make_gated_app(gate)) as up,
+        start_stack(tmp_path / "o.db", base_url=up.url + "/v1", default_model="fake-model") as stack,
+    ):
         yield stack, gate
 
 
@@ -57,8 +59,9 @@ async def hang_up_when_held(stack: Stack, gate: Gate, body: dict[str, Any]) -> N
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_client_that_goes_cancels_its_run_which_resumes(gated: tuple[Stack, Gate], stream: bool) -> None:
     stack, gate = gated
-    await hang_up_when_held(stack, gate, {"model": "none&none-fake-model", "stream": stream,
-                                          "messages": [{"role": "user", "content": "q"}]})
+    await hang_up_when_held(
+        stack, gate, {"model": "none&none-fake-model", "stream": stream, "messages": [{"role": "user", "content": "q"}]}
+    )
     assert await asyncio.to_thread(gate.hung_up.wait, WAIT_S), "the upstream call was not abandoned"
     run_id = latest_run_id(stack)
     run = await asyncio.to_thread(stack.run, run_id, timeout=WAIT_S)
@@ -78,9 +81,16 @@ async def test_a_client_that_goes_cancels_its_run_which_resumes(gated: tuple[Sta
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_background_run_finishes_without_its_client(gated: tuple[Stack, Gate], stream: bool) -> None:
     stack, gate = gated
-    await hang_up_when_held(stack, gate, {"model": "none&none-fake-model", "stream": stream,
-                                          "optigraph": {"background": True},
-                                          "messages": [{"role": "user", "content": "q"}]})
+    await hang_up_when_held(
+        stack,
+        gate,
+        {
+            "model": "none&none-fake-model",
+            "stream": stream,
+            "optigraph": {"background": True},
+            "messages": [{"role": "user", "content": "q"}],
+        },
+    )
     run_id = latest_run_id(stack)
     gate.release.set()
     run = await asyncio.to_thread(stack.run, run_id, timeout=WAIT_S)

@@ -27,8 +27,11 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def test_each_approach_answers_through_the_server(plain: Stack, approach: str) -> None:
     plain.reset()
     raw = plain.client().chat.completions.with_raw_response.create(
-        model=f"{approach}-fake-model", messages=HELLO, max_tokens=256,
-        extra_body={"optillm_params": {"mars": {"lightweight": True}}} if approach == "mars" else None)
+        model=f"{approach}-fake-model",
+        messages=HELLO,
+        max_tokens=256,
+        extra_body={"optillm_params": {"mars": {"lightweight": True}}} if approach == "mars" else None,
+    )
     r = raw.parse()
     assert r.choices and r.choices[0].message.content
     calls = r.model_extra["optigraph"]["upstream_calls"]
@@ -45,8 +48,9 @@ def test_local_only_approaches_are_refused_for_an_http_upstream(plain: Stack) ->
     assert plain.log.bodies == []
 
 
-@pytest.mark.parametrize(("expression", "choices"), [("plansearch&re2", 1), ("mcts|bon", 2),
-                                                     ("(self_consistency|moa)&cot_reflection", 2)])
+@pytest.mark.parametrize(
+    ("expression", "choices"), [("plansearch&re2", 1), ("mcts|bon", 2), ("(self_consistency|moa)&cot_reflection", 2)]
+)
 def test_approaches_compose(plain: Stack, expression: str, choices: int) -> None:
     plain.reset()
     r = plain.client().chat.completions.create(model=f"{expression}-fake-model", messages=HELLO, max_tokens=256)

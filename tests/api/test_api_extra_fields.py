@@ -20,9 +20,34 @@ from upstream import HTTPFailure, ServerThread, echo_responder
 
 HELLO = [{"role": "user", "content": "What is 6 times 7?"}]
 # Names of keyword arguments and state keys inside the engine, nodes and LLM client.
-INTERNAL_NAMES = ("node", "sink", "stream_choice", "partial", "messages", "request", "params", "branch", "config",
-                  "runtime", "fields", "state", "context", "n", "model", "stream", "stream_options", "run_id",
-                  "thread_id", "checkpoint_ns", "answers", "usage", "notes", "outputs", "optillm_params", "optigraph")
+INTERNAL_NAMES = (
+    "node",
+    "sink",
+    "stream_choice",
+    "partial",
+    "messages",
+    "request",
+    "params",
+    "branch",
+    "config",
+    "runtime",
+    "fields",
+    "state",
+    "context",
+    "n",
+    "model",
+    "stream",
+    "stream_options",
+    "run_id",
+    "thread_id",
+    "checkpoint_ns",
+    "answers",
+    "usage",
+    "notes",
+    "outputs",
+    "optillm_params",
+    "optigraph",
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +100,19 @@ def odd_upstream(models_body: bytes) -> Starlette:
         body = orjson.loads(await request.body())
         if body.get("stream"):
             return Response(b"data: [DONE]\n\n", media_type="text/event-stream")
-        return Response(orjson.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model"),
-                                      "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 0,
-                                                               "total_tokens": 3}}),
-                        media_type="application/json")
+        return Response(
+            orjson.dumps(
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body.get("model"),
+                    "choices": [],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3},
+                }
+            ),
+            media_type="application/json",
+        )
 
     async def models(_: Request) -> Response:
         return Response(models_body, media_type="text/html")
@@ -88,9 +122,10 @@ def odd_upstream(models_body: bytes) -> Starlette:
 
 @pytest.fixture(scope="module")
 def odd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with ServerThread(odd_upstream(b"<html>not an API</html>")) as up, \
-            start_stack(tmp_path_factory.mktemp("odd") / "o.db", base_url=up.url + "/v1",
-                        default_model="fake-model") as s:
+    with (
+        ServerThread(odd_upstream(b"<html>not an API</html>")) as up,
+        start_stack(tmp_path_factory.mktemp("odd") / "o.db", base_url=up.url + "/v1", default_model="fake-model") as s,
+    ):
         yield s
 
 
@@ -188,8 +223,7 @@ def test_random_extra_fields_never_cause_a_server_error(stack: Stack) -> None:
     for expression in expressions:
         for stream in (False, True):
             extra = {random_name(rng): random_value(rng) for _ in range(rng.randint(1, 4))}
-            body = {**extra, "model": f"{expression}-fake-model", "messages": HELLO, "stream": stream,
-                    "max_tokens": 64}
+            body = {**extra, "model": f"{expression}-fake-model", "messages": HELLO, "stream": stream, "max_tokens": 64}
             if rng.random() < 0.25:  # sometimes the internal names override the request's own fields too
                 body.update({k: v for k, v in extra.items() if k in ("messages", "model", "stream", "n")})
             status, content, _ = post(stack, body)

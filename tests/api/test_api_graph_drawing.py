@@ -20,7 +20,8 @@ SVG = "{http://www.w3.org/2000/svg}"
 @pytest.mark.parametrize("model", ["moa|bon-fake-model", "bon&re2|moa-fake-model"])
 def test_the_run_page_graph_fits_its_frame(stack: Stack, model: str) -> None:
     raw = stack.client().chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": "hi"}])
+        model=model, messages=[{"role": "user", "content": "hi"}]
+    )
     run_id = raw.headers["x-optigraph-run-id"]
     stack.run(run_id)
     with stack.http() as http:
@@ -45,8 +46,12 @@ def test_mermaid_declares_every_node_with_its_name() -> None:
     compiled = Compiler(builtin_registry(), None).compile(parse("bon&re2|moa"))
     text = compiled.mermaid()
     declared = dict(re.findall(r"^\t(\S+?)\((?:\[<p>)?([^)<]*)", text, re.M))
-    used = {n for line in text.splitlines() if "-->" in line or "-.->" in line
-            for n in re.findall(r"(\S+?)\s+-\.?->\s+(\S+?);", line)[0]}
+    used = {
+        n
+        for line in text.splitlines()
+        if "-->" in line or "-.->" in line
+        for n in re.findall(r"(\S+?)\s+-\.?->\s+(\S+?);", line)[0]
+    }
     assert used <= set(declared), used - set(declared)  # Mermaid would label these with their escaped ids
     assert not [label for label in declared.values() if "\\" in label]
     assert declared[r"bon\26re2\3a2\2ere2\3areread_answer"] == "reread_answer"

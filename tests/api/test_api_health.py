@@ -65,8 +65,10 @@ def test_a_dropped_postgresql_database_is_a_503(postgres_url: str) -> None:
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     db_url = postgres_url.rsplit("/", 1)[0] + "/" + name
-    with ServerThread(make_app()) as up, \
-            ServerThread(create_app(Settings(base_url=up.url + "/v1", db_url=db_url))) as server:
+    with (
+        ServerThread(make_app()) as up,
+        ServerThread(create_app(Settings(base_url=up.url + "/v1", db_url=db_url))) as server,
+    ):
         assert health(server.url).status_code == 200
         with psycopg.connect(postgres_url, autocommit=True) as conn:  # the pool's connections end with it
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
@@ -107,4 +109,3 @@ def test_health_says_loading_while_the_local_model_loads(tmp_path: Path, monkeyp
     assert loading["status"] == "loading" and loading["local_model"] in ("not loaded", "loading")
     assert "openai" not in loading["backends"]
     assert after["status"] == "degraded" and "weights unreadable" in after["local_model"]
-

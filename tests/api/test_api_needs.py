@@ -13,12 +13,16 @@ from optigraph.graphs import none
 
 def test_an_approach_needing_a_local_model_is_refused_on_an_http_upstream(tmp_path: Path) -> None:
     registry = builtin_registry()
-    registry.add(ApproachSpec(name="logits_only", description="needs logits", build=none.build,
-                              needs=frozenset({"text", "local"})))
+    registry.add(
+        ApproachSpec(
+            name="logits_only", description="needs logits", build=none.build, needs=frozenset({"text", "local"})
+        )
+    )
     with start_stack(tmp_path / "n.db", registry=registry) as s:
         for model in ("logits_only-fake-model", "bon|logits_only-fake-model"):
-            resp = s.http().post("/v1/chat/completions",
-                                 json={"model": model, "messages": [{"role": "user", "content": "hi"}]})
+            resp = s.http().post(
+                "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}]}
+            )
             assert resp.status_code == 400, resp.text
             err = resp.json()["error"]
             assert err["code"] == "approach_unsupported" and err["param"] == "model"
@@ -34,10 +38,12 @@ def test_decoding_in_the_body_is_refused_on_an_http_upstream_like_the_slug_form(
     with stack.http() as http:
         slug = http.post("/v1/chat/completions", json={"model": "cot_decoding-fake-model", "messages": hi})
         assert slug.status_code == 400 and slug.json()["error"]["code"] == "approach_unsupported"
-        for body in ({"model": "fake-model", "decoding": "cot_decoding"},
-                     {"model": "fake-model", "decoding": "cot_decoding", "stream": True},
-                     {"model": "bon-fake-model", "decoding": "entropy_decoding", "k": 3},
-                     {"model": "fake-model", "decoding": "no-such-strategy"}):
+        for body in (
+            {"model": "fake-model", "decoding": "cot_decoding"},
+            {"model": "fake-model", "decoding": "cot_decoding", "stream": True},
+            {"model": "bon-fake-model", "decoding": "entropy_decoding", "k": 3},
+            {"model": "fake-model", "decoding": "no-such-strategy"},
+        ):
             resp = http.post("/v1/chat/completions", json={**body, "messages": hi})
             assert resp.status_code == 400, resp.text
             err = resp.json()["error"]
@@ -53,8 +59,9 @@ def test_logprobs_with_an_approach_is_refused_before_any_call(stack) -> None:
     hi = [{"role": "user", "content": "hi"}]
     with stack.http() as http:
         for model, stream in (("bon-fake-model", False), ("re2-fake-model", True), ("moa|bon-fake-model", False)):
-            resp = http.post("/v1/chat/completions", json={"model": model, "messages": hi, "logprobs": True,
-                                                           "stream": stream})
+            resp = http.post(
+                "/v1/chat/completions", json={"model": model, "messages": hi, "logprobs": True, "stream": stream}
+            )
             assert resp.status_code == 400, resp.text
             err = resp.json()["error"]
             assert (err["code"], err["param"]) == ("unsupported_parameter", "logprobs")

@@ -34,8 +34,11 @@ async def test_runs_survive_a_restart(tmp_path: Path) -> None:
             assert run["request"]["messages"] == HELLO
             assert run["created_at"] is not None and run["finished_at"] >= run["created_at"]
             assert run["latency_ms"] > 0
-            assert (run["prompt_tokens"], run["completion_tokens"], run["total_tokens"]) == \
-                (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"])
+            assert (run["prompt_tokens"], run["completion_tokens"], run["total_tokens"]) == (
+                usage["prompt_tokens"],
+                usage["completion_tokens"],
+                usage["total_tokens"],
+            )
             assert run["reasoning_tokens"] == 2 * calls == usage["completion_tokens_details"]["reasoning_tokens"]
             assert run["calls"] == calls
             rows = run["upstream_calls"]
@@ -66,8 +69,12 @@ async def serve_twice(db: Path, base_url: str) -> tuple[list[tuple[str, str, dic
         async with first.aclient() as client:
             for model, stream, calls in REQUESTS:
                 if stream:
-                    chunks = [c async for c in await client.chat.completions.create(
-                        model=model, messages=HELLO, stream=True, stream_options={"include_usage": True})]
+                    chunks = [
+                        c
+                        async for c in await client.chat.completions.create(
+                            model=model, messages=HELLO, stream=True, stream_options={"include_usage": True}
+                        )
+                    ]
                     last = chunks[-1]
                 else:
                     last = await client.chat.completions.create(model=model, messages=HELLO, max_tokens=50)
@@ -87,12 +94,14 @@ def test_request_and_response_are_stored(tmp_path: Path, stream: bool) -> None:
         extra = {"my_vendor_field": 1}
         if stream:
             with s.client().chat.completions.with_streaming_response.create(
-                    model="fake-model", messages=HELLO, stream=True, extra_body=extra) as resp:
+                model="fake-model", messages=HELLO, stream=True, extra_body=extra
+            ) as resp:
                 run_id = resp.headers["x-optigraph-run-id"]
                 list(resp.parse())
         else:
-            raw = s.client().chat.completions.with_raw_response.create(model="fake-model", messages=HELLO,
-                                                                     extra_body=extra)
+            raw = s.client().chat.completions.with_raw_response.create(
+                model="fake-model", messages=HELLO, extra_body=extra
+            )
             run_id = raw.headers["x-optigraph-run-id"]
         run = s.run(run_id)
         assert run["request"]["my_vendor_field"] == 1 and run["request"]["model"] == "fake-model"

@@ -23,7 +23,7 @@ PII = {"email": "jane.roe@example.org", "phone": "+1 415 555 0134", "card": "411
 PAGE = "<html><body><h1>Menu</h1><p>Today: lentil soup.</p></body></html>"
 SECOND_KEY = "second-upstream-secret"
 
-TEST_PLUGINS = '''
+TEST_PLUGINS = """
 from optigraph.core.spec import PluginSpec
 
 
@@ -45,7 +45,7 @@ SPECS = [
     PluginSpec(name="router_test", description="routes on a keyword", pre=choose, routes=True),
     PluginSpec(name="second_opinion", description="asks the second upstream first", pre=ask_second),
 ]
-'''
+"""
 
 
 def site() -> Starlette:
@@ -64,13 +64,16 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     second_log = UpstreamLog()
     mp = pytest.MonkeyPatch()
     mp.setenv("OPTIGRAPH_UPSTREAM_SECOND_API_KEY", SECOND_KEY)
-    with ServerThread(site()) as pages, \
-            ServerThread(make_app(lambda body, i: "looks fine", log=second_log)) as second:
+    with ServerThread(site()) as pages, ServerThread(make_app(lambda body, i: "looks fine", log=second_log)) as second:
         from optigraph.config import UpstreamSettings
 
-        with start_stack(tmp_path_factory.mktemp("db") / "p.db", default_model="fake-model", approaches_dir=directory,
-                         readurls_allow=["127.0.0.1"],
-                         upstreams={"second": UpstreamSettings(url=second.url + "/v1")}) as stack:
+        with start_stack(
+            tmp_path_factory.mktemp("db") / "p.db",
+            default_model="fake-model",
+            approaches_dir=directory,
+            readurls_allow=["127.0.0.1"],
+            upstreams={"second": UpstreamSettings(url=second.url + "/v1")},
+        ) as stack:
             yield {"stack": stack, "pages": pages, "second": second_log}
     mp.undo()
 
@@ -108,7 +111,8 @@ def test_plugins_are_listed_with_their_kind(stack: Stack) -> None:
 
 def test_privacy_keeps_personal_data_away_from_the_upstream_and_its_records(stack: Stack) -> None:
     response = stack.client().chat.completions.create(
-        model="privacy&none-fake-model", messages=[{"role": "user", "content": question_with_pii()}])
+        model="privacy&none-fake-model", messages=[{"role": "user", "content": question_with_pii()}]
+    )
     answer = response.choices[0].message.content
     assert answer == "echo: " + question_with_pii()
     run_id = response.model_extra["optigraph"]["run_id"]
@@ -128,8 +132,10 @@ def checkpoints(stack: Stack, run_id: str) -> list[dict[str, Any]]:
 
     serde = JsonPlusSerializer()
     with sqlite3.connect(stack.db_path) as db:
-        rows = db.execute("SELECT checkpoint_ns, type, checkpoint FROM checkpoints WHERE thread_id = ? "
-                          "ORDER BY checkpoint_id", (run_id,)).fetchall()
+        rows = db.execute(
+            "SELECT checkpoint_ns, type, checkpoint FROM checkpoints WHERE thread_id = ? ORDER BY checkpoint_id",
+            (run_id,),
+        ).fetchall()
     return [{"ns": ns, **serde.loads_typed((kind, blob))} for ns, kind, blob in rows]
 
 
@@ -142,8 +148,14 @@ def test_privacy_checkpoints_hold_placeholders_and_an_encrypted_mapping(stack: S
     from optigraph.plugins.privacy import _fernet, unseal
 
     with stack.http() as http:
-        r = http.post("/v1/chat/completions", json={"model": "privacy&none-fake-model", "stream": stream,
-                                                    "messages": [{"role": "user", "content": question_with_pii()}]})
+        r = http.post(
+            "/v1/chat/completions",
+            json={
+                "model": "privacy&none-fake-model",
+                "stream": stream,
+                "messages": [{"role": "user", "content": question_with_pii()}],
+            },
+        )
     assert r.status_code == 200
     run_id = r.headers["x-optigraph-run-id"]
     assert stack.run(run_id)["status"] == "completed"
@@ -169,7 +181,8 @@ def test_privacy_checkpoints_hold_placeholders_and_an_encrypted_mapping(stack: S
 
 def test_privacy_restores_a_streamed_answer(stack: Stack) -> None:
     stream = stack.client().chat.completions.create(
-        model="privacy&none-fake-model", stream=True, messages=[{"role": "user", "content": question_with_pii()}])
+        model="privacy&none-fake-model", stream=True, messages=[{"role": "user", "content": question_with_pii()}]
+    )
     pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
     assert len(pieces) > 5
     assert "".join(pieces) == "echo: " + question_with_pii()
@@ -181,20 +194,27 @@ def test_privacy_restores_a_streamed_answer(stack: Stack) -> None:
 def test_readurls_adds_the_page_to_the_question(env: dict[str, Any], stack: Stack) -> None:
     url = env["pages"].url + "/menu"
     response = stack.client().chat.completions.create(
-        model="readurls&none-fake-model", messages=[{"role": "user", "content": f"What is on {url} today?"}])
+        model="readurls&none-fake-model", messages=[{"role": "user", "content": f"What is on {url} today?"}]
+    )
     sent = last_user_text(stack.log.bodies[0])
     assert sent.startswith(f"What is on {url} today?") and "Today: lentil soup." in sent
     assert "lentil soup" in response.choices[0].message.content
 
 
 def test_json_answers_validate_against_the_schema_after_a_repair(stack: Stack) -> None:
-    schema = {"type": "object", "properties": {"dish": {"type": "string"}, "vegan": {"type": "boolean"}},
-              "required": ["dish", "vegan"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"dish": {"type": "string"}, "vegan": {"type": "boolean"}},
+        "required": ["dish", "vegan"],
+        "additionalProperties": False,
+    }
     answers = iter(['Here you go: {"dish": "soup"}', '{"dish": "soup", "vegan": true}'])
     stack.script.fn = lambda body, i: next(answers)
     response = stack.client().chat.completions.create(
-        model="json&none-fake-model", messages=[{"role": "user", "content": "Today's dish?"}],
-        response_format={"type": "json_schema", "json_schema": {"name": "dish", "schema": schema}})
+        model="json&none-fake-model",
+        messages=[{"role": "user", "content": "Today's dish?"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "dish", "schema": schema}},
+    )
     assert json.loads(response.choices[0].message.content) == {"dish": "soup", "vegan": True}
     assert len(stack.log.bodies) == 2
     assert all(b["response_format"]["type"] == "json_schema" for b in stack.log.bodies)
@@ -206,8 +226,10 @@ def test_json_answers_validate_against_the_schema_after_a_repair(stack: Stack) -
 
 def test_the_documented_python_and_yaml_plugins_work_in_an_expression(stack: Stack) -> None:
     response = stack.client().chat.completions.create(
-        model="signed&house_style&none-fake-model", messages=[{"role": "user", "content": "Which color?"}],
-        extra_body={"optillm_params": {"signed": {"tone": "casual", "signature": "-- Kim"}}})
+        model="signed&house_style&none-fake-model",
+        messages=[{"role": "user", "content": "Which color?"}],
+        extra_body={"optillm_params": {"signed": {"tone": "casual", "signature": "-- Kim"}}},
+    )
     sent = stack.log.bodies[0]["messages"]
     assert sent[0] == {"role": "system", "content": "Answer in a casual tone.\n\nUse British spelling."}
     assert response.choices[0].message.content == "echo: Which colour?\n(house style)\n\n-- Kim"
@@ -215,7 +237,8 @@ def test_the_documented_python_and_yaml_plugins_work_in_an_expression(stack: Sta
 
 def test_a_routing_decision_is_recorded_in_the_run(stack: Stack) -> None:
     response = stack.client().chat.completions.create(
-        model="router_test&none-fake-model", messages=[{"role": "user", "content": "please think hard"}])
+        model="router_test&none-fake-model", messages=[{"role": "user", "content": "please think hard"}]
+    )
     assert "Read the question again" in last_user_text(stack.log.bodies[0])
     run_id = response.model_extra["optigraph"]["run_id"]
     stack.run(run_id)
@@ -223,13 +246,15 @@ def test_a_routing_decision_is_recorded_in_the_run(stack: Stack) -> None:
         detail = http.get(f"/v1/runs/{run_id}").json()
         page = http.get(f"/ui/runs/{run_id}").text
     assert detail["threads"][0]["decisions"] == [
-        {"node": "router_test.run", "plugin": "router_test", "route": "re2", "reason": "asked to think hard"}]
+        {"node": "router_test.run", "plugin": "router_test", "route": "re2", "reason": "asked to think hard"}
+    ]
     assert "asked to think hard" in page and "id='decisions'" in page
 
 
 def test_a_plugin_reaches_a_named_upstream_with_its_own_key(env: dict[str, Any], stack: Stack) -> None:
     response = stack.client(api_key="client-key").chat.completions.create(
-        model="second_opinion&none-fake-model", messages=[{"role": "user", "content": "Is it safe?"}])
+        model="second_opinion&none-fake-model", messages=[{"role": "user", "content": "Is it safe?"}]
+    )
     second = env["second"]
     assert [b["model"] for b in second.bodies] == ["second-model"]
     assert second.headers[0]["authorization"] == f"Bearer {SECOND_KEY}"  # its own key, not the client's
@@ -251,8 +276,13 @@ def test_a_run_that_failed_inside_the_wrapped_part_resumes_with_its_private_stat
 
     stack.script.fn = fail_second_stage
     with stack.http() as http:
-        r = http.post("/v1/chat/completions", json={"model": "privacy&none&none-fake-model",
-                                                    "messages": [{"role": "user", "content": question_with_pii()}]})
+        r = http.post(
+            "/v1/chat/completions",
+            json={
+                "model": "privacy&none&none-fake-model",
+                "messages": [{"role": "user", "content": question_with_pii()}],
+            },
+        )
     run_id = r.headers["x-optigraph-run-id"]
     assert r.status_code == 400 and stack.run(run_id)["status"] == "failed"
     assert len(stack.log.bodies) == 2

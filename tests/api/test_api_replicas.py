@@ -26,8 +26,11 @@ def test_a_run_failed_on_one_server_is_listed_shown_and_resumed_on_another(postg
     with ServerThread(make_app(fails_stage_two, log=log)) as up:
         settings = Settings(base_url=up.url + "/v1", db_url=postgres_url, default_model="fake-model")
         with ServerThread(create_app(settings)) as a, ServerThread(create_app(settings)) as b:
-            r = httpx.post(a.url + "/v1/chat/completions", timeout=30, json={
-                "model": "none&none&none-fake-model", "messages": [{"role": "user", "content": "shared"}]})
+            r = httpx.post(
+                a.url + "/v1/chat/completions",
+                timeout=30,
+                json={"model": "none&none&none-fake-model", "messages": [{"role": "user", "content": "shared"}]},
+            )
             assert r.status_code == 400
             run_id = r.headers["x-optigraph-run-id"]
             with httpx.Client(base_url=b.url, timeout=30) as http:

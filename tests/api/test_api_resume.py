@@ -68,7 +68,9 @@ def test_a_run_failed_by_the_upstream_resumes_from_the_failed_stage(stack: Stack
     assert body["usage"]["total_tokens"] > 0 and body["optigraph"]["upstream_calls"] == 4
 
     run = stack.run(run_id)
-    assert run["status"] == "completed" and run["response"]["choices"][0]["message"]["content"] == "echo: echo: echo: q1"
+    assert (
+        run["status"] == "completed" and run["response"]["choices"][0]["message"]["content"] == "echo: echo: echo: q1"
+    )
     calls = [(last_user_text(c["request"]), c["status"]) for c in stack.calls(run_id)]
     assert calls == [("q1", "ok"), ("echo: q1", "error"), ("echo: q1", "ok"), ("echo: echo: q1", "ok")]
 
@@ -85,8 +87,14 @@ def test_finished_branches_and_child_steps_are_not_run_again(stack: Stack) -> No
 
     stack.script.fn = fails_once
     with stack.http() as http:
-        r = http.post("/v1/chat/completions", json={
-            "model": "none|(none&none)-fake-model", "temperature": 0.5, "messages": [{"role": "user", "content": "p"}]})
+        r = http.post(
+            "/v1/chat/completions",
+            json={
+                "model": "none|(none&none)-fake-model",
+                "temperature": 0.5,
+                "messages": [{"role": "user", "content": "p"}],
+            },
+        )
     run_id = r.headers["x-optigraph-run-id"]
     assert r.status_code == 400
     assert stack.run(run_id)["status"] == "failed"
@@ -159,8 +167,9 @@ def test_fork_with_a_request_patch_and_the_latest_checkpoint(stack: Stack) -> No
         detail = http.get(f"/v1/runs/{parent}").json()
     checkpoint = _step_after(detail, "1.none/done")
     stack.log.bodies.clear()
-    status, body = post(stack, f"/v1/runs/{parent}/fork",
-                        {"checkpoint_id": checkpoint, "patch": {"request": {"temperature": 0.2}}})
+    status, body = post(
+        stack, f"/v1/runs/{parent}/fork", {"checkpoint_id": checkpoint, "patch": {"request": {"temperature": 0.2}}}
+    )
     assert status == 200, body
     assert [b.get("temperature") for b in stack.log.bodies] == [0.2, 0.2]  # stages two and three, new temperature
     assert body["choices"][0]["message"]["content"] == "echo: echo: echo: f2"
@@ -201,8 +210,7 @@ def test_cli_resume_and_fork(stack: Stack, capsys: pytest.CaptureFixture[str]) -
     assert done.value.code == 1 and "409" in capsys.readouterr().err
 
     with pytest.raises(SystemExit) as done:
-        main(["runs", "fork", run_id, "--server", stack.url, "--json",
-              "--patch", '{"request": {"temperature": 0.3}}'])
+        main(["runs", "fork", run_id, "--server", stack.url, "--json", "--patch", '{"request": {"temperature": 0.3}}'])
     assert done.value.code == 0
     import json
 

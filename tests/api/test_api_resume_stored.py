@@ -21,8 +21,10 @@ def _checkpoint_after(detail: dict[str, Any], thread: str, node: str) -> str:
 
 def test_a_failed_fork_of_an_n2_run_resumes_as_the_fork(tmp_path: Path) -> None:
     with start_stack(tmp_path / "o.db", default_model="fake-model") as stack, stack.http() as http:
-        r = http.post("/v1/chat/completions", json={"model": "none&none-fake-model", "n": 2,
-                                                      "messages": [{"role": "user", "content": "q"}]})
+        r = http.post(
+            "/v1/chat/completions",
+            json={"model": "none&none-fake-model", "n": 2, "messages": [{"role": "user", "content": "q"}]},
+        )
         assert r.status_code == 200 and len(r.json()["choices"]) == 2
         parent = r.headers["x-optigraph-run-id"]
         stack.run(parent)
@@ -38,12 +40,20 @@ def test_a_failed_fork_of_an_n2_run_resumes_as_the_fork(tmp_path: Path) -> None:
 
         stack.script.fn = stage_two_down
         patch = {"messages": [{"role": "user", "content": "forked"}]}
-        r = http.post(f"/v1/runs/{parent}/fork", json={"thread": f"{parent}.1", "checkpoint_id": checkpoint,
-                                                        "patch": {"answers": [{"message": {
-                                                            "role": "assistant", "content": "patched"}}], **patch}})
+        r = http.post(
+            f"/v1/runs/{parent}/fork",
+            json={
+                "thread": f"{parent}.1",
+                "checkpoint_id": checkpoint,
+                "patch": {"answers": [{"message": {"role": "assistant", "content": "patched"}}], **patch},
+            },
+        )
         assert r.status_code == 400, r.text
-        [fork] = [x["id"] for x in http.get("/v1/runs", params={"status": "failed"}).json()["data"]
-                  if x["parent_id"] == parent]
+        [fork] = [
+            x["id"]
+            for x in http.get("/v1/runs", params={"status": "failed"}).json()["data"]
+            if x["parent_id"] == parent
+        ]
         assert stack.run(fork)["status"] == "failed"
 
         broken["on"] = False
@@ -67,8 +77,15 @@ def test_resume_ignores_a_change_of_the_servers_default_approach(tmp_path: Path)
 
     with start_stack(db, approach="none&bon", default_model="fake-model") as first:
         first.script.fn = respond
-        r = httpx.post(first.base_url + "/chat/completions", timeout=30, json={
-            "model": "fake-model", "optillm_params": {"bon": {"n": 2}}, "messages": [{"role": "user", "content": "q"}]})
+        r = httpx.post(
+            first.base_url + "/chat/completions",
+            timeout=30,
+            json={
+                "model": "fake-model",
+                "optillm_params": {"bon": {"n": 2}},
+                "messages": [{"role": "user", "content": "q"}],
+            },
+        )
         assert r.status_code == 400, r.text
         run_id = r.headers["x-optigraph-run-id"]
         assert first.run(run_id)["expression"] == "none&bon"

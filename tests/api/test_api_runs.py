@@ -37,7 +37,8 @@ def serve(stack: Stack, label: str, model: str, content: str, ids: dict[str, str
     client = stack.client()
     try:
         response = client.chat.completions.with_raw_response.create(
-            model=model, messages=[{"role": "user", "content": content}], **kw)
+            model=model, messages=[{"role": "user", "content": content}], **kw
+        )
         run_id = response.headers["x-optigraph-run-id"]
     except openai.APIStatusError as exc:
         run_id = exc.response.headers["x-optigraph-run-id"]
@@ -91,7 +92,11 @@ def test_runs_are_listed_newest_first_without_bodies(served: Served) -> None:
     parallel = by_id[served.ids["parallel"]]
     assert parallel["expression"] == "none|none" and parallel["model"] == "fake-model"
     assert parallel["checkpointed"] is True and parallel["usage"]["calls"] == 2
-    assert parallel["usage"]["total_tokens"] == parallel["usage"]["prompt_tokens"] + parallel["usage"]["completion_tokens"] > 0
+    assert (
+        parallel["usage"]["total_tokens"]
+        == parallel["usage"]["prompt_tokens"] + parallel["usage"]["completion_tokens"]
+        > 0
+    )
     assert by_id[served.ids["pass1"]]["checkpointed"] is False
 
 
@@ -118,10 +123,13 @@ def test_runs_are_filtered(served: Served) -> None:
     assert listed(created_after="2000-01-01T00:00:00") == served.order[::-1]  # no offset: UTC
 
 
-@pytest.mark.parametrize(("params", "param", "says"), [
-    ({"status": "bogus"}, "status", "unknown status 'bogus'"),
-    ({"approach": "bon&("}, "approach", "approach filter"),
-])
+@pytest.mark.parametrize(
+    ("params", "param", "says"),
+    [
+        ({"status": "bogus"}, "status", "unknown status 'bogus'"),
+        ({"approach": "bon&("}, "approach", "approach filter"),
+    ],
+)
 def test_a_bad_run_filter_is_a_400(served: Served, params: dict[str, str], param: str, says: str) -> None:
     with served.stack.http() as http:
         resp = http.get("/v1/runs", params=params)
@@ -244,8 +252,11 @@ def test_a_passthrough_run_has_one_call_and_no_steps(served: Served) -> None:
 
 def test_a_failed_run_shows_the_step_that_failed(tmp_path: Path) -> None:
     with start_stack(tmp_path / "failed.db", default_model="fake-model") as stack:
-        stack.script.fn = lambda body, i: (HTTPFailure(400, "stage two refused")
-                                           if last_user_text(body).startswith("echo:") else echo_responder(body, i))
+        stack.script.fn = lambda body, i: (
+            HTTPFailure(400, "stage two refused")
+            if last_user_text(body).startswith("echo:")
+            else echo_responder(body, i)
+        )
         ids: dict[str, str] = {}
         serve(stack, "failed", "none&none-fake-model", "hello", ids)
         run = get(stack, f"/v1/runs/{ids['failed']}")
@@ -292,8 +303,11 @@ def test_an_unknown_run_is_a_404(served: Served) -> None:
 
 def test_runs_and_approaches_need_the_key_when_the_server_has_one(tmp_path: Path) -> None:
     with start_stack(tmp_path / "auth.db", api_key="sekret", default_model="fake-model") as stack:
-        run_id = stack.client(api_key="sekret").chat.completions.with_raw_response.create(
-            model="fake-model", messages=[{"role": "user", "content": "hi"}]).headers["x-optigraph-run-id"]
+        run_id = (
+            stack.client(api_key="sekret")
+            .chat.completions.with_raw_response.create(model="fake-model", messages=[{"role": "user", "content": "hi"}])
+            .headers["x-optigraph-run-id"]
+        )
         stack.run(run_id)
         with stack.http() as http:
             for path in ("/v1/runs", f"/v1/runs/{run_id}", "/v1/approaches", "/v1/approaches/bon"):

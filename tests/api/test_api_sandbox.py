@@ -60,9 +60,25 @@ def start_server(tmp_path: Path, upstream_url: str, *flags: str) -> tuple[subpro
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIGRAPH_")}
     env["PYTHONPATH"] = str(Path(optigraph.__file__).resolve().parents[1])  # this tree
     proc = subprocess.Popen(
-        no_namespaces.command("-m", "optigraph", "serve", "--port", str(port), "--base-url", upstream_url + "/v1",
-                              "--db-url", f"sqlite:///{tmp_path / 'o.db'}", "--log-level", "warning", *flags),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        no_namespaces.command(
+            "-m",
+            "optigraph",
+            "serve",
+            "--port",
+            str(port),
+            "--base-url",
+            upstream_url + "/v1",
+            "--db-url",
+            f"sqlite:///{tmp_path / 'o.db'}",
+            "--log-level",
+            "warning",
+            *flags,
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -79,8 +95,10 @@ def start_server(tmp_path: Path, upstream_url: str, *flags: str) -> tuple[subpro
 
 def ask(url: str) -> Any:
     client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0, timeout=60)
-    return client.chat.completions.create(model="z3-fake-model", messages=[
-        {"role": "user", "content": "Two numbers sum to 10 and differ by 2. What are they?"}])
+    return client.chat.completions.create(
+        model="z3-fake-model",
+        messages=[{"role": "user", "content": "Two numbers sum to 10 and differ by 2. What are they?"}],
+    )
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -106,9 +124,11 @@ def test_the_default_level_answers_without_execution_and_records_why(tmp_path, u
         stop(proc)
     assert record["status"] == "completed"
     shown = json.dumps(record)
-    assert ("execute: run 1 not started: sandbox level 'strict' requires layers that are not in force: "
-            "namespaces (unshare: Operation not permitted); tmpfs (needs the namespaces layer); "
-            "the program was not run") in shown
+    assert (
+        "execute: run 1 not started: sandbox level 'strict' requires layers that are not in force: "
+        "namespaces (unshare: Operation not permitted); tmpfs (needs the namespaces layer); "
+        "the program was not run"
+    ) in shown
     assert "reason: answering without the solver; the sandbox could not run the program" in shown
     assert '"error_kind": "unavailable"' in shown
 
@@ -124,4 +144,3 @@ def test_sandbox_level_reduced_runs_the_program_without_namespaces(tmp_path, ups
         stop(proc)
     assert response.choices[0].message.content == GROUNDED
     assert "execute: run 1 succeeded" in shown and "x=6 y=4" in shown
-

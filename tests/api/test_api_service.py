@@ -86,9 +86,25 @@ def start_server(tmp_path: Path, upstream_url: str) -> tuple[subprocess.Popen, s
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIGRAPH_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "optigraph", "serve", "--port", str(port), "--base-url", upstream_url + "/v1",
-         "--db-url", f"sqlite:///{tmp_path / 'o.db'}", "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "optigraph",
+            "serve",
+            "--port",
+            str(port),
+            "--base-url",
+            upstream_url + "/v1",
+            "--db-url",
+            f"sqlite:///{tmp_path / 'o.db'}",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -111,8 +127,11 @@ def test_sigterm_stops_the_server_cleanly(tmp_path: Path, slow_upstream: tuple[S
         result: dict = {}
 
         def request() -> None:
-            result["resp"] = httpx.post(url + "/v1/chat/completions", timeout=10,
-                                        json={"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]})
+            result["resp"] = httpx.post(
+                url + "/v1/chat/completions",
+                timeout=10,
+                json={"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]},
+            )
 
         worker = threading.Thread(target=request)
         worker.start()
@@ -135,12 +154,12 @@ def test_sigterm_stops_the_server_cleanly(tmp_path: Path, slow_upstream: tuple[S
     # the run finished during shutdown was still written
     con = sqlite3.connect(tmp_path / "o.db")
     try:
-        rows = con.execute("SELECT status FROM runs WHERE id = ?",
-                           (result["resp"].headers["x-optigraph-run-id"],)).fetchall()
+        rows = con.execute(
+            "SELECT status FROM runs WHERE id = ?", (result["resp"].headers["x-optigraph-run-id"],)
+        ).fetchall()
     finally:
         con.close()
     assert rows == [("completed",)]
-
 
 
 def test_serve_logs_each_request_once_and_the_runs_a_crash_left_running(tmp_path: Path) -> None:
@@ -148,8 +167,13 @@ def test_serve_logs_each_request_once_and_the_runs_a_crash_left_running(tmp_path
     per request (method, path, status, latency, run id), streamed answers included."""
     db = tmp_path / "o.db"
     with start_stack(db, default_model="fake-model") as s:
-        stuck = s.client().chat.completions.with_raw_response.create(
-            model="none&none-fake-model", messages=[{"role": "user", "content": "hi"}]).headers["x-optigraph-run-id"]
+        stuck = (
+            s.client()
+            .chat.completions.with_raw_response.create(
+                model="none&none-fake-model", messages=[{"role": "user", "content": "hi"}]
+            )
+            .headers["x-optigraph-run-id"]
+        )
         s.run(stuck)
     con = sqlite3.connect(db)
     with con:  # as a crash leaves it
@@ -159,9 +183,25 @@ def test_serve_logs_each_request_once_and_the_runs_a_crash_left_running(tmp_path
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIGRAPH_")}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "optigraph", "serve", "--port", str(port), "--base-url", up.url + "/v1",
-             "--db-url", f"sqlite:///{db}", "--log-level", "info"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+            [
+                sys.executable,
+                "-m",
+                "optigraph",
+                "serve",
+                "--port",
+                str(port),
+                "--base-url",
+                up.url + "/v1",
+                "--db-url",
+                f"sqlite:///{db}",
+                "--log-level",
+                "info",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60

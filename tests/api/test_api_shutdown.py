@@ -36,9 +36,27 @@ def serve(tmp_path: Path, upstream_url: str, grace_s: float) -> tuple[subprocess
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIGRAPH_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "optigraph", "serve", "--port", str(port), "--base-url", upstream_url + "/v1",
-         "--db-url", f"sqlite:///{tmp_path / 'o.db'}", "--log-level", "warning", "--shutdown-grace", str(grace_s)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "optigraph",
+            "serve",
+            "--port",
+            str(port),
+            "--base-url",
+            upstream_url + "/v1",
+            "--db-url",
+            f"sqlite:///{tmp_path / 'o.db'}",
+            "--log-level",
+            "warning",
+            "--shutdown-grace",
+            str(grace_s),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + WAIT_S
     while True:
@@ -75,16 +93,20 @@ def stored(tmp_path: Path, run_id: str) -> tuple[str, int]:
 
 # each case starts a server process: two cases. One SIGTERM waits out a short grace; with a grace
 # longer than the test waits, a second signal (Ctrl-C twice) interrupts the run at once.
-@pytest.mark.parametrize(("stream", "signals", "exit_code"),
-                         [(False, (signal.SIGTERM,), 0), (True, (signal.SIGINT, signal.SIGINT), 130)])
-def test_shutdown_interrupts_a_stuck_run_after_the_grace(tmp_path: Path, gated: tuple[ServerThread, Gate],
-                                                         stream: bool, signals: tuple[int, ...],
-                                                         exit_code: int) -> None:
+@pytest.mark.parametrize(
+    ("stream", "signals", "exit_code"), [(False, (signal.SIGTERM,), 0), (True, (signal.SIGINT, signal.SIGINT), 130)]
+)
+def test_shutdown_interrupts_a_stuck_run_after_the_grace(
+    tmp_path: Path, gated: tuple[ServerThread, Gate], stream: bool, signals: tuple[int, ...], exit_code: int
+) -> None:
     up, gate = gated
     proc, url = serve(tmp_path, up.url, grace_s=1 if len(signals) == 1 else 3600)
     try:
-        worker, result = stuck_request(url, gate, {"model": "none&none-fake-model", "stream": stream,
-                                                   "messages": [{"role": "user", "content": "q"}]})
+        worker, result = stuck_request(
+            url,
+            gate,
+            {"model": "none&none-fake-model", "stream": stream, "messages": [{"role": "user", "content": "q"}]},
+        )
         for i, sig in enumerate(signals):
             if i:
                 time.sleep(0.2)  # let the first signal start the shutdown (an ordering aid, not a measurement)
@@ -121,9 +143,12 @@ def test_a_stream_interrupted_mid_way_ends_with_an_error_event(tmp_path: Path) -
         first = threading.Event()
 
         def read() -> None:
-            with httpx.stream("POST", url + "/v1/chat/completions", timeout=WAIT_S, json={
-                    "model": "none&none-fake-model", "stream": True,
-                    "messages": [{"role": "user", "content": "q"}]}) as resp:
+            with httpx.stream(
+                "POST",
+                url + "/v1/chat/completions",
+                timeout=WAIT_S,
+                json={"model": "none&none-fake-model", "stream": True, "messages": [{"role": "user", "content": "q"}]},
+            ) as resp:
                 events.append(resp.headers["x-optigraph-run-id"])
                 for line in resp.iter_lines():
                     if line.startswith("data: "):

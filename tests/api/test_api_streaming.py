@@ -15,8 +15,10 @@ HELLO = [{"role": "user", "content": "hello there"}]
 
 def sse_events(stack: Stack, body: dict) -> tuple[dict[str, str], list[str]]:
     """Raw SSE `data:` payloads of a streamed request, and the response headers."""
-    with stack.http() as http, http.stream("POST", "/v1/chat/completions", json=body,
-                                           headers={"authorization": "Bearer client-key"}) as resp:
+    with (
+        stack.http() as http,
+        http.stream("POST", "/v1/chat/completions", json=body, headers={"authorization": "Bearer client-key"}) as resp,
+    ):
         assert resp.status_code == 200, resp.read()
         assert resp.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in resp.iter_lines() if line]
@@ -45,8 +47,12 @@ def test_stream_passthrough_raw_sse(stack: Stack) -> None:
 
 def test_stream_openai_client_with_usage(stack: Stack) -> None:
     with stack.client().chat.completions.with_streaming_response.create(
-            model="fake-model", messages=HELLO, stream=True, stream_options={"include_usage": True},
-            extra_body={"my_vendor_field": "x"}) as resp:
+        model="fake-model",
+        messages=HELLO,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"my_vendor_field": "x"},
+    ) as resp:
         run_id = resp.headers["x-optigraph-run-id"]
         chunks = list(resp.parse())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -70,11 +76,17 @@ async def test_stream_async_client(stack: Stack) -> None:
 
 
 def test_stream_tool_call_deltas_are_relayed_and_reassemble(stack: Stack) -> None:
-    calls = [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-             {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": '{"tz": "CET"}'}}]
+    calls = [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": '{"tz": "CET"}'}},
+    ]
     stack.script.fn = lambda body, i: {"content": None, "tool_calls": calls}
-    stream = stack.client().chat.completions.create(model="fake-model", messages=HELLO, stream=True,
-                                                    tools=[{"type": "function", "function": {"name": "get_weather"}}])
+    stream = stack.client().chat.completions.create(
+        model="fake-model",
+        messages=HELLO,
+        stream=True,
+        tools=[{"type": "function", "function": {"name": "get_weather"}}],
+    )
     chunks = list(stream)
     deltas = [tc for c in chunks for ch in c.choices for tc in (ch.delta.tool_calls or [])]
     assert len(deltas) == 4  # two pieces per call, relayed as the upstream sent them
@@ -91,8 +103,9 @@ def test_stream_tool_call_deltas_are_relayed_and_reassemble(stack: Stack) -> Non
 
 @pytest.mark.parametrize("expression", ["none|none", "none&none", "(none|none)&none"])
 def test_stream_composite(stack: Stack, expression: str) -> None:
-    stream = stack.client().chat.completions.create(model=f"{expression}-fake-model", messages=HELLO, stream=True,
-                                                    stream_options={"include_usage": True})
+    stream = stack.client().chat.completions.create(
+        model=f"{expression}-fake-model", messages=HELLO, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     texts: dict[int, str] = {}
     finish: dict[int, str] = {}
@@ -110,7 +123,9 @@ def test_stream_composite(stack: Stack, expression: str) -> None:
     assert len(stack.log.bodies) == calls
     usage = chunks[-1].usage
     assert chunks[-1].choices == [] and usage is not None
-    assert usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"}) == fake_usage(stack.log.bodies)
+    assert usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"}) == fake_usage(
+        stack.log.bodies
+    )
     assert usage.completion_tokens_details.reasoning_tokens == 3 * calls
     ext = chunks[-1].model_extra["optigraph"]
     assert ext["approach"] == expression and ext["upstream_calls"] == calls
@@ -141,7 +156,8 @@ def test_stream_relays_chunks_as_they_arrive(gated_stream: tuple[Stack, ChunkGat
     gate.reset()
     pieces: list[str] = []
     stream = stack.client().chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "a b c"}], stream=True)
+        model=model, messages=[{"role": "user", "content": "a b c"}], stream=True
+    )
     for c in stream:
         if c.choices and c.choices[0].delta.content:
             pieces.append(c.choices[0].delta.content)
@@ -185,7 +201,8 @@ def test_stream_retried_when_the_upstream_fails_before_the_first_chunk(stack: St
 
     stack.script.fn = flaky
     raw = stack.client().chat.completions.with_raw_response.create(
-        model="fake-model", messages=HELLO, stream=True, stream_options={"include_usage": True})
+        model="fake-model", messages=HELLO, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(raw.parse())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "echo: hello there"

@@ -42,9 +42,15 @@ def stalling_upstream(attempts: list[str]) -> Starlette:
             for _ in range(80):
                 yield b": still thinking\n\n"
                 await asyncio.sleep(0.05)
-            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
-                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": "slow answer"},
-                                  "finish_reason": "stop"}]}
+            chunk = {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {"index": 0, "delta": {"role": "assistant", "content": "slow answer"}, "finish_reason": "stop"}
+                ],
+            }
             yield b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
 
         media = "text/event-stream" if body.get("stream") else "application/json"
@@ -63,23 +69,34 @@ def upstream() -> Iterator[tuple[ServerThread, list[str]]]:
 @pytest.fixture(scope="module")
 def stalled(tmp_path_factory: pytest.TempPathFactory, upstream: tuple[ServerThread, list[str]]) -> Iterator[Stack]:
     up, _ = upstream
-    with start_stack(tmp_path_factory.mktemp("stall") / "o.db", base_url=up.url + "/v1", upstream_retries=2,
-                     upstream_read_timeout_s=0.5, upstream_total_timeout_s=2.0) as s:
+    with start_stack(
+        tmp_path_factory.mktemp("stall") / "o.db",
+        base_url=up.url + "/v1",
+        upstream_retries=2,
+        upstream_read_timeout_s=0.5,
+        upstream_total_timeout_s=2.0,
+    ) as s:
         yield s
 
 
 def post(stack: Stack, content: str, **body: Any) -> httpx.Response:
     with stack.http() as http:
-        return http.post("/v1/chat/completions", json={"model": "fake-model", "messages": [
-            {"role": "user", "content": content}], **body})
+        return http.post(
+            "/v1/chat/completions",
+            json={"model": "fake-model", "messages": [{"role": "user", "content": content}], **body},
+        )
 
 
-@pytest.mark.parametrize(("stream", "says"), [
-    (False, "the attempt took over 2 s"),  # a non-streamed answer is bounded by the total timeout
-    (True, "nothing received for 0.5 s"),  # a stream by the read timeout
-])
+@pytest.mark.parametrize(
+    ("stream", "says"),
+    [
+        (False, "the attempt took over 2 s"),  # a non-streamed answer is bounded by the total timeout
+        (True, "nothing received for 0.5 s"),  # a stream by the read timeout
+    ],
+)
 def test_a_stalled_upstream_is_a_504_after_retries_plus_one_attempts(
-        stalled: Stack, upstream: tuple[ServerThread, list[str]], stream: bool, says: str) -> None:
+    stalled: Stack, upstream: tuple[ServerThread, list[str]], stream: bool, says: str
+) -> None:
     _, attempts = upstream
     prompt = f"stall (stream={stream})"
     resp = post(stalled, prompt, stream=stream)
@@ -97,8 +114,13 @@ def test_a_stalled_upstream_is_a_504_after_retries_plus_one_attempts(
 def test_a_byte_resets_the_read_timeout(tmp_path: Path, upstream: tuple[ServerThread, list[str]]) -> None:
     up, attempts = upstream
     # 80 comments 50 ms apart take 4 s, eight times the 0.5 s read timeout: never cut, one attempt
-    with start_stack(tmp_path / "o.db", base_url=up.url + "/v1", upstream_retries=2, upstream_read_timeout_s=0.5,
-                     upstream_total_timeout_s=120) as s:
+    with start_stack(
+        tmp_path / "o.db",
+        base_url=up.url + "/v1",
+        upstream_retries=2,
+        upstream_read_timeout_s=0.5,
+        upstream_total_timeout_s=120,
+    ) as s:
         resp = post(s, "trickle", stream=True)
     assert resp.status_code == 200, resp.text
     assert "slow answer" in resp.text and resp.text.rstrip().endswith("data: [DONE]")
@@ -106,10 +128,13 @@ def test_a_byte_resets_the_read_timeout(tmp_path: Path, upstream: tuple[ServerTh
 
 
 async def test_litellm_uses_the_same_timeouts_and_leaves_retries_to_optigraph(
-        upstream: tuple[ServerThread, list[str]]) -> None:
+    upstream: tuple[ServerThread, list[str]],
+) -> None:
     up, attempts = upstream
     backend = LiteLLMBackend(api_key="k", api_base=up.url + "/v1", read_timeout_s=0.5, total_timeout_s=2.0)
     with pytest.raises(UpstreamTimeout):
-        await backend.complete({"model": "openai/fake-model", "messages": [{"role": "user", "content": "stall litellm"}]})
+        await backend.complete(
+            {"model": "openai/fake-model", "messages": [{"role": "user", "content": "stall litellm"}]}
+        )
     assert attempts.count("stall litellm") == 1  # LiteLLM's own retries are off: one attempt per call
     assert backend.outcomes.reachable is False and "timed out" in (backend.outcomes.last_error or "")

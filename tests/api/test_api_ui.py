@@ -37,8 +37,10 @@ def chromium_path() -> str:
         found = shutil.which(name)
         if found:
             return found
-    pytest.skip("headless Chromium is not installed: run `scripts/setup.sh --test` "
-                "(or `apt-get install chromium`) to run the web page tests")
+    pytest.skip(
+        "headless Chromium is not installed: run `scripts/setup.sh --test` "
+        "(or `apt-get install chromium`) to run the web page tests"
+    )
 
 
 class Browser:
@@ -47,11 +49,25 @@ class Browser:
     def __init__(self, exe: str, profile: Path) -> None:
         profile.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-             "--window-size=1280,1000", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                exe,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                f"--user-data-dir={profile}",
+                "--remote-debugging-port=0",
+                "--window-size=1280,1000",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self._ids = itertools.count(1)
         self._exit = contextlib.ExitStack()
         try:
@@ -65,7 +81,8 @@ class Browser:
                 time.sleep(0.1)
             assert pages, f"Chromium opened no page: {targets}"
             self.ws = self._exit.enter_context(
-                websockets_sync.connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=20))
+                websockets_sync.connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=20)
+            )
             self.send("Page.enable")
             self.send("Runtime.enable")
         except BaseException:
@@ -130,8 +147,9 @@ class Browser:
         return self.eval(f"[...document.querySelectorAll({json.dumps(selector)})].map(e => e.innerText.trim())")
 
     def attrs(self, selector: str, name: str) -> list[str | None]:
-        return self.eval(f"[...document.querySelectorAll({json.dumps(selector)})]"
-                         f".map(e => e.getAttribute({json.dumps(name)}))")
+        return self.eval(
+            f"[...document.querySelectorAll({json.dumps(selector)})].map(e => e.getAttribute({json.dumps(name)}))"
+        )
 
     def screenshot(self, path: Path) -> Path:
         data = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
@@ -160,7 +178,8 @@ def serve(stack: Stack, model: str, content: str, api_key: str = "client-key") -
     client = stack.client(api_key=api_key)
     try:
         response = client.chat.completions.with_raw_response.create(
-            model=model, messages=[{"role": "user", "content": content}])
+            model=model, messages=[{"role": "user", "content": content}]
+        )
         run_id = response.headers["x-optigraph-run-id"]
     except openai.APIStatusError as exc:
         run_id = exc.response.headers["x-optigraph-run-id"]
@@ -205,8 +224,12 @@ def test_list_shows_runs_newest_first_and_filters(browser: Browser, runs: tuple[
     assert browser.eval("document.title") == "optigraph runs"
     assert browser.attrs("#runs tr.runs-row", "data-run-id") == list(ids.values())[::-1]
     statuses = dict(zip(browser.attrs("#runs tr.runs-row", "data-run-id"), browser.texts("#runs td.status")))
-    assert statuses == {ids["passthrough"]: "completed", ids["parallel"]: "completed",
-                        ids["pipeline"]: "completed", ids["failed"]: "failed"}
+    assert statuses == {
+        ids["passthrough"]: "completed",
+        ids["parallel"]: "completed",
+        ids["pipeline"]: "completed",
+        ids["failed"]: "failed",
+    }
     text = browser.eval("document.body.innerText")
     assert all(run_id in text for run_id in ids.values())
     assert "none|none" in text and "none&none" in text and "fake-model" in text
@@ -231,8 +254,10 @@ def test_clicking_a_run_opens_its_page(browser: Browser, runs: tuple[Stack, dict
 
     # The graph: every node of the pipeline drawn, all of them taken.
     nodes = dict(zip(browser.attrs("#graph g.node", "data-node"), browser.attrs("#graph g.node", "data-taken")))
-    assert nodes == {n: "true" for n in ("__start__", "1.none:passthrough", "1.none/done",
-                                         "2.none:passthrough", "2.none/done", "__end__")}
+    assert nodes == {
+        n: "true"
+        for n in ("__start__", "1.none:passthrough", "1.none/done", "2.none:passthrough", "2.none/done", "__end__")
+    }
     assert len(browser.attrs("#graph g.node.taken", "data-node")) == 6
     assert browser.eval("document.querySelectorAll('#graph path.edge').length") >= 5
 
@@ -329,7 +354,8 @@ def test_page_needs_the_api_key(browser: Browser, tmp_path: Path) -> None:
         assert browser.texts("#run-id") == [run_id] and "sekrit" not in browser.eval("location.href")
         cookies = browser.send("Network.getCookies", urls=[stack.url + "/ui"])["cookies"]
         assert [(c["name"], c["httpOnly"], c["sameSite"], c["path"]) for c in cookies] == [
-            ("optigraph_session", True, "Strict", "/ui")]
+            ("optigraph_session", True, "Strict", "/ui")
+        ]
         assert "sekrit" not in cookies[0]["value"] and cookies[0]["session"] is False  # it carries an expiry
         browser.goto(stack.url + "/ui")
         browser.wait_for(f"document.querySelector(\"tr[data-run-id='{run_id}']\") !== null")
@@ -447,6 +473,9 @@ def test_the_api_and_the_page_accept_the_same_keys(locked: Stack, clock: list[fl
 
 def test_a_login_post_that_is_not_the_form_is_refused(locked: Stack, clock: list[float]) -> None:
     with locked.http() as http:
-        r = http.post("/ui/login", content="&".join(f"f{i}=x" for i in range(50)),
-                      headers={"content-type": "application/x-www-form-urlencoded"})
+        r = http.post(
+            "/ui/login",
+            content="&".join(f"f{i}=x" for i in range(50)),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
     assert r.status_code == 400 and "set-cookie" not in r.headers

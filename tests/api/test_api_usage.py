@@ -22,8 +22,9 @@ PARAMS = {"mars": {"lightweight": True}}
 
 @pytest.fixture(scope="module")
 def flaky(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with start_stack(tmp_path_factory.mktemp("usage") / "u.db", upstream={"reasoning_tokens": 2},
-                     default_model="fake-model") as s:
+    with start_stack(
+        tmp_path_factory.mktemp("usage") / "u.db", upstream={"reasoning_tokens": 2}, default_model="fake-model"
+    ) as s:
         yield s
 
 
@@ -49,15 +50,24 @@ def stored_sum(stack: Stack, run_id: str) -> dict[str, int]:
     rows = stack.calls(run_id)
     prompt = sum(r["prompt_tokens"] for r in rows)
     completion = sum(r["completion_tokens"] for r in rows)
-    return {"calls": len(rows), "failed": sum(r["status"] != "ok" for r in rows), "prompt_tokens": prompt,
-            "completion_tokens": completion, "total_tokens": prompt + completion,
-            "reasoning_tokens": sum(r["reasoning_tokens"] for r in rows)}
+    return {
+        "calls": len(rows),
+        "failed": sum(r["status"] != "ok" for r in rows),
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "reasoning_tokens": sum(r["reasoning_tokens"] for r in rows),
+    }
 
 
 def given(usage: dict[str, Any], calls: int) -> dict[str, int]:
-    return {"calls": calls, "prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"],
-            "total_tokens": usage["total_tokens"],
-            "reasoning_tokens": usage["completion_tokens_details"]["reasoning_tokens"]}
+    return {
+        "calls": calls,
+        "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"],
+        "total_tokens": usage["total_tokens"],
+        "reasoning_tokens": usage["completion_tokens_details"]["reasoning_tokens"],
+    }
 
 
 def stored_run(stack: Stack, run_id: str) -> dict[str, int]:
@@ -66,8 +76,13 @@ def stored_run(stack: Stack, run_id: str) -> dict[str, int]:
 
 
 def body(approach: str, **extra: Any) -> dict[str, Any]:
-    return {"model": f"{approach}-fake-model", "messages": QUESTION, "max_tokens": 256,
-            **({"optillm_params": {approach: PARAMS[approach]}} if approach in PARAMS else {}), **extra}
+    return {
+        "model": f"{approach}-fake-model",
+        "messages": QUESTION,
+        "max_tokens": 256,
+        **({"optillm_params": {approach: PARAMS[approach]}} if approach in PARAMS else {}),
+        **extra,
+    }
 
 
 @pytest.mark.parametrize("approach", APPROACHES)
@@ -95,11 +110,16 @@ def test_usage_is_the_sum_of_the_stored_calls(flaky: Stack, approach: str) -> No
 def test_streamed_usage_is_the_sum_of_the_stored_calls(flaky: Stack, approach: str) -> None:
     flaky.reset()
     flaky.script.fn = sometimes_failing()
-    with flaky.http() as http, http.stream("POST", "/v1/chat/completions", json=body(
-            approach, stream=True, stream_options={"include_usage": True})) as r:
+    with (
+        flaky.http() as http,
+        http.stream(
+            "POST", "/v1/chat/completions", json=body(approach, stream=True, stream_options={"include_usage": True})
+        ) as r,
+    ):
         run_id = r.headers["x-optigraph-run-id"]
-        events = [orjson.loads(line[6:]) for line in r.iter_lines()
-                  if line.startswith("data: ") and line != "data: [DONE]"]
+        events = [
+            orjson.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ") and line != "data: [DONE]"
+        ]
     run = stored_run(flaky, run_id)
     rows = stored_sum(flaky, run_id)
     expected = {k: v for k, v in rows.items() if k != "failed"}

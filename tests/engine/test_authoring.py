@@ -26,7 +26,12 @@ def test_the_decorator_makes_a_spec_with_its_costs():
 
     assert isinstance(build, ApproachSpec)
     assert (build.name, build.calls, build.rounds, build.expected_calls, build.needs) == (
-        "twice", "2 * k", "2", "k", frozenset({"text"}))
+        "twice",
+        "2 * k",
+        "2",
+        "k",
+        frozenset({"text"}),
+    )
 
 
 def doc_of(text: str) -> tuple[Document, dict]:
@@ -68,7 +73,8 @@ def test_validate_stops_before_the_shape_rules_when_the_parts_are_wrong():
     doc, data = doc_of("name: x\nnodes:\n  a: {kind: nope}\n  b: {kind: generate}\n")
     assert validate(doc, data) is None
     assert [m for _, m in doc.errors] == [
-        "node 'a': unknown node kind 'nope' (known: sample, rate, select, vote, critique, aggregate, generate, reread)"]
+        "node 'a': unknown node kind 'nope' (known: sample, rate, select, vote, critique, aggregate, generate, reread)"
+    ]
 
 
 def test_errors_name_the_file_and_line():

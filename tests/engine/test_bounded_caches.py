@@ -41,11 +41,17 @@ async def test_the_runners_n_support_cache_is_bounded(monkeypatch: pytest.Monkey
     backends = Backends(settings)
     backend = ScriptedBackend(lambda body: "ok")
     backends.for_model = lambda model: (backend, model)  # type: ignore[method-assign]
-    runner = runner_module.Runner(settings=settings, registry=registry, backends=backends, recorder=NullRecorder(),
-                                  compiler=Compiler(registry, None))
+    runner = runner_module.Runner(
+        settings=settings,
+        registry=registry,
+        backends=backends,
+        recorder=NullRecorder(),
+        compiler=Compiler(registry, None),
+    )
     for i in range(20):  # every request names another model, and asks for n = 2
-        prep = await runner.prepare({"model": f"model-{i}", "n": 2, "messages": [{"role": "user", "content": "q"}]},
-                              client_key=None)
+        prep = await runner.prepare(
+            {"model": f"model-{i}", "n": 2, "messages": [{"role": "user", "content": "q"}]}, client_key=None
+        )
         result = await runner.complete(prep)
         assert len(result.response["choices"]) == 2
         assert len(runner.n_support) <= 4

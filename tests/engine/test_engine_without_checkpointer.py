@@ -23,9 +23,16 @@ async def test_a_pipeline_runs_without_a_checkpointer() -> None:
     backends = Backends(settings)
     backend = ScriptedBackend(lambda body, *_: "forty-two")
     backends.for_model = lambda model: (backend, model)  # type: ignore[method-assign]
-    runner = Runner(settings=settings, registry=registry, backends=backends, recorder=NullRecorder(),
-                    compiler=Compiler(registry, None))
-    prep = await runner.prepare({"model": "re2&none-m", "messages": [{"role": "user", "content": "q"}]}, client_key=None)
+    runner = Runner(
+        settings=settings,
+        registry=registry,
+        backends=backends,
+        recorder=NullRecorder(),
+        compiler=Compiler(registry, None),
+    )
+    prep = await runner.prepare(
+        {"model": "re2&none-m", "messages": [{"role": "user", "content": "q"}]}, client_key=None
+    )
     result = await runner.complete(prep)
     assert result.response["choices"][0]["message"]["content"] == "forty-two"
     assert result.response["optigraph"]["upstream_calls"] == 2

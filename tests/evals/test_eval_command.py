@@ -31,7 +31,7 @@ ANSWERS = {
     "logic-01": "Every bloop is a razzy and every razzy a lazzy.\nFinal answer: B",  # right
     "logic-02": "Final answer: Alice",  # wrong
     "code-01": "```python\ndef is_palindrome(s):\n    t = [c.lower() for c in s if c.isalnum()]\n"
-               "    return t == t[::-1]\n```",  # right
+    "    return t == t[::-1]\n```",  # right
 }
 RE2_WORD_01 = "4 * 3 + 6 * 1.25 = 19.5, so 50 - 19.5 = 30.5.\nFinal answer: $30.50"
 
@@ -65,7 +65,7 @@ def is_png(path: Path) -> bool:
         return False
     width, height = struct.unpack(">II", data[16:24])
     length, kind = struct.unpack(">I4s", data[8:16])
-    crc_ok = zlib.crc32(data[12:16 + length]) == struct.unpack(">I", data[16 + length:20 + length])[0]
+    crc_ok = zlib.crc32(data[12 : 16 + length]) == struct.unpack(">I", data[16 + length : 20 + length])[0]
     return crc_ok and width > 100 and height > 100 and data[-8:-4] == b"IEND"
 
 
@@ -76,18 +76,39 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return int(done.value.code or 0), out.out, out.err
 
 
-def test_eval_in_process_server_in_front_of_an_upstream(upstream, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_in_process_server_in_front_of_an_upstream(
+    upstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     server, log = upstream
     out_dir = tmp_path / "out"
     code, stdout, stderr = run_cli(
-        ["--approaches", "none,re2,bon", "--model", "fake-model", "--upstream", server.url + "/v1",
-         "--ids", ",".join(IDS), "--concurrency", "3", "--max-tokens", "200", "--out", str(out_dir),
-         "--params", '{"bon": {"n": 2}}'], capsys)  # sent only with bon (a server refuses others' params)
+        [
+            "--approaches",
+            "none,re2,bon",
+            "--model",
+            "fake-model",
+            "--upstream",
+            server.url + "/v1",
+            "--ids",
+            ",".join(IDS),
+            "--concurrency",
+            "3",
+            "--max-tokens",
+            "200",
+            "--out",
+            str(out_dir),
+            "--params",
+            '{"bon": {"n": 2}}',
+        ],
+        capsys,
+    )  # sent only with bon (a server refuses others' params)
     assert code == 0, stderr
     main_table, by_category = stdout.split("correct by category:")
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in main_table.splitlines() if line.startswith("| ") and not line.startswith("| approach")}
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in main_table.splitlines()
+        if line.startswith("| ") and not line.startswith("| approach")
+    }
     # accuracy, correct, errors, prompt tok, completion tok, upstream calls, mean wall s, total wall s
     assert rows["none"][:3] == ["50.0%", "3/6", "1"]
     assert rows["re2"][:3] == ["66.7%", "4/6", "1"]
@@ -101,7 +122,7 @@ def test_eval_in_process_server_in_front_of_an_upstream(upstream, tmp_path: Path
 
     lines = [json.loads(line) for line in (out_dir / "results.jsonl").read_text().splitlines()]
     assert len(lines) == 3 * len(IDS)
-    assert [(r["approach"], r["id"]) for r in lines[:len(IDS)]] == [("none", pid) for pid in IDS]
+    assert [(r["approach"], r["id"]) for r in lines[: len(IDS)]] == [("none", pid) for pid in IDS]
     got = {(r["approach"], r["id"]): r for r in lines}
     assert got["none", "arith-01"]["correct"] and got["none", "arith-01"]["answer"] == "1157"
     assert got["none", "arith-01"]["upstream_calls"] == 1 and got["none", "arith-01"]["run_id"]
@@ -123,18 +144,46 @@ def test_eval_in_process_server_in_front_of_an_upstream(upstream, tmp_path: Path
     assert {b["model"] for b in log.bodies} == {"fake-model"}
 
 
-def test_an_optigraph_endpoint_is_checked_before_running(upstream, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_optigraph_endpoint_is_checked_before_running(
+    upstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     server, log = upstream
-    settings = Settings(base_url=server.url + "/v1", db_url=f"sqlite:///{tmp_path / 'og.db'}", log_level="warning",
-                        api_key="server-key")
+    settings = Settings(
+        base_url=server.url + "/v1", db_url=f"sqlite:///{tmp_path / 'og.db'}", log_level="warning", api_key="server-key"
+    )
     with ServerThread(create_app(settings)) as proxy:
         before = len(log.bodies)
-        code, _, stderr = run_cli(["--approaches", "none,bon&nosuch", "--model", "fake-model", "--api-key",
-                                   "server-key", "--base-url", proxy.url + "/v1", "--out", str(tmp_path / "o")], capsys)
+        code, _, stderr = run_cli(
+            [
+                "--approaches",
+                "none,bon&nosuch",
+                "--model",
+                "fake-model",
+                "--api-key",
+                "server-key",
+                "--base-url",
+                proxy.url + "/v1",
+                "--out",
+                str(tmp_path / "o"),
+            ],
+            capsys,
+        )
         assert code == 2 and "unknown approach nosuch" in stderr
-        code, _, stderr = run_cli(["--approaches", "none", "--model", "fake-model", "--api-key", "wrong",
-                                   "--base-url", proxy.url + "/v1", "--out", str(tmp_path / "o")], capsys)
+        code, _, stderr = run_cli(
+            [
+                "--approaches",
+                "none",
+                "--model",
+                "fake-model",
+                "--api-key",
+                "wrong",
+                "--base-url",
+                proxy.url + "/v1",
+                "--out",
+                str(tmp_path / "o"),
+            ],
+            capsys,
+        )
         assert code == 2 and "refused the key (401)" in stderr
     assert len(log.bodies) == before
 
@@ -148,19 +197,37 @@ def test_setup_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert code == 2 and "cannot reach http://127.0.0.1:9/v1" in stderr
 
 
-def test_against_a_plain_openai_endpoint(upstream, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_against_a_plain_openai_endpoint(
+    upstream, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Pointed straight at a server that is not optigraph, with a user's problem file: `none` sends the
     model name unchanged, and each answer counts as one upstream call."""
     server, log = upstream
     monkeypatch.setenv("OPENAI_API_KEY", "k")
     problems = tmp_path / "mine.jsonl"
-    problems.write_text(json.dumps({"id": "a1", "prompt": PROBLEMS["arith-01"].prompt, "answer": "1157"}) + "\n"
-                        + json.dumps({"id": "lg", "prompt": PROBLEMS["logic-02"].prompt, "answer": "Carol",
-                                      "grader": "exact"}) + "\n")
+    problems.write_text(
+        json.dumps({"id": "a1", "prompt": PROBLEMS["arith-01"].prompt, "answer": "1157"})
+        + "\n"
+        + json.dumps({"id": "lg", "prompt": PROBLEMS["logic-02"].prompt, "answer": "Carol", "grader": "exact"})
+        + "\n"
+    )
     before = len(log.bodies)
-    code, stdout, stderr = run_cli(["--approaches", "none", "--model", "fake-model", "--base-url", server.url + "/v1",
-                                    "--problems", str(problems), "--out", str(tmp_path / "o"), "--no-progress"], capsys)
+    code, stdout, stderr = run_cli(
+        [
+            "--approaches",
+            "none",
+            "--model",
+            "fake-model",
+            "--base-url",
+            server.url + "/v1",
+            "--problems",
+            str(problems),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, stderr
     assert "| none     |    50.0% |     1/2 |      0 |" in stdout
     assert stderr == ""  # no progress bar
@@ -173,9 +240,26 @@ def test_against_a_plain_openai_endpoint(upstream, tmp_path: Path, capsys: pytes
 def test_generated_problems(upstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("reasoning_gym")
     server, _ = upstream
-    code, stdout, stderr = run_cli(["--approaches", "none", "--model", "fake-model", "--base-url", server.url + "/v1",
-                                    "--reasoning-gym", "basic_arithmetic", "--count", "3", "--seed", "5",
-                                    "--out", str(tmp_path), "--no-progress"], capsys)
+    code, stdout, stderr = run_cli(
+        [
+            "--approaches",
+            "none",
+            "--model",
+            "fake-model",
+            "--base-url",
+            server.url + "/v1",
+            "--reasoning-gym",
+            "basic_arithmetic",
+            "--count",
+            "3",
+            "--seed",
+            "5",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, stderr
     assert "| none     |     0.0% |     0/3 |" in stdout  # the scripted upstream knows none of them
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]

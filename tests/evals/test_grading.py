@@ -26,33 +26,50 @@ def number(answer: str) -> Problem:
     return Problem(id="n", category="t", prompt="?", answer=answer, grader="number")
 
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("1,234", 1234), ("$1,200.50", Fraction("1200.5")), ("25%", 25), ("7.5 degrees", Fraction("7.5")),
-    ("x = 12", 12), ("3/4", Fraction(3, 4)), ("\\frac{61}{2}", Fraction(61, 2)), ("-\\frac{1}{2}", Fraction(-1, 2)),
-    ("\u221265", -65), ("**42**", 42), ("30.5\\text{ dollars}", Fraction("30.5")), ("no number", None),
-])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1,234", 1234),
+        ("$1,200.50", Fraction("1200.5")),
+        ("25%", 25),
+        ("7.5 degrees", Fraction("7.5")),
+        ("x = 12", 12),
+        ("3/4", Fraction(3, 4)),
+        ("\\frac{61}{2}", Fraction(61, 2)),
+        ("-\\frac{1}{2}", Fraction(-1, 2)),
+        ("\u221265", -65),
+        ("**42**", 42),
+        ("30.5\\text{ dollars}", Fraction("30.5")),
+        ("no number", None),
+    ],
+)
 def test_parse_number(text: str, value: object) -> None:
     assert parse_number(text) == value
 
 
-@pytest.mark.parametrize("response", [
-    "Step 1... so 1000 + 200 = 1200.\nFinal answer: 1,200",
-    "The total is \\boxed{1200}.",
-    "The answer is $1,200.",
-    "#### 1200",
-    "Final answer: 1200 dollars",
-    "Final answer: 1200.00",
-    "We get 1199 then add 1, giving 1200",  # the last number
-    "<think>maybe 17</think>Final answer: 1200",
-    "So, the final answer is: Final answer: 1200",
-])
+@pytest.mark.parametrize(
+    "response",
+    [
+        "Step 1... so 1000 + 200 = 1200.\nFinal answer: 1,200",
+        "The total is \\boxed{1200}.",
+        "The answer is $1,200.",
+        "#### 1200",
+        "Final answer: 1200 dollars",
+        "Final answer: 1200.00",
+        "We get 1199 then add 1, giving 1200",  # the last number
+        "<think>maybe 17</think>Final answer: 1200",
+        "So, the final answer is: Final answer: 1200",
+    ],
+)
 def test_number_right(response: str) -> None:
     g = grade_number(number("1200"), response, use_math_verify=False)
     assert g.correct, g
     assert g.method == "numeric"
 
 
-@pytest.mark.parametrize("response", ["Final answer: 1201", "The answer is 12,000.", "I do not know.", "<think>1200</think>"])
+@pytest.mark.parametrize(
+    "response", ["Final answer: 1201", "The answer is 12,000.", "I do not know.", "<think>1200</think>"]
+)
 def test_number_wrong(response: str) -> None:
     assert not grade_number(number("1200"), response, use_math_verify=False).correct
 
@@ -91,10 +108,20 @@ def test_exact() -> None:
     assert not grade_exact(p, long).correct  # a long answer is not searched
 
 
-@pytest.mark.parametrize(("answer", "letter"), [
-    ("B", "B"), ("(B)", "B"), ("B) All bloops", "B"), ("**B**", "B"), ("Option B", "B"), ("b", "B"),
-    ("a cat", None), ("All bloops are lazzies", "B"), ("none of them", None),
-])
+@pytest.mark.parametrize(
+    ("answer", "letter"),
+    [
+        ("B", "B"),
+        ("(B)", "B"),
+        ("B) All bloops", "B"),
+        ("**B**", "B"),
+        ("Option B", "B"),
+        ("b", "B"),
+        ("a cat", None),
+        ("All bloops are lazzies", "B"),
+        ("none of them", None),
+    ],
+)
 def test_choice_letter(answer: str, letter: str | None) -> None:
     assert choice_letter(answer, {"A": "No bloops", "B": "All bloops are lazzies", "C": "x", "D": "y"}) == letter
 
@@ -109,8 +136,14 @@ def test_choice() -> None:
     assert not grade_choice(p, "I cannot decide.").correct
 
 
-CODE = Problem(id="k", category="code", prompt="?", answer="", grader="code",
-               tests=("assert add(2, 3) == 5", "assert add(-1, 1) == 0"))
+CODE = Problem(
+    id="k",
+    category="code",
+    prompt="?",
+    answer="",
+    grader="code",
+    tests=("assert add(2, 3) == 5", "assert add(-1, 1) == 0"),
+)
 
 
 def test_extract_code_prefers_the_last_block_with_a_def() -> None:
@@ -138,8 +171,9 @@ async def test_code_that_hangs_is_stopped() -> None:
 
 async def test_code_is_never_run_without_the_sandbox_layers_its_level_requires(tmp_path, monkeypatch) -> None:
     # a kernel without namespaces and Landlock (the hook off too): only the level's check stops the write
-    monkeypatch.setattr(grading, "run_python",
-                        partial(run_python, withhold_layers=("namespaces", "landlock"), audit_guard=False))
+    monkeypatch.setattr(
+        grading, "run_python", partial(run_python, withhold_layers=("namespaces", "landlock"), audit_guard=False)
+    )
     sentinel = tmp_path / "ran.txt"
     response = f"```python\ndef add(a, b):\n    return a + b\nopen({str(sentinel)!r}, 'w').write('ran')\n```"
     refused = await grade(CODE, response)

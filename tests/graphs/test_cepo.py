@@ -37,8 +37,15 @@ def step(body):
 
 def scripted(**overrides):
     """Default replies by step; an override is a reply or a function of the body."""
-    replies = {"plan": "1. add tens (high) 2. add ones (high)", "execute": "17 + 25 = 42", "refine": "Reviewed: 42",
-               "answer": "The answer is 42.", "rate": "7", "pair": "[[1]]", **overrides}
+    replies = {
+        "plan": "1. add tens (high) 2. add ones (high)",
+        "execute": "17 + 25 = 42",
+        "refine": "Reviewed: 42",
+        "answer": "The answer is 42.",
+        "rate": "7",
+        "pair": "[[1]]",
+        **overrides,
+    }
 
     def respond(body):
         reply = replies[step(body)]
@@ -156,8 +163,13 @@ def refine_per_chain():
 async def test_absolute_rating_picks_the_best_rated():
     answers = ["The answer is 41.", "The answer is 42.", "The answer is 43."]
     ratings = {"The answer is 41.": "3", "The answer is 42.": "Rating: 9/10", "The answer is 43.": "5"}
-    backend = ScriptedBackend(scripted(refine=refine_per_chain(), answer=answer_per_chain(answers),
-                                       rate=lambda body: ratings[body["messages"][-2]["content"]]))
+    backend = ScriptedBackend(
+        scripted(
+            refine=refine_per_chain(),
+            answer=answer_per_chain(answers),
+            rate=lambda body: ratings[body["messages"][-2]["content"]],
+        )
+    )
     state, _ = await run_approach(SPEC, QUESTION, backend, params={"bestofn_n": 3, "planning_m": 1})
     assert state["answers"][0]["message"]["content"] == "The answer is 42."
 

@@ -43,11 +43,17 @@ def test_a_chain_needs_a_step():
         chain()
 
 
-@pytest.mark.parametrize(("module", "steps"), [
-    (none, ["passthrough"]), (re2, ["reread_answer"]), (cot_reflection, ["reflect"]),
-    (majority_voting, ["sample", "vote"]), (genselect, ["sample", "compare"]),
-    (moa, ["sample", "critique", "aggregate"]),
-])
+@pytest.mark.parametrize(
+    ("module", "steps"),
+    [
+        (none, ["passthrough"]),
+        (re2, ["reread_answer"]),
+        (cot_reflection, ["reflect"]),
+        (majority_voting, ["sample", "vote"]),
+        (genselect, ["sample", "compare"]),
+        (moa, ["sample", "critique", "aggregate"]),
+    ],
+)
 def test_the_straight_line_approaches_are_chains(module, steps):
     path = ["__start__", *steps, "__end__"]
     assert edges(module.SPEC.build()) == set(zip(path, path[1:], strict=False))

@@ -18,8 +18,13 @@ from optigraph.graphs.coc import SPEC, literal, semantic_functions, with_stubs
 from optigraph.nodes import execute as execute_module
 from optigraph.sandbox import run_python
 
-QUESTION = [{"role": "user", "content": "I have an apple, a chair, a banana and a cherry. Each fruit costs 3 "
-                                        "dollars. How much do the fruits cost in all?"}]
+QUESTION = [
+    {
+        "role": "user",
+        "content": "I have an apple, a chair, a banana and a cherry. Each fruit costs 3 "
+        "dollars. How much do the fruits cost in all?",
+    }
+]
 PROGRAM = """items = ["apple", "chair", "banana", "cherry"]
 fruits = [item for item in items if is_fruit(item)]
 total = 3 * len(fruits)
@@ -69,21 +74,26 @@ def kinds(backend: ScriptedBackend) -> list[str]:
 
 
 def test_semantic_functions_are_the_called_names_never_bound():
-    code = ("import math\nfrom collections import Counter\n"
-            "def helper(x):\n    return sentiment(x) + len(x)\n"
-            "total = sum(helper(w) for w in words())\nprint(math.sqrt(total), Counter(), is_fruit(y := 1))\n"
-            "try:\n    pass\nexcept ValueError as err:\n    print(err)\n")
+    code = (
+        "import math\nfrom collections import Counter\n"
+        "def helper(x):\n    return sentiment(x) + len(x)\n"
+        "total = sum(helper(w) for w in words())\nprint(math.sqrt(total), Counter(), is_fruit(y := 1))\n"
+        "try:\n    pass\nexcept ValueError as err:\n    print(err)\n"
+    )
     assert semantic_functions(code) == ["is_fruit", "sentiment", "words"]
     assert semantic_functions("def broken(:") == []
     assert semantic_functions("from math import *\nprint(floor(2.5))") == []
 
 
-@pytest.mark.parametrize(("reply", "value"), [
-    ("It is a fruit.\nRESULT: True", True),
-    ("RESULT: ['a', 'b']", ["a", "b"]),
-    ("RESULT: `3`", 3),
-    ("'red'", "red"),
-])
+@pytest.mark.parametrize(
+    ("reply", "value"),
+    [
+        ("It is a fruit.\nRESULT: True", True),
+        ("RESULT: ['a', 'b']", ["a", "b"]),
+        ("RESULT: `3`", 3),
+        ("'red'", "red"),
+    ],
+)
 def test_emulated_values_are_python_literals(reply, value):
     assert literal(reply) == (True, value)
 
@@ -143,12 +153,14 @@ async def test_an_escape_through_a_stub_value_is_not_possible(tmp_path):
 
 @pytest.fixture
 def no_namespaces_or_landlock(monkeypatch):
-    monkeypatch.setattr(execute_module, "run_python",
-                        partial(run_python, withhold_layers=("namespaces", "landlock"), audit_guard=False))
+    monkeypatch.setattr(
+        execute_module, "run_python", partial(run_python, withhold_layers=("namespaces", "landlock"), audit_guard=False)
+    )
 
 
-async def test_a_sandbox_missing_a_required_layer_runs_nothing_and_the_model_emulates(tmp_path,
-                                                                                     no_namespaces_or_landlock):
+async def test_a_sandbox_missing_a_required_layer_runs_nothing_and_the_model_emulates(
+    tmp_path, no_namespaces_or_landlock
+):
     sentinel = tmp_path / "ran.txt"
     backend = ScriptedBackend(scripted(f"open({str(sentinel)!r}, 'w').write('ran')\n{PROGRAM}"))
     state, _ = await run_approach(SPEC, QUESTION, backend)
@@ -157,8 +169,10 @@ async def test_a_sandbox_missing_a_required_layer_runs_nothing_and_the_model_emu
     [run] = state["executions"]
     assert run["error_kind"] == "unavailable"
     assert any(n.startswith("execute: run 1 not started: sandbox level 'strict' requires") for n in state["notes"])
-    assert any("simulate: the model emulated the program because the sandbox did not run the program" in n
-               for n in state["notes"])
+    assert any(
+        "simulate: the model emulated the program because the sandbox did not run the program" in n
+        for n in state["notes"]
+    )
     assert state["answers"][0]["message"]["content"] == "The fruits cost 9 dollars."
 
 

@@ -41,8 +41,13 @@ async def test_full_response_on_request_and_streamed():
     sink = StreamSink()
     backend = ScriptedBackend(lambda body: REPLY)
     state, _ = await run_approach(
-        SPEC, MESSAGES, backend, params={"return_full_response": True}, request={"temperature": 0.2},
-        sink=sink, stream_choice=0,
+        SPEC,
+        MESSAGES,
+        backend,
+        params={"return_full_response": True},
+        request={"temperature": 0.2},
+        sink=sink,
+        stream_choice=0,
     )
     assert state["answers"][0]["message"]["content"] == REPLY
     assert backend.calls[0]["temperature"] == 0.2 and backend.calls[0]["stream"] is True

@@ -29,8 +29,12 @@ def step(body):
 
 
 def scripted(samples=("Final answer: 5 pm",) * 3, greedy="<think>3+2</think>Final answer: 5 pm", **overrides):
-    replies = {"select": "[2, 3, 19]", "adapt": "Add 2 hours to 3 pm; check am/pm.", "implement": STRUCTURE,
-               **overrides}
+    replies = {
+        "select": "[2, 3, 19]",
+        "adapt": "Add 2 hours to 3 pm; check am/pm.",
+        "implement": STRUCTURE,
+        **overrides,
+    }
 
     emulated = iter(range(1000))  # sample calls, in arrival order, when n is emulated
 
@@ -109,8 +113,11 @@ async def test_four_rounds_with_samples_and_greedy_concurrent():
 
 
 async def test_failed_self_discover_steps_degrade_gracefully():
-    backend = ScriptedBackend(scripted(select="I like them all.", adapt=UpstreamError("adapt lost"),
-                                       implement=UpstreamError("implement lost")))
+    backend = ScriptedBackend(
+        scripted(
+            select="I like them all.", adapt=UpstreamError("adapt lost"), implement=UpstreamError("implement lost")
+        )
+    )
     state, _ = await run_approach(SPEC, QUESTION, backend)
     assert any("no module numbers" in n for n in state["notes"])
     assert any("adapt_modules: failed" in n for n in state["notes"])
@@ -123,8 +130,9 @@ async def test_failed_self_discover_steps_degrade_gracefully():
 
 async def test_failed_samples_fall_back_to_greedy_and_count_as_disagreement():
     samples = [UpstreamError("lost"), "Final answer: 5 pm", UpstreamError("lost")]
-    backend = ScriptedBackend(scripted(samples=samples, greedy="Final answer: 6 pm"),
-                              capabilities={"n_sampling": False})
+    backend = ScriptedBackend(
+        scripted(samples=samples, greedy="Final answer: 6 pm"), capabilities={"n_sampling": False}
+    )
     state, _ = await run_approach(SPEC, QUESTION, backend, params={"enable_self_discover": False})
     assert state["answers"][0]["message"]["content"] == "Final answer: 6 pm"
     assert any("confidence 0.33" in n for n in state["notes"])
@@ -157,14 +165,17 @@ async def test_budget_exceeded_propagates():
         await SPEC.build().compile().ainvoke(state, context=RunContext(run_id="t", llm=llm))
 
 
-@pytest.mark.parametrize(("reply", "limit", "expected"), [
-    ("[2, 5, 9]", 7, [1, 4, 8]),
-    ("Selected: ```json\n[3, 3, 1]\n```", 7, [2, 0]),
-    ("Modules 4 and 6 fit best.", 7, [3, 5]),
-    ("[1, 2, 3, 4, 5, 6, 7, 8]", 5, [0, 1, 2, 3, 4]),
-    ("[0, 99, 2]", 7, [1]),
-    ("none", 7, []),
-])
+@pytest.mark.parametrize(
+    ("reply", "limit", "expected"),
+    [
+        ("[2, 5, 9]", 7, [1, 4, 8]),
+        ("Selected: ```json\n[3, 3, 1]\n```", 7, [2, 0]),
+        ("Modules 4 and 6 fit best.", 7, [3, 5]),
+        ("[1, 2, 3, 4, 5, 6, 7, 8]", 5, [0, 1, 2, 3, 4]),
+        ("[0, 99, 2]", 7, [1]),
+        ("none", 7, []),
+    ],
+)
 def test_module_selection_parsing(reply, limit, expected):
     assert parse_module_numbers(reply, limit) == expected
 

@@ -87,8 +87,9 @@ async def test_a_lone_survivor_needs_no_comparison():
 
 
 async def test_two_rounds_with_concurrent_samples():
-    backend = ScriptedBackend(scripted(candidates=["a 1", "b 2", "c 3", "d 4"]), capabilities={"n_sampling": False},
-                              waves=[4, 1])
+    backend = ScriptedBackend(
+        scripted(candidates=["a 1", "b 2", "c 3", "d 4"]), capabilities={"n_sampling": False}, waves=[4, 1]
+    )
     state, _ = await run_approach(SPEC, QUESTION, backend)
     assert backend.wave_errors == []  # the 4 samples together, then the selection
     assert len(backend.calls) == 5 and backend.max_in_flight == 4
@@ -104,7 +105,11 @@ async def test_all_sampling_failing_raises():
 
 
 def test_params():
-    assert SPEC.validate_params({}) == {"num_candidates": 4, "temperature": None, "comparison_temperature": 0.3,
-                                        "comparison_max_tokens": 2048}
+    assert SPEC.validate_params({}) == {
+        "num_candidates": 4,
+        "temperature": None,
+        "comparison_temperature": 0.3,
+        "comparison_max_tokens": 2048,
+    }
     with pytest.raises(InvalidRequest):
         SPEC.validate_params({"num_candidates": 1})

@@ -24,12 +24,26 @@ from optigraph.memory.records import NullRecorder  # noqa: E402
 
 SYSTEM = {"role": "system", "content": "Answer arithmetic questions."}
 # examples written so that only the model can find them
-PROSE = [SYSTEM, {"role": "user", "content": "Worked examples. Twelve plus thirty gives 42; seven times six gives 42; "
-                                             "nine minus four gives 5. Now: what is eight times seven?"}]
-EXAMPLES = [{"question": "What is 12 + 30?", "answer": "42"}, {"question": "What is 7 * 6?", "answer": "42"},
-            {"question": "What is 9 - 4?", "answer": "5"}]
-FEW_SHOT = [SYSTEM, {"role": "user", "content": "Q: What is 2 + 2?\nA: 4\n\nQ: What is 3 * 3?\nA: The answer is 9.\n\n"
-                                                "Q: What is 8 * 7?\nA:"}]
+PROSE = [
+    SYSTEM,
+    {
+        "role": "user",
+        "content": "Worked examples. Twelve plus thirty gives 42; seven times six gives 42; "
+        "nine minus four gives 5. Now: what is eight times seven?",
+    },
+]
+EXAMPLES = [
+    {"question": "What is 12 + 30?", "answer": "42"},
+    {"question": "What is 7 * 6?", "answer": "42"},
+    {"question": "What is 9 - 4?", "answer": "5"},
+]
+FEW_SHOT = [
+    SYSTEM,
+    {
+        "role": "user",
+        "content": "Q: What is 2 + 2?\nA: 4\n\nQ: What is 3 * 3?\nA: The answer is 9.\n\nQ: What is 8 * 7?\nA:",
+    },
+]
 
 
 def stage(body):
@@ -47,13 +61,21 @@ def stage(body):
     return "answer"
 
 
-def scripted(examples=EXAMPLES, attempt="Final answer: 41", learn=None, condense="1. Recheck every product.\n"
-             "2. Carry digits carefully.", question_principles="1. Multiply digit by digit.", answer="56"):
+def scripted(
+    examples=EXAMPLES,
+    attempt="Final answer: 41",
+    learn=None,
+    condense="1. Recheck every product.\n2. Carry digits carefully.",
+    question_principles="1. Multiply digit by digit.",
+    answer="56",
+):
     def respond(body):
         kind = stage(body)
         prompt = last_user(body)
         if kind == "find_examples":
-            return examples if isinstance(examples, (str, BaseException)) else f"<output>{json.dumps(examples)}</output>"
+            return (
+                examples if isinstance(examples, (str, BaseException)) else f"<output>{json.dumps(examples)}</output>"
+            )
         if kind == "attempt":
             return attempt(prompt) if callable(attempt) else attempt
         if kind == "learn":
@@ -75,8 +97,15 @@ async def test_full_path_with_model_extracted_examples():
     params = {"max_examples": 2}
     state, _ = await run_approach(SPEC, PROSE, backend, params=params, request={"temperature": 0.2, "max_tokens": 50})
     assert len(backend.calls) == evaluate(SPEC.calls, SPEC.validate_params(params)) == 7
-    assert [stage(b) for b in backend.calls] == ["find_examples", "attempt", "attempt", "learn", "learn", "condense",
-                                                 "answer"]
+    assert [stage(b) for b in backend.calls] == [
+        "find_examples",
+        "attempt",
+        "attempt",
+        "learn",
+        "learn",
+        "condense",
+        "answer",
+    ]
     assert [e["question"] for e in state["examples"]] == ["What is 12 + 30?", "What is 7 * 6?"]  # at most 2
 
     extract = backend.calls[0]
@@ -136,13 +165,19 @@ async def test_examples_in_the_message_need_no_extraction_call():
     state, _ = await run_approach(SPEC, FEW_SHOT, backend)
     assert [stage(b) for b in backend.calls] == ["attempt", "attempt", "learn", "learn", "condense", "answer"]
     assert [(e["question"], e["answer"]) for e in state["examples"]] == [
-        ("What is 2 + 2?", "4"), ("What is 3 * 3?", "The answer is 9.")]
+        ("What is 2 + 2?", "4"),
+        ("What is 3 * 3?", "The answer is 9."),
+    ]
     assert len(backend.calls) == 2 * 2 + 2 < evaluate(SPEC.calls, SPEC.validate_params({}))
 
 
 async def test_examples_from_earlier_turns():
-    turns = [SYSTEM, {"role": "user", "content": "What is 5 + 5?"}, {"role": "assistant", "content": "10"},
-             {"role": "user", "content": "What is 6 + 6?"}]
+    turns = [
+        SYSTEM,
+        {"role": "user", "content": "What is 5 + 5?"},
+        {"role": "assistant", "content": "10"},
+        {"role": "user", "content": "What is 6 + 6?"},
+    ]
     backend = ScriptedBackend(scripted(attempt="Final answer: 11"))
     await run_approach(SPEC, turns, backend)
     attempt = next(b for b in backend.calls if stage(b) == "attempt")
@@ -161,8 +196,13 @@ async def test_correct_attempts_teach_nothing():
     assert len(learned) == 2 and not any("12 + 30" in p for p in learned)
     assert [a["mistakes"] for a in sorted(state["attempts"], key=lambda a: a["index"])][0] == []
 
-    backend = ScriptedBackend(scripted(attempt=lambda p: "Final answer: " + {"12 + 30": "42", "7 * 6": "42"}.get(
-        p.split("What is ")[1].split("?")[0], "5")))
+    backend = ScriptedBackend(
+        scripted(
+            attempt=lambda p: (
+                "Final answer: " + {"12 + 30": "42", "7 * 6": "42"}.get(p.split("What is ")[1].split("?")[0], "5")
+            )
+        )
+    )
     state, _ = await run_approach(SPEC, PROSE, backend)
     assert [stage(b) for b in backend.calls] == ["find_examples", "attempt", "attempt", "attempt", "answer"]
     assert backend.calls[-1]["messages"] == PROSE  # no principles to add
@@ -201,8 +241,12 @@ async def test_unreadable_or_failed_extraction_falls_back():
 
 
 async def test_failed_learning_steps_are_skipped():
-    backend = ScriptedBackend(scripted(attempt=lambda p: UpstreamError("a down") if "12 + 30" in p else "Final answer: 1",
-                                       learn=lambda p: UpstreamError("l down") if "7 * 6" in p else "Principles:\n- P"))
+    backend = ScriptedBackend(
+        scripted(
+            attempt=lambda p: UpstreamError("a down") if "12 + 30" in p else "Final answer: 1",
+            learn=lambda p: UpstreamError("l down") if "7 * 6" in p else "Principles:\n- P",
+        )
+    )
     state, _ = await run_approach(SPEC, PROSE, backend)
     assert any("attempt: example 0 failed: a down" in n for n in state["notes"])
     assert any("learn: example 1 failed: l down" in n for n in state["notes"])
@@ -224,16 +268,28 @@ async def test_final_failure_raises_and_budget_propagates():
     with pytest.raises(UpstreamError, match="answer down"):
         await run_approach(SPEC, PROSE, backend)
 
-    llm = LLM(backend=ScriptedBackend(scripted()), model="m", run_id="t", recorder=NullRecorder(),
-              budget=Budget(max_calls=3))
+    llm = LLM(
+        backend=ScriptedBackend(scripted()), model="m", run_id="t", recorder=NullRecorder(), budget=Budget(max_calls=3)
+    )
     with pytest.raises(BudgetExceeded):
-        await SPEC.build().compile().ainvoke({"messages": PROSE, "request": {}, "params": SPEC.validate_params({})},
-                                             context=RunContext(run_id="t", llm=llm))
+        await (
+            SPEC.build()
+            .compile()
+            .ainvoke(
+                {"messages": PROSE, "request": {}, "params": SPEC.validate_params({})},
+                context=RunContext(run_id="t", llm=llm),
+            )
+        )
 
 
 async def test_several_samples_per_example_in_one_call():
-    backend = ScriptedBackend(lambda body: ["Final answer: 42", "Final answer: 40", "Final answer: 40"][body["choice_index"]]
-                              if stage(body) == "attempt" else scripted()(body))
+    backend = ScriptedBackend(
+        lambda body: (
+            ["Final answer: 42", "Final answer: 40", "Final answer: 40"][body["choice_index"]]
+            if stage(body) == "attempt"
+            else scripted()(body)
+        )
+    )
     state, _ = await run_approach(SPEC, PROSE, backend, params={"samples_per_example": 3, "max_examples": 1})
     attempt_call = next(b for b in backend.calls if stage(b) == "attempt")
     assert attempt_call["n"] == 3
@@ -243,9 +299,12 @@ async def test_several_samples_per_example_in_one_call():
 
 # ---- pieces -------------------------------------------------------------------------------------
 
+
 def test_examples_from_text():
     assert [(e["question"], e["answer"]) for e in examples_from_text(FEW_SHOT[1]["content"])] == [
-        ("What is 2 + 2?", "4"), ("What is 3 * 3?", "The answer is 9.")]
+        ("What is 2 + 2?", "4"),
+        ("What is 3 * 3?", "The answer is 9."),
+    ]
     io = "Input: 3\nOutput: 9\n\nInput: 4\nOutput: 16\n\nInput: 5"
     assert [(e["question"], e["answer"]) for e in examples_from_text(io)] == [("3", "9"), ("4", "16")]
     bold = "**Question:** 1+1?\n**Answer:** 2\n**Question:** 2+5?"
@@ -257,16 +316,22 @@ def test_examples_from_text():
 
 
 def test_examples_from_turns():
-    messages = [SYSTEM, {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
-                {"role": "user", "content": "q2"}, {"role": "assistant", "content": None, "tool_calls": [{"id": "x"}]},
-                {"role": "user", "content": "q3"}]
+    messages = [
+        SYSTEM,
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "x"}]},
+        {"role": "user", "content": "q3"},
+    ]
     assert [(e["question"], e["answer"]) for e in examples_from_turns(messages)] == [("q1", "a1")]
     assert examples_from_turns([{"role": "user", "content": "q"}]) == []
 
 
 def test_parse_examples():
     assert parse_examples('<output>[{"question": "a", "answer": 1}]</output>') == [
-        {"question": "a", "answer": "1", "source": "model"}]
+        {"question": "a", "answer": "1", "source": "model"}
+    ]
     fenced = 'Here:\n```json\n[{"input": "x", "output": "y"}, {"question": "", "answer": "z"}, 3]\n```'
     assert [(e["question"], e["answer"]) for e in parse_examples(fenced)] == [("x", "y")]
     assert parse_examples("<output>[]</output>") == []
@@ -285,7 +350,9 @@ def test_same_answer():
 def test_learned_principles():
     assert learned_principles("NONE", 8) == []
     assert learned_principles("I forgot to carry.\n**Principles:**\n- carry digits\n- recheck", 8) == [
-        "carry digits", "recheck"]
+        "carry digits",
+        "recheck",
+    ]
     assert learned_principles("Principles: \n1. a\n2. b\n3. c", 2) == ["a", "b"]
     assert learned_principles("1. only a list", 8) == ["only a list"]
 
@@ -293,9 +360,16 @@ def test_learned_principles():
 def test_graph_structure_and_params():
     graph = SPEC.build().compile().get_graph()
     edges = {(e.source, e.target) for e in graph.edges}
-    assert {("__start__", "find_examples"), ("find_examples", "attempt"), ("attempt", "learn"),
-            ("learn", "condense"), ("condense", "answer"), ("find_examples", "principles_for_question"),
-            ("principles_for_question", "answer"), ("answer", "__end__")} <= edges
+    assert {
+        ("__start__", "find_examples"),
+        ("find_examples", "attempt"),
+        ("attempt", "learn"),
+        ("learn", "condense"),
+        ("condense", "answer"),
+        ("find_examples", "principles_for_question"),
+        ("principles_for_question", "answer"),
+        ("answer", "__end__"),
+    } <= edges
     assert (SPEC.calls, SPEC.rounds, SPEC.streams_final) == ("2 * max_examples + 3", "5", True)
     assert evaluate(SPEC.calls, SPEC.validate_params({})) == 11
     with pytest.raises(InvalidRequest):

@@ -41,7 +41,9 @@ async def test_one_call_of_k_samples_and_the_majority_answer_wins():
 async def test_client_temperature_and_k():
     backend = ScriptedBackend(lambda body: "The answer is 1.")
     await run_approach(SPEC, QUESTION, backend, request={"temperature": 0.2, "max_tokens": 50}, params={"k": 3})
-    assert backend.calls[0]["n"] == 3 and backend.calls[0]["temperature"] == 0.2 and backend.calls[0]["max_tokens"] == 50
+    assert (
+        backend.calls[0]["n"] == 3 and backend.calls[0]["temperature"] == 0.2 and backend.calls[0]["max_tokens"] == 50
+    )
     backend = ScriptedBackend(lambda body: "The answer is 1.")
     await run_approach(SPEC, QUESTION, backend, request={"temperature": 0.2}, params={"temperature": 1.1})
     assert backend.calls[0]["temperature"] == 1.1
@@ -55,8 +57,11 @@ async def test_ties_go_to_the_earliest_answer():
 
 
 def tool_call(city, spacing=""):
-    return {"id": f"call_{city}", "type": "function",
-            "function": {"name": "get_weather", "arguments": f'{{"city":{spacing}"{city}"}}'}}
+    return {
+        "id": f"call_{city}",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": f'{{"city":{spacing}"{city}"}}'},
+    }
 
 
 async def test_tool_call_majority_returns_the_whole_winning_message():

@@ -17,8 +17,12 @@ from optigraph.memory.records import NullRecorder  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "What is 17 x 3?"}]
 # Three agents, nothing but exploring, one check each, one improvement round.
-SMALL = {"enable_aggregation": False, "enable_strategy_network": False, "verification_passes_required": 1,
-         "max_iterations": 1}
+SMALL = {
+    "enable_aggregation": False,
+    "enable_strategy_network": False,
+    "verification_passes_required": 1,
+    "max_iterations": 1,
+}
 FAIL = "Issues: issue in {text}\nScore: 3\nVerdict: INCORRECT"
 PASS = "Issues: none\nScore: 8\nVerdict: CORRECT"
 
@@ -48,8 +52,10 @@ def checked(body):
 
 def improving(body):
     prompt = last_user(body)
-    return (between(prompt, "A response to the query:\n", "\n\nFeedback"),
-            between(prompt, "Feedback on this response:\n", "\n\nWrite"))
+    return (
+        between(prompt, "A response to the query:\n", "\n\nFeedback"),
+        between(prompt, "Feedback on this response:\n", "\n\nWrite"),
+    )
 
 
 def script(*, explore=None, check=None, improve=None, aggregate="aggregated", synthesis="synthesized"):
@@ -82,11 +88,14 @@ def kinds(backend):
     return out
 
 
-@pytest.mark.parametrize("params", [
-    {},
-    {"num_agents": 2, "aggregation_loops": 1, "aggregation_groups": 1, "population_size": 2, "max_iterations": 1},
-    {**SMALL, "verification_passes_required": 2, "max_iterations": 2},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"num_agents": 2, "aggregation_loops": 1, "aggregation_groups": 1, "population_size": 2, "max_iterations": 1},
+        {**SMALL, "verification_passes_required": 2, "max_iterations": 2},
+    ],
+)
 async def test_the_full_path_matches_the_formula(params):
     backend = ScriptedBackend(script())
     state, _ = await run_approach(SPEC, QUESTION, backend, params=params)
@@ -104,8 +113,15 @@ async def test_default_configuration_costs():
     params = SPEC.validate_params(None)
     assert evaluate(SPEC.calls, params) == 169 and evaluate(SPEC.rounds, params) == 16
     # 3 agents, RSA 3 x 2, strategies 3 + enhancements 3; 9 solutions x 2 checks, then 5 x (9 + 18)
-    assert kinds(backend) == {"explore": 3, "aggregate": 6, "strategize": 3, "enhance": 3, "verify": 108,
-                              "improve": 45, "synthesize": 1}
+    assert kinds(backend) == {
+        "explore": 3,
+        "aggregate": 6,
+        "strategize": 3,
+        "enhance": 3,
+        "verify": 108,
+        "improve": 45,
+        "synthesize": 1,
+    }
     explore_temps = sorted(b["temperature"] for b in backend.calls if kind(b) == "explore")
     assert explore_temps == [0.3, 0.6, 1.0]
 
@@ -171,8 +187,14 @@ async def test_improvements_rewrite_the_solution_that_was_checked():
 async def test_aggregated_and_enhanced_solutions_are_checked_and_can_win():
     check = lambda text: PASS if text == "aggregated" else FAIL.format(text=text)  # noqa: E731
     backend = ScriptedBackend(script(check=check))
-    params = {**SMALL, "enable_aggregation": True, "aggregation_loops": 1, "aggregation_groups": 1,
-              "enable_strategy_network": True, "max_iterations": 0}
+    params = {
+        **SMALL,
+        "enable_aggregation": True,
+        "aggregation_loops": 1,
+        "aggregation_groups": 1,
+        "enable_strategy_network": True,
+        "max_iterations": 0,
+    }
     state, _ = await run_approach(SPEC, QUESTION, backend, params=params)
     assert state["answers"][0]["message"]["content"] == "aggregated"
     checked_texts = sorted(checked(b) for b in backend.calls if kind(b) == "verify")
@@ -199,10 +221,22 @@ async def test_rounds_run_concurrently():
 
 async def test_the_clients_reasoning_effort_reaches_every_call():
     backend = ScriptedBackend(script())
-    await run_approach(SPEC, QUESTION, backend, request={"reasoning_effort": "high"},
-                       params={"aggregation_loops": 1, "max_iterations": 1})
-    assert {kind(b) for b in backend.calls} == {"explore", "aggregate", "strategize", "enhance", "verify", "improve",
-                                                "synthesize"}
+    await run_approach(
+        SPEC,
+        QUESTION,
+        backend,
+        request={"reasoning_effort": "high"},
+        params={"aggregation_loops": 1, "max_iterations": 1},
+    )
+    assert {kind(b) for b in backend.calls} == {
+        "explore",
+        "aggregate",
+        "strategize",
+        "enhance",
+        "verify",
+        "improve",
+        "synthesize",
+    }
     for body in backend.calls:
         assert body["reasoning_effort"] == "high" and "reasoning" not in body
 
@@ -210,8 +244,14 @@ async def test_the_clients_reasoning_effort_reaches_every_call():
 async def test_lightweight_configuration_for_small_max_tokens():
     request = {"max_tokens": 1000}
     light = effective_params(SPEC.validate_params(None), request)
-    keys = ("num_agents", "max_iterations", "verification_passes_required", "consensus_threshold",
-            "enable_aggregation", "enable_strategy_network")
+    keys = (
+        "num_agents",
+        "max_iterations",
+        "verification_passes_required",
+        "consensus_threshold",
+        "enable_aggregation",
+        "enable_strategy_network",
+    )
     assert [light[k] for k in keys] == [2, 2, 1, 1, False, False]
     backend = ScriptedBackend(script())
     await run_approach(SPEC, QUESTION, backend, request=request)
@@ -254,25 +294,60 @@ async def test_a_failed_check_is_not_a_pass():
 
 
 async def test_budget_exceeded_propagates():
-    llm = LLM(backend=ScriptedBackend(script()), model="m", run_id="t", recorder=NullRecorder(),
-              budget=Budget(max_calls=8))
+    llm = LLM(
+        backend=ScriptedBackend(script()), model="m", run_id="t", recorder=NullRecorder(), budget=Budget(max_calls=8)
+    )
     with pytest.raises(BudgetExceeded):
-        await SPEC.build().compile().ainvoke(
-            {"messages": QUESTION, "request": {}, "params": SPEC.validate_params(None)},
-            context=RunContext(run_id="t", llm=llm))
+        await (
+            SPEC.build()
+            .compile()
+            .ainvoke(
+                {"messages": QUESTION, "request": {}, "params": SPEC.validate_params(None)},
+                context=RunContext(run_id="t", llm=llm),
+            )
+        )
 
 
 def test_graph_structure_and_params():
     graph = SPEC.build().compile().get_graph()
-    assert set(graph.nodes) >= {"setup", "explore", "evolve", "aggregate", "strategize", "enhance", "check",
-                                "verify", "judge", "improve", "finalize", "synthesize"}
+    assert set(graph.nodes) >= {
+        "setup",
+        "explore",
+        "evolve",
+        "aggregate",
+        "strategize",
+        "enhance",
+        "check",
+        "verify",
+        "judge",
+        "improve",
+        "finalize",
+        "synthesize",
+    }
     edges = {(e.source, e.target) for e in graph.edges}
-    assert {("setup", "explore"), ("explore", "evolve"), ("evolve", "aggregate"), ("evolve", "strategize"),
-            ("evolve", "enhance"), ("evolve", "check"), ("check", "verify"), ("verify", "judge"),
-            ("judge", "improve"), ("improve", "check"), ("judge", "finalize"), ("finalize", "synthesize")} <= edges
+    assert {
+        ("setup", "explore"),
+        ("explore", "evolve"),
+        ("evolve", "aggregate"),
+        ("evolve", "strategize"),
+        ("evolve", "enhance"),
+        ("evolve", "check"),
+        ("check", "verify"),
+        ("verify", "judge"),
+        ("judge", "improve"),
+        ("improve", "check"),
+        ("judge", "finalize"),
+        ("finalize", "synthesize"),
+    } <= edges
     params = SPEC.validate_params(None)
-    assert (params["num_agents"], params["verification_passes_required"], params["max_iterations"],
-            params["consensus_threshold"], params["population_size"], params["aggregation_loops"]) == (3, 2, 5, 2, 6, 3)
+    assert (
+        params["num_agents"],
+        params["verification_passes_required"],
+        params["max_iterations"],
+        params["consensus_threshold"],
+        params["population_size"],
+        params["aggregation_loops"],
+    ) == (3, 2, 5, 2, 6, 3)
     with pytest.raises(InvalidRequest):
         SPEC.validate_params({"num_agents": 0})
     with pytest.raises(InvalidRequest):

@@ -52,13 +52,22 @@ def test_graph_has_the_search_loop():
     graph = SPEC.build().compile().get_graph()
     assert set(graph.nodes) >= {"select", "expand", "simulate", "evaluate", "backpropagate", "answer"}
     edges = {(e.source, e.target) for e in graph.edges}
-    assert {("__start__", "select"), ("select", "expand"), ("expand", "simulate"), ("simulate", "evaluate"),
-            ("evaluate", "backpropagate"), ("backpropagate", "select"), ("backpropagate", "answer"),
-            ("answer", "__end__")} <= edges
+    assert {
+        ("__start__", "select"),
+        ("select", "expand"),
+        ("expand", "simulate"),
+        ("simulate", "evaluate"),
+        ("evaluate", "backpropagate"),
+        ("backpropagate", "select"),
+        ("backpropagate", "answer"),
+        ("answer", "__end__"),
+    } <= edges
 
 
-@pytest.mark.parametrize("params", [{}, {"simulations": 3}, {"simulations": 2, "depth": 2, "expansions": 2},
-                                    {"simulations": 1, "expansions": 1}])
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"simulations": 3}, {"simulations": 2, "depth": 2, "expansions": 2}, {"simulations": 1, "expansions": 1}],
+)
 async def test_call_count_matches_the_formula(params):
     backend = ScriptedBackend(scripted(scores={r: "5" for r in REPLIES}))
     state, _ = await run_approach(SPEC, QUESTION, backend, params=params)
@@ -168,10 +177,21 @@ async def test_loose_and_unreadable_evaluations():
     assert state["answers"][0]["message"]["content"] == "It is 41."
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("7", 0.7), ("**7/10**", 0.7), ("Score: 0.8", 0.8), ("80%", 0.8), ("I'd give it 9 out of 10", 0.9),
-    ("<think>maybe 2</think>10", 1.0), ("1.0", 1.0), ("great answer", None), ("", None), ("Score: 42", None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("7", 0.7),
+        ("**7/10**", 0.7),
+        ("Score: 0.8", 0.8),
+        ("80%", 0.8),
+        ("I'd give it 9 out of 10", 0.9),
+        ("<think>maybe 2</think>10", 1.0),
+        ("1.0", 1.0),
+        ("great answer", None),
+        ("", None),
+        ("Score: 42", None),
+    ],
+)
 def test_parse_score(text, expected):
     assert parse_unit_score(text) == (pytest.approx(expected) if expected is not None else None)
 
@@ -250,8 +270,10 @@ async def test_budget_exceeded_propagates():
     llm = LLM(backend=backend, model="m", run_id="t", recorder=NullRecorder(), budget=Budget(max_calls=3))
     graph = SPEC.build().compile()
     with pytest.raises(BudgetExceeded):
-        await graph.ainvoke({"messages": QUESTION, "request": {}, "params": SPEC.validate_params({}),
-                             "stream_choice": None}, context=RunContext(run_id="t", llm=llm))
+        await graph.ainvoke(
+            {"messages": QUESTION, "request": {}, "params": SPEC.validate_params({}), "stream_choice": None},
+            context=RunContext(run_id="t", llm=llm),
+        )
 
 
 async def test_runs_under_a_checkpointer():
@@ -259,8 +281,11 @@ async def test_runs_under_a_checkpointer():
     llm = LLM(backend=backend, model="m", run_id="t", recorder=NullRecorder())
     graph = SPEC.build().compile(checkpointer=InMemorySaver())
     config = {"configurable": {"thread_id": "mcts"}}
-    state = await graph.ainvoke({"messages": QUESTION, "request": {}, "params": SPEC.validate_params({}),
-                                 "stream_choice": None}, config, context=RunContext(run_id="t", llm=llm))
+    state = await graph.ainvoke(
+        {"messages": QUESTION, "request": {}, "params": SPEC.validate_params({}), "stream_choice": None},
+        config,
+        context=RunContext(run_id="t", llm=llm),
+    )
     saved = await graph.aget_state(config)
     assert saved.values["tree"] == state["tree"] and saved.values["simulation"] == 2
 
@@ -286,15 +311,19 @@ async def test_empty_follow_ups_and_broken_rollouts_are_noted_and_still_counted(
 
     def respond(body):
         if stage(body) == "expand" and "n" not in body:  # a rollout's assistant turn (depth 2)
-            return UpstreamError("rollout reply failed") if "It is 54." in body["messages"][2]["content"] else "Because."
+            return (
+                UpstreamError("rollout reply failed") if "It is 54." in body["messages"][2]["content"] else "Because."
+            )
         return scripted(user=user)(body)
 
     backend = ScriptedBackend(respond)
     state, _ = await run_approach(SPEC, QUESTION, backend, params={"simulations": 1, "depth": 2})
     nodes = {n["data"]["text"]: n for n in state["tree"]["nodes"][1:]}
     assert nodes["It is 41."]["terminal"] and "user" not in nodes["It is 41."]["data"]
-    assert nodes["It is 51."]["data"]["rollout"] == [{"role": "assistant", "content": "Because."},
-                                                     {"role": "user", "content": "Why?"}]
+    assert nodes["It is 51."]["data"]["rollout"] == [
+        {"role": "assistant", "content": "Because."},
+        {"role": "user", "content": "Why?"},
+    ]
     assert nodes["It is 54."]["data"]["user"] == "Why?" and nodes["It is 54."]["data"]["rollout"] == []
     assert any("after reply 1 came back empty" in n for n in state["notes"])
     assert any("ended early: rollout reply failed" in n for n in state["notes"])

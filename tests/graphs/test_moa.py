@@ -25,8 +25,11 @@ def stage(body):
 
 def scripted(critique="Candidate 2 is wrong.", final="Shorter wavelengths scatter more (Rayleigh)."):
     def respond(body):
-        return {"sample": lambda: CANDIDATES[body["choice_index"]], "critique": lambda: critique,
-                "aggregate": lambda: final}[stage(body)]()
+        return {
+            "sample": lambda: CANDIDATES[body["choice_index"]],
+            "critique": lambda: critique,
+            "aggregate": lambda: final,
+        }[stage(body)]()
 
     return respond
 

@@ -42,8 +42,14 @@ def used(prompt, observations=OBSERVATIONS):
     return tuple(i for i, o in enumerate(observations) if o in prompt)
 
 
-def scripted(observe="Here are three observations:\n1. merge sort can count pairs\n2. the list may be empty\n"
-                     "3. values may repeat", derive=None, sketch=None, implement=None, compare="BEST CANDIDATE: 2"):
+def scripted(
+    observe="Here are three observations:\n1. merge sort can count pairs\n2. the list may be empty\n"
+    "3. values may repeat",
+    derive=None,
+    sketch=None,
+    implement=None,
+    compare="BEST CANDIDATE: 2",
+):
     """Derived observations, plans and solutions name the subset they came from."""
 
     def respond(body):
@@ -78,7 +84,9 @@ async def test_full_path_calls_and_messages():
     assert stages == ["observe"] + ["derive"] * 3 + ["sketch"] * 3 + ["implement"] * 3 + ["compare"]
 
     observe = backend.calls[0]
-    assert observe["messages"][0] == MESSAGES[0] and QUERY in last_user(observe) and "write 3 useful" in last_user(observe)
+    assert (
+        observe["messages"][0] == MESSAGES[0] and QUERY in last_user(observe) and "write 3 useful" in last_user(observe)
+    )
     assert observe["temperature"] == plan.DEFAULT_TEMPERATURE and observe["max_tokens"] == plan.DEFAULT_MAX_TOKENS
     assert state["observations"] == OBSERVATIONS
 
@@ -108,7 +116,10 @@ async def test_full_path_calls_and_messages():
     # candidate 2 (index 1) is the second subset's solution, returned with its explanation
     assert state["answers"][0]["message"]["content"] == "Explanation.\n```python\n# solution for (0, 2)\n```"
     assert sorted((p["index"], tuple(p["subset"])) for p in state["plans"]) == [
-        (0, tuple(OBSERVATIONS[:2])), (1, (OBSERVATIONS[0], OBSERVATIONS[2])), (2, tuple(OBSERVATIONS[1:]))]
+        (0, tuple(OBSERVATIONS[:2])),
+        (1, (OBSERVATIONS[0], OBSERVATIONS[2])),
+        (2, tuple(OBSERVATIONS[1:])),
+    ]
     assert all(p["plan"] == f"plan for {used(' '.join(p['subset']))}" for p in state["plans"])
 
     expected = backend.total_usage()
@@ -117,8 +128,13 @@ async def test_full_path_calls_and_messages():
 
 @pytest.mark.parametrize(
     "params",
-    [{}, {"num_solutions": 1}, {"num_derived": 0}, {"num_solutions": 5, "num_observations": 4},
-     {"num_solutions": 8, "subset_size": 3}],
+    [
+        {},
+        {"num_solutions": 1},
+        {"num_derived": 0},
+        {"num_solutions": 5, "num_observations": 4},
+        {"num_solutions": 8, "subset_size": 3},
+    ],
 )
 async def test_call_count_matches_the_formula(params):
     backend = ScriptedBackend(scripted(observe="1. a\n2. b\n3. c\n4. d"))
@@ -191,7 +207,9 @@ async def test_no_observations_plans_from_the_task_alone():
 
 
 async def test_failed_plan_implements_from_the_observations():
-    backend = ScriptedBackend(scripted(sketch=lambda p: UpstreamError("planner down") if used(p) == (0, 1) else "a plan"))
+    backend = ScriptedBackend(
+        scripted(sketch=lambda p: UpstreamError("planner down") if used(p) == (0, 1) else "a plan")
+    )
     state, _ = await run_approach(SPEC, MESSAGES, backend)
     implements = [last_user(b) for b in backend.calls if stage(b) == "implement"]
     without_plan = [p for p in implements if "Observations that may help" in p]
@@ -221,8 +239,9 @@ async def test_failed_and_empty_implementations_leave_the_survivors():
 
 
 async def test_comparison_sees_only_usable_implementations():
-    backend = ScriptedBackend(scripted(implement=lambda p: "" if used(p) == (0, 1) else f"code {used(p)}",
-                                       compare="Candidate 2 is the best."))
+    backend = ScriptedBackend(
+        scripted(implement=lambda p: "" if used(p) == (0, 1) else f"code {used(p)}", compare="Candidate 2 is the best.")
+    )
     state, _ = await run_approach(SPEC, MESSAGES, backend)
     prompt = last_user(backend.calls[-1])
     assert "Candidate 3" not in prompt and "Candidate 1:\ncode (0, 2)" in prompt
@@ -248,14 +267,21 @@ async def test_budget_exceeded_propagates():
     llm = LLM(backend=backend, model="m", run_id="t", recorder=NullRecorder(), budget=Budget(max_calls=5))
     params = SPEC.validate_params({})
     with pytest.raises(BudgetExceeded):
-        await SPEC.build().compile().ainvoke({"messages": MESSAGES, "request": {}, "params": params},
-                                             context=RunContext(run_id="t", llm=llm))
+        await (
+            SPEC.build()
+            .compile()
+            .ainvoke({"messages": MESSAGES, "request": {}, "params": params}, context=RunContext(run_id="t", llm=llm))
+        )
 
 
 async def test_non_code_question_gets_a_plain_answer():
     question = [{"role": "user", "content": "How should I schedule three meetings across two time zones?"}]
-    backend = ScriptedBackend(scripted(observe="1. overlap hours\n2. attendee priority\n3. daylight saving",
-                                       implement="Schedule them 9-11 in the earlier zone."))
+    backend = ScriptedBackend(
+        scripted(
+            observe="1. overlap hours\n2. attendee priority\n3. daylight saving",
+            implement="Schedule them 9-11 in the earlier zone.",
+        )
+    )
     state, _ = await run_approach(SPEC, question, backend)
     implement = next(last_user(b) for b in backend.calls if stage(b) == "implement")
     assert "If the task asks for code" in implement and "Otherwise give the complete answer" in implement
@@ -266,8 +292,14 @@ def test_graph_structure_and_params():
     graph = SPEC.build().compile().get_graph()
     assert set(graph.nodes) >= {"observe", "derive", "sketch", "implement", "choose"}
     edges = {(e.source, e.target) for e in graph.edges}
-    assert {("__start__", "observe"), ("observe", "derive"), ("derive", "sketch"), ("sketch", "implement"),
-            ("implement", "choose"), ("choose", "__end__")} <= edges
+    assert {
+        ("__start__", "observe"),
+        ("observe", "derive"),
+        ("derive", "sketch"),
+        ("sketch", "implement"),
+        ("implement", "choose"),
+        ("choose", "__end__"),
+    } <= edges
     defaults = SPEC.validate_params(None)
     assert (defaults["num_observations"], defaults["num_derived"], defaults["num_solutions"]) == (3, 2, 3)
     assert evaluate(SPEC.calls, defaults) == 11 and evaluate(SPEC.rounds, defaults) == 5

@@ -43,8 +43,11 @@ def game(verdicts=None, solutions=None, rewrite=f"<query>{REWRITTEN}</query>"):
             text = checked(body)
             reply = verdicts.get(text)
             if reply is None:
-                reply = "Issues: none\nScore: 7\nVerdict: CORRECT" if text.startswith("helpful") else \
-                    "Issues: 17 x 3 is not 54\nScore: 2\nVerdict: INCORRECT"
+                reply = (
+                    "Issues: none\nScore: 7\nVerdict: CORRECT"
+                    if text.startswith("helpful")
+                    else "Issues: 17 x 3 is not 54\nScore: 2\nVerdict: INCORRECT"
+                )
             return reply
         if is_rewrite(body):
             return rewrite
@@ -56,8 +59,10 @@ def game(verdicts=None, solutions=None, rewrite=f"<query>{REWRITTEN}</query>"):
 
 
 async def test_full_path_matches_the_formula_and_returns_the_best_helpful_solution():
-    verdicts = {"helpful r2 1": "Issues: none\nScore: 9\nVerdict: CORRECT",
-                "sneaky r1 0": "Issues: none\nScore: 10\nVerdict: CORRECT"}  # a fooled verifier
+    verdicts = {
+        "helpful r2 1": "Issues: none\nScore: 9\nVerdict: CORRECT",
+        "sneaky r1 0": "Issues: none\nScore: 10\nVerdict: CORRECT",
+    }  # a fooled verifier
     backend = ScriptedBackend(game(verdicts))
     state, _ = await run_approach(SPEC, QUESTION, backend)
     params = SPEC.validate_params(None)
@@ -68,8 +73,11 @@ async def test_full_path_matches_the_formula_and_returns_the_best_helpful_soluti
     provers = [b for b in backend.calls if role(b)]
     assert len(provers) == 4 and all(b["n"] == 3 for b in provers)
     assert sorted((role(b), b["temperature"], last_user(b)) for b in provers) == [
-        ("helpful", 0.6, REWRITTEN), ("helpful", 0.7, "What is 17 x 3?"),
-        ("sneaky", 0.6, REWRITTEN), ("sneaky", 0.7, "What is 17 x 3?")]
+        ("helpful", 0.6, REWRITTEN),
+        ("helpful", 0.7, "What is 17 x 3?"),
+        ("sneaky", 0.6, REWRITTEN),
+        ("sneaky", 0.7, "What is 17 x 3?"),
+    ]
     for b in provers:
         assert b["messages"][0]["content"].startswith("Answer in English.")  # the client's system prompt kept
     checks = [b for b in backend.calls if is_check(b)]
@@ -91,8 +99,10 @@ async def test_call_count_formula(params):
 
 
 async def test_a_passing_verdict_outranks_a_higher_score():
-    verdicts = {"helpful r1 0": "Issues: a gap\nScore: 9\nVerdict: INCORRECT",
-                "helpful r1 2": "Score: 6\nThe solution is correct."}
+    verdicts = {
+        "helpful r1 0": "Issues: a gap\nScore: 9\nVerdict: INCORRECT",
+        "helpful r1 2": "Score: 6\nThe solution is correct.",
+    }
     for k in range(3):
         verdicts[f"helpful r2 {k}"] = "Score: 5\nVerdict: INCORRECT"
     verdicts["helpful r1 1"] = "Score: 5\nVerdict: INCORRECT"
@@ -167,20 +177,31 @@ async def test_a_failed_rewrite_keeps_the_question():
 
 
 async def test_budget_exceeded_propagates():
-    llm = LLM(backend=ScriptedBackend(game()), model="m", run_id="t", recorder=NullRecorder(),
-              budget=Budget(max_calls=5))
+    llm = LLM(
+        backend=ScriptedBackend(game()), model="m", run_id="t", recorder=NullRecorder(), budget=Budget(max_calls=5)
+    )
     graph = SPEC.build().compile()
     with pytest.raises(BudgetExceeded):
-        await graph.ainvoke({"messages": QUESTION, "request": {}, "params": SPEC.validate_params(None)},
-                            context=RunContext(run_id="t", llm=llm))
+        await graph.ainvoke(
+            {"messages": QUESTION, "request": {}, "params": SPEC.validate_params(None)},
+            context=RunContext(run_id="t", llm=llm),
+        )
 
 
 def test_graph_structure_and_params():
     graph = SPEC.build().compile().get_graph()
     assert set(graph.nodes) >= {"prove", "review", "verify", "score", "refine", "next_round", "select"}
     edges = {(e.source, e.target) for e in graph.edges}
-    assert {("__start__", "prove"), ("prove", "review"), ("review", "verify"), ("verify", "score"),
-            ("score", "refine"), ("refine", "next_round"), ("next_round", "prove"), ("score", "select")} <= edges
+    assert {
+        ("__start__", "prove"),
+        ("prove", "review"),
+        ("review", "verify"),
+        ("verify", "score"),
+        ("score", "refine"),
+        ("refine", "next_round"),
+        ("next_round", "prove"),
+        ("score", "select"),
+    } <= edges
     params = SPEC.validate_params(None)
     assert (params["num_solutions"], params["num_rounds"]) == (3, 2)
     with pytest.raises(InvalidRequest):

@@ -21,7 +21,8 @@ async def test_one_call_with_the_question_read_twice():
     sent = backend.calls[0]
     assert sent["messages"][0] == MESSAGES[0]
     assert sent["messages"][1] == {
-        "role": "user", "content": "What is 6 times 7?\nRead the question again: What is 6 times 7?"
+        "role": "user",
+        "content": "What is 6 times 7?\nRead the question again: What is 6 times 7?",
     }
     assert sent["temperature"] == 0.3 and sent["stop"] == ["\n\n"]
     assert state["answers"][0]["message"] == {"role": "assistant", "content": "42"}

@@ -56,13 +56,27 @@ def test_graph_has_the_search_loop_and_the_discriminator():
     graph = SPEC.build().compile().get_graph()
     assert set(graph.nodes) >= {"select", "expand", "simulate", "evaluate", "backpropagate", "discriminate", "answer"}
     edges = {(e.source, e.target) for e in graph.edges}
-    assert {("__start__", "select"), ("select", "expand"), ("expand", "simulate"), ("simulate", "evaluate"),
-            ("evaluate", "backpropagate"), ("backpropagate", "select"), ("backpropagate", "discriminate"),
-            ("discriminate", "answer"), ("answer", "__end__")} <= edges
+    assert {
+        ("__start__", "select"),
+        ("select", "expand"),
+        ("expand", "simulate"),
+        ("simulate", "evaluate"),
+        ("evaluate", "backpropagate"),
+        ("backpropagate", "select"),
+        ("backpropagate", "discriminate"),
+        ("discriminate", "answer"),
+        ("answer", "__end__"),
+    } <= edges
 
 
-@pytest.mark.parametrize("params", [{"max_depth": 1}, {"max_depth": 1, "num_rollouts": 4, "rollout_batch": 4},
-                                    {"max_depth": 1, "num_rollouts": 3, "rollout_batch": 1}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"max_depth": 1},
+        {"max_depth": 1, "num_rollouts": 4, "rollout_batch": 4},
+        {"max_depth": 1, "num_rollouts": 3, "rollout_batch": 1},
+    ],
+)
 async def test_call_count_on_the_full_path_matches_the_formula(params):
     # one step per trajectory, every rollout from the root: the formula's full path
     backend = ScriptedBackend(scripted())
@@ -116,8 +130,10 @@ async def test_default_wall_time_stays_within_the_rounds():
 
 async def test_the_consistent_trajectory_wins_and_is_returned_whole():
     # the full solution says -2.5 (wrong); sub-questions reach 80; the discriminator completes to 80
-    steps = {"remaining": "Speed is time over distance, minus 3. The final answer is -2.5.",
-             "sub_question": "Sub-question: what is 120 / 1.5?\nAnswer: 80. The final answer is 80."}
+    steps = {
+        "remaining": "Speed is time over distance, minus 3. The final answer is -2.5.",
+        "sub_question": "Sub-question: what is 120 / 1.5?\nAnswer: 80. The final answer is 80.",
+    }
     backend = ScriptedBackend(scripted(steps=steps))
     state, _ = await run_approach(SPEC, QUESTION, backend, params={"num_rollouts": 6})
     answers = {n["data"]["answer"] for n in state["tree"]["nodes"] if n["terminal"] and n["data"].get("answer")}
@@ -128,8 +144,10 @@ async def test_the_consistent_trajectory_wins_and_is_returned_whole():
 
 
 async def test_without_any_consistent_trajectory_value_then_frequency_decide():
-    steps = {"remaining": "The final answer is 3/4.",
-             "sub_question": "Sub-question: what is asked?\nAnswer: the speed. The final answer is -7."}
+    steps = {
+        "remaining": "The final answer is 3/4.",
+        "sub_question": "Sub-question: what is asked?\nAnswer: the speed. The final answer is -7.",
+    }
     backend = ScriptedBackend(scripted(steps=steps, check="I am not sure. The final answer is 12."))
     state, _ = await run_approach(SPEC, QUESTION, backend, params={"num_rollouts": 6})
     assert any("none consistent" in n for n in state["notes"])
@@ -159,14 +177,17 @@ def test_choose_on_constructed_candidates():
         choose([])
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("So 2 - 5 = -3. The final answer is -3.", "-3"),
-    ("The final answer is 2.75", "2.75"),
-    ("Thus \\boxed{\\frac{3}{4}}", "\\frac{3}{4}"),
-    ("The final answer is x = 5 or x = -5.", "x = 5 or x = -5"),
-    ("Sub-question: what is 3+4?\nAnswer: 7.", None),  # a sub-answer is no final answer
-    ("The final answer is $1,000.", "1000"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("So 2 - 5 = -3. The final answer is -3.", "-3"),
+        ("The final answer is 2.75", "2.75"),
+        ("Thus \\boxed{\\frac{3}{4}}", "\\frac{3}{4}"),
+        ("The final answer is x = 5 or x = -5.", "x = 5 or x = -5"),
+        ("Sub-question: what is 3+4?\nAnswer: 7.", None),  # a sub-answer is no final answer
+        ("The final answer is $1,000.", "1000"),
+    ],
+)
 def test_final_answers_are_not_limited_to_integers(text, expected):
     assert final_answer(text) == expected
 
@@ -185,8 +206,7 @@ def test_the_discriminator_prefix_is_a_truncated_trajectory_without_the_answer()
 
 
 async def test_the_client_system_prompt_and_history_are_kept():
-    history = [SYSTEM, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-               QUESTION[1]]
+    history = [SYSTEM, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, QUESTION[1]]
     backend = ScriptedBackend(scripted())
     await run_approach(SPEC, history, backend, request={"temperature": 0.3, "tools": [{"type": "function"}]})
     for body in backend.calls:
@@ -238,8 +258,10 @@ async def test_budget_exceeded_propagates():
     llm = LLM(backend=backend, model="m", run_id="t", recorder=NullRecorder(), budget=Budget(max_calls=4))
     graph = SPEC.build().compile()
     with pytest.raises(BudgetExceeded):
-        await graph.ainvoke({"messages": QUESTION, "request": {}, "params": SPEC.validate_params({}),
-                             "stream_choice": None}, context=RunContext(run_id="t", llm=llm))
+        await graph.ainvoke(
+            {"messages": QUESTION, "request": {}, "params": SPEC.validate_params({}), "stream_choice": None},
+            context=RunContext(run_id="t", llm=llm),
+        )
 
 
 async def test_runs_are_reproducible():

@@ -53,8 +53,11 @@ async def test_full_round_trip_when_the_answers_differ():
 
     assert answer["messages"] == MESSAGES and answer["temperature"] == 0.5 and answer["max_tokens"] == 700
     # the description is asked in the same conversation, after the first answer
-    assert describe["messages"] == [*MESSAGES, {"role": "assistant", "content": FIRST},
-                                    {"role": "user", "content": DESCRIBE_PROMPT}]
+    assert describe["messages"] == [
+        *MESSAGES,
+        {"role": "assistant", "content": FIRST},
+        {"role": "user", "content": DESCRIBE_PROMPT},
+    ]
     assert describe["max_tokens"] == 1024 and "tools" not in describe
     # the regeneration sees the description alone (the client's system prompt kept)
     assert regenerate["messages"] == [SYSTEM, {"role": "user", "content": DESCRIPTION}]
@@ -80,8 +83,9 @@ async def test_agreeing_code_returns_the_first_answer_with_its_explanation():
 
 async def test_non_code_answers_compare_their_final_answers():
     question = [{"role": "user", "content": "How many legs do three spiders have?"}]
-    backend = ScriptedBackend(scripted(first="3 x 8, so the answer is 24.", description="Count legs of 3 spiders.",
-                                       second="Final answer: 24"))
+    backend = ScriptedBackend(
+        scripted(first="3 x 8, so the answer is 24.", description="Count legs of 3 spiders.", second="Final answer: 24")
+    )
     state, _ = await run_approach(SPEC, question, backend)
     assert len(backend.calls) == 3 and state["answers"][0]["message"]["content"] == "3 x 8, so the answer is 24."
     assert any("agree (final answer)" in n for n in state["notes"])
@@ -89,7 +93,9 @@ async def test_non_code_answers_compare_their_final_answers():
     backend = ScriptedBackend(scripted(first="The answer is 24.", second="The answer is 16.", final="It is 24."))
     state, _ = await run_approach(SPEC, question, backend)
     assert [stage(b) for b in backend.calls] == ["answer", "describe", "regenerate", "reconcile"]
-    assert backend.calls[2]["messages"] == [{"role": "user", "content": DESCRIPTION}]  # no system prompt to keep and state["answers"][0]["message"]["content"] == "It is 24."
+    assert backend.calls[2]["messages"] == [
+        {"role": "user", "content": DESCRIPTION}
+    ]  # no system prompt to keep and state["answers"][0]["message"]["content"] == "It is 24."
 
 
 async def test_calls_are_dependent_rounds():
@@ -114,8 +120,11 @@ async def test_reconciliation_streams():
     [("describe", 2), ("regenerate", 3), ("reconcile", 4)],
 )
 async def test_failed_later_steps_return_the_first_answer(failing, calls):
-    kwargs = {"description" if failing == "describe" else "second" if failing == "regenerate" else "final":
-              UpstreamError(f"{failing} down")}
+    kwargs = {
+        "description" if failing == "describe" else "second" if failing == "regenerate" else "final": UpstreamError(
+            f"{failing} down"
+        )
+    }
     backend = ScriptedBackend(scripted(**kwargs))
     state, _ = await run_approach(SPEC, MESSAGES, backend)
     assert len(backend.calls) == calls
@@ -149,11 +158,18 @@ async def test_first_failure_raises_and_budget_propagates():
     backend = ScriptedBackend(scripted(first=UpstreamError("upstream is down")))
     with pytest.raises(UpstreamError, match="upstream is down"):
         await run_approach(SPEC, MESSAGES, backend)
-    llm = LLM(backend=ScriptedBackend(scripted()), model="m", run_id="t", recorder=NullRecorder(),
-              budget=Budget(max_calls=2))
+    llm = LLM(
+        backend=ScriptedBackend(scripted()), model="m", run_id="t", recorder=NullRecorder(), budget=Budget(max_calls=2)
+    )
     with pytest.raises(BudgetExceeded):
-        await SPEC.build().compile().ainvoke({"messages": MESSAGES, "request": {}, "params": SPEC.validate_params({})},
-                                             context=RunContext(run_id="t", llm=llm))
+        await (
+            SPEC.build()
+            .compile()
+            .ainvoke(
+                {"messages": MESSAGES, "request": {}, "params": SPEC.validate_params({})},
+                context=RunContext(run_id="t", llm=llm),
+            )
+        )
 
 
 async def test_temperature_precedence():
@@ -166,6 +182,7 @@ async def test_temperature_precedence():
 
 
 # ---- pieces -------------------------------------------------------------------------------------
+
 
 def test_normalize_code_ignores_layout_and_comment_lines():
     assert normalize_code("def f():\n\n    # note\n    return  1  \n") == normalize_code("def f():\n    return 1")
@@ -187,8 +204,15 @@ def test_answers_agree():
 def test_graph_structure_and_params():
     graph = SPEC.build().compile().get_graph()
     edges = {(e.source, e.target) for e in graph.edges}
-    assert {("__start__", "answer"), ("answer", "describe"), ("describe", "regenerate"), ("regenerate", "compare"),
-            ("compare", "reconcile"), ("compare", "keep_first"), ("reconcile", "__end__")} <= edges
+    assert {
+        ("__start__", "answer"),
+        ("answer", "describe"),
+        ("describe", "regenerate"),
+        ("regenerate", "compare"),
+        ("compare", "reconcile"),
+        ("compare", "keep_first"),
+        ("reconcile", "__end__"),
+    } <= edges
     assert (SPEC.calls, SPEC.rounds, SPEC.streams_final) == ("4", "4", True)
     with pytest.raises(InvalidRequest):
         SPEC.validate_params({"describe_max_tokens": 0})

@@ -95,8 +95,15 @@ async def test_usage_is_summed_exactly_with_n():
 
 def test_spec():
     params = SPEC.validate_params({})
-    assert params == {"samples": 5, "temperature": None, "similarity_threshold": 0.8, "adaptive": False,
-                      "batch": 4, "max_samples": 16, "stop_threshold": 0.95}
+    assert params == {
+        "samples": 5,
+        "temperature": None,
+        "similarity_threshold": 0.8,
+        "adaptive": False,
+        "batch": 4,
+        "max_samples": 16,
+        "stop_threshold": 0.95,
+    }
     assert evaluate(SPEC.calls, params) == evaluate(SPEC.rounds, params) == 1
     adaptive = SPEC.validate_params({"adaptive": True, "batch": 3, "max_samples": 10})
     assert evaluate(SPEC.calls, adaptive) == evaluate(SPEC.rounds, adaptive) == 4
@@ -144,8 +151,9 @@ async def test_adaptive_full_path_matches_the_formula():
 
 async def test_adaptive_rounds_are_concurrent_inside_and_sequential_across():
     answers = iter(["7", "8"] + ["7"] * 20)
-    backend = ScriptedBackend(lambda body: f"The answer is {next(answers)}.", capabilities={"n_sampling": False},
-                              waves=[4, 4])
+    backend = ScriptedBackend(
+        lambda body: f"The answer is {next(answers)}.", capabilities={"n_sampling": False}, waves=[4, 4]
+    )
     state, _ = await run_approach(SPEC, QUESTION, backend, params=ADAPTIVE)
     # round 1: 7 x3 vs 8 (0.81); round 2: 7 x7 vs 1 -> stop after 2 dependent rounds of 4 concurrent calls
     assert backend.wave_errors == []
@@ -156,7 +164,11 @@ async def test_adaptive_rounds_are_concurrent_inside_and_sequential_across():
 
 async def test_adaptive_later_round_failing_votes_on_what_it_has():
     def respond(body):
-        return UpstreamError("gone") if body["call_index"] >= 4 else ["The answer is 7.", "The answer is 8."][body["call_index"] % 2]
+        return (
+            UpstreamError("gone")
+            if body["call_index"] >= 4
+            else ["The answer is 7.", "The answer is 8."][body["call_index"] % 2]
+        )
 
     backend = ScriptedBackend(respond, capabilities={"n_sampling": False})
     state, _ = await run_approach(SPEC, QUESTION, backend, params=ADAPTIVE)

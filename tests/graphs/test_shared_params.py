@@ -19,7 +19,9 @@ def test_the_field_is_optional_bounded_and_says_its_fallback():
             Example(temperature=bad)
     fields = Example.model_fields
     assert fields["temperature"].description == "Sampling temperature; default: the client's, else 0.6."
-    assert fields["final_temperature"].description == "Temperature of the final answer; default: the client's, else 0.1."
+    assert (
+        fields["final_temperature"].description == "Temperature of the final answer; default: the client's, else 0.1."
+    )
 
 
 def test_every_approach_declares_its_client_temperature_the_same_way():

@@ -25,7 +25,7 @@ s.add(x + y == 10, x - y == 2)
 s.check()
 m = s.model()
 print(f"x={m[x]} y={m[y]}")"""
-FAILS = 'print(undefined_name)'
+FAILS = "print(undefined_name)"
 
 
 def analysis(code: str | None, applies: bool = True) -> str:
@@ -106,8 +106,9 @@ async def test_a_failing_program_is_fixed_with_its_error_then_answered():
 
 async def test_every_run_failing_falls_back_to_plain_reasoning_without_a_wasted_fix():
     # a timeout, a refused file read, then a program that prints nothing: three different failures
-    backend = ScriptedBackend(scripted(analysis("while True:\n    pass"),
-                                       [fixed("print(open('/etc/passwd').read())"), fixed("x = 1")]))
+    backend = ScriptedBackend(
+        scripted(analysis("while True:\n    pass"), [fixed("print(open('/etc/passwd').read())"), fixed("x = 1")])
+    )
     params = {"timeout_s": 2}
     state, _ = await run_approach(SPEC, QUESTION, backend, params=params)
 
@@ -183,12 +184,14 @@ def writes(path: pathlib.Path) -> str:
 @pytest.fixture
 def no_namespaces_or_landlock(monkeypatch):
     """The sandbox as on a kernel that offers neither namespaces nor Landlock (the hook off too)."""
-    monkeypatch.setattr(execute_module, "run_python",
-                        partial(run_python, withhold_layers=("namespaces", "landlock"), audit_guard=False))
+    monkeypatch.setattr(
+        execute_module, "run_python", partial(run_python, withhold_layers=("namespaces", "landlock"), audit_guard=False)
+    )
 
 
-async def test_a_sandbox_missing_a_required_layer_answers_without_running_the_program(tmp_path,
-                                                                                     no_namespaces_or_landlock):
+async def test_a_sandbox_missing_a_required_layer_answers_without_running_the_program(
+    tmp_path, no_namespaces_or_landlock
+):
     sentinel = tmp_path / "ran.txt"
     backend = ScriptedBackend(scripted(analysis(writes(sentinel))))
     state, _ = await run_approach(SPEC, QUESTION, backend)  # the default level: strict
@@ -200,10 +203,14 @@ async def test_a_sandbox_missing_a_required_layer_answers_without_running_the_pr
     [run] = state["executions"]
     assert (run["ok"], run["error_kind"], run["stdout"]) == (False, "unavailable", "")
     assert set(run["missing_layers"]) == {"namespaces", "tmpfs", "landlock"}
-    assert any(n.startswith("execute: run 1 not started: sandbox level 'strict' requires") and "landlock" in n
-               for n in state["notes"])
-    assert ("reason: answering without the solver; the sandbox could not run the program "
-            "(missing: namespaces, tmpfs, landlock)") in state["notes"]
+    assert any(
+        n.startswith("execute: run 1 not started: sandbox level 'strict' requires") and "landlock" in n
+        for n in state["notes"]
+    )
+    assert (
+        "reason: answering without the solver; the sandbox could not run the program "
+        "(missing: namespaces, tmpfs, landlock)"
+    ) in state["notes"]
     assert not any("no attempts left" in n for n in state["notes"])
 
 
@@ -218,12 +225,15 @@ async def test_an_explicit_lower_level_runs_the_program_without_those_layers(tmp
     assert run["ok"] and run["stdout"].strip() == "x=6 y=4"
 
 
-@pytest.mark.parametrize(("text", "verdict"), [
-    ("SOLVER_CAN_BE_APPLIED: True", True),
-    ("**SOLVER_CAN_BE_APPLIED:** false", False),
-    ("solver_can_be_applied = yes", True),
-    ("no verdict here", None),
-])
+@pytest.mark.parametrize(
+    ("text", "verdict"),
+    [
+        ("SOLVER_CAN_BE_APPLIED: True", True),
+        ("**SOLVER_CAN_BE_APPLIED:** false", False),
+        ("solver_can_be_applied = yes", True),
+        ("no verdict here", None),
+    ],
+)
 def test_solver_verdict(text, verdict):
     assert solver_applies(text) is verdict
 

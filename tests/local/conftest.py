@@ -37,13 +37,29 @@ def make_context(tiny_lm: Any):
     from optigraph.local.decoding.base import DecodeContext
     from optigraph.local.sampling import Sampling, make_generator
 
-    def make(content: str = "What is two plus two?", *, max_tokens: int | None = 24, temperature: float = 1.0,
-             top_p: float = 1.0, seed: int | None = 0, explicit: frozenset[str] = frozenset(),
-             emit: Any = None) -> DecodeContext:
+    def make(
+        content: str = "What is two plus two?",
+        *,
+        max_tokens: int | None = 24,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = 0,
+        explicit: frozenset[str] = frozenset(),
+        emit: Any = None,
+    ) -> DecodeContext:
         messages = [{"role": "user", "content": content}]
-        return DecodeContext(lm=tiny_lm, messages=messages, prompt=tiny_lm.encode_chat(messages), adapter=None,
-                             max_tokens=max_tokens, sampling=Sampling(temperature=temperature, top_p=top_p),
-                             generator=make_generator(seed), cancel=threading.Event(), emit=emit, explicit=explicit)
+        return DecodeContext(
+            lm=tiny_lm,
+            messages=messages,
+            prompt=tiny_lm.encode_chat(messages),
+            adapter=None,
+            max_tokens=max_tokens,
+            sampling=Sampling(temperature=temperature, top_p=top_p),
+            generator=make_generator(seed),
+            cancel=threading.Event(),
+            emit=emit,
+            explicit=explicit,
+        )
 
     return make
 
@@ -134,8 +150,9 @@ def server(tiny: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from optigraph.config import Settings
 
     db = tmp_path_factory.mktemp("tiny-server") / "optigraph.db"
-    with ServerThread(create_app(Settings(local_model=str(tiny.path), local_models_dir=tiny.path.parent,
-                                               db_url=f"sqlite:///{db}"))) as running:
+    with ServerThread(
+        create_app(Settings(local_model=str(tiny.path), local_models_dir=tiny.path.parent, db_url=f"sqlite:///{db}"))
+    ) as running:
         yield running
 
 

@@ -45,12 +45,41 @@ def make_layout(tiny: TinyModel, root: Path) -> Layout:
 def refused_models(layout: Layout) -> list[str]:
     """Names of models outside the models directory, existing or not, in every spelling."""
     out = layout.outside
-    return [str(out / "model"), str(out / "nothing"), "../outside/model", "../outside/nothing",
-            "escape", "nothing", "escape-dir/model", str(out / "model.gguf"), "escape.gguf", "../outside/model.gguf",
-            "missing.gguf", "local/../outside/model", f"local/{out / 'model'}", "~/model", "./inside", "inside/",
-            "inside/../inside", "nested/../../outside/model", "loop", "a\x00b", "x" * 5000, "..", ".", "local/.."]
+    return [
+        str(out / "model"),
+        str(out / "nothing"),
+        "../outside/model",
+        "../outside/nothing",
+        "escape",
+        "nothing",
+        "escape-dir/model",
+        str(out / "model.gguf"),
+        "escape.gguf",
+        "../outside/model.gguf",
+        "missing.gguf",
+        "local/../outside/model",
+        f"local/{out / 'model'}",
+        "~/model",
+        "./inside",
+        "inside/",
+        "inside/../inside",
+        "nested/../../outside/model",
+        "loop",
+        "a\x00b",
+        "x" * 5000,
+        "..",
+        ".",
+        "local/..",
+    ]
 
 
 def refused_adapters(layout: Layout) -> list[str]:
-    return [str(layout.outside / "lora-b"), "../outside/lora-b", "escape-lora", "escape-dir/lora-b", "lora-z",
-            "../outside/nothing", "/etc"]
+    return [
+        str(layout.outside / "lora-b"),
+        "../outside/lora-b",
+        "escape-lora",
+        "escape-dir/lora-b",
+        "lora-z",
+        "../outside/nothing",
+        "/etc",
+    ]

@@ -60,8 +60,12 @@ def test_heuristic_markers() -> None:
 
 
 def test_query_is_the_last_user_message() -> None:
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "first"},
-                {"role": "assistant", "content": "ok"}, {"role": "user", "content": "second"}]
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "second"},
+    ]
     assert query_text(messages) == "second"
     assert query_text([{"role": "system", "content": "only"}]) == "only"
 
@@ -78,8 +82,9 @@ def test_classifier_evidence_is_the_labels_log_probability(tiny_lm: Any, make_co
     assert found.label in ("HIGH", "LOW") and spent >= len(prompt) + len(baseline)
 
 
-def test_the_model_decides_when_its_margin_is_clear_else_the_heuristic(make_context: Any,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_model_decides_when_its_margin_is_clear_else_the_heuristic(
+    make_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     query = "Solve 3x + 5 = 20."
     monkeypatch.setattr(autothink, "MODEL_MARGIN", 0.0)
     by_model, _ = classify(make_context(), query)

@@ -35,8 +35,9 @@ def greedy_steps(batch: Batch, steps: int) -> list[list[int]]:
     return out
 
 
-def test_prefill_of_different_lengths_then_greedy_steps_equal_hf_generate(tiny_lm: Any,
-                                                                          prompts: list[list[int]]) -> None:
+def test_prefill_of_different_lengths_then_greedy_steps_equal_hf_generate(
+    tiny_lm: Any, prompts: list[list[int]]
+) -> None:
     batch = Batch.prefill(tiny_lm.model, prompts, pad_id=tiny_lm.pad_id)
     assert batch.rows == 3 and batch.length == max(len(p) for p in prompts)
     assert batch.logits.shape == (3, tiny_lm.model.config.vocab_size) and batch.logits.dtype == torch.float32
@@ -87,7 +88,7 @@ def test_select_duplicates_drops_and_reorders_rows(tiny_lm: Any, prompts: list[l
         batch.step(step)
     # each row's continuation is the one of its own prompt, alone
     for seq, origin in zip(sequences[:2], (2, 0)):
-        generated = seq[len(prompts[origin]):]
+        generated = seq[len(prompts[origin]) :]
         assert generated == direct_greedy(tiny_lm.model, prompts[origin], len(generated))
     batch.select([1])  # dropping to one row keeps it right
     torch.testing.assert_close(batch.logits[0], last_logits(tiny_lm.model, sequences[1]), atol=TOLERANCE, rtol=0)
@@ -168,7 +169,7 @@ def test_decode_rows_ends_a_row_at_end_of_sequence_and_on_after(tiny_lm: Any, pr
     assert results[1].tokens == [] and results[1].finish_reason == "stop"
     expected = direct_greedy(tiny_lm.model, prompts[0], 3)
     if first in expected:  # row 0 meets that token too
-        expected = expected[:expected.index(first)]
+        expected = expected[: expected.index(first)]
     assert results[0].tokens == expected
     assert results[0].finish_reason == ("length" if len(expected) == 3 else "stop")
 

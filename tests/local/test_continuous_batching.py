@@ -70,8 +70,9 @@ def test_rows_joining_a_running_batch_decode_as_alone(tiny_lm: Any, later: str) 
     assert ran[1] == hf_greedy(tiny_lm.model, second, 8)
 
 
-async def test_a_request_joins_a_running_generation_and_is_answered_first(tiny: TinyModel,
-                                                                         tiny_backend: LocalBackend) -> None:
+async def test_a_request_joins_a_running_generation_and_is_answered_first(
+    tiny: TinyModel, tiny_backend: LocalBackend
+) -> None:
     model = str(tiny.path)
     short = {"model": model, "messages": [{"role": "user", "content": "Hello!"}], "temperature": 0, "max_tokens": 5}
     alone = await tiny_backend.complete(short)
@@ -107,8 +108,9 @@ async def test_a_request_joins_a_running_generation_and_is_answered_first(tiny: 
     assert joining["usage"] == alone["usage"]
 
 
-async def test_a_short_request_batched_with_a_long_one_is_answered_first(tiny: TinyModel,
-                                                                        tiny_backend: LocalBackend) -> None:
+async def test_a_short_request_batched_with_a_long_one_is_answered_first(
+    tiny: TinyModel, tiny_backend: LocalBackend
+) -> None:
     model = str(tiny.path)
     batches = tiny_backend.worker.batches
     done: list[str] = []
@@ -121,8 +123,9 @@ async def test_a_short_request_batched_with_a_long_one_is_answered_first(tiny: T
     assert tiny_backend.worker.batches == batches + 1 and done == ["short", "long"]
 
 
-async def test_concurrent_requests_with_one_prompt_share_its_prefill(tiny: TinyModel, tiny_backend: LocalBackend,
-                                                                    row_counter: Any) -> None:
+async def test_concurrent_requests_with_one_prompt_share_its_prefill(
+    tiny: TinyModel, tiny_backend: LocalBackend, row_counter: Any
+) -> None:
     body = {"model": str(tiny.path), "messages": QUESTION, "max_tokens": 4, "temperature": 1.0}
     replies = await asyncio.gather(*(tiny_backend.complete({**body, "seed": seed}) for seed in range(3)))
     assert all(r["usage"]["completion_tokens"] >= 1 for r in replies)

@@ -26,10 +26,16 @@ def _greedy(lm: Any, ids: list[int], new_tokens: int, **options: Any) -> list[in
     """transformers' own greedy continuation of `ids`, end-of-sequence dropped."""
     inputs = torch.tensor([ids])
     with torch.inference_mode():
-        out = lm.model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
-                                max_new_tokens=new_tokens, eos_token_id=sorted(lm.eos_ids), pad_token_id=lm.pad_id,
-                                **options)
-    generated = out[0, len(ids):].tolist()
+        out = lm.model.generate(
+            input_ids=inputs,
+            attention_mask=torch.ones_like(inputs),
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            eos_token_id=sorted(lm.eos_ids),
+            pad_token_id=lm.pad_id,
+            **options,
+        )
+    generated = out[0, len(ids) :].tolist()
     return [t for t in generated if t not in lm.eos_ids]
 
 
@@ -39,8 +45,14 @@ def _next_logits(lm: Any, ids: list[int]) -> torch.Tensor:
 
 
 def _path(answer: str | None, confidence: float, text: str = "") -> DecodedPath:
-    return DecodedPath(first_token="", tokens=[1], text=text or f"so {answer}", answer=answer, confidence=confidence,
-                       finish_reason="stop")
+    return DecodedPath(
+        first_token="",
+        tokens=[1],
+        text=text or f"so {answer}",
+        answer=answer,
+        confidence=confidence,
+        finish_reason="stop",
+    )
 
 
 def test_paths_branch_on_the_k_most_likely_first_tokens(tiny_lm: Any, make_context: Any) -> None:
@@ -80,7 +92,7 @@ def test_confidence_is_the_mean_top2_margin_recomputed_from_a_forward_pass(tiny_
     ctx = make_context(max_tokens=10)
     paths = decode_paths(ctx, CotDecodingParams(k=6))
     path = next(p for p in paths if p.answer is None)  # no answer: every token counts
-    logits = _next_logits(tiny_lm, ctx.prompt + path.tokens[:-1])[len(ctx.prompt) - 1:]
+    logits = _next_logits(tiny_lm, ctx.prompt + path.tokens[:-1])[len(ctx.prompt) - 1 :]
     probs = torch.softmax(logits, dim=-1)
     top2 = torch.topk(probs, 2, dim=-1).values
     assert path.confidence == pytest.approx(float((top2[:, 0] - top2[:, 1]).mean()), abs=1e-5)
@@ -107,7 +119,7 @@ def test_answer_span_prefers_the_answer_as_a_whole_word() -> None:
     text = "The answer is 4. Checking: 14 - 10 = 4, not 41"
     answer, span = answer_span(text)
     assert answer == "4" and span is not None
-    assert text[span[0]:span[1]] == "4" and text[span[0] - 2:span[1] + 1] == "= 4,"
+    assert text[span[0] : span[1]] == "4" and text[span[0] - 2 : span[1] + 1] == "= 4,"
     assert answer_span("no commitment here") == (None, None)
 
 

@@ -30,7 +30,8 @@ SMALL: dict[str, dict[str, Any]] = {
 @pytest.mark.parametrize("strategy", sorted(SMALL))
 def test_each_strategy_is_an_approach(client: openai.OpenAI, server: ServerThread, strategy: str) -> None:
     raw = client.chat.completions.with_raw_response.create(
-        model=strategy, messages=QUESTION, seed=3, extra_body={"optillm_params": {strategy: SMALL[strategy]}})
+        model=strategy, messages=QUESTION, seed=3, extra_body={"optillm_params": {strategy: SMALL[strategy]}}
+    )
     reply = raw.parse()
     assert reply.choices[0].message.content is not None
     assert reply.usage.completion_tokens > 0 and reply.usage.prompt_tokens > 0
@@ -45,26 +46,32 @@ def test_each_strategy_is_an_approach(client: openai.OpenAI, server: ServerThrea
 
 def test_strategy_parameters_are_checked(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model="cot_decoding", messages=QUESTION,
-                                       extra_body={"optillm_params": {"cot_decoding": {"k": 0}}})
+        client.chat.completions.create(
+            model="cot_decoding", messages=QUESTION, extra_body={"optillm_params": {"cot_decoding": {"k": 0}}}
+        )
     assert "k" in err.value.body["message"]
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model="cot_decoding", messages=QUESTION,
-                                       extra_body={"optillm_params": {"cot_decoding": {"beams": 2}}})
+        client.chat.completions.create(
+            model="cot_decoding", messages=QUESTION, extra_body={"optillm_params": {"cot_decoding": {"beams": 2}}}
+        )
     assert err.value.body["code"] == "invalid_approach_parameter"
 
 
 def test_a_strategy_composes_with_a_prompt_approach(client: openai.OpenAI, server: ServerThread) -> None:
     raw = client.chat.completions.with_raw_response.create(
-        model="re2&cot_decoding", messages=QUESTION, extra_body={"optillm_params": {"cot_decoding": {"k": 2, "max_tokens": 4}}})
+        model="re2&cot_decoding",
+        messages=QUESTION,
+        extra_body={"optillm_params": {"cot_decoding": {"k": 2, "max_tokens": 4}}},
+    )
     assert raw.parse().model_extra["optigraph"]["upstream_calls"] == 2
     run = httpx.get(f"{server.url}/v1/runs/{raw.headers['x-optigraph-run-id']}").json()
     assert [c["parameters"].get("decoding") for c in run["upstream_calls"]].count("cot_decoding") == 1
 
 
 def test_decoding_in_the_body_reports_its_details(client: openai.OpenAI, tiny: TinyModel) -> None:
-    reply = client.chat.completions.create(model=str(tiny.path), messages=QUESTION,
-                                           extra_body={"decoding": "cot_decoding", "k": 3, "max_tokens": 5})
+    reply = client.chat.completions.create(
+        model=str(tiny.path), messages=QUESTION, extra_body={"decoding": "cot_decoding", "k": 3, "max_tokens": 5}
+    )
     details = reply.model_extra["optigraph"]["decoding"]
     assert details["strategy"] == "cot_decoding" and len(details["paths"]) == 3
     assert reply.choices[0].message.content == details["paths"][details["chosen"]]["text"]
@@ -74,8 +81,16 @@ def test_decoding_in_the_body_reports_its_details(client: openai.OpenAI, tiny: T
 def test_a_streaming_strategy_streams_tokens(client: openai.OpenAI, tiny: TinyModel) -> None:
     body = {"decoding": "entropy_decoding", "max_tokens": 12}
     whole = client.chat.completions.create(model=str(tiny.path), messages=QUESTION, seed=5, extra_body=body)
-    chunks = list(client.chat.completions.create(model=str(tiny.path), messages=QUESTION, seed=5, stream=True,
-                                                 stream_options={"include_usage": True}, extra_body=body))
+    chunks = list(
+        client.chat.completions.create(
+            model=str(tiny.path),
+            messages=QUESTION,
+            seed=5,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body=body,
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
@@ -83,7 +98,11 @@ def test_a_streaming_strategy_streams_tokens(client: openai.OpenAI, tiny: TinyMo
 
 
 def test_decoding_refuses_what_it_cannot_do(client: openai.OpenAI, tiny: TinyModel) -> None:
-    for extra in ({"decoding": "cot_decoding", "n": 2}, {"decoding": "deepconf", "logprobs": True},
-                  {"decoding": "nope"}, {"decoding": "cot_decoding", "k": "many"}):
+    for extra in (
+        {"decoding": "cot_decoding", "n": 2},
+        {"decoding": "deepconf", "logprobs": True},
+        {"decoding": "nope"},
+        {"decoding": "cot_decoding", "k": "many"},
+    ):
         with pytest.raises(openai.BadRequestError):
             client.chat.completions.create(model=str(tiny.path), messages=QUESTION, extra_body=extra)

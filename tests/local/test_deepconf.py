@@ -28,8 +28,13 @@ from optigraph.local.decoding.deepconf import (
     weighted_vote,
 )
 
-SMALL: dict[str, Any] = {"warmup_samples": 4, "max_traces": 12, "trace_batch_size": 4, "min_trace_length": 4,
-                         "window_size": 4}
+SMALL: dict[str, Any] = {
+    "warmup_samples": 4,
+    "max_traces": 12,
+    "trace_batch_size": 4,
+    "min_trace_length": 4,
+    "window_size": 4,
+}
 
 
 def test_token_confidence_is_minus_the_mean_top_k_log_probability() -> None:
@@ -106,8 +111,13 @@ def test_params_validation_and_metric_aliases() -> None:
     assert DeepConfParams(confidence_metric="lowest_group_confidence").confidence_metric == "lowest_group"
     assert DeepConfParams(confidence_metric="tail_confidence").confidence_metric == "tail"
     assert DeepConfParams.model_validate({"top_k": 40, "messages": []}).confidence_top_k == 5  # not OptILLM's top_k
-    for bad in ({"confidence_metric": "median"}, {"variant": "medium"}, {"consensus_threshold": 0},
-                {"warmup_samples": 0}, {"temperature": 3}):
+    for bad in (
+        {"confidence_metric": "median"},
+        {"variant": "medium"},
+        {"consensus_threshold": 0},
+        {"warmup_samples": 0},
+        {"temperature": 3},
+    ):
         with pytest.raises(ValidationError):
             DeepConfParams(**bad)
 
@@ -156,31 +166,37 @@ def test_consensus_stops_after_the_warmup(make_context: Any) -> None:
     result = DECODER.run(make_context(max_tokens=8), DeepConfParams(**SMALL, temperature=0.0))
     assert result.info["stopped_by"] == "consensus" and result.info["traces"] == 4  # identical greedy traces
     assert result.info["vote_share"] == pytest.approx(1.0)
-    unanimous_needed = DECODER.run(make_context(max_tokens=8), DeepConfParams(**{**SMALL, "min_trace_length": 100},
-                                                                             consensus_threshold=1.0))
+    unanimous_needed = DECODER.run(
+        make_context(max_tokens=8), DeepConfParams(**{**SMALL, "min_trace_length": 100}, consensus_threshold=1.0)
+    )
     assert unanimous_needed.info["traces"] == 12 and unanimous_needed.info["stopped_by"] == "max_traces"
 
 
 def test_offline_mode_filters_to_the_top_share(make_context: Any) -> None:
-    low = DECODER.run(make_context(max_tokens=8, seed=1),
-                      DeepConfParams(**{**SMALL, "max_traces": 8}, mode="offline", include_stats=True))
+    low = DECODER.run(
+        make_context(max_tokens=8, seed=1),
+        DeepConfParams(**{**SMALL, "max_traces": 8}, mode="offline", include_stats=True),
+    )
     stats = low.info["trace_stats"]
     assert low.info["traces"] == 8 and low.info["voting_traces"] == 1 and low.info["early_stopped"] == 0
     best = max(stats, key=lambda s: s["confidence"])
     assert [s for s in stats if s["finish_reason"] != "filtered"] == [best]
     assert low.info["threshold"] == pytest.approx(best["confidence"])
-    high = DECODER.run(make_context(max_tokens=8, seed=1),
-                       DeepConfParams(**{**SMALL, "max_traces": 8}, mode="offline", variant="high"))
+    high = DECODER.run(
+        make_context(max_tokens=8, seed=1), DeepConfParams(**{**SMALL, "max_traces": 8}, mode="offline", variant="high")
+    )
     assert high.info["voting_traces"] == 8  # ceil(90% of 8)
 
 
 def test_warmup_traces_are_decoded_in_one_batch(tiny_lm: Any, make_context: Any) -> None:
     calls: list[int] = []
-    handle = tiny_lm.model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(
-        kwargs["input_ids"].shape[0]), with_kwargs=True)
+    handle = tiny_lm.model.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
     try:
-        result = DECODER.run(make_context(max_tokens=10),
-                             DeepConfParams(**{**SMALL, "warmup_samples": 6, "max_traces": 6}))
+        result = DECODER.run(
+            make_context(max_tokens=10), DeepConfParams(**{**SMALL, "warmup_samples": 6, "max_traces": 6})
+        )
     finally:
         handle.remove()
     assert result.info["traces"] == 6
@@ -189,8 +205,10 @@ def test_warmup_traces_are_decoded_in_one_batch(tiny_lm: Any, make_context: Any)
 
 
 def test_vote_traces_only_counts_what_it_is_given() -> None:
-    traces = [Trace(tokens=[1], confidences=[1.0], text="so 4", finish_reason="stop", answer="4", score=1.0),
-              Trace(tokens=[1], confidences=[9.0], text="so 5", finish_reason=LOW_CONFIDENCE, answer="5", score=9.0)]
+    traces = [
+        Trace(tokens=[1], confidences=[1.0], text="so 4", finish_reason="stop", answer="4", score=1.0),
+        Trace(tokens=[1], confidences=[9.0], text="so 5", finish_reason=LOW_CONFIDENCE, answer="5", score=9.0),
+    ]
     vote = vote_traces([t for t in traces if t.votes])
     assert vote is not None and vote.key == "4" and vote.share == 1.0
     assert vote_traces([]) is None

@@ -32,7 +32,7 @@ def _mixture(top: float, rest: int, vocab: int = VOCAB) -> torch.Tensor:
     """Logits of: one token with probability `top`, the rest spread evenly over `rest` tokens, others impossible."""
     probs = torch.zeros(vocab)
     probs[0] = top
-    probs[1:rest + 1] = (1 - top) / rest
+    probs[1 : rest + 1] = (1 - top) / rest
     return torch.log(probs)
 
 
@@ -44,9 +44,15 @@ def _stats(logits: torch.Tensor) -> tuple[float, float]:
 def _greedy(lm: Any, ids: list[int], new_tokens: int) -> str:
     inputs = torch.tensor([ids])
     with torch.inference_mode():
-        out = lm.model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
-                                max_new_tokens=new_tokens, eos_token_id=sorted(lm.eos_ids), pad_token_id=lm.pad_id)
-    return lm.tokenizer.decode(out[0, len(ids):].tolist(), skip_special_tokens=True)
+        out = lm.model.generate(
+            input_ids=inputs,
+            attention_mask=torch.ones_like(inputs),
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            eos_token_id=sorted(lm.eos_ids),
+            pad_token_id=lm.pad_id,
+        )
+    return lm.tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)
 
 
 def test_entropy_and_varentropy_match_a_manual_computation() -> None:
@@ -67,13 +73,16 @@ def test_impossible_tokens_do_not_poison_the_statistics() -> None:
     assert entropy == pytest.approx(math.log(2)) and varentropy == pytest.approx(0.0, abs=1e-6)
 
 
-@pytest.mark.parametrize(("logits", "expected"), [
-    (torch.zeros(VOCAB).index_fill(0, torch.tensor([0]), 30.0), Regime.ARGMAX),  # peaked
-    (torch.zeros(VOCAB), Regime.PAUSE),  # flat over the whole vocabulary: ln 400 nats, no varentropy
-    (torch.zeros(VOCAB).masked_fill(torch.arange(VOCAB) >= 4, float("-inf")), Regime.ADAPTIVE),  # flat over 4
-    (_mixture(0.9, 399), Regime.EXPLORE),  # one strong option and a long tail
-    (_mixture(0.3, 99_999, vocab=100_000), Regime.RESAMPLE),  # unsure, and the tail is huge
-])
+@pytest.mark.parametrize(
+    ("logits", "expected"),
+    [
+        (torch.zeros(VOCAB).index_fill(0, torch.tensor([0]), 30.0), Regime.ARGMAX),  # peaked
+        (torch.zeros(VOCAB), Regime.PAUSE),  # flat over the whole vocabulary: ln 400 nats, no varentropy
+        (torch.zeros(VOCAB).masked_fill(torch.arange(VOCAB) >= 4, float("-inf")), Regime.ADAPTIVE),  # flat over 4
+        (_mixture(0.9, 399), Regime.EXPLORE),  # one strong option and a long tail
+        (_mixture(0.3, 99_999, vocab=100_000), Regime.RESAMPLE),  # unsure, and the tail is huge
+    ],
+)
 def test_regimes_on_constructed_logits(logits: torch.Tensor, expected: Regime) -> None:
     entropy, varentropy = _stats(logits)
     assert regime(entropy, varentropy, EntropyDecodingParams()) is expected

@@ -83,10 +83,12 @@ async def test_a_seed_repeats_its_samples_and_another_seed_differs(tiny_backend:
     assert texts(other) != texts(first)
 
 
-async def test_greedy_n_gives_identical_choices_computed_once(tiny_backend: LocalBackend, model: str,
-                                                              tiny_lm: Any, prompt: list[int], row_counter: Any) -> None:
-    result = await tiny_backend.complete({"model": model, "messages": QUESTION, "temperature": 0, "max_tokens": 10,
-                                          "n": 3})
+async def test_greedy_n_gives_identical_choices_computed_once(
+    tiny_backend: LocalBackend, model: str, tiny_lm: Any, prompt: list[int], row_counter: Any
+) -> None:
+    result = await tiny_backend.complete(
+        {"model": model, "messages": QUESTION, "temperature": 0, "max_tokens": 10, "n": 3}
+    )
     assert len(set(texts(result))) == 1 and len(result["choices"]) == 3
     assert set(row_counter.rows) == {1}, f"greedy n=3 runs one row, not {row_counter.rows}"
     reference = direct_greedy(tiny_lm.model, prompt, 10, eos=next(iter(tiny_lm.eos_ids)))
@@ -94,8 +96,9 @@ async def test_greedy_n_gives_identical_choices_computed_once(tiny_backend: Loca
     assert result["usage"]["completion_tokens"] == 3 * len([t for t in reference if t not in tiny_lm.eos_ids])
 
     row_counter.rows.clear()
-    await tiny_backend.complete({"model": model, "messages": QUESTION, "temperature": 1, "max_tokens": 3, "n": 3,
-                                 "seed": 1})
+    await tiny_backend.complete(
+        {"model": model, "messages": QUESTION, "temperature": 1, "max_tokens": 3, "n": 3, "seed": 1}
+    )
     assert row_counter.rows[0] == 1, "sampled choices share one prefill of their prompt"
     assert max(row_counter.rows[1:]) == 3
 
@@ -136,12 +139,15 @@ async def test_max_tokens_ends_with_length(tiny_backend: LocalBackend, model: st
         assert texts(full)[0].startswith(choice["message"]["content"])
 
 
-async def test_usage_is_exact_and_the_chat_template_is_used(tiny_backend: LocalBackend, model: str,
-                                                            tiny_lm: Any) -> None:
-    result = await tiny_backend.complete({"model": model, "messages": QUESTION, "temperature": 1, "seed": 2, "n": 3,
-                                          "max_tokens": 7, "logprobs": True})
-    templated = tiny_lm.tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=True,
-                                                      return_dict=True)["input_ids"]
+async def test_usage_is_exact_and_the_chat_template_is_used(
+    tiny_backend: LocalBackend, model: str, tiny_lm: Any
+) -> None:
+    result = await tiny_backend.complete(
+        {"model": model, "messages": QUESTION, "temperature": 1, "seed": 2, "n": 3, "max_tokens": 7, "logprobs": True}
+    )
+    templated = tiny_lm.tokenizer.apply_chat_template(
+        QUESTION, add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
     assert tiny_lm.tokenizer.decode(templated).endswith("<|im_end|>\n<|im_start|>assistant\n")
     usage = result["usage"]
     assert usage["prompt_tokens"] == len(templated)
@@ -152,13 +158,13 @@ async def test_usage_is_exact_and_the_chat_template_is_used(tiny_backend: LocalB
         assert (tokens == 7) == (choice["finish_reason"] == "length")
 
 
-async def test_without_a_chat_template_role_lines_are_the_prompt(tiny: TinyModel, tiny_lm: Any,
-                                                                 tmp_path: Path) -> None:
+async def test_without_a_chat_template_role_lines_are_the_prompt(tiny: TinyModel, tiny_lm: Any, tmp_path: Path) -> None:
     plain = copy_model(tiny.path, tmp_path / "plain", chat_template=False)
     backend = LocalBackend(str(plain))
     try:
-        result = await backend.complete({"messages": [{"role": "system", "content": "Be brief."}, *QUESTION],
-                                         "temperature": 0, "max_tokens": 6})
+        result = await backend.complete(
+            {"messages": [{"role": "system", "content": "Be brief."}, *QUESTION], "temperature": 0, "max_tokens": 6}
+        )
     finally:
         backend.worker.close()
     text = "<|im_start|>system: Be brief.\nuser: What is two plus two?\nassistant: "  # bos, then role lines
@@ -179,16 +185,22 @@ async def test_a_prompt_longer_than_the_context_is_rejected(tiny_backend: LocalB
         await stream.__anext__()
 
 
-async def test_generation_stops_at_the_end_of_the_context(tiny_backend: LocalBackend, model: str,
-                                                          tiny_lm: Any) -> None:
+async def test_generation_stops_at_the_end_of_the_context(tiny_backend: LocalBackend, model: str, tiny_lm: Any) -> None:
     words = 1
     while len(tiny_lm.encode_chat([{"role": "user", "content": "two" + " two" * words}])) < tiny_lm.context - 3:
         words += 1
     content = "two" + " two" * words
     room = tiny_lm.context - len(tiny_lm.encode_chat([{"role": "user", "content": content}]))
     assert 0 < room <= 3
-    result = await tiny_backend.complete({"model": model, "messages": [{"role": "user", "content": content}],
-                                          "temperature": 0, "max_tokens": 50, "logprobs": True})
+    result = await tiny_backend.complete(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": content}],
+            "temperature": 0,
+            "max_tokens": 50,
+            "logprobs": True,
+        }
+    )
     tokens = result["usage"]["completion_tokens"]
     assert tokens == len(result["choices"][0]["logprobs"]["content"]) <= room
     assert result["choices"][0]["finish_reason"] == ("length" if tokens == room else "stop")
@@ -198,8 +210,14 @@ async def test_generation_stops_at_the_end_of_the_context(tiny_backend: LocalBac
 
 
 async def test_streamed_text_equals_the_complete_text_for_a_seed(tiny_backend: LocalBackend, model: str) -> None:
-    body = {"model": model, "messages": QUESTION, "temperature": 1.0, "seed": 11, "max_tokens": 24,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "messages": QUESTION,
+        "temperature": 1.0,
+        "seed": 11,
+        "max_tokens": 24,
+        "stream_options": {"include_usage": True},
+    }
     whole = await tiny_backend.complete(body)
     chunks = await chunks_of(tiny_backend, body)
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
@@ -207,8 +225,9 @@ async def test_streamed_text_equals_the_complete_text_for_a_seed(tiny_backend: L
     assert got[0]["role"] == "assistant"
     assert got[0]["text"] == texts(whole)[0]
     assert got[0]["finish"] == whole["choices"][0]["finish_reason"]
-    assert sum(1 for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")) >= 3, \
+    assert sum(1 for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")) >= 3, (
         "text arrives in pieces as it is generated"
+    )
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
 
 
@@ -258,10 +277,12 @@ def token_bytes(tokenizer: Any, token: int) -> list[int]:
     return [chars[c] for c in piece]
 
 
-async def test_logprobs_are_the_model_log_softmax(tiny_backend: LocalBackend, model: str, tiny_lm: Any,
-                                                  prompt: list[int]) -> None:
-    result = await tiny_backend.complete({"model": model, "messages": QUESTION, "temperature": 0, "max_tokens": 12,
-                                          "logprobs": True, "top_logprobs": 3})
+async def test_logprobs_are_the_model_log_softmax(
+    tiny_backend: LocalBackend, model: str, tiny_lm: Any, prompt: list[int]
+) -> None:
+    result = await tiny_backend.complete(
+        {"model": model, "messages": QUESTION, "temperature": 0, "max_tokens": 12, "logprobs": True, "top_logprobs": 3}
+    )
     choice = result["choices"][0]
     entries = choice["logprobs"]["content"]
     assert len(entries) == result["usage"]["completion_tokens"] == 12
@@ -272,23 +293,41 @@ async def test_logprobs_are_the_model_log_softmax(tiny_backend: LocalBackend, mo
     assert any(e["token"].startswith("bytes:") for e in entries), "the tiny model emits partial characters"
 
 
-async def test_logprobs_of_samples_are_before_temperature(tiny_backend: LocalBackend, model: str, tiny_lm: Any,
-                                                          prompt: list[int]) -> None:
-    result = await tiny_backend.complete({"model": model, "messages": QUESTION, "temperature": 0.7, "seed": 4,
-                                          "n": 2, "max_tokens": 8, "logprobs": True, "top_logprobs": 2})
+async def test_logprobs_of_samples_are_before_temperature(
+    tiny_backend: LocalBackend, model: str, tiny_lm: Any, prompt: list[int]
+) -> None:
+    result = await tiny_backend.complete(
+        {
+            "model": model,
+            "messages": QUESTION,
+            "temperature": 0.7,
+            "seed": 4,
+            "n": 2,
+            "max_tokens": 8,
+            "logprobs": True,
+            "top_logprobs": 2,
+        }
+    )
     for choice in result["choices"]:
         ids = check_entries(tiny_lm, prompt, choice["logprobs"]["content"], 2)
         assert decode(tiny_lm.tokenizer, ids) == choice["message"]["content"]
-    without_top = await tiny_backend.complete({"model": model, "messages": QUESTION, "max_tokens": 3, "seed": 4,
-                                               "logprobs": True})
+    without_top = await tiny_backend.complete(
+        {"model": model, "messages": QUESTION, "max_tokens": 3, "seed": 4, "logprobs": True}
+    )
     assert [e["top_logprobs"] for e in without_top["choices"][0]["logprobs"]["content"]] == [[], [], []]
     plain = await tiny_backend.complete({"model": model, "messages": QUESTION, "max_tokens": 3, "seed": 4})
     assert plain["choices"][0]["logprobs"] is None
 
 
 async def test_streamed_logprobs_equal_the_complete_ones(tiny_backend: LocalBackend, model: str) -> None:
-    body = {"model": model, "messages": QUESTION, "temperature": 0, "max_tokens": 16, "logprobs": True,
-            "top_logprobs": 3}
+    body = {
+        "model": model,
+        "messages": QUESTION,
+        "temperature": 0,
+        "max_tokens": 16,
+        "logprobs": True,
+        "top_logprobs": 3,
+    }
     whole = await tiny_backend.complete(body)
     chunks = await chunks_of(tiny_backend, body)
     carrying = [c for c in chunks if c["choices"][0]["logprobs"] and c["choices"][0]["logprobs"]["content"]]
@@ -301,8 +340,9 @@ async def test_streamed_logprobs_equal_the_complete_ones(tiny_backend: LocalBack
 # ---- cancellation and the event loop -----------------------------------------------------------------------
 
 
-async def test_closing_a_stream_stops_its_generation(tiny_backend: LocalBackend, adapted: str,
-                                                     row_counter: Any) -> None:
+async def test_closing_a_stream_stops_its_generation(
+    tiny_backend: LocalBackend, adapted: str, row_counter: Any
+) -> None:
     long = {"model": adapted, "messages": QUESTION, "temperature": 0, "max_tokens": 1000}
     stream = tiny_backend.stream({**long, "stream": True})
     received = []
@@ -325,8 +365,9 @@ async def test_closing_one_stream_leaves_its_batch_partner_going(tiny_backend: L
     before = tiny_backend.worker.batches
 
     async def leave_early() -> int:
-        stream = tiny_backend.stream({"model": adapted, "messages": QUESTION, "temperature": 0, "max_tokens": 1000,
-                                      "stream": True})
+        stream = tiny_backend.stream(
+            {"model": adapted, "messages": QUESTION, "temperature": 0, "max_tokens": 1000, "stream": True}
+        )
         count = 0
         async for _ in stream:
             count += 1
@@ -375,8 +416,9 @@ async def test_the_event_loop_keeps_running_during_a_generation(tiny_backend: Lo
     check = LoopCheck()
     await tiny_backend.run(check.attach)
     try:
-        task = asyncio.ensure_future(tiny_backend.complete({"model": adapted, "messages": QUESTION, "temperature": 0,
-                                                            "max_tokens": 200}))
+        task = asyncio.ensure_future(
+            tiny_backend.complete({"model": adapted, "messages": QUESTION, "temperature": 0, "max_tokens": 200})
+        )
         while not task.done():
             await asyncio.sleep(0.01)
             if check.asking.is_set():

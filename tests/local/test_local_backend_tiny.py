@@ -59,39 +59,50 @@ def greedy(model: str, **extra: Any) -> dict[str, Any]:
 # ---- adapters ------------------------------------------------------------------------------------------
 
 
-async def test_the_last_named_adapter_is_active_by_default(tiny_backend: LocalBackend, adapted: str, tiny_lm: Any,
-                                                           references: dict[str, list[int]]) -> None:
+async def test_the_last_named_adapter_is_active_by_default(
+    tiny_backend: LocalBackend, adapted: str, tiny_lm: Any, references: dict[str, list[int]]
+) -> None:
     result = await tiny_backend.complete(greedy(adapted))
     assert ids_of(tiny_lm, result) == references["lora-b"]
     assert result["choices"][0]["message"]["content"] == decode(tiny_lm.tokenizer, references["lora-b"])
 
 
-@pytest.mark.parametrize(("active", "expected"), [("lora-a", "lora-a"), ("lora-b", "lora-b"), ("none", "base"),
-                                                  ("base", "base"), ("path:lora-a", "lora-a")])
-async def test_active_adapter_chooses_the_adapter(tiny_backend: LocalBackend, adapted: str, tiny: TinyModel,
-                                                  tiny_lm: Any, references: dict[str, list[int]], active: str,
-                                                  expected: str) -> None:
+@pytest.mark.parametrize(
+    ("active", "expected"),
+    [("lora-a", "lora-a"), ("lora-b", "lora-b"), ("none", "base"), ("base", "base"), ("path:lora-a", "lora-a")],
+)
+async def test_active_adapter_chooses_the_adapter(
+    tiny_backend: LocalBackend,
+    adapted: str,
+    tiny: TinyModel,
+    tiny_lm: Any,
+    references: dict[str, list[int]],
+    active: str,
+    expected: str,
+) -> None:
     name = str(tiny.adapters["lora-a"]) if active == "path:lora-a" else active
     result = await tiny_backend.complete(greedy(adapted, active_adapter=name))
     assert ids_of(tiny_lm, result) == references[expected]
 
 
-async def test_a_model_without_adapters_is_the_base(tiny_backend: LocalBackend, tiny: TinyModel, adapted: str,
-                                                    tiny_lm: Any, references: dict[str, list[int]]) -> None:
+async def test_a_model_without_adapters_is_the_base(
+    tiny_backend: LocalBackend, tiny: TinyModel, adapted: str, tiny_lm: Any, references: dict[str, list[int]]
+) -> None:
     await tiny_backend.complete(greedy(adapted, max_tokens=1))  # adapters loaded on the shared base model
     result = await tiny_backend.complete(greedy(str(tiny.path)))
     assert ids_of(tiny_lm, result) == references["base"]
 
 
 async def test_concurrent_requests_with_different_adapters_share_one_batch(
-        tiny_backend: LocalBackend, adapted: str, tiny_lm: Any, references: dict[str, list[int]],
-        row_counter: Any) -> None:
+    tiny_backend: LocalBackend, adapted: str, tiny_lm: Any, references: dict[str, list[int]], row_counter: Any
+) -> None:
     await tiny_backend.complete(greedy(adapted, max_tokens=1))  # adapters loaded before counting
     row_counter.rows.clear()
     before = tiny_backend.worker.batches
     actives = ["lora-a", "none", "lora-b", None]
-    results = await asyncio.gather(*(tiny_backend.complete(greedy(adapted, **({"active_adapter": a} if a else {})))
-                                     for a in actives))
+    results = await asyncio.gather(
+        *(tiny_backend.complete(greedy(adapted, **({"active_adapter": a} if a else {}))) for a in actives)
+    )
     assert tiny_backend.worker.batches == before + 1, "the four requests ran as one batch"
     assert max(row_counter.rows) == 4
     for result, expected in zip(results, ["lora-a", "base", "lora-b", "lora-b"]):
@@ -113,20 +124,23 @@ def fresh_backend(tiny: TinyModel) -> Iterator[Any]:
 
 
 async def test_a_plain_request_shares_a_batch_with_the_one_loading_the_first_adapter(
-        fresh_backend: Any, tiny: TinyModel, tiny_lm: Any, references: dict[str, list[int]]) -> None:
+    fresh_backend: Any, tiny: TinyModel, tiny_lm: Any, references: dict[str, list[int]]
+) -> None:
     """The plain request is prepared while the model has no adapter yet; the next one loads lora-a."""
     backend = fresh_backend()
     await backend.warmup()
     before = backend.worker.batches
-    plain, adapted = await asyncio.gather(backend.complete(greedy(str(tiny.path))),
-                                          backend.complete(greedy(f"{tiny.path}+lora-a")))
+    plain, adapted = await asyncio.gather(
+        backend.complete(greedy(str(tiny.path))), backend.complete(greedy(f"{tiny.path}+lora-a"))
+    )
     assert backend.worker.batches == before + 1
     assert ids_of(tiny_lm, plain) == references["base"]
     assert ids_of(tiny_lm, adapted) == references["lora-a"]
 
 
-async def test_requests_beyond_the_row_limit_wait_for_the_next_batch_in_order(fresh_backend: Any,
-                                                                             tiny: TinyModel) -> None:
+async def test_requests_beyond_the_row_limit_wait_for_the_next_batch_in_order(
+    fresh_backend: Any, tiny: TinyModel
+) -> None:
     backend = fresh_backend(max_batch_rows=4)
     await backend.warmup()
     body = {"model": str(tiny.path), "messages": QUESTION, "temperature": 1, "seed": 1, "max_tokens": 4}
@@ -143,20 +157,26 @@ async def test_requests_beyond_the_row_limit_wait_for_the_next_batch_in_order(fr
 
     results = await asyncio.gather(*(one(name) for name in "ABCD"))
     assert done == [("A", 1), ("B", 2), ("C", 3), ("D", 4)], "3 + 3 rows do not fit: one batch each, in order"
-    assert all(texts == [c["message"]["content"] for c in results[0]["choices"]]
-               for texts in ([c["message"]["content"] for c in r["choices"]] for r in results))
+    assert all(
+        texts == [c["message"]["content"] for c in results[0]["choices"]]
+        for texts in ([c["message"]["content"] for c in r["choices"]] for r in results)
+    )
 
 
 async def test_a_streamed_adapter_answer_equals_the_complete_one(tiny_backend: LocalBackend, adapted: str) -> None:
     body = greedy(adapted, active_adapter="lora-a", logprobs=False)
     whole = await tiny_backend.complete(body)
-    pieces = [c["choices"][0]["delta"].get("content") or "" async for c in tiny_backend.stream({**body, "stream": True})
-              if c["choices"]]
+    pieces = [
+        c["choices"][0]["delta"].get("content") or ""
+        async for c in tiny_backend.stream({**body, "stream": True})
+        if c["choices"]
+    ]
     assert "".join(pieces) == whole["choices"][0]["message"]["content"]
 
 
-async def test_an_unknown_active_adapter_is_a_bad_request(tiny_backend: LocalBackend, tiny: TinyModel,
-                                                          adapted: str) -> None:
+async def test_an_unknown_active_adapter_is_a_bad_request(
+    tiny_backend: LocalBackend, tiny: TinyModel, adapted: str
+) -> None:
     only_a = f"{tiny.path}+lora-a"
     for model, active in ((adapted, "lora-c"), (only_a, "lora-b"), (str(tiny.path), "lora-a")):
         with pytest.raises(InvalidRequest) as caught:
@@ -167,8 +187,9 @@ async def test_an_unknown_active_adapter_is_a_bad_request(tiny_backend: LocalBac
     assert caught.value.param == "active_adapter"
 
 
-async def test_a_missing_adapter_directory_is_not_found(tiny_backend: LocalBackend, tiny: TinyModel,
-                                                        tmp_path: Path) -> None:
+async def test_a_missing_adapter_directory_is_not_found(
+    tiny_backend: LocalBackend, tiny: TinyModel, tmp_path: Path
+) -> None:
     for adapter in ("lora-z", str(tmp_path / "lora-z")):
         with pytest.raises(NotFound) as caught:
             await tiny_backend.complete(greedy(f"{tiny.path}+{adapter}"))
@@ -182,17 +203,45 @@ async def test_a_missing_adapter_directory_is_not_found(tiny_backend: LocalBacke
 
 def test_request_checks() -> None:
     ok = {"messages": QUESTION}
-    req = parse_request({**ok, "logprobs": True, "top_logprobs": 5, "n": 3, "seed": 9, "stop": ["a", ""],
-                         "active_adapter": "lora-a", "temperature": 0.5, "top_p": 0.9})
-    assert (req.logprobs, req.top_logprobs, req.n, req.seed, req.stop, req.active_adapter) == \
-        (True, 5, 3, 9, ("a",), "lora-a")
+    req = parse_request(
+        {
+            **ok,
+            "logprobs": True,
+            "top_logprobs": 5,
+            "n": 3,
+            "seed": 9,
+            "stop": ["a", ""],
+            "active_adapter": "lora-a",
+            "temperature": 0.5,
+            "top_p": 0.9,
+        }
+    )
+    assert (req.logprobs, req.top_logprobs, req.n, req.seed, req.stop, req.active_adapter) == (
+        True,
+        5,
+        3,
+        9,
+        ("a",),
+        "lora-a",
+    )
     assert (req.temperature, req.top_p, req.max_tokens, req.decoding) == (0.5, 0.9, None, None)
     assert {"logprobs", "top_logprobs", "n"} <= req.explicit
-    bad = [({"top_logprobs": 2}, "top_logprobs"), ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
-           ({"logprobs": "yes"}, "logprobs"), ({"n": 65}, "n"), ({"n": 0}, "n"), ({"active_adapter": 1}, "active_adapter"),
-           ({"stop": [1]}, "stop"), ({"temperature": 2.5}, "temperature"), ({"top_p": 1.5}, "top_p"),
-           ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": True}, "max_tokens"), ({"seed": "x"}, "seed"),
-           ({"messages": "hi"}, "messages"), ({"messages": [{"role": "user", "content": 3}]}, "messages")]
+    bad = [
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"logprobs": "yes"}, "logprobs"),
+        ({"n": 65}, "n"),
+        ({"n": 0}, "n"),
+        ({"active_adapter": 1}, "active_adapter"),
+        ({"stop": [1]}, "stop"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"seed": "x"}, "seed"),
+        ({"messages": "hi"}, "messages"),
+        ({"messages": [{"role": "user", "content": 3}]}, "messages"),
+    ]
     for extra, param in bad:
         with pytest.raises(InvalidRequest) as caught:
             parse_request({**ok, **extra})
@@ -202,8 +251,11 @@ def test_request_checks() -> None:
 def test_decoding_choices_are_checked() -> None:
     ok = {"messages": QUESTION}
     assert parse_request({**ok, "decoding": "none"}).decoding is None
-    for extra, param in (({"decoding": "no-such-strategy"}, "decoding"), ({"decoding": "cot_decoding", "n": 2}, "n"),
-                         ({"decoding": "cot_decoding", "logprobs": True}, "logprobs")):
+    for extra, param in (
+        ({"decoding": "no-such-strategy"}, "decoding"),
+        ({"decoding": "cot_decoding", "n": 2}, "n"),
+        ({"decoding": "cot_decoding", "logprobs": True}, "logprobs"),
+    ):
         with pytest.raises(InvalidRequest) as caught:
             parse_request({**ok, **extra})
         assert caught.value.param == param and caught.value.status == 400
@@ -220,13 +272,26 @@ def test_routing_of_model_names(tiny: TinyModel, tmp_path: Path) -> None:
         assert backends.for_model(str(tiny.path)) == (local, str(tiny.path))  # the configured model, as written
         assert backends.for_model(f"local/{tiny.path}")[0] is local
         assert backends.for_model("openai/gpt-4o")[0] is backends.litellm
-        for missing in ("local/does-not-exist", "someone/some-model", str(tmp_path / "nothing"),
-                        f"{tiny.path}+{tiny.adapters['lora-a']}", "local/tiny-llama"):  # no models directory
+        for missing in (
+            "local/does-not-exist",
+            "someone/some-model",
+            str(tmp_path / "nothing"),
+            f"{tiny.path}+{tiny.adapters['lora-a']}",
+            "local/tiny-llama",
+        ):  # no models directory
             with pytest.raises(NotFound):
                 backends.for_model(missing)
-        with_dir = Backends(Settings(local_model="tiny-llama", local_models_dir=tiny.path.parent, local_max_models=3,
-                                     local_dtype="bfloat16", local_batch_window_ms=7, local_max_batch_rows=9,
-                                     db_url=f"sqlite:///{tmp_path / 'o.db'}"))
+        with_dir = Backends(
+            Settings(
+                local_model="tiny-llama",
+                local_models_dir=tiny.path.parent,
+                local_max_models=3,
+                local_dtype="bfloat16",
+                local_batch_window_ms=7,
+                local_max_batch_rows=9,
+                db_url=f"sqlite:///{tmp_path / 'o.db'}",
+            )
+        )
         local = with_dir.local()
         assert with_dir.for_model("tiny-llama+lora-a") == (local, "tiny-llama+lora-a")
         assert local.default_spec.base.path == tiny.path.resolve() and local.models_dir == tiny.path.parent
@@ -240,8 +305,12 @@ def test_routing_of_model_names(tiny: TinyModel, tmp_path: Path) -> None:
 def test_local_settings_are_checked(tiny: TinyModel) -> None:
     from pydantic import ValidationError
 
-    for bad in ({"local_max_models": 0}, {"local_dtype": "float8"}, {"local_batch_window_ms": -1},
-                {"local_max_batch_rows": 0}):
+    for bad in (
+        {"local_max_models": 0},
+        {"local_dtype": "float8"},
+        {"local_batch_window_ms": -1},
+        {"local_max_batch_rows": 0},
+    ):
         with pytest.raises(ValidationError):
             Settings(local_model=str(tiny.path), **bad)
 
@@ -259,8 +328,9 @@ async def test_list_models_and_status(tiny: TinyModel, tiny_backend: LocalBacken
 
 
 def test_http_logprobs(client: openai.OpenAI, tiny: TinyModel, tiny_lm: Any) -> None:
-    reply = client.chat.completions.create(model=str(tiny.path), messages=QUESTION, temperature=0, max_tokens=8,
-                                           logprobs=True, top_logprobs=2)
+    reply = client.chat.completions.create(
+        model=str(tiny.path), messages=QUESTION, temperature=0, max_tokens=8, logprobs=True, top_logprobs=2
+    )
     entries = reply.choices[0].logprobs.content
     assert len(entries) == reply.usage.completion_tokens == 8
     assert all(len(e.top_logprobs) == 2 and e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob for e in entries)
@@ -278,47 +348,65 @@ def test_http_streaming_and_n(client: openai.OpenAI, tiny: TinyModel) -> None:
     whole = client.chat.completions.create(model=str(tiny.path), messages=QUESTION, temperature=0, max_tokens=12)
     pieces: list[str] = []
     usage = None
-    for chunk in client.chat.completions.create(model=str(tiny.path), messages=QUESTION, temperature=0, max_tokens=12,
-                                                stream=True, stream_options={"include_usage": True}):
+    for chunk in client.chat.completions.create(
+        model=str(tiny.path),
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
         if chunk.choices and chunk.choices[0].delta.content:
             pieces.append(chunk.choices[0].delta.content)
         if chunk.usage:
             usage = chunk.usage
     assert len(pieces) >= 3 and "".join(pieces) == whole.choices[0].message.content
     assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens
-    with_logprobs = client.chat.completions.create(model=str(tiny.path), messages=QUESTION, temperature=0,
-                                                   max_tokens=12, logprobs=True, top_logprobs=2)
+    with_logprobs = client.chat.completions.create(
+        model=str(tiny.path), messages=QUESTION, temperature=0, max_tokens=12, logprobs=True, top_logprobs=2
+    )
     entries = []
-    for chunk in client.chat.completions.create(model=str(tiny.path), messages=QUESTION, temperature=0, max_tokens=12,
-                                                logprobs=True, top_logprobs=2, stream=True):
+    for chunk in client.chat.completions.create(
+        model=str(tiny.path),
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=12,
+        logprobs=True,
+        top_logprobs=2,
+        stream=True,
+    ):
         if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content:
             entries += chunk.choices[0].logprobs.content
     assert [e.model_dump() for e in entries] == [e.model_dump() for e in with_logprobs.choices[0].logprobs.content]
     assert len(entries) == 12
 
-    two = client.chat.completions.create(model=str(tiny.path), messages=QUESTION, temperature=1, seed=3, n=2,
-                                         max_tokens=6)
+    two = client.chat.completions.create(
+        model=str(tiny.path), messages=QUESTION, temperature=1, seed=3, n=2, max_tokens=6
+    )
     assert [c.index for c in two.choices] == [0, 1]
-    again = client.chat.completions.create(model=str(tiny.path), messages=QUESTION, temperature=1, seed=3, n=2,
-                                           max_tokens=6)
+    again = client.chat.completions.create(
+        model=str(tiny.path), messages=QUESTION, temperature=1, seed=3, n=2, max_tokens=6
+    )
     assert [c.message.content for c in again.choices] == [c.message.content for c in two.choices]
     streamed: dict[int, str] = {}
-    for chunk in client.chat.completions.create(model=str(tiny.path), messages=QUESTION, temperature=1, seed=3, n=2,
-                                                max_tokens=6, stream=True):
+    for chunk in client.chat.completions.create(
+        model=str(tiny.path), messages=QUESTION, temperature=1, seed=3, n=2, max_tokens=6, stream=True
+    ):
         for choice in chunk.choices:
             streamed[choice.index] = streamed.get(choice.index, "") + (choice.delta.content or "")
     assert streamed == {0: two.choices[0].message.content, 1: two.choices[1].message.content}
 
 
-def test_http_adapters(client: openai.OpenAI, tiny: TinyModel, tiny_lm: Any,
-                       references: dict[str, list[int]]) -> None:
+def test_http_adapters(client: openai.OpenAI, tiny: TinyModel, tiny_lm: Any, references: dict[str, list[int]]) -> None:
     model = f"{tiny.path}+lora-a+lora-b"
-    reply = client.chat.completions.create(model=model, messages=QUESTION, temperature=0, max_tokens=STEPS,
-                                           extra_body={"active_adapter": "lora-a"})
+    reply = client.chat.completions.create(
+        model=model, messages=QUESTION, temperature=0, max_tokens=STEPS, extra_body={"active_adapter": "lora-a"}
+    )
     assert reply.choices[0].message.content == decode(tiny_lm.tokenizer, references["lora-a"])
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model=model, messages=QUESTION, max_tokens=2,
-                                       extra_body={"active_adapter": "lora-z"})
+        client.chat.completions.create(
+            model=model, messages=QUESTION, max_tokens=2, extra_body={"active_adapter": "lora-z"}
+        )
     assert caught.value.body["param"] == "active_adapter"
 
 
@@ -329,16 +417,19 @@ def test_http_errors(client: openai.OpenAI, server: ServerThread, tiny: TinyMode
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model=f"{tiny.path}+/no/such/adapter", messages=QUESTION, max_tokens=2)
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model=str(tiny.path), messages=QUESTION, max_tokens=2,
-                                       extra_body={"decoding": "no-such-strategy"})
+        client.chat.completions.create(
+            model=str(tiny.path), messages=QUESTION, max_tokens=2, extra_body={"decoding": "no-such-strategy"}
+        )
     assert bad.value.status_code == 400 and bad.value.body["param"] == "decoding"
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model=str(tiny.path), messages=[{"role": "user", "content": "two " * 1100}],
-                                       max_tokens=2)
+        client.chat.completions.create(
+            model=str(tiny.path), messages=[{"role": "user", "content": "two " * 1100}], max_tokens=2
+        )
     assert bad.value.body["code"] == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError):  # an error before the first token is an HTTP error, streamed or not
-        for _ in client.chat.completions.create(model=str(tiny.path), messages=[{"role": "user", "content": "two " * 1100}],
-                                                max_tokens=2, stream=True):
+        for _ in client.chat.completions.create(
+            model=str(tiny.path), messages=[{"role": "user", "content": "two " * 1100}], max_tokens=2, stream=True
+        ):
             pass
 
 
@@ -348,23 +439,29 @@ def test_http_tools_and_structured_output_are_refused_by_name(client: openai.Ope
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
     schema = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}
     runs_before = httpx.get(f"{server.url}/v1/runs?limit=1000", timeout=10).json()["data"]
-    for extra, param in (({"tools": tools}, "tools"), ({"tool_choice": "required"}, "tool_choice"),
-                         ({"response_format": {"type": "json_object"}}, "response_format"),
-                         ({"response_format": schema}, "response_format")):
+    for extra, param in (
+        ({"tools": tools}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": schema}, "response_format"),
+    ):
         for model in ("local", "bon-local"):
             for stream in (False, True):
                 with pytest.raises(openai.BadRequestError) as caught:
-                    reply = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=2, stream=stream,
-                                                           extra_body=extra)
+                    reply = client.chat.completions.create(
+                        model=model, messages=QUESTION, max_tokens=2, stream=stream, extra_body=extra
+                    )
                     if stream:
                         list(reply)
                 assert (caught.value.body["param"], caught.value.body["code"]) == (param, "unsupported_parameter")
                 assert param in caught.value.body["message"]
     runs_after = httpx.get(f"{server.url}/v1/runs?limit=1000", timeout=10).json()["data"]
-    assert [r["id"] for r in runs_after if r["expression"] != "none"] == \
-        [r["id"] for r in runs_before if r["expression"] != "none"], "no approach run started"
-    ok = client.chat.completions.create(model="local", messages=QUESTION, max_tokens=2, tool_choice="none",
-                                        response_format={"type": "text"})
+    assert [r["id"] for r in runs_after if r["expression"] != "none"] == [
+        r["id"] for r in runs_before if r["expression"] != "none"
+    ], "no approach run started"
+    ok = client.chat.completions.create(
+        model="local", messages=QUESTION, max_tokens=2, tool_choice="none", response_format={"type": "text"}
+    )
     assert ok.usage.completion_tokens == 2
 
 
@@ -379,8 +476,9 @@ def test_health_lists_the_local_models(client: openai.OpenAI, server: ServerThre
     assert weights - 0.2 < entry["parameter_mib"] < weights + 1  # adapters add a little, the file header less
 
 
-def test_http_client_leaving_a_stream_frees_the_model(server: ServerThread, tiny: TinyModel,
-                                                     row_counter_type: Any) -> None:
+def test_http_client_leaving_a_stream_frees_the_model(
+    server: ServerThread, tiny: TinyModel, row_counter_type: Any
+) -> None:
     """lora-b's greedy path runs to the token limit (1000 tokens: seconds); the client leaves after a few chunks."""
     model = f"{tiny.path}+lora-a+lora-b"
     local: LocalBackend = server.server.config.app.state.backends.local()

@@ -31,8 +31,13 @@ def layout(tiny: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Layout:
 
 
 def serve(layout: Layout, db: Path, **settings: Any) -> ServerThread:
-    return ServerThread(create_app(Settings(local_model=layout.configured, local_models_dir=layout.models,
-                                            db_url=f"sqlite:///{db}", **settings)))
+    return ServerThread(
+        create_app(
+            Settings(
+                local_model=layout.configured, local_models_dir=layout.models, db_url=f"sqlite:///{db}", **settings
+            )
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +88,21 @@ def test_any_other_name_is_the_same_not_found(alone: ServerThread, layout: Layou
     assert str(layout.outside) not in error["message"] and str(layout.models) not in error["message"]
     # a model that exists outside and one that does not, through each way out of the directory
     out = layout.outside
-    for there, missing in ((str(out / "model"), str(out / "nothing")), ("../outside/model", "../outside/nothing"),
-                           ("local/escape", "local/nothing"), (str(out / "model.gguf"), str(out / "none.gguf")),
-                           ("escape.gguf", "missing.gguf"), ("local/escape-dir/model", "local/escape-dir/nothing")):
+    for there, missing in (
+        (str(out / "model"), str(out / "nothing")),
+        ("../outside/model", "../outside/nothing"),
+        ("local/escape", "local/nothing"),
+        (str(out / "model.gguf"), str(out / "none.gguf")),
+        ("escape.gguf", "missing.gguf"),
+        ("local/escape-dir/model", "local/escape-dir/nothing"),
+    ):
         assert post(alone, there).content == post(alone, missing).content, there
     streamed = post(alone, str(out / "model"), stream=True)
     assert streamed.status_code == 404 and streamed.content == bodies[str(out / "model")]
-    assert all(Path(p).is_relative_to(layout.models.resolve()) or p == str(Path(layout.configured).resolve())
-               for p in loaded_paths(alone)), "nothing outside the models directory was loaded"
+    assert all(
+        Path(p).is_relative_to(layout.models.resolve()) or p == str(Path(layout.configured).resolve())
+        for p in loaded_paths(alone)
+    ), "nothing outside the models directory was loaded"
 
 
 def test_adapters_outside_the_directory_are_the_same_not_found(alone: ServerThread, layout: Layout) -> None:
@@ -102,12 +114,20 @@ def test_adapters_outside_the_directory_are_the_same_not_found(alone: ServerThre
     assert len(bodies) == 1
 
 
-def test_beside_an_upstream_local_names_go_upstream(upstream: tuple[ServerThread, UpstreamLog], layout: Layout,
-                                                    tmp_path: Path) -> None:
+def test_beside_an_upstream_local_names_go_upstream(
+    upstream: tuple[ServerThread, UpstreamLog], layout: Layout, tmp_path: Path
+) -> None:
     up, log = upstream
     with serve(layout, tmp_path / "o.db", base_url=f"{up.url}/v1") as server:
-        for model in ("inside", "local/inside", layout.configured, "smollm2", str(layout.outside / "model"),
-                      "escape.gguf", "local/../outside/model"):
+        for model in (
+            "inside",
+            "local/inside",
+            layout.configured,
+            "smollm2",
+            str(layout.outside / "model"),
+            "escape.gguf",
+            "local/../outside/model",
+        ):
             before = len(log.bodies)
             resp = post(server, model)
             assert resp.status_code == 200, (model, resp.text)
@@ -118,8 +138,9 @@ def test_beside_an_upstream_local_names_go_upstream(upstream: tuple[ServerThread
         assert layout.configured not in [m["id"] for m in listed]
 
 
-def test_the_operator_may_enable_local_models_beside_an_upstream(upstream: tuple[ServerThread, UpstreamLog],
-                                                                 layout: Layout, tmp_path: Path) -> None:
+def test_the_operator_may_enable_local_models_beside_an_upstream(
+    upstream: tuple[ServerThread, UpstreamLog], layout: Layout, tmp_path: Path
+) -> None:
     up, log = upstream
     with serve(layout, tmp_path / "o.db", base_url=f"{up.url}/v1", local_models_with_upstream=True) as server:
         before = len(log.bodies)
@@ -129,8 +150,14 @@ def test_the_operator_may_enable_local_models_beside_an_upstream(upstream: tuple
             assert resp.json()["usage"]["completion_tokens"] == 1
         assert len(log.bodies) == before, "local names were served here"
         refused = set()
-        for model in (str(layout.outside / "model"), "../outside/model", "local/escape", "escape.gguf",
-                      "local/nothing", "~/model"):
+        for model in (
+            str(layout.outside / "model"),
+            "../outside/model",
+            "local/escape",
+            "escape.gguf",
+            "local/nothing",
+            "~/model",
+        ):
             resp = post(server, model)
             assert resp.status_code == 404, (model, resp.text)
             refused.add(resp.content)

@@ -41,7 +41,10 @@ def test_names_relative_to_the_models_directory(tiny: TinyModel) -> None:
     assert (source.id, source.path, source.gguf) == ("tiny-llama", tiny.path.resolve(), False)
     spec = parse_spec("local/tiny-llama+lora-a+lora-b", models_dir)
     assert spec.base == source
-    assert spec.adapters == (("lora-a", tiny.adapters["lora-a"].resolve()), ("lora-b", tiny.adapters["lora-b"].resolve()))
+    assert spec.adapters == (
+        ("lora-a", tiny.adapters["lora-a"].resolve()),
+        ("lora-b", tiny.adapters["lora-b"].resolve()),
+    )
     assert spec.default_adapter == "lora-b"  # the last named
     assert parse_spec("tiny-llama", models_dir).default_adapter is None
     assert resolve_adapter(str(tiny.adapters["lora-a"])) == ("lora-a", tiny.adapters["lora-a"].resolve())
@@ -69,8 +72,12 @@ def test_the_builtin_name_is_the_packaged_gguf(tmp_path: Path) -> None:
 
 
 def test_missing_models_and_adapters_are_not_found(tiny: TinyModel, tmp_path: Path) -> None:
-    for name, models_dir in (("does-not-exist", None), ("does-not-exist", tmp_path), (str(tmp_path / "x.gguf"), None),
-                             (str(tmp_path), None)):  # a directory without config.json is no model
+    for name, models_dir in (
+        ("does-not-exist", None),
+        ("does-not-exist", tmp_path),
+        (str(tmp_path / "x.gguf"), None),
+        (str(tmp_path), None),
+    ):  # a directory without config.json is no model
         with pytest.raises(NotFound) as caught:
             resolve_base(name, models_dir)
         assert (caught.value.status, caught.value.code, caught.value.param) == (404, "model_not_found", "model")
@@ -211,11 +218,14 @@ def test_adapters_load_onto_the_cached_model(copies: list[Path], tiny: TinyModel
 
 def test_encode_chat_uses_the_template_or_role_lines(tiny: TinyModel, tiny_lm: Any, tmp_path: Path) -> None:
     tokenizer = tiny_lm.tokenizer
-    templated = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=True,
-                                              return_dict=True)["input_ids"]
+    templated = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     assert tiny_lm.encode_chat(QUESTION) == list(templated)
-    assert tiny_lm.encode_chat(QUESTION, prefill="The") == tokenizer(
-        tokenizer.decode(templated) + "The", add_special_tokens=False)["input_ids"]
+    assert (
+        tiny_lm.encode_chat(QUESTION, prefill="The")
+        == tokenizer(tokenizer.decode(templated) + "The", add_special_tokens=False)["input_ids"]
+    )
     plain = load_model(resolve_base(str(copy_model(tiny.path, tmp_path / "plain", chat_template=False))))
     assert not plain.tokenizer.chat_template
     expected = tokenizer("<|im_start|>user: What is two plus two?\nassistant: ", add_special_tokens=False)["input_ids"]

@@ -41,8 +41,12 @@ def test_the_configured_model_own_adapters_stay_usable(layout: Layout, tiny: Tin
     configured = f"{tiny.path}+{tiny.adapters['lora-b']}"  # adapters outside the models dir, chosen by the operator
     default = parse_spec(configured)
     assert client_spec(configured, configured=configured, default=default, models_dir=layout.models) == default
-    both = client_spec(f"{tiny.path}+lora-a+{tiny.adapters['lora-b']}", configured=configured, default=default,
-                       models_dir=layout.models)
+    both = client_spec(
+        f"{tiny.path}+lora-a+{tiny.adapters['lora-b']}",
+        configured=configured,
+        default=default,
+        models_dir=layout.models,
+    )
     assert [name for name, _ in both.adapters] == ["lora-a", "lora-b"]
 
 
@@ -73,8 +77,10 @@ def test_adapters_outside_the_directory_are_the_same_not_found(layout: Layout) -
 
 
 def test_without_a_models_directory_only_the_configured_and_builtin_names_resolve(layout: Layout) -> None:
-    assert client_spec(layout.configured, configured=layout.configured, default=layout.default,
-                       models_dir=None) == layout.default
+    assert (
+        client_spec(layout.configured, configured=layout.configured, default=layout.default, models_dir=None)
+        == layout.default
+    )
     for name in ("inside", str(layout.models / "inside"), f"{layout.configured}+lora-a"):
         with pytest.raises(NotFound):
             client_spec(name, configured=layout.configured, default=layout.default, models_dir=None)
@@ -99,9 +105,24 @@ def test_routing_names_are_decided_without_reading_outside_files(layout: Layout)
     def local(name: str) -> bool:
         return is_local_name(name, configured=layout.configured, models_dir=layout.models)
 
-    for name in ("local", "LOCAL", "local/anything", "smollm2", "SmolLM2-135M-Instruct", "x.gguf", "X.GGUF+adapter",
-                 layout.configured, f"{layout.configured}+lora-a", "inside", "inside+lora-a", "nested/deeper",
-                 "/no/such/path", "./x", "../x", "~/x"):
+    for name in (
+        "local",
+        "LOCAL",
+        "local/anything",
+        "smollm2",
+        "SmolLM2-135M-Instruct",
+        "x.gguf",
+        "X.GGUF+adapter",
+        layout.configured,
+        f"{layout.configured}+lora-a",
+        "inside",
+        "inside+lora-a",
+        "nested/deeper",
+        "/no/such/path",
+        "./x",
+        "../x",
+        "~/x",
+    ):
         assert local(name), name
     for name in ("gpt-4o-mini", "openai/gpt-4o", "anthropic/claude-3-5-sonnet", "nothing", "escape", "lora-a"):
         assert not local(name), name

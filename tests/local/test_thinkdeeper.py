@@ -64,8 +64,9 @@ def context_on(make_context: Any, lm: Any, **options: Any) -> Any:
 
 
 def plan(max_tokens: int, low: int, high: int, thoughts: int = 64, **options: Any) -> ThinkingPlan:
-    return ThinkingPlan(max_tokens=max_tokens, min_thinking_tokens=low, max_thinking_tokens=high,
-                        max_thoughts=thoughts, **options)
+    return ThinkingPlan(
+        max_tokens=max_tokens, min_thinking_tokens=low, max_thinking_tokens=high, max_thoughts=thoughts, **options
+    )
 
 
 def run_plan(ctx: Any, the_plan: ThinkingPlan) -> tuple[ThinkingRun, Any]:
@@ -156,14 +157,14 @@ def test_early_end_marker_is_cut_out_and_the_cache_rebuilt(tiny_lm: Any, make_co
 
     lm = biased(tiny_lm, rule)
     pieces: list[str] = []
-    thinking, outcome = run_plan(context_on(make_context, lm, temperature=0.0, emit=pieces.append),
-                                 plan(40, 20, 30))
+    thinking, outcome = run_plan(context_on(make_context, lm, temperature=0.0, emit=pieces.append), plan(40, 20, 30))
     assert outcome.rewinds == 1 and outcome.thoughts_forced == 1
     assert tokens_before(thinking, outcome.text.index(MARKER)) >= 20
     assert outcome.prompt_tokens > len(thinking.prompt)  # the kept sequence was run again
     # text and tokens agree after the cut (the random model's broken UTF-8 aside)
     assert outcome.text.replace("\ufffd", "") == (HEAD + decode(tiny_lm.tokenizer, thinking.tokens)).replace(
-        "\ufffd", "")
+        "\ufffd", ""
+    )
     assert "".join(pieces) == outcome.text  # the cut marker was held back, never streamed
     assert_greedy_consistent(lm, thinking)
 
@@ -175,8 +176,7 @@ def test_a_single_token_marker_is_dropped_without_rerunning(tiny_lm: Any, make_c
     ctx = make_context(temperature=0.0)
     start = len(thinking_prompt(ctx, "<think>", ""))
     lm = biased(tiny_lm, lambda last, pos: {token[0]: 100.0} if pos == start - 1 else {})  # the first token
-    thinking, outcome = run_plan(context_on(make_context, lm, temperature=0.0),
-                                 plan(30, 16, 24, end_think=marker))
+    thinking, outcome = run_plan(context_on(make_context, lm, temperature=0.0), plan(30, 16, 24, end_think=marker))
     assert outcome.rewinds == 1 and thinking.tokens[0] != token[0]
     assert outcome.prompt_tokens == len(thinking.prompt)  # never re-run: the marker never reached the cache
     assert tokens_before(thinking, outcome.text.index(marker, len(HEAD))) >= 16
@@ -187,8 +187,8 @@ def test_max_thinking_tokens_forces_the_end_marker(tiny_lm: Any, make_context: A
     thinking, outcome = run_plan(make_context(temperature=0.0), plan(30, 2, 10))
     assert outcome.end == "budget"
     forced_end = ids(tiny_lm, "\n" + MARKER + "\n")
-    assert thinking.tokens[10:10 + len(forced_end)] == forced_end
-    assert all(thinking.was_forced[10:10 + len(forced_end)]) and not any(thinking.was_forced[:10])
+    assert thinking.tokens[10 : 10 + len(forced_end)] == forced_end
+    assert all(thinking.was_forced[10 : 10 + len(forced_end)]) and not any(thinking.was_forced[:10])
     assert outcome.thinking_tokens == 10 + len(forced_end) - 1  # the marker ends one token before the newline
     assert outcome.completion_tokens == 30 and outcome.finish_reason == "length"
     assert_greedy_consistent(tiny_lm, thinking)
@@ -213,8 +213,10 @@ def test_same_seed_same_output(make_context: Any) -> None:
 
 def test_streamed_text_is_the_result_text(make_context: Any) -> None:
     pieces: list[str] = []
-    result = DECODER.run(make_context(seed=2, max_tokens=30, emit=pieces.append),
-                         ThinkDeeperParams(min_thinking_tokens=5, max_thinking_tokens=15))
+    result = DECODER.run(
+        make_context(seed=2, max_tokens=30, emit=pieces.append),
+        ThinkDeeperParams(min_thinking_tokens=5, max_thinking_tokens=15),
+    )
     assert len(pieces) > 3 and "".join(pieces) == result.text
     assert result.text.startswith(HEAD) and MARKER in result.text
     assert result.completion_tokens == 30 and result.finish_reason == "length"

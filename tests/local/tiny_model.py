@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. 1 2 3 4 5 6 7 8 9 0 = + - * /",
@@ -37,11 +39,13 @@ def build_tokenizer(path: Path):  # -> PreTrainedTokenizerFast
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(CORPUS, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>",
-                                   bos_token="<|im_start|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>"
+    )
     fast.chat_template = CHATML
     fast.save_pretrained(path)
     return fast
@@ -55,10 +59,19 @@ def build_tiny_model(root: Path, *, seed: int = 0) -> TinyModel:
 
     path = root / "tiny-llama"
     tokenizer = build_tokenizer(path)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # sharper than a random init's near-uniform distribution: greedy paths differ by prompt
@@ -68,8 +81,9 @@ def build_tiny_model(root: Path, *, seed: int = 0) -> TinyModel:
     for i, name in enumerate(("lora-a", "lora-b")):
         torch.manual_seed(seed + 100 + i)
         base = LlamaForCausalLM.from_pretrained(path)
-        peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"],
-                                                     init_lora_weights=False))
+        peft_model = get_peft_model(
+            base, LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
+        )
         peft_model.save_pretrained(root / name)
         adapters[name] = root / name
     return TinyModel(path=path, adapters=adapters)
@@ -94,7 +108,7 @@ def direct_greedy(model, prompt, steps: int, eos: int | None = None) -> list[int
         ids.append(token)
         if token == eos:
             break
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 def hf_greedy(model, prompt, steps: int) -> list[int]:
@@ -103,9 +117,16 @@ def hf_greedy(model, prompt, steps: int) -> list[int]:
 
     ids = torch.tensor([list(prompt)])
     with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps,
-                             do_sample=False, top_p=None, top_k=None, temperature=None)
-    return out[0, len(prompt):].tolist()
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=steps,
+            do_sample=False,
+            top_p=None,
+            top_k=None,
+            temperature=None,
+        )
+    return out[0, len(prompt) :].tolist()
 
 
 def byte_level_chars() -> dict[str, int]:

@@ -16,8 +16,11 @@ async def test_chunks_come_back_in_the_order_stored_per_conversation(engine: Asy
     await store.remember("c1", "run-c", [("user", "and my dog?"), ("assistant", "tell me")])
     got = await store.recall("c1")
     assert [(c.role, c.text, c.run_id) for c in got] == [
-        ("user", "my cat is Miso", "run-a"), ("assistant", "noted", "run-a"),
-        ("user", "and my dog?", "run-c"), ("assistant", "tell me", "run-c")]
+        ("user", "my cat is Miso", "run-a"),
+        ("assistant", "noted", "run-a"),
+        ("user", "and my dog?", "run-c"),
+        ("assistant", "tell me", "run-c"),
+    ]
     assert all(c.created_at.tzinfo is not None for c in got)
     assert [c.text for c in await store.recall("c2")] == ["unrelated"]
     assert await store.recall("unknown") == []

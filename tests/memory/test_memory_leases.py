@@ -69,8 +69,9 @@ class Upstream(ScriptedBackend):
 
 
 @contextlib.asynccontextmanager
-async def runner_on(db_url: str, db: Any, backend: Upstream, clock: Clock,
-                    lease_s: float = LEASE_S) -> AsyncIterator[Runner]:
+async def runner_on(
+    db_url: str, db: Any, backend: Upstream, clock: Clock, lease_s: float = LEASE_S
+) -> AsyncIterator[Runner]:
     """A runner as a server builds it (its own recorder and checkpointer) on the shared database."""
     settings = Settings(base_url="http://127.0.0.1:9/v1", db_url=db_url, run_lease_s=lease_s)
     registry = builtin_registry()
@@ -79,13 +80,21 @@ async def runner_on(db_url: str, db: Any, backend: Upstream, clock: Clock,
     recorder = SqlRecorder(db)
     recorder.start()
     async with open_checkpointer(db_url) as saver:
-        yield Runner(settings=settings, registry=registry, backends=backends, recorder=recorder,
-                     compiler=Compiler(registry, saver), clock=clock)
+        yield Runner(
+            settings=settings,
+            registry=registry,
+            backends=backends,
+            recorder=recorder,
+            compiler=Compiler(registry, saver),
+            clock=clock,
+        )
     await recorder.aclose()
 
 
 async def failed_run(runner: Runner) -> str:
-    prep = await runner.prepare({"model": "none&none-m", "messages": [{"role": "user", "content": "q"}]}, client_key=None)
+    prep = await runner.prepare(
+        {"model": "none&none-m", "messages": [{"role": "user", "content": "q"}]}, client_key=None
+    )
     with pytest.raises(UpstreamError):
         await runner.complete(prep)
     await runner.recorder.flush()
@@ -154,8 +163,10 @@ async def test_a_failed_resume_releases_its_lease(db_url: str, db: Any) -> None:
 
 async def test_a_live_resume_renews_its_lease(db_url: str, db: Any) -> None:
     backend, clock = Upstream(), Clock()
-    async with runner_on(db_url, db, backend, clock, lease_s=0.3) as a, \
-            runner_on(db_url, db, backend, clock, lease_s=0.3) as b:
+    async with (
+        runner_on(db_url, db, backend, clock, lease_s=0.3) as a,
+        runner_on(db_url, db, backend, clock, lease_s=0.3) as b,
+    ):
         run_id = await failed_run(a)
         backend.down, backend.gated = False, True
         first = asyncio.create_task(resume.resume_run(a, run_id, db=db))

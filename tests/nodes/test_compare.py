@@ -59,8 +59,12 @@ def seeded(texts, node, *, state=PairwiseState, fan_out=None):
     """A graph that seeds candidates, then runs `node` (or a fan-out to it) and, for pairs, the tally."""
 
     async def seed(state):
-        return {"candidates": [{"index": i, "text": t, "message": {"role": "assistant", "content": t},
-                                "finish_reason": "stop"} for i, t in enumerate(texts)]}
+        return {
+            "candidates": [
+                {"index": i, "text": t, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                for i, t in enumerate(texts)
+            ]
+        }
 
     graph = StateGraph(state, context_schema=RunContext)
     graph.add_node("seed", seed)
@@ -135,8 +139,9 @@ async def test_every_ordered_pair_is_judged_and_the_most_wins_is_chosen():
     backend = ScriptedBackend(judge_preferring("B"))
     state, _ = await run_approach(seeded(texts, None, fan_out=pairs_each), QUESTION, backend, params={})
     assert len(backend.calls) == 6  # k * (k - 1) ordered pairs
-    shown = sorted((last_user(b).split("Response 1:\n")[1][0], last_user(b).split("Response 2:\n")[1][0])
-                   for b in backend.calls)
+    shown = sorted(
+        (last_user(b).split("Response 1:\n")[1][0], last_user(b).split("Response 2:\n")[1][0]) for b in backend.calls
+    )
     assert shown == [("A", "B"), ("A", "C"), ("B", "A"), ("B", "C"), ("C", "A"), ("C", "B")]
     assert state["answers"][0]["message"]["content"] == "B"
     assert {s["index"]: s["score"] for s in state["scores"]} == {0: 1.0, 1: 4.0, 2: 1.0}
@@ -156,8 +161,9 @@ async def test_failed_and_unreadable_pairs_count_for_no_one():
             return UpstreamError("flaky")
         return "Hard to say." if prompt.split("Response 1:\n")[1][0] == "B" else "[[1]]"
 
-    state, _ = await run_approach(seeded(["A", "B", "C"], None, fan_out=pairs_each), QUESTION,
-                                  ScriptedBackend(respond), params={})
+    state, _ = await run_approach(
+        seeded(["A", "B", "C"], None, fan_out=pairs_each), QUESTION, ScriptedBackend(respond), params={}
+    )
     assert state["answers"][0]["message"]["content"] == "C"
     assert sum("failed: flaky" in n for n in state["notes"]) == 2
     assert sum("no winner named" in n for n in state["notes"]) == 2
@@ -171,8 +177,11 @@ def test_wins_tally():
 
 
 def test_pairs_each_maps_parameters():
-    state = {"messages": QUESTION, "candidates": [{"index": 0, "text": "a"}, {"index": 1, "text": "b"}],
-             "params": {"x": 1}}
+    state = {
+        "messages": QUESTION,
+        "candidates": [{"index": 0, "text": "a"}, {"index": 1, "text": "b"}],
+        "params": {"x": 1},
+    }
     sends = pairs_each(state, params={"comparison_temperature": 0.0})
     assert len(sends) == 2 and all(s.arg["params"] == {"comparison_temperature": 0.0} for s in sends)
     assert pairs_each(state)[0].arg["params"] == {"x": 1}

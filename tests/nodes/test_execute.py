@@ -16,15 +16,18 @@ from optigraph.sandbox import run_python
 PROGRAM = "print(6 * 7)"
 
 
-@pytest.mark.parametrize(("text", "code"), [
-    (f"Here:\n```python\n{PROGRAM}\n```\nDone.", PROGRAM),
-    (f"```py\nprint(1)\n```\nthen the real one\n```python\n{PROGRAM}\n```", PROGRAM),  # the last Python block
-    (f"```text\nnot code\n```\n```\n{PROGRAM}\n```", PROGRAM),  # else the last unlabelled one
-    (f"<think>```python\nprint('draft')\n```</think>\n```python\n{PROGRAM}\n```", PROGRAM),
-    (f"Cut off mid-program:\n```python\n{PROGRAM}\nprint(", f"{PROGRAM}\nprint("),
-    ("No code at all.", None),
-    ("```python\n\n```", None),
-])
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        (f"Here:\n```python\n{PROGRAM}\n```\nDone.", PROGRAM),
+        (f"```py\nprint(1)\n```\nthen the real one\n```python\n{PROGRAM}\n```", PROGRAM),  # the last Python block
+        (f"```text\nnot code\n```\n```\n{PROGRAM}\n```", PROGRAM),  # else the last unlabelled one
+        (f"<think>```python\nprint('draft')\n```</think>\n```python\n{PROGRAM}\n```", PROGRAM),
+        (f"Cut off mid-program:\n```python\n{PROGRAM}\nprint(", f"{PROGRAM}\nprint("),
+        ("No code at all.", None),
+        ("```python\n\n```", None),
+    ],
+)
 def test_extract_code(text, code):
     assert (extract_code(text) or None) == (code + "\n" if code and not code.endswith("(") else code)
 
@@ -43,13 +46,16 @@ async def test_a_successful_run_is_recorded():
     assert update["notes"] == [f"execute: run 1 succeeded in {record['seconds']:.2f} s"]
 
 
-@pytest.mark.parametrize(("code", "kind", "hint"), [
-    ("raise ValueError('bad input')", "error", "ValueError: bad input"),
-    ("x = 1", "no_output", "printed nothing"),
-    ("print(open('/etc/passwd').read())", "forbidden", "/etc/passwd"),
-    ("while True:\n    pass", "timeout", "time limit"),
-    ("def broken(:\n    pass", "error", "SyntaxError"),
-])
+@pytest.mark.parametrize(
+    ("code", "kind", "hint"),
+    [
+        ("raise ValueError('bad input')", "error", "ValueError: bad input"),
+        ("x = 1", "no_output", "printed nothing"),
+        ("print(open('/etc/passwd').read())", "forbidden", "/etc/passwd"),
+        ("while True:\n    pass", "timeout", "time limit"),
+        ("def broken(:\n    pass", "error", "SyntaxError"),
+    ],
+)
 async def test_failures_are_recorded_not_raised(code, kind, hint):
     update = await execute(code, node="execute", attempt=2, level="strict", timeout_s=2)
     [record] = update["executions"]
@@ -61,8 +67,9 @@ async def test_failures_are_recorded_not_raised(code, kind, hint):
 async def test_without_a_required_layer_nothing_runs_and_the_note_says_why(tmp_path, monkeypatch):
     # the sandbox as on a kernel without namespaces and Landlock (and the hook off): only the level's
     # check stands between the program and a file next to the test
-    monkeypatch.setattr(execute_module, "run_python",
-                        partial(run_python, withhold_layers=("namespaces", "landlock"), audit_guard=False))
+    monkeypatch.setattr(
+        execute_module, "run_python", partial(run_python, withhold_layers=("namespaces", "landlock"), audit_guard=False)
+    )
     sentinel = tmp_path / "ran.txt"
     code = f"open({str(sentinel)!r}, 'w').write('ran')\nprint('ran')"
 

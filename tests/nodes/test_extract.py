@@ -47,9 +47,19 @@ def test_think_blocks_are_ignored():
 
 @pytest.mark.parametrize(
     ("raw", "normal"),
-    [("1,000", "1000"), ("1000.0", "1000"), ("$1,000", "1000"), ("0.50", "0.5"), ("-3", "-3"),
-     ("50%", "50"), ("**42**", "42"), (r"\text{Paris}", "paris"), ("(b)", "b"), ("Paris.", "paris"),
-     ("  New   York ", "new york")],
+    [
+        ("1,000", "1000"),
+        ("1000.0", "1000"),
+        ("$1,000", "1000"),
+        ("0.50", "0.5"),
+        ("-3", "-3"),
+        ("50%", "50"),
+        ("**42**", "42"),
+        (r"\text{Paris}", "paris"),
+        ("(b)", "b"),
+        ("Paris.", "paris"),
+        ("  New   York ", "new york"),
+    ],
 )
 def test_normalize_answer(raw, normal):
     assert normalize_answer(raw) == normal

@@ -32,6 +32,7 @@ MESSAGES = [
 
 # ---- parse_list -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -71,9 +72,14 @@ def test_numbered():
 
 # ---- messages -------------------------------------------------------------------------------------
 
+
 def test_messages_keep_the_conversation_and_carry_the_query():
-    for built in (observations_messages(MESSAGES, 3), derive_messages(MESSAGES, ["o1", "o2"], 2),
-                  sketch_messages(MESSAGES, ["o1"]), follow_plan_messages(MESSAGES, "the plan")):
+    for built in (
+        observations_messages(MESSAGES, 3),
+        derive_messages(MESSAGES, ["o1", "o2"], 2),
+        sketch_messages(MESSAGES, ["o1"]),
+        follow_plan_messages(MESSAGES, "the plan"),
+    ):
         assert built[:3] == MESSAGES[:3]
         assert built[3]["role"] == "user" and "Count the inversions of an array." in built[3]["content"]
     assert "write 3 useful" in observations_messages(MESSAGES, 3)[-1]["content"]
@@ -81,7 +87,8 @@ def test_messages_keep_the_conversation_and_carry_the_query():
     assert "1. o1\n2. o2" in derive_prompt and "derive 2 new observations" in derive_prompt
     assert "1. o1" in sketch_messages(MESSAGES, ["o1"])[-1]["content"]
     assert sketch_messages(MESSAGES, [])[-1]["content"] == plan.SKETCH_PROMPT_UNOBSERVED.format(
-        query="Count the inversions of an array.")
+        query="Count the inversions of an array."
+    )
     assert "the plan" in follow_plan_messages(MESSAGES, "the plan")[-1]["content"]
 
 
@@ -98,6 +105,7 @@ def test_prompts_are_not_only_for_competitive_programming():
 
 
 # ---- nodes ----------------------------------------------------------------------------------------
+
 
 class S(ApproachState, total=False):
     observations: list[str]
@@ -134,7 +142,9 @@ def responder(body):
 
 async def test_observe_derive_sketch_nodes_over_state_keys():
     backend = ScriptedBackend(responder)
-    graph = chain(plan.observe_node(), plan.derive_node(), plan.sketch_node(sources=("observations", "derived_observations")))
+    graph = chain(
+        plan.observe_node(), plan.derive_node(), plan.sketch_node(sources=("observations", "derived_observations"))
+    )
     state = await run(graph, backend, {"num_observations": 2, "num_derived": 1})
     assert state["observations"] == ["sorted halves merge", "counts add up"]  # limited to 2
     assert state["derived_observations"] == ["merge counts cross pairs"]
@@ -151,8 +161,11 @@ async def test_observe_derive_sketch_nodes_over_state_keys():
 
 async def test_planning_parameters_override_the_defaults():
     backend = ScriptedBackend(responder)
-    await run(chain(plan.observe_node()), backend,
-              {"num_observations": 3, "planning_temperature": 0.2, "planning_max_tokens": 99})
+    await run(
+        chain(plan.observe_node()),
+        backend,
+        {"num_observations": 3, "planning_temperature": 0.2, "planning_max_tokens": 99},
+    )
     assert backend.calls[0]["temperature"] == 0.2 and backend.calls[0]["max_tokens"] == 99
 
 
@@ -160,7 +173,9 @@ async def test_derive_makes_no_call_without_observations_or_count():
     backend = ScriptedBackend(responder)
     state = await run(chain(plan.derive_node()), backend, {"num_derived": 2})
     assert state["derived_observations"] == [] and backend.calls == []
-    state = await run(chain(plan.observe_node(), plan.derive_node()), backend, {"num_observations": 3, "num_derived": 0})
+    state = await run(
+        chain(plan.observe_node(), plan.derive_node()), backend, {"num_observations": 3, "num_derived": 0}
+    )
     assert state["derived_observations"] == [] and len(backend.calls) == 1
 
 
@@ -177,7 +192,9 @@ async def test_failed_and_unparsable_steps_are_noted_not_fatal():
     assert any("observe: observations failed: observer down" in n for n in state["notes"])
     assert any("sketch: the plan came back empty" in n for n in state["notes"])
     # the sketch was asked without observations
-    assert last_user(backend.calls[-1]) == plan.SKETCH_PROMPT_UNOBSERVED.format(query="Count the inversions of an array.")
+    assert last_user(backend.calls[-1]) == plan.SKETCH_PROMPT_UNOBSERVED.format(
+        query="Count the inversions of an array."
+    )
 
     backend = ScriptedBackend(lambda body: "I cannot think of anything useful here.\n\nSorry.")
     state = await run(chain(plan.observe_node()), backend, {"num_observations": 3})

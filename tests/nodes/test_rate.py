@@ -45,8 +45,15 @@ def test_rating_messages_show_the_candidate_as_the_answer():
 
 
 def test_tool_calls_are_written_out_for_the_rater():
-    candidate = {"index": 0, "text": "", "message": {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2}'}}]}}
+    candidate = {
+        "index": 0,
+        "text": "",
+        "message": {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2}'}}],
+        },
+    }
     out = rating_messages([{"role": "user", "content": "q"}], candidate)
     assert out[1]["content"] == '[tool call] add({"a": 2})'
 

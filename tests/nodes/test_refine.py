@@ -37,8 +37,10 @@ def current(body):
 
 async def test_solutions_are_rewritten_from_their_feedback_with_the_client_parameters():
     backend = ScriptedBackend(lambda body: f"fixed {current(body)}")
-    jobs = [{"id": 0, "text": "48", "feedback": "- 6 x 7 is not 48", "round": 3, "temperature": 0.48},
-            {"id": 5, "text": "41", "feedback": ""}]
+    jobs = [
+        {"id": 0, "text": "48", "feedback": "- 6 x 7 is not 48", "round": 3, "temperature": 0.48},
+        {"id": 5, "text": "41", "feedback": ""},
+    ]
     state = await run(backend, jobs, request={"temperature": 0.9, "max_tokens": 64, "tools": TOOLS})
     got = {r["id"]: (r["text"], r["round"], r["kind"]) for r in state["refined"]}
     assert got == {0: ("fixed 48", 3, "solution"), 5: ("fixed 41", 0, "solution")}
@@ -83,5 +85,8 @@ async def test_rewrites_run_concurrently():
 
 async def test_budget_exceeded_propagates():
     with pytest.raises(BudgetExceeded):
-        await run(ScriptedBackend(lambda body: "x"), [{"id": i, "text": "t", "feedback": "f"} for i in range(3)],
-                  budget=Budget(max_calls=1))
+        await run(
+            ScriptedBackend(lambda body: "x"),
+            [{"id": i, "text": "t", "feedback": "f"} for i in range(3)],
+            budget=Budget(max_calls=1),
+        )

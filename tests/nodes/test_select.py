@@ -14,7 +14,9 @@ def test_first_on_ties():
 
 
 def test_none_scores_are_ignored_unless_all_none():
-    assert best_index(CANDS, [{"index": 0, "score": None}, {"index": 1, "score": 0.0}, {"index": 2, "score": None}]) == 1
+    assert (
+        best_index(CANDS, [{"index": 0, "score": None}, {"index": 1, "score": 0.0}, {"index": 2, "score": None}]) == 1
+    )
     assert best_index(CANDS, [{"index": 0, "score": None}, {"index": 1, "score": None}]) == 0
     assert best_index(CANDS, []) == 0
 

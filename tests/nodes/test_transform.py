@@ -2,7 +2,11 @@ from optigraph.nodes.transform import reread, with_system_instructions
 
 
 def test_reread_repeats_the_last_user_question():
-    messages = [{"role": "user", "content": "old"}, {"role": "assistant", "content": "x"}, {"role": "user", "content": "Q?"}]
+    messages = [
+        {"role": "user", "content": "old"},
+        {"role": "assistant", "content": "x"},
+        {"role": "user", "content": "Q?"},
+    ]
     out = reread(messages)
     assert out[2]["content"] == "Q?\nRead the question again: Q?"
     assert out[:2] == messages[:2]
@@ -18,7 +22,9 @@ def test_reread_keeps_non_text_parts():
 
 
 def test_system_instructions_are_appended_or_added():
-    out = with_system_instructions([{"role": "system", "content": "Be kind."}, {"role": "user", "content": "q"}], "THINK")
+    out = with_system_instructions(
+        [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "q"}], "THINK"
+    )
     assert out[0] == {"role": "system", "content": "Be kind.\n\nTHINK"}
     out = with_system_instructions([{"role": "user", "content": "q"}], "THINK")
     assert out == [{"role": "system", "content": "THINK"}, {"role": "user", "content": "q"}]

@@ -59,7 +59,9 @@ def test_scores_and_issues():
     assert parse_issues(report) == ["step 2 drops a sign", "no units"]
     assert parse_labelled_score(report) == 3.0
     assert parse_issues("Issues: slip in step 3; answer not boxed\nScore: 2\nVerdict: INCORRECT") == [
-        "slip in step 3", "answer not boxed"]
+        "slip in step 3",
+        "answer not boxed",
+    ]
     assert parse_issues("Issues: none\nScore: 9\nVerdict: CORRECT") == []
     assert parse_issues("Verdict: CORRECT") == []
     assert parse_labelled_score("Verdict: CORRECT") is None
@@ -97,9 +99,11 @@ def by_candidate(body):
 
 
 async def test_each_candidate_is_checked_in_a_fresh_request():
-    replies = {"42": "Fine.\nIssues: none\nScore: 9\nVerdict: CORRECT",
-               "48": "Issues: 6 x 7 is 42\nScore: 1\nVerdict: INCORRECT",
-               "6 x 7 = 42": "The solution is correct."}
+    replies = {
+        "42": "Fine.\nIssues: none\nScore: 9\nVerdict: CORRECT",
+        "48": "Issues: 6 x 7 is 42\nScore: 1\nVerdict: INCORRECT",
+        "6 x 7 = 42": "The solution is correct.",
+    }
     backend = ScriptedBackend(lambda body: replies[by_candidate(body)])
     request = {"temperature": 0.9, "max_tokens": 50, "tools": [{"type": "function", "function": {"name": "f"}}]}
     state = await run(backend, request=request)

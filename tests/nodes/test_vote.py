@@ -54,13 +54,18 @@ def test_vote_on_nothing_is_an_error():
 
 # ---- voting over tool calls -------------------------------------------------------------------
 
+
 def call(name, arguments, id_="c"):
     return {"id": id_, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def tool_candidate(index, *calls, text=""):
-    return {"index": index, "text": text, "message": {"role": "assistant", "content": text or None, "tool_calls": list(calls)},
-            "finish_reason": "tool_calls"}
+    return {
+        "index": index,
+        "text": text,
+        "message": {"role": "assistant", "content": text or None, "tool_calls": list(calls)},
+        "finish_reason": "tool_calls",
+    }
 
 
 def test_tool_call_keys_ignore_spelling_of_the_json_and_call_order():

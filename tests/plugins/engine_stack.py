@@ -15,14 +15,21 @@ from optigraph.memory.conversations import ConversationStore
 from optigraph.memory.records import NullRecorder
 
 
-def make_runner(backend: Backend, *, registry: Registry | None = None, store: ConversationStore | None = None,
-                **settings: Any) -> Runner:
+def make_runner(
+    backend: Backend, *, registry: Registry | None = None, store: ConversationStore | None = None, **settings: Any
+) -> Runner:
     s = Settings(base_url="http://127.0.0.1:9/v1", db_url="sqlite:///unused.db", **settings)
     registry = registry or builtin_registry()
     backends = Backends(s)
     backends.for_model = lambda model: (backend, model)  # type: ignore[method-assign]
-    return Runner(settings=s, registry=registry, backends=backends, recorder=NullRecorder(),
-                  compiler=Compiler(registry, None, default=s.approach), store=store)
+    return Runner(
+        settings=s,
+        registry=registry,
+        backends=backends,
+        recorder=NullRecorder(),
+        compiler=Compiler(registry, None, default=s.approach),
+        store=store,
+    )
 
 
 async def ask(runner: Runner, body: dict[str, Any]) -> dict[str, Any]:
@@ -41,5 +48,9 @@ async def ask_streamed(runner: Runner, body: dict[str, Any]) -> list[dict[str, A
 
 
 def streamed_text(chunks: list[dict[str, Any]], choice: int = 0) -> str:
-    return "".join((c.get("delta") or {}).get("content") or "" for ch in chunks for c in ch.get("choices") or []
-                   if c.get("index") == choice)
+    return "".join(
+        (c.get("delta") or {}).get("content") or ""
+        for ch in chunks
+        for c in ch.get("choices") or []
+        if c.get("index") == choice
+    )

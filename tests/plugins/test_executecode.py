@@ -29,8 +29,9 @@ async def run_state(runner: Runner, body: dict[str, Any]) -> dict[str, Any]:
         prep = await prep
     assert prep.compiled is not None
     state = prep.compiled.input(messages=prep.messages, request=prep.request, params=prep.params, stream_choice=None)
-    return await prep.compiled.graph.ainvoke(state, {"configurable": {"thread_id": prep.run_id}},
-                                             context=runner.context(prep.run_id, prep.llm, None))
+    return await prep.compiled.graph.ainvoke(
+        state, {"configurable": {"thread_id": prep.run_id}}, context=runner.context(prep.run_id, prep.llm, None)
+    )
 
 
 def content(state: dict[str, Any]) -> str:
@@ -45,9 +46,16 @@ def test_only_blocks_labelled_python_make_the_program() -> None:
 
 async def test_the_requests_code_runs_and_the_model_sees_its_output() -> None:
     backend = ScriptedBackend(lambda body: "The sum is 385.")
-    question = [{"role": "system", "content": "Be brief."},
-                {"role": "user", "content": [{"type": "text", "text": f"What does this print?\n{SQUARES}"},
-                                             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]}]
+    question = [
+        {"role": "system", "content": "Be brief."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": f"What does this print?\n{SQUARES}"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}},
+            ],
+        },
+    ]
     state = await run_state(make_runner(backend), {"model": "executecode&none-m", "messages": question})
 
     [call] = backend.calls
@@ -63,8 +71,10 @@ async def test_the_requests_code_runs_and_the_model_sees_its_output() -> None:
 
 async def test_a_failing_request_program_shows_the_model_its_error() -> None:
     backend = ScriptedBackend(lambda body: "It divides by zero.")
-    body = {"model": "executecode&none-m",
-            "messages": [{"role": "user", "content": "Why does this fail?\n```python\nprint(1 / 0)\n```"}]}
+    body = {
+        "model": "executecode&none-m",
+        "messages": [{"role": "user", "content": "Why does this fail?\n```python\nprint(1 / 0)\n```"}],
+    }
     await run_state(make_runner(backend), body)
     sent = last_user(backend.calls[0])
     assert "did not finish normally (error)" in sent and "ZeroDivisionError" in sent
@@ -72,9 +82,16 @@ async def test_a_failing_request_program_shows_the_model_its_error() -> None:
 
 async def test_the_time_limit_is_a_parameter_and_a_stopped_program_says_so() -> None:
     backend = ScriptedBackend(lambda body: "It never ends.")
-    body = {"model": "executecode&none-m", "optillm_params": {"executecode": {"timeout_s": 1}},
-            "messages": [{"role": "user", "content": "What about this?\n```python\nprint('start', flush=True)\n"
-                                                     "while True:\n    pass\n```"}]}
+    body = {
+        "model": "executecode&none-m",
+        "optillm_params": {"executecode": {"timeout_s": 1}},
+        "messages": [
+            {
+                "role": "user",
+                "content": "What about this?\n```python\nprint('start', flush=True)\nwhile True:\n    pass\n```",
+            }
+        ],
+    }
     state = await run_state(make_runner(backend), body)
     sent = last_user(backend.calls[0])
     assert "did not finish normally (timeout)" in sent and "start" in sent
@@ -91,23 +108,29 @@ def answers_with_code(body: dict[str, Any]) -> str:
 async def test_code_in_the_answer_runs_and_the_final_answer_uses_its_output() -> None:
     backend = ScriptedBackend(answers_with_code)
     question = [{"role": "user", "content": "What is 2**100 mod 97?"}]
-    state = await run_state(make_runner(backend), {"model": "executecode&none-m", "messages": question,
-                                                   "temperature": 0.3})
+    state = await run_state(
+        make_runner(backend), {"model": "executecode&none-m", "messages": question, "temperature": 0.3}
+    )
     assert len(backend.calls) == 2  # the wrapped answer and one follow-up
     follow_up = backend.calls[1]
     assert follow_up["messages"][0] == question[0]
     assert follow_up["messages"][1]["role"] == "assistant" and "```python" in follow_up["messages"][1]["content"]
     assert follow_up["temperature"] == 0.3
-    assert content(state) == f"The answer is {2 ** 100 % 97}."
+    assert content(state) == f"The answer is {2**100 % 97}."
     notes = " ".join(state["notes"])
     assert "executecode.post[0]: run 1 succeeded" in notes and "rewritten from its program's output" in notes
 
 
 async def test_max_rounds_zero_leaves_the_answer_and_runs_nothing() -> None:
     backend = ScriptedBackend(answers_with_code)
-    state = await run_state(make_runner(backend), {
-        "model": "executecode&none-m", "optillm_params": {"executecode": {"max_rounds": 0}},
-        "messages": [{"role": "user", "content": "What is 2**100 mod 97?"}]})
+    state = await run_state(
+        make_runner(backend),
+        {
+            "model": "executecode&none-m",
+            "optillm_params": {"executecode": {"max_rounds": 0}},
+            "messages": [{"role": "user", "content": "What is 2**100 mod 97?"}],
+        },
+    )
     assert len(backend.calls) == 1
     assert "```python" in content(state)
 
@@ -124,8 +147,9 @@ async def test_escape_attempts_in_an_answer_are_refused_and_the_answer_stays(att
     target = tmp_path / "outside.txt"
     reply = f"Here:\n```python\n{ESCAPES[attack].format(path=str(target))}\n```"
     backend = ScriptedBackend(lambda body: reply)
-    state = await run_state(make_runner(backend), {"model": "executecode&none-m",
-                                                   "messages": [{"role": "user", "content": "Try it."}]})
+    state = await run_state(
+        make_runner(backend), {"model": "executecode&none-m", "messages": [{"role": "user", "content": "Try it."}]}
+    )
     assert len(backend.calls) == 1  # no follow-up: nothing ran to completion
     assert content(state) == reply
     assert not target.exists()
@@ -138,19 +162,22 @@ async def test_escape_attempts_in_an_answer_are_refused_and_the_answer_stays(att
 @pytest.fixture
 def no_namespaces_or_landlock(monkeypatch: pytest.MonkeyPatch) -> None:
     """The sandbox as on a kernel that offers neither namespaces nor Landlock (the hook off too)."""
-    monkeypatch.setattr(execute_module, "run_python",
-                        partial(run_python, withhold_layers=("namespaces", "landlock"), audit_guard=False))
+    monkeypatch.setattr(
+        execute_module, "run_python", partial(run_python, withhold_layers=("namespaces", "landlock"), audit_guard=False)
+    )
 
 
-async def test_a_sandbox_missing_a_required_layer_runs_nothing_and_says_why(tmp_path: Path,
-                                                                           no_namespaces_or_landlock: None) -> None:
+async def test_a_sandbox_missing_a_required_layer_runs_nothing_and_says_why(
+    tmp_path: Path, no_namespaces_or_landlock: None
+) -> None:
     sentinel = tmp_path / "ran.txt"
     program = f"open({str(sentinel)!r}, 'w').write('ran')\nprint(42)"
     question = f"Run this:\n```python\n{program}\n```"
     reply = f"I would run:\n```python\n{program}\n```"
     backend = ScriptedBackend(lambda body: reply)
-    state = await run_state(make_runner(backend), {"model": "executecode&none-m",
-                                                   "messages": [{"role": "user", "content": question}]})
+    state = await run_state(
+        make_runner(backend), {"model": "executecode&none-m", "messages": [{"role": "user", "content": question}]}
+    )
     assert not sentinel.exists()
     assert len(backend.calls) == 1
     assert last_user(backend.calls[0]) == question  # nothing said about an output that does not exist

@@ -14,9 +14,14 @@ SCHEMA = {
     "type": "object",
     "properties": {
         "city": {"type": "string"},
-        "stops": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"},
-                                                                           "minutes": {"type": "integer"}},
-                                             "required": ["name", "minutes"]}},
+        "stops": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "minutes": {"type": "integer"}},
+                "required": ["name", "minutes"],
+            },
+        },
     },
     "required": ["city", "stops"],
     "additionalProperties": False,
@@ -38,10 +43,13 @@ def test_schema_errors_name_the_place() -> None:
 
 
 async def test_an_invalid_answer_is_repaired_once_and_validates() -> None:
-    backend = ScriptedBackend(replies('Sure! {"city": "Lyon", "stops": [{"name": "Fourviere"}]}',
-                                      "```json\n" + json.dumps(VALID) + "\n```"))
-    response = await ask(make_runner(backend), {"model": "json&none-m", "response_format": FORMAT,
-                                                "messages": [{"role": "user", "content": "Plan a trip."}]})
+    backend = ScriptedBackend(
+        replies('Sure! {"city": "Lyon", "stops": [{"name": "Fourviere"}]}', "```json\n" + json.dumps(VALID) + "\n```")
+    )
+    response = await ask(
+        make_runner(backend),
+        {"model": "json&none-m", "response_format": FORMAT, "messages": [{"role": "user", "content": "Plan a trip."}]},
+    )
     assert json.loads(response["choices"][0]["message"]["content"]) == VALID
     assert len(backend.calls) == 2
     repair = backend.calls[1]["messages"]
@@ -52,8 +60,10 @@ async def test_an_invalid_answer_is_repaired_once_and_validates() -> None:
 
 async def test_a_valid_answer_costs_no_extra_call() -> None:
     backend = ScriptedBackend(lambda body: json.dumps(VALID))
-    response = await ask(make_runner(backend), {"model": "json&none-m", "response_format": FORMAT,
-                                                "messages": [{"role": "user", "content": "Plan a trip."}]})
+    response = await ask(
+        make_runner(backend),
+        {"model": "json&none-m", "response_format": FORMAT, "messages": [{"role": "user", "content": "Plan a trip."}]},
+    )
     assert json.loads(response["choices"][0]["message"]["content"]) == VALID
     assert len(backend.calls) == 1
 
@@ -62,23 +72,32 @@ async def test_an_answer_that_stays_invalid_is_an_error_not_a_bad_answer() -> No
     backend = ScriptedBackend(lambda body: "I cannot do JSON.")
     runner = make_runner(backend)
     with pytest.raises(InvalidModelOutput) as info:
-        await ask(runner, {"model": "json&none-m", "response_format": {"type": "json_object"},
-                           "messages": [{"role": "user", "content": "Plan a trip."}]})
+        await ask(
+            runner,
+            {
+                "model": "json&none-m",
+                "response_format": {"type": "json_object"},
+                "messages": [{"role": "user", "content": "Plan a trip."}],
+            },
+        )
     assert info.value.status == 502 and info.value.code == "invalid_model_output"
     assert len(backend.calls) == 2  # the answer and one repair
 
 
 async def test_without_response_format_answers_pass_through() -> None:
     backend = ScriptedBackend(lambda body: "plain text")
-    response = await ask(make_runner(backend), {"model": "json&none-m",
-                                                "messages": [{"role": "user", "content": "hi"}]})
+    response = await ask(
+        make_runner(backend), {"model": "json&none-m", "messages": [{"role": "user", "content": "hi"}]}
+    )
     assert response["choices"][0]["message"]["content"] == "plain text"
 
 
 async def test_on_a_backend_without_structured_output_the_format_is_asked_for_in_words() -> None:
     backend = ScriptedBackend(replies("not json", json.dumps(VALID)), capabilities={"local": True})
-    response = await ask(make_runner(backend), {"model": "json&none-m", "response_format": FORMAT,
-                                                "messages": [{"role": "user", "content": "Plan a trip."}]})
+    response = await ask(
+        make_runner(backend),
+        {"model": "json&none-m", "response_format": FORMAT, "messages": [{"role": "user", "content": "Plan a trip."}]},
+    )
     assert json.loads(response["choices"][0]["message"]["content"]) == VALID
     assert all("response_format" not in call for call in backend.calls)  # the local model would refuse it
     system = backend.calls[0]["messages"][0]
@@ -91,6 +110,8 @@ async def test_response_format_without_the_json_plugin_is_refused_on_the_local_m
 
     runner = make_runner(ScriptedBackend(capabilities={"local": True}))
     with pytest.raises(InvalidRequest) as info:
-        await runner.prepare({"model": "re2-m", "response_format": FORMAT, "messages": [{"role": "user", "content": "q"}]},
-                       client_key=None)
+        await runner.prepare(
+            {"model": "re2-m", "response_format": FORMAT, "messages": [{"role": "user", "content": "q"}]},
+            client_key=None,
+        )
     assert info.value.param == "response_format"

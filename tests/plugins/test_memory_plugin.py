@@ -23,8 +23,28 @@ from optigraph.plugins.retrieval import estimate_tokens, split_chunks
 CONTEXT = 4096  # the scripted model's context, in its own tokens (words, plus one per message)
 FACT = "The vault combination is 7-3-9-1, kept by Ingrid Halvorsen."
 QUESTION = "What is the vault combination, and who keeps it?"
-VOCAB = ["river", "stone", "market", "evening", "garden", "letter", "window", "harbor", "winter", "candle",
-         "bridge", "orchard", "lantern", "meadow", "thread", "copper", "valley", "island", "mirror", "ladder"]
+VOCAB = [
+    "river",
+    "stone",
+    "market",
+    "evening",
+    "garden",
+    "letter",
+    "window",
+    "harbor",
+    "winter",
+    "candle",
+    "bridge",
+    "orchard",
+    "lantern",
+    "meadow",
+    "thread",
+    "copper",
+    "valley",
+    "island",
+    "mirror",
+    "ladder",
+]
 
 
 def document(words: int, seed: int = 7) -> str:
@@ -53,14 +73,19 @@ async def store(tmp_path: Path) -> AsyncIterator[ConversationStore]:
 
 
 def body(messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
-    return {"model": "memory&none-small", "messages": messages,
-            **({"optillm_params": {"memory": params}} if params else {})}
+    return {
+        "model": "memory&none-small",
+        "messages": messages,
+        **({"optillm_params": {"memory": params}} if params else {}),
+    }
 
 
 async def test_a_document_ten_times_the_context_is_answered_from_its_relevant_chunks(store: ConversationStore) -> None:
     doc = document(60_000)
-    messages = [{"role": "system", "content": "Answer from this document.\n\n" + doc},
-                {"role": "user", "content": QUESTION}]
+    messages = [
+        {"role": "system", "content": "Answer from this document.\n\n" + doc},
+        {"role": "user", "content": QUESTION},
+    ]
     assert prompt_tokens({"messages": messages}) > 10 * CONTEXT
     backend = ScriptedBackend(small_model)
     out = await ask(make_runner(backend, store=store), body(messages, max_context_tokens=3000))
@@ -79,8 +104,9 @@ async def test_a_long_user_turn_keeps_its_question_last_and_word_for_word(store:
     doc = document(60_000, seed=3)
     text = "Here is the report.\n" + doc + "\n\n" + QUESTION
     backend = ScriptedBackend(small_model)
-    out = await ask(make_runner(backend, store=store), body([{"role": "user", "content": text}],
-                                                            max_context_tokens=3000))
+    out = await ask(
+        make_runner(backend, store=store), body([{"role": "user", "content": text}], max_context_tokens=3000)
+    )
     assert "7-3-9-1" in out["choices"][0]["message"]["content"]
     sent = backend.calls[0]["messages"][0]["content"]
     assert prompt_tokens(backend.calls[0]) <= CONTEXT
@@ -89,8 +115,12 @@ async def test_a_long_user_turn_keeps_its_question_last_and_word_for_word(store:
 
 
 async def test_a_short_conversation_goes_upstream_unchanged(store: ConversationStore) -> None:
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi " * 500},
-                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi " * 500},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye"},
+    ]
     backend = ScriptedBackend(lambda b: "ok")
     await ask(make_runner(backend, store=store), body(messages))
     assert backend.calls[0]["messages"] == messages
@@ -104,8 +134,14 @@ async def test_roles_fields_and_non_text_parts_are_kept(store: ConversationStore
         {"role": "user", "content": "Look it up.", "name": "ana"},
         {"role": "assistant", "content": None, "tool_calls": [tool_call]},
         {"role": "tool", "tool_call_id": "call_1", "content": document(20_000, seed=1)},
-        {"role": "user", "content": [{"type": "text", "text": "Appendix:\n" + document(20_000, seed=2)}, image,
-                                     {"type": "text", "text": "\n" + QUESTION}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Appendix:\n" + document(20_000, seed=2)},
+                image,
+                {"type": "text", "text": "\n" + QUESTION},
+            ],
+        },
     ]
     backend = ScriptedBackend(small_model)
     await ask(make_runner(backend, store=store), body(messages, max_context_tokens=3000))
@@ -131,8 +167,9 @@ async def test_streaming_passes_the_answer_through_as_it_comes(store: Conversati
 async def test_a_conversation_remembers_across_requests(store: ConversationStore) -> None:
     backend = ScriptedBackend(lambda b: "Noted." if b["choice_index"] == 0 and len(backend.calls) == 1 else "ok")
     runner = make_runner(backend, store=store)
-    await ask(runner, body([{"role": "user", "content": "My locker number is 4417 at the north gym."}],
-                           conversation="c-1"))
+    await ask(
+        runner, body([{"role": "user", "content": "My locker number is 4417 at the north gym."}], conversation="c-1")
+    )
     await ask(runner, body([{"role": "user", "content": "What is my locker number?"}], conversation="c-1"))
     await ask(runner, body([{"role": "user", "content": "What is my locker number?"}], conversation="c-2"))
     second, other = backend.calls[1]["messages"], backend.calls[2]["messages"]
@@ -149,13 +186,18 @@ async def test_memory_is_refused_by_a_runner_without_a_database() -> None:
     assert err.value.code == "approach_unsupported" and "store" in err.value.message
 
 
-@pytest.mark.parametrize("params,where", [
-    ({"overlap_tokens": 200, "chunk_tokens": 200}, "optillm_params.memory"),
-    ({"chunk_tokens": 5}, "optillm_params.memory.chunk_tokens"),
-    ({"conversation": ""}, "optillm_params.memory.conversation"),
-    ({"max_context_tokens": 300, "chunk_tokens": 200}, "optillm_params.memory"),
-])
-async def test_bad_parameters_are_a_400_naming_them(store: ConversationStore, params: dict[str, Any], where: str) -> None:
+@pytest.mark.parametrize(
+    "params,where",
+    [
+        ({"overlap_tokens": 200, "chunk_tokens": 200}, "optillm_params.memory"),
+        ({"chunk_tokens": 5}, "optillm_params.memory.chunk_tokens"),
+        ({"conversation": ""}, "optillm_params.memory.conversation"),
+        ({"max_context_tokens": 300, "chunk_tokens": 200}, "optillm_params.memory"),
+    ],
+)
+async def test_bad_parameters_are_a_400_naming_them(
+    store: ConversationStore, params: dict[str, Any], where: str
+) -> None:
     runner = make_runner(ScriptedBackend(), store=store)
     with pytest.raises(InvalidRequest) as err:
         await runner.prepare(body([{"role": "user", "content": "hi"}], **params), client_key=None)
@@ -166,10 +208,17 @@ async def test_a_document_sent_once_answers_later_questions_of_the_conversation(
     doc = document(60_000, seed=11)
     backend = ScriptedBackend(small_model)
     runner = make_runner(backend, store=store)
-    await ask(runner, body([{"role": "user", "content": "Keep this report.\n" + doc + "\n\nSummarise it."}],
-                           conversation="report", max_context_tokens=3000))
-    out = await ask(runner, body([{"role": "user", "content": QUESTION}], conversation="report",
-                                 max_context_tokens=3000))
+    await ask(
+        runner,
+        body(
+            [{"role": "user", "content": "Keep this report.\n" + doc + "\n\nSummarise it."}],
+            conversation="report",
+            max_context_tokens=3000,
+        ),
+    )
+    out = await ask(
+        runner, body([{"role": "user", "content": QUESTION}], conversation="report", max_context_tokens=3000)
+    )
     assert out["choices"][0]["message"]["content"] == "It is 7-3-9-1; Ingrid Halvorsen keeps it."
     sent = backend.calls[1]["messages"]
     assert [m["role"] for m in sent] == ["system", "user"] and prompt_tokens(backend.calls[1]) <= CONTEXT
@@ -179,8 +228,13 @@ async def test_a_document_sent_once_answers_later_questions_of_the_conversation(
 async def test_plugin_stacks_with_privacy_so_the_table_holds_placeholders(store: ConversationStore) -> None:
     backend = ScriptedBackend(lambda b: "Noted.")
     runner = make_runner(backend, store=store)
-    await ask(runner, {**body([{"role": "user", "content": "Mail me at jane.roe@example.org please."}],
-                              conversation="pii"), "model": "privacy&memory&none-small"})
+    await ask(
+        runner,
+        {
+            **body([{"role": "user", "content": "Mail me at jane.roe@example.org please."}], conversation="pii"),
+            "model": "privacy&memory&none-small",
+        },
+    )
     stored = " ".join(c.text for c in await store.recall("pii"))
     assert "jane.roe@example.org" not in stored and "[EMAIL_1]" in stored
 
@@ -192,5 +246,5 @@ def test_kept_chunks_are_joined_in_order_and_gaps_marked() -> None:
     out = _render(item, [4, 1, 2])
     body = out.split("\n\n", 1)[1]
     assert out.startswith(f"[memory: 3 of {len(chunks)} parts")
-    assert body == "\n\n".join(["[...]", text[chunks[1].start:chunks[2].end], "[...]", chunks[4].text, "[...]"])
+    assert body == "\n\n".join(["[...]", text[chunks[1].start : chunks[2].end], "[...]", chunks[4].text, "[...]"])
     assert _render(item, list(range(len(chunks)))).split("\n\n", 1)[1] == text.strip()

@@ -13,8 +13,13 @@ IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}
 CONVERSATION: list[dict[str, Any]] = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "What is the weather?"},
-    {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}
+        ],
+    },
     {"role": "tool", "tool_call_id": "c1", "content": "-3C, snow"},
     {"role": "user", "name": "kim", "content": [{"type": "text", "text": "And this picture?"}, IMAGE]},
 ]
@@ -38,10 +43,16 @@ async def test_the_second_stage_sees_every_turn_with_its_role_and_parts() -> Non
 
 
 async def test_an_answer_that_calls_tools_ends_the_pipeline_unchanged() -> None:
-    call = {"id": "t1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\": \"x\"}"}}
+    call = {"id": "t1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}}
     backend = ScriptedBackend(lambda body: {"content": None, "tool_calls": [call], "finish_reason": "tool_calls"})
-    response = await ask(make_runner(backend), {"model": "none&none-m", "messages": CONVERSATION[:2],
-                                                "tools": [{"type": "function", "function": {"name": "lookup"}}]})
+    response = await ask(
+        make_runner(backend),
+        {
+            "model": "none&none-m",
+            "messages": CONVERSATION[:2],
+            "tools": [{"type": "function", "function": {"name": "lookup"}}],
+        },
+    )
     assert len(backend.calls) == 1  # the second stage did not run: the client must run the tool first
     message = response["choices"][0]["message"]
     assert message["tool_calls"] == [call]

@@ -100,12 +100,15 @@ def test_a_drawn_key_differs_per_server_start() -> None:
     assert Settings().privacy_key.get_secret_value() != Settings().privacy_key.get_secret_value()
 
 
-@pytest.mark.parametrize("text", [
-    "card 4111 1111 1111 1112 is not a valid card number",  # fails the Luhn check
-    "IBAN DE00 3704 0044 0532 0130 00 has a wrong checksum",
-    "version 1.2.3.4 is not an address 999.1.1.1",
-    "there were 42 people and 7 dogs",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "card 4111 1111 1111 1112 is not a valid card number",  # fails the Luhn check
+        "IBAN DE00 3704 0044 0532 0130 00 has a wrong checksum",
+        "version 1.2.3.4 is not an address 999.1.1.1",
+        "there were 42 people and 7 dogs",
+    ],
+)
 def test_lookalikes_are_left_alone(text: str) -> None:
     anonymizer = Anonymizer()
     assert anonymizer.text(text) == text.replace("1.2.3.4", "[IP_1]")
@@ -115,9 +118,15 @@ def test_lookalikes_are_left_alone(text: str) -> None:
 def test_the_same_value_gets_the_same_placeholder_across_messages() -> None:
     anonymizer = Anonymizer()
     first = anonymizer.message({"role": "system", "content": "Mail bob@example.com"})
-    second = anonymizer.message({"role": "user", "content": [
-                                    {"type": "text", "text": "bob@example.com or amy@example.org"},
-                                                             {"type": "image_url", "image_url": {"url": "x"}}]})
+    second = anonymizer.message(
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "bob@example.com or amy@example.org"},
+                {"type": "image_url", "image_url": {"url": "x"}},
+            ],
+        }
+    )
     assert first["content"] == "Mail [EMAIL_1]"
     assert second["content"][0]["text"] == "[EMAIL_1] or [EMAIL_2]"
     assert second["content"][1] == {"type": "image_url", "image_url": {"url": "x"}}
@@ -128,7 +137,7 @@ def test_a_placeholder_split_across_chunks_is_restored(size: int) -> None:
     mapping = {"[EMAIL_1]": "bob@example.com", "[PHONE_12]": "+1 555 0100 200"}
     text = "Dear [EMAIL_1], call [PHONE_12] or [not a placeholder] [EMAIL_9]."
     restorer = Restorer(mapping)
-    pieces = [restorer.feed(text[i:i + size]) for i in range(0, len(text), size)]
+    pieces = [restorer.feed(text[i : i + size]) for i in range(0, len(text), size)]
     out = "".join(pieces) + restorer.flush()
     assert out == "Dear bob@example.com, call +1 555 0100 200 or [not a placeholder] [EMAIL_9]."
 
@@ -145,7 +154,7 @@ class CharStream(ScriptedBackend):
             for c in choices:
                 text = c["message"]["content"]
                 for i in range(0, len(text), 3):
-                    yield {**base, "choices": [{"index": c["index"], "delta": {"content": text[i:i + 3]}}]}
+                    yield {**base, "choices": [{"index": c["index"], "delta": {"content": text[i : i + 3]}}]}
                 yield {**base, "choices": [{"index": c["index"], "delta": {}, "finish_reason": "stop"}]}
             yield {**base, "choices": [], "usage": self._usage(body, choices)}
         finally:
@@ -170,8 +179,10 @@ async def test_the_upstream_sees_placeholders_and_the_client_the_originals() -> 
 
 async def test_a_name_after_a_cue_is_replaced_upstream_and_restored() -> None:
     backend = ScriptedBackend(lambda body: "Hello " + body["messages"][-1]["content"].split("is ")[1])
-    response = await ask(make_runner(backend), {"model": "privacy&none-m",
-                                                "messages": [{"role": "user", "content": "My name is Ada Lovelace"}]})
+    response = await ask(
+        make_runner(backend),
+        {"model": "privacy&none-m", "messages": [{"role": "user", "content": "My name is Ada Lovelace"}]},
+    )
     assert backend.calls[0]["messages"][0]["content"] == "My name is [NAME_1]"
     assert response["choices"][0]["message"]["content"] == "Hello Ada Lovelace"
 
@@ -198,22 +209,39 @@ def test_tool_call_arguments_are_anonymized_and_restored_as_json() -> None:
     assert restore_json('{"who": "[NAME_1]"}', {"[NAME_1]": 'Jane "JJ" Roe'}) == '{"who": "Jane \\"JJ\\" Roe"}'
 
 
-TOOLS = [{"type": "function", "function": {"name": "send_mail", "parameters": {
-    "type": "object", "properties": {"to": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {"name": "send_mail", "parameters": {"type": "object", "properties": {"to": {"type": "string"}}}},
+    }
+]
 
 
 def reply_with_a_tool_call(body: dict) -> dict:
     address = body["messages"][-1]["content"].split()[-1]
-    return {"content": None, "finish_reason": "tool_calls", "tool_calls": [{
-        "id": "call_1", "type": "function", "function": {"name": "send_mail", "arguments": f'{{"to": "{address}"}}'}}]}
+    return {
+        "content": None,
+        "finish_reason": "tool_calls",
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "send_mail", "arguments": f'{{"to": "{address}"}}'},
+            }
+        ],
+    }
 
 
 @pytest.mark.parametrize("streamed", [False, True])
 async def test_a_tool_call_gets_the_originals_and_the_user_field_stays_home(streamed: bool) -> None:
     backend = ScriptedBackend(reply_with_a_tool_call)
-    body = {"model": "privacy&none-m", "tools": TOOLS, "user": "jane.roe@example.org",
-            "metadata": {"who": "jane.roe@example.org"},
-            "messages": [{"role": "user", "content": "Mail bob@example.com"}]}
+    body = {
+        "model": "privacy&none-m",
+        "tools": TOOLS,
+        "user": "jane.roe@example.org",
+        "metadata": {"who": "jane.roe@example.org"},
+        "messages": [{"role": "user", "content": "Mail bob@example.com"}],
+    }
     runner = make_runner(backend)
     if streamed:
         chunks = await ask_streamed(runner, body)

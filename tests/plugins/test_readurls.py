@@ -69,8 +69,16 @@ def site() -> Starlette:
     async def article(request):  # noqa: ANN001
         return Response(ARTICLE, media_type="text/html; charset=utf-8")
 
-    return Starlette(routes=[Route("/page", page), Route("/meta", to_metadata), Route("/local", to_local),
-                             Route("/bin", binary), Route("/big", big), Route("/article", article)])
+    return Starlette(
+        routes=[
+            Route("/page", page),
+            Route("/meta", to_metadata),
+            Route("/local", to_local),
+            Route("/bin", binary),
+            Route("/big", big),
+            Route("/article", article),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +88,10 @@ def server() -> Iterator[ServerThread]:
 
 
 def test_html_is_reduced_to_its_visible_text() -> None:
-    assert html_text(PAGE) == "t\nOpening hours\nThe museum opens at 9:30 on Sundays." or \
-        html_text(PAGE) == "Opening hours\nThe museum opens at 9:30 on Sundays."
+    assert (
+        html_text(PAGE) == "t\nOpening hours\nThe museum opens at 9:30 on Sundays."
+        or html_text(PAGE) == "Opening hours\nThe museum opens at 9:30 on Sundays."
+    )
     assert "secret" not in html_text(PAGE) and "color" not in html_text(PAGE)
 
 
@@ -90,8 +100,17 @@ async def test_a_page_is_reduced_to_its_article(server: ServerThread) -> None:
         text = await fetch(client, f"{server.url}/article", allowed=Allowed(["127.0.0.1"]), max_bytes=100_000)
     assert "A couchette costs 79 euros one way" in text
     assert "fourth weekly departure if demand stays high" in text
-    for boilerplate in ("About us", "Subscribe", "cookies", "Most read", "Ten cheapest fares", "All rights reserved",
-                        "Privacy policy", "dataLayer", "display:flex"):
+    for boilerplate in (
+        "About us",
+        "Subscribe",
+        "cookies",
+        "Most read",
+        "Ten cheapest fares",
+        "All rights reserved",
+        "Privacy policy",
+        "dataLayer",
+        "display:flex",
+    ):
         assert boilerplate not in text, boilerplate
     assert "Home" not in text.split()
 
@@ -118,11 +137,21 @@ def test_urls_are_found_once_in_order_without_trailing_punctuation() -> None:
     assert find_urls(text, 1) == ["https://a.example/x"]
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1/", "http://[::1]/", "http://169.254.169.254/latest/meta-data/", "http://10.1.2.3/",
-    "http://192.168.0.1/", "http://localhost/", "http://[::ffff:127.0.0.1]/", "http://0.0.0.0/",
-    "file:///etc/passwd", "ftp://example.com/x",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/",
+        "http://[::1]/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.1.2.3/",
+        "http://192.168.0.1/",
+        "http://localhost/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://0.0.0.0/",
+        "file:///etc/passwd",
+        "ftp://example.com/x",
+    ],
+)
 async def test_non_public_addresses_and_other_schemes_are_refused(url: str) -> None:
     async with httpx.AsyncClient() as client:
         with pytest.raises(FetchRefused):
@@ -135,12 +164,15 @@ async def test_an_allow_listed_loopback_page_is_read(server: ServerThread) -> No
     assert "The museum opens at 9:30 on Sundays." in text
 
 
-@pytest.mark.parametrize(("path", "why"), [
-    ("/meta", "169.254.169.254"),  # a redirect into the metadata address is checked like the first hop
-    ("/local", "10.0.0.1"),  # into a private network
-    ("/bin", "content type"),
-    ("/big", "larger than"),
-])
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("/meta", "169.254.169.254"),  # a redirect into the metadata address is checked like the first hop
+        ("/local", "10.0.0.1"),  # into a private network
+        ("/bin", "content type"),
+        ("/big", "larger than"),
+    ],
+)
 async def test_each_hop_and_each_limit_is_enforced(server: ServerThread, path: str, why: str) -> None:
     async with httpx.AsyncClient() as client:
         with pytest.raises(FetchRefused, match=why):
@@ -150,16 +182,25 @@ async def test_each_hop_and_each_limit_is_enforced(server: ServerThread, path: s
 async def test_localhost_is_refused_by_name_even_when_its_address_is_allowed(server: ServerThread) -> None:
     async with httpx.AsyncClient() as client:
         with pytest.raises(FetchRefused, match="not a public address"):
-            await fetch(client, f"http://localhost:{server.url.rsplit(':', 1)[1]}/page", allowed=Allowed(["10.0.0.0/8"]),
-                        max_bytes=1000)
+            await fetch(
+                client,
+                f"http://localhost:{server.url.rsplit(':', 1)[1]}/page",
+                allowed=Allowed(["10.0.0.0/8"]),
+                max_bytes=1000,
+            )
 
 
 async def test_the_page_text_reaches_the_model_after_the_question(server: ServerThread) -> None:
     backend = ScriptedBackend(lambda body: "It opens at 9:30.")
     runner = make_runner(backend, readurls_allow=["127.0.0.1"])
     question = f"When does the museum open on Sundays? {server.url}/page"
-    response = await ask(runner, {"model": "readurls&none-m", "messages": [
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": question}]})
+    response = await ask(
+        runner,
+        {
+            "model": "readurls&none-m",
+            "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": question}],
+        },
+    )
     sent = backend.calls[0]["messages"]
     assert sent[0] == {"role": "system", "content": "Be brief."}
     assert sent[1]["content"].startswith(question)
@@ -169,8 +210,10 @@ async def test_the_page_text_reaches_the_model_after_the_question(server: Server
 
 async def test_without_the_allow_list_the_page_is_not_read_and_the_model_is_told(server: ServerThread) -> None:
     backend = ScriptedBackend(lambda body: "ok")
-    await ask(make_runner(backend), {"model": "readurls&none-m", "messages": [
-        {"role": "user", "content": f"Summarise {server.url}/page"}]})
+    await ask(
+        make_runner(backend),
+        {"model": "readurls&none-m", "messages": [{"role": "user", "content": f"Summarise {server.url}/page"}]},
+    )
     sent = backend.calls[0]["messages"][0]["content"]
     assert "museum" not in sent
     assert "not read" in sent and "not a public address" in sent

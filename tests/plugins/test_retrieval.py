@@ -63,7 +63,7 @@ def test_chunks_are_bounded_overlap_and_cover_every_word(chunk_tokens: int, over
     text = " ".join(f"w{i}" + "x" * (i % 7) for i in range(3000)) + "\n\nthe end"
     chunks = split_chunks(text, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens)
     size = chunk_tokens * 4
-    assert all(len(c.text) <= size and text[c.start:c.end] == c.text for c in chunks)
+    assert all(len(c.text) <= size and text[c.start : c.end] == c.text for c in chunks)
     assert all(b.start > a.start for a, b in itertools.pairwise(chunks))  # progress
     covered = set()
     for c in chunks:

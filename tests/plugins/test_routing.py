@@ -33,8 +33,9 @@ def runner_with(routes: dict[str, str], backend: ScriptedBackend):
 async def test_the_routed_expression_runs() -> None:
     backend = ScriptedBackend(lambda body: "x")
     runner = runner_with({"math": "re2", "two": "none|re2"}, backend)
-    prep = await runner.prepare({"model": "pick&none-m", "messages": [{"role": "user", "content": "a math question"}]},
-                          client_key=None)
+    prep = await runner.prepare(
+        {"model": "pick&none-m", "messages": [{"role": "user", "content": "a math question"}]}, client_key=None
+    )
     result = await runner.complete(prep)
     assert "Read the question again" in backend.calls[0]["messages"][-1]["content"]  # re2 ran, not none
     assert result.response["choices"][0]["message"]["content"] == "x"
@@ -73,5 +74,7 @@ async def test_a_plugin_that_does_not_declare_routes_cannot_route() -> None:
     registry = builtin_registry()
     registry.add(PluginSpec(name="sneaky", description="", pre=pre))
     with pytest.raises(OptigraphError, match="without declaring routes=True"):
-        await ask(make_runner(ScriptedBackend(), registry=registry),
-                  {"model": "sneaky&none-m", "messages": [{"role": "user", "content": "x"}]})
+        await ask(
+            make_runner(ScriptedBackend(), registry=registry),
+            {"model": "sneaky&none-m", "messages": [{"role": "user", "content": "x"}]},
+        )

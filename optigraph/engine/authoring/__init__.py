@@ -19,5 +19,14 @@ from optigraph.engine.authoring.decorator import approach
 from optigraph.engine.authoring.kinds import NODE_KINDS
 from optigraph.engine.authoring.reader import DeclarativeSpecError
 
-__all__ = ["NODE_KINDS", "ApproachParams", "ApproachSpec", "ApproachState", "DeclarativeSpecError", "RunContext",
-           "approach", "load_declarative", "parse_declarative"]
+__all__ = [
+    "NODE_KINDS",
+    "ApproachParams",
+    "ApproachSpec",
+    "ApproachState",
+    "DeclarativeSpecError",
+    "RunContext",
+    "approach",
+    "load_declarative",
+    "parse_declarative",
+]

@@ -30,13 +30,20 @@ def parse_declarative(text: str, source: str = "<spec>") -> ApproachSpec:
         raise DeclarativeSpecError(source, doc.errors)
     terminals = [n for n in graph.order if not graph.successors[n]]
     return ApproachSpec(
-        name=graph.name, description=graph.description, build=graph_builder(graph), params=params,
-        papers=tuple(papers), calls=calls, rounds=rounds,
-        streams_final=all(graph.nodes[n][0].streams for n in terminals))
+        name=graph.name,
+        description=graph.description,
+        build=graph_builder(graph),
+        params=params,
+        papers=tuple(papers),
+        calls=calls,
+        rounds=rounds,
+        streams_final=all(graph.nodes[n][0].streams for n in terminals),
+    )
 
 
-def _given_costs(doc: Document, data: dict[str, Any], derived: tuple[str, str],
-                 defaults: dict[str, Any]) -> tuple[str, str]:
+def _given_costs(
+    doc: Document, data: dict[str, Any], derived: tuple[str, str], defaults: dict[str, Any]
+) -> tuple[str, str]:
     """`calls` and `rounds` as the spec gives them (each must evaluate at the defaults), else derived."""
     calls, rounds = derived
     for key in ("calls", "rounds"):

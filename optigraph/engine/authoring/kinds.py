@@ -82,13 +82,19 @@ def _with_params(state: ApproachState, **params: Any) -> dict[str, Any]:
 
 # ---- the builders: (node id, settings) -> LangGraph node -----------------------------------------
 
+
 def _sample(node: str, settings: dict[str, Any]) -> NodeFn:
     async def sample(state: ApproachState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         s = _settings(state, settings)
         start = len(state.get("candidates") or [])
-        out = await sample_candidates(state, runtime, n=int(s["n"]), node=node,
-                                      temperature=_client_or(state, s.get("temperature"), "temperature", 1.0),
-                                      max_tokens=s.get("max_tokens"))
+        out = await sample_candidates(
+            state,
+            runtime,
+            n=int(s["n"]),
+            node=node,
+            temperature=_client_or(state, s.get("temperature"), "temperature", 1.0),
+            max_tokens=s.get("max_tokens"),
+        )
         return {**out, "candidates": [{**c, "index": start + c.get("index", 0)} for c in out["candidates"]]}
 
     return sample
@@ -97,8 +103,9 @@ def _sample(node: str, settings: dict[str, Any]) -> NodeFn:
 def _rate(node: str, settings: dict[str, Any]) -> NodeFn:
     async def rate(state: ApproachState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         s = _settings(state, settings)
-        return await rate_node.rate(_with_params(state, rating_temperature=s.get("temperature"),
-                                                 rating_max_tokens=s.get("max_tokens")), runtime)
+        return await rate_node.rate(
+            _with_params(state, rating_temperature=s.get("temperature"), rating_max_tokens=s.get("max_tokens")), runtime
+        )
 
     return rate
 
@@ -118,8 +125,10 @@ def _vote(node: str, settings: dict[str, Any]) -> NodeFn:
 def _critique(node: str, settings: dict[str, Any]) -> NodeFn:
     async def critique(state: ApproachState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         s = _settings(state, settings)
-        return await critique_node.critique(_with_params(state, critique_temperature=s.get("temperature"),
-                                                         critique_max_tokens=s.get("max_tokens")), runtime)
+        return await critique_node.critique(
+            _with_params(state, critique_temperature=s.get("temperature"), critique_max_tokens=s.get("max_tokens")),
+            runtime,
+        )
 
     return critique
 
@@ -136,8 +145,13 @@ def _generate(node: str, settings: dict[str, Any]) -> NodeFn:
     async def generate(state: ApproachState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         s = _settings(state, settings)
         messages = reread(state["messages"]) if s.get("reread") else state["messages"]
-        completion = await generate_final(state, runtime, messages, node=node, **generation_params(
-            state, temperature=s.get("temperature"), max_tokens=s.get("max_tokens")))
+        completion = await generate_final(
+            state,
+            runtime,
+            messages,
+            node=node,
+            **generation_params(state, temperature=s.get("temperature"), max_tokens=s.get("max_tokens")),
+        )
         return {"answers": [answer_of(completion.choices[0])], "usage": completion.usage}
 
     return generate
@@ -156,29 +170,61 @@ _MAX_TOKENS = Setting("int", description="max_tokens of each call")
 # The catalogue: every kind a declarative spec may use. Add a kind here to make it available.
 NODE_KINDS: dict[str, NodeKind] = {
     "sample": NodeKind(
-        "n candidates from one logical call (client temperature, else 1.0)", _sample, calls="one",
-        settings={"n": Setting("int", 1, nullable=False, description="candidates"),
-                  "temperature": _TEMPERATURE, "max_tokens": _MAX_TOKENS}),
+        "n candidates from one logical call (client temperature, else 1.0)",
+        _sample,
+        calls="one",
+        settings={
+            "n": Setting("int", 1, nullable=False, description="candidates"),
+            "temperature": _TEMPERATURE,
+            "max_tokens": _MAX_TOKENS,
+        },
+    ),
     "rate": NodeKind(
-        "fan-out: the model rates each candidate 0-10 (skipped for a lone candidate)", _rate,
-        calls="per_candidate", fan_out=True,
-        settings={"temperature": Setting("float", rate_node.DEFAULT_TEMPERATURE),
-                  "max_tokens": Setting("int", rate_node.DEFAULT_MAX_TOKENS)}),
+        "fan-out: the model rates each candidate 0-10 (skipped for a lone candidate)",
+        _rate,
+        calls="per_candidate",
+        fan_out=True,
+        settings={
+            "temperature": Setting("float", rate_node.DEFAULT_TEMPERATURE),
+            "max_tokens": Setting("int", rate_node.DEFAULT_MAX_TOKENS),
+        },
+    ),
     "select": NodeKind("the best-rated candidate is the answer (no call)", _select, final=True),
     "vote": NodeKind(
-        "majority vote over the candidates' extracted answers (no call)", _vote, final=True,
-        settings={"similarity_threshold": Setting("float", SIMILARITY_THRESHOLD)}),
+        "majority vote over the candidates' extracted answers (no call)",
+        _vote,
+        final=True,
+        settings={"similarity_threshold": Setting("float", SIMILARITY_THRESHOLD)},
+    ),
     "critique": NodeKind(
-        "one call critiquing every candidate", _critique, calls="one",
-        settings={"temperature": Setting("float", critique_node.DEFAULT_TEMPERATURE),
-                  "max_tokens": Setting("int", critique_node.DEFAULT_MAX_TOKENS)}),
+        "one call critiquing every candidate",
+        _critique,
+        calls="one",
+        settings={
+            "temperature": Setting("float", critique_node.DEFAULT_TEMPERATURE),
+            "max_tokens": Setting("int", critique_node.DEFAULT_MAX_TOKENS),
+        },
+    ),
     "aggregate": NodeKind(
-        "one call merging the candidates (and critique) into the answer; streams", _aggregate,
-        calls="one", final=True, streams=True, settings={"temperature": _TEMPERATURE}),
+        "one call merging the candidates (and critique) into the answer; streams",
+        _aggregate,
+        calls="one",
+        final=True,
+        streams=True,
+        settings={"temperature": _TEMPERATURE},
+    ),
     "generate": NodeKind(
-        "one call answering the conversation; streams", _generate, calls="one", final=True, streams=True,
-        settings={"temperature": _TEMPERATURE, "max_tokens": _MAX_TOKENS,
-                  "reread": Setting("bool", False, nullable=False, description="state the question twice")}),
+        "one call answering the conversation; streams",
+        _generate,
+        calls="one",
+        final=True,
+        streams=True,
+        settings={
+            "temperature": _TEMPERATURE,
+            "max_tokens": _MAX_TOKENS,
+            "reread": Setting("bool", False, nullable=False, description="state the question twice"),
+        },
+    ),
     "reread": NodeKind("rewrites the last user turn to state the question twice (no call)", _reread),
 }
 

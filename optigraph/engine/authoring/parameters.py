@@ -51,12 +51,14 @@ def _read_parameter(doc: Document, path: Path_, name: Any, body: Any) -> Param |
         return None
     for key in body:
         if key not in PARAM_KEYS:
-            doc.error(path + (key,), f"unknown key {key!r} in parameter {name!r} (allowed: {', '.join(PARAM_KEYS)})",
-                      key=True)
+            doc.error(
+                path + (key,), f"unknown key {key!r} in parameter {name!r} (allowed: {', '.join(PARAM_KEYS)})", key=True
+            )
     type_name = body.get("type")
     if type_name not in PARAM_TYPES:
-        doc.error(path + ("type",), f"parameter {name!r}: type must be one of {', '.join(PARAM_TYPES)}, "
-                                    f"got {type_name!r}")
+        doc.error(
+            path + ("type",), f"parameter {name!r}: type must be one of {', '.join(PARAM_TYPES)}, got {type_name!r}"
+        )
         return None
     if "default" not in body:
         doc.error(path, f"parameter {name!r} needs a default (null for 'unset')")
@@ -66,8 +68,9 @@ def _read_parameter(doc: Document, path: Path_, name: Any, body: Any) -> Param |
         doc.error(path + ("default",), f"parameter {name!r}: default {default!r} is not a {type_name}")
         return None
     bounds = _read_bounds(doc, path, name, type_name, body)
-    if default is not None and (("min" in bounds and default < bounds["min"])
-                                or ("max" in bounds and default > bounds["max"])):
+    if default is not None and (
+        ("min" in bounds and default < bounds["min"]) or ("max" in bounds and default > bounds["max"])
+    ):
         doc.error(path + ("default",), f"parameter {name!r}: default {default!r} is outside [min, max]")
     description = body.get("description") or ""
     if not isinstance(description, str):

@@ -71,6 +71,7 @@ def validate(doc: Document, data: Any) -> Graph | None:
 
 # ---- the document ---------------------------------------------------------------------------------
 
+
 def check_top_level(doc: Document, data: Any) -> bool:
     """The spec is a mapping, and every top-level key is one of TOP_LEVEL (unknown keys are errors,
     not ignored: a misspelt `edges` would otherwise go unnoticed)."""
@@ -103,6 +104,7 @@ def check_description(doc: Document, data: dict[str, Any]) -> str:
 
 # ---- nodes ----------------------------------------------------------------------------------------
 
+
 def read_nodes(doc: Document, raw_nodes: dict[Any, Any], params: dict[str, Param]) -> Nodes:
     """Every node that reads cleanly (`read_node`), by id."""
     nodes: Nodes = {}
@@ -113,8 +115,9 @@ def read_nodes(doc: Document, raw_nodes: dict[Any, Any], params: dict[str, Param
     return nodes
 
 
-def read_node(doc: Document, path: Path_, node_id: Any, body: Any,
-              params: dict[str, Param]) -> tuple[NodeKind, dict[str, Any]] | None:
+def read_node(
+    doc: Document, path: Path_, node_id: Any, body: Any, params: dict[str, Param]
+) -> tuple[NodeKind, dict[str, Any]] | None:
     """A node: an identifier naming a mapping with a known `kind` and that kind's settings (each
     checked by `check_setting`; unset ones take the kind's defaults)."""
     if not isinstance(node_id, str) or not node_id.isidentifier():
@@ -126,8 +129,7 @@ def read_node(doc: Document, path: Path_, node_id: Any, body: Any,
     kind_id = body["kind"]
     kind = NODE_KINDS.get(kind_id) if isinstance(kind_id, str) else None
     if kind is None:
-        doc.error(path + ("kind",), f"node {node_id!r}: unknown node kind {kind_id!r} "
-                                    f"(known: {', '.join(NODE_KINDS)})")
+        doc.error(path + ("kind",), f"node {node_id!r}: unknown node kind {kind_id!r} (known: {', '.join(NODE_KINDS)})")
         return None
     settings: dict[str, Any] = {k: s.default for k, s in kind.settings.items()}
     for key, value in body.items():
@@ -136,23 +138,33 @@ def read_node(doc: Document, path: Path_, node_id: Any, body: Any,
     return kind, settings
 
 
-def check_setting(doc: Document, path: Path_, node_id: str, kind_id: str, kind: NodeKind, key: str, value: Any,
-                  params: dict[str, Param]) -> bool:
+def check_setting(
+    doc: Document,
+    path: Path_,
+    node_id: str,
+    kind_id: str,
+    kind: NodeKind,
+    key: str,
+    value: Any,
+    params: dict[str, Param],
+) -> bool:
     """A setting is one the kind has, and its value is either a `$parameter` reference
     (`check_reference`) or a literal of the setting's type (`check_literal`)."""
     setting = kind.settings.get(key)
     if setting is None:
         allowed = ", ".join(kind.settings) or "none"
-        doc.error(path, f"node {node_id!r}: unknown setting {key!r} for kind {kind_id!r} "
-                        f"(settings: {allowed})", key=True)
+        doc.error(
+            path, f"node {node_id!r}: unknown setting {key!r} for kind {kind_id!r} (settings: {allowed})", key=True
+        )
         return False
     if isinstance(value, str) and value.startswith("$"):
         return check_reference(doc, path, node_id, key, setting, value[1:], params)
     return check_literal(doc, path, node_id, key, setting, value)
 
 
-def check_reference(doc: Document, path: Path_, node_id: str, key: str, setting: Setting, ref: str,
-                    params: dict[str, Param]) -> bool:
+def check_reference(
+    doc: Document, path: Path_, node_id: str, key: str, setting: Setting, ref: str, params: dict[str, Param]
+) -> bool:
     """`$name` names a declared parameter of a compatible type (an int parameter may feed a float
     setting), and one that cannot be null where the setting needs a value."""
     param = params.get(ref)
@@ -160,12 +172,12 @@ def check_reference(doc: Document, path: Path_, node_id: str, key: str, setting:
         doc.error(path, f"node {node_id!r}: setting {key!r} refers to undefined parameter {ref!r}")
         return False
     if not (param.type == setting.type or (setting.type == "float" and param.type == "int")):
-        doc.error(path, f"node {node_id!r}: setting {key!r} is a {setting.type} but parameter "
-                        f"{ref!r} is a {param.type}")
+        doc.error(
+            path, f"node {node_id!r}: setting {key!r} is a {setting.type} but parameter {ref!r} is a {param.type}"
+        )
         return False
     if param.default is None and not setting.nullable:
-        doc.error(path, f"node {node_id!r}: setting {key!r} needs a value but parameter {ref!r} "
-                        "defaults to null")
+        doc.error(path, f"node {node_id!r}: setting {key!r} needs a value but parameter {ref!r} defaults to null")
         return False
     return True
 
@@ -184,6 +196,7 @@ def check_literal(doc: Document, path: Path_, node_id: str, key: str, setting: S
 
 
 # ---- edges ----------------------------------------------------------------------------------------
+
 
 def read_edges(doc: Document, raw_edges: Any, names: list[str]) -> Edges:
     """The `edges` list: each entry a chain (`split_edge`) between known nodes, no edge given twice."""
@@ -238,6 +251,7 @@ def split_edge(doc: Document, path: Path_, raw: Any) -> list[list[str]] | None:
 
 # ---- the graph's shape ----------------------------------------------------------------------------
 
+
 def check_start(doc: Document, data: dict[str, Any], successors: dict[str, list[str]]) -> str | None:
     """`start`, default the first node, is a node of the graph."""
     start = data.get("start", next(iter(successors), None))
@@ -287,13 +301,21 @@ def topological_order(doc: Document, start: str, edges: Edges) -> list[str]:
 def check_final_answer(doc: Document, nodes: Nodes, successors: dict[str, list[str]], reached: list[str]) -> None:
     """Some node writes the final answer, and every node that ends the graph does."""
     if not any(nodes[n][0].final for n in successors if n in nodes):
-        doc.error(("nodes",), "missing final answer: no node writes one (kinds that do: "
-                              f"{', '.join(k for k, v in NODE_KINDS.items() if v.final)})", key=True)
+        doc.error(
+            ("nodes",),
+            "missing final answer: no node writes one (kinds that do: "
+            f"{', '.join(k for k, v in NODE_KINDS.items() if v.final)})",
+            key=True,
+        )
     for n in reached:
         kind = nodes[n][0]
         if not successors[n] and not kind.final:
-            doc.error(("nodes", n), f"missing final answer: node {n!r} ({kind_name(kind)}) ends the graph but "
-                                    "does not write the final answer", key=True)
+            doc.error(
+                ("nodes", n),
+                f"missing final answer: node {n!r} ({kind_name(kind)}) ends the graph but "
+                "does not write the final answer",
+                key=True,
+            )
 
 
 def check_fan_out(doc: Document, nodes: Nodes, edges: Edges, reached: list[str]) -> None:
@@ -305,5 +327,8 @@ def check_fan_out(doc: Document, nodes: Nodes, edges: Edges, reached: list[str])
         if len(edges.predecessors[n]) != 1 or len(edges.successors[n]) != 1:
             doc.error(("nodes", n), f"fan-out node {n!r} needs exactly one incoming and one outgoing edge", key=True)
         elif edges.predecessors[edges.successors[n][0]] != [n]:
-            doc.error(("nodes", n), f"the node after fan-out node {n!r} ({edges.successors[n][0]!r}) must have no "
-                                    "other incoming edge", key=True)
+            doc.error(
+                ("nodes", n),
+                f"the node after fan-out node {n!r} ({edges.successors[n][0]!r}) must have no other incoming edge",
+                key=True,
+            )

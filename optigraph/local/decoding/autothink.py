@@ -63,8 +63,18 @@ from optigraph.local.decoding.thinkdeeper import (
     thinking_prompt,
 )
 
-SWITCH_PHRASES = ("Wait,", "Alternatively,", "However,", "Additionally,", "Hmm,", "Actually,",
-                  "On second thought,", "Let me double-check:", "Let me verify this:", "Another way to see it:")
+SWITCH_PHRASES = (
+    "Wait,",
+    "Alternatively,",
+    "However,",
+    "Additionally,",
+    "Hmm,",
+    "Actually,",
+    "On second thought,",
+    "Let me double-check:",
+    "Let me verify this:",
+    "Another way to see it:",
+)
 MAX_THOUGHTS = 64
 
 CLASSIFY_PROMPT = (
@@ -81,12 +91,19 @@ MODEL_MARGIN = 1.0  # nats of calibrated log-probability margin for the model to
 MAX_QUERY_CHARS = 4000  # of the query shown to the classifier
 LONG_QUERY_CHARS = 400
 HEURISTIC_MARKERS = {
-    "math": re.compile(r"\d\s*[-+*/^=<>]\s*\d|\b(solve|prove|calculate|compute|equation|integral|derivative|"
-                       r"probability|how many|sum of|percent|theorem)\b", re.IGNORECASE),
-    "code": re.compile(r"```|\bdef |\bclass |\b(function|algorithm|implement|code|bug|compile|regex|sql)\b",
-                       re.IGNORECASE),
-    "reasoning": re.compile(r"\b(why|explain|step by step|compare|analy[sz]e|derive|reason|plan|optimi[sz]e|"
-                            r"trade-?offs?|puzzle|riddle)\b", re.IGNORECASE),
+    "math": re.compile(
+        r"\d\s*[-+*/^=<>]\s*\d|\b(solve|prove|calculate|compute|equation|integral|derivative|"
+        r"probability|how many|sum of|percent|theorem)\b",
+        re.IGNORECASE,
+    ),
+    "code": re.compile(
+        r"```|\bdef |\bclass |\b(function|algorithm|implement|code|bug|compile|regex|sql)\b", re.IGNORECASE
+    ),
+    "reasoning": re.compile(
+        r"\b(why|explain|step by step|compare|analy[sz]e|derive|reason|plan|optimi[sz]e|"
+        r"trade-?offs?|puzzle|riddle)\b",
+        re.IGNORECASE,
+    ),
 }
 
 BUDGETS = {"HIGH": (1024, 4096), "LOW": (256, 1024)}  # thinking tokens (min, max) at full scale
@@ -96,35 +113,57 @@ DEFAULT_LAYER_SHARE = 0.6  # of the depth
 MAX_STRENGTH = 2.0
 STEERING_SCALE = 0.1  # norm of the added vector at strength 1, as a fraction of the layer's mean state norm
 DEFAULT_STRENGTH = 1.0
-STEERING_QUESTIONS = ("What is 17 times 23?", "Is 221 a prime number?",
-                      "A train leaves at 9:40 and arrives at 13:05. How long is the trip?")
+STEERING_QUESTIONS = (
+    "What is 17 times 23?",
+    "Is 221 a prime number?",
+    "A train leaves at 9:40 and arrives at 13:05. How long is the trip?",
+)
 PATTERNS: dict[str, tuple[str, str]] = {  # pattern -> (careful start, hasty start) of the assistant turn
-    "depth_and_thoroughness": ("Let me work through this carefully, step by step, and check each part.",
-                               "Quick answer, no need to think about it:"),
-    "numerical_accuracy": ("I will compute every number exactly and double-check the arithmetic.",
-                           "Roughly, at a glance, the number is about"),
-    "self_correction": ("Wait, let me re-check that step; I may have made a mistake.",
-                        "That is obviously right, no need to check it."),
-    "exploration": ("Let me consider a few different approaches before choosing one.",
-                    "There is only one way to see it, so just"),
-    "organization": ("First, what is given. Second, what is asked. Then, the solution in order.",
-                     "Whatever, the answer is just"),
+    "depth_and_thoroughness": (
+        "Let me work through this carefully, step by step, and check each part.",
+        "Quick answer, no need to think about it:",
+    ),
+    "numerical_accuracy": (
+        "I will compute every number exactly and double-check the arithmetic.",
+        "Roughly, at a glance, the number is about",
+    ),
+    "self_correction": (
+        "Wait, let me re-check that step; I may have made a mistake.",
+        "That is obviously right, no need to check it.",
+    ),
+    "exploration": (
+        "Let me consider a few different approaches before choosing one.",
+        "There is only one way to see it, so just",
+    ),
+    "organization": (
+        "First, what is given. Second, what is asked. Then, the solution in order.",
+        "Whatever, the answer is just",
+    ),
 }
 
 
 class AutoThinkParams(ThinkingParams):
-    thought_switch_tokens: tuple[Phrase, ...] = Field(SWITCH_PHRASES, min_length=1, max_length=64,
-                                                      description="Phrases forced when the model stops thinking "
-                                                      "too early (one drawn at random each time).")
-    complexity: Literal["auto", "high", "low"] = Field("auto", description="auto: classify the query; high / low: "
-                                                       "use that budget without classifying.")
+    thought_switch_tokens: tuple[Phrase, ...] = Field(
+        SWITCH_PHRASES,
+        min_length=1,
+        max_length=64,
+        description="Phrases forced when the model stops thinking too early (one drawn at random each time).",
+    )
+    complexity: Literal["auto", "high", "low"] = Field(
+        "auto", description="auto: classify the query; high / low: use that budget without classifying."
+    )
     steering: bool = Field(True, description="Add the locally derived steering vector during generation.")
     steering_dataset: str = Field("", description="Ignored: steering vectors are derived from the loaded model.")
-    target_layer: int | None = Field(None, ge=0, description="Decoder layer steered (default: about 60% of the "
-                                     "depth); clamped to the model's layers.")
+    target_layer: int | None = Field(
+        None,
+        ge=0,
+        description="Decoder layer steered (default: about 60% of the depth); clamped to the model's layers.",
+    )
     pattern_strengths: float | dict[str, float] = Field(
-        DEFAULT_STRENGTH, description="Steering strength for every pattern, or per pattern "
-        f"({', '.join(PATTERNS)}); each clamped to [0, {MAX_STRENGTH}].")
+        DEFAULT_STRENGTH,
+        description="Steering strength for every pattern, or per pattern "
+        f"({', '.join(PATTERNS)}); each clamped to [0, {MAX_STRENGTH}].",
+    )
 
 
 @dataclass(frozen=True)
@@ -140,6 +179,7 @@ class Classification:
 
 # -- 1. classification ------------------------------------------------------------------------------
 
+
 def query_text(messages: Sequence[dict[str, str]]) -> str:
     """The text classified: the last user message (else the last message)."""
     users = [m for m in messages if m.get("role") == "user"] or list(messages)
@@ -154,8 +194,9 @@ def heuristic_complexity(query: str) -> tuple[str, tuple[str, ...]]:
     return ("HIGH" if found else "LOW"), found
 
 
-def label_logprobs(ctx: DecodeContext, prompts: Sequence[Sequence[int]],
-                   labels: Sequence[Sequence[int]]) -> list[list[float]]:
+def label_logprobs(
+    ctx: DecodeContext, prompts: Sequence[Sequence[int]], labels: Sequence[Sequence[int]]
+) -> list[list[float]]:
     """log p(label | prompt) summed over each label's tokens (teacher-forced), for every prompt x label,
     all rows in one batch: one prefill, then one step per label token."""
     import torch
@@ -172,14 +213,16 @@ def label_logprobs(ctx: DecodeContext, prompts: Sequence[Sequence[int]],
                 totals[r] += float(logp[r, labels[lab][i]])
         if i + 1 < longest:  # a label already scored is padded; its later logits are not read
             batch.step([labels[lab][i] if i < len(labels[lab]) else ctx.lm.pad_id for _, lab in rows])
-    return [totals[p * len(labels):(p + 1) * len(labels)] for p in range(len(prompts))]
+    return [totals[p * len(labels) : (p + 1) * len(labels)] for p in range(len(prompts))]
 
 
 def classify(ctx: DecodeContext, query: str) -> tuple[Classification, int]:
     """The query's complexity with its evidence, and the prompt tokens it ran through the model."""
     lm = ctx.lm
-    prompts = [lm.encode_chat([{"role": "user", "content": CLASSIFY_PROMPT.format(query=q)}], prefill=CLASSIFY_PREFILL)
-               for q in (query[:MAX_QUERY_CHARS], BASELINE_QUERY)]
+    prompts = [
+        lm.encode_chat([{"role": "user", "content": CLASSIFY_PROMPT.format(query=q)}], prefill=CLASSIFY_PREFILL)
+        for q in (query[:MAX_QUERY_CHARS], BASELINE_QUERY)
+    ]
     labels = [list(lm.tokenizer(LABELS[name], add_special_tokens=False)["input_ids"]) for name in ("HIGH", "LOW")]
     heuristic, markers = heuristic_complexity(query)
     if max(len(p) for p in prompts) + max(len(x) for x in labels) > lm.context:
@@ -191,11 +234,19 @@ def classify(ctx: DecodeContext, query: str) -> tuple[Classification, int]:
     else:
         label, source = heuristic, "heuristic"
     spent = sum(len(p) for p in prompts) + len(prompts) * len(labels) * (max(len(x) for x in labels) - 1)
-    return Classification(label=label, source=source, logprob_high=high, logprob_low=low,
-                          baseline_margin=base_high - base_low, margin=margin, markers=markers), spent
+    return Classification(
+        label=label,
+        source=source,
+        logprob_high=high,
+        logprob_low=low,
+        baseline_margin=base_high - base_low,
+        margin=margin,
+        markers=markers,
+    ), spent
 
 
 # -- 2. budget --------------------------------------------------------------------------------------
+
 
 def thinking_budget(label: str, max_tokens: int) -> tuple[int, int]:
     """(min, max) thinking tokens of a complexity class, scaled down when max_tokens is below 5120."""
@@ -206,14 +257,16 @@ def thinking_budget(label: str, max_tokens: int) -> tuple[int, int]:
 
 # -- 4. steering ------------------------------------------------------------------------------------
 
+
 def decoder_layers(model: Any) -> Any:
     """The model's list of decoder layers (through a peft wrapper): the ModuleList as long as the depth."""
     import torch
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
-    depth = getattr(config, "num_hidden_layers", None) or getattr(getattr(config, "text_config", None),
-                                                                 "num_hidden_layers", None)
+    depth = getattr(config, "num_hidden_layers", None) or getattr(
+        getattr(config, "text_config", None), "num_hidden_layers", None
+    )
     lists = [m for _, m in base.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
     matching = [m for m in lists if len(m) == depth] or sorted(lists, key=len, reverse=True)
     if not matching:
@@ -244,11 +297,15 @@ def contrast_states(ctx: DecodeContext, layer: int, starts: Sequence[str]) -> tu
     prompt tokens that took."""
     import torch
 
-    prompts = [ctx.lm.encode_chat([{"role": "user", "content": q}], prefill=start)
-               for start in starts for q in STEERING_QUESTIONS]
+    prompts = [
+        ctx.lm.encode_chat([{"role": "user", "content": q}], prefill=start)
+        for start in starts
+        for q in STEERING_QUESTIONS
+    ]
     captured: list[Any] = []
     handle = decoder_layers(ctx.lm.model)[layer].register_forward_hook(
-        lambda module, args, output: captured.append(_hidden(output)[:, -1, :].detach().float()))
+        lambda module, args, output: captured.append(_hidden(output)[:, -1, :].detach().float())
+    )
     try:
         ctx.prefill(prompts)  # left padded: position -1 is every row's last token
     finally:
@@ -267,8 +324,8 @@ def steering_vector(ctx: DecodeContext, layer: int, weights: dict[str, float]) -
     per = len(STEERING_QUESTIONS)
     vector = 0
     for i, pattern in enumerate(active):
-        careful = states[(2 * i) * per:(2 * i + 1) * per].mean(dim=0)
-        hasty = states[(2 * i + 1) * per:(2 * i + 2) * per].mean(dim=0)
+        careful = states[(2 * i) * per : (2 * i + 1) * per].mean(dim=0)
+        hasty = states[(2 * i + 1) * per : (2 * i + 2) * per].mean(dim=0)
         vector = vector + weights[pattern] * (careful - hasty)
     # Raw differences of prompts this unlike are as long as the hidden states themselves and wreck the
     # text; what is added is the direction, at STEERING_SCALE of the layer's typical state norm per unit
@@ -310,12 +367,18 @@ def steering_for(ctx: DecodeContext, params: AutoThinkParams) -> Steering:
     vector, spent = steering_vector(ctx, layer, weights)
     if vector is None:
         return nullcontext(), {"enabled": False, "strengths": weights}, spent
-    details = {"enabled": True, "layer": layer, "layers": depth, "strengths": weights,
-               "vector_norm": float(vector.norm())}
+    details = {
+        "enabled": True,
+        "layer": layer,
+        "layers": depth,
+        "strengths": weights,
+        "vector_norm": float(vector.norm()),
+    }
     return steered(ctx.lm.model, layer, vector), details, spent
 
 
 # -- the strategy -----------------------------------------------------------------------------------
+
 
 def run(ctx: DecodeContext, params: AutoThinkParams) -> DecodeResult:
     prompt = thinking_prompt(ctx, params.start_think_token, params.prefill)
@@ -345,7 +408,7 @@ DECODER = Decoder(
     params=AutoThinkParams,
     run=run,
     summary="AutoThink (SSRN 5253327): the model classifies the query HIGH/LOW (log-prob of the labels, calibrated; "
-            "heuristic fallback) to set a thinking budget, then budget-forced thinking steered by a contrastive "
-            "activation-addition vector derived on the model itself.",
+    "heuristic fallback) to set a thinking budget, then budget-forced thinking steered by a contrastive "
+    "activation-addition vector derived on the model itself.",
     streams=True,
 )

@@ -58,12 +58,17 @@ class CotDecodingParams(BaseModel):
 
     k: int = Field(10, ge=1, le=100, description="Paths: the k most likely first tokens, each continued greedily.")
     num_beams: int = Field(1, ge=1, le=1, description="Beams per path; only 1 (greedy paths) is supported.")
-    max_tokens: int | None = Field(DEFAULT_MAX_TOKENS, ge=1, description="Token limit per path (first token "
-                                                                         "included) when the client gives none.")
-    aggregate_paths: bool = Field(True, description="Sum confidence per answer and return the best path of the "
-                                                    "winning answer; false: the single most confident path.")
-    no_repeat_ngram_size: int = Field(0, ge=0, le=64,
-                                      description="Forbid repeating any n-gram of this size in a path (0: off).")
+    max_tokens: int | None = Field(
+        DEFAULT_MAX_TOKENS, ge=1, description="Token limit per path (first token included) when the client gives none."
+    )
+    aggregate_paths: bool = Field(
+        True,
+        description="Sum confidence per answer and return the best path of the "
+        "winning answer; false: the single most confident path.",
+    )
+    no_repeat_ngram_size: int = Field(
+        0, ge=0, le=64, description="Forbid repeating any n-gram of this size in a path (0: off)."
+    )
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="Ignored: every path is greedy.")
     top_p: float | None = Field(None, ge=0.0, le=1.0, description="Ignored: every path is greedy.")
     length_penalty: float = Field(1.0, description="Ignored: only beam search uses it.")
@@ -123,8 +128,9 @@ def answer_span(text: str) -> tuple[str | None, tuple[int, int] | None]:
     return answer, ((start, start + len(found.answer)) if start >= 0 else None)
 
 
-def path_confidence(margins: Sequence[float], spans: Sequence[tuple[int, int]],
-                    answer: tuple[int, int] | None) -> float:
+def path_confidence(
+    margins: Sequence[float], spans: Sequence[tuple[int, int]], answer: tuple[int, int] | None
+) -> float:
     """Mean margin over the tokens that overlap the answer's characters; over all tokens without an answer."""
     if not margins:
         return 0.0
@@ -162,14 +168,14 @@ class NgramIndex:
     def add(self, token: int) -> None:
         self.sequence.append(token)
         if len(self.sequence) >= self.size:
-            head = tuple(self.sequence[len(self.sequence) - self.size:-1])
+            head = tuple(self.sequence[len(self.sequence) - self.size : -1])
             self.seen.setdefault(head, set()).add(token)
 
     def banned(self) -> list[int]:
         """The tokens that would complete an n-gram already in the sequence."""
         if len(self.sequence) + 1 < self.size:
             return []
-        return sorted(self.seen.get(tuple(self.sequence[len(self.sequence) - self.size + 1:]), ()))
+        return sorted(self.seen.get(tuple(self.sequence[len(self.sequence) - self.size + 1 :]), ()))
 
     def copy(self) -> NgramIndex:
         twin = NgramIndex(self.size)
@@ -239,18 +245,32 @@ def decode_paths(ctx: DecodeContext, params: CotDecodingParams) -> list[DecodedP
     if limit > 1 and not ctx.cancel.is_set():
         batch.select([0] * len(first))  # the k rows share the prompt's prefill
         batch.step(first)
-        results = decode_rows(batch, limits=[limit - 1] * len(first), pick=paths.pick, eos_ids=ctx.lm.eos_ids,
-                              cancel=ctx.cancel, after=paths.after)
+        results = decode_rows(
+            batch,
+            limits=[limit - 1] * len(first),
+            pick=paths.pick,
+            eos_ids=ctx.lm.eos_ids,
+            cancel=ctx.cancel,
+            after=paths.after,
+        )
         reasons = ["stop" if r.finish_reason == "stop" else "length" for r in results]
-    return [_scored(ctx.lm.tokenizer, tokens, margins, reason)
-            for tokens, margins, reason in zip(paths.tokens, paths.margins, reasons)]
+    return [
+        _scored(ctx.lm.tokenizer, tokens, margins, reason)
+        for tokens, margins, reason in zip(paths.tokens, paths.margins, reasons)
+    ]
 
 
 def _scored(tokenizer: Any, tokens: list[int], margins: list[float], finish_reason: str) -> DecodedPath:
     text, spans = token_offsets(tokenizer, tokens)
     answer, span = answer_span(text)
-    return DecodedPath(first_token=token_text(tokenizer, tokens[0])[0], tokens=tokens, text=text, answer=answer,
-                       confidence=path_confidence(margins, spans, span), finish_reason=finish_reason)
+    return DecodedPath(
+        first_token=token_text(tokenizer, tokens[0])[0],
+        tokens=tokens,
+        text=text,
+        answer=answer,
+        confidence=path_confidence(margins, spans, span),
+        finish_reason=finish_reason,
+    )
 
 
 def run(ctx: DecodeContext, params: CotDecodingParams) -> DecodeResult:
@@ -259,15 +279,25 @@ def run(ctx: DecodeContext, params: CotDecodingParams) -> DecodeResult:
         return DecodeResult(text="", completion_tokens=0, finish_reason="length", info={"paths": [], "chosen": None})
     chosen, scores = choose_path(paths, params.aggregate_paths)
     info = {
-        "paths": [{"first_token": p.first_token, "text": p.text, "answer": p.answer, "confidence": p.confidence,
-                   "tokens": len(p.tokens), "finish_reason": p.finish_reason} for p in paths],
+        "paths": [
+            {
+                "first_token": p.first_token,
+                "text": p.text,
+                "answer": p.answer,
+                "confidence": p.confidence,
+                "tokens": len(p.tokens),
+                "finish_reason": p.finish_reason,
+            }
+            for p in paths
+        ],
         "chosen": chosen,
         "aggregate_paths": params.aggregate_paths,
         "answer_scores": scores,
     }
     best = paths[chosen]
-    return DecodeResult(text=best.text, completion_tokens=sum(len(p.tokens) for p in paths),
-                        finish_reason=best.finish_reason, info=info)
+    return DecodeResult(
+        text=best.text, completion_tokens=sum(len(p.tokens) for p in paths), finish_reason=best.finish_reason, info=info
+    )
 
 
 DECODER = Decoder(
@@ -275,6 +305,6 @@ DECODER = Decoder(
     params=CotDecodingParams,
     run=run,
     summary="Chain-of-thought decoding (arXiv 2402.10200): k greedy paths from the top-k first tokens, "
-            "scored by the answer tokens' top-2 probability margin, voted by answer.",
+    "scored by the answer tokens' top-2 probability margin, voted by answer.",
     streams=False,
 )

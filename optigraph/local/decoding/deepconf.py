@@ -74,33 +74,59 @@ LOW_CONFIDENCE = "low_confidence"  # finish reason of a trace stopped early
 FILTERED = "filtered"  # finish reason of an offline trace below the kept share
 VOTING_REASONS = ("stop", "length")  # traces that ran their course vote
 METRICS = ("average_confidence", "bottom_10_percent", "lowest_group", "tail")
-METRIC_ALIASES = {"average": "average_confidence", "mean_confidence": "average_confidence",
-                  "bottom_10_percent_confidence": "bottom_10_percent", "bottom_percent": "bottom_10_percent",
-                  "lowest_group_confidence": "lowest_group", "tail_confidence": "tail"}
+METRIC_ALIASES = {
+    "average": "average_confidence",
+    "mean_confidence": "average_confidence",
+    "bottom_10_percent_confidence": "bottom_10_percent",
+    "bottom_percent": "bottom_10_percent",
+    "lowest_group_confidence": "lowest_group",
+    "tail_confidence": "tail",
+}
 Metric = Literal["average_confidence", "bottom_10_percent", "lowest_group", "tail"]
 
 
 class DeepConfParams(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    variant: Literal["low", "high"] = Field("low", description="low: keep the top 10% of traces by confidence "
-                                            "(90th-percentile threshold); high: keep 90% (10th percentile).")
-    mode: Literal["online", "offline"] = Field("online", description="online: warm-up, then traces stopped early "
-                                               "below the threshold, until consensus; offline: all traces, top "
-                                               "share filtered, then the vote.")
+    variant: Literal["low", "high"] = Field(
+        "low",
+        description="low: keep the top 10% of traces by confidence "
+        "(90th-percentile threshold); high: keep 90% (10th percentile).",
+    )
+    mode: Literal["online", "offline"] = Field(
+        "online",
+        description="online: warm-up, then traces stopped early "
+        "below the threshold, until consensus; offline: all traces, top "
+        "share filtered, then the vote.",
+    )
     warmup_samples: int = Field(16, ge=1, le=256, description="Warm-up traces (one batch) that set the threshold.")
-    consensus_threshold: float = Field(0.95, gt=0.0, le=1.0, description="Stop once the leading answer holds this "
-                                       "share of the confidence-weighted votes.")
+    consensus_threshold: float = Field(
+        0.95,
+        gt=0.0,
+        le=1.0,
+        description="Stop once the leading answer holds this share of the confidence-weighted votes.",
+    )
     max_traces: int = Field(128, ge=1, le=1024, description="Most traces in all, warm-up included.")
     window_size: int = Field(2048, ge=1, le=65_536, description="Tokens per group confidence (sliding window).")
     min_trace_length: int = Field(100, ge=1, le=65_536, description="Tokens before a trace may be stopped early.")
-    max_tokens_per_trace: int = Field(4096, ge=1, le=1 << 20, description="Token limit per trace (also bounded by "
-                                      "the client's max_tokens and the context).")
-    confidence_metric: Metric = Field("average_confidence", description="Trace confidence weighting the votes: "
-                                      "average_confidence, bottom_10_percent, lowest_group or tail.")
+    max_tokens_per_trace: int = Field(
+        4096,
+        ge=1,
+        le=1 << 20,
+        description="Token limit per trace (also bounded by the client's max_tokens and the context).",
+    )
+    confidence_metric: Metric = Field(
+        "average_confidence",
+        description="Trace confidence weighting the votes: "
+        "average_confidence, bottom_10_percent, lowest_group or tail.",
+    )
     include_stats: bool = Field(False, description="Add every trace's length, confidence and answer to the details.")
-    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Trace sampling temperature (the "
-                                      f"client's; {DEFAULT_TEMPERATURE} when none is given).")
+    temperature: float | None = Field(
+        None,
+        ge=0.0,
+        le=2.0,
+        description=f"Trace sampling temperature (the client's; {DEFAULT_TEMPERATURE} when none is given).",
+    )
     confidence_top_k: int = Field(5, ge=1, le=100, description="Most likely tokens averaged in a token confidence.")
     trace_batch_size: int = Field(8, ge=1, le=256, description="Traces decoded together after the warm-up.")
 
@@ -136,6 +162,7 @@ class WeightedVote:
 
 # -- confidence -------------------------------------------------------------------------------------
 
+
 def token_confidences(logits: Any, k: int) -> Any:
     """Per row of `logits` [rows, vocab]: minus the mean log-probability of its k most likely tokens."""
     import torch
@@ -154,8 +181,9 @@ def group_confidences(confidences: Sequence[float], window: int, start: int = 0)
     for value in confidences:
         prefix.append(prefix[-1] + value)
     first = min(start, len(confidences) - 1)
-    return [(prefix[t + 1] - prefix[max(0, t + 1 - window)]) / min(window, t + 1)
-            for t in range(first, len(confidences))]
+    return [
+        (prefix[t + 1] - prefix[max(0, t + 1 - window)]) / min(window, t + 1) for t in range(first, len(confidences))
+    ]
 
 
 def trace_confidence(confidences: Sequence[float], metric: str, window: int) -> float:
@@ -171,7 +199,7 @@ def trace_confidence(confidences: Sequence[float], metric: str, window: int) -> 
     if metric == "lowest_group":
         return min(groups)
     if metric == "bottom_10_percent":
-        lowest = sorted(groups)[:max(1, math.ceil(BOTTOM_SHARE * len(groups)))]
+        lowest = sorted(groups)[: max(1, math.ceil(BOTTOM_SHARE * len(groups)))]
         return sum(lowest) / len(lowest)
     raise ValueError(f"unknown confidence metric {metric!r}: one of {', '.join(METRICS)}")
 
@@ -203,6 +231,7 @@ def top_share(scores: Sequence[float], variant: str) -> list[int]:
 
 # -- the vote ---------------------------------------------------------------------------------------
 
+
 def weighted_vote(answers: Sequence[str | None], texts: Sequence[str], weights: Sequence[float]) -> WeightedVote:
     """Confidence-weighted majority: the group with the largest total weight wins (ties: the earlier
     group); its member with the largest weight is the winner."""
@@ -224,6 +253,7 @@ def vote_traces(traces: Sequence[Trace]) -> WeightedVote | None:
 
 
 # -- generation -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TraceSettings:
@@ -256,23 +286,38 @@ class _Rows:
         return LOW_CONFIDENCE if self.window_sums[row] / min(window, len(series)) < self.threshold else None
 
 
-def sample_traces(ctx: DecodeContext, count: int, settings: TraceSettings, threshold: float | None = None,
-                  warmup: bool = False) -> list[Trace]:
+def sample_traces(
+    ctx: DecodeContext, count: int, settings: TraceSettings, threshold: float | None = None, warmup: bool = False
+) -> list[Trace]:
     """`count` traces decoded together over one prefill of the prompt; with a threshold, each is stopped
     early when its group confidence falls below it."""
     batch = ctx.prefill()
     if count > 1:
         batch.select([0] * count)
     rows = _Rows(ctx, count, settings, threshold)
-    results = decode_rows(batch, limits=[settings.limit] * count, pick=rows.pick, eos_ids=ctx.lm.eos_ids,
-                          cancel=ctx.cancel, after=rows.after)
+    results = decode_rows(
+        batch,
+        limits=[settings.limit] * count,
+        pick=rows.pick,
+        eos_ids=ctx.lm.eos_ids,
+        cancel=ctx.cancel,
+        after=rows.after,
+    )
     traces = []
     for result, confidences in zip(results, rows.confidences):
         text = decode(ctx.lm.tokenizer, result.tokens)
-        conf = confidences[:len(result.tokens)]  # an end-of-sequence step has a confidence but no token
-        traces.append(Trace(tokens=result.tokens, confidences=conf, text=text, finish_reason=result.finish_reason,
-                            warmup=warmup, answer=extract_normalized(text),
-                            score=trace_confidence(conf, settings.metric, settings.window)))
+        conf = confidences[: len(result.tokens)]  # an end-of-sequence step has a confidence but no token
+        traces.append(
+            Trace(
+                tokens=result.tokens,
+                confidences=conf,
+                text=text,
+                finish_reason=result.finish_reason,
+                warmup=warmup,
+                answer=extract_normalized(text),
+                score=trace_confidence(conf, settings.metric, settings.window),
+            )
+        )
     return traces
 
 
@@ -281,9 +326,14 @@ def trace_settings(ctx: DecodeContext, params: DeepConfParams) -> TraceSettings:
     if ctx.max_tokens is not None:
         limit = min(limit, ctx.max_tokens)
     temperature = params.temperature if params.temperature is not None else DEFAULT_TEMPERATURE
-    return TraceSettings(limit=limit, sampling=dataclasses.replace(ctx.sampling, temperature=temperature),
-                         top_k=params.confidence_top_k, window=params.window_size,
-                         min_length=params.min_trace_length, metric=params.confidence_metric)
+    return TraceSettings(
+        limit=limit,
+        sampling=dataclasses.replace(ctx.sampling, temperature=temperature),
+        top_k=params.confidence_top_k,
+        window=params.window_size,
+        min_length=params.min_trace_length,
+        metric=params.confidence_metric,
+    )
 
 
 Generated = tuple[list[Trace], dict[str, Any]]  # the traces, and how generation went
@@ -319,41 +369,64 @@ def run_offline(ctx: DecodeContext, params: DeepConfParams, settings: TraceSetti
         batches += 1
     finished = [i for i, t in enumerate(traces) if t.votes]
     kept = {finished[i] for i in top_share([traces[i].score for i in finished], params.variant)} if finished else set()
-    traces = [dataclasses.replace(t, finish_reason=FILTERED) if t.votes and i not in kept else t
-              for i, t in enumerate(traces)]
+    traces = [
+        dataclasses.replace(t, finish_reason=FILTERED) if t.votes and i not in kept else t for i, t in enumerate(traces)
+    ]
     stopped_by = "cancelled" if ctx.cancel.is_set() else "max_traces"
     threshold = min((traces[i].score for i in kept), default=None)  # the lowest kept confidence
     return traces, {"threshold": threshold, "stopped_by": stopped_by, "batches": batches}
 
 
 def _stats(traces: Sequence[Trace]) -> list[dict[str, Any]]:
-    return [{"tokens": len(t.tokens), "confidence": t.score, "answer": t.answer, "finish_reason": t.finish_reason,
-             "warmup": t.warmup} for t in traces]
+    return [
+        {
+            "tokens": len(t.tokens),
+            "confidence": t.score,
+            "answer": t.answer,
+            "finish_reason": t.finish_reason,
+            "warmup": t.warmup,
+        }
+        for t in traces
+    ]
 
 
 def run(ctx: DecodeContext, params: DeepConfParams) -> DecodeResult:
     settings = trace_settings(ctx, params)
-    info: dict[str, Any] = {"mode": params.mode, "variant": params.variant,
-                            "confidence_metric": params.confidence_metric}
+    info: dict[str, Any] = {
+        "mode": params.mode,
+        "variant": params.variant,
+        "confidence_metric": params.confidence_metric,
+    }
     if settings.limit < 1:
         return DecodeResult(text="", completion_tokens=0, finish_reason="length", info={**info, "traces": 0})
     runner = run_online if params.mode == "online" else run_offline
     traces, details = runner(ctx, params, settings)
     voters = [t for t in traces if t.votes]
     vote = vote_traces(voters)
-    info.update(details, traces=len(traces), early_stopped=sum(t.finish_reason == LOW_CONFIDENCE for t in traces),
-                voting_traces=len(voters), answer=vote.key if vote is not None and vote.extracted else None,
-                vote_share=vote.share if vote is not None else None)
+    info.update(
+        details,
+        traces=len(traces),
+        early_stopped=sum(t.finish_reason == LOW_CONFIDENCE for t in traces),
+        voting_traces=len(voters),
+        answer=vote.key if vote is not None and vote.extracted else None,
+        vote_share=vote.share if vote is not None else None,
+    )
     if params.include_stats:
         info["trace_stats"] = _stats(traces)
     spent = sum(len(t.tokens) for t in traces)
     extra_prompts = len(ctx.prompt) * max(0, details["batches"] - 1)  # the backend counts the first
     if vote is None:
-        return DecodeResult(text="", completion_tokens=spent, finish_reason="length", prompt_tokens=extra_prompts,
-                            info=info)
+        return DecodeResult(
+            text="", completion_tokens=spent, finish_reason="length", prompt_tokens=extra_prompts, info=info
+        )
     best = voters[vote.winner]
-    return DecodeResult(text=best.text, completion_tokens=spent, finish_reason=best.finish_reason,
-                        prompt_tokens=extra_prompts, info=info)
+    return DecodeResult(
+        text=best.text,
+        completion_tokens=spent,
+        finish_reason=best.finish_reason,
+        prompt_tokens=extra_prompts,
+        info=info,
+    )
 
 
 DECODER = Decoder(
@@ -361,6 +434,6 @@ DECODER = Decoder(
     params=DeepConfParams,
     run=run,
     summary="Deep Think with Confidence (arXiv 2508.15260): batched sampled traces, each stopped early when its "
-            "sliding-window token confidence drops below a warm-up percentile; confidence-weighted answer vote.",
+    "sliding-window token confidence drops below a warm-up percentile; confidence-weighted answer vote.",
     streams=False,
 )

@@ -63,25 +63,36 @@ class EntropyDecodingParams(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     top_k: int = Field(27, ge=1, le=1000, description="Base top-k cut (widened when exploring).")
-    min_p: float = Field(0.03, ge=0.0, le=1.0, description="Base min-p cut: drop tokens below min_p x the top "
-                                                            "probability (scaled in the adaptive regime; 0: off).")
-    temperature: float | None = Field(DEFAULT_TEMPERATURE, ge=0.0, le=2.0,
-                                      description="Base temperature; the client's temperature when it set one.")
-    top_p: float | None = Field(DEFAULT_TOP_P, ge=0.0, le=1.0,
-                                description="Base top-p cut; the client's top_p when it set one.")
+    min_p: float = Field(
+        0.03,
+        ge=0.0,
+        le=1.0,
+        description="Base min-p cut: drop tokens below min_p x the top "
+        "probability (scaled in the adaptive regime; 0: off).",
+    )
+    temperature: float | None = Field(
+        DEFAULT_TEMPERATURE, ge=0.0, le=2.0, description="Base temperature; the client's temperature when it set one."
+    )
+    top_p: float | None = Field(
+        DEFAULT_TOP_P, ge=0.0, le=1.0, description="Base top-p cut; the client's top_p when it set one."
+    )
     max_tokens: int | None = Field(DEFAULT_MAX_TOKENS, ge=1, description="Token limit when the client gives none.")
     seed: int | None = Field(None, description="The request's seed: the same seed gives the same output.")
-    low_entropy_threshold: float = Field(0.1 * LN_2, ge=0.0, description="Entropy (nats) below which the model "
-                                                                         "counts as sure.")
-    low_varentropy_threshold: float = Field(0.1 * LN_2**2, ge=0.0, description="Varentropy (nats^2) below which "
-                                                                               "the distribution counts as flat.")
-    pause_entropy_threshold: float = Field(3.0 * LN_2, ge=0.0, description="Entropy (nats) above which a flat "
-                                                                           "distribution triggers the pause.")
-    high_entropy_threshold: float = Field(5.0 * LN_2, ge=0.0, description="Entropy (nats) separating exploring "
-                                                                          "(below) from resampling (above).")
-    high_varentropy_threshold: float = Field(5.0 * LN_2**2, ge=0.0,
-                                             description="Varentropy (nats^2) above which the model explores "
-                                                         "or resamples.")
+    low_entropy_threshold: float = Field(
+        0.1 * LN_2, ge=0.0, description="Entropy (nats) below which the model counts as sure."
+    )
+    low_varentropy_threshold: float = Field(
+        0.1 * LN_2**2, ge=0.0, description="Varentropy (nats^2) below which the distribution counts as flat."
+    )
+    pause_entropy_threshold: float = Field(
+        3.0 * LN_2, ge=0.0, description="Entropy (nats) above which a flat distribution triggers the pause."
+    )
+    high_entropy_threshold: float = Field(
+        5.0 * LN_2, ge=0.0, description="Entropy (nats) separating exploring (below) from resampling (above)."
+    )
+    high_varentropy_threshold: float = Field(
+        5.0 * LN_2**2, ge=0.0, description="Varentropy (nats^2) above which the model explores or resamples."
+    )
 
 
 class Regime(str, Enum):
@@ -153,8 +164,9 @@ class _EntropySampler:
 
     def __init__(self, ctx: DecodeContext, params: EntropyDecodingParams) -> None:
         explicit = ctx.explicit  # the client's own choices win; a null in the body is no choice
-        temperature = ctx.sampling.temperature if "temperature" in explicit else _or(params.temperature,
-                                                                                     DEFAULT_TEMPERATURE)
+        temperature = (
+            ctx.sampling.temperature if "temperature" in explicit else _or(params.temperature, DEFAULT_TEMPERATURE)
+        )
         top_p = ctx.sampling.top_p if "top_p" in explicit else _or(params.top_p, DEFAULT_TOP_P)
         self.base = Sampling(temperature=temperature, top_p=top_p, top_k=params.top_k, min_p=params.min_p)
         self.params = params
@@ -192,7 +204,7 @@ class _EntropySampler:
         return draw(logits, regime_sampling(kind, entropy, varentropy, self.base), self.generator, count)
 
     def just_paused(self) -> bool:
-        return len(self.tokens) >= len(self.pause) and self.tokens[-len(self.pause):] == self.pause
+        return len(self.tokens) >= len(self.pause) and self.tokens[-len(self.pause) :] == self.pause
 
     def after(self, row: int, token: int, logits: Any) -> str | None:
         self.tokens.append(token)
@@ -227,11 +239,16 @@ def run(ctx: DecodeContext, params: EntropyDecodingParams) -> DecodeResult:
     sampler = _EntropySampler(ctx, params)
     if limit < 1 or ctx.cancel.is_set():
         return DecodeResult(text="", completion_tokens=0, finish_reason="length", info=sampler.info())
-    result = decode_rows(ctx.prefill(), limits=[limit], pick=sampler.pick, eos_ids=ctx.lm.eos_ids,
-                         cancel=ctx.cancel, after=sampler.after)[0]
+    result = decode_rows(
+        ctx.prefill(), limits=[limit], pick=sampler.pick, eos_ids=ctx.lm.eos_ids, cancel=ctx.cancel, after=sampler.after
+    )[0]
     text = sampler.finish()
-    return DecodeResult(text=text, completion_tokens=len(result.tokens),
-                        finish_reason="stop" if result.finish_reason == "stop" else "length", info=sampler.info())
+    return DecodeResult(
+        text=text,
+        completion_tokens=len(result.tokens),
+        finish_reason="stop" if result.finish_reason == "stop" else "length",
+        info=sampler.info(),
+    )
 
 
 DECODER = Decoder(
@@ -239,6 +256,6 @@ DECODER = Decoder(
     params=EntropyDecodingParams,
     run=run,
     summary="Entropy-based sampling after entropix: per token, the entropy and varentropy of the logits choose "
-            "argmax, a pause, exploration, high-temperature resampling or adaptive best-of-5 sampling.",
+    "argmax, a pause, exploration, high-temperature resampling or adaptive best-of-5 sampling.",
     streams=True,
 )

@@ -76,17 +76,30 @@ class ThinkingParams(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    max_tokens: int | None = Field(None, ge=1, description="Tokens of the whole response, thinking included "
-                                   f"(the client's max_tokens; {DEFAULT_MAX_TOKENS} when none is given).")
-    min_thinking_tokens: int | None = Field(None, ge=0, description="Thinking tokens before the model may stop "
-                                            "thinking; an earlier end is replaced by a switch phrase.")
-    max_thinking_tokens: int | None = Field(None, ge=1, description="Thinking tokens after which the end marker "
-                                            "is forced.")
-    max_thoughts: int | None = Field(None, ge=1, le=10_000, description="Switch phrases in the thinking after which "
-                                     "the end marker is forced.")
-    thought_switch_tokens: tuple[Phrase, ...] = Field(SWITCH_PHRASES, min_length=1, max_length=64,
-                                                      description="Phrases forced when the model stops thinking "
-                                                      "too early (one drawn at random each time).")
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens of the whole response, thinking included "
+        f"(the client's max_tokens; {DEFAULT_MAX_TOKENS} when none is given).",
+    )
+    min_thinking_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="Thinking tokens before the model may stop "
+        "thinking; an earlier end is replaced by a switch phrase.",
+    )
+    max_thinking_tokens: int | None = Field(
+        None, ge=1, description="Thinking tokens after which the end marker is forced."
+    )
+    max_thoughts: int | None = Field(
+        None, ge=1, le=10_000, description="Switch phrases in the thinking after which the end marker is forced."
+    )
+    thought_switch_tokens: tuple[Phrase, ...] = Field(
+        SWITCH_PHRASES,
+        min_length=1,
+        max_length=64,
+        description="Phrases forced when the model stops thinking too early (one drawn at random each time).",
+    )
     prefill: str = Field("", max_length=10_000, description="Text after the start marker that the model continues.")
     start_think_token: str = Field("<think>", min_length=1, max_length=64, description="Start-of-thinking marker.")
     end_think_token: str = Field("</think>", min_length=1, max_length=64, description="End-of-thinking marker.")
@@ -94,8 +107,10 @@ class ThinkingParams(BaseModel):
 
 class ThinkDeeperParams(ThinkingParams):
     reasoning_effort: Literal["minimal", "low", "medium", "high"] = Field(
-        "low", description="Effort profile when the budget is not given: max thinking 33/66/90% of max_tokens, "
-                           "max thoughts 64/256/512 (low/medium/high; minimal is low), min thinking 10%.")
+        "low",
+        description="Effort profile when the budget is not given: max thinking 33/66/90% of max_tokens, "
+        "max thoughts 64/256/512 (low/medium/high; minimal is low), min thinking 10%.",
+    )
 
 
 @dataclass(frozen=True)
@@ -117,8 +132,12 @@ class ThinkingPlan:
         return f"{self.start_think}\n{self.prefill}"
 
     def describe(self) -> dict[str, int]:
-        return {"max_tokens": self.max_tokens, "min_thinking_tokens": self.min_thinking_tokens,
-                "max_thinking_tokens": self.max_thinking_tokens, "max_thoughts": self.max_thoughts}
+        return {
+            "max_tokens": self.max_tokens,
+            "min_thinking_tokens": self.min_thinking_tokens,
+            "max_thinking_tokens": self.max_thinking_tokens,
+            "max_thoughts": self.max_thoughts,
+        }
 
 
 @dataclass(frozen=True)
@@ -135,11 +154,16 @@ class ThinkingOutcome:
     rewinds: int  # early end markers cut out of the sequence
 
     def info(self) -> dict[str, Any]:
-        return {"thinking_tokens": self.thinking_tokens, "thoughts": self.thoughts,
-                "thoughts_forced": self.thoughts_forced, "forced_tokens": self.forced_tokens,
-                "thinking_end": self.end,
-                "end_forced": self.end in ("eos", "budget", "thoughts"), "rewinds": self.rewinds,
-                "cancelled": self.finish_reason == "cancelled"}
+        return {
+            "thinking_tokens": self.thinking_tokens,
+            "thoughts": self.thoughts,
+            "thoughts_forced": self.thoughts_forced,
+            "forced_tokens": self.forced_tokens,
+            "thinking_end": self.end,
+            "end_forced": self.end in ("eos", "budget", "thoughts"),
+            "rewinds": self.rewinds,
+            "cancelled": self.finish_reason == "cancelled",
+        }
 
 
 def effort_profile(effort: str, max_tokens: int) -> tuple[int, int, int]:
@@ -160,10 +184,16 @@ def make_plan(params: ThinkingParams, max_tokens: int, minimum: int, maximum: in
     """A plan from defaults, with the explicit body values winning; the bounds made consistent."""
     high = min(params.max_thinking_tokens if params.max_thinking_tokens is not None else maximum, max_tokens)
     low = min(params.min_thinking_tokens if params.min_thinking_tokens is not None else minimum, high)
-    return ThinkingPlan(max_tokens=max_tokens, min_thinking_tokens=low, max_thinking_tokens=max(1, high),
-                        max_thoughts=params.max_thoughts if params.max_thoughts is not None else thoughts,
-                        switch_phrases=tuple(params.thought_switch_tokens),
-                        prefill=params.prefill, start_think=params.start_think_token, end_think=params.end_think_token)
+    return ThinkingPlan(
+        max_tokens=max_tokens,
+        min_thinking_tokens=low,
+        max_thinking_tokens=max(1, high),
+        max_thoughts=params.max_thoughts if params.max_thoughts is not None else thoughts,
+        switch_phrases=tuple(params.thought_switch_tokens),
+        prefill=params.prefill,
+        start_think=params.start_think_token,
+        end_think=params.end_think_token,
+    )
 
 
 def thinking_prompt(ctx: DecodeContext, start_think: str, prefill: str) -> list[int]:
@@ -227,8 +257,11 @@ class ThinkingRun:
                 finish = "cancelled"
                 break
             was_forced = bool(self.forced)
-            token = self.forced.popleft() if was_forced else int(choose(batch.logits, self.ctx.sampling,
-                                                                        self.ctx.generator)[0])
+            token = (
+                self.forced.popleft()
+                if was_forced
+                else int(choose(batch.logits, self.ctx.sampling, self.ctx.generator)[0])
+            )
             if not was_forced and token in self.ctx.lm.eos_ids:
                 if self.phase is Phase.ANSWER:
                     finish = "stop"
@@ -245,11 +278,18 @@ class ThinkingRun:
             elif action is Action.REBUILD:
                 batch = self._prefill()
         self._flush()
-        return ThinkingOutcome(text=self.text, completion_tokens=len(self.tokens), finish_reason=finish,
-                               prompt_tokens=self.prompt_tokens,
-                               thinking_tokens=self.thinking_tokens or len(self.tokens), thoughts=self.thoughts,
-                               thoughts_forced=self.thoughts_forced, forced_tokens=sum(self.was_forced),
-                               end=self.end, rewinds=self.rewinds)
+        return ThinkingOutcome(
+            text=self.text,
+            completion_tokens=len(self.tokens),
+            finish_reason=finish,
+            prompt_tokens=self.prompt_tokens,
+            thinking_tokens=self.thinking_tokens or len(self.tokens),
+            thoughts=self.thoughts,
+            thoughts_forced=self.thoughts_forced,
+            forced_tokens=sum(self.was_forced),
+            end=self.end,
+            rewinds=self.rewinds,
+        )
 
     # -- the sequence -------------------------------------------------------------------------------
 
@@ -337,7 +377,7 @@ class ThinkingRun:
         Tokens whose text ends by `at` are kept; text of a cut token that came before the marker (the
         space of " </") is re-encoded, so the text already sent stays true."""
         keep = bisect_right(self.ends, at)
-        gap = self.text[(self.ends[keep - 1] if keep else len(self.plan.head)):at]
+        gap = self.text[(self.ends[keep - 1] if keep else len(self.plan.head)) : at]
         in_cache = max(0, len(self.tokens) - keep - 1)  # the newest token has not been fed yet
         del self.tokens[keep:], self.ends[keep:], self.was_forced[keep:]
         self.text = self.text[:at]
@@ -359,13 +399,13 @@ class ThinkingRun:
         hold = held_back(self.text, [self.plan.end_think]) if self.phase is Phase.THINKING else 0
         safe = len(self.text) - hold
         if safe > self.sent:
-            self.ctx.emit(self.text[self.sent:safe])
+            self.ctx.emit(self.text[self.sent : safe])
             self.sent = safe
 
     def _flush(self) -> None:
         self.text += self.detok.flush()
         if self.ctx.emit is not None and len(self.text) > self.sent:
-            self.ctx.emit(self.text[self.sent:])
+            self.ctx.emit(self.text[self.sent :])
             self.sent = len(self.text)
 
 
@@ -376,10 +416,13 @@ def think(ctx: DecodeContext, plan: ThinkingPlan, prompt: Sequence[int]) -> Thin
 
 def result_of(ctx: DecodeContext, outcome: ThinkingOutcome, info: dict[str, Any]) -> DecodeResult:
     """The DecodeResult of a thinking run: prompt tokens beyond the request's own, a cancel as "length"."""
-    return DecodeResult(text=outcome.text, completion_tokens=outcome.completion_tokens,
-                        finish_reason="stop" if outcome.finish_reason == "stop" else "length",
-                        prompt_tokens=max(0, outcome.prompt_tokens - len(ctx.prompt)),
-                        info={**info, **outcome.info()})
+    return DecodeResult(
+        text=outcome.text,
+        completion_tokens=outcome.completion_tokens,
+        finish_reason="stop" if outcome.finish_reason == "stop" else "length",
+        prompt_tokens=max(0, outcome.prompt_tokens - len(ctx.prompt)),
+        info={**info, **outcome.info()},
+    )
 
 
 def run(ctx: DecodeContext, params: ThinkDeeperParams) -> DecodeResult:
@@ -398,7 +441,7 @@ DECODER = Decoder(
     params=ThinkDeeperParams,
     run=run,
     summary="Budget forcing (s1, arXiv 2501.19393): the model thinks at least min_thinking_tokens (an early end "
-            "becomes 'Wait,' or another switch phrase) and at most max_thinking_tokens, then answers; "
-            "reasoning_effort sets the budget.",
+    "becomes 'Wait,' or another switch phrase) and at most max_thinking_tokens, then answers; "
+    "reasoning_effort sets the budget.",
     streams=True,
 )
