@@ -10,13 +10,18 @@ test has received the one before it (proof, without a clock, that a proxy relays
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import uvicorn
 from starlette.applications import Starlette
@@ -317,3 +322,48 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
+
+
+def serve_process(
+    db: Path,
+    upstream_url: str,
+    *flags: str,
+    port: int | None = None,
+    log_level: str = "warning",
+    command: Callable[..., list[str]] | None = None,
+    wait_s: float = 60,
+) -> tuple[subprocess.Popen, str]:
+    """`optigraph serve` in a child process (this tree, no OPTIGRAPH_* variables from the test run) in
+    front of `upstream_url`, on the SQLite file `db`; returned once it answers /health. `command`
+    wraps the argument list (e.g. to run the server in a jail)."""
+    port = port or free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIGRAPH_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])  # this tree, not an installed copy
+    args = [
+        "-m",
+        "optigraph",
+        "serve",
+        "--port",
+        str(port),
+        "--base-url",
+        upstream_url + "/v1",
+        "--db-url",
+        f"sqlite:///{db}",
+        "--log-level",
+        log_level,
+        *flags,
+    ]
+    argv = command(*args) if command is not None else [sys.executable, *args]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=db.parent)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:  # a hang guard, not a timing check
+            proc.kill()
+            raise AssertionError(f"server did not answer /health: {proc.communicate()[0].decode()}")
+        time.sleep(0.05)

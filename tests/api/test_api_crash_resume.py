@@ -5,11 +5,9 @@ are not sent again, and are recorded once."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,42 +15,11 @@ from typing import Any
 
 import httpx
 from api_stack import last_user_text
-from upstream import ServerThread, UpstreamLog, echo_responder, free_port, make_app
+from upstream import ServerThread, UpstreamLog, echo_responder, free_port, make_app, serve_process
 
 
 def start_server(db: Path, port: int, upstream_url: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIGRAPH_")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "optigraph",
-            "serve",
-            "--port",
-            str(port),
-            "--base-url",
-            upstream_url + "/v1",
-            "--db-url",
-            f"sqlite:///{db}",
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=db.parent,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"server did not answer /health: {proc.communicate()[0].decode()}")
-        time.sleep(0.05)
+    return serve_process(db, upstream_url, port=port)[0]
 
 
 def rows(db: Path, sql: str, *args: Any) -> list[dict[str, Any]]:

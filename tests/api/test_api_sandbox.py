@@ -5,10 +5,8 @@ running the model's program and its run record says why; `--sandbox-level reduce
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import no_namespaces  # noqa: E402
-from upstream import ServerThread, UpstreamLog, free_port, make_app  # noqa: E402
-
-import optigraph  # noqa: E402
+from upstream import ServerThread, UpstreamLog, make_app, serve_process  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not no_namespaces.supported(), reason="the sandbox confines with Linux mechanisms")
 
@@ -56,41 +52,7 @@ def upstream() -> Iterator[tuple[ServerThread, UpstreamLog]]:
 
 
 def start_server(tmp_path: Path, upstream_url: str, *flags: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIGRAPH_")}
-    env["PYTHONPATH"] = str(Path(optigraph.__file__).resolve().parents[1])  # this tree
-    proc = subprocess.Popen(
-        no_namespaces.command(
-            "-m",
-            "optigraph",
-            "serve",
-            "--port",
-            str(port),
-            "--base-url",
-            upstream_url + "/v1",
-            "--db-url",
-            f"sqlite:///{tmp_path / 'o.db'}",
-            "--log-level",
-            "warning",
-            *flags,
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=tmp_path,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"server did not answer /health: {proc.communicate()[0].decode()}")
-        time.sleep(0.05)
+    return serve_process(tmp_path / "o.db", upstream_url, *flags, command=no_namespaces.command)
 
 
 def ask(url: str) -> Any:

@@ -3,12 +3,10 @@ it answers /health soon after start and exits cleanly on SIGTERM, finishing in-f
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from api_stack import Stack, start_stack
-from upstream import ServerThread, UpstreamLog, free_port, make_app
+from upstream import ServerThread, UpstreamLog, make_app, serve_process
 
 
 def test_models_lists_the_upstream_models(tmp_path: Path) -> None:
@@ -83,40 +81,7 @@ def slow_upstream() -> Iterator[tuple[ServerThread, UpstreamLog]]:
 
 
 def start_server(tmp_path: Path, upstream_url: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIGRAPH_")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "optigraph",
-            "serve",
-            "--port",
-            str(port),
-            "--base-url",
-            upstream_url + "/v1",
-            "--db-url",
-            f"sqlite:///{tmp_path / 'o.db'}",
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=tmp_path,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"server did not answer /health: {proc.communicate()[0].decode()}")
-        time.sleep(0.05)
+    return serve_process(tmp_path / "o.db", upstream_url)
 
 
 def test_sigterm_stops_the_server_cleanly(tmp_path: Path, slow_upstream: tuple[ServerThread, UpstreamLog]) -> None:
@@ -180,40 +145,8 @@ def test_serve_logs_each_request_once_and_the_runs_a_crash_left_running(tmp_path
         con.execute("UPDATE runs SET status = 'running', finished_at = NULL WHERE id = ?", (stuck,))
     con.close()
     with ServerThread(make_app()) as up:
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIGRAPH_")}
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "optigraph",
-                "serve",
-                "--port",
-                str(port),
-                "--base-url",
-                up.url + "/v1",
-                "--db-url",
-                f"sqlite:///{db}",
-                "--log-level",
-                "info",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=tmp_path,
-        )
-        url = f"http://127.0.0.1:{port}"
+        proc, url = serve_process(db, up.url, log_level="info")
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:  # a hang guard, not a timing check
-                    raise AssertionError("the server did not start")
-                time.sleep(0.05)
             chat = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
             plain = httpx.post(url + "/v1/chat/completions", json=chat, timeout=30)
             streamed = httpx.post(url + "/v1/chat/completions", json={**chat, "stream": True}, timeout=30)

@@ -5,11 +5,9 @@ exits; a second SIGTERM does not wait out the grace."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ import httpx
 import pytest
 from api_stack import start_stack
 from blocking_upstream import Gate, make_gated_app
-from upstream import ServerThread, free_port
+from upstream import ServerThread, serve_process
 
 WAIT_S = 30  # bounds for a loaded machine; nothing asserts how long anything took
 
@@ -33,42 +31,7 @@ def gated() -> Iterator[tuple[ServerThread, Gate]]:
 
 
 def serve(tmp_path: Path, upstream_url: str, grace_s: float) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIGRAPH_")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "optigraph",
-            "serve",
-            "--port",
-            str(port),
-            "--base-url",
-            upstream_url + "/v1",
-            "--db-url",
-            f"sqlite:///{tmp_path / 'o.db'}",
-            "--log-level",
-            "warning",
-            "--shutdown-grace",
-            str(grace_s),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=tmp_path,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"server did not answer /health: {proc.communicate()[0].decode()}")
-        time.sleep(0.05)
+    return serve_process(tmp_path / "o.db", upstream_url, "--shutdown-grace", str(grace_s), wait_s=WAIT_S)
 
 
 def stuck_request(url: str, gate: Gate, body: dict[str, Any]) -> tuple[threading.Thread, dict[str, Any]]:
