@@ -14,7 +14,8 @@ from optigraph.engine.registry import builtin_registry
 
 HELLO = [{"role": "user", "content": "What is 6 times 7? End with: The answer is N."}]
 # Decoding strategies need a local model's logits: tests/local/test_decoding_approaches.py runs them.
-APPROACHES = sorted(spec.name for spec in builtin_registry().specs.values() if "local" not in spec.needs)
+# The mcp plugin needs MCP servers configured (--mcp-config): tests/api/test_api_mcp.py runs it.
+APPROACHES = sorted(spec.name for spec in builtin_registry().specs.values() if not {"local", "mcp"} & set(spec.needs))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ from upstream import HTTPFailure, echo_responder
 from optigraph.engine.registry import builtin_registry
 
 QUESTION = [{"role": "user", "content": "What is 6 times 7? End with: The answer is N."}]
-APPROACHES = sorted(spec.name for spec in builtin_registry().specs.values() if "local" not in spec.needs)
+# The mcp plugin needs MCP servers configured (--mcp-config): tests/api/test_api_mcp.py runs it.
+APPROACHES = sorted(spec.name for spec in builtin_registry().specs.values() if not {"local", "mcp"} & set(spec.needs))
 PARAMS = {"mars": {"lightweight": True}}
 
 
