@@ -101,8 +101,9 @@ What the program printed ({how}):
 {output}
 ```
 
-Answer the user's question using this output. Explain the result briefly in the terms of the \
-question and state the final answer clearly."""
+The printed output is the computed result: do not work the problem out again and do not change the \
+value. In two or three sentences, say what the result means for the question, then state the final \
+answer, which is the value the program printed."""
 
 PENDING = "__coc_pending__:"
 _PENDING_LINE = re.compile(re.escape(PENDING) + r"(.*)$", re.MULTILINE)
