@@ -44,9 +44,11 @@ async def open_checkpointer(db_url: str, *, max_connections: int = 20) -> AsyncI
 @asynccontextmanager
 async def _sqlite_saver(db_url: str) -> AsyncIterator[AsyncSqliteSaver]:
     ensure_sqlite_dir(db_url)
-    async with aiosqlite.connect(sqlite_path(db_url)) as conn:
-        await conn.execute("PRAGMA journal_mode=WAL")
+    # The busy timeout comes first: switching a new file to WAL takes an exclusive lock, and a second
+    # connection doing the same at that moment must wait for it, not fail with "database is locked".
+    async with aiosqlite.connect(sqlite_path(db_url), timeout=SQLITE_BUSY_TIMEOUT_MS / 1000) as conn:
         await conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute("PRAGMA synchronous=NORMAL")
         saver = AsyncSqliteSaver(conn)
         await saver.setup()
