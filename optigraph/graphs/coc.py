@@ -42,7 +42,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import Field
 
-from optigraph.core.answers import code_blocks
+from optigraph.core.answers import code_blocks, extract_normalized
 from optigraph.core.context import RunContext
 from optigraph.core.spec import ApproachParams, ApproachSpec
 from optigraph.nodes.common import answer_of, generation_params, helper_params
@@ -109,6 +109,8 @@ PENDING = "__coc_pending__:"
 _PENDING_LINE = re.compile(re.escape(PENDING) + r"(.*)$", re.MULTILINE)
 _RESULT = re.compile(r"RESULT\s*:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE | re.DOTALL)
 OUTPUT_IN_PROMPT = 6000  # characters of program output shown to the model
+RESULT_LINE_CHARS = 80  # a printed last line longer than this is not read as the program's answer
+OVERRIDE = "\n\nThe program printed {value}, which the explanation above contradicts: the computed result stands.\nFinal answer: {value}"
 
 # Prepended to the program: a stub for each semantic function. `__coc_values` maps the text of a
 # call (name and argument reprs) to the value the model gave it; an unknown call stops the program
@@ -310,7 +312,22 @@ async def simulate(state: CocState, runtime: Runtime[RunContext]) -> dict[str, A
     }
 
 
+def program_result(state: CocState) -> str | None:
+    """The answer Python computed: the last line the program printed, when Python ran it and that line
+    holds an extractable answer (a number, a choice...); None otherwise (emulated, or no clear value)."""
+    if not (state.get("how") or "").startswith("run by Python"):
+        return None
+    lines = [line.strip() for line in (state.get("output") or "").splitlines() if line.strip()]
+    return extract_normalized(lines[-1]) if lines and len(lines[-1]) <= RESULT_LINE_CHARS else None
+
+
 async def answer(state: CocState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """The model explains the program's result. When Python computed a clear value and the model's
+    own final answer differs (a small model re-derives and overrides it), the program's value stands:
+    it is appended as the final answer, and the run's notes say so. Such an answer is sent whole (it
+    cannot be streamed before it is checked)."""
+    notes: list[str] = []
+    result = program_result(state)
     if state.get("code"):
         instructions = GROUNDED_INSTRUCTIONS.format(
             code=state["code"],
@@ -320,8 +337,17 @@ async def answer(state: CocState, runtime: Runtime[RunContext]) -> dict[str, Any
         messages = with_system_instructions(state["messages"], instructions)
     else:
         messages = state["messages"]
-    completion = await generate_final(state, runtime, messages, node="answer", **generation_params(state))
-    return {"answers": [answer_of(completion.choices[0])], "usage": completion.usage}
+    generating = {**state, "stream_choice": None} if result is not None else state
+    completion = await generate_final(generating, runtime, messages, node="answer", **generation_params(state))
+    final = answer_of(completion.choices[0])
+    text = final["message"].get("content") or ""
+    said = extract_normalized(text) if result is not None else None
+    if result is not None and said is not None and said != result:
+        final["message"]["content"] = text.rstrip() + OVERRIDE.format(value=result)
+        notes.append(
+            f"answer: the model answered {said!r}, the program computed {result!r}; the program's result stands"
+        )
+    return {"answers": [final], "usage": completion.usage, "notes": notes}
 
 
 def after_write(state: CocState) -> str:

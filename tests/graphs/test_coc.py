@@ -11,6 +11,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
 import pytest
 from scripted import ScriptedBackend, last_user, run_approach
 
+from optigraph.core.answers import extract_normalized
 from optigraph.core.cost import evaluate
 from optigraph.core.llm import message_text
 from optigraph.engine.registry import builtin_registry
@@ -180,3 +181,26 @@ def test_registered_as_an_approach_with_its_cost():
     spec = builtin_registry().get("coc")
     assert spec.kind == "approach" and spec.papers == ("arXiv:2312.04474",)
     assert evaluate(spec.calls, spec.validate_params(None)) == 11
+
+
+async def test_the_programs_result_stands_when_the_explanation_contradicts_it():
+    def respond(body):
+        if kind(body) == "write":
+            return plan("print(2**20 % 7)")
+        return "2^3 is 1 mod 7, so 2^20 is 1 mod 7.\nFinal answer: 1"  # a small model re-deriving, wrongly
+
+    backend = ScriptedBackend(respond)
+    state, _ = await run_approach(SPEC, [{"role": "user", "content": "What is 2^20 mod 7?"}], backend)
+    content = state["answers"][0]["message"]["content"]
+    assert content.startswith("2^3 is 1 mod 7") and content.rstrip().endswith("Final answer: 4")
+    assert extract_normalized(content) == "4"
+    assert any("the program computed '4'" in note for note in state["notes"])
+
+
+async def test_an_explanation_that_agrees_is_kept_as_it_is():
+    def respond(body):
+        return plan("print(2**20 % 7)") if kind(body) == "write" else "It is 4.\nFinal answer: 4"
+
+    backend = ScriptedBackend(respond)
+    state, _ = await run_approach(SPEC, [{"role": "user", "content": "What is 2^20 mod 7?"}], backend)
+    assert state["answers"][0]["message"]["content"] == "It is 4.\nFinal answer: 4"
