@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,6 +25,7 @@ from .db import (
 )
 
 # Serializes the savers' own table setup when several replicas start at once.
+WAL_SWITCH_ATTEMPTS = 100  # x 50 ms: how long a connection waits for another to switch a new file to WAL
 SETUP_LOCK_ID = int.from_bytes(hashlib.sha256(b"optigraph.checkpoints.setup").digest()[:8], "big", signed=True)
 
 
@@ -44,11 +46,20 @@ async def open_checkpointer(db_url: str, *, max_connections: int = 20) -> AsyncI
 @asynccontextmanager
 async def _sqlite_saver(db_url: str) -> AsyncIterator[AsyncSqliteSaver]:
     ensure_sqlite_dir(db_url)
-    # The busy timeout comes first: switching a new file to WAL takes an exclusive lock, and a second
-    # connection doing the same at that moment must wait for it, not fail with "database is locked".
+    # Switching a new file to WAL takes an exclusive lock, and SQLite does not always call the busy
+    # handler for it: a second connection doing the same at that moment gets "database is locked" at
+    # once, so the switch is tried again (the mode is persistent: once one connection has switched
+    # the file, the others find it in WAL).
     async with aiosqlite.connect(sqlite_path(db_url), timeout=SQLITE_BUSY_TIMEOUT_MS / 1000) as conn:
         await conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        await conn.execute("PRAGMA journal_mode=WAL")
+        for attempt in range(WAL_SWITCH_ATTEMPTS):
+            try:
+                await conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:  # another connection is switching the new file
+                if "locked" not in str(exc) or attempt == WAL_SWITCH_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.05)
         await conn.execute("PRAGMA synchronous=NORMAL")
         saver = AsyncSqliteSaver(conn)
         await saver.setup()
