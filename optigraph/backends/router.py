@@ -37,22 +37,20 @@ class Backends:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        timeouts = {
+            "connect_timeout_s": settings.upstream_connect_timeout_s,
+            "read_timeout_s": settings.upstream_read_timeout_s,
+            "total_timeout_s": settings.upstream_total_timeout_s,
+        }
         self.http: OpenAIHTTPBackend | None = None
         if settings.base_url:
             self.http = OpenAIHTTPBackend(
                 settings.base_url,
                 api_key=settings.upstream_api_key,
-                connect_timeout_s=settings.upstream_connect_timeout_s,
-                read_timeout_s=settings.upstream_read_timeout_s,
-                total_timeout_s=settings.upstream_total_timeout_s,
                 max_connections=settings.max_connections,
+                **timeouts,
             )
-        self.litellm = LiteLLMBackend(
-            api_key=settings.upstream_api_key,
-            connect_timeout_s=settings.upstream_connect_timeout_s,
-            read_timeout_s=settings.upstream_read_timeout_s,
-            total_timeout_s=settings.upstream_total_timeout_s,
-        )
+        self.litellm = LiteLLMBackend(api_key=settings.upstream_api_key, **timeouts)
         self._local: Any = None
         # Named upstreams (--upstream NAME=URL): addressed by plugins and nodes through the run
         # context (RunContext.llm_for), each with its own key, connection limit and capabilities.
@@ -60,12 +58,10 @@ class Backends:
             name: OpenAIHTTPBackend(
                 up.url,
                 api_key=up.api_key(name),
-                connect_timeout_s=settings.upstream_connect_timeout_s,
-                read_timeout_s=settings.upstream_read_timeout_s,
-                total_timeout_s=settings.upstream_total_timeout_s,
                 max_connections=up.max_connections,
                 name=f"openai:{name}",
                 n_sampling=up.n_sampling,
+                **timeouts,
             )
             for name, up in settings.upstreams.items()
         }
