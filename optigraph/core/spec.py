@@ -90,6 +90,8 @@ class PluginSpec:
     - `stream`: given the run's request, this plugin's private state and the run's context, a TextRewriter for the
       wrapped approach's streamed text, or None. Without it a plugin with a `post` stage makes the
       wrapped part answer in one piece (its text cannot be sent before `post` has seen all of it).
+    - `serves`: request fields the plugin honours itself (the json plugin: `response_format`), so a
+      backend that lacks them does not refuse the request when the plugin is in the expression.
     - `routes`: `pre` may choose, at run time, the expression that runs inside the plugin (a
       router); the choice is recorded in the run.
     - `calls`/`rounds`: upstream calls the plugin itself adds, as formulas of its parameters.
@@ -107,6 +109,7 @@ class PluginSpec:
     expected_calls: str | None = None  # when fewer than `calls` are expected (nothing fails)
     stream: StreamRewriter | None = None
     routes: bool = False
+    serves: frozenset[str] = frozenset()  # request fields it honours itself where the backend cannot
     streams_final: bool = False  # listing parity with approaches: a plugin produces no answer of its own
 
     kind = "plugin"

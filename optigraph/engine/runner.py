@@ -37,6 +37,7 @@ from optigraph.config import Settings
 from optigraph.core.context import RunContext
 from optigraph.core.llm import LLM, Budget
 from optigraph.core.lru import LRUCache
+from optigraph.core.spec import PluginSpec
 from optigraph.core.streaming import StreamEvent, StreamSink
 from optigraph.core.usage import Usage, add_usage, empty_usage, openai_usage
 from optigraph.engine.compiler import CompiledExpression, Compiler
@@ -203,6 +204,13 @@ class Runner:
             background=background_requested(body),
         )
 
+    def _served_fields(self, compiled: CompiledExpression | None) -> frozenset[str]:
+        """The request fields the plugins of `compiled` honour themselves."""
+        if compiled is None:
+            return frozenset()
+        specs = (self.registry.get(name) for name in compiled.names)
+        return frozenset(f for spec in specs if isinstance(spec, PluginSpec) for f in spec.serves)
+
     def _check_needs(self, name: str, llm: LLM, backend: str, model: str) -> None:
         """A 400 when an approach or plugin needs what this server or backend does not offer."""
         spec = self.registry.get(name)
@@ -278,8 +286,7 @@ class Runner:
             )
         return {name: self.registry.get(name).validate_params(raw.get(name)) for name in names}
 
-    @staticmethod
-    def _check_fields(body: dict[str, Any], llm: LLM, compiled: CompiledExpression | None) -> None:
+    def _check_fields(self, body: dict[str, Any], llm: LLM, compiled: CompiledExpression | None) -> None:
         """A 400 for body fields the run would otherwise accept and ignore."""
         decoding = body.get("decoding")
         if decoding is not None and decoding != "none" and not llm.caps.local:  # as the slug form is refused
@@ -290,10 +297,9 @@ class Runner:
                 code="approach_unsupported",
             )
         if llm.caps.local:  # what the local model cannot honour, before any call of an approach
-            # The json plugin serves response_format itself on the local model (it asks for JSON, then
-            # validates and repairs), so the field is fine when it is in the expression.
-            served = compiled is not None and "json" in compiled.names
-            refuse_unsupported({k: v for k, v in body.items() if not (served and k == "response_format")})
+            # A field a plugin of the expression honours itself (PluginSpec.serves) is fine here.
+            served = self._served_fields(compiled)
+            refuse_unsupported({k: v for k, v in body.items() if k not in served})
         if body.get("logprobs") and compiled is not None:
             raise InvalidRequest(
                 f"logprobs are not supported with approach {compiled.text!r}: only 'none' returns "

@@ -169,4 +169,5 @@ SPEC = PluginSpec(
     params=JsonParams,
     calls="repairs",
     rounds="repairs",
+    serves=frozenset({"response_format"}),
 )
