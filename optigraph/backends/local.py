@@ -6,9 +6,9 @@ worker thread (optigraph/local/worker.py) that batches requests arriving togethe
 turns request bodies into jobs and results back into OpenAI responses and chunks.
 
 Body fields it reads: messages, max_tokens / max_completion_tokens, temperature, top_p, n, stop, seed,
-logprobs, top_logprobs, active_adapter, decoding (+ the chosen strategy's own fields), reasoning_effort.
-It refuses (400) tools, functions, a tool_choice other than none/auto and a response_format other than
-text: it can honour none of them.
+logprobs, top_logprobs, active_adapter, decoding (+ the chosen strategy's own fields), reasoning_effort,
+response_format (json_object and json_schema by constrained decoding, optigraph/local/grammar.py).
+It refuses (400) tools, functions and a tool_choice other than none/auto: it cannot call tools.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ class LocalRequest:
     decoding: str | None
     decoding_params: BaseModel | None
     explicit: frozenset[str]  # the fields the client set
+    json: bool = False  # response_format asks for JSON: constrained decoding
+    schema: dict[str, Any] | None = None  # ... matching this schema (None: any JSON object)
 
 
 def _number(body: dict[str, Any], name: str, default: Any, low: float, high: float, kind: type = float) -> Any:
@@ -102,10 +104,11 @@ def _decoding(body: dict[str, Any]) -> tuple[str | None, BaseModel | None]:
         raise InvalidRequest(f"{name}: {field}: {first['msg']}", param=field, code="invalid_value") from exc
 
 
-def refuse_unsupported(body: dict[str, Any]) -> None:
-    """A 400 naming the field for what the local model cannot honour: tool calling and structured output.
-    `response_format` {"type": "text"} (plain text, what it returns anyway) and `tool_choice` "none" or
-    "auto" (no tools: nothing to call) are fine."""
+def refuse_unsupported(body: dict[str, Any], *, structured: bool | None = None) -> None:
+    """A 400 naming the field for what the local model cannot honour: tool calling, and structured output
+    where constrained decoding is not installed. `tool_choice` "none" or "auto" (no tools: nothing to
+    call) and `response_format` {"type": "text"} (what it returns anyway) are fine. `structured`: whether
+    the backend constrains output (default: whether outlines-core is installed here)."""
     for name in ("tools", "functions"):
         if body.get(name):
             raise InvalidRequest(
@@ -120,11 +123,13 @@ def refuse_unsupported(body: dict[str, Any]) -> None:
                 param=param,
                 code="unsupported_parameter",
             )
-    fmt = body.get("response_format")
-    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
-        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+    from optigraph.local.grammar import available, schema_of
+
+    wanted, _ = schema_of(body.get("response_format"))
+    if wanted and not (available() if structured is None else structured):
         raise InvalidRequest(
-            f"the local model supports only response_format type 'text', not {kind!r}",
+            "the local model constrains its output to JSON only with outlines-core installed "
+            "(pip install 'optigraph[local]'): response_format must be text here",
             param="response_format",
             code="unsupported_parameter",
         )
@@ -156,6 +161,15 @@ def parse_request(body: dict[str, Any]) -> LocalRequest:
         raise InvalidRequest(f"decoding {decoding!r} returns one choice: n must be 1", param="n")
     if decoding is not None and logprobs:
         raise InvalidRequest(f"logprobs are not available with decoding {decoding!r}", param="logprobs")
+    from optigraph.local.grammar import schema_of
+
+    wanted, schema = schema_of(body.get("response_format"))
+    if decoding is not None and wanted:
+        raise InvalidRequest(
+            f"decoding {decoding!r} cannot constrain its output: response_format must be text with it",
+            param="response_format",
+            code="unsupported_parameter",
+        )
     return LocalRequest(
         messages=[
             {
@@ -176,6 +190,8 @@ def parse_request(body: dict[str, Any]) -> LocalRequest:
         decoding=decoding,
         decoding_params=params,
         explicit=frozenset(k for k, v in body.items() if v is not None),
+        json=wanted,
+        schema=schema,
     )
 
 
@@ -220,7 +236,9 @@ class LocalBackend:
         return client_spec(model, configured=self.default_model, default=self.default_spec, models_dir=self.models_dir)
 
     def capabilities(self, model: str) -> Capabilities:
-        return Capabilities(n_sampling=True, logprobs=True, streaming=True, local=True)
+        from optigraph.local.grammar import available
+
+        return Capabilities(n_sampling=True, logprobs=True, streaming=True, local=True, structured_output=available())
 
     @property
     def status(self) -> str:
@@ -289,6 +307,7 @@ class LocalBackend:
                 logprobs=req.logprobs,
                 top_logprobs=req.top_logprobs,
                 adapter=self._adapter(spec, lm, req.active_adapter),
+                grammar=lm.grammar(req.schema) if req.json else None,
                 cancel=cancel,
                 on_delta=on_delta,
             )

@@ -18,6 +18,7 @@ class Capabilities:
     temperature: bool = True  # reasoning models refuse sampling parameters
     max_tokens_field: str = "max_tokens"  # or "max_completion_tokens"
     local: bool = False  # runs on this machine (logits-level techniques)
+    structured_output: bool = True  # honours response_format json_object / json_schema itself
 
     def supports(self, need: str) -> bool:
         """Whether a named requirement of an approach ("n_sampling", "logprobs", "local", "text") holds."""

@@ -299,7 +299,9 @@ class Runner:
         if llm.caps.local:  # what the local model cannot honour, before any call of an approach
             # A field a plugin of the expression honours itself (PluginSpec.serves) is fine here.
             served = self._served_fields(compiled)
-            refuse_unsupported({k: v for k, v in body.items() if k not in served})
+            refuse_unsupported(
+                {k: v for k, v in body.items() if k not in served}, structured=llm.caps.structured_output
+            )
         if body.get("logprobs") and compiled is not None:
             raise InvalidRequest(
                 f"logprobs are not supported with approach {compiled.text!r}: only 'none' returns "

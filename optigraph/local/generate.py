@@ -33,6 +33,7 @@ class GenerateJob:
     logprobs: bool = False
     top_logprobs: int = 0
     adapter: str | None = None  # peft adapter name of its rows (None: the model has no adapters)
+    grammar: Any = None  # grammar.Grammar: what its rows may write (response_format), None: anything
     cancel: threading.Event = field(default_factory=threading.Event)
     on_delta: OnDelta | None = None  # streaming: called as text becomes final
 
@@ -55,6 +56,7 @@ class _Row:
 
     def __init__(self, job: GenerateJob, choice: int, tokenizer: Any) -> None:
         self.job, self.choice, self.tokenizer = job, choice, tokenizer
+        self.guide = job.grammar.start() if job.grammar is not None else None  # its place in the grammar
         self.detok = Detokenizer(tokenizer)
         self.sent = 0  # characters streamed
         self.entries: list[dict[str, Any]] = []
@@ -65,6 +67,8 @@ class _Row:
         """Adds a token; returns True when a stop sequence appeared."""
         if logprob is not None:
             self.entries.append(_entry(self.tokenizer, token, logprob[0], logprob[1]))
+        if self.guide is not None:
+            self.guide.advance(token)
         before = len(self.detok.text)
         self.detok.add(token)
         self.stop_at = find_stop(self.detok.text, self.job.stop, before)
@@ -192,7 +196,10 @@ class Generation:
                 tokens[positions] = next(iter(eos))
                 continue
             block = self.batch.logits[positions]
-            chosen = choose(block, job.sampling, job.generator)
+            allowed = block
+            if job.grammar is not None:  # what the grammar forbids cannot be drawn (logprobs stay the model's)
+                allowed = torch.stack([self.active[p].row.guide.mask(block[i]) for i, p in enumerate(positions)])
+            chosen = choose(allowed, job.sampling, job.generator)
             tokens[positions] = chosen
             if job.logprobs:
                 values, tops = logprobs_of(block, chosen, job.top_logprobs)

@@ -126,6 +126,9 @@ def resident_bytes() -> int:
         return 0
 
 
+GRAMMARS_KEPT = 32  # compiled response_format schemas kept per loaded model
+
+
 @dataclass
 class LoadedModel:
     """A model in memory with its tokenizer and any LoRA adapters loaded onto it. Worker thread only."""
@@ -139,6 +142,26 @@ class LoadedModel:
     load_seconds: float
     memory_bytes: int  # resident memory the load added (weights, buffers)
     adapters: dict[str, Path] = field(default_factory=dict)
+    grammars: dict[str, Any] = field(default_factory=dict)  # schema text -> Grammar, most recent last
+    vocab: Any = None  # grammar.Vocab, built on the first constrained request
+
+    def grammar(self, schema: dict[str, Any] | None) -> Any:
+        """The compiled constraint for a JSON schema (None: any JSON object), kept for the next request
+        with the same schema (at most GRAMMARS_KEPT per model, least recently used out)."""
+        import json
+
+        from optigraph.local.grammar import Vocab, compile_grammar
+
+        key = json.dumps(schema, sort_keys=True)
+        found = self.grammars.pop(key, None)
+        if found is None:
+            if self.vocab is None:
+                self.vocab = Vocab(self.tokenizer, self.eos_ids)
+            found = compile_grammar(self.vocab, schema)
+            while len(self.grammars) >= GRAMMARS_KEPT:
+                self.grammars.pop(next(iter(self.grammars)))
+        self.grammars[key] = found
+        return found
 
     @property
     def parameter_bytes(self) -> int:

@@ -8,9 +8,11 @@ error (502 `invalid_model_output`), never a silently invalid answer. A valid ans
 bare JSON text. Without `response_format` (or with `text`) the plugin passes answers through.
 
 The wrapped approach answers in one piece (nothing can be streamed before it has been validated).
-Where the backend has no structured output of its own (the local model), `pre` takes
-`response_format` out of what the wrapped part sends and asks for the JSON in words instead (the
-schema in a system message); validation and repair then make it hold.
+On the local model `pre` also asks for the JSON in words (the schema in a system message): its
+constrained decoding (optigraph/local/grammar.py) makes every finished answer match the schema, and
+being told the schema helps a small model fill it with sense. Where a backend has no structured output
+at all (`Capabilities.structured_output` false), `pre` takes `response_format` out of what the wrapped
+part sends and the words, validation and repair alone make it hold.
 """
 
 from __future__ import annotations
@@ -116,13 +118,20 @@ INSTRUCTION = "Reply with only a JSON value, no prose and no code fence{schema_h
 
 
 async def pre(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """On a backend without structured output, the format is asked for in words instead of sent."""
+    """On the local model the format is asked for in words as well; on a backend without structured
+    output, in words instead of sent."""
     request = state.get("request") or {}
     wanted, schema = schema_of(request)
-    if not wanted or not runtime.context.llm.caps.local:
+    caps = runtime.context.llm.caps
+    if not wanted or (caps.structured_output and not caps.local):
         return {}
     hint = f", matching this JSON schema: {json.dumps(schema)}" if schema is not None else ""
     system = {"role": "system", "content": INSTRUCTION.format(schema_hint=hint)}
+    if caps.structured_output:
+        return {
+            "messages": [system, *state["messages"]],
+            "notes": ["json: the local model's output is constrained to the schema, which it is also told"],
+        }
     return {
         "messages": [system, *state["messages"]],
         "request": {k: v for k, v in request.items() if k != "response_format"},

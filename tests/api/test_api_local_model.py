@@ -3,12 +3,14 @@ used through the official openai client. One server (one model load) for the mod
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from importlib.util import find_spec
 from pathlib import Path
 
 import httpx
+import jsonschema
 import openai
 import pytest
 
@@ -28,6 +30,24 @@ pytestmark = [
 ]
 
 CAPITAL = [{"role": "user", "content": "What is the capital of France? One word."}]
+CITY = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 40},
+        "country": {"type": "string", "maxLength": 40},
+        "landmarks": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"name": {"type": "string", "maxLength": 60}, "year_built": {"type": "integer"}},
+                "required": ["name", "year_built"],
+            },
+            "minItems": 1,
+            "maxItems": 3,
+        },
+    },
+    "required": ["city", "country", "landmarks"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +167,24 @@ def test_errors(client: openai.OpenAI) -> None:
             model="smollm2", messages=CAPITAL, max_tokens=2, extra_body={"decoding": "no-such-strategy"}
         )
     assert caught.value.body["param"] == "decoding"
+
+
+def test_structured_output_matches_a_nested_schema(client: openai.OpenAI) -> None:
+    """Constrained decoding on the real model: plain (streamed) and through the json plugin, which also
+    tells the model the schema."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}
+    ask = [{"role": "user", "content": "Tell me about Paris as JSON."}]
+    pieces = [
+        chunk.choices[0].delta.content or ""
+        for chunk in client.chat.completions.create(
+            model="smollm2", messages=ask, temperature=0, max_tokens=160, response_format=fmt, stream=True
+        )
+        if chunk.choices
+    ]
+    jsonschema.validate(json.loads("".join(pieces)), CITY)
+    reply = client.chat.completions.create(
+        model="json-smollm2", messages=ask, temperature=0, max_tokens=160, response_format=fmt
+    )
+    value = json.loads(reply.choices[0].message.content)
+    jsonschema.validate(value, CITY)
+    assert "paris" in value["city"].lower()

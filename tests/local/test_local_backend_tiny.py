@@ -115,7 +115,8 @@ def fresh_backend(tiny: TinyModel) -> Iterator[Any]:
     made: list[LocalBackend] = []
 
     def make(**options: Any) -> LocalBackend:
-        made.append(LocalBackend(str(tiny.path), models_dir=tiny.path.parent, batch_window_ms=20, **options))
+        options.setdefault("batch_window_ms", 20)
+        made.append(LocalBackend(str(tiny.path), models_dir=tiny.path.parent, **options))
         return made[-1]
 
     yield make
@@ -141,7 +142,8 @@ async def test_a_plain_request_shares_a_batch_with_the_one_loading_the_first_ada
 async def test_requests_beyond_the_row_limit_wait_for_the_next_batch_in_order(
     fresh_backend: Any, tiny: TinyModel
 ) -> None:
-    backend = fresh_backend(max_batch_rows=4)
+    # a wide batch window: on a loaded machine the two gathered requests may reach the worker far apart
+    backend = fresh_backend(max_batch_rows=4, batch_window_ms=1000)
     await backend.warmup()
     body = {"model": str(tiny.path), "messages": QUESTION, "temperature": 1, "seed": 1, "max_tokens": 4}
     before = backend.worker.batches
@@ -433,17 +435,14 @@ def test_http_errors(client: openai.OpenAI, server: ServerThread, tiny: TinyMode
             pass
 
 
-def test_http_tools_and_structured_output_are_refused_by_name(client: openai.OpenAI, server: ServerThread) -> None:
-    """The local model cannot call tools or constrain its output: a 400 naming the field, for the passthrough
-    and for an approach (before any of its calls), streamed or not; a plain text format is fine."""
+def test_http_tools_are_refused_by_name(client: openai.OpenAI, server: ServerThread) -> None:
+    """The local model cannot call tools: a 400 naming the field, for the passthrough and for an approach
+    (before any of its calls), streamed or not; a plain text format is fine (JSON formats: test_grammar.py)."""
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
-    schema = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}
     runs_before = httpx.get(f"{server.url}/v1/runs?limit=1000", timeout=10).json()["data"]
     for extra, param in (
         ({"tools": tools}, "tools"),
         ({"tool_choice": "required"}, "tool_choice"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"response_format": schema}, "response_format"),
     ):
         for model in ("local", "bon-local"):
             for stream in (False, True):

@@ -93,7 +93,9 @@ async def test_without_response_format_answers_pass_through() -> None:
 
 
 async def test_on_a_backend_without_structured_output_the_format_is_asked_for_in_words() -> None:
-    backend = ScriptedBackend(replies("not json", json.dumps(VALID)), capabilities={"local": True})
+    backend = ScriptedBackend(
+        replies("not json", json.dumps(VALID)), capabilities={"local": True, "structured_output": False}
+    )
     response = await ask(
         make_runner(backend),
         {"model": "json&none-m", "response_format": FORMAT, "messages": [{"role": "user", "content": "Plan a trip."}]},
@@ -105,10 +107,25 @@ async def test_on_a_backend_without_structured_output_the_format_is_asked_for_in
     assert len(backend.calls) == 2  # the invalid answer was repaired
 
 
-async def test_response_format_without_the_json_plugin_is_refused_on_the_local_model() -> None:
+async def test_on_the_local_model_the_format_is_sent_and_also_asked_for_in_words() -> None:
+    """The local model constrains its output to the schema (optigraph/local/grammar.py): the format goes
+    to every sampling call, and the schema is in a system message too."""
+    backend = ScriptedBackend(replies(json.dumps(VALID)), capabilities={"local": True})
+    response = await ask(
+        make_runner(backend),
+        {"model": "json&none-m", "response_format": FORMAT, "messages": [{"role": "user", "content": "Plan a trip."}]},
+    )
+    assert json.loads(response["choices"][0]["message"]["content"]) == VALID
+    assert [call["response_format"] for call in backend.calls] == [FORMAT]
+    assert (
+        backend.calls[0]["messages"][0]["role"] == "system" and '"stops"' in backend.calls[0]["messages"][0]["content"]
+    )
+
+
+async def test_response_format_is_refused_on_a_local_model_without_constrained_decoding() -> None:
     from optigraph.errors import InvalidRequest
 
-    runner = make_runner(ScriptedBackend(capabilities={"local": True}))
+    runner = make_runner(ScriptedBackend(capabilities={"local": True, "structured_output": False}))
     with pytest.raises(InvalidRequest) as info:
         await runner.prepare(
             {"model": "re2-m", "response_format": FORMAT, "messages": [{"role": "user", "content": "q"}]},
