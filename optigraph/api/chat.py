@@ -84,7 +84,9 @@ async def open_stream(request: Request, prep: Prepared) -> AsyncIterator[bytes]:
 async def run_to_answer(request: Request, prep: Prepared) -> ChatResult:
     """Runs a non-streamed request to its answer; the run is cancelled if its client goes."""
     runner = request.app.state.runner
-    return await unless_client_goes(request, runner.start(prep, runner.complete(prep)), _when_client_goes(request, prep))
+    return await unless_client_goes(
+        request, runner.start(prep, runner.complete(prep)), _when_client_goes(request, prep)
+    )
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

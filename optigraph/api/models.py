@@ -94,4 +94,3 @@ def prefixed_models(request: Request, models: list[dict[str, Any]], prefixes: li
             if all(runner.offers(need, caps) for need in needs):
                 out.append({"id": f"{prefix}-{base}", "object": "model", "created": 0, "owned_by": "optigraph"})
     return out
-

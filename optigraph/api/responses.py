@@ -71,7 +71,9 @@ async def create_response(request: Request, key: str | None = Depends(upstream_k
         headers["x-optigraph-upstream-calls"] = str(run_usage(prep)["calls"])
         return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
     headers["x-optigraph-upstream-calls"] = str(result.response["optigraph"]["upstream_calls"])
-    return Response(orjson.dumps(from_chat(body, result.response, prep.run_id)), media_type="application/json", headers=headers)
+    return Response(
+        orjson.dumps(from_chat(body, result.response, prep.run_id)), media_type="application/json", headers=headers
+    )
 
 
 ResponseId = Annotated[str, Path(description="The response's id (`resp_...`)")]

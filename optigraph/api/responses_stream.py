@@ -77,7 +77,10 @@ class ResponseEvents:
 
     def start(self) -> list[bytes]:
         response = self._response("in_progress")
-        return [self._event("response.created", response=response), self._event("response.in_progress", response=response)]
+        return [
+            self._event("response.created", response=response),
+            self._event("response.in_progress", response=response),
+        ]
 
     def _open(self, choice: int, kind: str, item: dict[str, Any]) -> tuple[_Item, list[bytes]]:
         out = self._close(choice)

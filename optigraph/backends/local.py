@@ -194,7 +194,9 @@ def parse_prompt_request(body: dict[str, Any]) -> LocalRequest:
                 code="unsupported_parameter",
             )
     chat = {k: v for k, v in body.items() if k not in ("prompt", "suffix", "echo", "logprobs", "best_of")}
-    return replace(parse_request({**chat, "messages": [{"role": "user", "content": prompt}]}), messages=[], prompt=prompt)
+    return replace(
+        parse_request({**chat, "messages": [{"role": "user", "content": prompt}]}), messages=[], prompt=prompt
+    )
 
 
 class LocalBackend:

@@ -286,7 +286,9 @@ def test_approach_selected_by_prefix_body_and_tag(stack: Stack) -> None:
 
 
 def test_parallel_branches_answer_one_message_each(stack: Stack) -> None:
-    resp = stack.client().responses.create(model="fake-model", input="two ways", extra_body={"optillm_approach": "none|re2"})
+    resp = stack.client().responses.create(
+        model="fake-model", input="two ways", extra_body={"optillm_approach": "none|re2"}
+    )
     assert [item.type for item in resp.output] == ["message", "message"]
     assert len({item.id for item in resp.output}) == 2
     events = _events(stack, model="fake-model", input="two ways", extra_body={"optillm_approach": "none|re2"})
@@ -308,14 +310,26 @@ def test_streamed_graph_approach(stack: Stack) -> None:
     ("body", "param", "code"),
     [
         ({"model": "fake-model"}, "input", "missing_required_parameter"),
-        ({"model": "fake-model", "input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type", "unsupported_parameter"),
-        ({"model": "fake-model", "input": [{"type": "item_reference", "id": "x"}]}, "input[0].type", "unsupported_parameter"),
+        (
+            {"model": "fake-model", "input": "x", "tools": [{"type": "web_search"}]},
+            "tools[0].type",
+            "unsupported_parameter",
+        ),
+        (
+            {"model": "fake-model", "input": [{"type": "item_reference", "id": "x"}]},
+            "input[0].type",
+            "unsupported_parameter",
+        ),
         (
             {"model": "fake-model", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
             "input[0][0].type",
             "unsupported_parameter",
         ),
-        ({"model": "fake-model", "input": "x", "text": {"format": {"type": "xml"}}}, "text.format.type", "invalid_value"),
+        (
+            {"model": "fake-model", "input": "x", "text": {"format": {"type": "xml"}}},
+            "text.format.type",
+            "invalid_value",
+        ),
         ({"model": "fake-model", "input": "x", "background": True}, "background", "unsupported_parameter"),
         ({"model": "fake-model", "input": "x", "temperature": 3}, "temperature", "invalid_value"),
         ({"model": "fake-model", "input": [{"role": "robot", "content": "x"}]}, "input[0].role", "invalid_value"),

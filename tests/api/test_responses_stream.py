@@ -41,7 +41,10 @@ async def test_an_error_after_the_first_chunk_fails_the_response() -> None:
     )
     assert [e["type"] for e in events][-1] == "response.failed"
     failed = events[-1]["response"]
-    assert failed["status"] == "failed" and failed["error"] == {"code": "upstream_error", "message": "upstream went away"}
+    assert failed["status"] == "failed" and failed["error"] == {
+        "code": "upstream_error",
+        "message": "upstream went away",
+    }
     assert "response.completed" not in [e["type"] for e in events]
 
 
