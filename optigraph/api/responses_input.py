@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from optigraph.engine.request import _is_union_branch as is_union_branch
 from optigraph.errors import InvalidRequest
 
 # Responses fields that have no effect here and are accepted so unmodified clients work:
@@ -94,7 +95,7 @@ def check_responses_request(body: Any) -> ResponsesRequest:
         req = ResponsesRequest.model_validate(body)
     except ValidationError as exc:
         err = exc.errors()[0]
-        param = ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith(("list[", "dict[", "str")))
+        param = ".".join(str(p) for p in err.get("loc", ()) if not is_union_branch(str(p)))
         missing = err.get("type") == "missing"
         raise InvalidRequest(
             f"missing required parameter: {param!r}" if missing else f"invalid value for {param!r}: {err.get('msg')}",
@@ -183,7 +184,8 @@ def input_messages(input_: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
             role = item.get("role")
             if role not in ROLES:
                 raise InvalidRequest(f"unknown message role {role!r}", param=f"{param}.role", code="invalid_value")
-            messages.append({"role": role, "content": _content(item.get("content"), role=role, param=param)})
+            content = _content(item.get("content"), role=role, param=f"{param}.content")
+            messages.append({"role": role, "content": content})
         elif kind == "function_call":
             call = _function_call(item, param)
             last = messages[-1] if messages else None

@@ -322,7 +322,7 @@ def test_streamed_graph_approach(stack: Stack) -> None:
         ),
         (
             {"model": "fake-model", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
-            "input[0][0].type",
+            "input[0].content[0].type",
             "unsupported_parameter",
         ),
         (
@@ -332,6 +332,8 @@ def test_streamed_graph_approach(stack: Stack) -> None:
         ),
         ({"model": "fake-model", "input": "x", "background": True}, "background", "unsupported_parameter"),
         ({"model": "fake-model", "input": "x", "temperature": 3}, "temperature", "invalid_value"),
+        ({"model": "fake-model", "input": "x", "stream": "often"}, "stream", "invalid_value"),
+        ({"model": "fake-model", "input": 12}, "input", "invalid_value"),
         ({"model": "fake-model", "input": [{"role": "robot", "content": "x"}]}, "input[0].role", "invalid_value"),
     ],
 )
@@ -381,3 +383,19 @@ def test_a_failed_response_reads_back_as_failed(stack: Stack) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.responses.create(model="fake-model", input="x", previous_response_id="resp_" + run_id)
     assert err.value.body["code"] == "previous_response_not_completed"
+
+
+@pytest.mark.parametrize("stream_first", [False, True])
+def test_previous_response_of_a_graph_run(stack: Stack, stream_first: bool) -> None:
+    client = stack.client()
+    if stream_first:
+        first = _events(stack, model="moa-fake-model", input="remember seven")[-1].response
+    else:
+        first = client.responses.create(model="moa-fake-model", input="remember seven")
+    stack.reset()
+    client.responses.create(model="fake-model", input="which number?", previous_response_id=first.id)
+    assert stack.log.bodies[0]["messages"] == [
+        {"role": "user", "content": "remember seven"},
+        {"role": "assistant", "content": first.output_text},
+        {"role": "user", "content": "which number?"},
+    ]
