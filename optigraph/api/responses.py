@@ -41,7 +41,7 @@ router = APIRouter(tags=["responses"])
 )
 async def create_response(request: Request, key: str | None = Depends(upstream_key)) -> Response:
     body = await read_json(request)
-    req = check_responses_request(body)
+    req = check_responses_request(body, max_tokens=request.app.state.settings.max_tokens_limit)
     history: list[dict[str, Any]] = []
     if req.previous_response_id is not None:
         row = await stored_response(request, req.previous_response_id, param="previous_response_id")

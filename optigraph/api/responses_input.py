@@ -87,8 +87,8 @@ class ResponsesRequest(BaseModel):
     optillm_params: dict[str, Any] | None = None
 
 
-def check_responses_request(body: Any) -> ResponsesRequest:
-    """The validated request, or a 400 naming the parameter."""
+def check_responses_request(body: Any, *, max_tokens: int) -> ResponsesRequest:
+    """The validated request, or a 400 naming the parameter (`max_tokens`: the server's limit)."""
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object", code="invalid_body")
     try:
@@ -109,6 +109,10 @@ def check_responses_request(body: Any) -> ResponsesRequest:
     ):
         if body.get(name) not in (None, False):
             raise InvalidRequest(f"{name}: {why}", param=name, code="unsupported_parameter")
+    if req.max_output_tokens is not None and req.max_output_tokens > max_tokens:
+        raise InvalidRequest(
+            f"max_output_tokens must be at most {max_tokens}", param="max_output_tokens", code="invalid_value"
+        )
     return req
 
 

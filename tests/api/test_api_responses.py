@@ -334,6 +334,7 @@ def test_streamed_graph_approach(stack: Stack) -> None:
         ({"model": "fake-model", "input": "x", "temperature": 3}, "temperature", "invalid_value"),
         ({"model": "fake-model", "input": "x", "stream": "often"}, "stream", "invalid_value"),
         ({"model": "fake-model", "input": 12}, "input", "invalid_value"),
+        ({"model": "fake-model", "input": "x", "max_output_tokens": 10**9}, "max_output_tokens", "invalid_value"),
         ({"model": "fake-model", "input": [{"role": "robot", "content": "x"}]}, "input[0].role", "invalid_value"),
     ],
 )
