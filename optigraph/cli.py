@@ -84,6 +84,12 @@ SERVE_FLAGS = (
         ),
     ),
     ("--max-n", "max_n", "most choices (n) one request may ask for (default 16)"),
+    (
+        "--model-list-approaches",
+        "model_list_approaches",
+        "comma-separated approach prefixes --list-approach-models lists, e.g. moa,bon,bon&re2 "
+        "(default moa,bon,self_consistency,re2,cot_reflection,plansearch,mcts,rto)",
+    ),
     ("--max-tokens", "max_tokens_limit", "largest max_tokens / max_completion_tokens accepted (default 131072)"),
     ("--max-upstream-calls", "max_upstream_calls", "per-run cap on upstream calls, default and ceiling (default 256)"),
     (
@@ -111,6 +117,12 @@ SERVE_FLAGS = (
 
 # Flags that take no value: present means true.
 SERVE_SWITCHES = (
+    (
+        "--list-approach-models",
+        "list_approach_models",
+        "GET /v1/models also lists approach-prefixed ids (moa-gpt-4o-mini...) for front ends that offer only "
+        "listed models (which prefixes: --model-list-approaches)",
+    ),
     (
         "--local-models-with-upstream",
         "local_models_with_upstream",
@@ -232,6 +244,7 @@ def serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
     _check_serve_settings(settings)
+    from optigraph.api.models import ListedApproachError
     from optigraph.errors import ApproachLoadError, ExpressionError, UnknownApproach
 
     try:
@@ -240,6 +253,8 @@ def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"optigraph: cannot load approaches:\n{exc.message}") from None
     except (ExpressionError, UnknownApproach) as exc:
         _serve_error(f"--approach: {exc.message}")
+    except ListedApproachError as exc:
+        _serve_error(str(exc))
     from optigraph.api.server import Server
 
     # One access-log line per request comes from optigraph.api.access_log; uvicorn's own is off.

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_db_url() -> str:
@@ -38,6 +38,10 @@ def parse_upstream(text: str) -> tuple[str, UpstreamSettings]:
     if not sep or not name.strip() or not url.strip() or not name.strip().replace("_", "").isalnum():
         raise ValueError(f"--upstream takes NAME=URL (NAME letters, digits and _), not {text!r}")
     return name.strip(), UpstreamSettings(url=url.strip())
+
+
+# The approach prefixes GET /v1/models lists with --list-approach-models unless --model-list-approaches says.
+LISTED_APPROACHES = ("moa", "bon", "self_consistency", "re2", "cot_reflection", "plansearch", "mcts", "rto")
 
 
 class Settings(BaseSettings):
@@ -181,3 +185,20 @@ class Settings(BaseSettings):
         default=True,
         description="Load approaches that installed packages declare in the optigraph.approaches entry-point group",
     )
+    list_approach_models: bool = Field(
+        default=False,
+        description="GET /v1/models also lists approach-prefixed ids (`moa-gpt-4o-mini`) for every model and "
+        "every entry of model_list_approaches, for front ends that offer only the listed models",
+    )
+    model_list_approaches: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(LISTED_APPROACHES),
+        description="The approach prefixes (names or expressions such as bon&re2) list_approach_models lists, "
+        "comma-separated",
+    )
+
+    @field_validator("model_list_approaches", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

@@ -285,7 +285,55 @@ def make_app(
             media_type="application/json",
         )
 
-    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models)])
+    async def completions(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        log.bodies.append(body)
+        log.headers.append(dict(request.headers))
+        text = f"completion of: {body.get('prompt')}"
+        base = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": body.get("model")}
+        usage = {"prompt_tokens": len(str(body.get("prompt")).split()), "completion_tokens": len(text.split())}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if not body.get("stream"):
+            choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
+            return Response(orjson.dumps({**base, "choices": [choice], "usage": usage}), media_type="application/json")
+
+        async def events():
+            for w, word in enumerate(text.split(" ")):
+                piece = {"index": 0, "text": word if w == 0 else " " + word, "finish_reason": None, "logprobs": None}
+                yield b"data: " + orjson.dumps({**base, "choices": [piece]}) + b"\n\n"
+            end = {"index": 0, "text": "", "finish_reason": "stop", "logprobs": None}
+            yield b"data: " + orjson.dumps({**base, "choices": [end]}) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def embeddings(request: Request) -> Response:
+        """One vector per input: [characters, words] of each text."""
+        body = orjson.loads(await request.body())
+        log.bodies.append(body)
+        log.headers.append(dict(request.headers))
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [float(len(t)), float(len(t.split()))]}
+            for i, t in enumerate(inputs)
+        ]
+        tokens = sum(len(t.split()) for t in inputs)
+        out = {
+            "object": "list",
+            "data": data,
+            "model": body.get("model"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return Response(orjson.dumps(out), media_type="application/json")
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/models", models),
+        ]
+    )
     app.state.log = log
     return app
 

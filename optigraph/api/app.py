@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from optigraph import __version__
-from optigraph.api import approaches, chat, docs, health, models, runs, ui
+from optigraph.api import approaches, chat, completions, docs, health, models, responses, runs, ui
 from optigraph.api.access_log import AccessLog
 from optigraph.api.auth import UISessions
 from optigraph.api.errors import install_error_handlers
@@ -44,6 +44,8 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     default = parse(settings.approach)  # a bad default fails at start, not per request
     validate(default, registry.names())
     check_size(default, limits)
+    if settings.list_approach_models:  # a bad prefix fails at start too
+        models.check_listed_approaches(settings.model_list_approaches, registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -104,6 +106,8 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog)
     app.include_router(chat.router)
+    app.include_router(responses.router)
+    app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(health.router)
     docs.install(app)  # /docs and /redoc with their assets served from a package: they work offline
@@ -133,17 +137,20 @@ async def _report_unfinished_runs(db: Any) -> None:
 
 
 def _document_request_schema(app: FastAPI) -> None:
-    """The chat route reads its raw body (to forward unknown fields); its schema is added here."""
+    """The chat and responses routes read their raw body (to forward unknown fields); their schemas are added here."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         spec = original()
-        schema, defs = chat.request_schema()
         components = spec.setdefault("components", {}).setdefault("schemas", {})
-        components.update(defs)
-        components["ChatCompletionRequest"] = schema
+        for name, (schema, defs) in (
+            ("ChatCompletionRequest", chat.request_schema()),
+            ("ResponsesRequest", responses.request_schema()),
+        ):
+            components.update(defs)
+            components[name] = schema
         return spec
 
     app.openapi = openapi  # type: ignore[method-assign]

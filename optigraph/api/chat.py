@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
@@ -12,7 +13,7 @@ from optigraph.api.auth import upstream_key
 from optigraph.api.disconnect import unless_client_goes
 from optigraph.api.errors import ORJSONResponse
 from optigraph.engine.request import ChatCompletionRequest
-from optigraph.engine.runner import run_usage
+from optigraph.engine.runner import ChatResult, Prepared, run_usage
 from optigraph.errors import InvalidRequest, OptigraphError
 
 router = APIRouter(tags=["chat"])
@@ -32,31 +33,18 @@ RUN_HEADER = "x-optigraph-run-id"
     responses={200: {"description": "An OpenAI chat.completion, or an SSE stream of chat.completion.chunk"}},
 )
 async def chat_completions(request: Request, key: str | None = Depends(upstream_key)) -> Response:
-    raw = await request.body()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
-    runner = request.app.state.runner
-    prep = await runner.prepare(body, client_key=key)
+    body = await read_json(request)
+    prep = await request.app.state.runner.prepare(body, client_key=key)
     headers = {RUN_HEADER: prep.run_id}
-
-    def client_went() -> None:  # the run is cancelled with its client, unless it asked to finish anyway
-        if not prep.background:
-            runner.cancel(prep, "cancelled")
-
     if prep.stream:
-        chunks = runner.stream(prep)
         try:  # wait for the first chunk, so that a failure before it gets its own status
-            first = await unless_client_goes(request, anext(chunks), client_went)
+            chunks = await open_stream(request, prep)
         except OptigraphError as exc:
             return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
         # Once streaming, Starlette notices a client that goes and closes `chunks`, which cancels the run.
-        return StreamingResponse(
-            _prepend(first, chunks), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}
-        )
+        return StreamingResponse(chunks, media_type="text/event-stream", headers={**headers, **SSE_HEADERS})
     try:
-        result = await unless_client_goes(request, runner.start(prep, runner.complete(prep)), client_went)
+        result = await run_to_answer(request, prep)
     except OptigraphError as exc:  # the run exists (stored as failed, cancelled or interrupted): say which it was
         headers["x-optigraph-upstream-calls"] = str(run_usage(prep)["calls"])
         return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
@@ -64,10 +52,50 @@ async def chat_completions(request: Request, key: str | None = Depends(upstream_
     return Response(orjson.dumps(result.response), media_type="application/json", headers=headers)
 
 
+SSE_HEADERS = {"cache-control": "no-cache"}
+
+
+async def read_json(request: Request) -> Any:
+    """The request body parsed as JSON, or a 400."""
+    raw = await request.body()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def _when_client_goes(request: Request, prep: Prepared) -> Callable[[], None]:
+    runner = request.app.state.runner
+
+    def client_went() -> None:  # the run is cancelled with its client, unless it asked to finish anyway
+        if not prep.background:
+            runner.cancel(prep, "cancelled")
+
+    return client_went
+
+
+async def open_stream(request: Request, prep: Prepared) -> AsyncIterator[bytes]:
+    """The run's SSE chunks, once the first is there: a failure before it raises (its own status)."""
+    chunks = request.app.state.runner.stream(prep)
+    first = await unless_client_goes(request, anext(chunks), _when_client_goes(request, prep))
+    return _prepend(first, chunks)
+
+
+async def run_to_answer(request: Request, prep: Prepared) -> ChatResult:
+    """Runs a non-streamed request to its answer; the run is cancelled if its client goes."""
+    runner = request.app.state.runner
+    return await unless_client_goes(
+        request, runner.start(prep, runner.complete(prep)), _when_client_goes(request, prep)
+    )
+
+
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield first
-    async for chunk in rest:
-        yield chunk
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]
 
 
 def request_schema() -> tuple[dict, dict]:

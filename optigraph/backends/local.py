@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,6 +53,7 @@ class LocalRequest:
     explicit: frozenset[str]  # the fields the client set
     json: bool = False  # response_format asks for JSON: constrained decoding
     schema: dict[str, Any] | None = None  # ... matching this schema (None: any JSON object)
+    prompt: str | None = None  # a legacy completion's raw prompt (no chat template), instead of messages
 
 
 def _number(body: dict[str, Any], name: str, default: Any, low: float, high: float, kind: type = float) -> Any:
@@ -195,6 +196,25 @@ def parse_request(body: dict[str, Any]) -> LocalRequest:
     )
 
 
+def parse_prompt_request(body: dict[str, Any]) -> LocalRequest:
+    """A legacy completion (POST /v1/completions): one prompt string, sampled as it is (no chat
+    template). What only a chat or the upstream API offers is refused, naming the field."""
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise InvalidRequest("the local model takes one non-empty prompt string", param="prompt", code="invalid_value")
+    for name in ("suffix", "echo", "logprobs", "best_of", "decoding"):
+        if body.get(name) not in (None, False, 1 if name == "best_of" else None):
+            raise InvalidRequest(
+                f"{name} is not supported for completions on the local model",
+                param=name,
+                code="unsupported_parameter",
+            )
+    chat = {k: v for k, v in body.items() if k not in ("prompt", "suffix", "echo", "logprobs", "best_of")}
+    return replace(
+        parse_request({**chat, "messages": [{"role": "user", "content": prompt}]}), messages=[], prompt=prompt
+    )
+
+
 class LocalBackend:
     """Models on this machine: a bounded cache of loaded models and one batching worker thread."""
 
@@ -276,7 +296,10 @@ class LocalBackend:
         )
 
     def _prompt(self, lm: Any, req: LocalRequest) -> list[int]:
-        prompt = lm.encode_chat(req.messages)
+        if req.prompt is not None:
+            prompt = list(lm.tokenizer(req.prompt)["input_ids"])
+        else:
+            prompt = lm.encode_chat(req.messages)
         if len(prompt) >= lm.context:
             raise InvalidRequest(
                 f"the prompt has {len(prompt)} tokens; the model's context holds {lm.context}",
@@ -394,9 +417,45 @@ class LocalBackend:
             "usage": _usage(prompt_tokens, sum(c.tokens for c in choices)),
         }
 
+    async def complete_text(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A legacy completion (`text_completion`) of a raw prompt, with `n` choices."""
+        req = parse_prompt_request(body)
+        prompt_tokens, choices = await self._generate(body, req)
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model") or self.default_model,
+            "choices": [
+                {"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+                for i, c in enumerate(choices)
+            ],
+            "usage": _usage(prompt_tokens, sum(c.tokens for c in choices)),
+        }
+
+    async def stream_text(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """A legacy completion's chunks (`text_completion` objects) as tokens are generated."""
+        req = parse_prompt_request(body)
+        async for chunk in self._stream(body, req):
+            out = {**chunk, "object": "text_completion", "id": "cmpl-" + chunk["id"].removeprefix("chatcmpl-")}
+            if chunk["choices"]:
+                c = chunk["choices"][0]
+                out["choices"] = [
+                    {
+                        "index": c["index"],
+                        "text": c["delta"].get("content") or "",
+                        "finish_reason": c["finish_reason"],
+                        "logprobs": None,
+                    }
+                ]
+            yield out
+
     async def stream(self, body: dict[str, Any], *, api_key: str | None = None) -> AsyncIterator[dict[str, Any]]:
         """Chunks as tokens are generated. An error before the first token raises before any chunk."""
-        req = parse_request(body)
+        async for chunk in self._stream(body, parse_request(body)):
+            yield chunk
+
+    async def _stream(self, body: dict[str, Any], req: LocalRequest) -> AsyncIterator[dict[str, Any]]:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[int, str, list[Any]] | None] = asyncio.Queue()

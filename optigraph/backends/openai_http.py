@@ -151,9 +151,26 @@ class OpenAIHTTPBackend:
         return data
 
     async def _complete(self, body: dict[str, Any], api_key: str | None) -> dict[str, Any]:
+        data = await self._post("/chat/completions", body, api_key)
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+            raise UpstreamInvalidResponse(f"upstream returned no choices: {orjson.dumps(data).decode()[:500]}")
+        return data
+
+    async def post_json(self, path: str, body: dict[str, Any], *, api_key: str | None = None) -> Any:
+        """POST `body` to another route of the upstream (`/completions`, `/embeddings`): its JSON answer."""
+        try:
+            data = await self._post(path, body, api_key)
+        except UpstreamError as exc:
+            self.outcomes.failed(exc)
+            raise
+        self.outcomes.succeeded()
+        return data
+
+    async def _post(self, path: str, body: dict[str, Any], api_key: str | None) -> Any:
         try:
             async with self._client().post(
-                f"{self.base_url}/chat/completions",
+                f"{self.base_url}{path}",
                 data=orjson.dumps(body),
                 headers=self._headers(api_key),
                 allow_redirects=False,
@@ -167,13 +184,9 @@ class OpenAIHTTPBackend:
         if status >= 400:
             raise upstream_error(status, content)
         try:
-            data = orjson.loads(content)
+            return orjson.loads(content)
         except orjson.JSONDecodeError:
             raise UpstreamInvalidResponse("upstream returned a body that is not JSON", retryable=True) from None
-        choices = data.get("choices") if isinstance(data, dict) else None
-        if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
-            raise UpstreamInvalidResponse(f"upstream returned no choices: {content.decode('utf-8', 'replace')[:500]}")
-        return data
 
     async def stream(self, body: dict[str, Any], *, api_key: str | None = None) -> AsyncIterator[dict[str, Any]]:
         try:
@@ -184,11 +197,24 @@ class OpenAIHTTPBackend:
             raise
         self.outcomes.succeeded()
 
-    async def _stream(self, body: dict[str, Any], api_key: str | None) -> AsyncIterator[dict[str, Any]]:
+    def _stream(self, body: dict[str, Any], api_key: str | None) -> AsyncIterator[dict[str, Any]]:
+        return self._events("/chat/completions", body, api_key)
+
+    async def stream_json(self, path: str, body: dict[str, Any], *, api_key: str | None = None) -> AsyncIterator[Any]:
+        """The streamed JSON events of another route of the upstream (`/completions` with stream)."""
+        try:
+            async for event in self._events(path, body, api_key):
+                yield event
+        except UpstreamError as exc:
+            self.outcomes.failed(exc)
+            raise
+        self.outcomes.succeeded()
+
+    async def _events(self, path: str, body: dict[str, Any], api_key: str | None) -> AsyncIterator[Any]:
         body = {**body, "stream": True}
         try:
             async with self._client().post(
-                f"{self.base_url}/chat/completions",
+                f"{self.base_url}{path}",
                 data=orjson.dumps(body),
                 headers=self._headers(api_key),
                 allow_redirects=False,

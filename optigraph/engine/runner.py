@@ -34,7 +34,9 @@ import orjson
 from optigraph.backends.local import refuse_unsupported
 from optigraph.backends.router import Backends
 from optigraph.config import Settings
+from optigraph.core.backend import Capabilities
 from optigraph.core.context import RunContext
+from optigraph.core.deltas import StreamedAnswers
 from optigraph.core.llm import LLM, Budget
 from optigraph.core.lru import LRUCache
 from optigraph.core.spec import PluginSpec
@@ -236,6 +238,10 @@ class Runner:
             )
 
     def _offers(self, need: str, llm: LLM) -> bool:
+        return self.offers(need, llm.caps)
+
+    def offers(self, need: str, caps: Capabilities) -> bool:
+        """Whether a run on a backend with `caps` has what an approach's `need` names."""
         # What the server offers every run: outbound network (plugins check their own allow-lists),
         # the code sandbox (it fails closed at run time) and, where it has them, the database and MCP servers.
         if need in ("network", "sandbox"):
@@ -244,7 +250,7 @@ class Runner:
             return self.store is not None
         if need == "mcp":  # MCP servers from the operator's config file
             return self.settings.mcp_config is not None
-        return llm.caps.supports(need)
+        return caps.supports(need)
 
     def llm_for(self, model: str, *, run_id: str, client_key: str | None, limits: dict[str, Any] | None) -> LLM:
         """The run's LLM client: the backend serving `model`, the server's retries, the run's budget."""
@@ -475,6 +481,7 @@ class Runner:
         }
         decoding = None
         relayed = 0
+        answers = StreamedAnswers()  # stored with the run, as a graph run's streamed answers are
         async for chunk in prep.llm.forward_stream(body, node="passthrough"):
             if chunk.get("usage"):
                 if not chunk.get("choices"):
@@ -483,13 +490,16 @@ class Runner:
                 chunk = {k: v for k, v in chunk.items() if k != "usage"}
             chunk["id"], chunk["model"] = base["id"], base["model"]
             relayed += 1
+            answers.add(chunk)
             yield b"data: " + orjson.dumps(chunk) + b"\n\n"
         if not relayed:  # nothing reached the client yet, so this is still a 502 of its own
             raise UpstreamInvalidResponse(f"the upstream's stream carried no choices for model {prep.model!r}")
         total = run_usage(prep)  # every call, when n is emulated by several streams too
         if prep.include_usage:
             yield self._usage_chunk(base, total, prep, decoding)
-        self.record_success(prep, total, {"streamed": True, "usage": openai_usage(total)})
+        self.record_success(
+            prep, total, {"streamed": True, "choices": answer_choices(answers.answers()), "usage": openai_usage(total)}
+        )
 
     async def _stream_graph(self, prep: Prepared, base: dict[str, Any]) -> AsyncIterator[bytes]:
         assert prep.compiled is not None

@@ -121,3 +121,25 @@ def test_server_upstream_key_wins(server_key: Stack) -> None:
         )
     )
     assert [h["authorization"] for h in server_key.log.headers] == ["Bearer upstream-secret"] * 2
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/responses", {"model": "fake-model", "input": "hi"}),
+        ("POST", "/v1/responses", {"model": "fake-model", "input": "hi", "stream": True}),
+        ("GET", "/v1/responses/resp_x", None),
+        ("POST", "/v1/completions", {"model": "fake-model", "prompt": "hi"}),
+        ("POST", "/v1/embeddings", {"model": "fake-model", "input": "hi"}),
+    ],
+)
+def test_the_other_openai_routes_need_the_key_and_do_not_forward_it(
+    locked: Stack, method: str, path: str, body: dict | None
+) -> None:
+    locked.reset()
+    with locked.http() as http:
+        check_401(http.request(method, path, json=body, headers={"authorization": "Bearer wrong"}))
+        assert locked.log.bodies == []
+        ok = http.request(method, path, json=body, headers={"authorization": "Bearer k"})
+    assert ok.status_code == (404 if method == "GET" else 200), ok.text
+    assert all("authorization" not in headers for headers in locked.log.headers)

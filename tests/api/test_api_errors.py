@@ -290,7 +290,7 @@ def test_unknown_route(stack: Stack, method: str, path: str, status: int, type_:
 
 def test_openai_client_unknown_route(stack: Stack) -> None:
     with pytest.raises(openai.NotFoundError):
-        stack.client().completions.create(model="fake-model", prompt="hi")  # legacy route: not served
+        stack.client().images.generate(model="fake-model", prompt="hi")  # not a route optigraph serves
 
 
 # ---- upstream failures -------------------------------------------------------------------------

@@ -212,3 +212,14 @@ def test_stream_retried_when_the_upstream_fails_before_the_first_chunk(stack: St
     calls = stack.calls(run_id)
     assert [(c["status"], c["attempt"]) for c in calls] == [("error", 1), ("ok", 2)]
     assert chunks[-1].model_extra["optigraph"]["upstream_calls"] == 2  # every attempt (core/usage.py)
+
+
+def test_a_streamed_passthrough_stores_its_answer(stack: Stack) -> None:
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}]
+    stack.script.fn = lambda body, index: {"content": "looking", "tool_calls": calls}
+    headers, _ = sse_events(stack, {"model": "fake-model", "messages": HELLO, "stream": True})
+    stored = stack.run(headers["x-optigraph-run-id"])["response"]
+    assert stored["streamed"] is True
+    [choice] = stored["choices"]
+    assert choice["message"] == {"role": "assistant", "content": "looking", "tool_calls": calls}
+    assert choice["finish_reason"] == "tool_calls"
