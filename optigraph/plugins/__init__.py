@@ -7,9 +7,18 @@ from optigraph.plugins import (
     context_memory,
     executecode,
     json_output,
+    longcepo,
     mcp_tools,
     privacy,
     readurls,
 )
 
-BUILTIN_PLUGINS = (privacy.SPEC, readurls.SPEC, context_memory.SPEC, json_output.SPEC, executecode.SPEC, mcp_tools.SPEC)
+BUILTIN_PLUGINS = (
+    privacy.SPEC,
+    readurls.SPEC,
+    context_memory.SPEC,
+    json_output.SPEC,
+    executecode.SPEC,
+    mcp_tools.SPEC,
+    longcepo.SPEC,
+)
