@@ -43,6 +43,9 @@ SERVE_FLAGS = (
             "tools the mcp plugin offers to the model (docs/plugins.md)"
         ),
     ),
+    ("--search-url", "search_url", "SearXNG-style JSON search API of web_search and deep_research"),
+    ("--search-folder", "search_folder", "folder of documents web_search and deep_research may search (BM25)"),
+    ("--proxy-config", "proxy_config", "YAML file of the upstream providers the proxy balances (docs/plugins.md)"),
     (
         "--sandbox-level",
         "sandbox_level",
