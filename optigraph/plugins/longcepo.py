@@ -35,7 +35,6 @@ from langgraph.runtime import Runtime
 from pydantic import Field, model_validator
 
 from optigraph.core.context import RunContext
-from optigraph.core.llm import LLM
 from optigraph.core.messages import message_text
 from optigraph.core.spec import ApproachParams, PluginSpec
 from optigraph.core.state import PluginState
