@@ -307,6 +307,13 @@ def _check_serve_settings(settings: Settings) -> None:
             load_config(settings.mcp_config)
         except OptigraphError as exc:
             _serve_error(f"--mcp-config: {exc.message}")
+    if settings.proxy_config is not None:  # the providers are read once, at start
+        from optigraph.backends.proxy import load_proxy_config
+
+        try:
+            load_proxy_config(settings.proxy_config)
+        except OptigraphError as exc:
+            _serve_error(f"--proxy-config: {exc.message}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

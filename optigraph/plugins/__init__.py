@@ -13,6 +13,7 @@ from optigraph.plugins import (
     longcepo,
     mcp_tools,
     privacy,
+    proxy,
     readurls,
     web_search,
 )
@@ -26,6 +27,7 @@ BUILTIN_PLUGINS = (
     mcp_tools.SPEC,
     longcepo.SPEC,
     web_search.SPEC,
+    proxy.SPEC,
 )
 
 # Approaches built from plugin code (registered with the approaches).
