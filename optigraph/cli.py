@@ -293,7 +293,7 @@ def _check_serve_settings(settings: Settings) -> None:
         sync_url(settings.db_url)
     except (ValueError, ArgumentError) as exc:
         _serve_error(f"--db-url: {exc}")
-    if settings.base_url is None:  # the local model serves: it must exist (it loads in the background)
+    if settings.base_url is None and settings.proxy_config is None:  # the local model serves: it must exist
         from optigraph.local.models import parse_spec
 
         try:

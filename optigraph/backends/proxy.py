@@ -35,7 +35,7 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,6 @@ class ProxyBackend:
                     total_timeout_s=p.timeout_s,
                     max_connections=p.max_concurrency,
                     name=f"proxy:{p.name}",
-                    n_sampling=False,  # providers differ: `n` is emulated by concurrent calls
                 ),
                 slots=asyncio.Semaphore(p.max_concurrency),
             )
@@ -261,7 +260,8 @@ class ProxyBackend:
     # ---- the Backend protocol (for callers that do not lease: one call with its own failover) ----
 
     def capabilities(self, model: str) -> Capabilities:
-        return replace(capabilities_for(model), n_sampling=False)
+        # `n` is asked for; where a provider returns fewer choices, the LLM client samples the rest.
+        return capabilities_for(model)
 
     async def complete(self, body: dict[str, Any], *, api_key: str | None = None) -> dict[str, Any]:
         tried: list[str] = []
