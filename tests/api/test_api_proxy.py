@@ -293,3 +293,26 @@ def test_the_proxy_plugin_sends_a_run_through_the_providers_beside_a_base_url(
         with pytest.raises(openai.BadRequestError) as caught:
             ask(bare, model="proxy&none-fake-model")
         assert "--proxy-config" in caught.value.body["message"]
+
+
+def test_a_resumed_proxy_run_goes_through_the_providers_again(tmp_path: Path, providers: dict[str, Provider]) -> None:
+    with start_stack(
+        tmp_path / "s.db", proxy_config=write_config(tmp_path, providers, 0), default_model="fake-model"
+    ) as s:
+        providers["a"].mode = providers["b"].mode = "500"
+        with s.http() as http:
+            r = http.post(
+                "/v1/chat/completions",
+                json={"model": "proxy&none-fake-model", "messages": [{"role": "user", "content": "hi"}]},
+            )
+        run_id = r.headers["x-optigraph-run-id"]
+        assert r.status_code == 502 and s.run(run_id)["status"] == "failed"
+        providers["a"].mode = providers["b"].mode = "ok"
+        with s.http() as http:
+            r = http.post(f"/v1/runs/{run_id}/resume")
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] in ("a: hi", "b: hi")
+        s.run(run_id)
+        rows = [(c["backend"], c["status"]) for c in s.calls(run_id)]
+        assert rows[-1][1] == "ok" and rows[-1][0] in ("proxy:a", "proxy:b")
+        assert {b for b, _ in rows} == {"proxy:a", "proxy:b"} and s.log.bodies == []  # never the base URL
