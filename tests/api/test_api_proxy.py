@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from upstream import ServerThread, make_app
+from upstream import ServerThread
 
 from optigraph.api.app import create_app
 from optigraph.config import Settings
@@ -105,7 +105,7 @@ providers:
     base_url: {a}/v1
     api_key_env: PROXY_TEST_A_KEY
     weight: 3
-    timeout_s: 1.0
+    timeout_s: {a_timeout}
   - name: b
     base_url: {b}/v1
     weight: 1
@@ -133,10 +133,10 @@ def providers() -> Iterator[dict[str, Provider]]:
             p.release.set()
 
 
-def write_config(tmp: Path, providers: dict[str, Provider], cooldown: float) -> Path:
+def write_config(tmp: Path, providers: dict[str, Provider], cooldown: float, a_timeout: float = 30.0) -> Path:
     path = tmp / "providers.yaml"
     urls = {n: p.url for n, p in providers.items()}  # type: ignore[attr-defined]
-    path.write_text(CONFIG.format(cooldown=cooldown, **urls))
+    path.write_text(CONFIG.format(cooldown=cooldown, a_timeout=a_timeout, **urls))
     return path
 
 
@@ -202,17 +202,27 @@ def test_a_500_fails_over_to_the_next_provider(stack: Stack, providers: dict[str
     assert seen.count("proxy:a") == 3
 
 
-def test_a_429_and_a_hang_fail_over(stack: Stack, providers: dict[str, Provider]) -> None:
-    for mode in ("429", "hang"):
-        providers["a"].mode = mode
-        providers["a"].release.clear()  # a hung call waits until the test lets it go
-        rows = [backends_of(stack, ask(stack)) for _ in range(4)]
-        assert all(row[-1] == ("proxy:b", "ok") for row in rows), mode
-        failed = [row[0] for row in rows if len(row) == 2]
-        assert failed and all(f == ("proxy:a", "error") for f in failed), mode
-        providers["a"].release.set()
-    run_calls = stack.calls(ask(stack).model_extra["optigraph"]["run_id"])
-    assert all(c["status"] == "ok" for c in run_calls)
+def test_a_429_fails_over(stack: Stack, providers: dict[str, Provider]) -> None:
+    providers["a"].mode = "429"
+    rows = [backends_of(stack, ask(stack)) for _ in range(4)]
+    assert all(row[-1] == ("proxy:b", "ok") for row in rows)
+    failed = [row[0] for row in rows if len(row) == 2]
+    assert failed and all(f == ("proxy:a", "error") for f in failed)
+    providers["a"].mode = "ok"
+    assert all(c["status"] == "ok" for c in stack.calls(ask(stack).model_extra["optigraph"]["run_id"]))
+
+
+def test_a_provider_that_hangs_past_its_timeout_fails_over(tmp_path: Path, providers: dict[str, Provider]) -> None:
+    providers["a"].mode = "hang"  # held until the test ends: only a's timeout (0.5 s) lets the call go on
+    with proxy_stack(tmp_path / "h.db", write_config(tmp_path, providers, cooldown=0, a_timeout=0.5)) as s:
+        responses = [ask(s) for _ in range(2)]
+        for r in responses:
+            s.run(r.model_extra["optigraph"]["run_id"])
+        calls = [s.calls(r.model_extra["optigraph"]["run_id"]) for r in responses]
+    assert [r.choices[0].message.content for r in responses] == ["b: hi", "b: hi"]
+    hung = [c for run in calls for c in run if c["backend"] == "proxy:a"]
+    assert hung and all(c["status"] == "error" and "timed out" in c["error"] for c in hung)
+    assert all(run[-1]["backend"] == "proxy:b" and run[-1]["status"] == "ok" for run in calls)
 
 
 def test_when_every_provider_fails_the_client_gets_a_502_after_the_retries(
