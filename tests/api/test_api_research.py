@@ -168,16 +168,51 @@ def test_deep_research_on_the_document_folder(stack: Stack) -> None:
     assert response.choices[0].message.content.endswith("## References\n\n[1] Tide tables: file:tides.md\n")
 
 
+def test_deep_research_reads_the_links_of_the_request(env: dict[str, Any], stack: Stack) -> None:
+    url = env["web"].url + "/moon"
+
+    def model(body: dict[str, Any], index: int) -> str:
+        prompt = last_user_text(body)
+        if prompt.startswith("Here is a draft research report"):
+            return "why tides happen" if "Queries already searched: none" in prompt else "moon gravity"
+        if prompt.startswith("Revise the draft"):
+            assert "gravity of the Moon" in prompt
+            return "Tides come from the Moon's gravity [1]."
+        if prompt.startswith("Write the final research report"):
+            return "# Tides\n\n## Cause\n\n" + prompt.split("Draft:\n", 1)[1]
+        return "outline or draft"
+
+    stack.script.fn = model
+    response = stack.client().chat.completions.create(
+        model="deep_research-fake-model",
+        messages=[{"role": "user", "content": f"Why are there tides? Start from {url}"}],
+        extra_body={"optillm_params": {"deep_research": {"provider": "urls"}}},
+    )
+    assert response.choices[0].message.content.endswith(f"## References\n\n[1] {url}: {url}\n")
+    assert env["searches"] == []  # the search API was not asked
+    detail = run_detail(stack, response.model_extra["optigraph"]["run_id"])
+    assert "iteration 2: nothing new could be read; research stops" in json.dumps(detail)
+
+
 @pytest.mark.parametrize(
-    "params",
-    [{"max_iterations": 0}, {"provider": "bing"}, {"max_pages": 50}, {"unknown": 1}],
+    ("name", "params"),
+    [
+        ("deep_research", {"max_iterations": 0}),
+        ("deep_research", {"provider": "bing"}),
+        ("deep_research", {"max_pages": 50}),
+        ("deep_research", {"unknown": 1}),
+        ("web_search", {"max_results": 0}),
+        ("web_search", {"provider": "google"}),
+        ("web_search", {"read_pages": "sometimes"}),
+    ],
 )
-def test_bad_deep_research_parameters_are_a_400(stack: Stack, params: dict[str, Any]) -> None:
+def test_bad_parameters_are_a_400(stack: Stack, name: str, params: dict[str, Any]) -> None:
+    model = "deep_research-fake-model" if name == "deep_research" else "web_search&none-fake-model"
     with pytest.raises(openai.BadRequestError) as caught:
         stack.client().chat.completions.create(
-            model="deep_research-fake-model",
+            model=model,
             messages=[{"role": "user", "content": "x"}],
-            extra_body={"optillm_params": {"deep_research": params}},
+            extra_body={"optillm_params": {name: params}},
         )
     assert caught.value.body["code"] == "invalid_approach_parameter"
     assert stack.log.bodies == []
