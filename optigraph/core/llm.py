@@ -94,6 +94,8 @@ class LLM:
         # whether this backend/model returned all n choices from one call.
         self._n_support = n_support if n_support is not None else LRUCache(64)
         self.caps: Capabilities = backend.capabilities(model)
+        # A backend over several providers leases one per attempt (backends/proxy.py); checked once.
+        self._balancer: Balancer | None = backend if isinstance(backend, Balancer) else None
         # The run's usage (core/usage.py): every recorded call, failed and cancelled attempts included.
         self.spent: Usage = empty_usage()
         self.answered: Usage = empty_usage()  # the calls that answered
@@ -371,19 +373,19 @@ class LLM:
     def _attempt(self, tried: list[str]) -> AbstractAsyncContextManager[Backend]:
         """The backend one attempt goes to: this client's, or the provider a balancer leases (its
         name added to `tried`, so that a retry goes elsewhere)."""
-        if isinstance(self.backend, Balancer):
-            return _leased(self.backend, self.model, tried)
+        if self._balancer is not None:
+            return _leased(self._balancer, self.model, tried)
         return contextlib.nullcontext(self.backend)
 
     def _retries_after(self, exc: UpstreamError, attempt: int) -> bool:
         """Whether attempt `attempt`, which failed with `exc`, is followed by another."""
-        if isinstance(self.backend, Balancer):
-            return self.backend.fails_over(exc) and attempt <= self.backend.retries
+        if self._balancer is not None:
+            return self._balancer.fails_over(exc) and attempt <= self._balancer.retries
         return exc.retryable and attempt <= self.retries
 
     def _backoff_s(self, attempt: int) -> float:
-        if isinstance(self.backend, Balancer):
-            return self.backend.backoff_s(attempt)
+        if self._balancer is not None:
+            return self._balancer.backoff_s(attempt)
         return 0.2 * 2 ** (attempt - 1)
 
     async def _call(self, body: dict[str, Any], *, node: str) -> dict[str, Any]:
