@@ -2,7 +2,7 @@
 
 - `web`: a search API the operator configures (`--search-url`), in SearXNG's JSON shape:
   `GET <url>?q=<query>&format=json` answering `{"results": [{"title", "url", "content"}]}`. Its key,
-  when it needs one, comes from the environment variable `--search-api-key-env` names (default
+  when it needs one, comes from the environment variable `OPTIGRAPH_SEARCH_API_KEY_ENV` names (default
   `OPTIGRAPH_SEARCH_API_KEY`) and is sent as `Authorization: Bearer <key>`. The API is the operator's
   own choice and is called as configured; the pages its results link to are read by readurls' safe
   fetcher (public addresses only unless `--readurls-allow`).
