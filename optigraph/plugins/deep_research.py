@@ -138,6 +138,8 @@ async def _ask(state: ApproachState, runtime: Runtime[RunContext], prompt: str, 
 
 
 async def plan(state: ResearchState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    # A provider the server lacks is a 400 before any call, not after the draft.
+    provider_for(_params(state).provider, runtime.context.settings, _question(state))
     text, usage = await _ask(state, runtime, PLAN_PROMPT.format(question=_question(state)), "plan")
     return {"plan": text, "usage": usage, "sources": [], "searched": [], "iteration": 0, "stopped": ""}
 

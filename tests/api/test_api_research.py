@@ -250,3 +250,11 @@ def test_web_search_on_the_folder_and_without_a_provider(tmp_path: Path, stack: 
                 extra_body={"optillm_params": {"web_search": {"provider": "web"}}},
             )
     assert caught.value.body["code"] == "search_unavailable"
+    with start_stack(tmp_path / "d.db", default_model="fake-model") as bare:
+        with pytest.raises(openai.BadRequestError) as caught:
+            bare.client().chat.completions.create(
+                model="deep_research-fake-model",
+                messages=[{"role": "user", "content": "x"}],
+                extra_body={"optillm_params": {"deep_research": {"provider": "folder"}}},
+            )
+        assert caught.value.body["code"] == "search_unavailable" and bare.log.bodies == []  # before any call
