@@ -43,6 +43,9 @@ SERVE_FLAGS = (
             "tools the mcp plugin offers to the model (docs/plugins.md)"
         ),
     ),
+    ("--search-url", "search_url", "SearXNG-style JSON search API of web_search and deep_research"),
+    ("--search-folder", "search_folder", "folder of documents web_search and deep_research may search (BM25)"),
+    ("--proxy-config", "proxy_config", "YAML file of the upstream providers the proxy balances (docs/plugins.md)"),
     (
         "--sandbox-level",
         "sandbox_level",
@@ -305,7 +308,7 @@ def _check_serve_settings(settings: Settings) -> None:
         sync_url(settings.db_url)
     except (ValueError, ArgumentError) as exc:
         _serve_error(f"--db-url: {exc}")
-    if settings.base_url is None:  # the local model serves: it must exist (it loads in the background)
+    if settings.base_url is None and settings.proxy_config is None:  # the local model serves: it must exist
         from optigraph.local.models import parse_spec
 
         try:
@@ -319,6 +322,13 @@ def _check_serve_settings(settings: Settings) -> None:
             load_config(settings.mcp_config)
         except OptigraphError as exc:
             _serve_error(f"--mcp-config: {exc.message}")
+    if settings.proxy_config is not None:  # the providers are read once, at start
+        from optigraph.backends.proxy import load_proxy_config
+
+        try:
+            load_proxy_config(settings.proxy_config)
+        except OptigraphError as exc:
+            _serve_error(f"--proxy-config: {exc.message}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

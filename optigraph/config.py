@@ -174,6 +174,25 @@ class Settings(BaseSettings):
         description="JSON file of the MCP servers the mcp plugin connects to "
         '({"mcpServers": {name: {command, args, env} | {url}}}; docs/plugins.md)',
     )
+    search_url: str | None = Field(
+        default=None,
+        description="Search API of the web_search and deep_research plugins: a SearXNG-style JSON endpoint "
+        "(GET URL?q=...&format=json, answering {results: [{title, url, content}]}); its key, if it needs one, "
+        "is read from the variable named by search_api_key_env and sent as a bearer token",
+    )
+    search_api_key_env: str = Field(
+        default="OPTIGRAPH_SEARCH_API_KEY", description="Environment variable holding the search API's key"
+    )
+    search_folder: Path | None = Field(
+        default=None,
+        description="Folder of documents (.txt, .md, .html) the web_search and deep_research plugins search "
+        "with BM25 when the request asks for the folder provider",
+    )
+    proxy_config: Path | None = Field(
+        default=None,
+        description="YAML file of the upstream providers the proxy balances (docs/plugins.md#proxy): with it and "
+        "no --base-url every model goes through the proxy; with both, runs whose expression has `proxy` do",
+    )
     upstreams: dict[str, UpstreamSettings] = Field(
         default_factory=dict,
         description="Named OpenAI-compatible upstreams besides --base-url (`--upstream NAME=URL`, or "

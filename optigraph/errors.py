@@ -136,6 +136,13 @@ class McpConfigError(OptigraphError):
     code = "mcp_config_invalid"
 
 
+class ProxyConfigError(OptigraphError):
+    """The proxy's providers file (--proxy-config) is missing, unreadable or malformed: the operator's
+    mistake, named with the file and key in the message."""
+
+    code = "proxy_config_invalid"
+
+
 class PrivacyKeyChanged(OptigraphError):
     """A stored run's privacy mapping was encrypted with another key than the server's (409): the
     server restarted without a fixed privacy key, so the run's answer cannot be restored."""

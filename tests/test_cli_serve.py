@@ -35,6 +35,7 @@ def optigraph(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> subpr
         (["--upstream-retries", "-1"], ["--upstream-retries", "greater than or equal to 0"]),
         (["--local-model", "no-such-dir/no-such-model.gguf"], ["--local-model", "not found"]),
         (["--mcp-config", "no-such-mcp.json"], ["--mcp-config", "no-such-mcp.json", "cannot read it"]),
+        (["--proxy-config", "no-such-proxy.yaml"], ["--proxy-config", "no-such-proxy.yaml", "cannot read it"]),
     ],
 )
 def test_a_bad_serve_setting_is_one_line_and_exit_2(tmp_path: Path, argv: list[str], says: list[str]) -> None:

@@ -56,7 +56,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
         await _report_unfinished_runs(db)
         backends = Backends(settings)
         warmup: asyncio.Task[Any] | None = None
-        if settings.base_url is None:
+        if backends.upstream is None:  # neither a base URL nor a proxy: the local model serves
             local = backends.local()
             warmup = asyncio.create_task(local.warmup())  # /health answers while the model loads
             app.state.local_status = lambda: local.status

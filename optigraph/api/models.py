@@ -26,9 +26,9 @@ async def list_models(request: Request, key: str | None = Depends(upstream_key))
     backends = request.app.state.backends
     settings = request.app.state.settings
     data: list[dict[str, Any]] = []
-    if backends.http is not None:
+    if backends.upstream is not None:  # the base URL's server, or the proxy's providers
         try:
-            data.extend(await backends.http.list_models(api_key=key))
+            data.extend(await backends.upstream.list_models(api_key=key))
         except UpstreamInvalidResponse:
             raise  # the upstream answered with something else than a model list: a 502 that says so
         except OptigraphError as exc:  # unreachable, or no /models route: the server's own entries still help

@@ -12,6 +12,10 @@ Without a base URL:
 With a base URL, every model goes to that OpenAI-compatible server: clients cannot reach local models,
 unless the operator sets `local_models_with_upstream`, which keeps the local names above local and
 sends every other name upstream.
+
+With a proxy config (`--proxy-config`, backends/proxy.py) and no base URL, the proxy is that
+upstream: every model goes to its providers. With both, the base URL serves by default and the runs
+whose expression names the `proxy` plugin go through the proxy (`for_model(..., proxied=True)`).
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from typing import Any
 
 from optigraph.backends.litellm_backend import LiteLLMBackend, is_litellm_model
 from optigraph.backends.openai_http import OpenAIHTTPBackend
+from optigraph.backends.proxy import ProxyBackend
 from optigraph.config import Settings
 from optigraph.core.backend import Backend
+from optigraph.errors import InvalidRequest
 
 
 def is_local_model(model: str, *, configured: str = "smollm2", models_dir: Path | None = None) -> bool:
@@ -50,6 +56,10 @@ class Backends:
                 max_connections=settings.max_connections,
                 **timeouts,
             )
+        # Several providers behind one backend (--proxy-config): the upstream when there is no base URL.
+        self.proxy: ProxyBackend | None = (
+            ProxyBackend.from_file(settings.proxy_config) if settings.proxy_config else None
+        )
         self.litellm = LiteLLMBackend(api_key=settings.upstream_api_key, **timeouts)
         self._local: Any = None
         # Named upstreams (--upstream NAME=URL): addressed by plugins and nodes through the run
@@ -84,21 +94,36 @@ class Backends:
         return self._local
 
     @property
+    def upstream(self) -> Backend | None:
+        """The server's upstream: the base URL's server, else the proxy, else None (local models)."""
+        return self.http if self.http is not None else self.proxy
+
+    @property
     def local_reachable(self) -> bool:
         """Whether clients may use local models: always without an upstream, with one only when enabled."""
-        return self.http is None or self.settings.local_models_with_upstream
+        return self.upstream is None or self.settings.local_models_with_upstream
 
-    def for_model(self, model: str) -> tuple[Backend, str]:
-        """The backend and the model name to send it. A local name is checked now (404 when not offered)."""
+    def for_model(self, model: str, *, proxied: bool = False) -> tuple[Backend, str]:
+        """The backend and the model name to send it. A local name is checked now (404 when not offered).
+        `proxied`: the run names the proxy plugin, so it goes through the proxy (a 400 without one)."""
         s = self.settings
-        if self.http is not None and not s.local_models_with_upstream:
-            return self.http, model  # clients reach the upstream only
+        if proxied:
+            if self.proxy is None:
+                raise InvalidRequest(
+                    "plugin 'proxy' needs upstream providers, which this server runs without (--proxy-config)",
+                    param="model",
+                    code="approach_unsupported",
+                )
+            return self._upstream(self.proxy, model)
+        upstream = self.upstream
+        if upstream is not None and not s.local_models_with_upstream:
+            return self._upstream(upstream, model)  # clients reach the upstream only
         if is_local_model(model, configured=s.local_model, models_dir=s.local_models_dir):
             local = self.local()
             local.spec(model)
             return local, model
-        if self.http is not None:
-            return self.http, model
+        if upstream is not None:
+            return self._upstream(upstream, model)
         if is_litellm_model(model):
             return self.litellm, model
         if "/" in model:  # a path or a hub id: only what the configuration offers is served
@@ -107,6 +132,12 @@ class Backends:
             return local, model
         return self.local(), s.local_model
 
+    @staticmethod
+    def _upstream(backend: Backend, model: str) -> tuple[Backend, str]:
+        if isinstance(backend, ProxyBackend):
+            backend.check_model(model)  # a 404 when no provider serves it
+        return backend, model
+
     def health(self) -> dict[str, Any]:
         """What each configured remote backend's recent calls saw (`reachable`, last success and error)."""
         out: dict[str, Any] = {}
@@ -114,11 +145,15 @@ class Backends:
             out["openai"] = {"base_url": self.http.base_url, **self.http.outcomes.report()}
         for name, backend in self.named.items():
             out[f"openai:{name}"] = {"base_url": backend.base_url, **backend.outcomes.report()}
-        if self.litellm.outcomes.reachable is not None or self.http is None:  # used, or usable (no base URL)
+        if self.proxy is not None:
+            out.update(self.proxy.report())
+        if self.litellm.outcomes.reachable is not None or self.upstream is None:  # used, or usable (no base URL)
             out["litellm"] = self.litellm.outcomes.report()
         return out
 
     async def aclose(self) -> None:
+        if self.proxy is not None:
+            await self.proxy.aclose()
         for backend in self.named.values():
             await backend.aclose()
         if self.http is not None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
+
+from optigraph.errors import UpstreamError
 
 
 @dataclass(frozen=True)
@@ -43,3 +46,20 @@ class Backend(Protocol):
     async def list_models(self, *, api_key: str | None = None) -> list[dict[str, Any]]: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Balancer(Protocol):
+    """A backend that spreads calls over several providers (backends/proxy.py). The LLM client sends
+    each attempt of a call to the provider `lease` yields (recording it under that provider's name),
+    retries up to `retries` times on errors `fails_over` accepts, on providers not tried yet, after
+    `backoff_s(attempt)`."""
+
+    name: str
+    retries: int
+
+    def lease(self, model: str, tried: Sequence[str] = ()) -> AbstractAsyncContextManager[Backend]: ...
+
+    def backoff_s(self, attempt: int) -> float: ...
+
+    def fails_over(self, exc: UpstreamError) -> bool: ...

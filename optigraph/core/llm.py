@@ -7,12 +7,14 @@ with the node that made it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping, MutableMapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from optigraph.core.backend import Backend, Capabilities
+from optigraph.core.backend import Backend, Balancer, Capabilities
 from optigraph.core.lru import LRUCache
 from optigraph.core.messages import message_text
 from optigraph.core.params import normalise
@@ -92,6 +94,8 @@ class LLM:
         # whether this backend/model returned all n choices from one call.
         self._n_support = n_support if n_support is not None else LRUCache(64)
         self.caps: Capabilities = backend.capabilities(model)
+        # A backend over several providers leases one per attempt (backends/proxy.py); checked once.
+        self._balancer: Balancer | None = backend if isinstance(backend, Balancer) else None
         # The run's usage (core/usage.py): every recorded call, failed and cancelled attempts included.
         self.spent: Usage = empty_usage()
         self.answered: Usage = empty_usage()  # the calls that answered
@@ -192,17 +196,18 @@ class LLM:
             return
         seen: set[int] = set()
         attempt = 0
+        tried: list[str] = []
         while True:
             attempt += 1
             try:
-                async for chunk in self._stream_once(body, node=node, attempt=attempt):
+                async for chunk in self._stream_once(body, node=node, attempt=attempt, tried=tried):
                     seen.update(c.get("index", 0) for c in chunk.get("choices") or ())
                     yield chunk
                 break
             except UpstreamError as exc:
-                if seen or not exc.retryable or attempt > self.retries:
+                if seen or not self._retries_after(exc, attempt):
                     raise
-            await asyncio.sleep(0.2 * 2 ** (attempt - 1))
+            await asyncio.sleep(self._backoff_s(attempt))
         if n > 1:
             self._n_support[key] = len(seen) >= n
             if len(seen) < n:  # the upstream ignored n: the missing choices follow, streamed concurrently
@@ -254,25 +259,30 @@ class LLM:
             for t in tasks:
                 t.cancel()
 
-    async def _stream_once(self, body: dict[str, Any], *, node: str, attempt: int) -> AsyncIterator[dict[str, Any]]:
+    async def _stream_once(
+        self, body: dict[str, Any], *, node: str, attempt: int, tried: list[str] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         self.budget.charge_call()
         started, t0 = utcnow(), time.perf_counter()
         texts: dict[int, list[str]] = {}
         finish: dict[int, str | None] = {}
         usage: dict[str, Any] | None = None
         error: str | None = None
+        served_by = self.backend.name
         try:
-            async for chunk in self.backend.stream(body, api_key=self.api_key):
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                for c in chunk.get("choices") or ():
-                    idx = c.get("index", 0)
-                    delta = c.get("delta") or {}
-                    if delta.get("content"):
-                        texts.setdefault(idx, []).append(delta["content"])
-                    if c.get("finish_reason"):
-                        finish[idx] = c["finish_reason"]
-                yield chunk
+            async with self._attempt(tried if tried is not None else []) as target:
+                served_by = target.name
+                async for chunk in target.stream(body, api_key=self.api_key):
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    for c in chunk.get("choices") or ():
+                        idx = c.get("index", 0)
+                        delta = c.get("delta") or {}
+                        if delta.get("content"):
+                            texts.setdefault(idx, []).append(delta["content"])
+                        if c.get("finish_reason"):
+                            finish[idx] = c["finish_reason"]
+                    yield chunk
         except UpstreamError as exc:
             error = exc.message
             raise
@@ -294,6 +304,7 @@ class LLM:
                 usage=usage_from_response(usage),
                 error=error,
                 attempt=attempt,
+                backend=served_by,
             )
 
     # ---- the call nodes use ------------------------------------------------------------------
@@ -359,14 +370,36 @@ class LLM:
 
     # ---- one upstream request, with retries and recording -----------------------------------
 
+    def _attempt(self, tried: list[str]) -> AbstractAsyncContextManager[Backend]:
+        """The backend one attempt goes to: this client's, or the provider a balancer leases (its
+        name added to `tried`, so that a retry goes elsewhere)."""
+        if self._balancer is not None:
+            return _leased(self._balancer, self.model, tried)
+        return contextlib.nullcontext(self.backend)
+
+    def _retries_after(self, exc: UpstreamError, attempt: int) -> bool:
+        """Whether attempt `attempt`, which failed with `exc`, is followed by another."""
+        if self._balancer is not None:
+            return self._balancer.fails_over(exc) and attempt <= self._balancer.retries
+        return exc.retryable and attempt <= self.retries
+
+    def _backoff_s(self, attempt: int) -> float:
+        if self._balancer is not None:
+            return self._balancer.backoff_s(attempt)
+        return 0.2 * 2 ** (attempt - 1)
+
     async def _call(self, body: dict[str, Any], *, node: str) -> dict[str, Any]:
         attempt = 0
+        tried: list[str] = []
         while True:
             attempt += 1
             self.budget.charge_call()
             started, t0 = utcnow(), time.perf_counter()
+            served_by = self.backend.name
             try:
-                raw = await self.backend.complete(body, api_key=self.api_key)
+                async with self._attempt(tried) as target:
+                    served_by = target.name
+                    raw = await target.complete(body, api_key=self.api_key)
             except UpstreamError as exc:
                 self._record(
                     node=node,
@@ -377,9 +410,10 @@ class LLM:
                     usage=empty_usage(),
                     error=exc.message,
                     attempt=attempt,
+                    backend=served_by,
                 )
-                if exc.retryable and attempt <= self.retries:
-                    await asyncio.sleep(0.2 * 2 ** (attempt - 1))
+                if self._retries_after(exc, attempt):
+                    await asyncio.sleep(self._backoff_s(attempt))
                     continue
                 raise
             except asyncio.CancelledError:  # recorded too: the upstream may have spent tokens on it
@@ -392,6 +426,7 @@ class LLM:
                     usage=empty_usage(),
                     error="cancelled before the upstream answered",
                     attempt=attempt,
+                    backend=served_by,
                 )
                 raise
             usage = usage_from_response(raw.get("usage"))
@@ -417,6 +452,7 @@ class LLM:
                 usage=usage,
                 error=None,
                 attempt=attempt,
+                backend=served_by,
             )
             return raw
 
@@ -431,13 +467,14 @@ class LLM:
         usage: Usage,
         error: str | None,
         attempt: int,
+        backend: str | None = None,
     ) -> None:
         self._tally(one_call(usage), answered=error is None)
         self.recorder.call(
             CallRecord(
                 run_id=self.run_id,
                 node=node,
-                backend=self.backend.name,
+                backend=backend or self.backend.name,
                 model=self.model,
                 started_at=started,
                 latency_ms=(time.perf_counter() - t0) * 1000.0,
@@ -452,6 +489,13 @@ class LLM:
             )
         )
         self.budget.charge_tokens(usage["completion_tokens"])
+
+
+@contextlib.asynccontextmanager
+async def _leased(balancer: Balancer, model: str, tried: list[str]) -> AsyncIterator[Backend]:
+    async with balancer.lease(model, tried) as target:
+        tried.append(target.name)
+        yield target
 
 
 def _answered(completion: Completion, model: str) -> Completion:

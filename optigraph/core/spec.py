@@ -86,7 +86,8 @@ class PluginSpec:
 
     - `needs`: what the server or backend must offer: "network" (it fetches), "sandbox" (it runs
       code), "local" (a model on this machine), "store" (the database), "mcp" (MCP servers configured
-      with --mcp-config), or backend needs as approaches.
+      with --mcp-config), "proxy" (upstream providers configured with --proxy-config), or backend
+      needs as approaches.
     - `stream`: given the run's request, this plugin's private state and the run's context, a TextRewriter for the
       wrapped approach's streamed text, or None. Without it a plugin with a `post` stage makes the
       wrapped part answer in one piece (its text cannot be sent before `post` has seen all of it).

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from optigraph.core.spec import ApproachSpec, PluginSpec, Spec
 from optigraph.errors import UnknownApproach
 from optigraph.graphs import BUILTIN_APPROACHES
-from optigraph.plugins import BUILTIN_PLUGINS
+from optigraph.plugins import BUILTIN_PLUGIN_APPROACHES, BUILTIN_PLUGINS
 
 
 @dataclass
@@ -61,6 +61,6 @@ class Registry:
 def builtin_registry() -> Registry:
     """A registry holding every approach and plugin shipped with optigraph."""
     registry = Registry()
-    for spec in (*BUILTIN_APPROACHES, *BUILTIN_PLUGINS):
+    for spec in (*BUILTIN_APPROACHES, *BUILTIN_PLUGIN_APPROACHES, *BUILTIN_PLUGINS):
         registry.add(spec)
     return registry

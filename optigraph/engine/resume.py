@@ -82,7 +82,13 @@ async def _rebuild(runner: Runner, row: dict[str, Any], *, run_id: str, client_k
             return await _rebuild_from_request(runner, row, run_id=run_id, client_key=client_key)
         body: dict[str, Any] = row["request"]
         compiled = await runner.compiler.compile_async(parse(row["expression"]))
-        llm = runner.llm_for(spec["route"], run_id=run_id, client_key=client_key, limits=body.get("optigraph"))
+        llm = runner.llm_for(
+            spec["route"],
+            run_id=run_id,
+            client_key=client_key,
+            limits=body.get("optigraph"),
+            proxied="proxy" in compiled.names,
+        )
         stored = spec.get("params") or {}
         params = {name: runner.registry.get(name).validate_params(stored.get(name)) for name in compiled.names}
     except InvalidRequest as exc:  # e.g. an approach this server no longer has

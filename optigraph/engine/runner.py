@@ -44,6 +44,7 @@ from optigraph.core.streaming import StreamEvent, StreamSink
 from optigraph.core.usage import Usage, add_usage, empty_usage, openai_usage
 from optigraph.engine.compiler import CompiledExpression, Compiler
 from optigraph.engine.expression import check_size, parse, validate
+from optigraph.engine.expression import names as expression_names
 from optigraph.engine.registry import Registry
 from optigraph.engine.request import background_requested, check_request, forwarded_fields
 from optigraph.engine.selection import select
@@ -157,7 +158,7 @@ class Runner:
         check_size(ast, limits, n=int(body.get("n") or 1), param=SOURCE_PARAMS[sel.source])
         model = sel.model or self.settings.default_model
         if model is None:
-            if self.settings.base_url:
+            if self.settings.base_url or self.backends.proxy is not None:
                 raise InvalidRequest(
                     f"the model {body.get('model')!r} names only an approach: add the upstream "
                     f"model ({body.get('model')}-<model>) or start the server with --default-model",
@@ -166,7 +167,13 @@ class Runner:
                 )
             model = self.settings.local_model
         run_id = run_id or uuid.uuid4().hex
-        llm = self.llm_for(model, run_id=run_id, client_key=client_key, limits=body.get("optigraph"))
+        llm = self.llm_for(
+            model,
+            run_id=run_id,
+            client_key=client_key,
+            limits=body.get("optigraph"),
+            proxied="proxy" in expression_names(ast),
+        )
         backend, upstream_model = llm.backend, llm.model
         passthrough = ast == parse("none")
         compiled = None if passthrough else await self.compiler.compile_async(ast)
@@ -250,11 +257,17 @@ class Runner:
             return self.store is not None
         if need == "mcp":  # MCP servers from the operator's config file
             return self.settings.mcp_config is not None
+        if need == "proxy":  # upstream providers from the operator's config file
+            return self.backends.proxy is not None
         return caps.supports(need)
 
-    def llm_for(self, model: str, *, run_id: str, client_key: str | None, limits: dict[str, Any] | None) -> LLM:
-        """The run's LLM client: the backend serving `model`, the server's retries, the run's budget."""
-        backend, upstream_model = self.backends.for_model(model)
+    def llm_for(
+        self, model: str, *, run_id: str, client_key: str | None, limits: dict[str, Any] | None, proxied: bool = False
+    ) -> LLM:
+        """The run's LLM client: the backend serving `model` (the proxy's providers when the run's
+        expression names the `proxy` plugin), the server's retries, the run's budget."""
+        backends = self.backends
+        backend, upstream_model = backends.for_model(model, proxied=True) if proxied else backends.for_model(model)
         return LLM(
             backend=backend,
             model=upstream_model,

@@ -1,15 +1,34 @@
 """Plugins: pre- and post-stages around whatever they wrap in an expression (core/spec.py PluginSpec).
 
 Each module exposes `SPEC`, a PluginSpec; the engine wraps them around approaches (engine/wrapping.py).
+OptILLM's plugins that answer on their own (deep_research) are approaches (an ApproachSpec with its own
+graph), kept here beside the plugins whose code they use (search providers, readurls' fetcher).
 """
 
 from optigraph.plugins import (
     context_memory,
+    deep_research,
     executecode,
     json_output,
+    longcepo,
     mcp_tools,
     privacy,
+    proxy,
     readurls,
+    web_search,
 )
 
-BUILTIN_PLUGINS = (privacy.SPEC, readurls.SPEC, context_memory.SPEC, json_output.SPEC, executecode.SPEC, mcp_tools.SPEC)
+BUILTIN_PLUGINS = (
+    privacy.SPEC,
+    readurls.SPEC,
+    context_memory.SPEC,
+    json_output.SPEC,
+    executecode.SPEC,
+    mcp_tools.SPEC,
+    longcepo.SPEC,
+    web_search.SPEC,
+    proxy.SPEC,
+)
+
+# Approaches built from plugin code (registered with the approaches).
+BUILTIN_PLUGIN_APPROACHES = (deep_research.SPEC,)

@@ -14,8 +14,11 @@ from optigraph.engine.registry import builtin_registry
 
 HELLO = [{"role": "user", "content": "What is 6 times 7? End with: The answer is N."}]
 # Decoding strategies need a local model's logits: tests/local/test_decoding_approaches.py runs them.
-# The mcp plugin needs MCP servers configured (--mcp-config): tests/api/test_api_mcp.py runs it.
-APPROACHES = sorted(spec.name for spec in builtin_registry().specs.values() if not {"local", "mcp"} & set(spec.needs))
+# The mcp plugin needs MCP servers configured (--mcp-config): tests/api/test_api_mcp.py runs it; the
+# proxy plugin needs providers (--proxy-config): tests/api/test_api_proxy.py runs it.
+APPROACHES = sorted(
+    spec.name for spec in builtin_registry().specs.values() if not {"local", "mcp", "proxy"} & set(spec.needs)
+)
 
 
 @pytest.fixture(scope="module")

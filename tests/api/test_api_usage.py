@@ -16,8 +16,11 @@ from upstream import HTTPFailure, echo_responder
 from optigraph.engine.registry import builtin_registry
 
 QUESTION = [{"role": "user", "content": "What is 6 times 7? End with: The answer is N."}]
-# The mcp plugin needs MCP servers configured (--mcp-config): tests/api/test_api_mcp.py runs it.
-APPROACHES = sorted(spec.name for spec in builtin_registry().specs.values() if not {"local", "mcp"} & set(spec.needs))
+# The mcp plugin needs MCP servers configured (--mcp-config): tests/api/test_api_mcp.py runs it; the
+# proxy plugin needs providers (--proxy-config): tests/api/test_api_proxy.py runs it.
+APPROACHES = sorted(
+    spec.name for spec in builtin_registry().specs.values() if not {"local", "mcp", "proxy"} & set(spec.needs)
+)
 PARAMS = {"mars": {"lightweight": True}}
 
 
