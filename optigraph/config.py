@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -176,6 +176,30 @@ class Settings(BaseSettings):
         "OPTIGRAPH_UPSTREAMS as JSON {name: {url, api_key_env, max_connections, n_sampling}}). "
         "Plugins and nodes address them by name; each has its own key, connection limit and "
         "capabilities",
+    )
+    # ---- what OptILLM's flags map onto (docs/optillm.md) ----
+    approach_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Server-wide parameters by approach, used where a request gives none (OPTIGRAPH_APPROACH_PARAMS "
+        'as JSON, e.g. {"mcts": {"simulations": 4}}); a request\'s optillm_params or body fields win',
+    )
+    default_n: int = Field(default=1, ge=1, description="Choices (`n`) a request gets when it names none")
+    plugins_dir: Path | None = Field(
+        default=None,
+        description="Directory of OptILLM plugin files (*.py with SLUG and run), also read from its optillm/plugins/",
+    )
+    log_conversations: bool = Field(
+        default=False, description="Append each finished run to OptILLM-format JSONL files in conversation_log_dir"
+    )
+    conversation_log_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".optillm" / "conversations",
+        description="Where log_conversations writes conversations_YYYY-MM-DD.jsonl",
+    )
+    upstream_ssl_verify: bool = Field(
+        default=True, description="Verify the TLS certificates of HTTPS upstreams (off: development only)"
+    )
+    upstream_ssl_cert_path: Path | None = Field(
+        default=None, description="CA bundle (PEM) that HTTPS upstreams' certificates are verified against"
     )
     approach_entry_points: bool = Field(
         default=True,

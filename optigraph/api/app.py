@@ -22,6 +22,7 @@ from optigraph.engine.compiler import Compiler
 from optigraph.engine.expression import Limits, check_size, parse, validate
 from optigraph.engine.loading import load_registry
 from optigraph.engine.registry import Registry
+from optigraph.engine.request_params import check_defaults
 from optigraph.engine.runner import Runner
 from optigraph.memory.checkpoints import open_checkpointer
 from optigraph.memory.conversations import ConversationStore
@@ -35,7 +36,11 @@ log = logging.getLogger("optigraph")
 
 def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
     if registry is None:  # the built-ins plus entry points and --approaches-dir (a clash fails the start)
-        registry = load_registry(approaches_dir=settings.approaches_dir, entry_points=settings.approach_entry_points)
+        registry = load_registry(
+            approaches_dir=settings.approaches_dir,
+            entry_points=settings.approach_entry_points,
+            plugins_dir=settings.plugins_dir,
+        )
     limits = Limits(
         max_chars=settings.max_expression_chars,
         max_nodes=settings.max_expression_nodes,
@@ -44,6 +49,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     default = parse(settings.approach)  # a bad default fails at start, not per request
     validate(default, registry.names())
     check_size(default, limits)
+    check_defaults(settings.approach_params, registry)  # server-wide approach parameters, checked once
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
