@@ -84,9 +84,7 @@ def answer_text(slug: str, result: Any) -> str:
     if isinstance(result, list) and result and all(isinstance(r, str) for r in result):
         result = result[0]  # several texts (OptILLM's n): a run of this approach answers one
     if not isinstance(result, str):
-        raise PluginFailed(
-            f"plugin {slug!r} returned {type(result).__name__}, not (text, completion_tokens)"
-        )
+        raise PluginFailed(f"plugin {slug!r} returned {type(result).__name__}, not (text, completion_tokens)")
     return result
 
 

@@ -34,7 +34,7 @@ def run(system_prompt, initial_query, client, model, request_config=None):
 '''
 
 # No request_config parameter (OptILLM's older plugin signature); asks for two choices at once.
-TWICE = '''
+TWICE = """
 SLUG = "twice"
 
 
@@ -44,19 +44,19 @@ def run(system_prompt, initial_query, client, model):
     )
     texts = [choice.message.content for choice in response.choices]
     return " + ".join(texts), response.usage.completion_tokens
-'''
+"""
 
-BROKEN = '''
+BROKEN = """
 SLUG = "broken"
 
 
 def run(system_prompt, initial_query, client, model, request_config=None):
     client.chat.completions.create(model=model, messages=[{"role": "user", "content": initial_query}])
     raise KeyError("no such thing")
-'''
+"""
 
 # Catches every error and goes on, as many OptILLM plugins do: the run's budget must still hold.
-GREEDY = '''
+GREEDY = """
 SLUG = "greedy"
 
 
@@ -69,16 +69,16 @@ def run(system_prompt, initial_query, client, model, request_config=None):
         except Exception:
             pass
     return f"made {done} calls", 0
-'''
+"""
 
-ASYNC = '''
+ASYNC = """
 SLUG = "later"
 
 
 async def run(system_prompt, initial_query, client, model, request_config=None):
     response = client.chat.completions.create(model=model, messages=[{"role": "user", "content": initial_query}])
     return "later: " + response.choices[0].message.content, 1
-'''
+"""
 
 HELPER = "VALUE = 1\n"  # no SLUG/run: skipped, as OptILLM skips it
 
