@@ -23,6 +23,14 @@ SERVE_FLAGS = (
     ("--api-key", "api_key", "require this bearer key from clients"),
     ("--log-level", "log_level", "debug, info, warning, error"),
     ("--approaches-dir", "approaches_dir", "load approach modules (*.py) and YAML/JSON specs from this directory"),
+    ("--plugins-dir", "plugins_dir", "load OptILLM plugin files (*.py with SLUG and run) from this directory"),
+    (
+        "--approach-params",
+        "approach_params",
+        'server-wide approach parameters as JSON, used where a request gives none: {"mcts": {"depth": 2}}',
+    ),
+    ("--conversation-log-dir", "conversation_log_dir", "where --log-conversations writes (~/.optillm/conversations)"),
+    ("--ssl-cert-path", "upstream_ssl_cert_path", "CA bundle (PEM) HTTPS upstreams' certificates are checked against"),
     ("--local-model", "local_model", "local model: smollm2 (default), a .gguf file or model directory, +adapters"),
     (
         "--local-models-dir",
@@ -111,6 +119,8 @@ SERVE_FLAGS = (
 
 # Flags that take no value: present means true.
 SERVE_SWITCHES = (
+    ("--log-conversations", "log_conversations", "append each finished run to OptILLM-format JSONL files"),
+    ("--ssl-verify", "upstream_ssl_verify", "verify HTTPS upstreams' certificates (the default)"),
     (
         "--local-models-with-upstream",
         "local_models_with_upstream",
@@ -194,6 +204,9 @@ def parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, dest=dest, default=None, action="append", help=help_)
     for flag, dest, help_ in SERVE_SWITCHES:
         serve.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=help_)
+    from optigraph.optillm_compat import add_arguments as add_optillm_arguments
+
+    add_optillm_arguments(serve)  # OptILLM's command line, as it is (docs/optillm.md)
     from optigraph.evals.runner import add_arguments as add_eval_arguments
 
     add_eval_arguments(
@@ -228,11 +241,19 @@ def serve(args: argparse.Namespace) -> None:
     overrides = {
         dest: getattr(args, dest) for _, dest, _ in (*SERVE_FLAGS, *SERVE_SWITCHES) if getattr(args, dest) is not None
     }
-    settings = _settings({**overrides, **repeated_overrides(args)})
+    from optigraph.optillm_compat import serve_settings
+
+    try:  # OptILLM's flags and variables, and OPENAI_*, under optigraph's own
+        extra = serve_settings(args, os.environ, {**overrides, **repeated_overrides(args)})
+    except ValueError as exc:
+        _serve_error(str(exc))
+    settings = _settings(extra.settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for note in extra.notes:
+        logging.getLogger("optigraph").info(note)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
     _check_serve_settings(settings)
-    from optigraph.errors import ApproachLoadError, ExpressionError, UnknownApproach
+    from optigraph.errors import ApproachLoadError, ExpressionError, InvalidRequest, UnknownApproach
 
     try:
         app = create_app(settings)
@@ -240,6 +261,8 @@ def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"optigraph: cannot load approaches:\n{exc.message}") from None
     except (ExpressionError, UnknownApproach) as exc:
         _serve_error(f"--approach: {exc.message}")
+    except InvalidRequest as exc:  # server-wide approach parameters (--approach-params, OptILLM's flags)
+        _serve_error(f"approach parameters: {exc.message}")
     from optigraph.api.server import Server
 
     # One access-log line per request comes from optigraph.api.access_log; uvicorn's own is off.

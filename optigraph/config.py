@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -205,3 +206,9 @@ class Settings(BaseSettings):
         default=True,
         description="Load approaches that installed packages declare in the optigraph.approaches entry-point group",
     )
+
+    @field_validator("approach_params", mode="before")
+    @classmethod
+    def _approach_params_json(cls, value: Any) -> Any:
+        """`--approach-params` gives JSON text (the variable is decoded by pydantic-settings already)."""
+        return json.loads(value) if isinstance(value, str) else value

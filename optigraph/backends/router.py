@@ -42,6 +42,10 @@ class Backends:
             "read_timeout_s": settings.upstream_read_timeout_s,
             "total_timeout_s": settings.upstream_total_timeout_s,
         }
+        tls = {
+            "ssl_verify": settings.upstream_ssl_verify,
+            "ssl_cert_path": str(settings.upstream_ssl_cert_path) if settings.upstream_ssl_cert_path else None,
+        }
         self.http: OpenAIHTTPBackend | None = None
         if settings.base_url:
             self.http = OpenAIHTTPBackend(
@@ -49,6 +53,7 @@ class Backends:
                 api_key=settings.upstream_api_key,
                 max_connections=settings.max_connections,
                 **timeouts,
+                **tls,
             )
         self.litellm = LiteLLMBackend(api_key=settings.upstream_api_key, **timeouts)
         self._local: Any = None
@@ -62,6 +67,7 @@ class Backends:
                 name=f"openai:{name}",
                 n_sampling=up.n_sampling,
                 **timeouts,
+                **tls,
             )
             for name, up in settings.upstreams.items()
         }
