@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from optigraph.config import Settings
+from optigraph.config import Settings, default_db_url
 
 SERVE_FLAGS = (
     ("--host", "host", "address to bind (default 127.0.0.1)"),
@@ -389,6 +389,21 @@ def _add_inspect_commands(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--max-chars", type=int, default=4096, help="cut longer strings (0: keep them whole)")
     source(show, server_default=DEFAULT_SERVER)
     show.set_defaults(handler=_runs_show)
+    export = runs_sub.add_parser(
+        "export",
+        help="finished runs as OptILLM's conversation logs (JSONL), read from the database",
+        description="One JSON line per finished run, oldest first, in OptILLM's --log-conversations "
+        "format (docs/optillm.md).",
+    )
+    export.add_argument("--format", choices=["jsonl"], default="jsonl", help="jsonl (OptILLM's), the default")
+    export.add_argument("--since", help="only runs created at or after this ISO date or time (UTC unless it says)")
+    export.add_argument(
+        "--db-url",
+        default=os.environ.get("OPTIGRAPH_DB_URL") or default_db_url(),
+        help="the database (default $OPTIGRAPH_DB_URL, else sqlite:///./optigraph.db)",
+    )
+    export.add_argument("--out-dir", help="append to conversations_YYYY-MM-DD.jsonl files here (default: stdout)")
+    export.set_defaults(handler=_runs_export)
     for name, help_ in (
         ("resume", "continue an interrupted run (crash or upstream failure) on a server"),
         ("fork", "start a new run from a checkpoint of a run, with an optional state patch"),
@@ -541,6 +556,23 @@ def _runs_show(args: argparse.Namespace) -> None:
     if args.json:
         return _print_json(run)
     print(_run_text(run))
+
+
+def _runs_export(args: argparse.Namespace) -> None:
+    """`runs export`: OptILLM-format conversation logs from the database (memory/conversation_log.py)."""
+    from datetime import datetime
+    from pathlib import Path
+
+    from optigraph.memory.conversation_log import export_database
+
+    try:
+        since = datetime.fromisoformat(args.since) if args.since else None
+    except ValueError:
+        raise _CommandError(f"--since {args.since!r}: not an ISO date or time, e.g. 2026-12-01 or 2026-12-01T09:30")
+    directory = Path(args.out_dir) if args.out_dir else None
+    count = _from_db(export_database, args.db_url, since=since, out=sys.stdout, directory=directory)
+    if directory is not None:
+        print(f"{_count(count, 'run')} appended to {directory}", file=sys.stderr)
 
 
 def _runs_continue(args: argparse.Namespace) -> None:

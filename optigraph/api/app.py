@@ -25,6 +25,7 @@ from optigraph.engine.registry import Registry
 from optigraph.engine.request_params import check_defaults
 from optigraph.engine.runner import Runner
 from optigraph.memory.checkpoints import open_checkpointer
+from optigraph.memory.conversation_log import ConversationLog
 from optigraph.memory.conversations import ConversationStore
 from optigraph.memory.db import open_database
 from optigraph.memory.migrate import upgrade_schema
@@ -55,8 +56,12 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(upgrade_schema, settings.db_url)
         db = open_database(settings.db_url)
-        recorder = SqlRecorder(db)
+        recorder: SqlRecorder | ConversationLog = SqlRecorder(db)
         recorder.start()
+        stored = recorder
+        if settings.log_conversations:  # OptILLM-format JSONL of every finished run, read back from the table
+            recorder = ConversationLog(stored, db, settings.conversation_log_dir)
+            recorder.start()
         await _report_unfinished_runs(db)
         backends = Backends(settings)
         warmup: asyncio.Task[Any] | None = None
@@ -82,7 +87,9 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
             finally:
                 if warmup is not None and not warmup.done():
                     warmup.cancel()
-                await recorder.aclose()
+                if recorder is not stored:
+                    await recorder.aclose()  # logs what is pending (needs the table writer still running)
+                await stored.aclose()
                 await backends.aclose()
                 await db.dispose()
 
