@@ -203,3 +203,11 @@ def test_a_plugin_that_swallows_errors_still_stops_at_the_runs_budget(stack: Sta
 def test_optillm_params_reach_the_plugins_request_config(stack: Stack) -> None:
     answer = chat(stack, "shout-fake-model", extra_body={"optillm_params": {"shout": {"suffix": "?"}}}).parse()
     assert answer.choices[0].message.content.endswith("?")
+
+
+def test_a_plugin_run_streams_its_answer_to_the_client(stack: Stack) -> None:
+    chunks = list(chat(stack, "shout-fake-model", stream=True, stream_options={"include_usage": True}).parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "ECHO: USER: HELLO THERE"
+    usage = [c.usage for c in chunks if c.usage]
+    assert len(usage) == 1 and usage[0].completion_tokens > 0
