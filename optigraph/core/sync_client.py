@@ -12,6 +12,7 @@ OptILLM plugins are written against), else an attribute-access record with the s
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -21,6 +22,7 @@ from optigraph.core.llm import LLM, Completion
 
 # Keyword arguments of the openai SDK's `create` that shape the HTTP request, not the body.
 SDK_TRANSPORT_ARGS = frozenset({"extra_headers", "extra_query", "timeout"})
+WAIT_SLICE_S = 0.5  # how often a waiting call checks that its run is still going (not a timeout)
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 
 
@@ -159,8 +161,19 @@ class SyncChatClient:
         body["messages"] = list(messages)
         future = asyncio.run_coroutine_threadsafe(self.llm.forward(body, node=self.node), self.loop)
         try:
-            completion = future.result()
+            completion = self._wait(future)
         except BaseException as exc:
             self.errors.append(exc)
             raise
         return response_object(completion_document(completion, model=self.llm.model, run_id=self.llm.run_id))
+
+    def _wait(self, future: concurrent.futures.Future[Completion]) -> Completion:
+        """The call's answer; gives up when the run ends meanwhile (cancelled, or the server stopping),
+        so that a worker thread is never left waiting on a loop that will not answer."""
+        while True:
+            try:
+                return future.result(timeout=WAIT_SLICE_S)
+            except TimeoutError:
+                if self._closed.is_set():
+                    future.cancel()
+                    raise ClientClosed(f"the run of this client ended while {self.node!r} waited for a call") from None

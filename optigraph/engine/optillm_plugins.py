@@ -127,7 +127,6 @@ def optillm_spec(slug: str, run: Callable[..., Any], source: str) -> ApproachSpe
         graph.add_edge(slug, END)
         return graph
 
-    plugin.__module__ = getattr(run, "__module__", __name__)
     doc = (inspect.getdoc(inspect.getmodule(run)) or "").strip().splitlines()
     return ApproachSpec(
         name=slug,

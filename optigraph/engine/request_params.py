@@ -118,10 +118,7 @@ def check_defaults(defaults: Mapping[str, Mapping[str, Any]], registry: Registry
     """Refuses server defaults for unknown approaches or with bad values (checked at start)."""
     for name, params in defaults.items():
         if name not in registry:
-            raise InvalidRequest(
-                f"approach parameters for {name!r}, which is not an approach or plugin of this server",
-                param="approach_params",
-            )
+            raise InvalidRequest(f"{name!r} is not an approach or plugin of this server", param="approach_params")
         if not isinstance(params, Mapping):
-            raise InvalidRequest(f"approach parameters for {name!r} must be an object", param="approach_params")
+            raise InvalidRequest(f"the parameters of {name!r} must be an object", param="approach_params")
         validate_params(registry.get(name).params, name, dict(params))

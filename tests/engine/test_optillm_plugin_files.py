@@ -3,7 +3,9 @@ return, the client's response objects, the client refusing calls it cannot make,
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -100,3 +102,22 @@ def test_which_files_load(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> N
         load_registry(plugins_dir=tmp_path, entry_points=False)
     with pytest.raises(ApproachLoadError, match="does not exist"):
         load_registry(plugins_dir=tmp_path / "missing", entry_points=False)
+
+
+def test_a_call_waiting_when_its_run_ends_gives_up() -> None:
+    client = SyncChatClient(SimpleNamespace(model="m", run_id="r"), loop=None, node="p")  # type: ignore[arg-type]
+    never: concurrent.futures.Future = concurrent.futures.Future()  # a loop that will not answer
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            client._wait(never)
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    client.close()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and isinstance(outcome[0], ClientClosed)
+    assert never.cancelled()
