@@ -568,7 +568,9 @@ def _runs_export(args: argparse.Namespace) -> None:
     try:
         since = datetime.fromisoformat(args.since) if args.since else None
     except ValueError:
-        raise _CommandError(f"--since {args.since!r}: not an ISO date or time, e.g. 2026-12-01 or 2026-12-01T09:30")
+        raise _CommandError(
+            f"--since {args.since!r}: not an ISO date or time, e.g. 2026-12-01 or 2026-12-01T09:30"
+        ) from None
     directory = Path(args.out_dir) if args.out_dir else None
     count = _from_db(export_database, args.db_url, since=since, out=sys.stdout, directory=directory)
     if directory is not None:

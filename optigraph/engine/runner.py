@@ -286,9 +286,7 @@ class Runner:
                 param="optillm_params",
                 code="invalid_approach_parameter",
             )
-        return resolve_params(
-            self.registry, names, requested=raw, body=body, defaults=self.settings.approach_params
-        )
+        return resolve_params(self.registry, names, requested=raw, body=body, defaults=self.settings.approach_params)
 
     def _check_fields(self, body: dict[str, Any], llm: LLM, compiled: CompiledExpression | None) -> None:
         """A 400 for body fields the run would otherwise accept and ignore."""
