@@ -104,14 +104,20 @@ def resolve_params(
     body: Mapping[str, Any],
     defaults: Mapping[str, Mapping[str, Any]],
 ) -> dict[str, dict[str, Any]]:
-    """Each approach's validated parameters: server defaults < body fields < `requested` (optillm_params)."""
+    """Each approach's validated parameters: server defaults < body fields < `requested` (optillm_params).
+
+    An approach whose parameters are open (an OptILLM plugin file reads whatever fields it likes from
+    its request_config) also gets every OptILLM field of the body, which otherwise would not reach it."""
     fields = body_params(body, registry, names)
-    return {
-        name: registry.get(name).validate_params(
-            {**defaults.get(name, {}), **fields.get(name, {}), **(requested.get(name) or {})}
+    loose = {key: body[key] for key in proxy_fields(body, names)}
+    out = {}
+    for name in names:
+        spec = registry.get(name)
+        given = loose if spec.params.model_config.get("extra") == "allow" else {}
+        out[name] = spec.validate_params(
+            {**defaults.get(name, {}), **given, **fields.get(name, {}), **(requested.get(name) or {})}
         )
-        for name in names
-    }
+    return out
 
 
 def check_defaults(defaults: Mapping[str, Mapping[str, Any]], registry: Registry) -> None:

@@ -80,6 +80,16 @@ async def run(system_prompt, initial_query, client, model, request_config=None):
     return "later: " + response.choices[0].message.content, 1
 """
 
+ECHO_CONFIG = """
+SLUG = "echo_config"
+
+
+def run(system_prompt, initial_query, client, model, request_config=None):
+    client.chat.completions.create(model=model, messages=[{"role": "user", "content": initial_query}])
+    keys = sorted(k for k in request_config if k in ("k", "mcts_depth", "num_candidates"))
+    return " ".join(f"{k}={request_config[k]}" for k in keys), 0
+"""
+
 HELPER = "VALUE = 1\n"  # no SLUG/run: skipped, as OptILLM skips it
 
 
@@ -91,7 +101,8 @@ def plugins_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "readurls_plugin.py").write_text('SLUG = "readurls"\n\ndef run(*a):\n    return "not me", 0\n')
     nested = root / "optillm" / "plugins"  # OptILLM's own layout under --plugins-dir
     nested.mkdir(parents=True)
-    for name, text in {"twice": TWICE, "broken": BROKEN, "greedy": GREEDY, "later": ASYNC}.items():
+    plugins = {"twice": TWICE, "broken": BROKEN, "greedy": GREEDY, "later": ASYNC, "echo_config": ECHO_CONFIG}
+    for name, text in plugins.items():
         (nested / f"{name}_plugin.py").write_text(text)
     return root
 
@@ -211,3 +222,12 @@ def test_a_plugin_run_streams_its_answer_to_the_client(stack: Stack) -> None:
     assert text == "ECHO: USER: HELLO THERE"
     usage = [c.usage for c in chunks if c.usage]
     assert len(usage) == 1 and usage[0].completion_tokens > 0
+
+
+def test_optillm_body_fields_reach_a_plugin_files_request_config(stack: Stack) -> None:
+    # OptILLM hands the whole body to a plugin: its fields for other approaches included
+    answer = chat(stack, "shout-fake-model", extra_body={"num_candidates": 5, "suffix": "#"}).parse()
+    assert answer.choices[0].message.content.endswith("#")
+    raw = chat(stack, "echo_config-fake-model", extra_body={"num_candidates": 5, "mcts_depth": 2, "k": 3})
+    assert raw.parse().choices[0].message.content == "k=3 mcts_depth=2 num_candidates=5"
+    assert not {"num_candidates", "mcts_depth"} & set(stack.log.bodies[-1])
