@@ -165,7 +165,8 @@ def read(args: argparse.Namespace, environ: Mapping[str, str], *, explicit: Mapp
     gui = False
     for option in OPTIONS:  # variables first; flags overwrite them
         env = environ.get(option.env) if option.env else None
-        if env is None or (option.setting and f"OPTIGRAPH_{option.setting.upper()}" in environ):
+        # An empty variable is unset (OptILLM's own defaults for paths and URLs are empty strings).
+        if not env or (option.setting and f"OPTIGRAPH_{option.setting.upper()}" in environ):
             continue
         gui = _place(option, _value(option, env, option.env or ""), settings, params) or gui
     for option in OPTIONS:

@@ -102,6 +102,8 @@ def test_openai_variables_are_read_as_the_sdk_reads_them_when_no_base_url_is_giv
     s = settings_for([], {**env, "OPTILLM_BASE_URL": "http://optillm/v1"})
     assert (s.base_url, s.upstream_api_key) == ("http://optillm/v1", None)
     assert settings_for([], {}).base_url is None  # nothing set: the local model, as before
+    empty = settings_for([], {"OPTILLM_BASE_URL": "", "OPTILLM_PLUGINS_DIR": "", "OPTILLM_API_KEY": ""})
+    assert (empty.base_url, empty.plugins_dir, empty.api_key) == (None, None, None)  # OptILLM's "" defaults
 
 
 def serve(tmp_path: Path, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
