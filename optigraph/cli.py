@@ -296,6 +296,9 @@ def _settings(overrides: dict[str, str]) -> Settings:
         problems = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else ""
+            if not field:  # a rule across settings names them in its message
+                problems.append(str(err["msg"]).removeprefix("Value error, "))
+                continue
             name = f"{FLAG_OF[field]} (OPTIGRAPH_{field.upper()})" if field in FLAG_OF else f"OPTIGRAPH_{field.upper()}"
             problems.append(f"{name} {err.get('input')!r}: {err['msg']}")
         _serve_error("; ".join(problems))

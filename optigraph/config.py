@@ -8,7 +8,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -212,3 +212,9 @@ class Settings(BaseSettings):
     def _approach_params_json(cls, value: Any) -> Any:
         """`--approach-params` gives JSON text (the variable is decoded by pydantic-settings already)."""
         return json.loads(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _default_n_within_max_n(self) -> Settings:
+        if self.default_n > self.max_n:
+            raise ValueError(f"default_n ({self.default_n}, OptILLM's --n) is more than max_n ({self.max_n})")
+        return self

@@ -136,6 +136,7 @@ def serve(tmp_path: Path, *argv: str, env: dict[str, str] | None = None) -> subp
         (["--best-of-n", "0"], {}, ["approach parameters", "'bon'", "greater than or equal to 1"]),
         (["--cepo_rating_model", "gpt-4o"], {}, ["--cepo_rating_model", "not supported"]),
         (["--log", "loud"], {}, ["--log", "'loud'"]),
+        (["--n", "20"], {}, ["default_n (20, OptILLM's --n) is more than max_n (16)"]),
     ],
 )
 def test_a_bad_optillm_setting_is_one_line_and_exit_2(
