@@ -95,29 +95,31 @@ CEPO_INERT = {
 
 def add_arguments(serve: argparse.ArgumentParser) -> None:
     """OptILLM's flags on `optigraph serve` (cli.py keeps optigraph's own)."""
-    group = serve.add_argument_group("OptILLM's flags (docs/optillm.md; each also read from its OPTILLM_* variable)")
+    group = serve.add_argument_group(
+        "OptILLM's flags (docs/optillm.md)",
+        "Each is also read from the variable it names. --cepo_<option> VALUE sets one cepo parameter.",
+    )
     for option in OPTIONS:
         if option.flags[0] in SHARED:
             continue
-        dest = f"optillm_{option.flags[0].lstrip('-').replace('-', '_')}"
+        help_ = f"{option.help} (${option.env})"
         if option.kind is bool:
-            group.add_argument(
-                *option.flags, dest=dest, action="store_const", const=True, default=None, help=option.help
-            )
+            group.add_argument(*option.flags, dest=_dest(option), action="store_const", const=True, help=help_)
         else:
-            group.add_argument(*option.flags, dest=dest, default=None, help=option.help)
-    group.add_argument("--base_url", dest="base_url", default=None, help=argparse.SUPPRESS)
+            metavar = {int: "N", float: "X"}.get(option.kind, "VALUE")
+            group.add_argument(*option.flags, dest=_dest(option), metavar=metavar, help=help_)
+    group.add_argument("--base_url", dest="base_url", help=argparse.SUPPRESS)
     group.add_argument(
         "--no-ssl-verify",
         dest="upstream_ssl_verify",
         action="store_const",
         const=False,
-        help="do not verify HTTPS upstreams' certificates (development only)",
+        help="do not verify HTTPS upstreams' certificates (development only; $OPTILLM_SSL_VERIFY=false)",
     )
     for name in (*CEPO_FIELDS, *CEPO_INERT):
-        group.add_argument(f"--cepo_{name}", dest=f"optillm_cepo_{name}", default=None, help=argparse.SUPPRESS)
+        group.add_argument(f"--cepo_{name}", dest=f"optillm_cepo_{name}", help=argparse.SUPPRESS)
     group.add_argument(
-        "--cepo_config_file", dest="optillm_cepo_config_file", default=None, help="cepo parameters from a YAML file"
+        "--cepo_config_file", dest="optillm_cepo_config_file", metavar="FILE", help="cepo parameters from a YAML file"
     )
 
 
