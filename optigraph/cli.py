@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from optigraph.config import Settings
+from optigraph.config import Settings, default_db_url
 
 SERVE_FLAGS = (
     ("--host", "host", "address to bind (default 127.0.0.1)"),
@@ -23,6 +23,14 @@ SERVE_FLAGS = (
     ("--api-key", "api_key", "require this bearer key from clients"),
     ("--log-level", "log_level", "debug, info, warning, error"),
     ("--approaches-dir", "approaches_dir", "load approach modules (*.py) and YAML/JSON specs from this directory"),
+    ("--plugins-dir", "plugins_dir", "load OptILLM plugin files (*.py with SLUG and run) from this directory"),
+    (
+        "--approach-params",
+        "approach_params",
+        'server-wide approach parameters as JSON, used where a request gives none: {"mcts": {"depth": 2}}',
+    ),
+    ("--conversation-log-dir", "conversation_log_dir", "where --log-conversations writes (~/.optillm/conversations)"),
+    ("--ssl-cert-path", "upstream_ssl_cert_path", "CA bundle (PEM) HTTPS upstreams' certificates are checked against"),
     ("--local-model", "local_model", "local model: smollm2 (default), a .gguf file or model directory, +adapters"),
     (
         "--local-models-dir",
@@ -120,6 +128,8 @@ SERVE_FLAGS = (
 
 # Flags that take no value: present means true.
 SERVE_SWITCHES = (
+    ("--log-conversations", "log_conversations", "append each finished run to OptILLM-format JSONL files"),
+    ("--ssl-verify", "upstream_ssl_verify", "verify HTTPS upstreams' certificates (the default)"),
     (
         "--list-approach-models",
         "list_approach_models",
@@ -209,6 +219,9 @@ def parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, dest=dest, default=None, action="append", help=help_)
     for flag, dest, help_ in SERVE_SWITCHES:
         serve.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=help_)
+    from optigraph.optillm_compat import add_arguments as add_optillm_arguments
+
+    add_optillm_arguments(serve)  # OptILLM's command line, as it is (docs/optillm.md)
     from optigraph.evals.runner import add_arguments as add_eval_arguments
 
     add_eval_arguments(
@@ -243,12 +256,20 @@ def serve(args: argparse.Namespace) -> None:
     overrides = {
         dest: getattr(args, dest) for _, dest, _ in (*SERVE_FLAGS, *SERVE_SWITCHES) if getattr(args, dest) is not None
     }
-    settings = _settings({**overrides, **repeated_overrides(args)})
+    from optigraph.optillm_compat import serve_settings
+
+    try:  # OptILLM's flags and variables, and OPENAI_*, under optigraph's own
+        extra = serve_settings(args, os.environ, {**overrides, **repeated_overrides(args)})
+    except ValueError as exc:
+        _serve_error(str(exc))
+    settings = _settings(extra.settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for note in extra.notes:
+        logging.getLogger("optigraph").info(note)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
     _check_serve_settings(settings)
     from optigraph.api.models import ListedApproachError
-    from optigraph.errors import ApproachLoadError, ExpressionError, UnknownApproach
+    from optigraph.errors import ApproachLoadError, ExpressionError, InvalidRequest, UnknownApproach
 
     try:
         app = create_app(settings)
@@ -258,6 +279,8 @@ def serve(args: argparse.Namespace) -> None:
         _serve_error(f"--approach: {exc.message}")
     except ListedApproachError as exc:
         _serve_error(str(exc))
+    except InvalidRequest as exc:  # server-wide approach parameters (--approach-params, OptILLM's flags)
+        _serve_error(f"approach parameters: {exc.message}")
     from optigraph.api.server import Server
 
     # One access-log line per request comes from optigraph.api.access_log; uvicorn's own is off.
@@ -291,6 +314,9 @@ def _settings(overrides: dict[str, str]) -> Settings:
         problems = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else ""
+            if not field:  # a rule across settings names them in its message
+                problems.append(str(err["msg"]).removeprefix("Value error, "))
+                continue
             name = f"{FLAG_OF[field]} (OPTIGRAPH_{field.upper()})" if field in FLAG_OF else f"OPTIGRAPH_{field.upper()}"
             problems.append(f"{name} {err.get('input')!r}: {err['msg']}")
         _serve_error("; ".join(problems))
@@ -391,6 +417,21 @@ def _add_inspect_commands(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--max-chars", type=int, default=4096, help="cut longer strings (0: keep them whole)")
     source(show, server_default=DEFAULT_SERVER)
     show.set_defaults(handler=_runs_show)
+    export = runs_sub.add_parser(
+        "export",
+        help="finished runs as OptILLM's conversation logs (JSONL), read from the database",
+        description="One JSON line per finished run, oldest first, in OptILLM's --log-conversations "
+        "format (docs/optillm.md).",
+    )
+    export.add_argument("--format", choices=["jsonl"], default="jsonl", help="jsonl (OptILLM's), the default")
+    export.add_argument("--since", help="only runs created at or after this ISO date or time (UTC unless it says)")
+    export.add_argument(
+        "--db-url",
+        default=os.environ.get("OPTIGRAPH_DB_URL") or default_db_url(),
+        help="the database (default $OPTIGRAPH_DB_URL, else sqlite:///./optigraph.db)",
+    )
+    export.add_argument("--out-dir", help="append to conversations_YYYY-MM-DD.jsonl files here (default: stdout)")
+    export.set_defaults(handler=_runs_export)
     for name, help_ in (
         ("resume", "continue an interrupted run (crash or upstream failure) on a server"),
         ("fork", "start a new run from a checkpoint of a run, with an optional state patch"),
@@ -543,6 +584,25 @@ def _runs_show(args: argparse.Namespace) -> None:
     if args.json:
         return _print_json(run)
     print(_run_text(run))
+
+
+def _runs_export(args: argparse.Namespace) -> None:
+    """`runs export`: OptILLM-format conversation logs from the database (memory/conversation_log.py)."""
+    from datetime import datetime
+    from pathlib import Path
+
+    from optigraph.memory.conversation_log import export_database
+
+    try:
+        since = datetime.fromisoformat(args.since) if args.since else None
+    except ValueError:
+        raise _CommandError(
+            f"--since {args.since!r}: not an ISO date or time, e.g. 2026-12-01 or 2026-12-01T09:30"
+        ) from None
+    directory = Path(args.out_dir) if args.out_dir else None
+    count = _from_db(export_database, args.db_url, since=since, out=sys.stdout, directory=directory)
+    if directory is not None:
+        print(f"{_count(count, 'run')} appended to {directory}", file=sys.stderr)
 
 
 def _runs_continue(args: argparse.Namespace) -> None:

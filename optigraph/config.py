@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -200,6 +201,30 @@ class Settings(BaseSettings):
         "Plugins and nodes address them by name; each has its own key, connection limit and "
         "capabilities",
     )
+    # ---- what OptILLM's flags map onto (docs/optillm.md) ----
+    approach_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Server-wide parameters by approach, used where a request gives none (OPTIGRAPH_APPROACH_PARAMS "
+        'as JSON, e.g. {"mcts": {"simulations": 4}}); a request\'s optillm_params or body fields win',
+    )
+    default_n: int = Field(default=1, ge=1, description="Choices (`n`) a request gets when it names none")
+    plugins_dir: Path | None = Field(
+        default=None,
+        description="Directory of OptILLM plugin files (*.py with SLUG and run), also read from its optillm/plugins/",
+    )
+    log_conversations: bool = Field(
+        default=False, description="Append each finished run to OptILLM-format JSONL files in conversation_log_dir"
+    )
+    conversation_log_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".optillm" / "conversations",
+        description="Where log_conversations writes conversations_YYYY-MM-DD.jsonl",
+    )
+    upstream_ssl_verify: bool = Field(
+        default=True, description="Verify the TLS certificates of HTTPS upstreams (off: development only)"
+    )
+    upstream_ssl_cert_path: Path | None = Field(
+        default=None, description="CA bundle (PEM) that HTTPS upstreams' certificates are verified against"
+    )
     approach_entry_points: bool = Field(
         default=True,
         description="Load approaches that installed packages declare in the optigraph.approaches entry-point group",
@@ -221,3 +246,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("approach_params", mode="before")
+    @classmethod
+    def _approach_params_json(cls, value: Any) -> Any:
+        """`--approach-params` gives JSON text (the variable is decoded by pydantic-settings already)."""
+        return json.loads(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _default_n_within_max_n(self) -> Settings:
+        if self.default_n > self.max_n:
+            raise ValueError(f"default_n ({self.default_n}, OptILLM's --n) is more than max_n ({self.max_n})")
+        return self

@@ -150,3 +150,12 @@ class PrivacyKeyChanged(OptigraphError):
     status = 409
     type = "invalid_request_error"
     code = "privacy_key_changed"
+
+
+class PluginFailed(OptigraphError):
+    """An OptILLM plugin file's `run` raised or returned something unusable (502: the answer could not be
+    made; the run is stored as failed with this message)."""
+
+    status = 502
+    type = "plugin_error"
+    code = "plugin_failed"

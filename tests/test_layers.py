@@ -27,7 +27,8 @@ ALLOWED: dict[str, set[str]] = {
     "engine": {"graphs", "plugins", "backends"},
     "api": {"engine"},
     "evals": {"api"},
-    "cli": {"evals"},
+    "optillm_compat": {"config"},  # OptILLM's flags and variables as settings
+    "cli": {"evals", "optillm_compat"},
     "__init__": {"engine"},  # the public authoring API, re-exported lazily,
     "__main__": {"cli"},
 }

@@ -22,8 +22,10 @@ from optigraph.engine.compiler import Compiler
 from optigraph.engine.expression import Limits, check_size, parse, validate
 from optigraph.engine.loading import load_registry
 from optigraph.engine.registry import Registry
+from optigraph.engine.request_params import check_defaults
 from optigraph.engine.runner import Runner
 from optigraph.memory.checkpoints import open_checkpointer
+from optigraph.memory.conversation_log import ConversationLog
 from optigraph.memory.conversations import ConversationStore
 from optigraph.memory.db import open_database
 from optigraph.memory.migrate import upgrade_schema
@@ -35,7 +37,11 @@ log = logging.getLogger("optigraph")
 
 def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
     if registry is None:  # the built-ins plus entry points and --approaches-dir (a clash fails the start)
-        registry = load_registry(approaches_dir=settings.approaches_dir, entry_points=settings.approach_entry_points)
+        registry = load_registry(
+            approaches_dir=settings.approaches_dir,
+            entry_points=settings.approach_entry_points,
+            plugins_dir=settings.plugins_dir,
+        )
     limits = Limits(
         max_chars=settings.max_expression_chars,
         max_nodes=settings.max_expression_nodes,
@@ -46,13 +52,18 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     check_size(default, limits)
     if settings.list_approach_models:  # a bad prefix fails at start too
         models.check_listed_approaches(settings.model_list_approaches, registry)
+    check_defaults(settings.approach_params, registry)  # server-wide approach parameters, checked once
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(upgrade_schema, settings.db_url)
         db = open_database(settings.db_url)
-        recorder = SqlRecorder(db)
+        recorder: SqlRecorder | ConversationLog = SqlRecorder(db)
         recorder.start()
+        stored = recorder
+        if settings.log_conversations:  # OptILLM-format JSONL of every finished run, read back from the table
+            recorder = ConversationLog(stored, db, settings.conversation_log_dir)
+            recorder.start()
         await _report_unfinished_runs(db)
         backends = Backends(settings)
         warmup: asyncio.Task[Any] | None = None
@@ -78,7 +89,9 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
             finally:
                 if warmup is not None and not warmup.done():
                     warmup.cancel()
-                await recorder.aclose()
+                if recorder is not stored:
+                    await recorder.aclose()  # logs what is pending (needs the table writer still running)
+                await stored.aclose()
                 await backends.aclose()
                 await db.dispose()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -36,6 +37,15 @@ def capabilities_for(model: str) -> Capabilities:
             logprobs=False,
         )
     return Capabilities()
+
+
+def tls_setting(verify: bool, cert_path: str | None) -> bool | ssl.SSLContext:
+    """aiohttp's `ssl` argument: the default checks (True), none (False), or checks against a CA bundle."""
+    if not verify:
+        return False
+    if cert_path:
+        return ssl.create_default_context(cafile=cert_path)
+    return True
 
 
 def upstream_error(status: int, payload: bytes) -> UpstreamError:
@@ -91,6 +101,8 @@ class OpenAIHTTPBackend:
         max_connections: int = 512,
         name: str = "openai",
         n_sampling: bool | None = None,
+        ssl_verify: bool = True,
+        ssl_cert_path: str | None = None,
     ) -> None:
         self.name = name  # recorded with every call: "openai", or "openai:<upstream name>"
         self._n_sampling = n_sampling  # an operator's statement that the upstream does (not) honour n
@@ -108,13 +120,16 @@ class OpenAIHTTPBackend:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._proxy = env_proxy(self.base_url)  # read once: aiohttp's trust_env re-reads it per request
+        self._ssl = tls_setting(ssl_verify, ssl_cert_path)
 
     def _client(self) -> aiohttp.ClientSession:
         """The pooled session, created on first use on the running loop (a session is bound to its loop)."""
         loop = asyncio.get_running_loop()
         session = self._session
         if session is None or session.closed or self._loop is not loop:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, keepalive_timeout=5.0)
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, limit_per_host=0, keepalive_timeout=5.0, ssl=self._ssl
+            )
             session = self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, proxy=self._proxy
             )

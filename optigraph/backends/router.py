@@ -48,6 +48,10 @@ class Backends:
             "read_timeout_s": settings.upstream_read_timeout_s,
             "total_timeout_s": settings.upstream_total_timeout_s,
         }
+        tls = {
+            "ssl_verify": settings.upstream_ssl_verify,
+            "ssl_cert_path": str(settings.upstream_ssl_cert_path) if settings.upstream_ssl_cert_path else None,
+        }
         self.http: OpenAIHTTPBackend | None = None
         if settings.base_url:
             self.http = OpenAIHTTPBackend(
@@ -55,6 +59,7 @@ class Backends:
                 api_key=settings.upstream_api_key,
                 max_connections=settings.max_connections,
                 **timeouts,
+                **tls,
             )
         # Several providers behind one backend (--proxy-config): the upstream when there is no base URL.
         self.proxy: ProxyBackend | None = (
@@ -72,6 +77,7 @@ class Backends:
                 name=f"openai:{name}",
                 n_sampling=up.n_sampling,
                 **timeouts,
+                **tls,
             )
             for name, up in settings.upstreams.items()
         }

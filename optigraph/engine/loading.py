@@ -8,6 +8,8 @@ Three sources, in this order, after the built-ins:
   name) and every declarative spec `*.yaml`, `*.yml` or `*.json`: an approach (see
   optigraph/engine/authoring/) or, when its top-level key is `plugin`, a plugin
   (optigraph/engine/declarative_plugins.py);
+- OptILLM plugin files (`--plugins-dir`): modules with `SLUG` and `run`, each an approach
+  (optigraph/engine/optillm_plugins.py);
 - nothing else: there is no module-global registry.
 
 A module's specs are its `SPECS` (a sequence), else its `SPEC`, else every module-level ApproachSpec
@@ -33,6 +35,7 @@ from optigraph.core.spec import ApproachSpec, PluginSpec, Spec
 from optigraph.engine.authoring import load_declarative
 from optigraph.engine.declarative_plugins import is_plugin_document, load_plugin
 from optigraph.engine.expression import is_name
+from optigraph.engine.optillm_plugins import load_plugins as load_optillm_plugins
 from optigraph.engine.registry import Registry, builtin_registry
 from optigraph.errors import ApproachLoadError
 
@@ -151,13 +154,21 @@ def add_all(registry: Registry, specs: Iterable[tuple[Spec, str]], sources: dict
 
 
 def load_registry(
-    *, approaches_dir: Path | str | None = None, entry_points: bool = True, registry: Registry | None = None
+    *,
+    approaches_dir: Path | str | None = None,
+    entry_points: bool = True,
+    registry: Registry | None = None,
+    plugins_dir: Path | str | None = None,
 ) -> Registry:
-    """The built-ins (or `registry`) plus the installed entry points and the directory's approaches."""
+    """The built-ins (or `registry`) plus the installed entry points, the directory's approaches and
+    the OptILLM plugin files of `plugins_dir` (engine/optillm_plugins.py)."""
     registry = registry if registry is not None else builtin_registry()
     sources = {name: "optigraph (built-in)" for name in registry.names()}
+    builtins = frozenset(registry.names())
     if entry_points:
         add_all(registry, entry_point_specs(), sources)
     if approaches_dir is not None:
         add_all(registry, load_directory(approaches_dir), sources)
+    if plugins_dir is not None:
+        add_all(registry, load_optillm_plugins(plugins_dir, taken=builtins.__contains__), sources)
     return registry

@@ -47,6 +47,7 @@ from optigraph.engine.expression import check_size, parse, validate
 from optigraph.engine.expression import names as expression_names
 from optigraph.engine.registry import Registry
 from optigraph.engine.request import background_requested, check_request, forwarded_fields
+from optigraph.engine.request_params import proxy_fields, resolve_params
 from optigraph.engine.selection import select
 from optigraph.errors import InvalidRequest, OptigraphError, RunCancelled, RunInterrupted, UpstreamInvalidResponse
 from optigraph.memory.conversations import ConversationStore
@@ -155,7 +156,7 @@ class Runner:
         sel = select(body, known=self.registry.names(), default=self.settings.approach, limits=limits)
         ast = parse(sel.expression)
         validate(ast, self.registry.names())
-        check_size(ast, limits, n=int(body.get("n") or 1), param=SOURCE_PARAMS[sel.source])
+        check_size(ast, limits, n=int(body.get("n") or self.settings.default_n), param=SOURCE_PARAMS[sel.source])
         model = sel.model or self.settings.default_model
         if model is None:
             if self.settings.base_url or self.backends.proxy is not None:
@@ -178,13 +179,14 @@ class Runner:
         passthrough = ast == parse("none")
         compiled = None if passthrough else await self.compiler.compile_async(ast)
         names = ("none",) if compiled is None else compiled.names
-        params = self._params(body.get("optillm_params"), names)
+        params = self._params(body.get("optillm_params"), names, body)
         for name in names:
             self._check_needs(name, llm, backend.name, upstream_model)
-        request = forwarded_fields(body)
+        proxy_only = proxy_fields(body, names)  # OptILLM's fields for the proxy (engine/request_params.py)
+        request = {k: v for k, v in forwarded_fields(body).items() if k not in proxy_only}
         stream = bool(body.get("stream"))
         expression = "none" if compiled is None else compiled.text
-        n = int(body.get("n") or 1)
+        n = int(body.get("n") or self.settings.default_n)
         record = RunRecord(
             id=run_id,
             expression=expression,
@@ -288,7 +290,7 @@ class Runner:
             max_tokens=min(limits.get("max_upstream_tokens") or tokens, tokens),
         )
 
-    def _params(self, raw: Any, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    def _params(self, raw: Any, names: tuple[str, ...], body: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -303,7 +305,7 @@ class Runner:
                 param="optillm_params",
                 code="invalid_approach_parameter",
             )
-        return {name: self.registry.get(name).validate_params(raw.get(name)) for name in names}
+        return resolve_params(self.registry, names, requested=raw, body=body, defaults=self.settings.approach_params)
 
     def _check_fields(self, body: dict[str, Any], llm: LLM, compiled: CompiledExpression | None) -> None:
         """A 400 for body fields the run would otherwise accept and ignore."""
