@@ -379,7 +379,7 @@ def serve_process(
     port: int | None = None,
     log_level: str = "warning",
     command: Callable[..., list[str]] | None = None,
-    wait_s: float = 60,
+    wait_s: float = 180,  # a hang guard: a loaded machine may take a minute to import everything
 ) -> tuple[subprocess.Popen, str]:
     """`optigraph serve` in a child process (this tree, no OPTIGRAPH_* variables from the test run) in
     front of `upstream_url`, on the SQLite file `db`; returned once it answers /health. `command`

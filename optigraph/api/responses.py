@@ -21,7 +21,7 @@ from optigraph.api.errors import ORJSONResponse
 from optigraph.api.responses_input import ResponsesRequest, chat_body, check_responses_request
 from optigraph.api.responses_output import RESPONSES_KEY, conversation_of, from_chat, from_run, run_id_of
 from optigraph.api.responses_stream import ResponseEvents
-from optigraph.engine.runner import run_usage
+from optigraph.engine.runner import Prepared, run_usage
 from optigraph.errors import InvalidRequest, NotFound, OptigraphError
 from optigraph.memory.queries import get_run
 
@@ -54,7 +54,7 @@ async def create_response(request: Request, key: str | None = Depends(upstream_k
         history = conversation_of(row)
     chat = chat_body(req, body, history)
     prep = await request.app.state.runner.prepare(chat, client_key=key)
-    prep.record.request = {**chat, RESPONSES_KEY: body}  # what GET and previous_response_id read back
+    prep.record.request = {**prep.record.request, RESPONSES_KEY: _stored_request(body, prep)}
     headers = {RUN_HEADER: prep.run_id}
     if prep.stream:
         try:
@@ -110,3 +110,16 @@ def request_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     """The request schema and its definitions, for the OpenAPI document."""
     schema = ResponsesRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     return schema, schema.pop("$defs", {})
+
+
+def _stored_request(body: dict[str, Any], prep: Prepared) -> dict[str, Any]:
+    """The Responses request as the run keeps it (what GET and previous_response_id read back). When a
+    plugin at the run's edge rewrote the chat body before it was stored (privacy), none of the client's
+    own text is kept: the instructions are the rewritten system message, the input is left out."""
+    if prep.edge is None:
+        return body
+    kept = {k: v for k, v in body.items() if k not in ("input", "instructions", "user", "metadata")}
+    messages = prep.record.request.get("messages") or []
+    if body.get("instructions") and messages and messages[0].get("role") == "system":
+        kept["instructions"] = messages[0].get("content")
+    return kept

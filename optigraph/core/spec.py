@@ -78,6 +78,11 @@ def validate_params(model: type[BaseModel], name: str, raw: dict[str, Any] | Non
 PluginStage = Callable[..., Awaitable[dict[str, Any]]]
 # Made by `pre` or `post` at run time: rewrites the streamed text of one choice (see core/streaming.py).
 StreamRewriter = Callable[[dict[str, Any], dict[str, Any], Any], TextRewriter | None]
+# At the edge (the plugin wraps the whole expression): the client's request body, rewritten before the
+# run is recorded or started, and the plugin's private state to start from: (body, settings) -> (body, private).
+Admit = Callable[[dict[str, Any], Any], Awaitable[tuple[dict[str, Any], dict[str, Any]]]]
+# ... and the client's copy of the answers, made after the run has been recorded: (answers, private, settings).
+Release = Callable[[list[dict[str, Any]], dict[str, Any], Any], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,10 @@ class PluginSpec:
     - `routes`: `pre` may choose, at run time, the expression that runs inside the plugin (a
       router); the choice is recorded in the run.
     - `calls`/`rounds`: upstream calls the plugin itself adds, as formulas of its parameters.
+    - `admit`/`release`: where the plugin wraps the whole expression (it comes first), the runner calls
+      `admit` on the client's request before anything of the run is stored, and `release` on the
+      answers after the run has been recorded, for the client's copy only (the privacy plugin: what is
+      stored holds placeholders from the run's first record on, and only the client sees originals).
     """
 
     name: str
@@ -111,6 +120,8 @@ class PluginSpec:
     stream: StreamRewriter | None = None
     routes: bool = False
     serves: frozenset[str] = frozenset()  # request fields it honours itself where the backend cannot
+    admit: Admit | None = None
+    release: Release | None = None
     streams_final: bool = False  # listing parity with approaches: a plugin produces no answer of its own
 
     kind = "plugin"

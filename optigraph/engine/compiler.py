@@ -61,10 +61,15 @@ class CompiledExpression:
         request: dict[str, Any],
         params: dict[str, dict[str, Any]],
         stream_choice: int | None,
+        private: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The graph's input state. `params` is keyed by approach or plugin name."""
+        """The graph's input state. `params` is keyed by approach or plugin name; `private`: the outer
+        plugin's private state to start from (an edge plugin's, from its `admit`)."""
         own = params.get(self.ast.name, {}) if isinstance(self.ast, Approach) else params
-        return {"messages": messages, "request": request, "params": own, "stream_choice": stream_choice}
+        state = {"messages": messages, "request": request, "params": own, "stream_choice": stream_choice}
+        if private:
+            state["private"] = private
+        return state
 
     def mermaid(self) -> str:
         return draw_mermaid(self.graph.get_graph(xray=True))

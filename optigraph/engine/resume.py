@@ -102,6 +102,11 @@ async def _rebuild(runner: Runner, row: dict[str, Any], *, run_id: str, client_k
         user=body.get("user"),
         spec=spec,
     )
+    edge, private = runner.edge_plugin(compiled), dict(spec.get("private") or {})
+    if edge is not None and edge.release is not None and private:
+        # the edge plugin must still open its private state (privacy: the same privacy_key), before
+        # anything runs again: released with no answers, it raises what it would raise at the end
+        edge.release([], private, runner.settings)
     return Prepared(
         run_id=run_id,
         expression=compiled.text,
@@ -116,6 +121,8 @@ async def _rebuild(runner: Runner, row: dict[str, Any], *, run_id: str, client_k
         compiled=compiled,
         record=record,
         started=time.perf_counter(),
+        edge=edge,
+        private=private,
     )
 
 
@@ -164,6 +171,7 @@ async def resume_run(runner: Runner, run_id: str, *, db: Any, client_key: str | 
                 raise
         response = runner.response_body(prep, answer_choices(answers), usage, {})
         runner.record_success(prep, usage, response)
+        response = {**response, "choices": answer_choices(runner.client_answers(prep, answers))}
         return ChatResult(run_id=run_id, response=response)
 
 
@@ -273,9 +281,12 @@ async def fork_run(
         raise
     answers = out.get("answers") or []
     usage = run_usage(prep)  # this run's calls, not those copied from the parent
+    if prep.edge is not None and out.get("private"):
+        prep.private = out["private"]
     response = runner.response_body(prep, answer_choices(answers), usage, {})
     response["optigraph"]["parent_id"] = run_id
     runner.record_success(prep, usage, response)
+    response = {**response, "choices": answer_choices(runner.client_answers(prep, answers))}
     return ChatResult(run_id=new_id, response=response)
 
 

@@ -43,7 +43,7 @@ from optigraph.core.spec import PluginSpec
 from optigraph.core.streaming import StreamEvent, StreamSink
 from optigraph.core.usage import Usage, add_usage, empty_usage, openai_usage
 from optigraph.engine.compiler import CompiledExpression, Compiler
-from optigraph.engine.expression import check_size, parse, validate
+from optigraph.engine.expression import Plugin, check_size, parse, validate
 from optigraph.engine.expression import names as expression_names
 from optigraph.engine.registry import Registry
 from optigraph.engine.request import background_requested, check_request, forwarded_fields
@@ -77,6 +77,8 @@ class Prepared:
     prior: Usage = field(default_factory=empty_usage)  # calls stored before a resume (engine/resume.py)
     background: bool = False  # finish even if the client goes
     stop_reason: str | None = None  # why its task was cancelled: "cancelled" (client gone) or "interrupted"
+    edge: PluginSpec | None = None  # the plugin at the run's edge (it wraps everything, with admit/release)
+    private: dict[str, Any] = field(default_factory=dict)  # that plugin's private state, from `admit` on
 
 
 def answer_choices(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -178,6 +180,10 @@ class Runner:
         backend, upstream_model = llm.backend, llm.model
         passthrough = ast == parse("none")
         compiled = None if passthrough else await self.compiler.compile_async(ast)
+        edge, private = self.edge_plugin(compiled), {}
+        if edge is not None and edge.admit is not None:  # before anything of the run is stored
+            body, private = await edge.admit(body, self.settings)
+            sel = select(body, known=self.registry.names(), default=self.settings.approach, limits=limits)
         names = ("none",) if compiled is None else compiled.names
         params = self._params(body.get("optillm_params"), names, body)
         for name in names:
@@ -197,7 +203,9 @@ class Runner:
         )
         self._check_fields(body, llm, compiled)
         if compiled is not None:  # what a resume runs again, whatever the server's defaults are by then
-            record.spec = run_spec(route=model, messages=sel.messages, request=request, params=params, n=n)
+            record.spec = run_spec(
+                route=model, messages=sel.messages, request=request, params=params, n=n, private=private
+            )
         return Prepared(
             run_id=run_id,
             expression=expression,
@@ -213,7 +221,22 @@ class Runner:
             record=record,
             started=time.perf_counter(),
             background=background_requested(body),
+            edge=edge,
+            private=private,
         )
+
+    def edge_plugin(self, compiled: CompiledExpression | None) -> PluginSpec | None:
+        """The plugin that wraps the whole expression, when it acts at the run's edge (admit/release)."""
+        if compiled is None or not isinstance(compiled.ast, Plugin):
+            return None
+        spec = self.registry.get(compiled.ast.name)
+        return spec if isinstance(spec, PluginSpec) and spec.admit is not None else None
+
+    def client_answers(self, prep: Prepared, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The client's copy of the run's answers: what the edge plugin's `release` makes of them."""
+        if prep.edge is None or prep.edge.release is None or not prep.private:
+            return answers
+        return prep.edge.release(answers, prep.private, self.settings)
 
     def _served_fields(self, compiled: CompiledExpression | None) -> frozenset[str]:
         """The request fields the plugins of `compiled` honour themselves."""
@@ -349,11 +372,14 @@ class Runner:
                         k: completion.raw[k] for k in ("system_fingerprint", "service_tier") if k in completion.raw
                     }
                     decoding = completion.raw.get("optigraph_decoding")  # a local decoding strategy's details
+                    released = choices
                 else:
                     self.recorder.run_started(prep.record)
                     answers, _ = await self.run_graph(prep, sink=None)
                     choices = answer_choices(answers)
                     extra, decoding = {}, None
+                    client = self.client_answers(prep, answers)
+                    released = choices if client is answers else answer_choices(client)
         except asyncio.CancelledError as exc:
             self.record_failure(prep, exc)
             raise self.stop_error(prep) if prep.stop_reason else exc from None
@@ -365,6 +391,8 @@ class Runner:
         if decoding is not None:
             response["optigraph"]["decoding"] = decoding
         self.record_success(prep, usage, response)
+        if released is not choices:  # the edge plugin's copy for the client; the stored one is above
+            response = {**response, "choices": released}
         return ChatResult(run_id=prep.run_id, response=response)
 
     @staticmethod
@@ -399,6 +427,7 @@ class Runner:
                 request=prep.request,
                 params=prep.params,
                 stream_choice=(i * compiled.choices) if sink is not None and not compiled.dynamic else None,
+                private=prep.private if prep.edge is not None else None,
             )
             if resume:
                 snapshot = await compiled.graph.aget_state(config)
@@ -412,6 +441,8 @@ class Runner:
 
         outs = await asyncio.gather(*(one(i) for i in range(prep.n)))
         answers = [a for out in outs for a in (out.get("answers") or [])]
+        if prep.edge is not None and outs and outs[0].get("private"):
+            prep.private = outs[0]["private"]  # as the edge plugin's stages left it (a resumed run's, too)
         return answers, run_usage(prep)
 
     # ---- streaming ----------------------------------------------------------------------------
@@ -535,7 +566,7 @@ class Runner:
                 task.cancel()
                 # its cancelled upstream calls are recorded before the run's usage is
                 await asyncio.gather(task, return_exceptions=True)
-        for i, answer in enumerate(answers):
+        for i, answer in enumerate(self.client_answers(prep, answers)):
             held = sink.flush(i)  # what a plugin's stream rewriter still held back (a split placeholder)
             if i not in sink.streamed:
                 delta = {k: v for k, v in answer["message"].items() if k in ("content", "tool_calls") and v}
@@ -677,8 +708,18 @@ class Runner:
 
 
 def run_spec(
-    *, route: str, messages: list[dict[str, Any]], request: dict[str, Any], params: dict[str, dict[str, Any]], n: int
+    *,
+    route: str,
+    messages: list[dict[str, Any]],
+    request: dict[str, Any],
+    params: dict[str, dict[str, Any]],
+    n: int,
+    private: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a stored run is rebuilt from (engine/resume.py): the model name it was routed by, its
-    cleaned messages, forwarded fields, validated parameters and number of threads."""
-    return {"route": route, "messages": messages, "request": request, "params": params, "n": n}
+    cleaned messages, forwarded fields, validated parameters and number of threads, and the edge
+    plugin's private state from `admit` (the privacy plugin's: an encrypted token)."""
+    spec = {"route": route, "messages": messages, "request": request, "params": params, "n": n}
+    if private:
+        spec["private"] = private
+    return spec

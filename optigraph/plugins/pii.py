@@ -1,5 +1,6 @@
 """What the `privacy` plugin counts as personal data: Presidio's pattern recognizers (no language
-model, nothing downloaded at run time) and one recognizer of our own for names introduced by a cue.
+model, nothing downloaded at run time) and two recognizers of our own for person names: one for names
+introduced by a cue, one for common first names from census lists (optigraph/plugins/person_names.py).
 
 Detected (placeholder label: what, by which recognizer):
 - EMAIL: e-mail addresses with a known public suffix (Presidio; tldextract's bundled list, never fetched)
@@ -8,9 +9,11 @@ Detected (placeholder label: what, by which recognizer):
 - IP: IPv4 and IPv6 addresses; MAC: MAC addresses (Presidio)
 - SSN: US social security numbers; CRYPTO: Bitcoin addresses (Presidio)
 - NAME: person names after a cue: "my name is", "I am" / "I'm", "call me", "name:", or a title (Mr, Mrs,
-  Ms, Miss, Dr, Prof). Ours: names without a cue would need a language model, and none ships on PyPI.
+  Ms, Miss, Dr, Prof); and, without a cue, a common first name with the surnames after it ("ask Alice
+  Smith"), where first names that are also words ("Will", "Grace", "Ruby") need a surname. Ours: a
+  named-entity model would find more, and none ships on PyPI.
 
-Not detected: names without such a cue ("ask Alice about it"), postal addresses, dates (of birth or
+Not detected: rare first names without a cue, a surname alone, postal addresses, dates (of birth or
 other), passport and other national numbers, organisations, locations.
 """
 
@@ -31,6 +34,8 @@ LABELS = {
     "MAC_ADDRESS": "MAC",
     "PERSON": "NAME",
 }
+# A name found by the lists alone: below the cue patterns' scores, so a cue's wider match wins.
+NAME_LIST_SCORE = 0.5
 # Below this score a match is too weak to act on (Presidio gives 0.05 to 0.3 to shapes it could not
 # validate, such as an SSN-shaped number with a known-fake prefix).
 MIN_SCORE = 0.4
@@ -103,11 +108,16 @@ def _recognizers() -> tuple[Any, ...]:
 def find(text: str) -> list[Finding]:
     """The personal data in `text`, in order, without overlaps: where two findings overlap the one
     with the higher score wins (an IP address is not also a phone number), then the longer one."""
+    from presidio_analyzer import RecognizerResult
+
+    from optigraph.plugins.person_names import find_names
+
     candidates = []
     for recognizer in _recognizers():
         for r in recognizer.analyze(text, recognizer.supported_entities, None):
             if r.score >= MIN_SCORE and r.entity_type in LABELS:
                 candidates.append(r)
+    candidates += [RecognizerResult("PERSON", span.start, span.end, NAME_LIST_SCORE) for span in find_names(text)]
     candidates.sort(key=lambda r: (-r.score, -(r.end - r.start), r.start))
     kept: list[Finding] = []
     for r in candidates:

@@ -6,9 +6,10 @@ placeholder split across chunks is held back until it is whole, then restored.
 Detected (`optigraph.plugins.pii`: Presidio's pattern recognizers and ours for names; no model is
 loaded or downloaded): e-mail addresses, phone numbers, payment card numbers (Luhn-valid), IBANs
 (checksum-valid), IPv4 and IPv6 addresses, MAC addresses, US social security numbers, Bitcoin
-addresses, and person names after a cue ("my name is", "I am", "call me", "name:", Mr/Ms/Dr...).
-Not detected: names without such a cue, postal addresses, dates (of birth or other), passport and
-other national numbers, organisations and places. Read: the messages' text, their tool calls'
+addresses, and person names after a cue ("my name is", "I am", "call me", "name:", Mr/Ms/Dr...) or
+starting with a common first name ("ask Alice Smith"; census lists, optigraph/plugins/person_names.py).
+Not detected: rare names without a cue, a surname alone, postal addresses, dates (of birth or other),
+passport and other national numbers, organisations and places. Read: the messages' text, their tool calls'
 arguments, the `user` field and `metadata` values; a request with `tools` is answered whole when it
 streams, so that `post` restores the tool calls' arguments too.
 
@@ -17,6 +18,13 @@ original) is this plugin's private state, which is checkpointed with the run so 
 can still restore its answer; it is stored only encrypted (Fernet, with a key derived from the
 server's `privacy_key` setting), so the checkpoints' copy of the plugin's state holds placeholders and
 a token, never the originals. Nothing with the originals is sent upstream.
+
+First in an expression (`privacy&moa`, or `privacy` alone), the plugin works at the run's edge:
+`admit` anonymizes the client's request before the run is recorded, so the run's stored request, its
+resume spec, every checkpoint (the first, the graph's input, included), every upstream call and the
+stored answer hold placeholders only; `post` leaves the answers as they are, and `release` restores
+the client's copy as it leaves (streamed text through the Restorer). Further in (`readurls&privacy&moa`)
+it anonymizes what reaches it, and the parts before it, the run's input and its answer hold originals.
 """
 
 from __future__ import annotations
@@ -137,7 +145,10 @@ class Restorer:
 
 def _fernet(runtime_context: RunContext | None) -> Fernet:
     """The cipher of the mapping, keyed by the server's `privacy_key` (any string: it is hashed)."""
-    settings = runtime_context.settings if runtime_context is not None else None
+    return _cipher(runtime_context.settings if runtime_context is not None else None)
+
+
+def _cipher(settings: Any) -> Fernet:
     if settings is None:
         raise OptigraphError("the privacy plugin needs the server's settings (its privacy_key)")
     secret = settings.privacy_key.get_secret_value().encode()
@@ -164,33 +175,63 @@ def unseal(private: dict[str, Any], fernet: Fernet) -> dict[str, str]:
 
 
 def _anonymize(
-    messages: list[dict[str, Any]], request: dict[str, Any]
+    messages: list[dict[str, Any]], request: dict[str, Any], mapping: dict[str, str] | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, str]]:
-    anonymizer = Anonymizer()
+    anonymizer = Anonymizer(mapping)
     return [anonymizer.message(m) for m in messages], anonymizer.request(request), anonymizer.mapping
 
 
-async def pre(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    fernet = _fernet(runtime.context)
-    # The detectors are CPU work (and the first call imports Presidio): off the event loop.
-    messages, request, mapping = await asyncio.to_thread(
-        _anonymize, list(state["messages"]), dict(state.get("request") or {})
-    )
+def _found(mapping: dict[str, str]) -> str:
     counts: dict[str, int] = {}
     for placeholder in mapping:
         label = placeholder[1:].split("_")[0]
         counts[label] = counts.get(label, 0) + 1
-    found = ", ".join(f"{n} {label.lower()}" for label, n in sorted(counts.items())) or "nothing"
-    out = {"messages": messages, "private": {"mapping": seal(mapping, fernet)}, "notes": [f"privacy: replaced {found}"]}
+    return ", ".join(f"{n} {label.lower()}" for label, n in sorted(counts.items())) or "nothing"
+
+
+async def admit(body: dict[str, Any], settings: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The client's request with its personal data replaced, before anything of the run is stored."""
+    fernet = _cipher(settings)
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    # The detectors are CPU work (and the first call imports Presidio): off the event loop.
+    anonymized, request, mapping = await asyncio.to_thread(_anonymize, list(messages), dict(body))
+    out = {**(request or body), "messages": anonymized}
+    return out, {"mapping": seal(mapping, fernet), "edge": True, "found": _found(mapping)}
+
+
+def release(answers: list[dict[str, Any]], private: dict[str, Any], settings: Any) -> list[dict[str, Any]]:
+    """The client's copy of the answers, placeholders restored."""
+    return _restored(answers, unseal(private, _cipher(settings)))
+
+
+async def pre(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    fernet = _fernet(runtime.context)
+    private = state.get("private") or {}
+    known = unseal(private, fernet)  # at the edge, what `admit` already replaced
+    messages, request, mapping = await asyncio.to_thread(
+        _anonymize, list(state["messages"]), dict(state.get("request") or {}), known
+    )
+    where = " (at the edge, before the run was stored)" if private.get("edge") else ""
+    out = {
+        "messages": messages,
+        "private": {"mapping": seal(mapping, fernet), **({"edge": True} if private.get("edge") else {})},
+        "notes": [f"privacy: replaced {_found(mapping)}{where}"],
+    }
     if request is not None:
         out["request"] = request
     return out
 
 
 async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    mapping = unseal(state.get("private") or {}, _fernet(runtime.context))
-    answers: list[Answer] = []
-    for answer in state.get("answers") or []:
+    private = state.get("private") or {}
+    if private.get("edge"):  # the client's copy is restored as it leaves the server (`release`)
+        return {"notes": ["privacy: the stored answer keeps its placeholders; the client's copy is restored"]}
+    return {"answers": _restored(state.get("answers") or [], unseal(private, _fernet(runtime.context)))}
+
+
+def _restored(answers: list[Answer], mapping: dict[str, str]) -> list[Answer]:
+    out: list[Answer] = []
+    for answer in answers:
         message = dict(answer.get("message") or {})
         if isinstance(message.get("content"), str):
             message["content"] = restore(message["content"], mapping)
@@ -198,8 +239,8 @@ async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, An
             message["tool_calls"] = [
                 _map_arguments(c, lambda a: restore_json(a, mapping)) for c in message["tool_calls"]
             ]
-        answers.append({**answer, "message": message})
-    return {"answers": answers}
+        out.append({**answer, "message": message})
+    return out
 
 
 def stream(request: dict[str, Any], private: dict[str, Any], context: RunContext) -> Restorer | None:
@@ -212,10 +253,12 @@ def stream(request: dict[str, Any], private: dict[str, Any], context: RunContext
 
 SPEC = PluginSpec(
     name="privacy",
-    description="Replaces personal data (e-mails, phones, cards, IBANs, IPs, SSNs, crypto and MAC addresses, names "
-    "after a cue) with placeholders before anything goes upstream, and restores them in the answer "
+    description="Replaces personal data (e-mails, phones, cards, IBANs, IPs, SSNs, crypto and MAC addresses, person "
+    "names) with placeholders before anything goes upstream, and restores them in the answer "
     "(streaming too).",
     pre=pre,
     post=post,
     stream=stream,
+    admit=admit,
+    release=release,
 )

@@ -69,13 +69,13 @@ class Stack:
         return self.server.url + "/v1"
 
     def client(self, api_key: str = "client-key", **kw: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, timeout=30, **kw)
+        return openai.OpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, timeout=120, **kw)
 
     def aclient(self, api_key: str = "client-key", **kw: Any) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, timeout=30, **kw)
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, timeout=120, **kw)
 
     def http(self, **kw: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30, **kw)
+        return httpx.Client(base_url=self.url, timeout=120, **kw)
 
     def reset(self) -> None:
         self.log.bodies.clear()

@@ -140,10 +140,11 @@ def checkpoints(stack: Stack, run_id: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_privacy_checkpoints_hold_placeholders_and_an_encrypted_mapping(stack: Stack, stream: bool) -> None:
-    """What docs/plugins.md says is stored: from privacy.pre on, the run's state holds placeholders and
-    the mapping only as a token that the server's privacy_key opens; the client's own request (the
-    run's input) and the restored answer (its output) are stored as they are, like for any run."""
+def test_privacy_at_the_edge_nothing_stored_holds_the_originals(stack: Stack, stream: bool) -> None:
+    """What docs/plugins.md says is stored: with privacy first in the expression, the run's stored request,
+    its resume spec, every checkpoint (the graph's input and its final state included), every upstream call
+    and the stored answer hold placeholders; the mapping is kept only as a token the server's privacy_key
+    opens; the client alone gets the originals back."""
     from optigraph.core.context import RunContext
     from optigraph.plugins.privacy import _fernet, unseal
 
@@ -153,30 +154,59 @@ def test_privacy_checkpoints_hold_placeholders_and_an_encrypted_mapping(stack: S
             json={
                 "model": "privacy&none-fake-model",
                 "stream": stream,
+                "user": PII["email"],
                 "messages": [{"role": "user", "content": question_with_pii()}],
             },
         )
     assert r.status_code == 200
+    assert PII["card"] in r.text, "the client's copy of the echoed answer is restored"
     run_id = r.headers["x-optigraph-run-id"]
-    assert stack.run(run_id)["status"] == "completed"
+    run = stack.run(run_id)
+    assert run["status"] == "completed"
     sent, calls = json.dumps(stack.log.bodies), stored_calls_text(stack, run_id)
-    assert all(v not in sent and v not in calls for v in PII.values())
+    stored_run = json.dumps(run, default=str)
+    assert "[EMAIL_1]" in stored_run and "[CARD_1]" in stored_run
+    for value in PII.values():
+        assert value not in sent and value not in calls and value not in stored_run
     saved = checkpoints(stack, run_id)
-    pre_done = next(i for i, c in enumerate(saved) if c["channel_values"].get("private"))
-    inner = [c for c in saved if c["ns"]]  # the wrapped approach's own checkpoints
-    assert inner and pre_done > 0
-    for c in saved[pre_done:-1] + inner:
+    assert [c for c in saved if c["ns"]], "the wrapped approach's own checkpoints are there too"
+    for c in saved:
         values = json.dumps(c["channel_values"], default=str)
         assert all(v not in values for v in PII.values()), c["ns"]
-    assert "[EMAIL_1]" in json.dumps(saved[pre_done]["channel_values"]["messages"])
+    first = next(c for c in saved if "messages" in c["channel_values"])
+    assert "[EMAIL_1]" in json.dumps(first["channel_values"]["messages"]), "the graph's input is anonymized"
+    assert "[CARD_1]" in json.dumps(saved[-1]["channel_values"]["answers"]), "the stored answer keeps placeholders"
     token = saved[-1]["channel_values"]["private"]["mapping"]
     assert all(v not in token for v in PII.values())
     context = RunContext(run_id=run_id, llm=None, settings=stack.settings)  # type: ignore[arg-type]
     mapping = unseal({"mapping": token}, _fernet(context))
     assert mapping == {"[EMAIL_1]": PII["email"], "[PHONE_1]": PII["phone"], "[CARD_1]": PII["card"]}
-    # Documented: the run's input and its restored answer are the client's own text.
-    assert PII["email"] in json.dumps(saved[0]["channel_values"], default=str)
-    assert PII["email"] in json.dumps(saved[-1]["channel_values"]["answers"])
+
+
+def test_privacy_a_forked_run_answers_its_client_with_the_originals(stack: Stack) -> None:
+    """A fork of a privacy run starts from a stored checkpoint (placeholders only) and still restores the
+    answer for its client: the mapping travels encrypted in the run's state."""
+    first = stack.client().chat.completions.with_raw_response.create(
+        model="privacy&none-fake-model", messages=[{"role": "user", "content": question_with_pii()}]
+    )
+    run_id = first.headers["x-optigraph-run-id"]
+    stack.run(run_id)
+    with stack.http() as http:
+        r = http.post(f"/v1/runs/{run_id}/fork", json={})
+    assert r.status_code == 200, r.text
+    assert PII["phone"] in r.json()["choices"][0]["message"]["content"]
+    stored = json.dumps(stack.run(r.json()["optigraph"]["run_id"]), default=str)
+    assert all(v not in stored for v in PII.values())
+
+
+def test_privacy_further_in_the_expression_works_as_a_wrapper(stack: Stack) -> None:
+    """Not first (`readurls&privacy&none`), the plugin still keeps the originals from the upstream and restores
+    them in the answer; what comes before it (the run's input) is the client's own text."""
+    reply = stack.client().chat.completions.create(
+        model="readurls&privacy&none-fake-model", messages=[{"role": "user", "content": question_with_pii()}]
+    )
+    assert PII["card"] in reply.choices[0].message.content
+    assert all(v not in json.dumps(stack.log.bodies) for v in PII.values())
 
 
 def test_privacy_restores_a_streamed_answer(stack: Stack) -> None:
@@ -297,7 +327,7 @@ def test_a_run_that_failed_inside_the_wrapped_part_resumes_with_its_private_stat
 
 def test_a_restarted_server_restores_a_resumed_privacy_run_only_with_the_same_key(tmp_path: Path) -> None:
     """Documented: the mapping is encrypted with OPTIGRAPH_PRIVACY_KEY; a server started with
-    another key says so (409) instead of answering with placeholders, and the right key resumes."""
+    another key says so (409) before running anything again, and the right key resumes."""
     db = tmp_path / "restart.db"
 
     def fail_second_stage(body: dict[str, Any], index: int) -> Any:
@@ -317,7 +347,8 @@ def test_a_restarted_server_restores_a_resumed_privacy_run_only_with_the_same_ke
             r = http.post(f"/v1/runs/{run_id}/resume")
         assert r.status_code == 409, r.text
         assert r.json()["error"]["code"] == "privacy_key_changed"
-        assert "[EMAIL_1]" in json.dumps(second.log.bodies)  # the wrapped part ran, on placeholders
+        assert not second.log.bodies, "nothing ran again"
+        assert second.run(run_id)["status"] == "failed"
     with start_stack(db, default_model="fake-model", privacy_key="the first key") as third:
         with third.http() as http:
             r = http.post(f"/v1/runs/{run_id}/resume")

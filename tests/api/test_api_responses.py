@@ -400,3 +400,21 @@ def test_previous_response_of_a_graph_run(stack: Stack, stream_first: bool) -> N
         {"role": "assistant", "content": first.output_text},
         {"role": "user", "content": "which number?"},
     ]
+
+
+def test_privacy_keeps_the_clients_text_out_of_the_stored_response(stack: Stack) -> None:
+    """`privacy&none` through the Responses API: the client's answer has the originals, the upstream and
+    every stored copy (the run's request, its kept Responses request, its answer) only placeholders."""
+    email = "jane.roe@example.org"
+    client = stack.client()
+    resp = client.responses.create(
+        model="privacy&none-fake-model",
+        instructions=f"The user is {email}.",
+        input=f"Repeat my address {email}.",
+    )
+    assert email in resp.output_text, "the client's copy is restored"
+    assert email not in json.dumps(stack.log.bodies)
+    run = stack.run(resp.id.removeprefix("resp_"))
+    assert email not in json.dumps(run, default=str)
+    again = client.responses.retrieve(resp.id)
+    assert email not in again.model_dump_json()

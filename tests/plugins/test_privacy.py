@@ -36,11 +36,20 @@ DETECTED = [
     ("NAME", "Hi, I'm Jean-Luc O'Brien from accounting", "Jean-Luc O'Brien"),
     ("NAME", "Please forward this to Dr. Amara Okafor today", "Amara Okafor"),
     ("NAME", "Name: Søren Kierkegaard", "Søren Kierkegaard"),
+    ("NAME", "ask Alice Smith about the invoice", "Alice Smith"),
+    ("NAME", "forward it to Jennifer Lopez-Garcia, please", "Jennifer Lopez-Garcia"),
+    ("NAME", "Robert said the build is green", "Robert"),
+    ("NAME", "Will Smith starred in it", "Will Smith"),
 ]
 
 # What is not detected (docs/plugins.md says so): each stays in the text as it was.
 NOT_DETECTED = [
-    ("a name without a cue", "ask Alice Smith about the invoice"),
+    ("a rare first name without a cue", "ask Zebulon about the invoice"),
+    ("a surname alone", "ask Smith about the invoice"),
+    ("first names that are words, alone", "Will you help? Grace periods end in May; Frank talk"),
+    ("languages named like people", "Ruby on Rails, Julia arrays and Ada tasks"),
+    ("capitalised common words", "Sum the Numbers in the List, then Count the Apples"),
+    ("a place named like a person", "Is Paris in France or in Georgia?"),
     ("a postal address", "ship it to 221B Baker Street, London NW1 6XE"),
     ("a date of birth", "born on 14 March 1879"),
     ("a passport number", "passport number 533380006"),
