@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
-from optigraph.api.auth import upstream_key
+from optigraph.api.access import Caller, caller
+from optigraph.api.admission import Admission
 from optigraph.api.disconnect import unless_client_goes
 from optigraph.api.errors import ORJSONResponse
+from optigraph.api.scopes import CHAT, require, require_approaches
 from optigraph.engine.request import ChatCompletionRequest
-from optigraph.engine.runner import run_usage
+from optigraph.engine.runner import Prepared, run_usage
 from optigraph.errors import InvalidRequest, OptigraphError
 
 router = APIRouter(tags=["chat"])
@@ -31,14 +34,28 @@ RUN_HEADER = "x-optigraph-run-id"
     },
     responses={200: {"description": "An OpenAI chat.completion, or an SSE stream of chat.completion.chunk"}},
 )
-async def chat_completions(request: Request, key: str | None = Depends(upstream_key)) -> Response:
+async def chat_completions(request: Request, who: Annotated[Caller, Depends(caller)]) -> Response:
+    principal = who.principal
+    require(principal.scopes, CHAT, "a chat completion")
     raw = await request.body()
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
     runner = request.app.state.runner
-    prep = await runner.prepare(body, client_key=key)
+    prep = await runner.prepare(body, client_key=who.forward_key, tenant=principal.tenant)
+    require_approaches(principal.scopes, runner.registry, ("none",) if prep.compiled is None else prep.compiled.names)
+    admission = await request.app.state.run_slots.admit(principal)
+    try:
+        return await _run(request, prep, admission)
+    except BaseException:
+        await admission.release()
+        raise
+
+
+async def _run(request: Request, prep: Prepared, admission: Admission) -> Response:
+    """Runs the admitted request; its slot is freed when the answer (or the stream) ends."""
+    runner = request.app.state.runner
     headers = {RUN_HEADER: prep.run_id}
 
     def client_went() -> None:  # the run is cancelled with its client, unless it asked to finish anyway
@@ -50,24 +67,32 @@ async def chat_completions(request: Request, key: str | None = Depends(upstream_
         try:  # wait for the first chunk, so that a failure before it gets its own status
             first = await unless_client_goes(request, anext(chunks), client_went)
         except OptigraphError as exc:
+            await admission.release()
             return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
         # Once streaming, Starlette notices a client that goes and closes `chunks`, which cancels the run.
         return StreamingResponse(
-            _prepend(first, chunks), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}
+            _prepend(first, chunks, admission),
+            media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-cache"},
         )
     try:
         result = await unless_client_goes(request, runner.start(prep, runner.complete(prep)), client_went)
     except OptigraphError as exc:  # the run exists (stored as failed, cancelled or interrupted): say which it was
         headers["x-optigraph-upstream-calls"] = str(run_usage(prep)["calls"])
         return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+    finally:
+        await admission.release()
     headers["x-optigraph-upstream-calls"] = str(result.response["optigraph"]["upstream_calls"])
     return Response(orjson.dumps(result.response), media_type="application/json", headers=headers)
 
 
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield first
-    async for chunk in rest:
-        yield chunk
+async def _prepend(first: bytes, rest: AsyncIterator[bytes], admission: Admission) -> AsyncIterator[bytes]:
+    try:
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await admission.release()
 
 
 def request_schema() -> tuple[dict, dict]:
