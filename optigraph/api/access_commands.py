@@ -51,9 +51,7 @@ def keys_create(
 ) -> tuple[dict[str, Any], str]:
     """Creates a key; its fields and the key itself (to show once)."""
     chosen = checked_scopes(scopes)
-    stored, key = on_database(
-        db_url, lambda db: create_key(db, name=name, tenant=tenant, scopes=chosen, **limits)
-    )
+    stored, key = on_database(db_url, lambda db: create_key(db, name=name, tenant=tenant, scopes=chosen, **limits))
     return stored.public(), key
 
 

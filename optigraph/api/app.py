@@ -75,7 +75,10 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
                 registry=registry,
                 backends=backends,
                 recorder=recorder,
-                compiler=Compiler(registry, saver, default=settings.approach, limits=limits),
+                # without prompt text stored, graphs keep no checkpoints either (their state is the conversation)
+                compiler=Compiler(
+                    registry, saver if settings.store_prompts else None, default=settings.approach, limits=limits
+                ),
                 # without prompt text stored, there is no conversation memory (it is prompt text)
                 store=ConversationStore(db) if settings.store_prompts else None,
             )

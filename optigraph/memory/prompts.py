@@ -3,8 +3,8 @@
 The run stays as metadata: its id, tenant, expression, model, status, times, token counts and
 errors. Its request keeps the parameters (model, n, temperature...) but not the messages; its response
 and its upstream calls keep usage, finish reasons and counts but not a single text. The recorder
-applies this to every row it writes, and drops the run's checkpoints once the run has ended
-(memory/recorder.py), since graph state holds the conversation too.
+applies this to every row it writes (memory/recorder.py); graphs then run without a checkpointer,
+since graph state holds the conversation too (api/app.py).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ linger, a server answering one request at a time writes after every request, and
 competes with the next request: about +0.8 ms median on the passthrough benchmark.) `flush()`,
 `aclose()` and a full batch cut the linger short.
 
-With `store_prompts=False` no prompt or answer text is written (memory/prompts.py), and a run's
-checkpoints are deleted in the transaction that records its end.
+With `store_prompts=False` no prompt or answer text is written (memory/prompts.py), and runs are
+recorded as not checkpointed (the server then runs graphs without a checkpointer: api/app.py).
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .prompts import request_metadata, response_metadata
-from .records import FINISHED_STATUSES, CallRecord, RunRecord, RunResult
-from .retention import drop_checkpoints
+from .records import CallRecord, RunRecord, RunResult
 from .tables import RUNS, UPSTREAM_CALLS
 
 logger = logging.getLogger(__name__)
@@ -92,8 +91,10 @@ def metadata_only(table_row: dict[str, Any]) -> dict[str, Any]:
         out["request"] = request_metadata(out["request"])
     if "response" in out:
         out["response"] = response_metadata(out["response"])
-    if out.get("spec") is not None:
+    if "spec" in out:
         out["spec"] = None  # it holds the messages; without it the run cannot be rebuilt (nor resumed)
+    if "checkpointed" in out:
+        out["checkpointed"] = False
     return out
 
 
@@ -340,14 +341,9 @@ class SqlRecorder:
                 else:
                     finished[item.run_id] = {"_id": item.run_id, **{f"_{c}": v for c, v in values.items()}}
 
-        ended = [
-            run_id
-            for run_id, row in (*complete.items(), *((r["_id"], {"status": r["_status"]}) for r in finished.values()))
-            if row.get("status") in FINISHED_STATUSES
-        ]
         if not self._store_prompts:
             started = {k: metadata_only(v) for k, v in started.items()}
-            complete = {k: {**metadata_only(v), "checkpointed": False} for k, v in complete.items()}
+            complete = {k: metadata_only(v) for k, v in complete.items()}
             for values in finished.values():
                 values["_response"] = response_metadata(values["_response"])
             calls = [metadata_only(c) for c in calls]
@@ -367,6 +363,3 @@ class SqlRecorder:
             await conn.execute(stmt, list(finished.values()))
         if calls:
             await conn.execute(UPSTREAM_CALLS.insert(), calls)
-        if not self._store_prompts and ended:  # graph state holds the conversation: gone with the run's end
-            await drop_checkpoints(conn, ended)
-            await conn.execute(update(RUNS).where(RUNS.c.id.in_(ended)).values(checkpointed=False))

@@ -79,7 +79,5 @@ async def orphan_calls(db: AsyncEngine, *, before: datetime) -> int:
     the recorder wrote it); how many."""
     async with db.begin() as conn:
         known = select(RUNS.c.id).where(RUNS.c.id == UPSTREAM_CALLS.c.run_id).exists()
-        result = await conn.execute(
-            delete(UPSTREAM_CALLS).where(UPSTREAM_CALLS.c.started_at < before, ~known)
-        )
+        result = await conn.execute(delete(UPSTREAM_CALLS).where(UPSTREAM_CALLS.c.started_at < before, ~known))
         return result.rowcount

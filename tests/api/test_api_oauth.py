@@ -186,7 +186,9 @@ def test_a_token_signed_by_another_key_is_refused(server: Stack, issuer: Issuer,
 def test_alg_none_is_refused(server: Stack, issuer: Issuer, jwks_clock: list[float]) -> None:
     claims = jwt.decode(issuer.token(), options={"verify_signature": False})
     for alg in ("none", "None", "NONE"):
-        check_invalid_token(post(server, unsigned({"alg": alg, "kid": "k1", "typ": "JWT"}, claims)), server, "algorithm")
+        check_invalid_token(
+            post(server, unsigned({"alg": alg, "kid": "k1", "typ": "JWT"}, claims)), server, "algorithm"
+        )
 
 
 def test_hs256_signed_with_the_public_key_is_refused(server: Stack, issuer: Issuer, jwks_clock: list[float]) -> None:
@@ -200,9 +202,7 @@ def test_hs256_signed_with_the_public_key_is_refused(server: Stack, issuer: Issu
         check_invalid_token(post(server, token), server, "algorithm")
 
 
-def test_an_unknown_key_id_triggers_one_bounded_refresh(
-    server: Stack, issuer: Issuer, jwks_clock: list[float]
-) -> None:
+def test_an_unknown_key_id_triggers_one_bounded_refresh(server: Stack, issuer: Issuer, jwks_clock: list[float]) -> None:
     bound = server.settings.oauth_jwks_min_refresh_s
     jwks_clock[0] += bound  # the last fetch is longer ago than the bound
     assert post(server, issuer.token()).status_code == 200
@@ -241,7 +241,9 @@ def test_a_missing_scope_is_403(server: Stack, issuer: Issuer, jwks_clock: list[
     r = post(server, issuer.token(scope="runs:read"))
     assert r.status_code == 403
     error = r.json()["error"]
-    assert error["type"] == "permission_error" and error["code"] == "insufficient_scope" and "'chat'" in error["message"]
+    assert (
+        error["type"] == "permission_error" and error["code"] == "insufficient_scope" and "'chat'" in error["message"]
+    )
     assert r.headers["www-authenticate"] == 'Bearer error="insufficient_scope", scope="chat"'
     code = {"model": "executecode&none-fake-model", "messages": HELLO["messages"]}
     r = post(server, issuer.token(scope="chat"), code)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -70,7 +70,7 @@ def test_limits_hold_across_two_servers_on_one_postgresql(postgres_url: str) -> 
     busy = key_for(postgres_url, "busy", "team-busy")
     spender = key_for(postgres_url, "spender", "team-spend", tokens_per_day=5)  # a key's own limit
     on_db(postgres_url, lambda db: set_tenant_limits(db, "team-busy", rpm=0, concurrent_runs=1))
-    now = [datetime.now(timezone.utc).replace(second=15, microsecond=0)]
+    now = [datetime.now(UTC).replace(second=15, microsecond=0)]
     gate = Gate(prompt="hold me")
     with ServerThread(make_gated_app(gate)) as up:
         settings = Settings(

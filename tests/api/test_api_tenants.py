@@ -89,7 +89,11 @@ def test_a_wrong_or_missing_key_is_401(tenants: Tenants) -> None:
 
 def test_another_tenants_run_does_not_exist_on_any_route(tenants: Tenants) -> None:
     def stage_two_down(body: dict[str, Any], i: int) -> Any:
-        return HTTPFailure(400, "stage two is down") if last_user_text(body) == "echo: tenant text" else echo_responder(body, i)
+        return (
+            HTTPFailure(400, "stage two is down")
+            if last_user_text(body) == "echo: tenant text"
+            else echo_responder(body, i)
+        )
 
     tenants.stack.script.fn = stage_two_down
     with tenants.http(tenants.a) as http:
@@ -146,8 +150,11 @@ def test_scopes_decide_what_a_key_may_do(tenants: Tenants) -> None:
         assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope"
         assert "'chat'" in r.json()["error"]["message"]
         assert http.get(f"/v1/runs/{run_id}").status_code == 200
-        for method, path in (("POST", f"/v1/runs/{run_id}/resume"), ("POST", f"/v1/runs/{run_id}/fork"),
-                             ("DELETE", f"/v1/runs/{run_id}")):
+        for method, path in (
+            ("POST", f"/v1/runs/{run_id}/resume"),
+            ("POST", f"/v1/runs/{run_id}/fork"),
+            ("DELETE", f"/v1/runs/{run_id}"),
+        ):
             r = http.request(method, path, json={} if path.endswith("fork") else None)
             assert r.status_code == 403 and "'runs:write'" in r.json()["error"]["message"], path
     with tenants.http(tenants.chatter) as http:

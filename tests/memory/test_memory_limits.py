@@ -4,7 +4,7 @@ SQLite and PostgreSQL, with the time given by the test."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
@@ -14,7 +14,7 @@ from optigraph.errors import NotFound, RateLimited
 from optigraph.memory.keys import create_key, find_key, list_keys, revoke_key
 from optigraph.memory.limits import LimitValues, admit, release, renew_slots
 
-T0 = datetime(2026, 12, 5, 12, 0, 10, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 5, 12, 0, 10, tzinfo=UTC)
 
 
 async def test_concurrent_admissions_never_exceed_the_limit(engine: AsyncEngine) -> None:
