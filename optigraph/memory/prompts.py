@@ -17,12 +17,12 @@ REMOVED = "[not stored]"
 
 
 def request_metadata(request: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A request without its messages and other text fields (their presence noted, not their content)."""
+    """A request without its messages and other text fields (how many messages, not what they said)."""
     if not isinstance(request, dict):
         return request
     out = {k: v for k, v in request.items() if k not in TEXT_FIELDS}
     if isinstance(request.get("messages"), list):
-        out["messages"] = len(request["messages"])  # how many, never what they said
+        out["message_count"] = len(request["messages"])
     return out
 
 
