@@ -8,13 +8,14 @@ import ipaddress
 import json
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from optigraph.api.scopes import ALL_SCOPES, DEFAULT_KEY_SCOPES, unknown_scopes
 from optigraph.errors import InvalidRequest
-from optigraph.memory.db import open_database
+from optigraph.memory.db import backend_name, open_database, sqlite_path
 from optigraph.memory.keys import active_key_count, create_key, list_keys, revoke_key, set_key_limits
 from optigraph.memory.limits import clear_tenant_limits, list_tenant_limits, set_tenant_limits
 from optigraph.memory.migrate import upgrade_schema
@@ -93,6 +94,8 @@ def runs_prune(db_url: str, *, older_than_days: float) -> int:
 
 def active_keys(db_url: str) -> int:
     """How many active keys the database holds (0 when it has no key table yet, or cannot be read)."""
+    if backend_name(db_url) == "sqlite" and not Path(sqlite_path(db_url)).expanduser().exists():
+        return 0  # no database yet (and none is created just to look)
 
     async def count() -> int:
         db = open_database(db_url)

@@ -42,7 +42,9 @@ def stored_everywhere(db_path: Path, run_id: str) -> dict[str, int]:
 
 def chat(stack: Stack, model: str, text: str, **extra: Any) -> str:
     with stack.http() as http:
-        r = http.post("/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": text}], **extra})
+        r = http.post(
+            "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": text}], **extra}
+        )
     run_id = r.headers["x-optigraph-run-id"]
     stack.run(run_id)
     return run_id
@@ -56,7 +58,9 @@ def test_a_tenant_deletes_its_run_with_everything_stored_for_it(tmp_path: Path) 
             r = http.delete(f"/v1/runs/{run_id}")
             assert r.status_code == 200 and r.json()["deleted"] is True
             assert http.delete(f"/v1/runs/{run_id}").status_code == 404
-        assert stored_everywhere(s.db_path, run_id) == dict.fromkeys(("runs", "upstream_calls", "checkpoints", "writes"), 0)
+        assert stored_everywhere(s.db_path, run_id) == dict.fromkeys(
+            ("runs", "upstream_calls", "checkpoints", "writes"), 0
+        )
 
 
 def test_prune_deletes_runs_past_an_age(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -81,7 +85,9 @@ def test_the_retention_task_prunes_with_its_clock(tmp_path: Path) -> None:
 
         async def prune(days_later: float) -> int:
             db = open_database(f"sqlite:///{s.db_path}")
-            task = RetentionTask(db, NullRecorder(), max_age_days=7, clock=lambda: utcnow() + timedelta(days=days_later))
+            task = RetentionTask(
+                db, NullRecorder(), max_age_days=7, clock=lambda: utcnow() + timedelta(days=days_later)
+            )
             try:
                 return await task.prune_once()
             finally:
@@ -101,7 +107,9 @@ def test_without_stored_prompts_runs_are_metadata_only(tmp_path: Path) -> None:
         return echo_responder(body, i)
 
     with start_stack(db_path, default_model="fake-model", store_prompts=False) as s:
-        runs = [chat(s, model, SECRET_TEXT, stream=stream) for model in ("fake-model", GRAPH) for stream in (False, True)]
+        runs = [
+            chat(s, model, SECRET_TEXT, stream=stream) for model in ("fake-model", GRAPH) for stream in (False, True)
+        ]
         s.script.fn = stage_two_down
         failed = chat(s, GRAPH, f"{SECRET_TEXT} fails")
         with s.http() as http:
@@ -110,8 +118,11 @@ def test_without_stored_prompts_runs_are_metadata_only(tmp_path: Path) -> None:
             assert shown["checkpointed"] is False and shown["request"]["message_count"] == 1
             r = http.post(f"/v1/runs/{failed}/resume")
             assert r.status_code == 409 and "without its prompts" in r.json()["error"]["message"]
-            memory = {"model": "memory&none-fake-model", "messages": [{"role": "user", "content": "x"}],
-                      "optillm_params": {"memory": {"conversation": "c1"}}}
+            memory = {
+                "model": "memory&none-fake-model",
+                "messages": [{"role": "user", "content": "x"}],
+                "optillm_params": {"memory": {"conversation": "c1"}},
+            }
             assert http.post("/v1/chat/completions", json=memory).status_code == 400
     assert s.run(failed)["status"] == "failed"
     assert all(count(db_path, "runs", r) == 1 for r in runs)
