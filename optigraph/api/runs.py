@@ -220,7 +220,9 @@ async def fork_run(
     response_model=schemas.RunDeleted,
     responses={404: {"description": "No such run"}, 409: {"description": "The run is executing on this server"}},
 )
-async def delete_one_run(request: Request, run_id: RunId, who: Annotated[Principal, Depends(principal)]) -> dict[str, Any]:
+async def delete_one_run(
+    request: Request, run_id: RunId, who: Annotated[Principal, Depends(principal)]
+) -> dict[str, Any]:
     require(who.scopes, RUNS_WRITE, "deleting a run")
     runner = request.app.state.runner
     if any(p.run_id == run_id for p in runner.live.values()):
