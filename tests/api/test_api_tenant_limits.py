@@ -70,7 +70,9 @@ def test_limits_hold_across_two_servers_on_one_postgresql(postgres_url: str) -> 
     busy = key_for(postgres_url, "busy", "team-busy")
     spender = key_for(postgres_url, "spender", "team-spend", tokens_per_day=5)  # a key's own limit
     on_db(postgres_url, lambda db: set_tenant_limits(db, "team-busy", rpm=0, concurrent_runs=1))
-    now = [datetime.now(UTC).replace(second=15, microsecond=0)]
+    # The servers' limit clock, fixed by the test. Runs are created at the real time, after it: the
+    # day's token count (runs created since this clock's midnight) includes them.
+    now = [datetime(2026, 1, 1, 12, 0, 15, tzinfo=UTC)]
     gate = Gate(prompt="hold me")
     with ServerThread(make_gated_app(gate)) as up:
         settings = Settings(
@@ -104,8 +106,7 @@ def test_limits_hold_across_two_servers_on_one_postgresql(postgres_url: str) -> 
             r = chat(a, spender, "one two three")
             assert r.status_code == 200
             assert stored(a, spender, r.headers["x-optigraph-run-id"])["usage"]["total_tokens"] == 7
-            midnight = now[0].replace(hour=0, minute=0, second=0) + timedelta(days=1)
             wait = refused(chat(b, spender, "again"), "tokens_per_day_exceeded")
-            assert wait == int((midnight - now[0]).total_seconds())
+            assert wait == 11 * 3600 + 58 * 60 + 45  # to the clock's midnight (UTC), from 12:01:15
             other = key_for(postgres_url, "other", "team-spend")  # the tenant's other key has no token limit
             assert chat(b, other, "again").status_code == 200
