@@ -1,8 +1,9 @@
 """Admitting a run under its tenant's limits (memory/limits.py), and holding its slot while it runs.
 
 `RunSlots` is the server's side of the concurrent-runs limit: it takes a slot in the database when a
-run is admitted, frees it when the run ends, and renews the slots it holds every third of their
-lifetime, so that the slots of a server that died expire and free their tenants.
+run is admitted, frees it when the run ends, and renews the slots of its live admissions every third of
+their lifetime, so that the slots of a server that died expire and free their tenants. Admissions are
+held weakly: one dropped without its release (a response never sent) stops being renewed and expires.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 SLOT_TTL_S = 60.0
 
 
-@dataclass
+@dataclass(eq=False)
 class Admission:
     """An admitted run: `release()` (idempotent) frees its concurrency slot, if it took one."""
 
@@ -47,6 +49,7 @@ class RunSlots:
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
     ttl_s: float = SLOT_TTL_S
     clock: Callable[[], datetime] = utcnow
+    _live: weakref.WeakSet[Admission] = field(default_factory=weakref.WeakSet)
 
     async def admit(self, principal: Principal) -> Admission:
         """Admits one run of `principal` (RateLimited, a 429, when over a limit)."""
@@ -56,7 +59,10 @@ class RunSlots:
         slot = await admit(
             self.db, tenant=principal.tenant, limits=limits, owner=self.owner, now=self.clock(), slot_ttl_s=self.ttl_s
         )
-        return Admission(self, slot)
+        admission = Admission(self, slot)
+        if slot is not None:
+            self._live.add(admission)
+        return admission
 
     async def free(self, slot: str) -> None:
         try:
@@ -68,7 +74,8 @@ class RunSlots:
         """Renews this server's slots until cancelled (the app's lifespan runs it)."""
         while True:
             await asyncio.sleep(self.ttl_s / 3)
+            live = [a.slot for a in list(self._live) if a.slot is not None]
             try:
-                await renew_slots(self.db, owner=self.owner, now=self.clock(), ttl_s=self.ttl_s)
+                await renew_slots(self.db, live, now=self.clock(), ttl_s=self.ttl_s)
             except Exception:  # the database is unreachable for now: try again at the next beat
                 log.exception("renewing run slots failed")

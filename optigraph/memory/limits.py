@@ -174,11 +174,14 @@ async def release(db: AsyncEngine, slot: str) -> None:
         await conn.execute(delete(RUN_SLOTS).where(RUN_SLOTS.c.id == slot))
 
 
-async def renew_slots(db: AsyncEngine, *, owner: str, now: datetime, ttl_s: float) -> int:
-    """Extends every slot `owner` holds; drops expired slots of anyone. How many were renewed."""
+async def renew_slots(db: AsyncEngine, slots: list[str], *, now: datetime, ttl_s: float) -> int:
+    """Extends these slots (their runs are still going); drops expired slots of anyone. How many
+    were renewed."""
     async with db.begin() as conn:
         await conn.execute(delete(RUN_SLOTS).where(RUN_SLOTS.c.expires_at <= now))
+        if not slots:
+            return 0
         result = await conn.execute(
-            update(RUN_SLOTS).where(RUN_SLOTS.c.owner == owner).values(expires_at=now + timedelta(seconds=ttl_s))
+            update(RUN_SLOTS).where(RUN_SLOTS.c.id.in_(slots)).values(expires_at=now + timedelta(seconds=ttl_s))
         )
         return result.rowcount

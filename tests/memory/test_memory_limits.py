@@ -40,7 +40,7 @@ async def test_a_dead_servers_slots_expire_and_live_ones_are_renewed(engine: Asy
     live = await admit(engine, tenant="u", limits=limits, owner="live", now=T0, slot_ttl_s=60)
     assert live
     later = T0 + timedelta(seconds=50)
-    assert await renew_slots(engine, owner="live", now=later, ttl_s=60) == 1
+    assert await renew_slots(engine, [live], now=later, ttl_s=60) == 1
     after_expiry = T0 + timedelta(seconds=61)
     assert await admit(engine, tenant="t", limits=limits, owner="other", now=after_expiry, slot_ttl_s=60)
     with pytest.raises(RateLimited):  # the renewed slot still holds its tenant's one run
