@@ -116,6 +116,20 @@ SERVE_FLAGS = (
             "runs are interrupted (stored as interrupted, resumable; default 10)"
         ),
     ),
+    # ---- access, limits, retention (docs/security.md) ----
+    ("--oauth-issuer", "oauth_issuer", "accept bearer JWTs from this OAuth 2.1 / OpenID issuer"),
+    ("--oauth-audience", "oauth_audience", "the audience (aud) those tokens must carry"),
+    ("--oauth-jwks-url", "oauth_jwks_url", "the issuer's JWKS URL (default: from the issuer's metadata)"),
+    ("--oauth-tenant-claim", "oauth_tenant_claim", "the token claim naming the caller's tenant (default sub)"),
+    ("--tenant-rpm", "tenant_rpm", "runs a tenant may start per minute (default 0: no limit)"),
+    ("--tenant-concurrent-runs", "tenant_concurrent_runs", "runs a tenant may have in flight (default 0: no limit)"),
+    (
+        "--tenant-tokens-per-day",
+        "tenant_tokens_per_day",
+        "upstream tokens a tenant's runs may use per UTC day (default 0: no limit)",
+    ),
+    ("--retention-days", "retention_days", "delete runs older than this many days, hourly (default 0: keep them)"),
+    ("--store-prompts", "store_prompts", "true (default) or false: false keeps runs as metadata only"),
     (
         "--run-lease",
         "run_lease_s",
@@ -135,6 +149,11 @@ SERVE_SWITCHES = (
         "list_approach_models",
         "GET /v1/models also lists approach-prefixed ids (moa-gpt-4o-mini...) for front ends that offer only "
         "listed models (which prefixes: --model-list-approaches)",
+    ),
+    (
+        "--allow-unauthenticated",
+        "allow_unauthenticated",
+        "serve on an address other than loopback without any client authentication",
     ),
     (
         "--local-models-with-upstream",
@@ -222,6 +241,13 @@ def parser() -> argparse.ArgumentParser:
     from optigraph.optillm_compat import add_arguments as add_optillm_arguments
 
     add_optillm_arguments(serve)  # OptILLM's command line, as it is (docs/optillm.md)
+    serve.add_argument(
+        "--no-store-prompts",
+        dest="store_prompts",
+        action="store_const",
+        const="false",
+        help="keep runs as metadata only: no prompt or answer text in runs, calls or checkpoints",
+    )
     from optigraph.evals.runner import add_arguments as add_eval_arguments
 
     add_eval_arguments(
@@ -234,6 +260,7 @@ def parser() -> argparse.ArgumentParser:
         )
     )
     _add_inspect_commands(sub)
+    _add_access_commands(sub)
     return p
 
 
@@ -268,6 +295,11 @@ def serve(args: argparse.Namespace) -> None:
         logging.getLogger("optigraph").info(note)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
     _check_serve_settings(settings)
+    from optigraph.api.access_commands import exposure_problem
+
+    problem = exposure_problem(settings)
+    if problem is not None:
+        _serve_error(problem)
     from optigraph.api.models import ListedApproachError
     from optigraph.errors import ApproachLoadError, ExpressionError, InvalidRequest, UnknownApproach
 
@@ -377,7 +409,7 @@ def _main(argv: Sequence[str] | None) -> None:
         from optigraph.evals.runner import main as run_eval_command
 
         raise SystemExit(run_eval_command(args))
-    elif args.command in ("runs", "approaches"):
+    elif args.command in ("runs", "approaches", "keys", "tenants"):
         raise SystemExit(_inspect_command(args))
 
 
@@ -477,10 +509,15 @@ class _CommandError(Exception):
 def _inspect_command(args: argparse.Namespace) -> int:
     import sys
 
+    from optigraph.errors import OptigraphError
+
     try:
         args.handler(args)
     except _CommandError as exc:
         print(f"optigraph: {exc}", file=sys.stderr)
+        return 1
+    except OptigraphError as exc:  # e.g. no such key, an unknown scope
+        print(f"optigraph: {exc.message}", file=sys.stderr)
         return 1
     return 0
 
@@ -877,6 +914,154 @@ def _ms(value: float | None) -> str:
 def _when(iso: str | None) -> str:
     """An ISO timestamp as `YYYY-MM-DD HH:MM:SS` (UTC, as stored)."""
     return "-" if not iso else iso.replace("T", " ")[:19]
+
+
+
+# ---- keys, tenants and pruning: access administration on the database (api/access_commands.py) -----
+
+
+def _db_url_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db-url",
+        default=os.environ.get("OPTIGRAPH_DB_URL"),
+        help="the server's database (default $OPTIGRAPH_DB_URL, else sqlite:///./optigraph.db)",
+    )
+
+
+def _limit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rpm", type=int, help="runs per minute (0: no limit)")
+    p.add_argument("--concurrent-runs", type=int, help="runs in flight at once (0: no limit)")
+    p.add_argument("--tokens-per-day", type=int, help="upstream tokens per UTC day (0: no limit)")
+
+
+def _limits_of(args: argparse.Namespace) -> dict[str, int | None]:
+    return {"rpm": args.rpm, "concurrent_runs": args.concurrent_runs, "tokens_per_day": args.tokens_per_day}
+
+
+def _db_of(args: argparse.Namespace) -> str:
+    from optigraph.config import default_db_url
+
+    return args.db_url or default_db_url()
+
+
+def _add_access_commands(sub: argparse._SubParsersAction) -> None:
+    from optigraph.api.scopes import ALL_SCOPES, DEFAULT_KEY_SCOPES
+
+    keys = sub.add_parser("keys", help="create, list and revoke API keys (stored hashed in the database)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="a new key; it is shown once")
+    create.add_argument("--name", required=True, help="a unique name for the key")
+    create.add_argument("--tenant", required=True, help="the tenant whose runs the key makes and sees")
+    create.add_argument(
+        "--scope",
+        action="append",
+        dest="scopes",
+        help=f"a scope ({', '.join(ALL_SCOPES)}); repeat for more (default: {' '.join(DEFAULT_KEY_SCOPES)})",
+    )
+    _limit_args(create)
+    _db_url_arg(create)
+    create.set_defaults(handler=_keys_create)
+    kls = keys_sub.add_parser("list", help="the keys (never their secrets)")
+    kls.add_argument("--all", action="store_true", help="revoked keys too")
+    kls.add_argument("--json", action="store_true")
+    _db_url_arg(kls)
+    kls.set_defaults(handler=_keys_list)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by name or id (within the cache time on every replica)")
+    revoke.add_argument("key", help="the key's name or id")
+    _db_url_arg(revoke)
+    revoke.set_defaults(handler=_keys_revoke)
+    klimits = keys_sub.add_parser("set-limits", help="a key's own limits (over its tenant's)")
+    klimits.add_argument("key", help="the key's name or id")
+    _limit_args(klimits)
+    _db_url_arg(klimits)
+    klimits.set_defaults(handler=_keys_set_limits)
+
+    tenants = sub.add_parser("tenants", help="per-tenant limits (over the server's --tenant-* defaults)")
+    tenants_sub = tenants.add_subparsers(dest="tenants_command", required=True)
+    tset = tenants_sub.add_parser("set-limits", help="set a tenant's own limits")
+    tset.add_argument("tenant")
+    _limit_args(tset)
+    _db_url_arg(tset)
+    tset.set_defaults(handler=_tenants_set_limits)
+    tclear = tenants_sub.add_parser("clear-limits", help="remove a tenant's own limits (the defaults apply)")
+    tclear.add_argument("tenant")
+    _db_url_arg(tclear)
+    tclear.set_defaults(handler=_tenants_clear_limits)
+    tls = tenants_sub.add_parser("list", help="the tenants that have their own limits")
+    _db_url_arg(tls)
+    tls.set_defaults(handler=_tenants_list)
+
+    runs_sub = next(a for a in sub.choices["runs"]._actions if isinstance(a, argparse._SubParsersAction))
+    prune = runs_sub.add_parser("prune", help="delete runs (calls, checkpoints, memory) older than an age")
+    prune.add_argument("--older-than", type=float, required=True, metavar="DAYS", help="age in days")
+    _db_url_arg(prune)
+    prune.set_defaults(handler=_runs_prune)
+
+
+def _keys_create(args: argparse.Namespace) -> None:
+    from optigraph.api.access_commands import dumps, keys_create
+
+    fields, key = keys_create(
+        _db_of(args), name=args.name, tenant=args.tenant, scopes=args.scopes, limits=_limits_of(args)
+    )
+    print(dumps(fields))
+    print(f"\nkey (shown once, only its digest is stored):\n{key}")
+
+
+def _keys_list(args: argparse.Namespace) -> None:
+    from optigraph.api.access_commands import dumps, keys_list
+
+    found = keys_list(_db_of(args), include_revoked=args.all)
+    if args.json:
+        print(dumps(found))
+        return
+    rows = [
+        [k["id"], k["name"], k["tenant"], " ".join(k["scopes"]), _when(k["created_at"]), _when(k["revoked_at"])]
+        for k in found
+    ]
+    print(_table(["id", "name", "tenant", "scopes", "created", "revoked"], rows) if rows else "no keys")
+
+
+def _keys_revoke(args: argparse.Namespace) -> None:
+    from optigraph.api.access_commands import keys_revoke
+
+    keys_revoke(_db_of(args), args.key)
+    print(f"revoked {args.key}")
+
+
+def _keys_set_limits(args: argparse.Namespace) -> None:
+    from optigraph.api.access_commands import keys_set_limits
+
+    keys_set_limits(_db_of(args), args.key, _limits_of(args))
+    print(f"limits of {args.key} set")
+
+
+def _tenants_set_limits(args: argparse.Namespace) -> None:
+    from optigraph.api.access_commands import dumps, tenants_set_limits
+
+    print(dumps(tenants_set_limits(_db_of(args), args.tenant, _limits_of(args))))
+
+
+def _tenants_clear_limits(args: argparse.Namespace) -> None:
+    from optigraph.api.access_commands import tenants_clear_limits
+
+    had = tenants_clear_limits(_db_of(args), args.tenant)
+    print(f"{args.tenant}: " + ("its own limits removed" if had else "had no limits of its own"))
+
+
+def _tenants_list(args: argparse.Namespace) -> None:
+    from optigraph.api.access_commands import dumps, tenants_list
+
+    print(dumps(tenants_list(_db_of(args))))
+
+
+def _runs_prune(args: argparse.Namespace) -> None:
+    from optigraph.api.access_commands import runs_prune
+
+    if args.older_than < 0:
+        raise _CommandError("--older-than takes a number of days >= 0")
+    deleted = runs_prune(_db_of(args), older_than_days=args.older_than)
+    print(f"deleted {_count(deleted, 'run')} created more than {args.older_than:g} days ago")
 
 
 if __name__ == "__main__":

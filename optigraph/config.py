@@ -225,6 +225,45 @@ class Settings(BaseSettings):
     upstream_ssl_cert_path: Path | None = Field(
         default=None, description="CA bundle (PEM) that HTTPS upstreams' certificates are verified against"
     )
+    # ---- access: who may call, as which tenant, within which limits (docs/security.md) ----
+    oauth_issuer: str | None = Field(
+        default=None, description="Accept bearer JWTs from this OAuth 2.1 / OpenID issuer (its `iss`)"
+    )
+    oauth_audience: str | None = Field(default=None, description="The `aud` those tokens must carry")
+    oauth_jwks_url: str | None = Field(
+        default=None, description="The issuer's JWKS (default: discovered from the issuer's metadata)"
+    )
+    oauth_tenant_claim: str = Field(default="sub", description="The token claim that names the caller's tenant")
+    oauth_clock_skew_s: float = Field(
+        default=60.0, ge=0, le=300, description="Leeway on a token's exp and nbf, in seconds"
+    )
+    oauth_jwks_min_refresh_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Least time between two fetches of the JWKS (a token with an unknown key id triggers one)",
+    )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Serve on an address other than loopback without any client authentication",
+    )
+    access_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a key lookup and a tenant's limits are cached (so a revoked key or a new "
+        "limit takes effect within this time on every replica)",
+    )
+    tenant_rpm: int = Field(default=0, ge=0, description="Runs a tenant may start per minute (0: no limit)")
+    tenant_concurrent_runs: int = Field(default=0, ge=0, description="Runs a tenant may have in flight (0: no limit)")
+    tenant_tokens_per_day: int = Field(
+        default=0, ge=0, description="Upstream tokens a tenant's runs may use per UTC day (0: no limit)"
+    )
+    retention_days: float = Field(
+        default=0.0, ge=0, description="Delete runs older than this many days (0: keep them)"
+    )
+    store_prompts: bool = Field(
+        default=True,
+        description="Store prompt and answer text with runs; off: runs are kept as metadata only",
+    )
     approach_entry_points: bool = Field(
         default=True,
         description="Load approaches that installed packages declare in the optigraph.approaches entry-point group",

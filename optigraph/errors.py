@@ -64,6 +64,30 @@ class AuthenticationError(OptigraphError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(OptigraphError):
+    """The caller is known but its scopes do not allow this (403); `scope` names the one missing."""
+
+    status = 403
+    type = "permission_error"
+    code = "insufficient_scope"
+
+    def __init__(self, message: str, *, scope: str, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.scope = scope
+
+
+class RateLimited(OptigraphError):
+    """A tenant is over one of its limits (429); `retry_after` is the seconds until it may try again."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
 class NotFound(OptigraphError):
     status = 404
     type = "not_found_error"

@@ -11,11 +11,14 @@ from typing import Any
 from fastapi import FastAPI
 
 from optigraph import __version__
-from optigraph.api import approaches, chat, completions, docs, health, models, responses, runs, ui
+from optigraph.api import approaches, chat, completions, docs, health, models, oauth, responses, runs, ui
+from optigraph.api.access import Access
 from optigraph.api.access_log import AccessLog
+from optigraph.api.admission import RunSlots
 from optigraph.api.auth import UISessions
 from optigraph.api.errors import install_error_handlers
 from optigraph.api.limits import BodyLimit
+from optigraph.api.retention import RetentionTask
 from optigraph.backends.router import Backends
 from optigraph.config import Settings
 from optigraph.engine.compiler import Compiler
@@ -58,13 +61,20 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(upgrade_schema, settings.db_url)
         db = open_database(settings.db_url)
-        recorder: SqlRecorder | ConversationLog = SqlRecorder(db)
+        recorder: SqlRecorder | ConversationLog = SqlRecorder(db, store_prompts=settings.store_prompts)
         recorder.start()
         stored = recorder
         if settings.log_conversations:  # OptILLM-format JSONL of every finished run, read back from the table
             recorder = ConversationLog(stored, db, settings.conversation_log_dir)
             recorder.start()
         await _report_unfinished_runs(db)
+        access.db = db
+        slots = RunSlots(db, access)
+        app.state.run_slots = slots
+        background = [asyncio.create_task(slots.renew_forever(), name="optigraph-run-slots")]
+        if settings.retention_days > 0:
+            retention = RetentionTask(db, recorder, max_age_days=settings.retention_days)
+            background.append(asyncio.create_task(retention.run_forever(), name="optigraph-retention"))
         backends = Backends(settings)
         warmup: asyncio.Task[Any] | None = None
         if backends.upstream is None:  # neither a base URL nor a proxy: the local model serves
@@ -78,8 +88,12 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
                 registry=registry,
                 backends=backends,
                 recorder=recorder,
-                compiler=Compiler(registry, saver, default=settings.approach, limits=limits),
-                store=ConversationStore(db),
+                # without prompt text stored, graphs keep no checkpoints either (their state is the conversation)
+                compiler=Compiler(
+                    registry, saver if settings.store_prompts else None, default=settings.approach, limits=limits
+                ),
+                # without prompt text stored, there is no conversation memory (it is prompt text)
+                store=ConversationStore(db) if settings.store_prompts else None,
             )
             app.state.backends = backends
             app.state.db = db
@@ -87,6 +101,9 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
             try:
                 yield
             finally:
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
                 if warmup is not None and not warmup.done():
                     warmup.cancel()
                 if recorder is not stored:
@@ -106,14 +123,12 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     )
     app.state.settings = settings
     app.state.registry = registry
-    app.state.ui_sessions = (
-        None
-        if not settings.api_key
-        else UISessions(
-            api_key=settings.api_key,
-            ttl_s=settings.ui_session_ttl_s,
-            **({"secret": settings.ui_session_secret.encode()} if settings.ui_session_secret else {}),
-        )
+    access = Access.from_settings(settings)
+    app.state.access = access
+    app.state.ui_sessions = UISessions(
+        api_key=settings.api_key,
+        ttl_s=settings.ui_session_ttl_s,
+        **({"secret": settings.ui_session_secret.encode()} if settings.ui_session_secret else {}),
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -127,6 +142,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app.include_router(runs.router)
     app.include_router(approaches.router)
     app.include_router(ui.router)
+    app.include_router(oauth.router)
     _document_request_schema(app)
     return app
 

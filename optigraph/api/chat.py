@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
-from optigraph.api.auth import upstream_key
+from optigraph.api.access import Caller, caller
+from optigraph.api.admission import Admission
 from optigraph.api.disconnect import unless_client_goes
 from optigraph.api.errors import ORJSONResponse
+from optigraph.api.scopes import CHAT, require, require_approaches
 from optigraph.engine.request import ChatCompletionRequest
 from optigraph.engine.runner import ChatResult, Prepared, run_usage
 from optigraph.errors import InvalidRequest, OptigraphError
@@ -32,14 +34,35 @@ RUN_HEADER = "x-optigraph-run-id"
     },
     responses={200: {"description": "An OpenAI chat.completion, or an SSE stream of chat.completion.chunk"}},
 )
-async def chat_completions(request: Request, key: str | None = Depends(upstream_key)) -> Response:
+async def chat_completions(request: Request, who: Annotated[Caller, Depends(caller)]) -> Response:
     body = await read_json(request)
-    prep = await request.app.state.runner.prepare(body, client_key=key)
+    prep = await prepare_for(request, who, body, "a chat completion")
+    admission = await request.app.state.run_slots.admit(who.principal)
+    try:
+        return await _run(request, prep, admission)
+    except BaseException:
+        await admission.release()
+        raise
+
+
+async def prepare_for(request: Request, who: Caller, body: dict[str, Any], what: str) -> Prepared:
+    """The run of `body` for this caller: its tenant's, after the scopes it needs are checked."""
+    principal = who.principal
+    require(principal.scopes, CHAT, what)
+    runner = request.app.state.runner
+    prep = await runner.prepare(body, client_key=who.forward_key, tenant=principal.tenant)
+    require_approaches(principal.scopes, runner.registry, ("none",) if prep.compiled is None else prep.compiled.names)
+    return prep
+
+
+async def _run(request: Request, prep: Prepared, admission: Admission) -> Response:
+    """Runs the admitted request; its slot is freed when the answer (or the stream) ends."""
     headers = {RUN_HEADER: prep.run_id}
     if prep.stream:
         try:  # wait for the first chunk, so that a failure before it gets its own status
-            chunks = await open_stream(request, prep)
+            chunks = await open_stream(request, prep, admission)
         except OptigraphError as exc:
+            await admission.release()
             return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
         # Once streaming, Starlette notices a client that goes and closes `chunks`, which cancels the run.
         return StreamingResponse(chunks, media_type="text/event-stream", headers={**headers, **SSE_HEADERS})
@@ -48,6 +71,8 @@ async def chat_completions(request: Request, key: str | None = Depends(upstream_
     except OptigraphError as exc:  # the run exists (stored as failed, cancelled or interrupted): say which it was
         headers["x-optigraph-upstream-calls"] = str(run_usage(prep)["calls"])
         return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+    finally:
+        await admission.release()
     headers["x-optigraph-upstream-calls"] = str(result.response["optigraph"]["upstream_calls"])
     return Response(orjson.dumps(result.response), media_type="application/json", headers=headers)
 
@@ -74,11 +99,14 @@ def _when_client_goes(request: Request, prep: Prepared) -> Callable[[], None]:
     return client_went
 
 
-async def open_stream(request: Request, prep: Prepared) -> AsyncIterator[bytes]:
-    """The run's SSE chunks, once the first is there: a failure before it raises (its own status)."""
+async def open_stream(
+    request: Request, prep: Prepared, admission: Admission | None = None
+) -> AsyncIterator[bytes]:
+    """The run's SSE chunks, once the first is there: a failure before it raises (its own status).
+    The admission's run slot is freed when the stream ends."""
     chunks = request.app.state.runner.stream(prep)
     first = await unless_client_goes(request, anext(chunks), _when_client_goes(request, prep))
-    return _prepend(first, chunks)
+    return _prepend(first, chunks, admission)
 
 
 async def run_to_answer(request: Request, prep: Prepared) -> ChatResult:
@@ -89,13 +117,19 @@ async def run_to_answer(request: Request, prep: Prepared) -> ChatResult:
     )
 
 
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _prepend(
+    first: bytes, rest: AsyncIterator[bytes], admission: Admission | None = None
+) -> AsyncIterator[bytes]:
     try:
         yield first
         async for chunk in rest:
             yield chunk
     finally:
-        await rest.aclose()  # type: ignore[attr-defined]
+        try:
+            await rest.aclose()  # type: ignore[attr-defined]
+        finally:
+            if admission is not None:
+                await admission.release()
 
 
 def request_schema() -> tuple[dict, dict]:

@@ -10,15 +10,16 @@ the LiteLLM backend: the local chat models are not embedding models.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
-from optigraph.api.auth import upstream_key
+from optigraph.api.access import Caller, caller
 from optigraph.api.chat import SSE_HEADERS, read_json
 from optigraph.api.errors import ORJSONResponse
+from optigraph.api.scopes import CHAT, require
 from optigraph.backends.openai_http import OpenAIHTTPBackend
 from optigraph.errors import InvalidRequest, OptigraphError
 
@@ -54,7 +55,9 @@ def _unsupported(route: str, backend: Any) -> InvalidRequest:
     summary="Legacy text completion, passed through to the upstream (or the local model)",
     responses={200: {"description": "A text_completion, or an SSE stream of them"}},
 )
-async def completions(request: Request, key: str | None = Depends(upstream_key)) -> Response:
+async def completions(request: Request, who: Annotated[Caller, Depends(caller)]) -> Response:
+    require(who.principal.scopes, CHAT, "a completion")
+    key = who.forward_key
     body = _checked(await read_json(request), "prompt", request)
     backend, model = request.app.state.backends.for_model(body["model"])
     body = {**body, "model": model}
@@ -75,7 +78,9 @@ async def completions(request: Request, key: str | None = Depends(upstream_key))
     summary="Embeddings, passed through to the upstream",
     responses={200: {"description": "The upstream's embedding list"}},
 )
-async def embeddings(request: Request, key: str | None = Depends(upstream_key)) -> Response:
+async def embeddings(request: Request, who: Annotated[Caller, Depends(caller)]) -> Response:
+    require(who.principal.scopes, CHAT, "embeddings")
+    key = who.forward_key
     body = _checked(await read_json(request), "input", request)
     backend, model = request.app.state.backends.for_model(body["model"])
     if not isinstance(backend, OpenAIHTTPBackend):

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from optigraph.errors import OptigraphError
+from optigraph.errors import OptigraphError, PermissionDenied, RateLimited
 
 log = logging.getLogger("optigraph.api")
 
@@ -24,11 +24,26 @@ def error_body(message: str, type_: str, *, param: str | None = None, code: str 
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def error_headers(request: Request, exc: OptigraphError) -> dict[str, str] | None:
+    """The headers an error needs: `WWW-Authenticate` on a 401 (with the RFC 9728 metadata URL when
+    the server takes OAuth tokens) and on a missing scope (RFC 6750), `Retry-After` on a 429."""
+    if exc.status == 401:
+        if not getattr(request.app.state.settings, "oauth_issuer", None):
+            return {"www-authenticate": "Bearer"}
+        metadata = str(request.base_url).rstrip("/") + "/.well-known/oauth-protected-resource"
+        error = ', error="invalid_token"' if exc.code == "invalid_token" else ""
+        return {"www-authenticate": f'Bearer resource_metadata="{metadata}"{error}'}
+    if isinstance(exc, PermissionDenied):
+        return {"www-authenticate": f'Bearer error="insufficient_scope", scope="{exc.scope}"'}
+    if isinstance(exc, RateLimited):
+        return {"retry-after": str(exc.retry_after)}
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OptigraphError)
-    async def optigraph_error(_: Request, exc: OptigraphError) -> ORJSONResponse:
-        headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
-        return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+    async def optigraph_error(request: Request, exc: OptigraphError) -> ORJSONResponse:
+        return ORJSONResponse(exc.body(), status_code=exc.status, headers=error_headers(request, exc))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:

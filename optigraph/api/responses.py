@@ -15,12 +15,13 @@ import orjson
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response, StreamingResponse
 
-from optigraph.api.auth import upstream_key
-from optigraph.api.chat import RUN_HEADER, SSE_HEADERS, open_stream, read_json, run_to_answer
+from optigraph.api.access import Caller, caller
+from optigraph.api.chat import RUN_HEADER, SSE_HEADERS, open_stream, prepare_for, read_json, run_to_answer
 from optigraph.api.errors import ORJSONResponse
 from optigraph.api.responses_input import ResponsesRequest, chat_body, check_responses_request
 from optigraph.api.responses_output import RESPONSES_KEY, conversation_of, from_chat, from_run, run_id_of
 from optigraph.api.responses_stream import ResponseEvents
+from optigraph.api.scopes import RUNS_READ, require
 from optigraph.engine.runner import Prepared, run_usage
 from optigraph.errors import InvalidRequest, NotFound, OptigraphError
 from optigraph.memory.queries import get_run
@@ -39,12 +40,12 @@ router = APIRouter(tags=["responses"])
     },
     responses={200: {"description": "A `response` object, or an SSE stream of Responses events"}},
 )
-async def create_response(request: Request, key: str | None = Depends(upstream_key)) -> Response:
+async def create_response(request: Request, who: Annotated[Caller, Depends(caller)]) -> Response:
     body = await read_json(request)
     req = check_responses_request(body, max_tokens=request.app.state.settings.max_tokens_limit)
     history: list[dict[str, Any]] = []
     if req.previous_response_id is not None:
-        row = await stored_response(request, req.previous_response_id, param="previous_response_id")
+        row = await stored_response(request, req.previous_response_id, param="previous_response_id", who=who)
         if row["status"] != "completed":
             raise InvalidRequest(
                 f"response {req.previous_response_id} is {row['status']}: only a completed response can be continued",
@@ -53,13 +54,17 @@ async def create_response(request: Request, key: str | None = Depends(upstream_k
             )
         history = conversation_of(row)
     chat = chat_body(req, body, history)
-    prep = await request.app.state.runner.prepare(chat, client_key=key)
+    prep = await prepare_for(request, who, chat, "a response")
     prep.record.request = {**prep.record.request, RESPONSES_KEY: _stored_request(body, prep)}
     headers = {RUN_HEADER: prep.run_id}
+    admission = await request.app.state.run_slots.admit(who.principal)
     if prep.stream:
         try:
-            chunks = await open_stream(request, prep)
-        except OptigraphError as exc:
+            chunks = await open_stream(request, prep, admission)
+        except BaseException as exc:
+            await admission.release()
+            if not isinstance(exc, OptigraphError):
+                raise
             return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
         events = ResponseEvents(body, run_id=prep.run_id, model=prep.model)
         return StreamingResponse(
@@ -70,6 +75,8 @@ async def create_response(request: Request, key: str | None = Depends(upstream_k
     except OptigraphError as exc:
         headers["x-optigraph-upstream-calls"] = str(run_usage(prep)["calls"])
         return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+    finally:
+        await admission.release()
     headers["x-optigraph-upstream-calls"] = str(result.response["optigraph"]["upstream_calls"])
     return Response(
         orjson.dumps(from_chat(body, result.response, prep.run_id)), media_type="application/json", headers=headers
@@ -82,24 +89,25 @@ ResponseId = Annotated[str, Path(description="The response's id (`resp_...`)")]
 @router.get(
     "/v1/responses/{response_id}",
     summary="A stored response",
-    dependencies=[Depends(upstream_key)],
     responses={200: {"description": "The `response` object, as it stands"}},
 )
-async def get_response(request: Request, response_id: ResponseId) -> Response:
-    row = await stored_response(request, response_id, param="response_id")
+async def get_response(request: Request, response_id: ResponseId, who: Annotated[Caller, Depends(caller)]) -> Response:
+    require(who.principal.scopes, RUNS_READ, "reading a response")
+    row = await stored_response(request, response_id, param="response_id", who=who)
     return Response(orjson.dumps(from_run(row)), media_type="application/json")
 
 
-async def stored_response(request: Request, response_id: str, *, param: str) -> dict[str, Any]:
-    """The run behind a stored response, or a 404: an unknown id, a run that was not a response, or a
-    response created with `store: false`."""
+async def stored_response(request: Request, response_id: str, *, param: str, who: Caller) -> dict[str, Any]:
+    """The caller's tenant's run behind a stored response, or a 404: an unknown id, another tenant's
+    response, a run that was not a response, or a response created with `store: false`."""
     run_id = run_id_of(response_id)
+    tenant = who.principal.tenant
     row = None
     if run_id is not None:
-        row = await get_run(request.app.state.db, run_id)
+        row = await get_run(request.app.state.db, run_id, tenant=tenant)
         if row is None or row["status"] == "running":  # its end may still be on its way to the database
             await request.app.state.recorder.flush()
-            row = await get_run(request.app.state.db, run_id)
+            row = await get_run(request.app.state.db, run_id, tenant=tenant)
     responses = ((row or {}).get("request") or {}).get(RESPONSES_KEY)
     if row is None or not isinstance(responses, dict) or responses.get("store") is False:
         raise NotFound(f"no response with id {response_id!r}", param=param, code="response_not_found")

@@ -1,10 +1,15 @@
 """GET /v1/runs and GET /v1/runs/{run_id}: stored runs, their steps and upstream calls.
 POST /v1/runs/{run_id}/resume and /fork: continue an interrupted run, or start a new run from one of
-its checkpoints (engine/resume.py)."""
+its checkpoints (engine/resume.py). DELETE /v1/runs/{run_id}: delete a run and all stored for it.
+
+Every route sees the caller's tenant's runs only: another tenant's run is a 404, as if it did not
+exist. Reading needs the `runs:read` scope; resuming, forking and deleting `runs:write`, and
+resuming or forking also the scopes of the run's approaches (api/scopes.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
@@ -15,24 +20,27 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from optigraph.api import schemas
-from optigraph.api.auth import upstream_key
+from optigraph.api.access import Caller, Principal, caller, principal
 from optigraph.api.disconnect import unless_client_goes
 from optigraph.api.errors import ORJSONResponse
+from optigraph.api.scopes import RUNS_READ, RUNS_WRITE, require, require_approaches
 from optigraph.engine import inspection, resume
-from optigraph.errors import NotFound, OptigraphError, RunCancelled
+from optigraph.engine.expression import names, parse
+from optigraph.errors import InvalidRequest, NotFound, OptigraphError, RunCancelled
 from optigraph.memory.queries import MAX_LIMIT, get_run, page_runs
+from optigraph.memory.retention import delete_run
 
-# Every route here needs the server's key when it has one (the forwarded key itself is unused).
-router = APIRouter(tags=["runs"], dependencies=[Depends(upstream_key)])
+# Every route here needs an authenticated caller when the server requires one.
+router = APIRouter(tags=["runs"], dependencies=[Depends(caller)])
 
 RunId = Annotated[
     str, Path(description="The run id (the `optigraph.run_id` of a response, or the x-optigraph-run-id header)")
 ]
 
 
-async def load_run(request: Request, run_id: str) -> dict[str, Any]:
-    """The stored run with its upstream calls, or a 404."""
-    row = await get_run(request.app.state.db, run_id)
+async def load_run(request: Request, run_id: str, tenant: str) -> dict[str, Any]:
+    """The tenant's stored run with its upstream calls, or a 404 (another tenant's run too)."""
+    row = await get_run(request.app.state.db, run_id, tenant=tenant)
     if row is None:
         raise NotFound(f"no run with id {run_id!r}", param="run_id")
     return row
@@ -41,6 +49,7 @@ async def load_run(request: Request, run_id: str) -> dict[str, Any]:
 @router.get("/v1/runs", summary="Stored runs, newest first", response_model=schemas.RunList)
 async def list_runs(
     request: Request,
+    who: Annotated[Principal, Depends(principal)],
     status: Annotated[
         str | None, Query(description="running, completed, failed, cancelled or interrupted (another value is a 400)")
     ] = None,
@@ -51,6 +60,7 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
     after: Annotated[str | None, Query(description="the `next_cursor` of the previous page")] = None,
 ) -> dict[str, Any]:
+    require(who.scopes, RUNS_READ, "listing runs")
     page = await page_runs(
         request.app.state.db,
         status=status,
@@ -60,6 +70,7 @@ async def list_runs(
         created_before=created_before,
         after=after,
         limit=limit,
+        tenant=who.tenant,
     )
     return inspection.run_list(page.runs, has_more=page.has_more)
 
@@ -71,12 +82,14 @@ async def list_runs(
 )
 async def show_run(
     request: Request,
+    who: Annotated[Principal, Depends(principal)],
     run_id: RunId,
     max_chars: Annotated[
         int, Query(ge=0, description="cut strings longer than this; 0 keeps them whole")
     ] = inspection.MAX_CHARS,
 ) -> dict[str, Any]:
-    row = await load_run(request, run_id)
+    require(who.scopes, RUNS_READ, "reading a run")
+    row = await load_run(request, run_id, who.tenant)
     return await inspection.run_detail(row, request.app.state.runner.compiler, max_chars=max_chars or None)
 
 
@@ -93,6 +106,23 @@ class ForkRequest(BaseModel):
     patch: dict[str, Any] | None = Field(
         None, description='state values to overwrite at that checkpoint, e.g. {"request": {"temperature": 0.2}}'
     )
+
+
+async def _admitted(request: Request, run_id: str, who: Principal, call: Any, *, answer_id: str) -> Response:
+    """Checks the caller may run the stored run `run_id` again (its tenant's, with the scopes of its
+    approaches), admits it under the tenant's limits, and answers with `_answer` (for `answer_id`)."""
+    require(who.scopes, RUNS_WRITE, "resuming or forking a run")
+    row = await load_run(request, run_id, who.tenant)
+    try:
+        used = names(parse(row["expression"]))
+    except InvalidRequest:  # a stored expression this server cannot read: the resume says so
+        used = []
+    require_approaches(who.scopes, request.app.state.registry, [n for n in used if n in request.app.state.registry])
+    admission = await request.app.state.run_slots.admit(who)
+    try:
+        return await _answer(request, answer_id, call)
+    finally:
+        await admission.release()
 
 
 def _answer(request: Request, run_id: str, call) -> Any:
@@ -138,11 +168,17 @@ def _answer(request: Request, run_id: str, call) -> Any:
         409: {"description": "The run cannot be resumed (passthrough, completed, being executed)"},
     },
 )
-async def resume_run(request: Request, run_id: RunId, key: str | None = Depends(upstream_key)) -> Response:
+async def resume_run(request: Request, run_id: RunId, who: Annotated[Caller, Depends(caller)]) -> Response:
     runner = request.app.state.runner
-    return await _answer(
-        request, run_id, lambda: resume.resume_run(runner, run_id, db=request.app.state.db, client_key=key)
+    call = functools.partial(
+        resume.resume_run,
+        runner,
+        run_id,
+        db=request.app.state.db,
+        client_key=who.forward_key,
+        tenant=who.principal.tenant,
     )
+    return await _admitted(request, run_id, who.principal, call, answer_id=run_id)
 
 
 @router.post(
@@ -156,24 +192,44 @@ async def resume_run(request: Request, run_id: RunId, key: str | None = Depends(
 )
 async def fork_run(
     request: Request,
+    who: Annotated[Caller, Depends(caller)],
     run_id: RunId,
     body: Annotated[ForkRequest | None, Body()] = None,
-    key: str | None = Depends(upstream_key),
 ) -> Response:
     runner = request.app.state.runner
     body = body or ForkRequest()
     new_id = uuid.uuid4().hex  # chosen here so that a failed fork's answer names the new run, not its source
-    return await _answer(
-        request,
-        new_id,
-        lambda: resume.fork_run(
-            runner,
-            run_id,
-            db=request.app.state.db,
-            client_key=key,
-            checkpoint_id=body.checkpoint_id,
-            thread=body.thread,
-            patch=body.patch,
-            new_id=new_id,
-        ),
+    call = functools.partial(
+        resume.fork_run,
+        runner,
+        run_id,
+        db=request.app.state.db,
+        client_key=who.forward_key,
+        checkpoint_id=body.checkpoint_id,
+        thread=body.thread,
+        patch=body.patch,
+        new_id=new_id,
+        tenant=who.principal.tenant,
     )
+    return await _admitted(request, run_id, who.principal, call, answer_id=new_id)
+
+
+@router.delete(
+    "/v1/runs/{run_id}",
+    summary="Delete a run with its upstream calls, checkpoints and conversation memory",
+    response_model=schemas.RunDeleted,
+    responses={404: {"description": "No such run"}, 409: {"description": "The run is executing on this server"}},
+)
+async def delete_one_run(
+    request: Request, run_id: RunId, who: Annotated[Principal, Depends(principal)]
+) -> dict[str, Any]:
+    require(who.scopes, RUNS_WRITE, "deleting a run")
+    runner = request.app.state.runner
+    if any(p.run_id == run_id for p in runner.live.values()):
+        raise resume.RunNotResumable(
+            f"run {run_id} is executing on this server: delete it once it has ended", code="run_in_progress"
+        )
+    await runner.recorder.flush()  # a run that just ended is in the database before it is deleted
+    if not await delete_run(request.app.state.db, run_id, tenant=who.tenant):
+        raise NotFound(f"no run with id {run_id!r}", param="run_id")
+    return {"id": run_id, "object": "run.deleted", "deleted": True}

@@ -119,6 +119,12 @@ class RunList(BaseModel):
     next_cursor: str | None
 
 
+class RunDeleted(BaseModel):
+    id: str
+    object: str = "run.deleted"
+    deleted: bool
+
+
 class ApproachInfo(BaseModel):
     object: str
     kind: str = Field(description="approach or plugin")

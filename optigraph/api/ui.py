@@ -7,6 +7,7 @@ script, no external style, no font). When the server has an API key the page nee
 login form posts it to `/ui/login`, which checks it as the API does and answers with a signed,
 expiring session cookie (HttpOnly, SameSite=Strict, Secure over TLS; auth.UISessions). The key
 itself is never stored in the browser, and never accepted in the address (a `?key=` is refused).
+A viewer sees its own tenant's runs only (another tenant's run is a 404), and needs `runs:read`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from urllib.parse import parse_qs, urlencode
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from optigraph.api.auth import UISessions, bearer, key_matches
+from optigraph.api.access import ANONYMOUS, Access, Principal, bearer
+from optigraph.api.auth import UISessions
+from optigraph.api.scopes import RUNS_READ, allows
 from optigraph.engine import inspection
 from optigraph.errors import OptigraphError
 from optigraph.memory.queries import get_run, page_runs
@@ -60,30 +63,41 @@ form.filters{margin:.5em 0}form.filters *{margin-right:.4em}form.logout{float:ri
 # ---- auth ----------------------------------------------------------------------------------------
 
 
-def _authorized(request: Request) -> bool:
-    """A valid session cookie, or the API's own bearer key (the same check the API makes)."""
-    sessions: UISessions | None = request.app.state.ui_sessions
-    if sessions is None:  # the server has no key
-        return True
-    return sessions.valid(request.cookies.get(COOKIE)) or key_matches(sessions.api_key, bearer(request))
+async def _viewer(request: Request) -> Principal | None:
+    """Who is looking: a valid session cookie's caller, or the API's own bearer authentication.
+    None when the server requires a key and the request has none that works."""
+    access: Access = request.app.state.access
+    if not await access.required():
+        return ANONYMOUS
+    sessions: UISessions = request.app.state.ui_sessions
+    viewer = sessions.principal(request.cookies.get(COOKIE))
+    if viewer is not None and (viewer.key_id is None or await access.key_id_active(viewer.key_id)):
+        return viewer
+    try:
+        return (await access.authenticate(bearer(request))).principal
+    except OptigraphError:
+        return None
 
 
-def _guard(request: Request) -> Response | None:
-    """None when the request may see the page; otherwise the response to send instead: a 400 for a
-    key in the address (it would end up in histories and logs), or the login form."""
+async def _guard(request: Request) -> tuple[Principal | None, Response | None]:
+    """The viewer, or the response to send instead: a 400 for a key in the address (it would end up
+    in histories and logs), the login form, or a 403 for a viewer without the runs:read scope."""
     if "key" in request.query_params:
-        return _login(request, status=400, message="The API key is not accepted in the address: use this form.")
-    if not _authorized(request):
+        return None, _login(request, status=400, message="The API key is not accepted in the address: use this form.")
+    viewer = await _viewer(request)
+    if viewer is None:
         expired = COOKIE in request.cookies
-        return _login(request, status=401, message="Your session has ended: log in again." if expired else "")
-    return None
+        return None, _login(request, status=401, message="Your session has ended: log in again." if expired else "")
+    if not allows(viewer.scopes, RUNS_READ):
+        return None, _page("optigraph: not allowed", f"<p>This key lacks the scope <code>{RUNS_READ}</code>.</p>", status=403)
+    return viewer, None
 
 
 def _login(request: Request, *, status: int, message: str = "", target: str | None = None) -> HTMLResponse:
     note = f"<p class='status-failed'>{escape(message)}</p>" if message else ""
     target = target or request.url.path
     body = (
-        f"<h1>optigraph</h1><p>This server needs its API key to show runs.</p>{note}"
+        f"<h1>optigraph</h1><p>This server needs an API key to show runs.</p>{note}"
         "<form method='post' action='/ui/login'>"
         f"<input type='hidden' name='next' value='{escape(_safe_target(target))}'>"
         "<label>API key <input type='password' name='key' autocomplete='current-password' autofocus></label> "
@@ -106,15 +120,20 @@ async def login(request: Request) -> Response:
         return _login(request, status=400, message="That is not the login form.", target="/ui")
     key = (form.get("key") or [""])[0].strip()  # as the API's bearer token is (a pasted key often ends in a newline)
     target = _safe_target((form.get("next") or ["/ui"])[0])
-    sessions: UISessions | None = request.app.state.ui_sessions
-    if sessions is None:
+    access: Access = request.app.state.access
+    if not await access.required():
         return RedirectResponse(target, status_code=303)
-    if not key_matches(sessions.api_key, key or None):
+    try:
+        viewer = (await access.authenticate(key or None)).principal
+    except OptigraphError:
+        viewer = None
+    if viewer is None or viewer is ANONYMOUS:
         return _login(request, status=401, message="That key is not valid.", target=target)
+    sessions: UISessions = request.app.state.ui_sessions
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         COOKIE,
-        sessions.issue(),
+        sessions.issue(viewer),
         max_age=sessions.ttl_s,
         path="/ui",
         httponly=True,
@@ -131,8 +150,8 @@ async def logout(request: Request) -> Response:
     return response
 
 
-def _logout_form(request: Request) -> str:
-    if request.app.state.ui_sessions is None:
+def _logout_form(request: Request, viewer: Principal) -> str:
+    if viewer is ANONYMOUS:
         return ""
     return "<form class='logout' method='post' action='/ui/logout'><button>Log out</button></form>"
 
@@ -160,9 +179,9 @@ async def runs_page(
     approach: Annotated[str | None, Query()] = None,
     after: Annotated[str | None, Query()] = None,
 ) -> Response:
-    denied = _guard(request)
-    if denied is not None:
-        return denied
+    viewer, denied = await _guard(request)
+    if denied is not None or viewer is None:
+        return denied  # type: ignore[return-value]
     status = status or None
     approach = (approach or "").strip() or None
     page = await page_runs(
@@ -171,6 +190,7 @@ async def runs_page(
         expression=inspection.canonical(approach),
         after=after or None,
         limit=PAGE_SIZE,
+        tenant=viewer.tenant,
     )
     runs = inspection.run_list(page.runs, has_more=page.has_more)
     options = "".join(f"<option value='{s}'{' selected' if s == status else ''}>{s}</option>" for s in STATUSES)
@@ -205,16 +225,16 @@ async def runs_page(
         query = {k: v for k, v in (("status", status), ("approach", approach)) if v}
         query["after"] = runs["next_cursor"]
         more = f"<p><a id='older' href='/ui?{escape(urlencode(query))}'>Older runs</a></p>"
-    body = f"{_logout_form(request)}<h1>optigraph runs</h1><p>Newest first.</p>{filters}{table}{more}"
+    body = f"{_logout_form(request, viewer)}<h1>optigraph runs</h1><p>Newest first.</p>{filters}{table}{more}"
     return _page("optigraph runs", body)
 
 
 @router.get("/ui/runs/{run_id}", response_class=HTMLResponse)
 async def run_page(request: Request, run_id: str) -> Response:
-    denied = _guard(request)
-    if denied is not None:
-        return denied
-    row = await get_run(request.app.state.db, run_id)
+    viewer, denied = await _guard(request)
+    if denied is not None or viewer is None:
+        return denied  # type: ignore[return-value]
+    row = await get_run(request.app.state.db, run_id, tenant=viewer.tenant)  # another tenant's: no such run
     if row is None:
         return _page(
             "optigraph: no such run",
@@ -223,7 +243,7 @@ async def run_page(request: Request, run_id: str) -> Response:
         )
     compiler = request.app.state.runner.compiler
     detail = await inspection.run_detail(row, compiler)
-    return _page(f"optigraph run {run_id}", _logout_form(request) + render_run(detail, compiler))
+    return _page(f"optigraph run {run_id}", _logout_form(request, viewer) + render_run(detail, compiler))
 
 
 # ---- one run -------------------------------------------------------------------------------------

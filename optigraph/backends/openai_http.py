@@ -48,6 +48,9 @@ def tls_setting(verify: bool, cert_path: str | None) -> bool | ssl.SSLContext:
     return True
 
 
+REDACTED = "[redacted]"
+
+
 def upstream_error(status: int, payload: bytes) -> UpstreamError:
     """An UpstreamError carrying the upstream's own message. Client mistakes (4xx) keep their status."""
     message = payload.decode("utf-8", "replace")[:2000]
@@ -156,12 +159,21 @@ class OpenAIHTTPBackend:
             return UpstreamTimeout(f"upstream timed out {what}: nothing received for {self.read_timeout_s:g} s")
         return UpstreamTimeout(f"upstream timed out {what}: the attempt took over {self.total_timeout_s:g} s")
 
+    def _redacted(self, exc: UpstreamError, api_key: str | None) -> UpstreamError:
+        """`exc` without the key sent upstream in its message: an upstream may echo the key it was
+        given (`invalid key sk-...`), and the message goes on to the run record, the logs and the client."""
+        key = self.api_key or api_key
+        if key and key in exc.message:
+            exc.message = exc.message.replace(key, REDACTED)
+            exc.args = (exc.message,)
+        return exc
+
     async def complete(self, body: dict[str, Any], *, api_key: str | None = None) -> dict[str, Any]:
         try:
             data = await self._complete(body, api_key)
         except UpstreamError as exc:
             self.outcomes.failed(exc)
-            raise
+            raise self._redacted(exc, api_key) from None
         self.outcomes.succeeded()
         return data
 
@@ -209,7 +221,7 @@ class OpenAIHTTPBackend:
                 yield chunk
         except UpstreamError as exc:
             self.outcomes.failed(exc)
-            raise
+            raise self._redacted(exc, api_key) from None
         self.outcomes.succeeded()
 
     def _stream(self, body: dict[str, Any], api_key: str | None) -> AsyncIterator[dict[str, Any]]:
@@ -259,6 +271,12 @@ class OpenAIHTTPBackend:
             raise UpstreamError(f"upstream stream failed: {type(exc).__name__}: {exc}", retryable=True) from None
 
     async def list_models(self, *, api_key: str | None = None) -> list[dict[str, Any]]:
+        try:
+            return await self._list_models(api_key)
+        except UpstreamError as exc:
+            raise self._redacted(exc, api_key) from None
+
+    async def _list_models(self, api_key: str | None) -> list[dict[str, Any]]:
         try:
             async with self._client().get(
                 f"{self.base_url}/models", headers=self._headers(api_key), allow_redirects=False

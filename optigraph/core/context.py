@@ -28,6 +28,7 @@ class RunContext:
     settings: Settings | None = None  # the server's settings (plugins read their operator options here)
     upstreams: Mapping[str, Backend] = field(default_factory=dict)  # the server's named upstreams
     store: ConversationStore | None = None  # conversation memory on the server's database
+    tenant: str | None = None  # whose run this is: conversation memory is kept per tenant
 
     def llm_for(self, upstream: str, model: str | None = None) -> LLM:
         """A client of this run on the named upstream (its own key and capabilities; same budget,

@@ -60,10 +60,16 @@ class RunNotResumable(OptigraphError):
     code = "run_not_resumable"
 
 
-async def _stored(db: Any, run_id: str) -> dict[str, Any]:
-    row = await get_run(db, run_id)
+async def _stored(db: Any, run_id: str, tenant: str | None) -> dict[str, Any]:
+    """The stored run of `tenant` (any tenant's when None): another tenant's run is not found."""
+    row = await get_run(db, run_id, tenant=tenant)
     if row is None:
         raise NotFound(f"no run with id {run_id!r}", param="run_id")
+    if not row.get("checkpointed") and row.get("expression") != "none" and row.get("spec") is None:
+        raise RunNotResumable(
+            f"run {run_id} was stored without its prompts (the server keeps no prompt text): "
+            "it cannot be resumed or forked; send the request again instead"
+        )
     if not row.get("checkpointed") or row.get("expression") == "none":
         raise RunNotResumable(
             f"run {run_id} is a passthrough (`none`) run: a single upstream call has no "
@@ -101,6 +107,7 @@ async def _rebuild(runner: Runner, row: dict[str, Any], *, run_id: str, client_k
         checkpointed=True,
         user=body.get("user"),
         spec=spec,
+        tenant=row.get("tenant"),
     )
     edge, private = runner.edge_plugin(compiled), dict(spec.get("private") or {})
     if edge is not None and edge.release is not None and private:
@@ -130,7 +137,7 @@ async def _rebuild_from_request(
     runner: Runner, row: dict[str, Any], *, run_id: str, client_key: str | None
 ) -> Prepared:
     """A run stored before specs existed: its request, prepared again, running its stored expression."""
-    prep = await runner.prepare(dict(row["request"]), client_key=client_key, run_id=run_id)
+    prep = await runner.prepare(dict(row["request"]), client_key=client_key, run_id=run_id, tenant=row.get("tenant"))
     if prep.compiled is None or prep.expression != row["expression"]:
         prep.compiled = await runner.compiler.compile_async(parse(row["expression"]))
         prep.expression = prep.compiled.text
@@ -151,9 +158,12 @@ def _mark_running(runner: Runner, run_id: str) -> None:
     )  # type: ignore[arg-type]
 
 
-async def resume_run(runner: Runner, run_id: str, *, db: Any, client_key: str | None = None) -> ChatResult:
+async def resume_run(
+    runner: Runner, run_id: str, *, db: Any, client_key: str | None = None, tenant: str | None = None
+) -> ChatResult:
+    """Continues run `run_id` of `tenant` (any tenant's when None) from its last checkpoints."""
     await runner.recorder.flush()  # what this server recorded of the run is read back below
-    row = await _stored(db, run_id)
+    row = await _stored(db, run_id, tenant)
     if row["status"] == "completed":
         raise RunNotResumable(f"run {run_id} has already completed; fork it to run part of it again")
     prep = await _rebuild(runner, row, run_id=run_id, client_key=client_key)
@@ -218,9 +228,11 @@ async def fork_run(
     thread: str | None = None,
     patch: dict[str, Any] | None = None,
     new_id: str | None = None,
+    tenant: str | None = None,
 ) -> ChatResult:
-    """A new run (id `new_id`, default: a fresh one) from one checkpoint of run `run_id`."""
-    row = await _stored(db, run_id)
+    """A new run (id `new_id`, default: a fresh one) from one checkpoint of run `run_id` of `tenant`
+    (any tenant's when None); the new run is the same tenant's."""
+    row = await _stored(db, run_id, tenant)
     new_id = new_id or uuid.uuid4().hex
     prep = await _rebuild(runner, row, run_id=new_id, client_key=client_key)
     assert prep.compiled is not None
@@ -265,7 +277,7 @@ async def fork_run(
     }
     runner.recorder.run_started(prep.record)
     config = {"configurable": {"thread_id": new_id}}
-    ctx = runner.context(new_id, prep.llm, None)
+    ctx = runner.context(new_id, prep.llm, None, tenant=prep.record.tenant)
     try:
         with runner.tracking(prep):
             if producer is None:  # the input checkpoint: start from the (patched) input

@@ -136,9 +136,10 @@ class Runner:
         self.owner = uuid.uuid4().hex  # this runner's name on the leases it takes (engine/resume.py)
         self.live: dict[asyncio.Task[Any], Prepared] = {}  # the runs executing now, by the task running each
 
-    def context(self, run_id: str, llm: LLM, sink: StreamSink | None) -> RunContext:
+    def context(self, run_id: str, llm: LLM, sink: StreamSink | None, *, tenant: str | None = None) -> RunContext:
         """The run context of a run on this server (what its nodes reach besides state)."""
         return RunContext(
+            tenant=tenant,
             run_id=run_id,
             llm=llm,
             sink=sink,
@@ -150,9 +151,11 @@ class Runner:
 
     # ---- preparing a run ----------------------------------------------------------------------
 
-    async def prepare(self, body: dict[str, Any], *, client_key: str | None, run_id: str | None = None) -> Prepared:
-        """The run for `body`, or a 400 naming what is wrong (expression size limits included). A
-        graph not compiled yet is compiled in a worker thread (Compiler.compile_async)."""
+    async def prepare(
+        self, body: dict[str, Any], *, client_key: str | None, run_id: str | None = None, tenant: str | None = None
+    ) -> Prepared:
+        """The run for `body` (owned by `tenant`), or a 400 naming what is wrong (expression size
+        limits included). A graph not compiled yet is compiled in a worker thread (Compiler.compile_async)."""
         check_request(body, max_n=self.settings.max_n, max_tokens=self.settings.max_tokens_limit)
         limits = self.compiler.limits
         sel = select(body, known=self.registry.names(), default=self.settings.approach, limits=limits)
@@ -200,6 +203,7 @@ class Runner:
             request=body,
             checkpointed=compiled is not None,
             user=body.get("user"),
+            tenant=tenant,
         )
         self._check_fields(body, llm, compiled)
         if compiled is not None:  # what a resume runs again, whatever the server's defaults are by then
@@ -417,7 +421,7 @@ class Runner:
         checkpoint (a finished thread is read back, a thread with no checkpoint starts afresh)."""
         assert prep.compiled is not None
         compiled = prep.compiled
-        ctx = self.context(prep.run_id, prep.llm, sink)
+        ctx = self.context(prep.run_id, prep.llm, sink, tenant=prep.record.tenant)
 
         async def one(i: int) -> dict[str, Any]:
             thread = prep.run_id if prep.n == 1 else f"{prep.run_id}.{i}"

@@ -388,6 +388,7 @@ SPEC = ApproachSpec(
     build=build,
     params=CocParams,
     papers=("arXiv:2312.04474",),
+    needs=frozenset({"text", "sandbox"}),  # it runs model-written code (the plugins:code scope)
     calls="max_emulations + 3",
     rounds="max_emulations + 3",
     streams_final=True,

@@ -258,6 +258,7 @@ SPEC = ApproachSpec(
     build=build,
     params=Z3Params,
     papers=("arXiv:2211.10435", "arXiv:2211.12588"),
+    needs=frozenset({"text", "sandbox"}),  # it runs model-written code (the plugins:code scope)
     calls="max_attempts + 1",
     rounds="max_attempts + 1",
     streams_final=True,

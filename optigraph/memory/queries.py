@@ -18,13 +18,17 @@ MAX_LIMIT = 1000
 BODY_COLUMNS = ("request", "response")  # the large columns a listing leaves out
 
 
-async def get_run(db: AsyncEngine, run_id: str) -> dict[str, Any] | None:
-    """One run's fields plus `upstream_calls`, its calls in the order they started; None if unknown.
+async def get_run(db: AsyncEngine, run_id: str, *, tenant: str | None = None) -> dict[str, Any] | None:
+    """One run's fields plus `upstream_calls`, its calls in the order they started; None if unknown,
+    or when `tenant` is given and the run is another tenant's.
 
     (`calls` is the run's own column: how many upstream calls it made.)
     """
+    query = select(RUNS).where(RUNS.c.id == run_id)
+    if tenant is not None:
+        query = query.where(RUNS.c.tenant == tenant)
     async with db.connect() as conn:
-        run = (await conn.execute(select(RUNS).where(RUNS.c.id == run_id))).mappings().one_or_none()
+        run = (await conn.execute(query)).mappings().one_or_none()
         if run is None:
             return None
         calls = await conn.execute(
@@ -67,8 +71,9 @@ async def page_runs(
     after: str | None = None,
     limit: int = 50,
     bodies: bool = False,
+    tenant: str | None = None,
 ) -> RunPage:
-    """A page of runs, newest first (ties broken by id), without their calls.
+    """A page of runs, newest first (ties broken by id), without their calls; only `tenant`'s when given.
 
     `after` is the last run id of the previous page; an unknown id or status is an InvalidRequest. Without
     `bodies` the large `request` and `response` columns are left out.
@@ -80,6 +85,8 @@ async def page_runs(
     limit = max(1, min(int(limit), MAX_LIMIT))
     columns = list(RUNS.c) if bodies else [c for c in RUNS.c if c.name not in BODY_COLUMNS]
     query = _filtered(select(*columns), status=status, expression=expression, model=model)
+    if tenant is not None:
+        query = query.where(RUNS.c.tenant == tenant)
     if created_after is not None:
         query = query.where(RUNS.c.created_at > _utc(created_after))
     if created_before is not None:
@@ -87,7 +94,7 @@ async def page_runs(
     query = query.order_by(RUNS.c.created_at.desc(), RUNS.c.id.desc()).limit(limit + 1)
     async with db.connect() as conn:
         if after is not None:
-            cursor = await _created_at(conn, after)
+            cursor = await _created_at(conn, after, tenant)
             if cursor is None:
                 raise InvalidRequest(
                     f"unknown cursor {after!r}: pass the last run id of the previous page",
@@ -109,8 +116,11 @@ def _filtered(query: Select, *, status: str | None, expression: str | None, mode
     return query
 
 
-async def _created_at(conn: AsyncConnection, run_id: str) -> datetime | None:
-    return (await conn.execute(select(RUNS.c.created_at).where(RUNS.c.id == run_id))).scalar_one_or_none()
+async def _created_at(conn: AsyncConnection, run_id: str, tenant: str | None) -> datetime | None:
+    query = select(RUNS.c.created_at).where(RUNS.c.id == run_id)
+    if tenant is not None:
+        query = query.where(RUNS.c.tenant == tenant)
+    return (await conn.execute(query)).scalar_one_or_none()
 
 
 def _utc(value: datetime) -> datetime:

@@ -35,6 +35,7 @@ class RunRecord:
     parent_id: str | None = None
     user: str | None = None
     spec: dict[str, Any] | None = None  # what a resume rebuilds it from (engine/runner.py run_spec)
+    tenant: str | None = None  # who it belongs to (api/access.py); None: no tenant (library use)
 
 
 @dataclass

@@ -89,11 +89,14 @@ class Run(Base):
     # free or expired, so two servers sharing the database never run it at once (memory/leases.py).
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[datetime | None]
+    # Who the run belongs to (the caller's tenant, api/access.py); no other tenant sees it.
+    tenant: Mapped[str | None] = mapped_column(String(128))
 
     __table_args__ = (
         Index("ix_runs_status", "status"),
         Index("ix_runs_created_at", "created_at"),
         Index("ix_runs_expression", "expression"),
+        Index("ix_runs_tenant_created_at", "tenant", "created_at"),
     )
 
 
@@ -127,7 +130,7 @@ class UpstreamCall(Base):
 class MemoryChunk(Base):
     """One piece of an earlier turn of a conversation, kept for the `memory` plugin to retrieve.
 
-    Rows are keyed by `conversation` (the client's id) and `tenant` (None until tenants exist). A
+    Rows are keyed by `conversation` (the client's id) and `tenant` (the run's tenant). A
     conversation's rows are in the order they were stored (`id`); `seq` is a chunk's place in the
     exchange of the run that stored it (`run_id`), so storing a run's exchange again (a resumed run)
     replaces its rows instead of adding copies.
@@ -150,6 +153,64 @@ class MemoryChunk(Base):
     )
 
 
+class ApiKey(Base):
+    """A static API key (memory/keys.py): only a digest of the secret is kept, never the secret."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    scopes: Mapped[list[str]] = mapped_column(JSON())
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    # Limits of the requests made with this key; None: the tenant's (memory/limits.py).
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    concurrent_runs: Mapped[int | None] = mapped_column(Integer)
+    tokens_per_day: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class TenantLimits(Base):
+    """A tenant's own limits, overriding the server's defaults (None: the default)."""
+
+    __tablename__ = "tenant_limits"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    concurrent_runs: Mapped[int | None] = mapped_column(Integer)
+    tokens_per_day: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class TenantUsage(Base):
+    """A tenant's request count in the current minute. Its row is also what admissions lock, so
+    that the checks of one tenant's limits run one at a time across replicas (memory/limits.py)."""
+
+    __tablename__ = "tenant_usage"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    window_start: Mapped[datetime | None]
+    window_requests: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class RunSlot(Base):
+    """One run a tenant has in flight (a concurrent-runs slot), held by a server until it expires
+    unless renewed: a server that dies frees its slots when they expire."""
+
+    __tablename__ = "run_slots"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    owner: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_run_slots_tenant", "tenant"),)
+
+
 RUNS = Run.__table__
 UPSTREAM_CALLS = UpstreamCall.__table__
 MEMORY_CHUNKS = MemoryChunk.__table__
+API_KEYS = ApiKey.__table__
+TENANT_LIMITS = TenantLimits.__table__
+TENANT_USAGE = TenantUsage.__table__
+RUN_SLOTS = RunSlot.__table__

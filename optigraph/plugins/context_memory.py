@@ -251,7 +251,7 @@ async def pre(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, Any
     if conversation:
         store = _store(runtime)
         private = {"conversation": conversation, "question": question}
-        stored = await store.recall(conversation)
+        stored = await store.recall(conversation, tenant=runtime.context.tenant)
         query = (
             question if estimate_tokens(question) <= params["chunk_tokens"] else question[-params["chunk_tokens"] * 4 :]
         )
@@ -278,7 +278,7 @@ async def post(state: PluginState, runtime: Runtime[RunContext]) -> dict[str, An
         }
         said = [("user", private.get("question") or ""), ("assistant", message_text(answers[0].get("message") or {}))]
         chunks = [(role, c.text) for role, text in said for c in split_chunks(text, **size)]
-        await _store(runtime).remember(conversation, runtime.context.run_id, chunks)
+        await _store(runtime).remember(conversation, runtime.context.run_id, chunks, tenant=runtime.context.tenant)
     return {"answers": answers}
 
 

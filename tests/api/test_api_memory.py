@@ -46,7 +46,8 @@ def test_a_conversation_is_remembered_across_requests_and_stored_in_the_database
         model="memory&none-fake-model", extra_body=memory("trip-42"), messages=[{"role": "user", "content": FACT}]
     )
     assert first.choices[0].message.content == "echo: " + FACT
-    assert stored_chunks(stack, "trip-42") == [("user", FACT, None), ("assistant", "echo: " + FACT, None)]
+    # kept under the run's tenant: an open server's callers are the tenant "default"
+    assert stored_chunks(stack, "trip-42") == [("user", FACT, "default"), ("assistant", "echo: " + FACT, "default")]
 
     stream = client.chat.completions.create(
         model="memory&none-fake-model",

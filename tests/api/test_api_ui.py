@@ -422,9 +422,18 @@ def test_login_sets_a_signed_expiring_session_cookie(locked: Stack, clock: list[
 
 def test_a_tampered_session_is_refused(locked: Stack, clock: list[float]) -> None:
     session = session_of(log_in(locked, "sekrit"))
-    expires, mac = session.split(".")
+    expires, caller, mac = session.split(".")
     flipped = mac[:-1] + ("0" if mac[-1] != "0" else "1")
-    for bad in (f"{expires}.{flipped}", f"{int(expires) + 3600}.{mac}", expires, f".{mac}", "sekrit", "x.y.z"):
+    other = caller[:-2] + ("AA" if caller[-2:] != "AA" else "AB")  # another tenant or scopes, same MAC
+    for bad in (
+        f"{expires}.{caller}.{flipped}",
+        f"{int(expires) + 3600}.{caller}.{mac}",
+        f"{expires}.{other}.{mac}",
+        expires,
+        f".{caller}.{mac}",
+        "sekrit",
+        "x.y.z",
+    ):
         r = page(locked, session=bad)
         assert r.status_code == 401 and "session has ended" in r.text, bad
     with locked.http(cookies={"optigraph_key": "sekrit"}) as http:  # the old raw-key cookie is no longer a login
