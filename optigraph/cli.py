@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -22,6 +21,11 @@ SERVE_FLAGS = (
     ("--db-url", "db_url", "sqlite:///path or postgresql://... (default sqlite:///./optigraph.db)"),
     ("--api-key", "api_key", "require this bearer key from clients"),
     ("--log-level", "log_level", "debug, info, warning, error"),
+    # observability (docs/operations.md)
+    ("--log-format", "log_format", "text (default) or json: one JSON object per log line"),
+    ("--metrics", "metrics", "on (default) or off: GET /metrics in the Prometheus format"),
+    ("--metrics-max-names", "metrics_max_names", "model names with a metrics label of their own (default 64)"),
+    ("--otel-endpoint", "otel_endpoint", "export OpenTelemetry traces over OTLP/HTTP to this base URL"),
     ("--approaches-dir", "approaches_dir", "load approach modules (*.py) and YAML/JSON specs from this directory"),
     ("--local-model", "local_model", "local model: smollm2 (default), a .gguf file or model directory, +adapters"),
     (
@@ -111,6 +115,7 @@ SERVE_FLAGS = (
 
 # Flags that take no value: present means true.
 SERVE_SWITCHES = (
+    ("--log-prompts", "log_prompts", "put each request's messages in its access-log line (debugging only)"),
     (
         "--local-models-with-upstream",
         "local_models_with_upstream",
@@ -229,7 +234,9 @@ def serve(args: argparse.Namespace) -> None:
         dest: getattr(args, dest) for _, dest, _ in (*SERVE_FLAGS, *SERVE_SWITCHES) if getattr(args, dest) is not None
     }
     settings = _settings({**overrides, **repeated_overrides(args)})
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from optigraph.telemetry.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
     _check_serve_settings(settings)
     from optigraph.errors import ApproachLoadError, ExpressionError, UnknownApproach
@@ -251,6 +258,7 @@ def serve(args: argparse.Namespace) -> None:
         loop="uvloop",
         http="httptools",
         access_log=False,
+        **({"log_config": None} if settings.log_format == "json" else {}),  # uvicorn's records: JSON too
     )
     Server(config, app=app, grace_s=settings.shutdown_grace_s).run()
 

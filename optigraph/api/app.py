@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from optigraph import __version__
-from optigraph.api import approaches, chat, docs, health, models, runs, ui
+from optigraph.api import approaches, chat, docs, health, metrics, models, runs, ui
 from optigraph.api.access_log import AccessLog
 from optigraph.api.auth import UISessions
 from optigraph.api.errors import install_error_handlers
@@ -29,11 +29,16 @@ from optigraph.memory.db import open_database
 from optigraph.memory.migrate import upgrade_schema
 from optigraph.memory.queries import count_runs
 from optigraph.memory.recorder import SqlRecorder
+from optigraph.telemetry import Metrics, Telemetry, Tracing
+from optigraph.telemetry.tracing import build_provider
 
 log = logging.getLogger("optigraph")
 
 
-def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
+def create_app(settings: Settings, *, registry: Registry | None = None, tracer_provider: Any = None) -> FastAPI:
+    """The application. Traces go to `tracer_provider` when given (tests pass one with an in-memory
+    exporter), else to the OTLP endpoint configured (--otel-endpoint, OTEL_EXPORTER_OTLP_ENDPOINT), else
+    nowhere."""
     if registry is None:  # the built-ins plus entry points and --approaches-dir (a clash fails the start)
         registry = load_registry(approaches_dir=settings.approaches_dir, entry_points=settings.approach_entry_points)
     limits = Limits(
@@ -44,6 +49,8 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     default = parse(settings.approach)  # a bad default fails at start, not per request
     validate(default, registry.names())
     check_size(default, limits)
+
+    telemetry = _telemetry(settings, registry, tracer_provider)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,8 +72,11 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
                 registry=registry,
                 backends=backends,
                 recorder=recorder,
-                compiler=Compiler(registry, saver, default=settings.approach, limits=limits),
+                compiler=Compiler(
+                    registry, saver, default=settings.approach, limits=limits, tracing=telemetry.tracing
+                ),
                 store=ConversationStore(db),
+                telemetry=telemetry,
             )
             app.state.backends = backends
             app.state.db = db
@@ -79,6 +89,8 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
                 await recorder.aclose()
                 await backends.aclose()
                 await db.dispose()
+                if telemetry.tracing is not None:  # the last spans are exported before the process ends
+                    await asyncio.to_thread(telemetry.tracing.shutdown)
 
     app = FastAPI(
         title="optigraph",
@@ -91,6 +103,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     )
     app.state.settings = settings
     app.state.registry = registry
+    app.state.telemetry = telemetry
     app.state.ui_sessions = (
         None
         if not settings.api_key
@@ -102,16 +115,31 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(AccessLog)
+    app.add_middleware(AccessLog, metrics=telemetry.metrics, log_prompts=settings.log_prompts)
     app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     docs.install(app)  # /docs and /redoc with their assets served from a package: they work offline
     app.include_router(runs.router)
     app.include_router(approaches.router)
     app.include_router(ui.router)
     _document_request_schema(app)
     return app
+
+
+def _telemetry(settings: Settings, registry: Registry, tracer_provider: Any) -> Telemetry:
+    """Metrics unless --metrics off; tracing when a provider is given or an OTLP endpoint configured."""
+    metrics = None
+    if settings.metrics:
+        models = frozenset(m for m in (settings.default_model, settings.local_model) if m)
+        metrics = Metrics(approaches=frozenset(registry.names()), models=models, max_names=settings.metrics_max_names)
+    tracing = None
+    if tracer_provider is not None:
+        tracing = Tracing(tracer_provider)
+    elif (built := build_provider(settings.otel_endpoint)) is not None:
+        tracing = Tracing(built, owned=True)
+    return Telemetry(metrics=metrics, tracing=tracing)
 
 
 async def _report_unfinished_runs(db: Any) -> None:

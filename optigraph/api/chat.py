@@ -8,6 +8,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
+from optigraph.api.access_log import note_run
 from optigraph.api.auth import upstream_key
 from optigraph.api.disconnect import unless_client_goes
 from optigraph.api.errors import ORJSONResponse
@@ -38,7 +39,8 @@ async def chat_completions(request: Request, key: str | None = Depends(upstream_
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
     runner = request.app.state.runner
-    prep = await runner.prepare(body, client_key=key)
+    prep = await runner.prepare(body, client_key=key, trace_headers=request.headers)
+    note_run(request.scope, prep)
     headers = {RUN_HEADER: prep.run_id}
 
     def client_went() -> None:  # the run is cancelled with its client, unless it asked to finish anyway

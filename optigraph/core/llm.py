@@ -18,8 +18,10 @@ from optigraph.core.messages import message_text
 from optigraph.core.params import normalise
 from optigraph.core.streaming import StreamEvent, StreamSink
 from optigraph.core.usage import Usage, add_usage, empty_usage, one_call, usage_from_response
-from optigraph.errors import BudgetExceeded, UpstreamError, UpstreamInvalidResponse
+from optigraph.errors import BudgetExceeded, UpstreamError, UpstreamInvalidResponse, UpstreamTimeout
 from optigraph.memory.records import CallRecord, Recorder, utcnow
+from optigraph.telemetry import OFF, Telemetry
+from optigraph.telemetry.tracing import active, first_within
 
 # Fields of an upstream body that the LLM itself sets (the conversation, the model, streaming, n).
 TRANSPORT_FIELDS = frozenset({"messages", "model", "n", "stream", "stream_options"})
@@ -80,8 +82,10 @@ class LLM:
         retries: int = 2,
         budget: Budget | None = None,
         n_support: MutableMapping[str, bool] | LRUCache[str, bool] | None = None,
+        telemetry: Telemetry = OFF,
     ) -> None:
         self.backend = backend
+        self.telemetry = telemetry  # metrics and spans of each call (recorded in _record)
         self.model = model
         self.run_id = run_id
         self.recorder = recorder
@@ -110,6 +114,7 @@ class LLM:
             retries=self.retries,
             budget=self.budget,
             n_support=self._n_support,
+            telemetry=self.telemetry,
         )
         other.parent = self
         return other
@@ -257,12 +262,14 @@ class LLM:
     async def _stream_once(self, body: dict[str, Any], *, node: str, attempt: int) -> AsyncIterator[dict[str, Any]]:
         self.budget.charge_call()
         started, t0 = utcnow(), time.perf_counter()
+        span = self._call_span(node, attempt)
         texts: dict[int, list[str]] = {}
         finish: dict[int, str | None] = {}
         usage: dict[str, Any] | None = None
         error: str | None = None
+        outcome = "ok"
         try:
-            async for chunk in self.backend.stream(body, api_key=self.api_key):
+            async for chunk in first_within(span, self.backend.stream(body, api_key=self.api_key)):
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                 for c in chunk.get("choices") or ():
@@ -274,13 +281,13 @@ class LLM:
                         finish[idx] = c["finish_reason"]
                 yield chunk
         except UpstreamError as exc:
-            error = exc.message
+            error, outcome = exc.message, _outcome(exc)
             raise
         except (asyncio.CancelledError, GeneratorExit):  # the client left, or a sibling branch failed
-            error = "cancelled before the stream ended"
+            error, outcome = "cancelled before the stream ended", "cancelled"
             raise
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error, outcome = f"{type(exc).__name__}: {exc}", "error"
             raise
         finally:
             self._record(
@@ -294,6 +301,8 @@ class LLM:
                 usage=usage_from_response(usage),
                 error=error,
                 attempt=attempt,
+                outcome=outcome,
+                span=span,
             )
 
     # ---- the call nodes use ------------------------------------------------------------------
@@ -365,8 +374,10 @@ class LLM:
             attempt += 1
             self.budget.charge_call()
             started, t0 = utcnow(), time.perf_counter()
+            span = self._call_span(node, attempt)
             try:
-                raw = await self.backend.complete(body, api_key=self.api_key)
+                with active(span):  # its context goes upstream as `traceparent`
+                    raw = await self.backend.complete(body, api_key=self.api_key)
             except UpstreamError as exc:
                 self._record(
                     node=node,
@@ -377,6 +388,8 @@ class LLM:
                     usage=empty_usage(),
                     error=exc.message,
                     attempt=attempt,
+                    outcome=_outcome(exc),
+                    span=span,
                 )
                 if exc.retryable and attempt <= self.retries:
                     await asyncio.sleep(0.2 * 2 ** (attempt - 1))
@@ -392,6 +405,8 @@ class LLM:
                     usage=empty_usage(),
                     error="cancelled before the upstream answered",
                     attempt=attempt,
+                    outcome="cancelled",
+                    span=span,
                 )
                 raise
             usage = usage_from_response(raw.get("usage"))
@@ -417,8 +432,16 @@ class LLM:
                 usage=usage,
                 error=None,
                 attempt=attempt,
+                span=span,
             )
             return raw
+
+    def _call_span(self, node: str, attempt: int) -> Any:
+        """The span of one upstream attempt, or None when tracing is off."""
+        tracing = self.telemetry.tracing
+        if tracing is None:
+            return None
+        return tracing.start_call(node=node, backend=self.backend.name, model=self.model, attempt=attempt)
 
     def _record(
         self,
@@ -431,8 +454,21 @@ class LLM:
         usage: Usage,
         error: str | None,
         attempt: int,
+        outcome: str = "ok",
+        span: Any = None,
     ) -> None:
         self._tally(one_call(usage), answered=error is None)
+        latency_ms = (time.perf_counter() - t0) * 1000.0
+        completion = usage["completion_tokens"]
+        metrics = self.telemetry.metrics
+        if metrics is not None:
+            metrics.upstream_call(
+                backend=self.backend.name, model=self.model, outcome=outcome, seconds=latency_ms / 1000.0, attempt=attempt
+            )
+        if span is not None:
+            self.telemetry.tracing.end_call(  # type: ignore[union-attr]
+                span, outcome=outcome, input_tokens=usage["prompt_tokens"], output_tokens=completion, error=error
+            )
         self.recorder.call(
             CallRecord(
                 run_id=self.run_id,
@@ -440,7 +476,7 @@ class LLM:
                 backend=self.backend.name,
                 model=self.model,
                 started_at=started,
-                latency_ms=(time.perf_counter() - t0) * 1000.0,
+                latency_ms=latency_ms,
                 status="error" if error else "ok",
                 request=body,
                 response=response,
@@ -452,6 +488,11 @@ class LLM:
             )
         )
         self.budget.charge_tokens(usage["completion_tokens"])
+
+
+def _outcome(exc: UpstreamError) -> str:
+    """The outcome label of a failed upstream attempt."""
+    return "timeout" if isinstance(exc, UpstreamTimeout) else "error"
 
 
 def _answered(completion: Completion, model: str) -> Completion:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,6 +48,8 @@ from optigraph.engine.selection import select
 from optigraph.errors import InvalidRequest, OptigraphError, RunCancelled, RunInterrupted, UpstreamInvalidResponse
 from optigraph.memory.conversations import ConversationStore
 from optigraph.memory.records import Recorder, RunRecord, RunResult, utcnow
+from optigraph.telemetry import OFF, Telemetry
+from optigraph.telemetry.tracing import active, trace_id_hex
 
 # Which request parameter an expression came from (selection.Source), for the errors that name it.
 SOURCE_PARAMS = {"model": "model", "body": "optillm_approach", "tag": "messages", "default": None}
@@ -73,6 +75,9 @@ class Prepared:
     prior: Usage = field(default_factory=empty_usage)  # calls stored before a resume (engine/resume.py)
     background: bool = False  # finish even if the client goes
     stop_reason: str | None = None  # why its task was cancelled: "cancelled" (client gone) or "interrupted"
+    span: Any = None  # the run's trace span while it executes (telemetry/tracing.py), when tracing is on
+    trace_id: str | None = None  # of that span's trace
+    status: str = "running"  # how the run ended, once recorded
 
 
 def answer_choices(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -118,6 +123,7 @@ class Runner:
         compiler: Compiler,
         store: ConversationStore | None = None,
         clock: Callable[[], datetime] = utcnow,
+        telemetry: Telemetry = OFF,
     ) -> None:
         self.settings = settings
         self.clock = clock  # the time leases are taken and renewed at (engine/resume.py)
@@ -126,6 +132,7 @@ class Runner:
         self.recorder = recorder
         self.compiler = compiler
         self.store = store
+        self.telemetry = telemetry  # metrics and traces (recorded where runs start and end, and per call)
         self.n_support: LRUCache[str, bool] = LRUCache(N_SUPPORT_CACHE_SIZE)
         self.owner = uuid.uuid4().hex  # this runner's name on the leases it takes (engine/resume.py)
         self.live: dict[asyncio.Task[Any], Prepared] = {}  # the runs executing now, by the task running each
@@ -144,9 +151,17 @@ class Runner:
 
     # ---- preparing a run ----------------------------------------------------------------------
 
-    async def prepare(self, body: dict[str, Any], *, client_key: str | None, run_id: str | None = None) -> Prepared:
+    async def prepare(
+        self,
+        body: dict[str, Any],
+        *,
+        client_key: str | None,
+        run_id: str | None = None,
+        trace_headers: Mapping[str, str] | None = None,
+    ) -> Prepared:
         """The run for `body`, or a 400 naming what is wrong (expression size limits included). A
-        graph not compiled yet is compiled in a worker thread (Compiler.compile_async)."""
+        graph not compiled yet is compiled in a worker thread (Compiler.compile_async). With tracing
+        on, the run's span starts here, a child of the `traceparent` in `trace_headers` if any."""
         check_request(body, max_n=self.settings.max_n, max_tokens=self.settings.max_tokens_limit)
         limits = self.compiler.limits
         sel = select(body, known=self.registry.names(), default=self.settings.approach, limits=limits)
@@ -187,6 +202,12 @@ class Runner:
         self._check_fields(body, llm, compiled)
         if compiled is not None:  # what a resume runs again, whatever the server's defaults are by then
             record.spec = run_spec(route=model, messages=sel.messages, request=request, params=params, n=n)
+        tracing = self.telemetry.tracing
+        span = (
+            None
+            if tracing is None
+            else tracing.start_run(trace_headers or {}, run_id=run_id, approach=expression, model=upstream_model)
+        )
         return Prepared(
             run_id=run_id,
             expression=expression,
@@ -202,6 +223,8 @@ class Runner:
             record=record,
             started=time.perf_counter(),
             background=background_requested(body),
+            span=span,
+            trace_id=None if span is None else trace_id_hex(span),
         )
 
     def _served_fields(self, compiled: CompiledExpression | None) -> frozenset[str]:
@@ -258,6 +281,7 @@ class Runner:
             retries=self.settings.upstream_retries,
             n_support=self.n_support,  # type: ignore[arg-type]
             budget=self.budget(limits),
+            telemetry=self.telemetry,
         )
 
     def budget(self, limits: dict[str, Any] | None) -> Budget:
@@ -315,7 +339,7 @@ class Runner:
         RunCancelled or RunInterrupted (OptigraphErrors) once the run is recorded as such; cancelled
         any other way, it records the run as cancelled and lets the CancelledError through."""
         try:
-            with self.tracking(prep):
+            with self.tracking(prep), active(prep.span):
                 if prep.compiled is None:
                     completion = await prep.llm.forward(
                         {**prep.request, "messages": prep.messages, **({"n": prep.n} if prep.n > 1 else {})},
@@ -407,8 +431,9 @@ class Runner:
 
     async def _pump(self, prep: Prepared, queue: asyncio.Queue[bytes | BaseException | None]) -> None:
         try:
-            async for data in self._sse(prep):
-                queue.put_nowait(data)
+            with active(prep.span):  # this task's context: entered and left here
+                async for data in self._sse(prep):
+                    queue.put_nowait(data)
         except asyncio.CancelledError:  # recorded by _sse; the reader learns why
             queue.put_nowait(self.stop_error(prep))
         except BaseException as exc:  # noqa: BLE001 (an error before the first chunk: the reader raises it)
@@ -555,6 +580,8 @@ class Runner:
     # ---- recording ----------------------------------------------------------------------------
 
     def record_success(self, prep: Prepared, usage: Usage, response: dict[str, Any]) -> None:
+        if prep.trace_id is not None:  # links the stored run (and the client's answer) to its trace
+            response.setdefault("optigraph", {})["trace_id"] = prep.trace_id
         result = RunResult(
             status="completed",
             finished_at=utcnow(),
@@ -563,6 +590,7 @@ class Runner:
             response=response,
         )
         self.recorder.run_finished(prep.run_id, result, run=prep.record if prep.compiled is None else None)
+        self._observe(prep, result)
 
     def record_failure(self, prep: Prepared, exc: BaseException) -> None:
         """Ends the run as failed, or as cancelled/interrupted when its task was cancelled."""
@@ -583,13 +611,39 @@ class Runner:
             error=body,
         )
         self.recorder.run_finished(prep.run_id, result, run=prep.record if prep.compiled is None else None)
+        self._observe(prep, result)
+
+    def _observe(self, prep: Prepared, result: RunResult) -> None:
+        """The run's outcome in the metrics, and the end of its span."""
+        prep.status = result.status
+        usage = result.usage
+        metrics = self.telemetry.metrics
+        if metrics is not None:
+            metrics.run_finished(
+                approach=prep.expression,
+                model=prep.model,
+                status=result.status,
+                seconds=result.latency_ms / 1000.0,
+                input_tokens=usage["prompt_tokens"],
+                output_tokens=usage["completion_tokens"],
+            )
+        span, prep.span = prep.span, None
+        if span is not None:
+            self.telemetry.tracing.end_run(  # type: ignore[union-attr]
+                span,
+                status=result.status,
+                input_tokens=usage["prompt_tokens"],
+                output_tokens=usage["completion_tokens"],
+                calls=usage["calls"],
+                error=None if result.error is None else str((result.error.get("error") or {}).get("message")),
+            )
 
     # ---- the runs executing now: cancelled when their client goes, interrupted at shutdown ---------
 
     def start(self, prep: Prepared, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Runs `coro` (the run of `prep`) in its own task, known to `cancel` and `interrupt_all`."""
         task = asyncio.ensure_future(coro)
-        self.live[task] = prep
+        self._add_live(task, prep)
         task.add_done_callback(self._forget)
         return task
 
@@ -597,7 +651,7 @@ class Runner:
         """Makes the current task the one that runs `prep` (until the task ends)."""
         task = asyncio.current_task()
         if task is not None and task not in self.live:
-            self.live[task] = prep
+            self._add_live(task, prep)
             task.add_done_callback(self._forget)
 
     @contextmanager
@@ -610,10 +664,16 @@ class Runner:
             yield
         finally:
             if task is not None and not known:
-                self.live.pop(task, None)
+                self._forget(task)
+
+    def _add_live(self, task: asyncio.Task[Any], prep: Prepared) -> None:
+        self.live[task] = prep
+        if self.telemetry.metrics is not None:
+            self.telemetry.metrics.run_began()
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
-        self.live.pop(task, None)
+        if self.live.pop(task, None) is not None and self.telemetry.metrics is not None:
+            self.telemetry.metrics.run_ended()
 
     def cancel(self, prep: Prepared, reason: str) -> bool:
         """Cancels the run of `prep` ("cancelled": its client went; "interrupted": shutdown)."""
