@@ -12,6 +12,8 @@ import logging
 import time
 from typing import Any
 
+import orjson
+
 from optigraph.engine.runner import Prepared, run_usage
 from optigraph.telemetry.metrics import Metrics
 
@@ -84,10 +86,13 @@ class AccessLog:
         )
         if prep.trace_id is not None:
             fields["trace_id"] = prep.trace_id
-        if self.log_prompts:
+        text = "%s %s %s %.1fms run=%s approach=%s model=%s status=%s tokens=%d/%d calls=%d"
+        args: tuple[Any, ...] = ()
+        if self.log_prompts:  # the operator's debugging switch: the conversation as the run got it
             fields["messages"] = prep.messages
+            text, args = text + " messages=%s", (orjson.dumps(prep.messages).decode(),)
         log.info(
-            "%s %s %s %.1fms run=%s approach=%s model=%s status=%s tokens=%d/%d calls=%d",
+            text,
             method,
             path,
             status,
@@ -99,5 +104,6 @@ class AccessLog:
             usage["prompt_tokens"],
             usage["completion_tokens"],
             usage["calls"],
+            *args,
             extra={"fields": fields},
         )
