@@ -50,7 +50,7 @@ def test_json_logs_have_one_line_per_request_without_prompt_or_key(tmp_path: Pat
         answer.usage.prompt_tokens,
         answer.usage.completion_tokens,
     )
-    assert first["upstream_calls"] == 1 and first["latency_ms"] >= 0 and first["level"] == "info"
+    assert first["upstream_calls"] == 1 and isinstance(first["latency_ms"], float) and first["level"] == "info"
     [usage] = [c.usage for c in streamed if c.usage]
     assert (second["run_status"], second["prompt_tokens"], second["completion_tokens"]) == (
         "completed",
