@@ -269,7 +269,10 @@ class LLM:
         error: str | None = None
         outcome = "ok"
         try:
-            async for chunk in first_within(span, self.backend.stream(body, api_key=self.api_key)):
+            chunks = self.backend.stream(body, api_key=self.api_key)
+            if span is not None:  # the span is current while the request is sent (its `traceparent`)
+                chunks = first_within(span, chunks)
+            async for chunk in chunks:
                 if chunk.get("usage"):
                     usage = chunk["usage"]
                 for c in chunk.get("choices") or ():

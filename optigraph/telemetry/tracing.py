@@ -160,13 +160,9 @@ def active(span: Span | None) -> contextlib.AbstractContextManager[Any]:
     return trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
 
 
-async def first_within(span: Span | None, chunks: AsyncIterator[T]) -> AsyncIterator[T]:
+async def first_within(span: Span, chunks: AsyncIterator[T]) -> AsyncIterator[T]:
     """Relays `chunks`, with `span` current while the first is awaited (when a streamed request is
     sent, so its `traceparent` names the span) and not across any yield."""
-    if span is None:
-        async for chunk in chunks:
-            yield chunk
-        return
     try:
         with active(span):
             first = await anext(chunks, None)
