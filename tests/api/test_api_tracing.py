@@ -4,16 +4,24 @@ the client's `traceparent` honoured and the trace carried on to the upstream."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from api_stack import Stack, start_stack
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from upstream import ServerThread, make_app, serve_process
 
 HELLO = [{"role": "user", "content": "hello there"}]
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -138,3 +146,37 @@ def test_no_tracing_configured_means_no_traceparent_upstream(tmp_path: Path) -> 
         )
         assert "trace_id" not in resp.model_extra["optigraph"]
         assert "traceparent" not in stack.log.headers[0]
+
+
+def test_otel_endpoint_exports_the_spans_over_otlp_http(tmp_path: Path) -> None:
+    """`serve --otel-endpoint URL`: the spans reach an OTLP/HTTP receiver at URL/v1/traces (flushed at
+    shutdown at the latest), with the service name and the run id."""
+    received: list[bytes] = []
+
+    async def traces(request: Request) -> Response:
+        received.append(await request.body())
+        return Response(b"", media_type="application/x-protobuf")
+
+    collector = Starlette(routes=[Route("/v1/traces", traces, methods=["POST"])])
+    with ServerThread(make_app()) as up, ServerThread(collector) as otlp:
+        proc, url = serve_process(tmp_path / "o.db", up.url, "--otel-endpoint", otlp.url)
+        try:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=30)
+            resp = client.chat.completions.create(model="fake-model", messages=HELLO)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=60)
+    spans = {}
+    for body in received:
+        export = ExportTraceServiceRequest.FromString(body)
+        for resource_spans in export.resource_spans:
+            service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    spans[span.name] = (service, {a.key: a.value for a in span.attributes}, span)
+    assert set(spans) == {"optigraph.run", "upstream openai"}
+    service, attributes, run = spans["optigraph.run"]
+    assert service == "optigraph"
+    assert attributes["optigraph.run_id"].string_value == resp.model_extra["optigraph"]["run_id"]
+    assert run.trace_id.hex() == resp.model_extra["optigraph"]["trace_id"]
+    assert spans["upstream openai"][2].parent_span_id == run.span_id
