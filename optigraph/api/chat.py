@@ -19,6 +19,7 @@ from optigraph.errors import InvalidRequest, OptigraphError
 router = APIRouter(tags=["chat"])
 
 RUN_HEADER = "x-optigraph-run-id"
+TRACE_HEADER = "x-optigraph-trace-id"  # with tracing on: the run's trace (streamed answers carry no body id)
 
 
 @router.post(
@@ -42,6 +43,8 @@ async def chat_completions(request: Request, key: str | None = Depends(upstream_
     prep = await runner.prepare(body, client_key=key, trace_headers=request.headers)
     note_run(request.scope, prep)
     headers = {RUN_HEADER: prep.run_id}
+    if prep.trace_id is not None:
+        headers[TRACE_HEADER] = prep.trace_id
 
     def client_went() -> None:  # the run is cancelled with its client, unless it asked to finish anyway
         if not prep.background:

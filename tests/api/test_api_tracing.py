@@ -111,10 +111,12 @@ def test_a_streamed_passthrough_without_traceparent_starts_its_own_trace(
         model="fake-model", messages=HELLO, stream=True, stream_options={"include_usage": True}
     ) as raw:
         run_id = raw.headers["x-optigraph-run-id"]
+        trace_id = raw.headers["x-optigraph-trace-id"]
         chunks = list(raw.parse())
     [usage] = [c.usage for c in chunks if c.usage]
     run, below = _run_spans(exporter, run_id)
     assert run.parent is None and run.attributes["optigraph.approach"] == "none"
+    assert _hex(run.context.trace_id, 32) == trace_id
     assert _tokens(run) == (usage.prompt_tokens, usage.completion_tokens)
     [call] = below
     assert call.parent.span_id == run.context.span_id and call.attributes["optigraph.node"] == "passthrough"
