@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -95,6 +96,9 @@ class Metrics:
             # later (prepare_multiprocess_dir in this same process) switches now, before any metric exists.
             values.ValueClass = values.get_value_class()
         self.registry = CollectorRegistry(auto_describe=True)
+        # Each labelled child, once looked up (prometheus-client's `labels()` validates on every call);
+        # as bounded as the labels are.
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.approach = LabelFolder(approaches, max_names)
         self.model = LabelFolder(models, max_names)
         r = self.registry
@@ -139,26 +143,33 @@ class Metrics:
 
     # ---- recording ------------------------------------------------------------------------------
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def run_finished(
         self, *, approach: str, model: str, status: str, seconds: float, input_tokens: int, output_tokens: int
     ) -> None:
         """One finished run (any status)."""
         ok = status == "completed"
         a, m = self.approach(approach, admit=ok), self.model(model, admit=ok)
-        self.requests.labels(a, m, status).inc()
-        self.request_seconds.labels(a, m).observe(seconds)
+        self._child(self.requests, a, m, status).inc()
+        self._child(self.request_seconds, a, m).observe(seconds)
         if input_tokens:
-            self.input_tokens.labels(a, m).inc(input_tokens)
+            self._child(self.input_tokens, a, m).inc(input_tokens)
         if output_tokens:
-            self.output_tokens.labels(a, m).inc(output_tokens)
+            self._child(self.output_tokens, a, m).inc(output_tokens)
 
     def upstream_call(self, *, backend: str, model: str, outcome: str, seconds: float, attempt: int) -> None:
         """One upstream attempt; `outcome` is ok, error, timeout or cancelled."""
         m = self.model(model, admit=outcome == "ok")
-        self.upstream_calls.labels(backend, m, outcome).inc()
-        self.upstream_seconds.labels(backend, m, outcome).observe(seconds)
+        self._child(self.upstream_calls, backend, m, outcome).inc()
+        self._child(self.upstream_seconds, backend, m, outcome).observe(seconds)
         if attempt > 1:
-            self.retries.labels(backend, m).inc()
+            self._child(self.retries, backend, m).inc()
 
     def run_began(self) -> None:
         self.in_flight.inc()
@@ -168,10 +179,10 @@ class Metrics:
 
     def set_breaker_state(self, backend: str, state: str) -> None:
         """What a circuit breaker calls when it changes state (closed, half_open or open)."""
-        self.breaker.labels(backend).set(BREAKER_STATES[state])
+        self._child(self.breaker, backend).set(BREAKER_STATES[state])
 
     def http_response(self, code: int) -> None:
-        self.http_responses.labels(str(code)).inc()
+        self._child(self.http_responses, str(code)).inc()
 
     # ---- exposition -----------------------------------------------------------------------------
 
