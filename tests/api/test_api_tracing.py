@@ -23,6 +23,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from upstream import ServerThread, make_app, serve_process
 
+from optigraph.engine.registry import builtin_registry
+
 HELLO = [{"role": "user", "content": "hello there"}]
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_SPAN = "b7ad6b7169203331"
@@ -182,3 +184,37 @@ def test_otel_endpoint_exports_the_spans_over_otlp_http(tmp_path: Path) -> None:
     assert attributes["optigraph.run_id"].string_value == resp.model_extra["optigraph"]["run_id"]
     assert run.trace_id.hex() == resp.model_extra["optigraph"]["trace_id"]
     assert spans["upstream openai"][2].parent_span_id == run.span_id
+
+
+APPROACHES = sorted(s.name for s in builtin_registry().specs.values() if not {"local", "mcp"} & set(s.needs))
+
+
+@pytest.mark.parametrize("approach", APPROACHES)
+def test_every_approach_runs_traced_with_each_call_under_the_run(
+    traced: tuple[Stack, InMemorySpanExporter], approach: str
+) -> None:
+    """Node spans wrap every kind of node (parallel sends, sub-graphs, plugins' stages) without
+    changing what the run does; every upstream call's span descends from the run's."""
+    stack, exporter = traced
+    stack.reset()
+    # a long guard (not a measure): a plugin's first request imports its libraries (privacy: presidio)
+    client = openai.OpenAI(base_url=stack.base_url, api_key="x", max_retries=0, timeout=300)
+    resp = client.chat.completions.create(
+        model=f"{approach}-fake-model",
+        messages=[{"role": "user", "content": "What is 6 times 7? End with: The answer is N."}],
+        max_tokens=256,
+        extra_body={"optillm_params": {"mars": {"lightweight": True}}} if approach == "mars" else None,
+    )
+    info = resp.model_extra["optigraph"]
+    run, below = _run_spans(exporter, info["run_id"])
+    assert run.attributes["optigraph.status"] == "completed"
+    by_id = {s.context.span_id: s for s in below}
+    calls = [s for s in below if s.name.startswith("upstream ")]
+    assert len(calls) == info["upstream_calls"] == len(stack.log.bodies)
+    for call in calls:
+        span = call  # up through the nodes to the run (a passthrough's call is the run's own child)
+        while span.parent.span_id != run.context.span_id:
+            span = by_id[span.parent.span_id]
+            assert span.name.startswith("node ")
+        assert (span is call) == (approach == "none")
+    assert _tokens(run) == (resp.usage.prompt_tokens, resp.usage.completion_tokens)
