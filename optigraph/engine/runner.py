@@ -202,13 +202,7 @@ class Runner:
         self._check_fields(body, llm, compiled)
         if compiled is not None:  # what a resume runs again, whatever the server's defaults are by then
             record.spec = run_spec(route=model, messages=sel.messages, request=request, params=params, n=n)
-        tracing = self.telemetry.tracing
-        span = (
-            None
-            if tracing is None
-            else tracing.start_run(trace_headers or {}, run_id=run_id, approach=expression, model=upstream_model)
-        )
-        return Prepared(
+        prep = Prepared(
             run_id=run_id,
             expression=expression,
             model=upstream_model,
@@ -223,9 +217,16 @@ class Runner:
             record=record,
             started=time.perf_counter(),
             background=background_requested(body),
-            span=span,
-            trace_id=None if span is None else trace_id_hex(span),
         )
+        self._trace(prep, trace_headers or {})
+        return prep
+
+    def _trace(self, prep: Prepared, headers: Mapping[str, str]) -> None:
+        """Starts the run's span (tracing on), a child of the `traceparent` in `headers` if any."""
+        tracing = self.telemetry.tracing
+        if tracing is not None and prep.span is None:
+            prep.span = tracing.start_run(headers, run_id=prep.run_id, approach=prep.expression, model=prep.model)
+            prep.trace_id = trace_id_hex(prep.span)
 
     def _served_fields(self, compiled: CompiledExpression | None) -> frozenset[str]:
         """The request fields the plugins of `compiled` honour themselves."""
@@ -339,7 +340,7 @@ class Runner:
         RunCancelled or RunInterrupted (OptigraphErrors) once the run is recorded as such; cancelled
         any other way, it records the run as cancelled and lets the CancelledError through."""
         try:
-            with self.tracking(prep), active(prep.span):
+            with self.tracking(prep):
                 if prep.compiled is None:
                     completion = await prep.llm.forward(
                         {**prep.request, "messages": prep.messages, **({"n": prep.n} if prep.n > 1 else {})},
@@ -656,12 +657,15 @@ class Runner:
 
     @contextmanager
     def tracking(self, prep: Prepared) -> Iterator[None]:
-        """`track` for the duration of a block (the task may go on to other work)."""
+        """`track` for the duration of a block (the task may go on to other work), with the run's
+        span current (one is started for a resumed or forked run, which `prepare` did not make)."""
         task = asyncio.current_task()
         known = task in self.live
         self.track(prep)
+        self._trace(prep, {})
         try:
-            yield
+            with active(prep.span):
+                yield
         finally:
             if task is not None and not known:
                 self._forget(task)

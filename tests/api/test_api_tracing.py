@@ -11,7 +11,7 @@ from typing import Any
 
 import openai
 import pytest
-from api_stack import Stack, start_stack
+from api_stack import Stack, last_user_text, start_stack
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from upstream import ServerThread, make_app, serve_process
+from upstream import HTTPFailure, ServerThread, echo_responder, make_app, serve_process
 
 from optigraph.engine.registry import builtin_registry
 
@@ -218,3 +218,35 @@ def test_every_approach_runs_traced_with_each_call_under_the_run(
             assert span.name.startswith("node ")
         assert (span is call) == (approach == "none")
     assert _tokens(run) == (resp.usage.prompt_tokens, resp.usage.completion_tokens)
+
+
+def test_a_resumed_run_is_traced_too(traced: tuple[Stack, InMemorySpanExporter]) -> None:
+    """The failed attempt and the resume are two traces of the same run id, each with its nodes and
+    calls under its run span; the resumed answer names the second."""
+    stack, exporter = traced
+    stack.reset()
+    broken = {"on": True}
+
+    def fails_stage_two(body: dict[str, Any], index: int) -> Any:
+        if broken["on"] and last_user_text(body) == "echo: q1":
+            return HTTPFailure(400, "stage two is broken")
+        return echo_responder(body, index)
+
+    stack.script.fn = fails_stage_two
+    with stack.http() as http:
+        failed = http.post("/v1/chat/completions", json={"model": "none&none-fake-model", "messages": [
+            {"role": "user", "content": "q1"}
+        ]})
+        run_id = failed.headers["x-optigraph-run-id"]
+        assert failed.status_code == 400 and stack.run(run_id)["status"] == "failed"
+        broken["on"] = False
+        resumed = http.post(f"/v1/runs/{run_id}/resume")
+    assert resumed.status_code == 200, resumed.text
+    runs = [s for s in exporter.get_finished_spans() if s.attributes.get("optigraph.run_id") == run_id]
+    assert [r.attributes["optigraph.status"] for r in runs] == ["failed", "completed"]
+    assert resumed.json()["optigraph"]["trace_id"] == _hex(runs[1].context.trace_id, 32)
+    for run in runs:
+        below = [s for s in exporter.get_finished_spans() if s.context.trace_id == run.context.trace_id]
+        calls = [s for s in below if s.name.startswith("upstream ")]
+        assert calls and all(c.parent is not None for c in calls)
+        assert any(s.name.startswith("node ") and s.parent.span_id == run.context.span_id for s in below)
