@@ -107,7 +107,7 @@ class Metrics:
             ("approach", "model", "status"), registry=r,
         )
         self.request_seconds = Histogram(
-            "optigraph_request_duration_seconds", "Run latency, from the request's validation to its last byte",
+            "optigraph_request_duration_seconds", "Run latency, from its start (the request validated) to its end",
             ("approach", "model"), buckets=REQUEST_BUCKETS, registry=r,
         )
         self.input_tokens = Counter(
