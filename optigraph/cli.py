@@ -22,6 +22,11 @@ SERVE_FLAGS = (
     ("--db-url", "db_url", "sqlite:///path or postgresql://... (default sqlite:///./optigraph.db)"),
     ("--api-key", "api_key", "require this bearer key from clients"),
     ("--log-level", "log_level", "debug, info, warning, error"),
+    # observability (docs/operations.md)
+    ("--log-format", "log_format", "text (default) or json: one JSON object per log line"),
+    ("--metrics", "metrics", "on (default) or off: GET /metrics in the Prometheus format"),
+    ("--metrics-max-names", "metrics_max_names", "model names with a metrics label of their own (default 64)"),
+    ("--otel-endpoint", "otel_endpoint", "export OpenTelemetry traces over OTLP/HTTP to this base URL"),
     ("--approaches-dir", "approaches_dir", "load approach modules (*.py) and YAML/JSON specs from this directory"),
     ("--plugins-dir", "plugins_dir", "load OptILLM plugin files (*.py with SLUG and run) from this directory"),
     (
@@ -155,6 +160,7 @@ SERVE_SWITCHES = (
         "allow_unauthenticated",
         "serve on an address other than loopback without any client authentication",
     ),
+    ("--log-prompts", "log_prompts", "put each request's messages in its access-log line (debugging only)"),
     (
         "--local-models-with-upstream",
         "local_models_with_upstream",
@@ -290,7 +296,9 @@ def serve(args: argparse.Namespace) -> None:
     except ValueError as exc:
         _serve_error(str(exc))
     settings = _settings(extra.settings)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from optigraph.telemetry.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     for note in extra.notes:
         logging.getLogger("optigraph").info(note)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
@@ -324,6 +332,7 @@ def serve(args: argparse.Namespace) -> None:
         loop="uvloop",
         http="httptools",
         access_log=False,
+        **({"log_config": None} if settings.log_format == "json" else {}),  # uvicorn's records: JSON too
     )
     Server(config, app=app, grace_s=settings.shutdown_grace_s).run()
 

@@ -66,6 +66,25 @@ class Settings(BaseSettings):
         "them; set it to share sessions between replicas)",
     )
     log_level: str = "info"
+    # ---- observability (docs/operations.md) ----
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines as text, or one JSON object per line (json)"
+    )
+    log_prompts: bool = Field(
+        default=False, description="Put each request's messages in its access-log line (debugging only)"
+    )
+    metrics: bool = Field(default=True, description="Serve GET /metrics (Prometheus) and record its series")
+    metrics_max_names: int = Field(
+        default=64,
+        ge=1,
+        description="Model names (and composite approach expressions) that get a metrics label of their own; "
+        "later ones are labelled other",
+    )
+    otel_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP endpoint (base URL) traces are exported to; default "
+        "$OTEL_EXPORTER_OTLP_ENDPOINT; neither set: no tracing",
+    )
     default_model: str | None = Field(
         default=None,
         description="Upstream model for requests whose model is only an approach (`bon`); without it: the "

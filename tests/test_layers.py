@@ -1,7 +1,7 @@
 """The package's layers: every import points down, lazy imports included, and no module is in a circle.
 
 The layers (docs/architecture.md): cli -> evals -> api -> engine -> graphs, plugins -> nodes -> core;
-engine -> backends -> local -> core; core -> memory, sandbox -> config, errors. A package may import
+engine -> backends -> local -> core; core -> memory, sandbox, telemetry -> config, errors. A package may import
 itself and what `ALLOWED` lists for it (transitively closed below), nothing else.
 """
 
@@ -18,7 +18,8 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"errors"},
     "memory": {"config", "errors"},
     "sandbox": {"config", "errors"},
-    "core": {"memory", "sandbox"},
+    "telemetry": {"config", "errors"},
+    "core": {"memory", "sandbox", "telemetry"},
     "local": {"core"},
     "backends": {"local", "core"},
     "nodes": {"core"},

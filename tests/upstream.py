@@ -380,12 +380,14 @@ def serve_process(
     log_level: str = "warning",
     command: Callable[..., list[str]] | None = None,
     wait_s: float = 180,  # a hang guard: a loaded machine may take a minute to import everything
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """`optigraph serve` in a child process (this tree, no OPTIGRAPH_* variables from the test run) in
     front of `upstream_url`, on the SQLite file `db`; returned once it answers /health. `command`
-    wraps the argument list (e.g. to run the server in a jail)."""
+    wraps the argument list (e.g. to run the server in a jail); `env` adds environment variables."""
     port = port or free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIGRAPH_")}
+    extra = env or {}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIGRAPH_")} | extra
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])  # this tree, not an installed copy
     args = [
         "-m",

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from optigraph import __version__
-from optigraph.api import approaches, chat, completions, docs, health, models, oauth, responses, runs, ui
+from optigraph.api import approaches, chat, completions, docs, health, metrics, models, oauth, responses, runs, ui
 from optigraph.api.access import Access
 from optigraph.api.access_log import AccessLog
 from optigraph.api.admission import RunSlots
@@ -34,11 +34,16 @@ from optigraph.memory.db import open_database
 from optigraph.memory.migrate import upgrade_schema
 from optigraph.memory.queries import count_runs
 from optigraph.memory.recorder import SqlRecorder
+from optigraph.telemetry import Metrics, Telemetry, Tracing
+from optigraph.telemetry.tracing import build_provider
 
 log = logging.getLogger("optigraph")
 
 
-def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
+def create_app(settings: Settings, *, registry: Registry | None = None, tracer_provider: Any = None) -> FastAPI:
+    """The application. Traces go to `tracer_provider` when given (tests pass one with an in-memory
+    exporter), else to the OTLP endpoint configured (--otel-endpoint, OTEL_EXPORTER_OTLP_ENDPOINT), else
+    nowhere."""
     if registry is None:  # the built-ins plus entry points and --approaches-dir (a clash fails the start)
         registry = load_registry(
             approaches_dir=settings.approaches_dir,
@@ -56,6 +61,8 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     if settings.list_approach_models:  # a bad prefix fails at start too
         models.check_listed_approaches(settings.model_list_approaches, registry)
     check_defaults(settings.approach_params, registry)  # server-wide approach parameters, checked once
+
+    telemetry = _telemetry(settings, registry, tracer_provider)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -90,10 +97,15 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
                 recorder=recorder,
                 # without prompt text stored, graphs keep no checkpoints either (their state is the conversation)
                 compiler=Compiler(
-                    registry, saver if settings.store_prompts else None, default=settings.approach, limits=limits
+                    registry,
+                    saver if settings.store_prompts else None,
+                    default=settings.approach,
+                    limits=limits,
+                    tracing=telemetry.tracing,
                 ),
                 # without prompt text stored, there is no conversation memory (it is prompt text)
                 store=ConversationStore(db) if settings.store_prompts else None,
+                telemetry=telemetry,
             )
             app.state.backends = backends
             app.state.db = db
@@ -111,6 +123,8 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
                 await stored.aclose()
                 await backends.aclose()
                 await db.dispose()
+                if telemetry.tracing is not None:  # the last spans are exported before the process ends
+                    await asyncio.to_thread(telemetry.tracing.shutdown)
 
     app = FastAPI(
         title="optigraph",
@@ -123,6 +137,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     )
     app.state.settings = settings
     app.state.registry = registry
+    app.state.telemetry = telemetry
     access = Access.from_settings(settings)
     app.state.access = access
     app.state.ui_sessions = UISessions(
@@ -132,12 +147,13 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(AccessLog)
+    app.add_middleware(AccessLog, metrics=telemetry.metrics, log_prompts=settings.log_prompts)
     app.include_router(chat.router)
     app.include_router(responses.router)
     app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     docs.install(app)  # /docs and /redoc with their assets served from a package: they work offline
     app.include_router(runs.router)
     app.include_router(approaches.router)
@@ -145,6 +161,20 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app.include_router(oauth.router)
     _document_request_schema(app)
     return app
+
+
+def _telemetry(settings: Settings, registry: Registry, tracer_provider: Any) -> Telemetry:
+    """Metrics unless --metrics off; tracing when a provider is given or an OTLP endpoint configured."""
+    metrics = None
+    if settings.metrics:
+        models = frozenset(m for m in (settings.default_model, settings.local_model) if m)
+        metrics = Metrics(approaches=frozenset(registry.names()), models=models, max_names=settings.metrics_max_names)
+    tracing = None
+    if tracer_provider is not None:
+        tracing = Tracing(tracer_provider)
+    elif (built := build_provider(settings.otel_endpoint)) is not None:
+        tracing = Tracing(built, owned=True)
+    return Telemetry(metrics=metrics, tracing=tracing)
 
 
 async def _report_unfinished_runs(db: Any) -> None:

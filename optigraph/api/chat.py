@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from optigraph.api.access import Caller, caller
+from optigraph.api.access_log import note_run
 from optigraph.api.admission import Admission
 from optigraph.api.disconnect import unless_client_goes
 from optigraph.api.errors import ORJSONResponse
@@ -21,6 +22,7 @@ from optigraph.errors import InvalidRequest, OptigraphError
 router = APIRouter(tags=["chat"])
 
 RUN_HEADER = "x-optigraph-run-id"
+TRACE_HEADER = "x-optigraph-trace-id"  # with tracing on: the run's trace (streamed answers carry no body id)
 
 
 @router.post(
@@ -50,7 +52,10 @@ async def prepare_for(request: Request, who: Caller, body: dict[str, Any], what:
     principal = who.principal
     require(principal.scopes, CHAT, what)
     runner = request.app.state.runner
-    prep = await runner.prepare(body, client_key=who.forward_key, tenant=principal.tenant)
+    prep = await runner.prepare(
+        body, client_key=who.forward_key, tenant=principal.tenant, trace_headers=request.headers
+    )
+    note_run(request.scope, prep)
     require_approaches(principal.scopes, runner.registry, ("none",) if prep.compiled is None else prep.compiled.names)
     return prep
 
@@ -58,6 +63,8 @@ async def prepare_for(request: Request, who: Caller, body: dict[str, Any], what:
 async def _run(request: Request, prep: Prepared, admission: Admission) -> Response:
     """Runs the admitted request; its slot is freed when the answer (or the stream) ends."""
     headers = {RUN_HEADER: prep.run_id}
+    if prep.trace_id is not None:
+        headers[TRACE_HEADER] = prep.trace_id
     if prep.stream:
         try:  # wait for the first chunk, so that a failure before it gets its own status
             chunks = await open_stream(request, prep, admission)

@@ -22,6 +22,7 @@ import orjson
 from optigraph.backends.health import CallOutcomes
 from optigraph.core.backend import Capabilities
 from optigraph.errors import UpstreamError, UpstreamInvalidResponse, UpstreamTimeout
+from optigraph.telemetry.tracing import inject_trace
 
 # OpenAI reasoning models: no sampling parameters, max_completion_tokens, system -> developer.
 REASONING_MODEL = re.compile(r"^(?:[\w.-]+/)?(?:o1|o3|o4|gpt-5)(?:[-.]|$)")
@@ -148,6 +149,7 @@ class OpenAIHTTPBackend:
         headers = {"content-type": "application/json"}
         if key:
             headers["authorization"] = f"Bearer {key}"
+        inject_trace(headers)  # the current upstream-call span as `traceparent`, when tracing is on
         return headers
 
     def _timed_out(self, exc: TimeoutError, *, streaming: bool = False) -> UpstreamTimeout:

@@ -20,8 +20,10 @@ from optigraph.core.messages import message_text
 from optigraph.core.params import normalise
 from optigraph.core.streaming import StreamEvent, StreamSink
 from optigraph.core.usage import Usage, add_usage, empty_usage, one_call, usage_from_response
-from optigraph.errors import BudgetExceeded, UpstreamError, UpstreamInvalidResponse
+from optigraph.errors import BudgetExceeded, UpstreamError, UpstreamInvalidResponse, UpstreamTimeout
 from optigraph.memory.records import CallRecord, Recorder, utcnow
+from optigraph.telemetry import OFF, Telemetry
+from optigraph.telemetry.tracing import active, first_within
 
 # Fields of an upstream body that the LLM itself sets (the conversation, the model, streaming, n).
 TRANSPORT_FIELDS = frozenset({"messages", "model", "n", "stream", "stream_options"})
@@ -82,8 +84,10 @@ class LLM:
         retries: int = 2,
         budget: Budget | None = None,
         n_support: MutableMapping[str, bool] | LRUCache[str, bool] | None = None,
+        telemetry: Telemetry = OFF,
     ) -> None:
         self.backend = backend
+        self.telemetry = telemetry  # metrics and spans of each call (recorded in _record)
         self.model = model
         self.run_id = run_id
         self.recorder = recorder
@@ -114,6 +118,7 @@ class LLM:
             retries=self.retries,
             budget=self.budget,
             n_support=self._n_support,
+            telemetry=self.telemetry,
         )
         other.parent = self
         return other
@@ -264,15 +269,20 @@ class LLM:
     ) -> AsyncIterator[dict[str, Any]]:
         self.budget.charge_call()
         started, t0 = utcnow(), time.perf_counter()
+        span = self._call_span(node, attempt)
         texts: dict[int, list[str]] = {}
         finish: dict[int, str | None] = {}
         usage: dict[str, Any] | None = None
         error: str | None = None
         served_by = self.backend.name
+        outcome = "ok"
         try:
             async with self._attempt(tried if tried is not None else []) as target:
                 served_by = target.name
-                async for chunk in target.stream(body, api_key=self.api_key):
+                chunks = target.stream(body, api_key=self.api_key)
+                if span is not None:  # the span is current while the request is sent (its `traceparent`)
+                    chunks = first_within(span, chunks)
+                async for chunk in chunks:
                     if chunk.get("usage"):
                         usage = chunk["usage"]
                     for c in chunk.get("choices") or ():
@@ -284,13 +294,13 @@ class LLM:
                             finish[idx] = c["finish_reason"]
                     yield chunk
         except UpstreamError as exc:
-            error = exc.message
+            error, outcome = exc.message, _outcome(exc)
             raise
         except (asyncio.CancelledError, GeneratorExit):  # the client left, or a sibling branch failed
-            error = "cancelled before the stream ended"
+            error, outcome = "cancelled before the stream ended", "cancelled"
             raise
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error, outcome = f"{type(exc).__name__}: {exc}", "error"
             raise
         finally:
             self._record(
@@ -305,6 +315,8 @@ class LLM:
                 error=error,
                 attempt=attempt,
                 backend=served_by,
+                outcome=outcome,
+                span=span,
             )
 
     # ---- the call nodes use ------------------------------------------------------------------
@@ -396,10 +408,12 @@ class LLM:
             self.budget.charge_call()
             started, t0 = utcnow(), time.perf_counter()
             served_by = self.backend.name
+            span = self._call_span(node, attempt)
             try:
                 async with self._attempt(tried) as target:
                     served_by = target.name
-                    raw = await target.complete(body, api_key=self.api_key)
+                    with active(span):  # its context goes upstream as `traceparent`
+                        raw = await target.complete(body, api_key=self.api_key)
             except UpstreamError as exc:
                 self._record(
                     node=node,
@@ -411,6 +425,8 @@ class LLM:
                     error=exc.message,
                     attempt=attempt,
                     backend=served_by,
+                    outcome=_outcome(exc),
+                    span=span,
                 )
                 if self._retries_after(exc, attempt):
                     await asyncio.sleep(self._backoff_s(attempt))
@@ -427,6 +443,8 @@ class LLM:
                     error="cancelled before the upstream answered",
                     attempt=attempt,
                     backend=served_by,
+                    outcome="cancelled",
+                    span=span,
                 )
                 raise
             usage = usage_from_response(raw.get("usage"))
@@ -453,8 +471,16 @@ class LLM:
                 error=None,
                 attempt=attempt,
                 backend=served_by,
+                span=span,
             )
             return raw
+
+    def _call_span(self, node: str, attempt: int) -> Any:
+        """The span of one upstream attempt, or None when tracing is off."""
+        tracing = self.telemetry.tracing
+        if tracing is None:
+            return None
+        return tracing.start_call(node=node, backend=self.backend.name, model=self.model, attempt=attempt)
 
     def _record(
         self,
@@ -468,8 +494,25 @@ class LLM:
         error: str | None,
         attempt: int,
         backend: str | None = None,
+        outcome: str = "ok",
+        span: Any = None,
     ) -> None:
         self._tally(one_call(usage), answered=error is None)
+        latency_ms = (time.perf_counter() - t0) * 1000.0
+        completion = usage["completion_tokens"]
+        metrics = self.telemetry.metrics
+        if metrics is not None:
+            metrics.upstream_call(
+                backend=backend or self.backend.name,
+                model=self.model,
+                outcome=outcome,
+                seconds=latency_ms / 1000.0,
+                attempt=attempt,
+            )
+        if span is not None:
+            self.telemetry.tracing.end_call(  # type: ignore[union-attr]
+                span, outcome=outcome, input_tokens=usage["prompt_tokens"], output_tokens=completion, error=error
+            )
         self.recorder.call(
             CallRecord(
                 run_id=self.run_id,
@@ -477,7 +520,7 @@ class LLM:
                 backend=backend or self.backend.name,
                 model=self.model,
                 started_at=started,
-                latency_ms=(time.perf_counter() - t0) * 1000.0,
+                latency_ms=latency_ms,
                 status="error" if error else "ok",
                 request=body,
                 response=response,
@@ -496,6 +539,11 @@ async def _leased(balancer: Balancer, model: str, tried: list[str]) -> AsyncIter
     async with balancer.lease(model, tried) as target:
         tried.append(target.name)
         yield target
+
+
+def _outcome(exc: UpstreamError) -> str:
+    """The outcome label of a failed upstream attempt."""
+    return "timeout" if isinstance(exc, UpstreamTimeout) else "error"
 
 
 def _answered(completion: Completion, model: str) -> Completion:

@@ -41,8 +41,10 @@ from optigraph.engine.expression import (
     with_plugins,
 )
 from optigraph.engine.mermaid import draw_mermaid
+from optigraph.engine.node_spans import trace_nodes
 from optigraph.engine.registry import Registry
 from optigraph.engine.wrapping import build_wrap
+from optigraph.telemetry.tracing import Tracing
 
 
 @dataclass(frozen=True)
@@ -90,8 +92,10 @@ class Compiler:
         cache_size: int = 256,
         default: str = "none",
         limits: Limits | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.registry = registry
+        self.tracing = tracing  # when set, every node runs in a trace span (engine/node_spans.py)
         self.checkpointer = checkpointer
         self.cache_size = cache_size
         self.default = parse(default)  # what a plugin with nothing after it wraps
@@ -175,6 +179,10 @@ class Compiler:
         return ast, self._child(ast)
 
     def _build(self, ast: Node) -> StateGraph:
+        graph = self._build_plain(ast)
+        return graph if self.tracing is None else trace_nodes(graph, self.tracing, approach=to_text(ast))
+
+    def _build_plain(self, ast: Node) -> StateGraph:
         if isinstance(ast, Approach):
             return self.registry.approach(ast.name).build()
         if isinstance(ast, Plugin):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,6 +52,8 @@ from optigraph.engine.selection import select
 from optigraph.errors import InvalidRequest, OptigraphError, RunCancelled, RunInterrupted, UpstreamInvalidResponse
 from optigraph.memory.conversations import ConversationStore
 from optigraph.memory.records import Recorder, RunRecord, RunResult, utcnow
+from optigraph.telemetry import OFF, Telemetry
+from optigraph.telemetry.tracing import active, trace_id_hex
 
 # Which request parameter an expression came from (selection.Source), for the errors that name it.
 SOURCE_PARAMS = {"model": "model", "body": "optillm_approach", "tag": "messages", "default": None}
@@ -79,6 +81,9 @@ class Prepared:
     stop_reason: str | None = None  # why its task was cancelled: "cancelled" (client gone) or "interrupted"
     edge: PluginSpec | None = None  # the plugin at the run's edge (it wraps everything, with admit/release)
     private: dict[str, Any] = field(default_factory=dict)  # that plugin's private state, from `admit` on
+    span: Any = None  # the run's trace span while it executes (telemetry/tracing.py), when tracing is on
+    trace_id: str | None = None  # of that span's trace
+    status: str = "running"  # how the run ended, once recorded
 
 
 def answer_choices(answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -124,6 +129,7 @@ class Runner:
         compiler: Compiler,
         store: ConversationStore | None = None,
         clock: Callable[[], datetime] = utcnow,
+        telemetry: Telemetry = OFF,
     ) -> None:
         self.settings = settings
         self.clock = clock  # the time leases are taken and renewed at (engine/resume.py)
@@ -132,6 +138,7 @@ class Runner:
         self.recorder = recorder
         self.compiler = compiler
         self.store = store
+        self.telemetry = telemetry  # metrics and traces (recorded where runs start and end, and per call)
         self.n_support: LRUCache[str, bool] = LRUCache(N_SUPPORT_CACHE_SIZE)
         self.owner = uuid.uuid4().hex  # this runner's name on the leases it takes (engine/resume.py)
         self.live: dict[asyncio.Task[Any], Prepared] = {}  # the runs executing now, by the task running each
@@ -152,10 +159,17 @@ class Runner:
     # ---- preparing a run ----------------------------------------------------------------------
 
     async def prepare(
-        self, body: dict[str, Any], *, client_key: str | None, run_id: str | None = None, tenant: str | None = None
+        self,
+        body: dict[str, Any],
+        *,
+        client_key: str | None,
+        run_id: str | None = None,
+        tenant: str | None = None,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> Prepared:
         """The run for `body` (owned by `tenant`), or a 400 naming what is wrong (expression size
-        limits included). A graph not compiled yet is compiled in a worker thread (Compiler.compile_async)."""
+        limits included). A graph not compiled yet is compiled in a worker thread (Compiler.compile_async).
+        With tracing on, the run's span starts here, a child of the `traceparent` in `trace_headers` if any."""
         check_request(body, max_n=self.settings.max_n, max_tokens=self.settings.max_tokens_limit)
         limits = self.compiler.limits
         sel = select(body, known=self.registry.names(), default=self.settings.approach, limits=limits)
@@ -210,7 +224,7 @@ class Runner:
             record.spec = run_spec(
                 route=model, messages=sel.messages, request=request, params=params, n=n, private=private
             )
-        return Prepared(
+        prep = Prepared(
             run_id=run_id,
             expression=expression,
             model=upstream_model,
@@ -228,6 +242,15 @@ class Runner:
             edge=edge,
             private=private,
         )
+        self._trace(prep, trace_headers or {})
+        return prep
+
+    def _trace(self, prep: Prepared, headers: Mapping[str, str]) -> None:
+        """Starts the run's span (tracing on), a child of the `traceparent` in `headers` if any."""
+        tracing = self.telemetry.tracing
+        if tracing is not None and prep.span is None:
+            prep.span = tracing.start_run(headers, run_id=prep.run_id, approach=prep.expression, model=prep.model)
+            prep.trace_id = trace_id_hex(prep.span)
 
     def edge_plugin(self, compiled: CompiledExpression | None) -> PluginSpec | None:
         """The plugin that wraps the whole expression, when it acts at the run's edge (admit/release)."""
@@ -306,6 +329,7 @@ class Runner:
             retries=self.settings.upstream_retries,
             n_support=self.n_support,  # type: ignore[arg-type]
             budget=self.budget(limits),
+            telemetry=self.telemetry,
         )
 
     def budget(self, limits: dict[str, Any] | None) -> Budget:
@@ -465,8 +489,9 @@ class Runner:
 
     async def _pump(self, prep: Prepared, queue: asyncio.Queue[bytes | BaseException | None]) -> None:
         try:
-            async for data in self._sse(prep):
-                queue.put_nowait(data)
+            with active(prep.span):  # this task's context: entered and left here
+                async for data in self._sse(prep):
+                    queue.put_nowait(data)
         except asyncio.CancelledError:  # recorded by _sse; the reader learns why
             queue.put_nowait(self.stop_error(prep))
         except BaseException as exc:  # noqa: BLE001 (an error before the first chunk: the reader raises it)
@@ -617,6 +642,8 @@ class Runner:
     # ---- recording ----------------------------------------------------------------------------
 
     def record_success(self, prep: Prepared, usage: Usage, response: dict[str, Any]) -> None:
+        if prep.trace_id is not None:  # links the stored run (and the client's answer) to its trace
+            response.setdefault("optigraph", {})["trace_id"] = prep.trace_id
         result = RunResult(
             status="completed",
             finished_at=utcnow(),
@@ -625,6 +652,7 @@ class Runner:
             response=response,
         )
         self.recorder.run_finished(prep.run_id, result, run=prep.record if prep.compiled is None else None)
+        self._observe(prep, result)
 
     def record_failure(self, prep: Prepared, exc: BaseException) -> None:
         """Ends the run as failed, or as cancelled/interrupted when its task was cancelled."""
@@ -645,13 +673,39 @@ class Runner:
             error=body,
         )
         self.recorder.run_finished(prep.run_id, result, run=prep.record if prep.compiled is None else None)
+        self._observe(prep, result)
+
+    def _observe(self, prep: Prepared, result: RunResult) -> None:
+        """The run's outcome in the metrics, and the end of its span."""
+        prep.status = result.status
+        usage = result.usage
+        metrics = self.telemetry.metrics
+        if metrics is not None:
+            metrics.run_finished(
+                approach=prep.expression,
+                model=prep.model,
+                status=result.status,
+                seconds=result.latency_ms / 1000.0,
+                input_tokens=usage["prompt_tokens"],
+                output_tokens=usage["completion_tokens"],
+            )
+        span, prep.span = prep.span, None
+        if span is not None:
+            self.telemetry.tracing.end_run(  # type: ignore[union-attr]
+                span,
+                status=result.status,
+                input_tokens=usage["prompt_tokens"],
+                output_tokens=usage["completion_tokens"],
+                calls=usage["calls"],
+                error=None if result.error is None else str((result.error.get("error") or {}).get("message")),
+            )
 
     # ---- the runs executing now: cancelled when their client goes, interrupted at shutdown ---------
 
     def start(self, prep: Prepared, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Runs `coro` (the run of `prep`) in its own task, known to `cancel` and `interrupt_all`."""
         task = asyncio.ensure_future(coro)
-        self.live[task] = prep
+        self._add_live(task, prep)
         task.add_done_callback(self._forget)
         return task
 
@@ -659,23 +713,32 @@ class Runner:
         """Makes the current task the one that runs `prep` (until the task ends)."""
         task = asyncio.current_task()
         if task is not None and task not in self.live:
-            self.live[task] = prep
+            self._add_live(task, prep)
             task.add_done_callback(self._forget)
 
     @contextmanager
     def tracking(self, prep: Prepared) -> Iterator[None]:
-        """`track` for the duration of a block (the task may go on to other work)."""
+        """`track` for the duration of a block (the task may go on to other work), with the run's
+        span current (one is started for a resumed or forked run, which `prepare` did not make)."""
         task = asyncio.current_task()
         known = task in self.live
         self.track(prep)
+        self._trace(prep, {})
         try:
-            yield
+            with active(prep.span):
+                yield
         finally:
             if task is not None and not known:
-                self.live.pop(task, None)
+                self._forget(task)
+
+    def _add_live(self, task: asyncio.Task[Any], prep: Prepared) -> None:
+        self.live[task] = prep
+        if self.telemetry.metrics is not None:
+            self.telemetry.metrics.run_began()
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
-        self.live.pop(task, None)
+        if self.live.pop(task, None) is not None and self.telemetry.metrics is not None:
+            self.telemetry.metrics.run_ended()
 
     def cancel(self, prep: Prepared, reason: str) -> bool:
         """Cancels the run of `prep` ("cancelled": its client went; "interrupted": shutdown)."""

@@ -116,9 +116,11 @@ def start_stack(
     upstream: dict[str, Any] | None = None,
     base_url: str | None = None,
     registry: Any = None,
+    tracer_provider: Any = None,
     **settings: Any,
 ) -> Iterator[Stack]:
-    """Starts a fake upstream (unless `base_url` points elsewhere) and optigraph in front of it."""
+    """Starts a fake upstream (unless `base_url` points elsewhere) and optigraph in front of it
+    (tracing to `tracer_provider` when one is given)."""
     log, script = UpstreamLog(), Script()
     with contextlib.ExitStack() as stack:
         up = None
@@ -126,7 +128,7 @@ def start_stack(
             up = stack.enter_context(ServerThread(make_app(script, log=log, **(upstream or {}))))
             base_url = up.url + "/v1"
         s = Settings(base_url=base_url, db_url=f"sqlite:///{db_path}", **settings)
-        server = stack.enter_context(ServerThread(create_app(s, registry=registry)))
+        server = stack.enter_context(ServerThread(create_app(s, registry=registry, tracer_provider=tracer_provider)))
         yield Stack(server=server, settings=s, db_path=db_path, upstream=up, log=log, script=script)
 
 

@@ -1,0 +1,57 @@
+"""The metrics object on its own: bounded labels, the breaker gauge, the multiprocess directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from optigraph.telemetry.metrics import MULTIPROC_ENV, OTHER, LabelFolder, Metrics, prepare_multiprocess_dir
+
+
+def _samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    body, content_type = metrics.render()
+    assert content_type.startswith("text/plain")
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+def test_a_folder_passes_known_names_and_admits_real_ones_up_to_its_cap() -> None:
+    fold = LabelFolder({"known"}, cap=2)
+    assert fold("known", admit=False) == "known"
+    assert fold("typo", admit=False) == OTHER  # not admitted: it does not take a place
+    assert [fold("a"), fold("b"), fold("c")] == ["a", "b", OTHER]
+    assert fold("a", admit=False) == "a"  # once admitted, always its own label
+    assert fold("typo") == OTHER  # the cap is reached
+
+
+def test_each_metrics_object_has_its_own_registry_and_the_breaker_gauge() -> None:
+    one, two = Metrics(), Metrics()
+    one.set_breaker_state("openai", "open")
+    one.upstream_call(backend="openai", model="m", outcome="timeout", seconds=0.5, attempt=2)
+    samples = _samples(one)
+    assert samples[("optigraph_circuit_breaker_state", frozenset({("backend", "openai")}))] == 2
+    labels = frozenset({("backend", "openai"), ("model", OTHER), ("outcome", "timeout")})  # never answered
+    assert samples[("optigraph_upstream_calls_total", labels)] == 1
+    assert samples[("optigraph_upstream_retries_total", frozenset({("backend", "openai"), ("model", OTHER)}))] == 1
+    assert not any(name == "optigraph_upstream_calls_total" for name, _ in _samples(two))
+    with pytest.raises(KeyError):
+        one.set_breaker_state("openai", "melted")
+
+
+def test_preparing_the_multiprocess_directory_clears_old_values_and_sets_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(MULTIPROC_ENV, "unset-at-teardown")  # so the test process is left as it was
+    stale = tmp_path / "counter_123.db"
+    stale.write_bytes(b"old")
+    keep = tmp_path / "notes.txt"
+    keep.write_text("not a metrics file")
+    assert prepare_multiprocess_dir(tmp_path) == tmp_path
+    assert not stale.exists() and keep.exists()
+    assert os.environ[MULTIPROC_ENV] == str(tmp_path)
