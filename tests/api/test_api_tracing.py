@@ -186,7 +186,7 @@ def test_otel_endpoint_exports_the_spans_over_otlp_http(tmp_path: Path) -> None:
     assert spans["upstream openai"][2].parent_span_id == run.span_id
 
 
-APPROACHES = sorted(s.name for s in builtin_registry().specs.values() if not {"local", "mcp"} & set(s.needs))
+APPROACHES = sorted(s.name for s in builtin_registry().specs.values() if not {"local", "mcp", "proxy"} & set(s.needs))
 
 
 @pytest.mark.parametrize("approach", APPROACHES)
@@ -234,9 +234,10 @@ def test_a_resumed_run_is_traced_too(traced: tuple[Stack, InMemorySpanExporter])
 
     stack.script.fn = fails_stage_two
     with stack.http() as http:
-        failed = http.post("/v1/chat/completions", json={"model": "none&none-fake-model", "messages": [
-            {"role": "user", "content": "q1"}
-        ]})
+        failed = http.post(
+            "/v1/chat/completions",
+            json={"model": "none&none-fake-model", "messages": [{"role": "user", "content": "q1"}]},
+        )
         run_id = failed.headers["x-optigraph-run-id"]
         assert failed.status_code == 400 and stack.run(run_id)["status"] == "failed"
         broken["on"] = False
