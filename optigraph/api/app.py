@@ -101,6 +101,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
         )
     )
     install_error_handlers(app)
+    app.add_middleware(chat.ChatEndpoint)  # added first: the innermost, inside every other middleware
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog)
     app.include_router(chat.router)

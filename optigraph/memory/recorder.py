@@ -138,11 +138,22 @@ class SqlRecorder:
         self._dropped = 0
         dialect = db.dialect.name
         if dialect == "postgresql":
-            self._insert = postgresql.insert
+            insert = postgresql.insert
         elif dialect == "sqlite":
-            self._insert = sqlite.insert
+            insert = sqlite.insert
         else:
             raise ValueError(f"SqlRecorder supports SQLite and PostgreSQL, not {dialect}")
+        # The statements are built once: building them (the upsert's `excluded` columns above all)
+        # cost more CPU per batch than writing a batch of passthrough runs.
+        self._insert_started = insert(RUNS).on_conflict_do_nothing(index_elements=["id"])
+        upsert = insert(RUNS)
+        self._upsert_complete = upsert.on_conflict_do_update(
+            index_elements=["id"], set_={c: upsert.excluded[c] for c in FINISH_COLUMNS}
+        )
+        self._update_finished = (
+            update(RUNS).where(RUNS.c.id == bindparam("_id")).values({c: bindparam(f"_{c}") for c in FINISH_COLUMNS})
+        )
+        self._insert_calls = UPSTREAM_CALLS.insert()
 
     # -- the Recorder interface: called on the hot path, so append and return -----------------
 
@@ -316,18 +327,10 @@ class SqlRecorder:
                     finished[item.run_id] = {"_id": item.run_id, **{f"_{c}": v for c, v in values.items()}}
 
         if started:
-            stmt = self._insert(RUNS).on_conflict_do_nothing(index_elements=["id"])
-            await conn.execute(stmt, list(started.values()))
+            await conn.execute(self._insert_started, list(started.values()))
         if complete:
-            stmt = self._insert(RUNS)
-            stmt = stmt.on_conflict_do_update(index_elements=["id"], set_={c: stmt.excluded[c] for c in FINISH_COLUMNS})
-            await conn.execute(stmt, list(complete.values()))
+            await conn.execute(self._upsert_complete, list(complete.values()))
         if finished:
-            stmt = (
-                update(RUNS)
-                .where(RUNS.c.id == bindparam("_id"))
-                .values({c: bindparam(f"_{c}") for c in FINISH_COLUMNS})
-            )
-            await conn.execute(stmt, list(finished.values()))
+            await conn.execute(self._update_finished, list(finished.values()))
         if calls:
-            await conn.execute(UPSTREAM_CALLS.insert(), calls)
+            await conn.execute(self._insert_calls, calls)
