@@ -52,6 +52,7 @@ SERVE_FLAGS = (
             "them), minimal (no namespaces, no Landlock); see docs/sandbox.md"
         ),
     ),
+    ("--workers", "workers", "server processes sharing the port and the database (default 1); docs/deploy.md"),
     ("--max-expression-chars", "max_expression_chars", "longest approach expression a request may send (default 512)"),
     (
         "--max-expression-nodes",
@@ -188,6 +189,12 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Every flag can also be set with OPTIGRAPH_<NAME> (e.g. OPTIGRAPH_BASE_URL).",
     )
+    serve.add_argument(
+        "--config",
+        default=os.environ.get("OPTIGRAPH_CONFIG"),
+        help="YAML file of settings (docs/configuration.md); flags and OPTIGRAPH_* variables override it "
+        "(default $OPTIGRAPH_CONFIG)",
+    )
     for flag, dest, help_ in SERVE_FLAGS:
         serve.add_argument(flag, dest=dest, default=None, help=help_)
     for flag, dest, help_ in REPEATED_SERVE_FLAGS:
@@ -206,6 +213,20 @@ def parser() -> argparse.ArgumentParser:
         )
     )
     _add_inspect_commands(sub)
+    config = sub.add_parser("config", help="check a configuration file")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser(
+        "check",
+        help="validate a file and print the effective settings (secrets redacted)",
+        description="Validates FILE (errors name the line) and prints every setting as `optigraph serve "
+        "--config FILE` would use it, with the OPTIGRAPH_* variables of this shell applied, secrets redacted.",
+    )
+    check.add_argument("file", help="the YAML file")
+    sub.add_parser(
+        "doctor",
+        help="check the configuration, database, upstreams and sandbox, and say what each approach can do here",
+        description="Takes the same settings as `serve` (--config, OPTIGRAPH_* variables).",
+    ).add_argument("--config", default=os.environ.get("OPTIGRAPH_CONFIG"), help="YAML file of settings")
     return p
 
 
@@ -228,18 +249,20 @@ def serve(args: argparse.Namespace) -> None:
     overrides = {
         dest: getattr(args, dest) for _, dest, _ in (*SERVE_FLAGS, *SERVE_SWITCHES) if getattr(args, dest) is not None
     }
-    settings = _settings({**overrides, **repeated_overrides(args)})
+    settings = _settings({**overrides, **repeated_overrides(args)}, args.config)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
     _check_serve_settings(settings)
-    from optigraph.errors import ApproachLoadError, ExpressionError, UnknownApproach
+    from optigraph.errors import ApproachLoadError, ExpressionError, InvalidRequest, UnknownApproach
 
     try:
         app = create_app(settings)
     except ApproachLoadError as exc:  # a bad or clashing user approach: say where, no traceback
         raise SystemExit(f"optigraph: cannot load approaches:\n{exc.message}") from None
     except (ExpressionError, UnknownApproach) as exc:
-        _serve_error(f"--approach: {exc.message}")
+        _serve_error(f"{'approach_params' if exc.param == 'approach_params' else '--approach'}: {exc.message}")
+    except InvalidRequest as exc:  # a bad default parameter (approach_params)
+        _serve_error(f"approach_params: {exc.message}")
     from optigraph.api.server import Server
 
     # One access-log line per request comes from optigraph.api.access_log; uvicorn's own is off.
@@ -263,12 +286,19 @@ def _serve_error(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def _settings(overrides: dict[str, str]) -> Settings:
-    """Settings from the flags and OPTIGRAPH_* variables; a bad value ends the command with one line."""
+def _settings(overrides: dict[str, object], config: str | None = None) -> Settings:
+    """Settings from the flags, OPTIGRAPH_* variables and the config file; a bad value ends the command
+    with one line."""
+    from pathlib import Path
+
     from pydantic import ValidationError
 
+    from optigraph.config_file import ConfigFileError, load_settings
+
     try:
-        return Settings(**overrides)
+        return load_settings(overrides, Path(config) if config else None).settings
+    except ConfigFileError as exc:
+        _serve_error(f"--config: {exc.message}")
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -328,6 +358,14 @@ def _main(argv: Sequence[str] | None) -> None:
         raise SystemExit(run_eval_command(args))
     elif args.command in ("runs", "approaches"):
         raise SystemExit(_inspect_command(args))
+    elif args.command == "config":
+        from optigraph.config_file import check_command
+
+        raise SystemExit(check_command(args.file))
+    elif args.command == "doctor":
+        from optigraph.doctor import main as doctor
+
+        raise SystemExit(doctor(args.config))
 
 
 # ---- runs and approaches: inspecting what the server did -------------------------------------------

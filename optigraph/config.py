@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         default=None, description="Key sent upstream; without it the client's bearer token is forwarded"
     )
     approach: str = Field(default="none", description="Default approach expression")
+    approach_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Default parameters by approach name ({moa: {rounds: 2}}), used where a request's "
+        "optillm_params leaves them unset; validated at start",
+    )
+    workers: int = Field(default=1, ge=1, le=256, description="Server processes behind the one port (serve only)")
     db_url: str = Field(default_factory=default_db_url, description="sqlite:///path or postgresql://...")
     api_key: str | None = Field(default=None, description="When set, clients must send this bearer key")
     ui_session_ttl_s: int = Field(default=8 * 3600, ge=60, description="How long a web page login lasts, in seconds")

@@ -16,6 +16,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "optigraph"
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "config": {"errors"},
+    "config_file": {"config", "errors"},  # the YAML settings file (serve --config, config check)
     "memory": {"config", "errors"},
     "sandbox": {"config", "errors"},
     "core": {"memory", "sandbox"},
@@ -27,7 +28,8 @@ ALLOWED: dict[str, set[str]] = {
     "engine": {"graphs", "plugins", "backends"},
     "api": {"engine"},
     "evals": {"api"},
-    "cli": {"evals"},
+    "doctor": {"engine", "config_file"},  # `optigraph doctor`: probes the database, upstreams and sandbox
+    "cli": {"evals", "config_file", "doctor"},
     "__init__": {"engine"},  # the public authoring API, re-exported lazily,
     "__main__": {"cli"},
 }

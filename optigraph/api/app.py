@@ -23,6 +23,7 @@ from optigraph.engine.expression import Limits, check_size, parse, validate
 from optigraph.engine.loading import load_registry
 from optigraph.engine.registry import Registry
 from optigraph.engine.runner import Runner
+from optigraph.errors import UnknownApproach
 from optigraph.memory.checkpoints import open_checkpointer
 from optigraph.memory.conversations import ConversationStore
 from optigraph.memory.db import open_database
@@ -44,6 +45,10 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     default = parse(settings.approach)  # a bad default fails at start, not per request
     validate(default, registry.names())
     check_size(default, limits)
+    for name, params in settings.approach_params.items():  # bad default parameters fail the start too
+        if name not in registry:
+            raise UnknownApproach(f"approach_params names an unknown approach {name!r}", param="approach_params")
+        registry.get(name).validate_params(params)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

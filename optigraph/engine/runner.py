@@ -295,7 +295,11 @@ class Runner:
                 param="optillm_params",
                 code="invalid_approach_parameter",
             )
-        return {name: self.registry.get(name).validate_params(raw.get(name)) for name in names}
+        defaults = self.settings.approach_params  # the operator's, under what the request sets
+        return {
+            name: self.registry.get(name).validate_params({**defaults.get(name, {}), **(raw.get(name) or {})})
+            for name in names
+        }
 
     def _check_fields(self, body: dict[str, Any], llm: LLM, compiled: CompiledExpression | None) -> None:
         """A 400 for body fields the run would otherwise accept and ignore."""
