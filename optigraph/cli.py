@@ -244,8 +244,6 @@ def serve(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGINT, _exit_cleanly)
     import uvicorn
 
-    from optigraph.api.app import create_app
-
     overrides = {
         dest: getattr(args, dest) for _, dest, _ in (*SERVE_FLAGS, *SERVE_SWITCHES) if getattr(args, dest) is not None
     }
@@ -253,6 +251,11 @@ def serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
     _check_serve_settings(settings)
+    if settings.workers > 1:  # before the app (and any metrics library) is imported
+        from optigraph.api.workers import prepare_multiprocess_metrics
+
+        prepare_multiprocess_metrics()
+    from optigraph.api.app import create_app
     from optigraph.errors import ApproachLoadError, ExpressionError, InvalidRequest, UnknownApproach
 
     try:
@@ -275,6 +278,15 @@ def serve(args: argparse.Namespace) -> None:
         http="httptools",
         access_log=False,
     )
+    if settings.workers > 1:
+        from optigraph.api.workers import Supervisor, bind
+
+        try:
+            sock = bind(settings.host, settings.port)
+        except OSError as exc:
+            _serve_error(f"--port: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+        worker = lambda sock: Server(config, app=app, grace_s=settings.shutdown_grace_s).run(sockets=[sock])  # noqa: E731
+        raise SystemExit(Supervisor(sock, settings.workers, worker).run())
     Server(config, app=app, grace_s=settings.shutdown_grace_s).run()
 
 
