@@ -248,14 +248,15 @@ def serve(args: argparse.Namespace) -> None:
         dest: getattr(args, dest) for _, dest, _ in (*SERVE_FLAGS, *SERVE_SWITCHES) if getattr(args, dest) is not None
     }
     settings = _settings({**overrides, **repeated_overrides(args)}, args.config)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
-    _check_serve_settings(settings)
     if settings.workers > 1:  # before the app (and any metrics library) is imported
         from optigraph.api.workers import prepare_multiprocess_metrics
 
         prepare_multiprocess_metrics()
-    from optigraph.api.app import create_app
+    from optigraph.api.app import create_app  # imported before logging is set up: its imports log at info
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub
+    _check_serve_settings(settings)
     from optigraph.errors import ApproachLoadError, ExpressionError, InvalidRequest, UnknownApproach
 
     try:

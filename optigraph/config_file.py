@@ -100,9 +100,7 @@ def read_file(path: Path, environ: dict[str, str] | None = None) -> tuple[dict[s
     return values, lines
 
 
-def load_settings(
-    flags: dict[str, Any], path: Path | None, environ: dict[str, str] | None = None
-) -> Loaded:
+def load_settings(flags: dict[str, Any], path: Path | None, environ: dict[str, str] | None = None) -> Loaded:
     """Settings from flags > OPTIGRAPH_* variables > the file at `path` (if any) > defaults.
 
     Raises ConfigFileError for a bad file, pydantic's ValidationError for a bad flag or variable."""
@@ -205,9 +203,7 @@ def _expand(value: Any, node: yaml.Node, name: str, environ: dict[str, str]) -> 
         def one(match: re.Match[str]) -> str:
             var = match.group(1)
             if var not in environ:
-                raise ConfigFileError(
-                    f"{name}:{node.start_mark.line + 1}: the environment variable {var} is not set"
-                )
+                raise ConfigFileError(f"{name}:{node.start_mark.line + 1}: the environment variable {var} is not set")
             return environ[var]
 
         return REFERENCE.sub(one, value)

@@ -259,8 +259,10 @@ def verdicts(settings: Settings, registry: Registry, found: Findings) -> list[tu
             if need == "local" and not (local_serves and found.local_ok):
                 missing.append("a local model (start without --base-url, or with --local-models-with-upstream)")
             elif need == "sandbox" and not found.sandbox_levels.get(settings.sandbox_level, False):
-                missing.append(f"the sandbox at level {settings.sandbox_level!r} (this host lacks: "
-                               f"{', '.join(found.sandbox_missing) or 'its layers'}; see docs/sandbox.md)")
+                missing.append(
+                    f"the sandbox at level {settings.sandbox_level!r} (this host lacks: "
+                    f"{', '.join(found.sandbox_missing) or 'its layers'}; see docs/sandbox.md)"
+                )
             elif need == "store" and not found.database_ok:
                 missing.append("the database")
             elif need == "mcp" and settings.mcp_config is None:
@@ -274,7 +276,12 @@ def verdicts(settings: Settings, registry: Registry, found: Findings) -> list[tu
             notes.append("n>1 falls back to separate calls (the upstream ignores n): more prompt tokens")
         if runs_code(source) and not found.sandbox_levels.get(settings.sandbox_level, False):
             notes.append(f"the programs it writes are not run (sandbox level {settings.sandbox_level!r} does not hold)")
-        if isinstance(spec, ApproachSpec) and spec.streams_final and upstream is not None and upstream.streaming is False:
+        if (
+            isinstance(spec, ApproachSpec)
+            and spec.streams_final
+            and upstream is not None
+            and upstream.streaming is False
+        ):
             notes.append("answers in one piece (the upstream does not stream)")
         if missing:
             rows.append((name, "no", "needs " + "; ".join(missing)))

@@ -94,8 +94,9 @@ class Supervisor:
                     continue
                 self.early_exits = self.early_exits + 1 if time.monotonic() - started < EARLY_EXIT_S else 0
                 if self.early_exits >= EARLY_EXITS_TO_GIVE_UP:
-                    log.error("worker %d (pid %d) exited with %s: it keeps failing; stopping", number, pid,
-                              _describe(code))
+                    log.error(
+                        "worker %d (pid %d) exited with %s: it keeps failing; stopping", number, pid, _describe(code)
+                    )
                     status = 1
                     self._on_signal(signal.SIGTERM, None)
                     continue
