@@ -112,6 +112,10 @@ class Supervisor:
         if pid == 0:  # the worker
             code = 1
             try:
+                # Its own process group: a Ctrl-C in the terminal reaches the parent only, which passes
+                # it on once (twice would skip the shutdown grace); and it goes if the parent dies.
+                os.setpgid(0, 0)
+                _stop_with_parent()
                 for sig, handler in self._previous.items():
                     signal.signal(sig, handler)  # type: ignore[arg-type]  # the command's own; uvicorn adds its
                 self.run_worker(self.sock)
@@ -132,6 +136,17 @@ class Supervisor:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
+
+
+def _stop_with_parent() -> None:
+    """Asks Linux to send this process SIGTERM when its parent dies (elsewhere: nothing)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _describe(status: int) -> str:
