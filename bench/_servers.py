@@ -64,11 +64,19 @@ def fake_upstream(latency: float = 0.0) -> Iterator[tuple[str, subprocess.Popen]
 
 
 @contextlib.contextmanager
-def optigraph_server(base_url: str, *extra: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Runs `optigraph serve` in front of `base_url` with a throwaway SQLite file.
+def optigraph_server(
+    base_url: str, *extra: str, tree: Path | None = None, workers: int = 1
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Runs `optigraph serve` in front of `base_url` with a throwaway SQLite file; the code of the
+    source tree `tree` when given (e.g. an older checkout, to compare), else the installed one.
 
-    Yields (base URL ending in /v1, process)."""
+    Yields (base URL ending in /v1, process) once every worker answers."""
     port = free_port()
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+    if workers > 1:
+        extra = (*extra, "--workers", str(workers))
     with tempfile.TemporaryDirectory(prefix="optigraph-bench-") as tmp:
         db_url = f"sqlite:///{Path(tmp) / 'bench.db'}"
         proc = subprocess.Popen(
@@ -86,22 +94,43 @@ def optigraph_server(base_url: str, *extra: str) -> Iterator[tuple[str, subproce
                 "--log-level",
                 "warning",
                 *extra,
-            ]
+            ],
+            env=env,
+            cwd=tree,  # `python -m` puts the working directory first on the path
         )
         try:
             wait_http(f"http://127.0.0.1:{port}/health", proc)
+            if workers > 1:
+                wait_workers(f"http://127.0.0.1:{port}/health", workers)
             yield f"http://127.0.0.1:{port}/v1", proc
         finally:
             stop(proc)
 
 
+def wait_workers(url: str, workers: int, tries: int = 2000) -> None:
+    """Until /health has been answered by `workers` distinct processes (each request a new connection)."""
+    import json
+
+    seen: set[int] = set()
+    for _ in range(tries):
+        with contextlib.suppress(urllib.error.URLError, ConnectionError, OSError, ValueError):
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                seen.add(json.loads(resp.read())["pid"])
+        if len(seen) >= workers:
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"only {len(seen)} of {workers} workers answered {url}")
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), or NaN where unavailable."""
+    """User + system CPU time of a process and its child processes (Linux /proc), or NaN where unavailable."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except (OSError, IndexError, ValueError):
         return float("nan")
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 @contextlib.contextmanager

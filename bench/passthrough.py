@@ -207,7 +207,7 @@ def measure_throughput(
 
 # ---- report -----------------------------------------------------------------------------------
 
-LABELS = {"direct": "direct", "optigraph": "optigraph", "reference": "reference"}
+LABELS = {"direct": "direct", "optigraph": "optigraph", "reference": "reference", "base": "base"}
 
 
 def main() -> int:
@@ -222,6 +222,20 @@ def main() -> int:
         help="also measure bench/reference_proxy.py, a minimal forwarding proxy on the same stack",
     )
     p.add_argument("--no-wrk", action="store_true", help="use the asyncio load generator even if wrk is installed")
+    p.add_argument(
+        "--base",
+        type=Path,
+        metavar="TREE",
+        help="also measure optigraph from this source tree (e.g. `git worktree add /tmp/base main`), as `base`",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="also measure optigraph with `serve --workers N` (repeatable), as `optigraph xN`",
+    )
     args = p.parse_args()
     requests = args.requests or (400 if args.quick else 2000)
     seconds = args.seconds or (3.0 if args.quick else 10.0)
@@ -239,9 +253,17 @@ def main() -> int:
         direct_url, up = stack.enter_context(fake_upstream(0.0))
         proxy_url, proxy = stack.enter_context(optigraph_server(direct_url))
         urls, pids = {"direct": direct_url, "optigraph": proxy_url}, {"direct": up.pid, "optigraph": proxy.pid}
+        if args.base is not None:
+            base_url, base = stack.enter_context(optigraph_server(direct_url, tree=args.base.resolve()))
+            urls["base"], pids["base"] = base_url, base.pid
         if args.reference:
             ref_url, ref = stack.enter_context(reference_proxy(direct_url))
             urls["reference"], pids["reference"] = ref_url, ref.pid
+        for count in args.workers:
+            name = f"optigraph x{count}"
+            LABELS[name] = f"x{count}"
+            url, proc = stack.enter_context(optigraph_server(direct_url, workers=count))
+            urls[name], pids[name] = url, proc.pid
         print(f"sequential latency: {requests} requests per target, blocks of 100, interleaved ...", flush=True)
         lat = measure_latency(urls, requests=requests, block=min(100, requests), warmup=50 if args.quick else 200)
         print(
@@ -279,6 +301,8 @@ def main() -> int:
         f"optigraph/direct {ratio:.2f}  (target >= {TARGET_RATIO:.2f}: {'met' if ratio >= TARGET_RATIO else 'MISSED'})",
     )
     row("  ratio to direct", {n: rps[n] / rps["direct"] for n in names}, ".2f")
+    if "reference" in rps:
+        row("  ratio to reference", {n: rps[n] / rps["reference"] for n in names}, ".2f")
     row("CPU per request (ms)", cpu, ".3f", "of the process serving that target, under load")
     print("-" * (30 + 12 * len(names) + 40))
     for n in names:

@@ -68,6 +68,7 @@ SERVE_FLAGS = (
             "them), minimal (no namespaces, no Landlock); see docs/sandbox.md"
         ),
     ),
+    ("--workers", "workers", "server processes sharing the port and the database (default 1); docs/deploy.md"),
     ("--max-expression-chars", "max_expression_chars", "longest approach expression a request may send (default 512)"),
     (
         "--max-expression-nodes",
@@ -238,6 +239,12 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Every flag can also be set with OPTIGRAPH_<NAME> (e.g. OPTIGRAPH_BASE_URL).",
     )
+    serve.add_argument(
+        "--config",
+        default=os.environ.get("OPTIGRAPH_CONFIG"),
+        help="YAML file of settings (docs/configuration.md); flags and OPTIGRAPH_* variables override it "
+        "(default $OPTIGRAPH_CONFIG)",
+    )
     for flag, dest, help_ in SERVE_FLAGS:
         serve.add_argument(flag, dest=dest, default=None, help=help_)
     for flag, dest, help_ in REPEATED_SERVE_FLAGS:
@@ -267,6 +274,20 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_inspect_commands(sub)
     _add_access_commands(sub)
+    config = sub.add_parser("config", help="check a configuration file")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser(
+        "check",
+        help="validate a file and print the effective settings (secrets redacted)",
+        description="Validates FILE (errors name the line) and prints every setting as `optigraph serve "
+        "--config FILE` would use it, with the OPTIGRAPH_* variables of this shell applied, secrets redacted.",
+    )
+    check.add_argument("file", help="the YAML file")
+    sub.add_parser(
+        "doctor",
+        help="check the configuration, database, upstreams and sandbox, and say what each approach can do here",
+        description="Takes the same settings as `serve` (--config, OPTIGRAPH_* variables).",
+    ).add_argument("--config", default=os.environ.get("OPTIGRAPH_CONFIG"), help="YAML file of settings")
     return p
 
 
@@ -284,8 +305,6 @@ def serve(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGINT, _exit_cleanly)
     import uvicorn
 
-    from optigraph.api.app import create_app
-
     overrides = {
         dest: getattr(args, dest) for _, dest, _ in (*SERVE_FLAGS, *SERVE_SWITCHES) if getattr(args, dest) is not None
     }
@@ -295,7 +314,12 @@ def serve(args: argparse.Namespace) -> None:
         extra = serve_settings(args, os.environ, {**overrides, **repeated_overrides(args)})
     except ValueError as exc:
         _serve_error(str(exc))
-    settings = _settings(extra.settings)
+    settings = _settings(extra.settings, args.config)
+    if settings.workers > 1:  # before the app (and any metrics library) is imported
+        from optigraph.api.workers import prepare_multiprocess_metrics
+
+        prepare_multiprocess_metrics()
+    from optigraph.api.app import create_app  # imported before logging is set up: its imports log at info
     from optigraph.telemetry.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
@@ -334,6 +358,15 @@ def serve(args: argparse.Namespace) -> None:
         access_log=False,
         **({"log_config": None} if settings.log_format == "json" else {}),  # uvicorn's records: JSON too
     )
+    if settings.workers > 1:
+        from optigraph.api.workers import Supervisor, bind
+
+        try:
+            sock = bind(settings.host, settings.port)
+        except OSError as exc:
+            _serve_error(f"--port: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+        worker = lambda sock: Server(config, app=app, grace_s=settings.shutdown_grace_s).run(sockets=[sock])  # noqa: E731
+        raise SystemExit(Supervisor(sock, settings.workers, worker).run())
     Server(config, app=app, grace_s=settings.shutdown_grace_s).run()
 
 
@@ -345,12 +378,19 @@ def _serve_error(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def _settings(overrides: dict[str, str]) -> Settings:
-    """Settings from the flags and OPTIGRAPH_* variables; a bad value ends the command with one line."""
+def _settings(overrides: dict[str, object], config: str | None = None) -> Settings:
+    """Settings from the flags, OPTIGRAPH_* variables and the config file; a bad value ends the command
+    with one line."""
+    from pathlib import Path
+
     from pydantic import ValidationError
 
+    from optigraph.config_file import ConfigFileError, load_settings
+
     try:
-        return Settings(**overrides)
+        return load_settings(overrides, Path(config) if config else None).settings
+    except ConfigFileError as exc:
+        _serve_error(f"--config: {exc.message}")
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -420,6 +460,14 @@ def _main(argv: Sequence[str] | None) -> None:
         raise SystemExit(run_eval_command(args))
     elif args.command in ("runs", "approaches", "keys", "tenants"):
         raise SystemExit(_inspect_command(args))
+    elif args.command == "config":
+        from optigraph.config_file import check_command
+
+        raise SystemExit(check_command(args.file))
+    elif args.command == "doctor":
+        from optigraph.doctor import main as doctor
+
+        raise SystemExit(doctor(args.config))
 
 
 # ---- runs and approaches: inspecting what the server did -------------------------------------------

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
         default=None, description="Key sent upstream; without it the client's bearer token is forwarded"
     )
     approach: str = Field(default="none", description="Default approach expression")
+    workers: int = Field(default=1, ge=1, le=256, description="Server processes behind the one port (serve only)")
     db_url: str = Field(default_factory=default_db_url, description="sqlite:///path or postgresql://...")
     api_key: str | None = Field(default=None, description="When set, clients must send this bearer key")
     ui_session_ttl_s: int = Field(default=8 * 3600, ge=60, description="How long a web page login lasts, in seconds")

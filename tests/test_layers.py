@@ -16,6 +16,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "optigraph"
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "config": {"errors"},
+    "config_file": {"config", "errors"},  # the YAML settings file (serve --config, config check)
     "memory": {"config", "errors"},
     "sandbox": {"config", "errors"},
     "telemetry": {"config", "errors"},
@@ -29,7 +30,8 @@ ALLOWED: dict[str, set[str]] = {
     "api": {"engine"},
     "evals": {"api"},
     "optillm_compat": {"config"},  # OptILLM's flags and variables as settings
-    "cli": {"evals", "optillm_compat"},
+    "doctor": {"engine", "config_file"},  # `optigraph doctor`: probes the database, upstreams and sandbox
+    "cli": {"evals", "optillm_compat", "config_file", "doctor"},
     "__init__": {"engine"},  # the public authoring API, re-exported lazily,
     "__main__": {"cli"},
 }

@@ -146,6 +146,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None, tracer_p
         **({"secret": settings.ui_session_secret.encode()} if settings.ui_session_secret else {}),
     )
     install_error_handlers(app)
+    app.add_middleware(chat.ChatEndpoint)  # added first: the innermost, inside every other middleware
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog, metrics=telemetry.metrics, log_prompts=settings.log_prompts)
     app.include_router(chat.router)

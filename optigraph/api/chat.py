@@ -1,25 +1,39 @@
-"""POST /v1/chat/completions."""
+"""POST /v1/chat/completions.
+
+The route is declared on the FastAPI router (its OpenAPI entry, and a fallback), but requests reach
+`ChatEndpoint` first: a pure ASGI middleware, innermost of the app's middlewares (so the body limit,
+the access log and whatever an operator adds still wrap it), that serves the route directly. It
+answers exactly as the route would, without the router's matching, dependency solving and exception
+middleware: on a passthrough request that machinery cost more CPU than the proxying itself
+(docs/performance.md).
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from optigraph.api.access import Caller, caller
 from optigraph.api.access_log import note_run
 from optigraph.api.admission import Admission
 from optigraph.api.disconnect import unless_client_goes
-from optigraph.api.errors import ORJSONResponse
+from optigraph.api.errors import ORJSONResponse, error_body, error_headers
 from optigraph.api.scopes import CHAT, require, require_approaches
 from optigraph.engine.request import ChatCompletionRequest
 from optigraph.engine.runner import ChatResult, Prepared, run_usage
 from optigraph.errors import InvalidRequest, OptigraphError
 
 router = APIRouter(tags=["chat"])
+
+log = logging.getLogger("optigraph.api")
+
+PATH = "/v1/chat/completions"
 
 RUN_HEADER = "x-optigraph-run-id"
 TRACE_HEADER = "x-optigraph-trace-id"  # with tracing on: the run's trace (streamed answers carry no body id)
@@ -37,6 +51,11 @@ TRACE_HEADER = "x-optigraph-trace-id"  # with tracing on: the run's trace (strea
     responses={200: {"description": "An OpenAI chat.completion, or an SSE stream of chat.completion.chunk"}},
 )
 async def chat_completions(request: Request, who: Annotated[Caller, Depends(caller)]) -> Response:
+    return await _answer(request, who)
+
+
+async def _answer(request: Request, who: Caller) -> Response:
+    """The route's work, once the caller is known."""
     body = await read_json(request)
     prep = await prepare_for(request, who, body, "a chat completion")
     admission = await request.app.state.run_slots.admit(who.principal)
@@ -82,6 +101,32 @@ async def _run(request: Request, prep: Prepared, admission: Admission) -> Respon
         await admission.release()
     headers["x-optigraph-upstream-calls"] = str(result.response["optigraph"]["upstream_calls"])
     return Response(orjson.dumps(result.response), media_type="application/json", headers=headers)
+
+
+class ChatEndpoint:
+    """Serves POST /v1/chat/completions (see the module docstring); every other request goes on to `app`.
+
+    Errors are answered as the app's exception handlers answer them (api/errors.py): an
+    OptigraphError with its status and headers (`www-authenticate` on a 401), anything else logged and a 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            response = await _answer(request, await caller(request))
+        except OptigraphError as exc:
+            response = ORJSONResponse(exc.body(), status_code=exc.status, headers=error_headers(request, exc))
+        except Exception as exc:
+            log.exception("unexpected error", exc_info=exc)
+            response = ORJSONResponse(
+                error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500
+            )
+        await response(scope, receive, send)
 
 
 SSE_HEADERS = {"cache-control": "no-cache"}

@@ -3,6 +3,7 @@ upstream. 503 when the database is unusable (runs could not be stored); the body
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -29,6 +30,7 @@ EXAMPLE = {
     },
     "local_model": "unused",
     "local_models": [],
+    "pid": 4242,
 }
 
 
@@ -67,5 +69,6 @@ async def health(request: Request) -> Response:
         "backends": backends,
         "local_model": local,
         "local_models": getattr(state, "local_models", list)(),
+        "pid": os.getpid(),  # which worker process answered (serve --workers)
     }
     return ORJSONResponse(body, status_code=503 if db_error is not None else 200)

@@ -43,7 +43,7 @@ from optigraph.core.spec import PluginSpec
 from optigraph.core.streaming import StreamEvent, StreamSink
 from optigraph.core.usage import Usage, add_usage, empty_usage, openai_usage
 from optigraph.engine.compiler import CompiledExpression, Compiler
-from optigraph.engine.expression import Plugin, check_size, parse, validate
+from optigraph.engine.expression import Approach, Node, Plugin, check_size, parse, validate
 from optigraph.engine.expression import names as expression_names
 from optigraph.engine.registry import Registry
 from optigraph.engine.request import background_requested, check_request, forwarded_fields
@@ -106,6 +106,9 @@ class ChatResult:
 
 # Whether a backend/model honours `n` is learned per model name, which clients choose: bounded.
 N_SUPPORT_CACHE_SIZE = 1024
+# Parsed expressions by text (clients choose the texts: bounded); a parse is pure, so it is done once.
+PARSED_CACHE_SIZE = 1024
+PASSTHROUGH = Approach("none")
 
 
 def run_usage(prep: Prepared) -> Usage:
@@ -140,6 +143,7 @@ class Runner:
         self.store = store
         self.telemetry = telemetry  # metrics and traces (recorded where runs start and end, and per call)
         self.n_support: LRUCache[str, bool] = LRUCache(N_SUPPORT_CACHE_SIZE)
+        self._parsed: LRUCache[str, Node] = LRUCache(PARSED_CACHE_SIZE)
         self.owner = uuid.uuid4().hex  # this runner's name on the leases it takes (engine/resume.py)
         self.live: dict[asyncio.Task[Any], Prepared] = {}  # the runs executing now, by the task running each
 
@@ -173,7 +177,7 @@ class Runner:
         check_request(body, max_n=self.settings.max_n, max_tokens=self.settings.max_tokens_limit)
         limits = self.compiler.limits
         sel = select(body, known=self.registry.names(), default=self.settings.approach, limits=limits)
-        ast = parse(sel.expression)
+        ast = self.parse(sel.expression)
         validate(ast, self.registry.names())
         check_size(ast, limits, n=int(body.get("n") or self.settings.default_n), param=SOURCE_PARAMS[sel.source])
         model = sel.model or self.settings.default_model
@@ -195,7 +199,7 @@ class Runner:
             proxied="proxy" in expression_names(ast),
         )
         backend, upstream_model = llm.backend, llm.model
-        passthrough = ast == parse("none")
+        passthrough = ast == PASSTHROUGH
         compiled = None if passthrough else await self.compiler.compile_async(ast)
         edge, private = self.edge_plugin(compiled), {}
         if edge is not None and edge.admit is not None:  # before anything of the run is stored
@@ -264,6 +268,13 @@ class Runner:
         if prep.edge is None or prep.edge.release is None or not prep.private:
             return answers
         return prep.edge.release(answers, prep.private, self.settings)
+
+    def parse(self, text: str) -> Node:
+        """`expression.parse`, remembered (a text that does not parse raises each time)."""
+        ast = self._parsed.get(text)
+        if ast is None:
+            ast = self._parsed[text] = parse(text)
+        return ast
 
     def _served_fields(self, compiled: CompiledExpression | None) -> frozenset[str]:
         """The request fields the plugins of `compiled` honour themselves."""

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import event, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -110,6 +110,17 @@ def open_database(db_url: str, **kwargs: Any) -> AsyncEngine:
         return db
     kwargs.setdefault("pool_pre_ping", True)
     return create_async_engine(async_url(db_url), **kwargs)
+
+
+def sqlite_file_engine(db: AsyncEngine) -> Engine | None:
+    """A blocking engine on the SQLite file of `db` (same pragmas and JSON encoding), for work done in
+    one worker-thread call; None when `db` is not a SQLite file (PostgreSQL, an in-memory database)."""
+    url = db.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    engine = create_engine(url.set(drivername="sqlite"), json_serializer=json_dumps, json_deserializer=orjson.loads)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
 
 
 async def check_database(db: AsyncEngine, db_url: str, *, timeout_s: float = CHECK_TIMEOUT_S) -> str | None:
