@@ -344,7 +344,7 @@ def serve(args: argparse.Namespace) -> None:
     except ListedApproachError as exc:
         _serve_error(str(exc))
     except InvalidRequest as exc:  # server-wide approach parameters (--approach-params, OptILLM's flags)
-        _serve_error(f"approach parameters: {exc.message}")
+        _serve_error(f"approach parameters (approach_params): {exc.message}")
     from optigraph.api.server import Server
 
     # One access-log line per request comes from optigraph.api.access_log; uvicorn's own is off.
