@@ -94,6 +94,17 @@ SERVE_FLAGS = (
             "each attempt with its own timeouts (default 2)"
         ),
     ),
+    (
+        "--breaker-failures",
+        "breaker_failures",
+        "consecutive failed calls (no answer, or a 5xx) after which an upstream's circuit breaker opens "
+        "and its calls get a 503 at once; 0 turns it off (default 5)",
+    ),
+    (
+        "--breaker-cooldown",
+        "breaker_cooldown_s",
+        "seconds an open circuit breaker waits before one probe call may go to the upstream (default 30)",
+    ),
     ("--max-n", "max_n", "most choices (n) one request may ask for (default 16)"),
     (
         "--model-list-approaches",

@@ -11,7 +11,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from optigraph.api.auth import upstream_key
 from optigraph.api.disconnect import unless_client_goes
-from optigraph.api.errors import ORJSONResponse
+from optigraph.api.errors import error_response
 from optigraph.engine.request import ChatCompletionRequest
 from optigraph.engine.runner import ChatResult, Prepared, run_usage
 from optigraph.errors import InvalidRequest, OptigraphError
@@ -40,14 +40,14 @@ async def chat_completions(request: Request, key: str | None = Depends(upstream_
         try:  # wait for the first chunk, so that a failure before it gets its own status
             chunks = await open_stream(request, prep)
         except OptigraphError as exc:
-            return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+            return error_response(exc, headers)
         # Once streaming, Starlette notices a client that goes and closes `chunks`, which cancels the run.
         return StreamingResponse(chunks, media_type="text/event-stream", headers={**headers, **SSE_HEADERS})
     try:
         result = await run_to_answer(request, prep)
     except OptigraphError as exc:  # the run exists (stored as failed, cancelled or interrupted): say which it was
         headers["x-optigraph-upstream-calls"] = str(run_usage(prep)["calls"])
-        return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        return error_response(exc, headers)
     headers["x-optigraph-upstream-calls"] = str(result.response["optigraph"]["upstream_calls"])
     return Response(orjson.dumps(result.response), media_type="application/json", headers=headers)
 

@@ -18,7 +18,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from optigraph.api.auth import upstream_key
 from optigraph.api.chat import SSE_HEADERS, read_json
-from optigraph.api.errors import ORJSONResponse
+from optigraph.api.errors import error_response
 from optigraph.backends.openai_http import OpenAIHTTPBackend
 from optigraph.errors import InvalidRequest, OptigraphError
 
@@ -92,7 +92,7 @@ async def _relay(events: AsyncIterator[Any]) -> Response:
     try:
         first = await anext(events)
     except OptigraphError as exc:
-        return ORJSONResponse(exc.body(), status_code=exc.status)
+        return error_response(exc)
     except StopAsyncIteration:
         first = None
     return StreamingResponse(_sse(first, events), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import orjson
 from fastapi import FastAPI, Request
@@ -10,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from optigraph.errors import OptigraphError
+from optigraph.errors import OptigraphError, UpstreamUnavailable
 
 log = logging.getLogger("optigraph.api")
 
@@ -24,11 +25,21 @@ def error_body(message: str, type_: str, *, param: str | None = None, code: str 
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def error_response(exc: OptigraphError, headers: dict[str, str] | None = None) -> ORJSONResponse:
+    """The error's OpenAI-style body with its status, `headers` and the headers the error itself
+    calls for: `WWW-Authenticate` on a 401, `Retry-After` (whole seconds) when the upstream is unavailable."""
+    extra = dict(headers or {})
+    if exc.status == 401:
+        extra["www-authenticate"] = "Bearer"
+    if isinstance(exc, UpstreamUnavailable):
+        extra["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
+    return ORJSONResponse(exc.body(), status_code=exc.status, headers=extra or None)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OptigraphError)
     async def optigraph_error(_: Request, exc: OptigraphError) -> ORJSONResponse:
-        headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
-        return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:

@@ -17,7 +17,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from optigraph.api.auth import upstream_key
 from optigraph.api.chat import RUN_HEADER, SSE_HEADERS, open_stream, read_json, run_to_answer
-from optigraph.api.errors import ORJSONResponse
+from optigraph.api.errors import error_response
 from optigraph.api.responses_input import ResponsesRequest, chat_body, check_responses_request
 from optigraph.api.responses_output import RESPONSES_KEY, conversation_of, from_chat, from_run, run_id_of
 from optigraph.api.responses_stream import ResponseEvents
@@ -60,7 +60,7 @@ async def create_response(request: Request, key: str | None = Depends(upstream_k
         try:
             chunks = await open_stream(request, prep)
         except OptigraphError as exc:
-            return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+            return error_response(exc, headers)
         events = ResponseEvents(body, run_id=prep.run_id, model=prep.model)
         return StreamingResponse(
             events.translate(chunks), media_type="text/event-stream", headers={**headers, **SSE_HEADERS}
@@ -69,7 +69,7 @@ async def create_response(request: Request, key: str | None = Depends(upstream_k
         result = await run_to_answer(request, prep)
     except OptigraphError as exc:
         headers["x-optigraph-upstream-calls"] = str(run_usage(prep)["calls"])
-        return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        return error_response(exc, headers)
     headers["x-optigraph-upstream-calls"] = str(result.response["optigraph"]["upstream_calls"])
     return Response(
         orjson.dumps(from_chat(body, result.response, prep.run_id)), media_type="application/json", headers=headers

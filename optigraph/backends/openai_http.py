@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from optigraph.backends.breaker import CircuitBreaker
 from optigraph.backends.health import CallOutcomes
 from optigraph.core.backend import Capabilities
 from optigraph.errors import UpstreamError, UpstreamInvalidResponse, UpstreamTimeout
@@ -103,6 +104,7 @@ class OpenAIHTTPBackend:
         n_sampling: bool | None = None,
         ssl_verify: bool = True,
         ssl_cert_path: str | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.name = name  # recorded with every call: "openai", or "openai:<upstream name>"
         self._n_sampling = n_sampling  # an operator's statement that the upstream does (not) honour n
@@ -116,6 +118,7 @@ class OpenAIHTTPBackend:
             total=total_timeout_s, sock_connect=connect_timeout_s, sock_read=read_timeout_s
         )
         self.outcomes = CallOutcomes()
+        self.breaker = breaker  # None: every call goes out (a proxy's providers have their own cooldown)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -157,13 +160,44 @@ class OpenAIHTTPBackend:
         return UpstreamTimeout(f"upstream timed out {what}: the attempt took over {self.total_timeout_s:g} s")
 
     async def complete(self, body: dict[str, Any], *, api_key: str | None = None) -> dict[str, Any]:
+        self._before_call()
         try:
             data = await self._complete(body, api_key)
         except UpstreamError as exc:
-            self.outcomes.failed(exc)
+            self._failed(exc)
             raise
-        self.outcomes.succeeded()
+        except BaseException:
+            self._abandoned()
+            raise
+        self._succeeded()
         return data
+
+    # ---- the call's outcome: health for /health, and the circuit breaker --------------------------
+
+    def _before_call(self) -> None:
+        if self.breaker is not None:
+            self.breaker.before_call()
+
+    def _succeeded(self) -> None:
+        self.outcomes.succeeded()
+        if self.breaker is not None:
+            self.breaker.succeeded()
+
+    def _failed(self, exc: UpstreamError) -> None:
+        self.outcomes.failed(exc)
+        if self.breaker is not None:
+            self.breaker.failed(exc)
+
+    def _abandoned(self) -> None:
+        if self.breaker is not None:
+            self.breaker.abandoned()
+
+    def report(self) -> dict[str, Any]:
+        """What recent calls saw, and the circuit breaker's state, for /health."""
+        out = self.outcomes.report()
+        if self.breaker is not None:
+            out["breaker"] = self.breaker.report()
+        return out
 
     async def _complete(self, body: dict[str, Any], api_key: str | None) -> dict[str, Any]:
         data = await self._post("/chat/completions", body, api_key)
@@ -174,12 +208,16 @@ class OpenAIHTTPBackend:
 
     async def post_json(self, path: str, body: dict[str, Any], *, api_key: str | None = None) -> Any:
         """POST `body` to another route of the upstream (`/completions`, `/embeddings`): its JSON answer."""
+        self._before_call()
         try:
             data = await self._post(path, body, api_key)
         except UpstreamError as exc:
-            self.outcomes.failed(exc)
+            self._failed(exc)
             raise
-        self.outcomes.succeeded()
+        except BaseException:
+            self._abandoned()
+            raise
+        self._succeeded()
         return data
 
     async def _post(self, path: str, body: dict[str, Any], api_key: str | None) -> Any:
@@ -204,26 +242,34 @@ class OpenAIHTTPBackend:
             raise UpstreamInvalidResponse("upstream returned a body that is not JSON", retryable=True) from None
 
     async def stream(self, body: dict[str, Any], *, api_key: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        self._before_call()
         try:
             async for chunk in self._stream(body, api_key):
                 yield chunk
         except UpstreamError as exc:
-            self.outcomes.failed(exc)
+            self._failed(exc)
             raise
-        self.outcomes.succeeded()
+        except BaseException:  # cancelled, or the reader stopped early
+            self._abandoned()
+            raise
+        self._succeeded()
 
     def _stream(self, body: dict[str, Any], api_key: str | None) -> AsyncIterator[dict[str, Any]]:
         return self._events("/chat/completions", body, api_key)
 
     async def stream_json(self, path: str, body: dict[str, Any], *, api_key: str | None = None) -> AsyncIterator[Any]:
         """The streamed JSON events of another route of the upstream (`/completions` with stream)."""
+        self._before_call()
         try:
             async for event in self._events(path, body, api_key):
                 yield event
         except UpstreamError as exc:
-            self.outcomes.failed(exc)
+            self._failed(exc)
             raise
-        self.outcomes.succeeded()
+        except BaseException:  # cancelled, or the reader stopped early
+            self._abandoned()
+            raise
+        self._succeeded()
 
     async def _events(self, path: str, body: dict[str, Any], api_key: str | None) -> AsyncIterator[Any]:
         body = {**body, "stream": True}
