@@ -14,7 +14,7 @@ from optigraph import __version__
 from optigraph.api import approaches, chat, completions, docs, health, models, responses, runs, ui
 from optigraph.api.access_log import AccessLog
 from optigraph.api.auth import UISessions
-from optigraph.api.errors import install_error_handlers
+from optigraph.api.errors import document_errors, install_error_handlers
 from optigraph.api.limits import BodyLimit
 from optigraph.backends.router import Backends
 from optigraph.config import Settings
@@ -164,6 +164,7 @@ def _document_request_schema(app: FastAPI) -> None:
         ):
             components.update(defs)
             components[name] = schema
+        document_errors(spec)
         return spec
 
     app.openapi = openapi  # type: ignore[method-assign]
