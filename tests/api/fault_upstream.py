@@ -72,7 +72,9 @@ class FaultUpstream:
         finally:
             writer.close()
 
-    async def _answer(self, request: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _answer(
+        self, request: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         """Answers one request; False when the connection is to be closed."""
         text = _last_user(request)
         self.seen.append(text)
@@ -122,9 +124,7 @@ class FaultUpstream:
 
 def _head(status: int, content_type: str, length: int) -> bytes:
     reason = {200: "OK", 429: "Too Many Requests", 500: "Internal Server Error"}[status]
-    return (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {length}\r\n\r\n"
-    ).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {length}\r\n\r\n").encode()
 
 
 async def _read_request(reader: asyncio.StreamReader) -> dict[str, Any] | None:

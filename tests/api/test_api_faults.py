@@ -30,15 +30,18 @@ FAULTS = {
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, FaultUpstream]]:
     db = tmp_path_factory.mktemp("faults") / "o.db"
-    with FaultUpstream() as up, start_stack(
-        db,
-        base_url=up.url + "/v1",
-        default_model="fake-model",
-        upstream_retries=1,
-        upstream_total_timeout_s=1.0,  # how long a hung attempt lasts (nothing measures it)
-        upstream_read_timeout_s=1.0,
-        breaker_failures=0,  # the table shows each fault alone; the breaker has its own test below
-    ) as stack:
+    with (
+        FaultUpstream() as up,
+        start_stack(
+            db,
+            base_url=up.url + "/v1",
+            default_model="fake-model",
+            upstream_retries=1,
+            upstream_total_timeout_s=1.0,  # how long a hung attempt lasts (nothing measures it)
+            upstream_read_timeout_s=1.0,
+            breaker_failures=0,  # the table shows each fault alone; the breaker has its own test below
+        ) as stack,
+    ):
         yield stack, up
 
 
@@ -91,14 +94,17 @@ class Clock:
 
 def test_the_breaker_opens_answers_503_with_retry_after_and_closes_after_a_probe(tmp_path: Path) -> None:
     clock = Clock()
-    with FaultUpstream() as up, start_stack(
-        tmp_path / "o.db",
-        base_url=up.url + "/v1",
-        default_model="fake-model",
-        upstream_retries=0,
-        breaker_failures=2,
-        breaker_cooldown_s=30,
-    ) as stack:
+    with (
+        FaultUpstream() as up,
+        start_stack(
+            tmp_path / "o.db",
+            base_url=up.url + "/v1",
+            default_model="fake-model",
+            upstream_retries=0,
+            breaker_failures=2,
+            breaker_cooldown_s=30,
+        ) as stack,
+    ):
         stack.server.server.config.app.state.backends.http.breaker.clock = clock
         for _ in range(2):
             assert post(stack, "500 boom", stream=False)[0] == 502
