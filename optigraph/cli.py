@@ -207,7 +207,9 @@ def serve_limits() -> str:
         f"{d['upstream_read_timeout_s']:g} s between streamed bytes and\n"
         f"  {d['upstream_total_timeout_s']:g} s in all; an attempt that failed in a way safe to retry is retried "
         f"{d['upstream_retries']} times with\n  backoff, so a call to an upstream that hangs gives up after at most "
-        "(retries + 1) x the total\n  timeout."
+        "(retries + 1) x the total\n  timeout. "
+        f"After {d['breaker_failures']} consecutive failed calls an upstream's circuit breaker opens: its calls get "
+        f"a 503\n  at once until one probe, {d['breaker_cooldown_s']:g} s later, succeeds."
     )
 
 
