@@ -16,6 +16,8 @@ from upstream import HTTPFailure, ServerThread, UpstreamLog, make_app  # noqa: E
 
 from optigraph.backends.breaker import CircuitBreaker  # noqa: E402
 from optigraph.backends.openai_http import OpenAIHTTPBackend  # noqa: E402
+from optigraph.backends.router import Backends  # noqa: E402
+from optigraph.config import Settings, UpstreamSettings  # noqa: E402
 from optigraph.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable  # noqa: E402
 
 
@@ -148,3 +150,22 @@ async def test_the_http_client_stops_calling_a_failing_upstream_until_the_probe(
             assert client.report()["breaker"]["state"] == "closed" and len(log.bodies) == 3
         finally:
             await client.aclose()
+
+
+def test_each_upstream_of_a_server_has_its_own_breaker() -> None:
+    settings = Settings(
+        base_url="http://127.0.0.1:9/v1",
+        upstreams={"second": UpstreamSettings(url="http://127.0.0.1:9/v1")},
+        breaker_failures=3,
+        breaker_cooldown_s=12,
+    )
+    backends = Backends(settings)
+    main, second = backends.http, backends.named["second"]
+    assert main is not None and main.breaker is not None and second.breaker is not None
+    assert main.breaker is not second.breaker
+    assert (second.breaker.failures, second.breaker.cooldown_s, second.breaker.name) == (3, 12, "openai:second")
+    for _ in range(3):
+        main.breaker.failed(server_error())
+    health = backends.health()
+    assert health["openai"]["breaker"]["state"] == "open"
+    assert health["openai:second"]["breaker"]["state"] == "closed"
