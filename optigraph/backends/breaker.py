@@ -1,8 +1,10 @@
 """A circuit breaker per upstream: after `failures` consecutive failed calls the upstream is not
 called for `cooldown_s`; then one call goes through as a probe (half-open). The probe's success
 closes the breaker; its failure opens it for another cool-down. While open (and while the probe is
-in flight), calls fail at once with UpstreamUnavailable (503, `Retry-After`), so a dead upstream costs
-clients no timeouts and the upstream no load while it recovers.
+out), calls fail at once with UpstreamUnavailable (503, `Retry-After`), so a dead upstream costs
+clients no timeouts and the upstream no load while it recovers. A probe that has reported nothing
+within a cool-down (cancelled with its run, or still waiting on a slow upstream) no longer holds the
+others back: the next call is another probe.
 
 Only failures that say the upstream is unwell count: no answer (connection refused or dropped, a
 timeout) or a 5xx. A 4xx (429 included) is an answer from a working upstream and counts as a
@@ -38,9 +40,10 @@ class CircuitBreaker:
     clock: Callable[[], float] = time.monotonic
     consecutive: int = 0
     opened_at: float | None = None  # when it last opened; None while closed
-    probing: bool = False  # the half-open probe is in flight
+    probing: bool = False  # a half-open probe is out
+    probe_started: float = 0.0
     opens: int = 0  # how many times it opened
-    rejected: int = 0  # calls refused while open
+    rejected: int = 0  # calls refused
 
     @property
     def state(self) -> State:
@@ -54,17 +57,22 @@ class CircuitBreaker:
         """Seconds until a probe may go (0 when it may go now)."""
         if self.opened_at is None:
             return 0.0
-        return max(0.0, self.opened_at + self.cooldown_s - self.clock())
+        now = self.clock()
+        wait = self.opened_at + self.cooldown_s - now
+        if wait <= 0 and self.probing:  # a probe is out: its outcome, or the next probe, within a cool-down
+            wait = self.probe_started + self.cooldown_s - now
+        return max(0.0, wait)
 
     def before_call(self) -> None:
         """Lets a call through, or raises UpstreamUnavailable while open or while the probe is out."""
         if self.failures <= 0 or self.opened_at is None:
             return
-        if self.state == "half_open" and not self.probing:
+        if self.state == "half_open" and self.retry_after_s() <= 0:
             self.probing = True  # this call is the probe; the others wait for its outcome
+            self.probe_started = self.clock()
             return
         self.rejected += 1
-        wait = self.retry_after_s() or self.cooldown_s  # a probe is out: its outcome is known within a cool-down
+        wait = self.retry_after_s()
         raise UpstreamUnavailable(
             f"upstream {self.name} is unavailable: its circuit breaker is open after {self.consecutive} "
             f"consecutive failures; retry in {math.ceil(wait)} s",
@@ -87,10 +95,6 @@ class CircuitBreaker:
                 self.opens += 1
             self.opened_at = self.clock()
             self.probing = False
-
-    def abandoned(self) -> None:
-        """A call let through ended without an outcome (cancelled): a probe may go again."""
-        self.probing = False
 
     def report(self) -> dict[str, Any]:
         """The breaker's state, for /health."""

@@ -117,8 +117,10 @@ class OpenAIHTTPBackend:
         self._stream_timeout = aiohttp.ClientTimeout(
             total=total_timeout_s, sock_connect=connect_timeout_s, sock_read=read_timeout_s
         )
-        self.outcomes = CallOutcomes()
-        self.breaker = breaker  # None: every call goes out (a proxy's providers have their own cooldown)
+        # Calls' outcomes, for /health and the circuit breaker (None: every call goes out; a proxy's
+        # providers have their own cooldown instead).
+        self.breaker = breaker
+        self.outcomes = CallOutcomes(breaker=breaker)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -160,44 +162,13 @@ class OpenAIHTTPBackend:
         return UpstreamTimeout(f"upstream timed out {what}: the attempt took over {self.total_timeout_s:g} s")
 
     async def complete(self, body: dict[str, Any], *, api_key: str | None = None) -> dict[str, Any]:
-        self._before_call()
         try:
             data = await self._complete(body, api_key)
         except UpstreamError as exc:
-            self._failed(exc)
+            self.outcomes.failed(exc)
             raise
-        except BaseException:
-            self._abandoned()
-            raise
-        self._succeeded()
-        return data
-
-    # ---- the call's outcome: health for /health, and the circuit breaker --------------------------
-
-    def _before_call(self) -> None:
-        if self.breaker is not None:
-            self.breaker.before_call()
-
-    def _succeeded(self) -> None:
         self.outcomes.succeeded()
-        if self.breaker is not None:
-            self.breaker.succeeded()
-
-    def _failed(self, exc: UpstreamError) -> None:
-        self.outcomes.failed(exc)
-        if self.breaker is not None:
-            self.breaker.failed(exc)
-
-    def _abandoned(self) -> None:
-        if self.breaker is not None:
-            self.breaker.abandoned()
-
-    def report(self) -> dict[str, Any]:
-        """What recent calls saw, and the circuit breaker's state, for /health."""
-        out = self.outcomes.report()
-        if self.breaker is not None:
-            out["breaker"] = self.breaker.report()
-        return out
+        return data
 
     async def _complete(self, body: dict[str, Any], api_key: str | None) -> dict[str, Any]:
         data = await self._post("/chat/completions", body, api_key)
@@ -208,19 +179,16 @@ class OpenAIHTTPBackend:
 
     async def post_json(self, path: str, body: dict[str, Any], *, api_key: str | None = None) -> Any:
         """POST `body` to another route of the upstream (`/completions`, `/embeddings`): its JSON answer."""
-        self._before_call()
         try:
             data = await self._post(path, body, api_key)
         except UpstreamError as exc:
-            self._failed(exc)
+            self.outcomes.failed(exc)
             raise
-        except BaseException:
-            self._abandoned()
-            raise
-        self._succeeded()
+        self.outcomes.succeeded()
         return data
 
     async def _post(self, path: str, body: dict[str, Any], api_key: str | None) -> Any:
+        self.outcomes.before_call()  # an open breaker refuses the call before anything is sent
         try:
             async with self._client().post(
                 f"{self.base_url}{path}",
@@ -242,37 +210,30 @@ class OpenAIHTTPBackend:
             raise UpstreamInvalidResponse("upstream returned a body that is not JSON", retryable=True) from None
 
     async def stream(self, body: dict[str, Any], *, api_key: str | None = None) -> AsyncIterator[dict[str, Any]]:
-        self._before_call()
         try:
             async for chunk in self._stream(body, api_key):
                 yield chunk
         except UpstreamError as exc:
-            self._failed(exc)
+            self.outcomes.failed(exc)
             raise
-        except BaseException:  # cancelled, or the reader stopped early
-            self._abandoned()
-            raise
-        self._succeeded()
+        self.outcomes.succeeded()
 
     def _stream(self, body: dict[str, Any], api_key: str | None) -> AsyncIterator[dict[str, Any]]:
         return self._events("/chat/completions", body, api_key)
 
     async def stream_json(self, path: str, body: dict[str, Any], *, api_key: str | None = None) -> AsyncIterator[Any]:
         """The streamed JSON events of another route of the upstream (`/completions` with stream)."""
-        self._before_call()
         try:
             async for event in self._events(path, body, api_key):
                 yield event
         except UpstreamError as exc:
-            self._failed(exc)
+            self.outcomes.failed(exc)
             raise
-        except BaseException:  # cancelled, or the reader stopped early
-            self._abandoned()
-            raise
-        self._succeeded()
+        self.outcomes.succeeded()
 
     async def _events(self, path: str, body: dict[str, Any], api_key: str | None) -> AsyncIterator[Any]:
         body = {**body, "stream": True}
+        self.outcomes.before_call()
         try:
             async with self._client().post(
                 f"{self.base_url}{path}",

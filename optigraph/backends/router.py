@@ -154,9 +154,9 @@ class Backends:
         """What each configured remote backend's recent calls saw (`reachable`, last success and error)."""
         out: dict[str, Any] = {}
         if self.http is not None:
-            out["openai"] = {"base_url": self.http.base_url, **self.http.report()}
+            out["openai"] = {"base_url": self.http.base_url, **self.http.outcomes.report()}
         for name, backend in self.named.items():
-            out[f"openai:{name}"] = {"base_url": backend.base_url, **backend.report()}
+            out[f"openai:{name}"] = {"base_url": backend.base_url, **backend.outcomes.report()}
         if self.proxy is not None:
             out.update(self.proxy.report())
         if self.litellm.outcomes.reachable is not None or self.upstream is None:  # used, or usable (no base URL)

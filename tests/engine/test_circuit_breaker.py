@@ -98,14 +98,19 @@ def test_a_failed_probe_opens_it_for_another_cooldown() -> None:
         b.before_call()
 
 
-def test_an_abandoned_probe_lets_another_go() -> None:
+def test_a_probe_that_never_reports_lets_another_go_after_a_cooldown() -> None:
     clock = Clock()
     b = CircuitBreaker("up", failures=1, cooldown_s=5, clock=clock)
     b.failed(server_error())
     clock.now += 5
-    b.before_call()
-    b.abandoned()  # cancelled: no outcome
-    b.before_call()
+    b.before_call()  # the probe, then nothing: its run was cancelled
+    clock.now += 2
+    with pytest.raises(UpstreamUnavailable) as err:
+        b.before_call()
+    assert err.value.retry_after_s == 3
+    clock.now += 3
+    b.before_call()  # another probe
+    assert b.probing and b.rejected == 1
 
 
 def test_zero_failures_turns_it_off() -> None:
@@ -140,14 +145,14 @@ async def test_the_http_client_stops_calling_a_failing_upstream_until_the_probe(
                 async for _ in client.stream(body):
                     pass
             assert len(log.bodies) == 2  # the refused calls never reached the upstream
-            assert client.report()["breaker"]["state"] == "open"
-            assert client.report()["reachable"] is False
+            assert client.outcomes.report()["breaker"]["state"] == "open"
+            assert client.outcomes.report()["reachable"] is False
 
             healthy["ok"] = True
             clock.now += 30
             data = await client.complete(body)  # the probe
             assert data["choices"][0]["message"]["content"] == "fine"
-            assert client.report()["breaker"]["state"] == "closed" and len(log.bodies) == 3
+            assert client.outcomes.report()["breaker"]["state"] == "closed" and len(log.bodies) == 3
         finally:
             await client.aclose()
 
