@@ -1,7 +1,8 @@
 """The circuit breaker on a controllable clock: it opens after N consecutive failures (no answer or a
 5xx; a 4xx is an answer), refuses calls at once while open, lets one probe through after the
 cool-down, closes on the probe's success and opens again on its failure. Then the same through a real
-HTTP client in front of a real loopback upstream."""
+HTTP client in front of a real loopback upstream, one breaker per upstream of a server, and the
+jittered backoff between retries."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from optigraph.backends.breaker import CircuitBreaker  # noqa: E402
 from optigraph.backends.openai_http import OpenAIHTTPBackend  # noqa: E402
 from optigraph.backends.router import Backends  # noqa: E402
 from optigraph.config import Settings, UpstreamSettings  # noqa: E402
+from optigraph.core.llm import LLM  # noqa: E402
 from optigraph.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable  # noqa: E402
 
 
@@ -174,3 +176,11 @@ def test_each_upstream_of_a_server_has_its_own_breaker() -> None:
     health = backends.health()
     assert health["openai"]["breaker"]["state"] == "open"
     assert health["openai:second"]["breaker"]["state"] == "closed"
+
+
+def test_retry_backoff_is_jittered_within_half_and_all_of_its_step() -> None:
+    llm = LLM(backend=OpenAIHTTPBackend("http://127.0.0.1:9/v1"), model="m", run_id="r", recorder=None)  # type: ignore[arg-type]
+    for attempt, step in ((1, 0.2), (2, 0.4), (3, 0.8)):
+        waits = {llm._backoff_s(attempt) for _ in range(200)}
+        assert all(step / 2 <= w <= step for w in waits)
+        assert len(waits) > 100  # spread out, not one value for every client
