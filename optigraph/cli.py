@@ -100,6 +100,17 @@ SERVE_FLAGS = (
             "each attempt with its own timeouts (default 2)"
         ),
     ),
+    (
+        "--breaker-failures",
+        "breaker_failures",
+        "consecutive failed calls (no answer, or a 5xx) after which an upstream's circuit breaker opens "
+        "and its calls get a 503 at once; 0 turns it off (default 5)",
+    ),
+    (
+        "--breaker-cooldown",
+        "breaker_cooldown_s",
+        "seconds an open circuit breaker waits before one probe call may go to the upstream (default 30)",
+    ),
     ("--max-n", "max_n", "most choices (n) one request may ask for (default 16)"),
     (
         "--model-list-approaches",
@@ -222,7 +233,9 @@ def serve_limits() -> str:
         f"{d['upstream_read_timeout_s']:g} s between streamed bytes and\n"
         f"  {d['upstream_total_timeout_s']:g} s in all; an attempt that failed in a way safe to retry is retried "
         f"{d['upstream_retries']} times with\n  backoff, so a call to an upstream that hangs gives up after at most "
-        "(retries + 1) x the total\n  timeout."
+        "(retries + 1) x the total\n  timeout. "
+        f"After {d['breaker_failures']} consecutive failed calls an upstream's circuit breaker opens: its calls get "
+        f"a 503\n  at once until one probe, {d['breaker_cooldown_s']:g} s later, succeeds."
     )
 
 

@@ -136,6 +136,15 @@ class Settings(BaseSettings):
         description="Retries of a failed upstream call that is safe to retry (timeouts, "
         "connection errors, 408/409/429/5xx); each attempt has its own timeouts",
     )
+    breaker_failures: int = Field(
+        default=5,
+        ge=0,
+        description="Consecutive failed calls (no answer, or a 5xx) after which an upstream's circuit "
+        "breaker opens: calls to it then fail at once with a 503 until a probe succeeds (0: no breaker)",
+    )
+    breaker_cooldown_s: float = Field(
+        default=30.0, gt=0, description="Seconds an open circuit breaker waits before letting one probe call through"
+    )
     max_n: int = Field(default=16, description="Most choices (`n`) one request may ask for")
     max_tokens_limit: int = Field(default=131072, description="Largest max_tokens / max_completion_tokens accepted")
     max_expression_chars: int = Field(default=512, ge=1, description="Longest approach expression a request may send")

@@ -121,6 +121,18 @@ class UpstreamTimeout(UpstreamError):
         super().__init__(message, retryable=True)
 
 
+class UpstreamUnavailable(UpstreamError):
+    """The upstream's circuit breaker is open (503): recent calls failed, so none is sent until the
+    cool-down ends; `retry_after_s` is when a probe may go (sent as `Retry-After`)."""
+
+    status = 503
+    code = "upstream_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class BudgetExceeded(OptigraphError):
     """A run hit its per-request cap on upstream calls or tokens."""
 

@@ -16,7 +16,7 @@ from optigraph.api.access import Access
 from optigraph.api.access_log import AccessLog
 from optigraph.api.admission import RunSlots
 from optigraph.api.auth import UISessions
-from optigraph.api.errors import install_error_handlers
+from optigraph.api.errors import document_errors, install_error_handlers
 from optigraph.api.limits import BodyLimit
 from optigraph.api.retention import RetentionTask
 from optigraph.backends.router import Backends
@@ -211,6 +211,7 @@ def _document_request_schema(app: FastAPI) -> None:
         ):
             components.update(defs)
             components[name] = schema
+        document_errors(spec)
         return spec
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -23,7 +23,7 @@ from optigraph.api.access import Caller, caller
 from optigraph.api.access_log import note_run
 from optigraph.api.admission import Admission
 from optigraph.api.disconnect import unless_client_goes
-from optigraph.api.errors import ORJSONResponse, error_body, error_headers
+from optigraph.api.errors import ORJSONResponse, error_body, error_response
 from optigraph.api.scopes import CHAT, require, require_approaches
 from optigraph.engine.request import ChatCompletionRequest
 from optigraph.engine.runner import ChatResult, Prepared, run_usage
@@ -89,14 +89,14 @@ async def _run(request: Request, prep: Prepared, admission: Admission) -> Respon
             chunks = await open_stream(request, prep, admission)
         except OptigraphError as exc:
             await admission.release()
-            return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+            return error_response(request, exc, headers)
         # Once streaming, Starlette notices a client that goes and closes `chunks`, which cancels the run.
         return StreamingResponse(chunks, media_type="text/event-stream", headers={**headers, **SSE_HEADERS})
     try:
         result = await run_to_answer(request, prep)
     except OptigraphError as exc:  # the run exists (stored as failed, cancelled or interrupted): say which it was
         headers["x-optigraph-upstream-calls"] = str(run_usage(prep)["calls"])
-        return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        return error_response(request, exc, headers)
     finally:
         await admission.release()
     headers["x-optigraph-upstream-calls"] = str(result.response["optigraph"]["upstream_calls"])
@@ -120,7 +120,7 @@ class ChatEndpoint:
         try:
             response = await _answer(request, await caller(request))
         except OptigraphError as exc:
-            response = ORJSONResponse(exc.body(), status_code=exc.status, headers=error_headers(request, exc))
+            response = error_response(request, exc)
         except Exception as exc:
             log.exception("unexpected error", exc_info=exc)
             response = ORJSONResponse(

@@ -18,7 +18,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from optigraph.api.access import Caller, caller
 from optigraph.api.chat import SSE_HEADERS, read_json
-from optigraph.api.errors import ORJSONResponse
+from optigraph.api.errors import error_response
 from optigraph.api.scopes import CHAT, require
 from optigraph.backends.openai_http import OpenAIHTTPBackend
 from optigraph.errors import InvalidRequest, OptigraphError
@@ -64,11 +64,11 @@ async def completions(request: Request, who: Annotated[Caller, Depends(caller)])
     stream = bool(body.get("stream"))
     if isinstance(backend, OpenAIHTTPBackend):
         if stream:
-            return await _relay(backend.stream_json("/completions", body, api_key=key))
+            return await _relay(request, backend.stream_json("/completions", body, api_key=key))
         return _json(await backend.post_json("/completions", body, api_key=key))
     if backend.name == "local":
         if stream:
-            return await _relay(backend.stream_text(body))
+            return await _relay(request, backend.stream_text(body))
         return _json(await backend.complete_text(body))
     raise _unsupported("/v1/completions", backend)
 
@@ -92,12 +92,12 @@ def _json(data: Any) -> Response:
     return Response(orjson.dumps(data), media_type="application/json")
 
 
-async def _relay(events: AsyncIterator[Any]) -> Response:
+async def _relay(request: Request, events: AsyncIterator[Any]) -> Response:
     """An SSE response of `events`, once the first is there (a failure before it keeps its status)."""
     try:
         first = await anext(events)
     except OptigraphError as exc:
-        return ORJSONResponse(exc.body(), status_code=exc.status)
+        return error_response(request, exc)
     except StopAsyncIteration:
         first = None
     return StreamingResponse(_sse(first, events), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -10,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from optigraph.errors import OptigraphError, PermissionDenied, RateLimited
+from optigraph.errors import OptigraphError, PermissionDenied, RateLimited, UpstreamUnavailable
 
 log = logging.getLogger("optigraph.api")
 
@@ -37,13 +39,58 @@ def error_headers(request: Request, exc: OptigraphError) -> dict[str, str] | Non
         return {"www-authenticate": f'Bearer error="insufficient_scope", scope="{exc.scope}"'}
     if isinstance(exc, RateLimited):
         return {"retry-after": str(exc.retry_after)}
+    if isinstance(exc, UpstreamUnavailable):  # when the upstream's breaker lets a probe through, whole seconds
+        return {"retry-after": str(max(1, math.ceil(exc.retry_after_s)))}
     return None
+
+
+def error_response(request: Request, exc: OptigraphError, headers: dict[str, str] | None = None) -> ORJSONResponse:
+    """The error's OpenAI-style body with its status, `headers` and the headers the error itself calls for."""
+    extra = {**(headers or {}), **(error_headers(request, exc) or {})}
+    return ORJSONResponse(exc.body(), status_code=exc.status, headers=extra or None)
+
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+
+def document_errors(spec: dict[str, Any]) -> None:
+    """States in the OpenAPI schema what every operation answers on an error: the OpenAI-style body
+    (`ErrorResponse`) under any status not documented otherwise. FastAPI's default 422 is dropped:
+    a request that fails validation gets a 400 here."""
+    spec.setdefault("components", {}).setdefault("schemas", {})["ErrorResponse"] = ERROR_SCHEMA
+    error = {
+        "description": "An OpenAI-style error: 400 bad input, 401 no or wrong key, 404 unknown, 409 conflict, "
+        "413 body too large, 429 rate limited upstream, 499 client gone, 502 upstream failed, "
+        "503 upstream unavailable (`Retry-After`) or server shutting down, 504 upstream timeout",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    }
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if responses.get("422", {}).get("description") == "Validation Error":
+                del responses["422"]
+            responses.setdefault("default", error)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OptigraphError)
     async def optigraph_error(request: Request, exc: OptigraphError) -> ORJSONResponse:
-        return ORJSONResponse(exc.body(), status_code=exc.status, headers=error_headers(request, exc))
+        return error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> ORJSONResponse:

@@ -26,6 +26,7 @@ EXAMPLE = {
             "last_ok_at": "2026-12-05T09:00:00+00:00",
             "last_error_at": None,
             "last_error": None,
+            "breaker": {"state": "closed", "consecutive_failures": 0, "opens": 0, "rejected": 0, "retry_after_s": 0.0},
         }
     },
     "local_model": "unused",
@@ -49,7 +50,8 @@ EXAMPLE = {
 )
 async def health(request: Request) -> Response:
     """One query on the database (2 s at most); the backends report what their own recent calls saw
-    (`reachable` is null until a call was made), so no request is sent upstream."""
+    (`reachable` is null until a call was made) and their circuit breaker's state, so no request is
+    sent upstream."""
     state = request.app.state
     db_error = await check_database(state.db, state.settings.db_url)
     backends: dict[str, Any] = state.backends.health()

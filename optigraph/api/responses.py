@@ -17,7 +17,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from optigraph.api.access import Caller, caller
 from optigraph.api.chat import RUN_HEADER, SSE_HEADERS, open_stream, prepare_for, read_json, run_to_answer
-from optigraph.api.errors import ORJSONResponse
+from optigraph.api.errors import error_response
 from optigraph.api.responses_input import ResponsesRequest, chat_body, check_responses_request
 from optigraph.api.responses_output import RESPONSES_KEY, conversation_of, from_chat, from_run, run_id_of
 from optigraph.api.responses_stream import ResponseEvents
@@ -65,7 +65,7 @@ async def create_response(request: Request, who: Annotated[Caller, Depends(calle
             await admission.release()
             if not isinstance(exc, OptigraphError):
                 raise
-            return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+            return error_response(request, exc, headers)
         events = ResponseEvents(body, run_id=prep.run_id, model=prep.model)
         return StreamingResponse(
             events.translate(chunks), media_type="text/event-stream", headers={**headers, **SSE_HEADERS}
@@ -74,7 +74,7 @@ async def create_response(request: Request, who: Annotated[Caller, Depends(calle
         result = await run_to_answer(request, prep)
     except OptigraphError as exc:
         headers["x-optigraph-upstream-calls"] = str(run_usage(prep)["calls"])
-        return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+        return error_response(request, exc, headers)
     finally:
         await admission.release()
     headers["x-optigraph-upstream-calls"] = str(result.response["optigraph"]["upstream_calls"])

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from optigraph.api import schemas
 from optigraph.api.access import Caller, Principal, caller, principal
 from optigraph.api.disconnect import unless_client_goes
-from optigraph.api.errors import ORJSONResponse
+from optigraph.api.errors import error_response
 from optigraph.api.scopes import RUNS_READ, RUNS_WRITE, require, require_approaches
 from optigraph.engine import inspection, resume
 from optigraph.engine.expression import names, parse
@@ -143,12 +143,12 @@ def _answer(request: Request, run_id: str, call) -> Any:
                 raise  # this handler itself is being cancelled
             # the work was cancelled before its run started: nothing ran, nobody is listening
             exc = RunCancelled(f"the request for run {run_id} was cancelled: its client disconnected")
-            return ORJSONResponse(exc.body(), status_code=exc.status)
+            return error_response(request, exc)
         except OptigraphError as exc:
             await recorder.flush()  # what is stored matches the answer before it is sent
             stored = await get_run(request.app.state.db, run_id) is not None
             headers = {"x-optigraph-run-id": run_id} if stored else None
-            return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
+            return error_response(request, exc, headers)
         await recorder.flush()
         headers = {
             "x-optigraph-run-id": result.run_id,

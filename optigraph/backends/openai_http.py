@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from optigraph.backends.breaker import CircuitBreaker
 from optigraph.backends.health import CallOutcomes
 from optigraph.core.backend import Capabilities
 from optigraph.errors import UpstreamError, UpstreamInvalidResponse, UpstreamTimeout
@@ -107,6 +108,7 @@ class OpenAIHTTPBackend:
         n_sampling: bool | None = None,
         ssl_verify: bool = True,
         ssl_cert_path: str | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.name = name  # recorded with every call: "openai", or "openai:<upstream name>"
         self._n_sampling = n_sampling  # an operator's statement that the upstream does (not) honour n
@@ -119,7 +121,10 @@ class OpenAIHTTPBackend:
         self._stream_timeout = aiohttp.ClientTimeout(
             total=total_timeout_s, sock_connect=connect_timeout_s, sock_read=read_timeout_s
         )
-        self.outcomes = CallOutcomes()
+        # Calls' outcomes, for /health and the circuit breaker (None: every call goes out; a proxy's
+        # providers have their own cooldown instead).
+        self.breaker = breaker
+        self.outcomes = CallOutcomes(breaker=breaker)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -197,6 +202,7 @@ class OpenAIHTTPBackend:
         return data
 
     async def _post(self, path: str, body: dict[str, Any], api_key: str | None) -> Any:
+        self.outcomes.before_call()  # an open breaker refuses the call before anything is sent
         try:
             async with self._client().post(
                 f"{self.base_url}{path}",
@@ -241,6 +247,7 @@ class OpenAIHTTPBackend:
 
     async def _events(self, path: str, body: dict[str, Any], api_key: str | None) -> AsyncIterator[Any]:
         body = {**body, "stream": True}
+        self.outcomes.before_call()
         try:
             async with self._client().post(
                 f"{self.base_url}{path}",

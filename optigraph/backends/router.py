@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from optigraph.backends.breaker import CircuitBreaker
 from optigraph.backends.litellm_backend import LiteLLMBackend, is_litellm_model
 from optigraph.backends.openai_http import OpenAIHTTPBackend
 from optigraph.backends.proxy import ProxyBackend
@@ -52,12 +53,16 @@ class Backends:
             "ssl_verify": settings.upstream_ssl_verify,
             "ssl_cert_path": str(settings.upstream_ssl_cert_path) if settings.upstream_ssl_cert_path else None,
         }
+        def breaker(name: str) -> CircuitBreaker:  # one per upstream
+            return CircuitBreaker(name, failures=settings.breaker_failures, cooldown_s=settings.breaker_cooldown_s)
+
         self.http: OpenAIHTTPBackend | None = None
         if settings.base_url:
             self.http = OpenAIHTTPBackend(
                 settings.base_url,
                 api_key=settings.upstream_api_key,
                 max_connections=settings.max_connections,
+                breaker=breaker("openai"),
                 **timeouts,
                 **tls,
             )
@@ -76,6 +81,7 @@ class Backends:
                 max_connections=up.max_connections,
                 name=f"openai:{name}",
                 n_sampling=up.n_sampling,
+                breaker=breaker(f"openai:{name}"),
                 **timeouts,
                 **tls,
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator, Mapping, MutableMapping
 from contextlib import AbstractAsyncContextManager
@@ -398,7 +399,10 @@ class LLM:
     def _backoff_s(self, attempt: int) -> float:
         if self._balancer is not None:
             return self._balancer.backoff_s(attempt)
-        return 0.2 * 2 ** (attempt - 1)
+        # Equal jitter: half the exponential step plus a random share of the other half, so clients
+        # that failed together do not all retry at the same instant.
+        step = 0.2 * 2 ** (attempt - 1)
+        return step / 2 + random.uniform(0.0, step / 2)
 
     async def _call(self, body: dict[str, Any], *, node: str) -> dict[str, Any]:
         attempt = 0

@@ -127,6 +127,9 @@ def start_stack(
         if base_url is None:
             up = stack.enter_context(ServerThread(make_app(script, log=log, **(upstream or {}))))
             base_url = up.url + "/v1"
+        # A shared stack sees many deliberate upstream failures in a row: its circuit breaker is off
+        # unless a test turns it on (tests/api/test_api_faults.py does).
+        settings.setdefault("breaker_failures", 0)
         s = Settings(base_url=base_url, db_url=f"sqlite:///{db_path}", **settings)
         server = stack.enter_context(ServerThread(create_app(s, registry=registry, tracer_provider=tracer_provider)))
         yield Stack(server=server, settings=s, db_path=db_path, upstream=up, log=log, script=script)
