@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from optigraph import __version__
-from optigraph.api import approaches, chat, completions, docs, health, models, responses, runs, ui
+from optigraph.api import approaches, chat, completions, docs, health, models, responses, runs, ui, ui_compare
 from optigraph.api.access_log import AccessLog
 from optigraph.api.auth import UISessions
 from optigraph.api.errors import install_error_handlers
@@ -127,6 +127,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     app.include_router(runs.router)
     app.include_router(approaches.router)
     app.include_router(ui.router)
+    app.include_router(ui_compare.router)
     _document_request_schema(app)
     return app
 
