@@ -5,7 +5,9 @@ overlapping, and a graph whose every edge stays inside its frame without crossin
 from __future__ import annotations
 
 import itertools
+import os
 import re
+from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
@@ -145,6 +147,9 @@ def test_the_graph_fits_its_frame_and_edges_do_not_cross(
         assert fit["frame"][0] <= fit["svg"][0] and fit["svg"][2] <= fit["frame"][2] + 0.5
         assert fit["frame"][1] <= fit["svg"][1] and fit["svg"][3] <= fit["frame"][3] + 0.5
         assert fit["svg"][2] <= fit["page"]
+        if width == 1280 and os.environ.get("OPTIGRAPH_WRITE_DOCS_SCREENSHOTS"):  # how docs/run-timeline.png is made
+            browser.eval("document.querySelectorAll('details').forEach(d => d.remove())")
+            browser.screenshot(Path(__file__).resolve().parents[2] / "docs" / "run-timeline.png")
     finally:
         browser.send("Emulation.clearDeviceMetricsOverride")
 
