@@ -71,7 +71,8 @@ def waterfall_rows(detail: Mapping[str, Any]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "kind": "call",
-                "label": f"#{i} {call['node']}" + (f" (attempt {call['attempt']})" if call.get("attempt", 1) > 1 else ""),
+                "label": f"#{i} {call['node']}"
+                + (f" (attempt {call['attempt']})" if call.get("attempt", 1) > 1 else ""),
                 "depth": 1,
                 "start": start,
                 "end": start + dt.timedelta(milliseconds=float(call.get("latency_ms") or 0.0)),
@@ -92,8 +93,10 @@ def render_waterfall(detail: Mapping[str, Any]) -> str:
     ticks = "".join(
         f"<span class='wf-tick' style='left:{f * 100:.0f}%'>{span_ms * f:.0f} ms</span>" for f in (0, 0.25, 0.5, 0.75)
     )
-    out = [f"<div id='waterfall' data-span-ms='{span_ms:.3f}'><div class='wf-row wf-head'><span class='wf-label'>"
-           f"</span><span class='wf-axis'>{ticks}</span><span class='wf-meta'>{span_ms:.0f} ms</span></div>"]
+    out = [
+        f"<div id='waterfall' data-span-ms='{span_ms:.3f}'><div class='wf-row wf-head'><span class='wf-label'>"
+        f"</span><span class='wf-axis'>{ticks}</span><span class='wf-meta'>{span_ms:.0f} ms</span></div>"
+    ]
     for r in rows:
         start_ms = (r["start"] - t0).total_seconds() * 1000
         duration_ms = max((r["end"] - r["start"]).total_seconds() * 1000, 0.0)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -68,7 +68,9 @@ def test_waterfall_has_a_bar_per_task_and_call_as_long_as_it_took(
     tasks = [r for r in rows if r["kind"] == "task"]
     assert [r["kind"] for r in rows if r["kind"] == "run"] == ["run"]
     assert len(calls) == len(api["upstream_calls"]) > 0
-    assert [t["name"] for t in tasks] == [task["name"] for th in api["threads"] for _, _, task in iter_steps(th["steps"])]
+    assert [t["name"] for t in tasks] == [
+        task["name"] for th in api["threads"] for _, _, task in iter_steps(th["steps"])
+    ]
     for row, call in zip(calls, api["upstream_calls"], strict=True):
         assert row["duration"] == pytest.approx(call["latency_ms"], abs=1e-3)
         assert row["status"] == call["status"] and row["tokens"] == str(call["usage"]["total_tokens"])
@@ -78,6 +80,12 @@ def test_waterfall_has_a_bar_per_task_and_call_as_long_as_it_took(
         assert row["width"] == pytest.approx(row["track"] * row["duration"] / span, abs=1.0)
         assert row["left"] == pytest.approx(row["track"] * row["start"] / span, abs=1.0)
     assert max(r["start"] + r["duration"] for r in rows) == pytest.approx(span, abs=1e-3)
+    run_row = next(r for r in rows if r["kind"] == "run")
+    for row in calls + tasks:  # on the run's own clock: inside the run's bar (to a millisecond)
+        assert (
+            run_row["start"] - 1 <= row["start"]
+            and row["start"] + row["duration"] <= run_row["start"] + run_row["duration"] + 1
+        )
     longest = max(rows, key=lambda r: r["duration"])
     assert longest["width"] == max(r["width"] for r in rows) > 0  # the longest-lasting row has the widest bar
 
