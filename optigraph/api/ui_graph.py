@@ -5,7 +5,8 @@ from `__start__`), every other node sits one layer below the deepest node that p
 longest path, so `a -> b -> c` and `a -> c` never draw an edge sideways through a row), an edge that
 skips layers passes through a placeholder in each layer it crosses (so it bends around the boxes
 instead of running through them), and a few barycentre sweeps order each row to cut crossings. Loop
-edges go back up in lanes to the right of everything, and the frame is sized to hold them.
+edges leave under their source, go back up in lanes to the right of everything (through the gaps
+between rows, never through a box) and come into their target from above; the frame holds them.
 """
 
 from __future__ import annotations
@@ -131,19 +132,32 @@ def svg_graph(nodes: Iterable[str], edges: list[tuple[str, str, bool]], taken: s
     total_h = MARGIN * 2 + len(rows) * (BOX_H + GAP_Y) - GAP_Y
 
     paths: list[tuple[str, str, bool, str]] = []
+    loops = 0
     for s, t, conditional in edges:
         if (s, t) in chains:
             points = [(pos[s][0], pos[s][1] + BOX_H / 2)]
-            points += [pos[d] for d in chains[(s, t)][1:-1]]
+            for dummy in chains[(s, t)][1:-1]:  # straight down through the placeholder's slot in the row
+                points += [(pos[dummy][0], pos[dummy][1] - BOX_H / 2), (pos[dummy][0], pos[dummy][1] + BOX_H / 2)]
             points.append((pos[t][0], pos[t][1] - BOX_H / 2))
-            d = "M" + " L".join(f"{x:.1f},{y:.1f}" for x, y in points)
-        else:  # a loop: out of the right side, up a lane right of everything, into the right side
-            total_w += LANE_GAP
-            lane = total_w - MARGIN / 2
+        else:  # a loop: down into the gap under its source, right to a lane of its own, up, in from above
+            loops += 1
+            lane = MARGIN + inner_w + LANE_GAP * loops
+            shift = (loops - 1) % 4 * 4.0  # loops that share a gap do not share a line
             (x1, y1), (x2, y2) = pos[s], pos[t]
-            sx, tx = x1 + width_of[s] / 2, x2 + width_of[t] / 2
-            d = f"M{sx:.1f},{y1:.1f} C{lane:.1f},{y1:.1f} {lane:.1f},{y2:.1f} {tx:.1f},{y2:.1f}"
+            sx, tx = x1 + width_of[s] / 2 - 8 - shift, x2 + width_of[t] / 2 - 8 - shift
+            below = min(y1 + BOX_H / 2 + GAP_Y / 2 + shift, total_h - 4)
+            above = max(y2 - BOX_H / 2 - GAP_Y / 2 - shift, 4.0)
+            points = [
+                (sx, y1 + BOX_H / 2),
+                (sx, below),
+                (lane, below),
+                (lane, above),
+                (tx, above),
+                (tx, y2 - BOX_H / 2),
+            ]
+        d = "M" + " L".join(f"{x:.1f},{y:.1f}" for x, y in points)
         paths.append((s, t, conditional, d))
+    total_w += LANE_GAP * loops
 
     parts = [
         (
