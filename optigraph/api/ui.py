@@ -2,9 +2,9 @@
 taken, a timeline of its steps and upstream calls, its steps and its calls); `/ui/compare` is in
 `ui_compare`.
 
-Plain server-rendered HTML: every value is escaped with `html.escape`, the graph is drawn here as
-an inline SVG from the compiled graph's nodes and edges, and the page loads nothing else (no
-script, no external style, no font). When the server has an API key the page needs it too: the
+Plain server-rendered HTML: every value is escaped with `html.escape`, the graph is drawn as an
+inline SVG from the compiled graph's nodes and edges (`ui_graph`), the timeline as positioned bars
+(`ui_waterfall`), and these pages load nothing else (no script, no external style, no font). When the server has an API key the page needs it too: the
 login form posts it to `/ui/login`, which checks it as the API does and answers with a signed,
 expiring session cookie (HttpOnly, SameSite=Strict, Secure over TLS; auth.UISessions). The key
 itself is never stored in the browser, and never accepted in the address (a `?key=` is refused).

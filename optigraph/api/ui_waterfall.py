@@ -97,7 +97,11 @@ def render_waterfall(detail: Mapping[str, Any]) -> str:
         f"<div id='waterfall' data-span-ms='{span_ms:.3f}'><div class='wf-row wf-head'><span class='wf-label'>"
         f"</span><span class='wf-axis'>{ticks}</span><span class='wf-meta'>{span_ms:.0f} ms</span></div>"
     ]
+    grouped = False
     for r in rows:
+        if r["kind"] == "call" and not grouped:  # the calls under a heading of their own, after the tasks
+            grouped = True
+            out.append("<div class='wf-row wf-group'><span class='wf-label'>upstream calls</span></div>")
         start_ms = (r["start"] - t0).total_seconds() * 1000
         duration_ms = max((r["end"] - r["start"]).total_seconds() * 1000, 0.0)
         tokens = r["tokens"]
@@ -126,5 +130,6 @@ WATERFALL_CSS = """
 .wf-bar{position:absolute;top:.15em;height:.7em;box-sizing:border-box;background:#7f9bd9;border-radius:2px;
 min-width:0}.wf-bar-run{background:#b9c3d9}.wf-bar-task{background:#8fcfa8}.wf-bar-call{background:#7f9bd9}
 .wf-status-failed,.wf-status-error{background:#e57373}.wf-status-running,.wf-status-pending{background:#f0c36d}
+.wf-group .wf-label{color:#666;font-family:inherit;font-style:italic}
 .wf-meta{flex:0 0 13em;color:#555;font-variant-numeric:tabular-nums;white-space:nowrap}
 """
