@@ -11,7 +11,20 @@ from typing import Any
 from fastapi import FastAPI
 
 from optigraph import __version__
-from optigraph.api import approaches, chat, completions, docs, health, metrics, models, oauth, responses, runs, ui
+from optigraph.api import (
+    approaches,
+    chat,
+    completions,
+    docs,
+    health,
+    metrics,
+    models,
+    oauth,
+    responses,
+    runs,
+    ui,
+    ui_compare,
+)
 from optigraph.api.access import Access
 from optigraph.api.access_log import AccessLog
 from optigraph.api.admission import RunSlots
@@ -160,6 +173,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None, tracer_p
     app.include_router(approaches.router)
     app.include_router(ui.router)
     app.include_router(oauth.router)
+    app.include_router(ui_compare.router)
     _document_request_schema(app)
     return app
 

@@ -1,9 +1,10 @@
 """The web page: `/ui` lists recent runs, `/ui/runs/{id}` shows one run (its graph with the path
-taken, its steps and its upstream calls).
+taken, a timeline of its steps and upstream calls, its steps and its calls); `/ui/compare` is in
+`ui_compare`.
 
-Plain server-rendered HTML: every value is escaped with `html.escape`, the graph is drawn here as
-an inline SVG from the compiled graph's nodes and edges, and the page loads nothing else (no
-script, no external style, no font). When the server has an API key the page needs it too: the
+Plain server-rendered HTML: every value is escaped with `html.escape`, the graph is drawn as an
+inline SVG from the compiled graph's nodes and edges (`ui_graph`), the timeline as positioned bars
+(`ui_waterfall`), and these pages load nothing else (no script, no external style, no font). When the server has an API key the page needs it too: the
 login form posts it to `/ui/login`, which checks it as the API does and answers with a signed,
 expiring session cookie (HttpOnly, SameSite=Strict, Secure over TLS; auth.UISessions). The key
 itself is never stored in the browser, and never accepted in the address (a `?key=` is refused).
@@ -13,7 +14,7 @@ A viewer sees its own tenant's runs only (another tenant's run is a 404), and ne
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from html import escape
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
@@ -24,6 +25,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from optigraph.api.access import ANONYMOUS, Access, Principal, bearer
 from optigraph.api.auth import UISessions
 from optigraph.api.scopes import RUNS_READ, allows
+from optigraph.api.ui_graph import svg_graph
+from optigraph.api.ui_waterfall import WATERFALL_CSS, render_waterfall
 from optigraph.engine import inspection
 from optigraph.errors import OptigraphError
 from optigraph.memory.queries import get_run, page_runs
@@ -37,7 +40,8 @@ STATUSES = RUN_STATUSES
 # Nothing may be loaded or run: inline style and data: images only.
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; base-uri 'none'"
 
-CSS = """
+CSS = (
+    """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
 h1{font-size:1.4em;margin:.2em 0}h2{font-size:1.15em;margin:1.2em 0 .4em}
 a{color:#2950b8}table{border-collapse:collapse;margin:.3em 0}
@@ -49,7 +53,8 @@ tr.runs-row:hover{background:#f6f6ff}
 pre{margin:.2em 0;white-space:pre-wrap;word-break:break-word;max-width:70em;background:#f7f7f9;padding:.4em}
 details summary{cursor:pointer;color:#555}code{background:#f3f3f6;padding:0 .2em}
 dl.summary{display:grid;grid-template-columns:max-content auto;gap:.15em 1em}dl.summary dt{color:#666}
-dl.summary dd{margin:0}.graph svg{max-width:100%;height:auto;border:1px solid #dde}
+dl.summary dd{margin:0}.graph-frame{max-width:100%}
+.graph svg{display:block;max-width:100%;height:auto;border:1px solid #dde}
 .graph .node rect{fill:#f4f4f8;stroke:#99a;stroke-width:1}
 .graph .node.taken rect{fill:#c9f0d5;stroke:#18794e;stroke-width:2.5}
 .graph .node text{font:12px monospace;fill:#222}.graph .edge{stroke:#889;fill:none;stroke-width:1.2}
@@ -58,6 +63,8 @@ dl.summary dd{margin:0}.graph svg{max-width:100%;height:auto;border:1px solid #d
 .legend .taken{background:#c9f0d5;border-color:#18794e}
 form.filters{margin:.5em 0}form.filters *{margin-right:.4em}form.logout{float:right}
 """
+    + WATERFALL_CSS
+)
 
 
 # ---- auth ----------------------------------------------------------------------------------------
@@ -159,16 +166,16 @@ def _logout_form(request: Request, viewer: Principal) -> str:
 # ---- pages ---------------------------------------------------------------------------------------
 
 
-def _page(title: str, body: str, *, status: int = 200) -> HTMLResponse:
+def _page(title: str, body: str, *, status: int = 200, csp: str = CSP, extra_css: str = "") -> HTMLResponse:
     text = (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>"
-        f"<meta name='viewport' content='width=device-width,initial-scale=1'><style>{CSS}</style></head>"
+        f"<meta name='viewport' content='width=device-width,initial-scale=1'><style>{CSS}{extra_css}</style></head>"
         f"<body>{body}</body></html>"
     )
     return HTMLResponse(
         text,
         status_code=status,
-        headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+        headers={"Content-Security-Policy": csp, "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
     )
 
 
@@ -225,7 +232,10 @@ async def runs_page(
         query = {k: v for k, v in (("status", status), ("approach", approach)) if v}
         query["after"] = runs["next_cursor"]
         more = f"<p><a id='older' href='/ui?{escape(urlencode(query))}'>Older runs</a></p>"
-    body = f"{_logout_form(request, viewer)}<h1>optigraph runs</h1><p>Newest first.</p>{filters}{table}{more}"
+    body = (
+        f"{_logout_form(request, viewer)}<h1>optigraph runs</h1>"
+        f"<p>Newest first. <a id='compare-link' href='/ui/compare'>Compare approaches</a></p>{filters}{table}{more}"
+    )
     return _page("optigraph runs", body)
 
 
@@ -286,6 +296,7 @@ def render_run(detail: Mapping[str, Any], compiler: Any) -> str:
         f"<p><a href='/ui'>&larr; runs</a></p><h1>Run <code id='run-id'>{escape(detail['id'])}</code></h1>"
         f"<dl class='summary'>{summary}</dl>{io}"
         f"<h2>Graph</h2>{render_graph(detail, compiler)}"
+        f"<h2>Timeline</h2>{render_waterfall(detail)}"
         f"<h2>Steps</h2>{render_steps(detail)}"
         f"<h2>Upstream calls</h2>{render_calls(detail.get('upstream_calls') or [])}"
     )
@@ -330,95 +341,9 @@ def render_graph(detail: Mapping[str, Any], compiler: Any) -> str:
     return (
         "<div class='graph'><p class='legend'><span class='taken'>ran in this run</span>"
         "<span>did not run</span> dashed arrows: conditional or fan-out</p>"
-        f"{svg}<details><summary>Mermaid text</summary><pre id='mermaid'>{escape(mermaid)}</pre></details></div>"
+        f"<div class='graph-frame' id='graph-frame'>{svg}</div>"
+        f"<details><summary>Mermaid text</summary><pre id='mermaid'>{escape(mermaid)}</pre></details></div>"
     )
-
-
-def svg_graph(nodes: Iterable[str], edges: list[tuple[str, str, bool]], taken: set[str]) -> str:
-    """A layered drawing, top to bottom: a node's layer is its distance from `__start__` (breadth
-    first, so loops do not push nodes down forever); edges that go up or sideways curve."""
-    nodes = list(nodes)
-    out: dict[str, list[str]] = {n: [] for n in nodes}
-    for s, t, _ in edges:
-        out.setdefault(s, []).append(t)
-    layer: dict[str, int] = {}
-    roots = [n for n in nodes if n == "__start__"] or nodes[:1]
-    frontier = list(roots)
-    for r in roots:
-        layer[r] = 0
-    while frontier:
-        nxt = []
-        for n in frontier:
-            for t in out.get(n, ()):
-                if t not in layer:
-                    layer[t] = layer[n] + 1
-                    nxt.append(t)
-        frontier = nxt
-    deepest = max(layer.values(), default=0)
-    for n in nodes:  # unreachable nodes go below the rest; __end__ last of all
-        if n not in layer:
-            deepest += 1
-            layer[n] = deepest
-    if "__end__" in layer:
-        layer["__end__"] = max(v for k, v in layer.items() if k != "__end__") + 1 if len(layer) > 1 else 0
-    rows: dict[int, list[str]] = {}
-    for n in nodes:
-        rows.setdefault(layer[n], []).append(n)
-    char_w, pad, box_h, gap_x, gap_y, margin = 7.4, 16, 28, 24, 46, 20
-    width_of = {n: max(60.0, len(n) * char_w + pad) for n in nodes}
-    row_w = {k: sum(width_of[n] for n in r) + gap_x * (len(r) - 1) for k, r in rows.items()}
-    total_w = max(row_w.values(), default=100) + 2 * margin
-    pos: dict[str, tuple[float, float]] = {}  # centre of each box
-    for k in sorted(rows):
-        x = (total_w - row_w[k]) / 2
-        for n in rows[k]:
-            pos[n] = (x + width_of[n] / 2, margin + k * (box_h + gap_y) + box_h / 2)
-            x += width_of[n] + gap_x
-    total_h = margin * 2 + (max(rows, default=0) + 1) * (box_h + gap_y) - gap_y
-    for s, t, _ in edges:  # back and sideways edges curve out to the right: the frame must hold them
-        if s in pos and t in pos and pos[t][1] <= pos[s][1]:
-            bend = max(width_of[s], width_of[t]) / 2 + 40
-            total_w = max(total_w, max(pos[s][0], pos[t][0]) + bend + margin)
-    parts = [
-        (
-            f"<svg xmlns='http://www.w3.org/2000/svg' id='graph' viewBox='0 0 {total_w:.0f} {total_h:.0f}' "
-            f"width='{total_w:.0f}' height='{total_h:.0f}' role='img' aria-label='the run graph'>"
-        ),
-        (
-            "<defs><marker id='arrow' viewBox='0 0 10 10' refX='10' refY='5' markerWidth='7' markerHeight='7' "
-            "orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z' fill='#778'/></marker></defs>"
-        ),
-    ]
-    for s, t, conditional in edges:
-        if s not in pos or t not in pos:
-            continue
-        (x1, y1), (x2, y2) = pos[s], pos[t]
-        classes = "edge" + (" conditional" if conditional else "") + (" taken" if s in taken and t in taken else "")
-        if y2 > y1:
-            d = f"M{x1:.1f},{y1 + box_h / 2:.1f} L{x2:.1f},{y2 - box_h / 2:.1f}"
-        else:  # back or sideways: a curve out to the right
-            bend = max(width_of[s], width_of[t]) / 2 + 40
-            d = (
-                f"M{x1 + width_of[s] / 2:.1f},{y1:.1f} C{x1 + bend:.1f},{y1:.1f} {x2 + bend:.1f},{y2:.1f} "
-                f"{x2 + width_of[t] / 2:.1f},{y2:.1f}"
-            )
-        parts.append(
-            f"<path class='{classes}' data-source='{escape(s)}' data-target='{escape(t)}' d='{d}' "
-            "marker-end='url(#arrow)'/>"
-        )
-    for n in nodes:
-        x, y = pos[n]
-        w = width_of[n]
-        ran = n in taken
-        rx = box_h / 2 if n in ("__start__", "__end__") else 4
-        parts.append(
-            f"<g class='node{' taken' if ran else ''}' data-node='{escape(n)}' "
-            f"data-taken='{'true' if ran else 'false'}'><title>{escape(n)}{' (ran)' if ran else ''}</title>"
-            f"<rect x='{x - w / 2:.1f}' y='{y - box_h / 2:.1f}' width='{w:.1f}' height='{box_h}' rx='{rx}'/>"
-            f"<text x='{x:.1f}' y='{y + 4:.1f}' text-anchor='middle'>{escape(n)}</text></g>"
-        )
-    parts.append("</svg>")
-    return "".join(parts)
 
 
 def render_steps(detail: Mapping[str, Any]) -> str:
