@@ -986,7 +986,6 @@ def _when(iso: str | None) -> str:
     return "-" if not iso else iso.replace("T", " ")[:19]
 
 
-
 # ---- keys, tenants and pruning: access administration on the database (api/access_commands.py) -----
 
 

@@ -286,9 +286,7 @@ class Settings(BaseSettings):
     tenant_tokens_per_day: int = Field(
         default=0, ge=0, description="Upstream tokens a tenant's runs may use per UTC day (0: no limit)"
     )
-    retention_days: float = Field(
-        default=0.0, ge=0, description="Delete runs older than this many days (0: keep them)"
-    )
+    retention_days: float = Field(default=0.0, ge=0, description="Delete runs older than this many days (0: keep them)")
     store_prompts: bool = Field(
         default=True,
         description="Store prompt and answer text with runs; off: runs are kept as metadata only",

@@ -151,9 +151,7 @@ def _when_client_goes(request: Request, prep: Prepared) -> Callable[[], None]:
     return client_went
 
 
-async def open_stream(
-    request: Request, prep: Prepared, admission: Admission | None = None
-) -> AsyncIterator[bytes]:
+async def open_stream(request: Request, prep: Prepared, admission: Admission | None = None) -> AsyncIterator[bytes]:
     """The run's SSE chunks, once the first is there: a failure before it raises (its own status).
     The admission's run slot is freed when the stream ends."""
     chunks = request.app.state.runner.stream(prep)

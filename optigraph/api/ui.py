@@ -96,7 +96,9 @@ async def _guard(request: Request) -> tuple[Principal | None, Response | None]:
         expired = COOKIE in request.cookies
         return None, _login(request, status=401, message="Your session has ended: log in again." if expired else "")
     if not allows(viewer.scopes, RUNS_READ):
-        return None, _page("optigraph: not allowed", f"<p>This key lacks the scope <code>{RUNS_READ}</code>.</p>", status=403)
+        return None, _page(
+            "optigraph: not allowed", f"<p>This key lacks the scope <code>{RUNS_READ}</code>.</p>", status=403
+        )
     return viewer, None
 
 

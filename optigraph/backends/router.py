@@ -53,6 +53,7 @@ class Backends:
             "ssl_verify": settings.upstream_ssl_verify,
             "ssl_cert_path": str(settings.upstream_ssl_cert_path) if settings.upstream_ssl_cert_path else None,
         }
+
         def breaker(name: str) -> CircuitBreaker:  # one per upstream
             return CircuitBreaker(name, failures=settings.breaker_failures, cooldown_s=settings.breaker_cooldown_s)
 

@@ -89,8 +89,9 @@ class Metrics:
     """The server's series. The record methods are a few dict look-ups and additions each: they run on
     every request (engine/runner.py) and every upstream call (core/llm.py)."""
 
-    def __init__(self, *, approaches: frozenset[str] = frozenset(), models: frozenset[str] = frozenset(),
-                 max_names: int = 64) -> None:
+    def __init__(
+        self, *, approaches: frozenset[str] = frozenset(), models: frozenset[str] = frozenset(), max_names: int = 64
+    ) -> None:
         if multiprocess_dir() and values.ValueClass is values.MutexValue:
             # The library picks its value class when first imported; a worker whose directory was set
             # later (prepare_multiprocess_dir in this same process) switches now, before any metric exists.
@@ -103,42 +104,67 @@ class Metrics:
         self.model = LabelFolder(models, max_names)
         r = self.registry
         self.requests = Counter(
-            "optigraph_requests", "Runs served, by approach expression, model and how the run ended",
-            ("approach", "model", "status"), registry=r,
+            "optigraph_requests",
+            "Runs served, by approach expression, model and how the run ended",
+            ("approach", "model", "status"),
+            registry=r,
         )
         self.request_seconds = Histogram(
-            "optigraph_request_duration_seconds", "Run latency, from its start (the request validated) to its end",
-            ("approach", "model"), buckets=REQUEST_BUCKETS, registry=r,
+            "optigraph_request_duration_seconds",
+            "Run latency, from its start (the request validated) to its end",
+            ("approach", "model"),
+            buckets=REQUEST_BUCKETS,
+            registry=r,
         )
         self.input_tokens = Counter(
-            "optigraph_input_tokens", "Prompt tokens spent upstream, by approach and model",
-            ("approach", "model"), registry=r,
+            "optigraph_input_tokens",
+            "Prompt tokens spent upstream, by approach and model",
+            ("approach", "model"),
+            registry=r,
         )
         self.output_tokens = Counter(
-            "optigraph_output_tokens", "Completion tokens spent upstream (reasoning included), by approach and model",
-            ("approach", "model"), registry=r,
+            "optigraph_output_tokens",
+            "Completion tokens spent upstream (reasoning included), by approach and model",
+            ("approach", "model"),
+            registry=r,
         )
         self.upstream_calls = Counter(
-            "optigraph_upstream_calls", "Upstream requests (each attempt), by backend, model and outcome",
-            ("backend", "model", "outcome"), registry=r,
+            "optigraph_upstream_calls",
+            "Upstream requests (each attempt), by backend, model and outcome",
+            ("backend", "model", "outcome"),
+            registry=r,
         )
         self.upstream_seconds = Histogram(
-            "optigraph_upstream_call_duration_seconds", "Upstream request latency (each attempt)",
-            ("backend", "model", "outcome"), buckets=UPSTREAM_BUCKETS, registry=r,
+            "optigraph_upstream_call_duration_seconds",
+            "Upstream request latency (each attempt)",
+            ("backend", "model", "outcome"),
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
         )
         self.retries = Counter(
-            "optigraph_upstream_retries", "Upstream attempts after the first of a call", ("backend", "model"),
+            "optigraph_upstream_retries",
+            "Upstream attempts after the first of a call",
+            ("backend", "model"),
             registry=r,
         )
         self.in_flight = Gauge(
-            "optigraph_runs_in_flight", "Runs executing now", registry=r, multiprocess_mode="livesum",
+            "optigraph_runs_in_flight",
+            "Runs executing now",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.breaker = Gauge(
-            "optigraph_circuit_breaker_state", "Circuit breaker of each backend: 0 closed, 1 half-open, 2 open",
-            ("backend",), registry=r, multiprocess_mode="livemax",
+            "optigraph_circuit_breaker_state",
+            "Circuit breaker of each backend: 0 closed, 1 half-open, 2 open",
+            ("backend",),
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.http_responses = Counter(
-            "optigraph_http_responses", "HTTP responses, by status code", ("code",), registry=r,
+            "optigraph_http_responses",
+            "HTTP responses, by status code",
+            ("code",),
+            registry=r,
         )
 
     # ---- recording ------------------------------------------------------------------------------

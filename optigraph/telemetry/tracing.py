@@ -79,8 +79,9 @@ class Tracing:
         )
 
     @staticmethod
-    def end_run(span: Span, *, status: str, input_tokens: int, output_tokens: int, calls: int,
-                error: str | None = None) -> None:
+    def end_run(
+        span: Span, *, status: str, input_tokens: int, output_tokens: int, calls: int, error: str | None = None
+    ) -> None:
         span.set_attributes(
             {
                 "optigraph.status": status,

@@ -20,9 +20,7 @@ KEY = "sk-server-key-5519"
 
 def test_json_logs_have_one_line_per_request_without_prompt_or_key(tmp_path: Path) -> None:
     with ServerThread(make_app()) as up:
-        proc, url = serve_process(
-            tmp_path / "o.db", up.url, "--log-format", "json", "--api-key", KEY, log_level="info"
-        )
+        proc, url = serve_process(tmp_path / "o.db", up.url, "--log-format", "json", "--api-key", KEY, log_level="info")
         try:
             client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=30)
             messages = [{"role": "user", "content": SECRET_PROMPT}]
@@ -60,7 +58,9 @@ def test_json_logs_have_one_line_per_request_without_prompt_or_key(tmp_path: Pat
     assert third["run_id"] is None and "approach" not in third  # refused before any run
 
 
-def test_prompts_are_logged_only_with_log_prompts(stack: Stack, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_prompts_are_logged_only_with_log_prompts(
+    stack: Stack, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     messages = [{"role": "user", "content": SECRET_PROMPT}]
     with caplog.at_level(logging.INFO, logger="optigraph.access"):
         stack.client(api_key=KEY).chat.completions.create(model="fake-model", messages=messages)

@@ -133,8 +133,16 @@ def test_several_server_processes_sharing_the_metrics_directory_are_scraped_as_o
                     samples, _ = scrape(url)
                     labels = {"approach": "none", "model": "fake-model", "status": "completed"}
                     assert value(samples, "optigraph_requests_total", **labels) == 3
-                    assert value(samples, "optigraph_upstream_calls_total", backend="openai", model="fake-model",
-                                 outcome="ok") == 3
+                    assert (
+                        value(
+                            samples,
+                            "optigraph_upstream_calls_total",
+                            backend="openai",
+                            model="fake-model",
+                            outcome="ok",
+                        )
+                        == 3
+                    )
                     assert value(samples, "optigraph_runs_in_flight") == 0
             finally:
                 second.terminate()
