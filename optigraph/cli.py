@@ -206,6 +206,9 @@ def parser() -> argparse.ArgumentParser:
         )
     )
     _add_inspect_commands(sub)
+    from optigraph.api.spl_commands import add_arguments as add_spl_arguments
+
+    add_spl_arguments(sub.add_parser("spl", help="list, edit, export and import the strategies spl has learned"))
     return p
 
 
@@ -328,6 +331,10 @@ def _main(argv: Sequence[str] | None) -> None:
         raise SystemExit(run_eval_command(args))
     elif args.command in ("runs", "approaches"):
         raise SystemExit(_inspect_command(args))
+    elif args.command == "spl":
+        from optigraph.api.spl_commands import main as spl_command
+
+        raise SystemExit(spl_command(args))
 
 
 # ---- runs and approaches: inspecting what the server did -------------------------------------------

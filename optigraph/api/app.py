@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from optigraph import __version__
-from optigraph.api import approaches, chat, docs, health, models, runs, ui
+from optigraph.api import approaches, chat, docs, health, models, runs, spl, ui
 from optigraph.api.access_log import AccessLog
 from optigraph.api.auth import UISessions
 from optigraph.api.errors import install_error_handlers
@@ -109,6 +109,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     docs.install(app)  # /docs and /redoc with their assets served from a package: they work offline
     app.include_router(runs.router)
     app.include_router(approaches.router)
+    app.include_router(spl.router)
     app.include_router(ui.router)
     _document_request_schema(app)
     return app

@@ -4,12 +4,26 @@ Each module exposes `SPEC`, a PluginSpec; the engine wraps them around approache
 """
 
 from optigraph.plugins import (
+    compact,
     context_memory,
     executecode,
     json_output,
     mcp_tools,
     privacy,
     readurls,
+    router,
+    spl,
 )
 
-BUILTIN_PLUGINS = (privacy.SPEC, readurls.SPEC, context_memory.SPEC, json_output.SPEC, executecode.SPEC, mcp_tools.SPEC)
+BUILTIN_PLUGINS = (
+    privacy.SPEC,
+    readurls.SPEC,
+    context_memory.SPEC,
+    json_output.SPEC,
+    executecode.SPEC,
+    mcp_tools.SPEC,
+    spl.SPEC,
+    router.SPEC,
+    router.AUTO_SPEC,
+    compact.SPEC,
+)
