@@ -26,16 +26,20 @@ def main() -> int:
     print(f"{len(examples)} labelled prompts: trained on {len(train)}, held out {len(held)}")
     print(f"held-out accuracy: {1 - len(wrong) / len(held):.3f} ({len(held) - len(wrong)}/{len(held)})")
     routes_right = sum(DEFAULT_ROUTES[p.label] == DEFAULT_ROUTES[ex.label] for ex, p in wrong)
-    print(f"held-out route accuracy (a wrong type with the same route counts): "
-          f"{(len(held) - len(wrong) + routes_right) / len(held):.3f}")
+    print(
+        f"held-out route accuracy (a wrong type with the same route counts): "
+        f"{(len(held) - len(wrong) + routes_right) / len(held):.3f}"
+    )
     for ex, p in wrong:
         print(f"  {ex.label:>12} -> {p.label:<12} {p.confidence:.2f}  {ex.prompt[:70]}")
 
     full = ProblemClassifier(examples)
     params = RouterParams().model_dump()
     by_category: dict[str, Counter[str]] = defaultdict(Counter)
-    print("\noptigraph eval's problems (trained on every prompt; threshold "
-          f"{params['threshold']}, below it: what the router wraps):")
+    print(
+        "\noptigraph eval's problems (trained on every prompt; threshold "
+        f"{params['threshold']}, below it: what the router wraps):"
+    )
     for problem in load_problems():
         p = full.predict(problem.prompt)
         route, _ = choose(p.label, p.confidence, params)

@@ -55,11 +55,18 @@ def test_list_show_edit_delete(db_url: str, capsys: pytest.CaptureFixture[str]) 
     code, out, _ = cli(capsys, "spl", "--db-url", db_url, "list", "--type", "factual", "--json")
     assert [s["id"] for s in json.loads(out)] == [second]
 
-    code, out, _ = cli(capsys, "spl", "--db-url", db_url, "edit", str(first), "--text", "Carry with care.", "--uses", "5")
+    code, out, _ = cli(
+        capsys, "spl", "--db-url", db_url, "edit", str(first), "--text", "Carry with care.", "--uses", "5"
+    )
     assert code == 0 and json.loads(out)["text"] == "Carry with care." and json.loads(out)["uses"] == 5
     code, out, _ = cli(capsys, "spl", "--db-url", db_url, "show", str(first))
     shown = json.loads(out)
-    assert (shown["text"], shown["uses"], shown["successes"], shown["problem_type"]) == ("Carry with care.", 5, 3, "arithmetic")
+    assert (shown["text"], shown["uses"], shown["successes"], shown["problem_type"]) == (
+        "Carry with care.",
+        5,
+        3,
+        "arithmetic",
+    )
 
     code, out, _ = cli(capsys, "spl", "--db-url", db_url, "delete", str(second))
     assert code == 0 and out.strip() == f"deleted strategy {second}"
@@ -82,7 +89,9 @@ def test_bad_commands_say_why(db_url: str, capsys: pytest.CaptureFixture[str], a
     assert code == 1 and message in err
 
 
-def test_export_then_import_into_another_database(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_then_import_into_another_database(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     asyncio.run(_seed(db_url))
     exported = tmp_path / "strategies.json"
     code, out, _ = cli(capsys, "spl", "--db-url", db_url, "export", "--out", str(exported))
@@ -126,7 +135,9 @@ def test_a_missing_database_is_an_error(tmp_path: Path, capsys: pytest.CaptureFi
     assert code == 1 and "no database at" in err
 
 
-def test_an_edit_from_the_command_line_reaches_a_running_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_edit_from_the_command_line_reaches_a_running_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with start_stack(tmp_path / "served.db", default_model="fake-model") as stack:
         url = f"sqlite:///{stack.db_path}"
         first, _ = asyncio.run(_seed(url))

@@ -65,8 +65,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"optigraph: {exc}", file=sys.stderr)
         return 1
     except SQLAlchemyError as exc:
-        print(f"optigraph: cannot use {args.db_url}: {type(exc).__name__}: {exc.args[0] if exc.args else exc}",
-              file=sys.stderr)
+        print(
+            f"optigraph: cannot use {args.db_url}: {type(exc).__name__}: {exc.args[0] if exc.args else exc}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -176,9 +176,7 @@ class StrategyStore:
     async def prune(self, problem_type: str, keep: int, *, tenant: str | None = None) -> list[int]:
         """Deletes all but the `keep` best strategies of a type (success rate, then most used, then
         newest); the ids deleted."""
-        ranked = sorted(
-            await self.read(problem_type, tenant=tenant), key=lambda s: (-s.success_rate, -s.uses, -s.id)
-        )
+        ranked = sorted(await self.read(problem_type, tenant=tenant), key=lambda s: (-s.success_rate, -s.uses, -s.id))
         gone = [s.id for s in ranked[keep:]]
         if gone:
             async with self.db.begin() as conn:

@@ -61,8 +61,10 @@ class CompactParams(ApproachParams):
         0.6, gt=0.0, le=1.0, description="Share of the context window above which old turns are summarised."
     )
     context_window: int | None = Field(
-        None, ge=256, le=10_000_000, description="The model's context window in tokens; default: known models' "
-        f"table, else {DEFAULT_WINDOW}."
+        None,
+        ge=256,
+        le=10_000_000,
+        description=f"The model's context window in tokens; default: known models' table, else {DEFAULT_WINDOW}.",
     )
     keep_last: int = Field(4, ge=0, le=1000, description="The last turns kept word for word.")
     summary_tokens: int = Field(400, ge=32, le=8192, description="max_tokens of the summary.")

@@ -59,9 +59,7 @@ LEARNING_MAX_TOKENS = 200
 QUESTION_CHARS = 2000  # what of the question and answer the learning prompts quote
 ANSWER_CHARS = 2000
 
-STRATEGY_HEADER = (
-    "Strategies that have worked for {type} problems (use those that apply, then answer as asked):"
-)
+STRATEGY_HEADER = "Strategies that have worked for {type} problems (use those that apply, then answer as asked):"
 REFLECT_PROMPT = """You are improving how an assistant solves {type} problems.
 
 Problem:
@@ -206,9 +204,7 @@ async def _ask(runtime: Runtime[RunContext], prompt: str, *, node: str, temperat
     return completion.text, completion.usage
 
 
-async def learn(
-    state: PluginState, runtime: Runtime[RunContext], answer: str
-) -> tuple[list[str], dict[str, Any]]:
+async def learn(state: PluginState, runtime: Runtime[RunContext], answer: str) -> tuple[list[str], dict[str, Any]]:
     """Reflect on the answer, record, create, refine and prune (module docstring): notes and usage."""
     params, private = state.get("params") or {}, state.get("private") or {}
     store = _store(runtime)

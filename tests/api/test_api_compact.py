@@ -91,7 +91,7 @@ def test_a_conversation_within_the_share_is_untouched(agent: Stack) -> None:
 
 def test_the_kept_tail_never_starts_with_a_tool_result(agent: Stack) -> None:
     messages = long_conversation(turns=8)
-    call = {"id": "c1", "type": "function", "function": {"name": "trains", "arguments": "{\"to\": \"Lisbon\"}"}}
+    call = {"id": "c1", "type": "function", "function": {"name": "trains", "arguments": '{"to": "Lisbon"}'}}
     messages[-1:] = [
         {"role": "user", "content": "Find me trains."},
         {"role": "assistant", "content": None, "tool_calls": [call]},

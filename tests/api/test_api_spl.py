@@ -99,7 +99,10 @@ def test_learning_creates_a_strategy_that_later_requests_of_the_type_get(stack: 
     assert ARITHMETIC in reflection and "The answer is 391." in reflection
     [stored] = rows(stack)
     assert (stored["problem_type"], stored["text"], stored["uses"], stored["tenant"]) == (
-        "arithmetic", STRATEGY, 0, None
+        "arithmetic",
+        STRATEGY,
+        0,
+        None,
     )
     assert stored["source_run"] == first.model_extra["optigraph"]["run_id"]
     trace = run_text(stack, first)
@@ -161,7 +164,9 @@ def test_a_strategy_is_refined_every_refine_every_uses_and_the_cost_is_as_declar
     # none's one call and the plugin's own, every one of them made
     assert response.model_extra["optigraph"]["upstream_calls"] == 3 == 1 + declared_calls(learning=True, refine_every=3)
     assert [c["node"] for c in stack.calls(response.model_extra["optigraph"]["run_id"])] == [
-        "passthrough", "spl.reflect", "spl.refine"
+        "passthrough",
+        "spl.reflect",
+        "spl.refine",
     ]
     refine_prompt = last_user_text(stack.log.bodies[2])
     assert "helped in 3 of 3 uses" in refine_prompt and STRATEGY in refine_prompt
