@@ -5,11 +5,12 @@ confidence are recorded in the run, the fallback runs below the threshold, bad p
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from api_stack import Stack, last_user_text
+from api_stack import Stack, last_user_text, start_stack
 
 from optigraph.core.cost import evaluate
 from optigraph.engine.registry import builtin_registry
@@ -115,3 +116,14 @@ def test_a_route_to_an_unknown_approach_is_a_400(plain: Stack) -> None:
         ask(plain, FACTUAL, routes={"factual": "nosuch"})
     assert err.value.body["code"] == "invalid_route" and "nosuch" in err.value.body["message"]
     assert plain.log.bodies == []
+
+
+def test_a_server_whose_default_is_auto_routes_plain_model_names(tmp_path: Path) -> None:
+    with start_stack(tmp_path / "auto.db", default_model="fake-model", approach="auto") as stack:
+        stack.script.fn = lambda body, index: "Tolstoy."
+        response = stack.client().chat.completions.create(
+            model="fake-model", messages=[{"role": "user", "content": WRITING}]
+        )
+        assert response.model_extra["optigraph"]["approach"] == "auto&none"
+        assert decisions(stack, response)[0]["route"] == "moa"
+        assert len(stack.log.bodies) == default_calls("moa")
