@@ -62,10 +62,10 @@ def test_old_turns_are_summarised_once_past_the_share(agent: Stack) -> None:
     assert sent[1] == {"role": "system", "content": f"{SUMMARY_HEADER}\n{SUMMARY}"}
     assert sent[2:] == messages[-3:]  # the last turns kept word for word
     run_id = response.model_extra["optigraph"]["run_id"]
+    agent.run(run_id)  # stored as finished: its calls are written
     assert [c["node"] for c in agent.calls(run_id)] == ["compact.summarise", "passthrough"]
     spec = builtin_registry().get("compact")
     assert response.model_extra["optigraph"]["upstream_calls"] == 1 + evaluate(spec.calls, spec.validate_params({}))
-    agent.run(run_id)
     with agent.http() as http:
         trace = json.dumps(http.get(f"/v1/runs/{run_id}").json())
     assert "compact: " in trace and "summarised 10 turn(s), kept 1 system and 3 last" in trace

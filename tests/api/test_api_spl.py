@@ -163,7 +163,9 @@ def test_a_strategy_is_refined_every_refine_every_uses_and_the_cost_is_as_declar
     response = ask(stack, learning=True, refine_every=3)  # its third use: refined
     # none's one call and the plugin's own, every one of them made
     assert response.model_extra["optigraph"]["upstream_calls"] == 3 == 1 + declared_calls(learning=True, refine_every=3)
-    assert [c["node"] for c in stack.calls(response.model_extra["optigraph"]["run_id"])] == [
+    run_id = response.model_extra["optigraph"]["run_id"]
+    stack.run(run_id)  # stored as finished: its calls are written
+    assert [c["node"] for c in stack.calls(run_id)] == [
         "passthrough",
         "spl.reflect",
         "spl.refine",
