@@ -47,19 +47,19 @@ def db_url(tmp_path: Path) -> str:
 
 def test_list_show_edit_delete(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     first, second = asyncio.run(_seed(db_url))
-    code, out, _ = cli(capsys, "spl", "--db-url", db_url, "list")
+    code, out, _ = cli(capsys, "spl", "list", "--db-url", db_url)
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split() == ["id", "type", "uses", "ok", "rate", "text"]
     assert lines[1].split()[:5] == [str(first), "arithmetic", "4", "3", "0.67"] and "Work digit by digit." in lines[1]
-    code, out, _ = cli(capsys, "spl", "--db-url", db_url, "list", "--type", "factual", "--json")
+    code, out, _ = cli(capsys, "spl", "list", "--db-url", db_url, "--type", "factual", "--json")
     assert [s["id"] for s in json.loads(out)] == [second]
 
     code, out, _ = cli(
-        capsys, "spl", "--db-url", db_url, "edit", str(first), "--text", "Carry with care.", "--uses", "5"
+        capsys, "spl", "edit", "--db-url", db_url, str(first), "--text", "Carry with care.", "--uses", "5"
     )
     assert code == 0 and json.loads(out)["text"] == "Carry with care." and json.loads(out)["uses"] == 5
-    code, out, _ = cli(capsys, "spl", "--db-url", db_url, "show", str(first))
+    code, out, _ = cli(capsys, "spl", "show", "--db-url", db_url, str(first))
     shown = json.loads(out)
     assert (shown["text"], shown["uses"], shown["successes"], shown["problem_type"]) == (
         "Carry with care.",
@@ -68,9 +68,9 @@ def test_list_show_edit_delete(db_url: str, capsys: pytest.CaptureFixture[str]) 
         "arithmetic",
     )
 
-    code, out, _ = cli(capsys, "spl", "--db-url", db_url, "delete", str(second))
+    code, out, _ = cli(capsys, "spl", "delete", "--db-url", db_url, str(second))
     assert code == 0 and out.strip() == f"deleted strategy {second}"
-    code, _, err = cli(capsys, "spl", "--db-url", db_url, "show", str(second))
+    code, _, err = cli(capsys, "spl", "show", "--db-url", db_url, str(second))
     assert code == 1 and f"no strategy {second}" in err
 
 
@@ -85,7 +85,7 @@ def test_list_show_edit_delete(db_url: str, capsys: pytest.CaptureFixture[str]) 
 )
 def test_bad_commands_say_why(db_url: str, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
     asyncio.run(_seed(db_url))
-    code, _, err = cli(capsys, "spl", "--db-url", db_url, *argv)
+    code, _, err = cli(capsys, "spl", argv[0], "--db-url", db_url, *argv[1:])
     assert code == 1 and message in err
 
 
@@ -94,7 +94,7 @@ def test_export_then_import_into_another_database(
 ) -> None:
     asyncio.run(_seed(db_url))
     exported = tmp_path / "strategies.json"
-    code, out, _ = cli(capsys, "spl", "--db-url", db_url, "export", "--out", str(exported))
+    code, out, _ = cli(capsys, "spl", "export", "--db-url", db_url, "--out", str(exported))
     assert code == 0 and "exported 2 strategies" in out
     items = json.loads(exported.read_text())
     assert [(i["problem_type"], i["text"], i["uses"], i["successes"]) for i in items] == [
@@ -103,9 +103,9 @@ def test_export_then_import_into_another_database(
     ]
     other = f"sqlite:///{tmp_path / 'other.db'}"
     upgrade_schema(other)
-    code, out, _ = cli(capsys, "spl", "--db-url", other, "import", str(exported))
+    code, out, _ = cli(capsys, "spl", "import", "--db-url", other, str(exported))
     assert code == 0 and out.startswith("imported 2 strategies")
-    code, out, _ = cli(capsys, "spl", "--db-url", other, "export")
+    code, out, _ = cli(capsys, "spl", "export", "--db-url", other)
     assert json.loads(out) == items
 
 
@@ -124,14 +124,14 @@ def test_a_bad_import_file_changes_nothing(
 ) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(content)
-    code, _, err = cli(capsys, "spl", "--db-url", db_url, "import", str(bad))
+    code, _, err = cli(capsys, "spl", "import", "--db-url", db_url, str(bad))
     assert code == 1 and message in err
-    code, out, _ = cli(capsys, "spl", "--db-url", db_url, "list")
+    code, out, _ = cli(capsys, "spl", "list", "--db-url", db_url)
     assert out.strip() == "no strategies"
 
 
 def test_a_missing_database_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = cli(capsys, "spl", "--db-url", f"sqlite:///{tmp_path / 'nowhere.db'}", "list")
+    code, _, err = cli(capsys, "spl", "list", "--db-url", f"sqlite:///{tmp_path / 'nowhere.db'}")
     assert code == 1 and "no database at" in err
 
 
@@ -141,7 +141,7 @@ def test_an_edit_from_the_command_line_reaches_a_running_server(
     with start_stack(tmp_path / "served.db", default_model="fake-model") as stack:
         url = f"sqlite:///{stack.db_path}"
         first, _ = asyncio.run(_seed(url))
-        cli(capsys, "spl", "--db-url", url, "edit", str(first), "--text", "Check the last digit.")
+        cli(capsys, "spl", "edit", "--db-url", url, str(first), "--text", "Check the last digit.")
         stack.client().chat.completions.create(
             model="spl-fake-model", messages=[{"role": "user", "content": "What is 37 * 41?"}]
         )

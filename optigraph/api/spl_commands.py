@@ -31,29 +31,34 @@ class SplCommandError(Exception):
 
 def add_arguments(spl: argparse.ArgumentParser) -> None:
     """The `spl` subcommands and their flags."""
-    spl.add_argument(
+    where = argparse.ArgumentParser(add_help=False)  # every subcommand takes --db-url
+    where.add_argument(
         "--db-url",
         default=os.environ.get("OPTIGRAPH_DB_URL") or default_db_url(),
         help="the server's database (default $OPTIGRAPH_DB_URL, else sqlite:///./optigraph.db)",
     )
     sub = spl.add_subparsers(dest="spl_command", required=True)
-    ls = sub.add_parser("list", help="the strategies, by problem type, best first")
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, parents=[where])
+
+    ls = command("list", "the strategies, by problem type, best first")
     ls.add_argument("--type", dest="problem_type", choices=PROBLEM_TYPES, help="only this problem type")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    show = sub.add_parser("show", help="one strategy with its record")
+    show = command("show", "one strategy with its record")
     show.add_argument("strategy_id", type=int)
-    edit = sub.add_parser("edit", help="change a strategy's text, type or record")
+    edit = command("edit", "change a strategy's text, type or record")
     edit.add_argument("strategy_id", type=int)
     edit.add_argument("--text")
     edit.add_argument("--type", dest="problem_type", choices=PROBLEM_TYPES)
     edit.add_argument("--uses", type=int)
     edit.add_argument("--successes", type=int)
-    delete = sub.add_parser("delete", help="delete a strategy")
+    delete = command("delete", "delete a strategy")
     delete.add_argument("strategy_id", type=int)
-    export = sub.add_parser("export", help="every strategy as JSON (to stdout or --out)")
+    export = command("export", "every strategy as JSON (to stdout or --out)")
     export.add_argument("--type", dest="problem_type", choices=PROBLEM_TYPES, help="only this problem type")
     export.add_argument("--out", help="write to this file")
-    imp = sub.add_parser("import", help="add the strategies of an exported JSON file")
+    imp = command("import", "add the strategies of an exported JSON file")
     imp.add_argument("file")
 
 
