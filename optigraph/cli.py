@@ -301,6 +301,9 @@ def parser() -> argparse.ArgumentParser:
         help="check the configuration, database, upstreams and sandbox, and say what each approach can do here",
         description="Takes the same settings as `serve` (--config, OPTIGRAPH_* variables).",
     ).add_argument("--config", default=os.environ.get("OPTIGRAPH_CONFIG"), help="YAML file of settings")
+    from optigraph.api.spl_commands import add_arguments as add_spl_arguments
+
+    add_spl_arguments(sub.add_parser("spl", help="list, edit, export and import the strategies spl has learned"))
     return p
 
 
@@ -481,6 +484,10 @@ def _main(argv: Sequence[str] | None) -> None:
         from optigraph.doctor import main as doctor
 
         raise SystemExit(doctor(args.config))
+    elif args.command == "spl":
+        from optigraph.api.spl_commands import main as spl_command
+
+        raise SystemExit(spl_command(args))
 
 
 # ---- runs and approaches: inspecting what the server did -------------------------------------------

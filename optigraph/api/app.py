@@ -22,6 +22,7 @@ from optigraph.api import (
     oauth,
     responses,
     runs,
+    spl,
     ui,
     ui_compare,
 )
@@ -171,6 +172,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None, tracer_p
     docs.install(app)  # /docs and /redoc with their assets served from a package: they work offline
     app.include_router(runs.router)
     app.include_router(approaches.router)
+    app.include_router(spl.router)
     app.include_router(ui.router)
     app.include_router(oauth.router)
     app.include_router(ui_compare.router)

@@ -43,7 +43,7 @@ from optigraph.engine.expression import (
 from optigraph.engine.mermaid import draw_mermaid
 from optigraph.engine.node_spans import trace_nodes
 from optigraph.engine.registry import Registry
-from optigraph.engine.wrapping import build_wrap
+from optigraph.engine.wrapping import Routed, build_wrap
 from optigraph.telemetry.tracing import Tracing
 
 
@@ -169,14 +169,16 @@ class Compiler:
                 self._children.popitem(last=False)
         return child
 
-    def _route(self, expression: str) -> tuple[Node, CompiledStateGraph]:
-        """A routed expression, checked like a client's, as a child graph."""
+    def _route(self, expression: str) -> Routed:
+        """A routed expression, checked like a client's, as a child graph, with the default
+        parameters of what it names (the client could not send any: it did not know the route)."""
         check_text(expression, self.limits, param=None)
         ast = parse(expression)
         validate(ast, self.registry.names())
         ast = self.resolve(ast)
         check_size(ast, self.limits, param=None)
-        return ast, self._child(ast)
+        defaults = {name: self.registry.get(name).validate_params(None) for name in dict.fromkeys(names(ast))}
+        return Routed(ast, self._child(ast), defaults)
 
     def _build(self, ast: Node) -> StateGraph:
         graph = self._build_plain(ast)

@@ -18,7 +18,7 @@ Each is a node of its own, so it is checkpointed and shown in the run's trace li
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
@@ -39,8 +39,17 @@ class WrapState(CompositeState, total=False):
     route_reason: str
 
 
+class Routed(NamedTuple):
+    """A routed expression compiled: its tree, its child graph, and the default parameters of the
+    approaches and plugins it names."""
+
+    ast: Node
+    graph: CompiledStateGraph
+    defaults: dict[str, dict[str, Any]]
+
+
 # Compiles a routed expression's text into a child graph (the compiler's, with its caches and checks).
-RouteCompiler = Callable[[str], tuple[Node, CompiledStateGraph]]
+RouteCompiler = Callable[[str], Routed]
 
 
 def build_wrap(ast: Plugin, spec: PluginSpec, inner: CompiledStateGraph, route: RouteCompiler) -> StateGraph:
@@ -109,10 +118,11 @@ def _run(ast: Plugin, spec: PluginSpec, inner: CompiledStateGraph, route: RouteC
     count = choice_count(ast.inner)
 
     async def run(state: WrapState, config: RunnableConfig, runtime: Runtime[RunContext]) -> dict[str, Any]:
-        child, child_ast, decisions = inner, ast.inner, []
+        child, child_ast, decisions, params = inner, ast.inner, [], state.get("params") or {}
         if state.get("route"):
             try:
-                child_ast, child = route(state["route"])
+                child_ast, child, defaults = route(state["route"])
+                params = {**defaults, **params}
             except InvalidRequest as exc:
                 raise InvalidRequest(
                     f"plugin {spec.name!r} routed to an invalid expression: {exc.message}", code="invalid_route"
@@ -126,7 +136,9 @@ def _run(ast: Plugin, spec: PluginSpec, inner: CompiledStateGraph, route: RouteC
                 )
             )
         stream_choice = _stream_choice(state, spec, runtime, count, routed=bool(decisions))
-        out = await child.ainvoke(child_input(state, child_ast, state["messages"], stream_choice), config)
+        out = await child.ainvoke(
+            child_input({**state, "params": params}, child_ast, state["messages"], stream_choice), config
+        )
         result = child_output(out)
         result["answers"] = out.get("answers") or []
         result["decisions"] = decisions + result["decisions"]

@@ -1,4 +1,5 @@
-"""The project's own tables: runs, the upstream calls they made, and conversation memory."""
+"""The project's own tables: runs, the upstream calls they made, conversation memory and the strategies
+the `spl` plugin learns."""
 
 from __future__ import annotations
 
@@ -207,6 +208,28 @@ class RunSlot(Base):
     __table_args__ = (Index("ix_run_slots_tenant", "tenant"),)
 
 
+class SplStrategy(Base):
+    """One strategy of the `spl` plugin (system prompt learning): advice for one type of problem,
+    added to the system prompt of requests of that type, with how often it was used and how often
+    the answer it was used for succeeded. `tenant` is None until the server knows tenants."""
+
+    __tablename__ = "spl_strategies"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant: Mapped[str | None] = mapped_column(String(128))
+    problem_type: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
+    uses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    successes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    refinements: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    example: Mapped[str | None] = mapped_column(Text)  # the last problem it was used for (refining reads it)
+    source_run: Mapped[str | None] = mapped_column(String(128))  # the run that created it (None: edited in)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_spl_strategies_problem_type", "problem_type", "tenant"),)
+
+
 RUNS = Run.__table__
 UPSTREAM_CALLS = UpstreamCall.__table__
 MEMORY_CHUNKS = MemoryChunk.__table__
@@ -214,3 +237,4 @@ API_KEYS = ApiKey.__table__
 TENANT_LIMITS = TenantLimits.__table__
 TENANT_USAGE = TenantUsage.__table__
 RUN_SLOTS = RunSlot.__table__
+SPL_STRATEGIES = SplStrategy.__table__

@@ -6,6 +6,7 @@ graph), kept here beside the plugins whose code they use (search providers, read
 """
 
 from optigraph.plugins import (
+    compact,
     context_memory,
     deep_research,
     executecode,
@@ -15,6 +16,8 @@ from optigraph.plugins import (
     privacy,
     proxy,
     readurls,
+    router,
+    spl,
     web_search,
 )
 
@@ -28,6 +31,10 @@ BUILTIN_PLUGINS = (
     longcepo.SPEC,
     web_search.SPEC,
     proxy.SPEC,
+    spl.SPEC,
+    router.SPEC,
+    router.AUTO_SPEC,
+    compact.SPEC,
 )
 
 # Approaches built from plugin code (registered with the approaches).

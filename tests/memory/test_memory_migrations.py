@@ -25,8 +25,8 @@ def _tables_and_version(db_url: str) -> tuple[set[str], list[str]]:
 def test_upgrade_creates_tables_and_is_idempotent(db_url: str) -> None:
     upgrade_schema(db_url)
     tables, versions = _tables_and_version(db_url)
-    assert {"runs", "upstream_calls", "memory_chunks", "alembic_version"} <= tables
-    assert versions == ["0005"]
+    assert {"runs", "upstream_calls", "memory_chunks", "spl_strategies", "alembic_version"} <= tables
+    assert versions == ["0006"]
     columns = {c["name"] for c in inspect(create_engine(sync_url(db_url))).get_columns("runs")}
     assert {"spec", "lease_owner", "lease_expires_at"} <= columns
 
@@ -60,4 +60,4 @@ def test_concurrent_upgrades_from_several_processes(db_url: str) -> None:
     assert [p.exitcode for p in procs] == [0, 0, 0]
     tables, versions = _tables_and_version(db_url)
     assert {"runs", "upstream_calls"} <= tables
-    assert versions == ["0005"]
+    assert versions == ["0006"]
