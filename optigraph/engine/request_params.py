@@ -36,13 +36,14 @@ OPTILLM_FIELDS: dict[str, tuple[str, str]] = {
     "confidence_threshold": ("deepthink", "confidence_threshold"),
     "enable_self_discover": ("deepthink", "enable_self_discover"),
     "reasoning_modules_limit": ("deepthink", "reasoning_modules_limit"),
+    "spl_learning": ("spl", "learning"),
 }
 # `<prefix><parameter>` is that approach's parameter: mcts_simulations, rstar_max_depth, cepo_planning_n.
 OPTILLM_PREFIXES: dict[str, str] = {"mcts_": "mcts", "rstar_": "rstar", "cepo_": "cepo"}
-# Fields OptILLM reads that no optigraph approach has a use for (its spl plugin; genselect's
-# comparison mode, where optigraph always compares the candidates in one call, and its reasoning
-# appendix): taken off the request, never sent upstream.
-OPTILLM_UNUSED = frozenset({"spl_learning", "comparison_mode", "include_reasoning"})
+# Fields OptILLM reads that no optigraph approach has a use for (genselect's comparison mode, where
+# optigraph always compares the candidates in one call, and its reasoning appendix): taken off the
+# request, never sent upstream.
+OPTILLM_UNUSED = frozenset({"comparison_mode", "include_reasoning"})
 # Fields that may also mean something upstream (the local decoding strategies read `k`).
 SHARED_FIELDS = frozenset({"k"})
 
