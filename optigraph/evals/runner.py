@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from optigraph.evals.generated import default_problems
 from optigraph.evals.grading import grade, math_verify_available
 from optigraph.evals.problems import (
     Problem,
@@ -392,7 +393,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         if args.reasoning_gym:
             problems = reasoning_gym_problems(args.reasoning_gym, args.count, args.seed)
         else:
-            problems = load_problems(args.problems)
+            problems = load_problems(args.problems) if args.problems else default_problems()
     except (ProblemError, OSError) as exc:
         raise EvalError(str(exc)) from None
     categories = [c.strip() for item in args.category or [] for c in item.split(",") if c.strip()]
