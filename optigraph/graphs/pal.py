@@ -41,7 +41,7 @@ from optigraph.core.state import sorted_candidates
 from optigraph.core.usage import add_usage
 from optigraph.core.votes import StopRule, is_cut, majority, should_stop, vote_margin, vote_summary
 from optigraph.nodes.adaptive import CALLS, EXPECTED_CALLS, AdaptiveParams, AdaptiveState, formula, round_size
-from optigraph.nodes.common import answer_of, candidates_from, generation_params, helper_params, text_answer
+from optigraph.nodes.common import answer_of, candidates_from, helper_params, text_answer
 from optigraph.nodes.execute import ExecutionState, execute, failure_report, printed_answer, printed_line, unavailable
 from optigraph.nodes.sample import param_or_client, sample_candidates
 from optigraph.nodes.transform import with_system_instructions
