@@ -28,6 +28,7 @@ calls and 1 prose call; expected 1 call when the first round's programs run and 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, ClassVar, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -48,6 +49,7 @@ from optigraph.nodes.transform import with_system_instructions
 from optigraph.sandbox import DEFAULT_ALLOWED_MODULES
 
 DEFAULT_TEMPERATURE = 0.7
+_ANSWER_LINE = re.compile(r"^\W*(final answer|the answer is|answer)\b", re.IGNORECASE)
 
 WRITE_INSTRUCTIONS = """Solve the problem with a Python program; do not work it out in prose. First \
 say in one or two sentences how the answer is computed. Then write the whole program in one ```python \
@@ -289,13 +291,20 @@ async def finish(state: PalState) -> dict[str, Any]:
     if len(top.members) > len(backing):
         agreement += " A direct answer agreed."
     message = FINAL_MESSAGE.format(
-        explanation=without_code(chosen["reply"]) or "The answer is computed by this program.",
+        explanation=explanation(chosen["reply"]),
         code=chosen["code"].rstrip(),
         printed=chosen["printed"],
         agreement=agreement,
         answer=printed_answer(chosen["printed"]) or chosen["printed"],
     )
     return {"answers": [text_answer(message)], "notes": [note]}
+
+
+def explanation(reply: str) -> str:
+    """The words of a program's reply: its prose without the code, and without any answer line of
+    its own (the model's guess before the program ran is not the answer)."""
+    lines = [line for line in without_code(reply).splitlines() if not _ANSWER_LINE.match(line)]
+    return "\n".join(lines).strip() or "The answer is computed by this program."
 
 
 def build() -> StateGraph:

@@ -181,3 +181,11 @@ def test_usable_in_expressions():
     registry = builtin_registry()
     assert registry.approach("pal") is SPEC
     assert parse("pal|self_consistency") is not None and parse("re2&pal") is not None
+
+
+async def test_the_explanation_drops_the_models_own_guess():
+    reply = "Multiply, then subtract.\nFinal answer: 31\n```python\nprint(36 - 7)\n```\n**Answer:** 31"
+    backend = scripted([reply, reply])
+    state, _ = await run_approach(SPEC, QUESTION, backend)
+    text = content(state)
+    assert "31" not in text and text.startswith("Multiply, then subtract.") and text.endswith("Final answer: 29")
