@@ -1,14 +1,15 @@
 import pytest
 
 from optigraph.core.votes import (
+    StopRule,
     canonical_arguments,
     group_answers,
     leader_probability,
-    StopRule,
     majority,
     should_stop,
     tool_call_key,
     vote_candidates,
+    vote_margin,
     vote_texts,
 )
 
@@ -143,3 +144,22 @@ def test_cut_responses_vote_only_when_nothing_else_answered():
 )
 def test_should_stop(leader, runner_up, drawn, budget, rule, stop):
     assert should_stop(leader, runner_up, drawn, budget, rule) is stop
+
+
+def test_stopping_when_the_rest_cannot_overturn_the_leader_never_changes_the_winner():
+    """Over every sequence of 5 answers drawn in rounds of 2, 2, 1: stopping only when the samples left
+    could not overturn the leader picks what the whole budget would have picked."""
+    import itertools
+
+    lossless = StopRule(min_lead=99)  # the lead rule never fires: only the budget check can stop
+    saved = 0
+    for sequence in itertools.product("abc", repeat=5):
+        full = majority(list(sequence), list(sequence))
+        for drawn in (2, 4, 5):
+            part = list(sequence[:drawn])
+            result = majority(part, part)
+            if should_stop(*vote_margin(result), drawn, 5, lossless):
+                break
+        assert part[result.winner] == sequence[full.winner], sequence
+        saved += 5 - drawn
+    assert saved > 0  # and it does stop early on some sequences
