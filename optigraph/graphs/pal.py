@@ -49,6 +49,7 @@ from optigraph.nodes.transform import with_system_instructions
 from optigraph.sandbox import DEFAULT_ALLOWED_MODULES
 
 DEFAULT_TEMPERATURE = 0.7
+WRITE_MAX_TOKENS = 1024
 _ANSWER_LINE = re.compile(r"^\W*(final answer|the answer is|answer)\b", re.IGNORECASE)
 
 WRITE_INSTRUCTIONS = """Solve the problem with a Python program; do not work it out in prose. First \
@@ -85,7 +86,12 @@ class PalParams(AdaptiveParams):
     prose_samples: int = Field(
         1, ge=0, le=16, description="Prose answers drawn when programs disagree or none ran (0: never)."
     )
-    write_max_tokens: int = Field(1024, ge=1, le=32768, description="max_tokens of a program-writing call.")
+    write_max_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=32768,
+        description=f"max_tokens of a program-writing or repair call; default: the client's, else {WRITE_MAX_TOKENS}.",
+    )
     timeout_s: float = Field(10.0, gt=0, le=120, description="Wall-clock limit of one program run, in seconds.")
     memory_mb: int = Field(512, ge=128, le=4096, description="Address-space limit of one program run, in MiB.")
 
@@ -115,6 +121,10 @@ def _writing(state: PalState) -> list[dict[str, Any]]:
     return with_system_instructions(state["messages"], instructions)
 
 
+def _write_limit(state: PalState) -> int:
+    return int(param_or_client(state, "write_max_tokens", WRITE_MAX_TOKENS, client_key="max_tokens"))
+
+
 def _program(index: int, reply: str) -> Program:
     code = extract_code(reply) or ""
     return {
@@ -134,7 +144,7 @@ async def write(state: PalState, runtime: Runtime[RunContext]) -> dict[str, Any]
     drawn = int(state.get("drawn") or 0)
     n = round_size(p, drawn, "samples")
     temperature = param_or_client(state, "temperature", DEFAULT_TEMPERATURE)
-    call = helper_params(state, temperature=temperature, max_tokens=p["write_max_tokens"])
+    call = helper_params(state, temperature=temperature, max_tokens=_write_limit(state))
     completion = await runtime.context.llm.chat(_writing(state), node="write", n=n, partial=True, **call)
     new = [_program(len(programs) + i, c["text"]) for i, c in enumerate(candidates_from(completion))]
     missing = sum(not prog["code"] for prog in new)
@@ -194,10 +204,9 @@ def _repairable(state: PalState) -> list[int]:
 
 async def repair(state: PalState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Each failed program back to the model with its error; the corrected ones run next."""
-    p = _params(state)
     programs = list(state.get("programs") or [])
     todo = _repairable(state)
-    call = helper_params(state, temperature=0.0, max_tokens=p["write_max_tokens"])
+    call = helper_params(state, temperature=0.0, max_tokens=_write_limit(state))
 
     async def fix(i: int) -> Any:
         prog = programs[i]

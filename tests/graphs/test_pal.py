@@ -189,3 +189,15 @@ async def test_the_explanation_drops_the_models_own_guess():
     state, _ = await run_approach(SPEC, QUESTION, backend)
     text = content(state)
     assert "31" not in text and text.startswith("Multiply, then subtract.") and text.endswith("Final answer: 29")
+
+
+async def test_program_calls_take_the_clients_max_tokens_unless_set():
+    backend = scripted([program("29"), program("29")])
+    await run_approach(SPEC, QUESTION, backend, request={"max_tokens": 300})
+    assert backend.calls[0]["max_tokens"] == 300
+    backend = scripted([program("29"), program("29")])
+    await run_approach(SPEC, QUESTION, backend, request={"max_tokens": 300}, params={"write_max_tokens": 700})
+    assert backend.calls[0]["max_tokens"] == 700
+    backend = scripted([program("29"), program("29")])
+    await run_approach(SPEC, QUESTION, backend)
+    assert backend.calls[0]["max_tokens"] == 1024
