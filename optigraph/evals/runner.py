@@ -358,10 +358,18 @@ def print_tables(summaries: list[ApproachSummary], compared: list[PairedComparis
         print(table, file=out)
 
 
-def report_saved(paths: list[str], *, baseline: str, out_dir: Path | None, out: TextIO) -> None:
+def report_saved(
+    paths: list[str],
+    *,
+    baseline: str,
+    out_dir: Path | None,
+    out: TextIO,
+    ids: list[str] | None = None,
+    categories: list[str] | None = None,
+) -> None:
     """Reports results saved by earlier runs (their results.jsonl files, or folders holding one) as
     one eval: the tables, and with `out_dir` a summary.json and plot.png there. Approaches run in
-    several files are pooled."""
+    several files are pooled; `ids` and `categories` keep only those problems."""
     results: list[ProblemResult] = []
     for name in paths:
         path = Path(name)
@@ -370,8 +378,12 @@ def report_saved(paths: list[str], *, baseline: str, out_dir: Path | None, out: 
             results.extend(read_jsonl(path))
         except (OSError, ValueError, TypeError) as exc:
             raise EvalError(f"cannot read results from {path}: {exc}") from None
+    if ids:
+        results = [r for r in results if r.id in set(ids)]
+    if categories:
+        results = [r for r in results if r.category in set(categories)]
     if not results:
-        raise EvalError("no results in " + ", ".join(paths))
+        raise EvalError("no results in " + ", ".join(paths) + (" for those problems" if ids or categories else ""))
     summaries = summarize(results, {})
     compared = comparisons(results, baseline)
     print_tables(summaries, compared, out)
@@ -525,7 +537,14 @@ def main(args: argparse.Namespace) -> int:
     """The `optigraph eval` command; returns the exit status (2 for a setup error)."""
     try:
         if args.results:
-            report_saved(args.results, baseline=args.baseline, out_dir=Path(args.out), out=sys.stdout)
+            report_saved(
+                args.results,
+                baseline=args.baseline,
+                out_dir=Path(args.out),
+                out=sys.stdout,
+                ids=[i.strip() for i in args.ids.split(",")] if args.ids else None,
+                categories=[c.strip() for item in args.category or [] for c in item.split(",") if c.strip()] or None,
+            )
             return 0
         config = config_from_args(args)
         execute(config)

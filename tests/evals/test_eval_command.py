@@ -322,5 +322,9 @@ def test_trials_send_different_seeds_and_saved_results_report_again(
     assert summary["paired"][0]["only_approach"] == ["word-01", "word-01#1"]
     assert summary["paired"][0]["p_value"] == pytest.approx(0.5)
     assert is_png(tmp_path / "rep" / "plot.png")
-    code, _, stderr = run_cli(["--results", str(tmp_path / "nothing-here")], capsys)
+    code, stdout, stderr = run_cli(
+        ["--results", str(out_dir), str(other), "--ids", "arith-01", "--out", str(tmp_path / "rep1")], capsys
+    )
+    assert code == 0 and "| pal      |   100.0% |" in stdout and "2/2" in stdout and "word-01" not in stdout
+    code, _, stderr = run_cli(["--results", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "rep2")], capsys)
     assert code == 2 and "cannot read results" in stderr
