@@ -4,7 +4,9 @@ prose: it writes a Python program that prints the answer, the sandbox runs it, a
 answers of several programs are voted.
 
 1. `write`: a round of `batch` programs is sampled (one call, n completions). Each reply is a
-   sentence or two saying how the answer is computed, then one program.
+   sentence or two saying how the answer is computed, then one program. The instructions are a
+   system message, and a one-line reminder ends the question (a small model follows the last
+   instruction it reads, and a question often ends with its own "think step by step").
 2. `run`: every new program runs in the sandbox (fail closed: where a layer the sandbox level needs
    is missing, nothing runs). Its answer is the last line it printed.
 3. `repair`: a program that failed, printed nothing or was missing is shown to the model with its
@@ -45,7 +47,7 @@ from optigraph.nodes.adaptive import CALLS, EXPECTED_CALLS, AdaptiveParams, Adap
 from optigraph.nodes.common import answer_of, candidates_from, helper_params, text_answer
 from optigraph.nodes.execute import ExecutionState, execute, failure_report, printed_answer, printed_line, unavailable
 from optigraph.nodes.sample import param_or_client, sample_candidates
-from optigraph.nodes.transform import with_system_instructions
+from optigraph.nodes.transform import with_system_instructions, with_user_suffix
 from optigraph.sandbox import DEFAULT_ALLOWED_MODULES
 
 DEFAULT_TEMPERATURE = 0.7
@@ -57,6 +59,11 @@ say in one or two sentences how the answer is computed. Then write the whole pro
 fenced block: give each quantity in the problem a named variable, compute the answer step by step, \
 and end with print(answer), printing only the final answer (a number, or a short word or phrase). \
 The program runs on its own: no input, no files, no network; it may import only: {modules}."""
+
+# Appended to the question: a small model follows the last instruction it reads, and a question
+# often ends with its own ("think step by step, then give the final answer").
+WRITE_REMINDER = """Answer with a program, not in prose: one or two sentences on how the answer is computed, then \
+one ```python block that ends with print(answer)."""
 
 REPAIR_REQUEST = """The program did not print an answer.
 
@@ -118,7 +125,7 @@ def _params(state: PalState) -> dict[str, Any]:
 
 def _writing(state: PalState) -> list[dict[str, Any]]:
     instructions = WRITE_INSTRUCTIONS.format(modules=", ".join(DEFAULT_ALLOWED_MODULES))
-    return with_system_instructions(state["messages"], instructions)
+    return with_user_suffix(with_system_instructions(state["messages"], instructions), WRITE_REMINDER)
 
 
 def _write_limit(state: PalState) -> int:

@@ -66,6 +66,8 @@ async def test_two_agreeing_programs_settle_it_in_one_call():
     backend = scripted([program("eggs - used"), program("36 - 7")])
     state, _ = await run_approach(SPEC, QUESTION, backend)
     assert kinds(backend) == ["write"] and backend.calls[0]["n"] == 2
+    asked = last_user(backend.calls[0])
+    assert asked.startswith(QUESTION[0]["content"]) and asked.endswith("ends with print(answer).")  # reminder last
     text = content(state)
     assert text.endswith("Final answer: 29")
     assert "Multiply the boxes by the eggs per box" in text  # the explanation in words
