@@ -52,7 +52,8 @@ from optigraph.sandbox import DEFAULT_ALLOWED_MODULES
 
 DEFAULT_TEMPERATURE = 0.7
 WRITE_MAX_TOKENS = 1024
-_ANSWER_LINE = re.compile(r"^\W*(final answer|the answer is|answer)\b", re.IGNORECASE)
+# a line of the model's own answer (often a guess at what the program prints, before it ran)
+_ANSWER_LINE = re.compile(r"\\boxed|final answer|the answer is|^\W*answer\b", re.IGNORECASE)
 
 WRITE_INSTRUCTIONS = """Solve the problem with a Python program; do not work it out in prose. First \
 say in one or two sentences how the answer is computed. Then write the whole program in one ```python \
@@ -319,7 +320,7 @@ async def finish(state: PalState) -> dict[str, Any]:
 def explanation(reply: str) -> str:
     """The words of a program's reply: its prose without the code, and without any answer line of
     its own (the model's guess before the program ran is not the answer)."""
-    lines = [line for line in without_code(reply).splitlines() if not _ANSWER_LINE.match(line)]
+    lines = [line for line in without_code(reply).splitlines() if not _ANSWER_LINE.search(line)]
     return "\n".join(lines).strip() or "The answer is computed by this program."
 
 

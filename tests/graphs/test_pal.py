@@ -186,7 +186,10 @@ def test_usable_in_expressions():
 
 
 async def test_the_explanation_drops_the_models_own_guess():
-    reply = "Multiply, then subtract.\nFinal answer: 31\n```python\nprint(36 - 7)\n```\n**Answer:** 31"
+    reply = (
+        "Multiply, then subtract.\nFinal answer: 31\n```python\nprint(36 - 7)\n```\n```output\n31\n```\n"
+        "The final answer is \\( \\boxed{31} \\).\n**Answer:** 31"
+    )
     backend = scripted([reply, reply])
     state, _ = await run_approach(SPEC, QUESTION, backend)
     text = content(state)
