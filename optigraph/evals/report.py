@@ -288,3 +288,45 @@ def plot(summaries: list[ApproachSummary], path: Path, *, title: str = "") -> bo
     fig.tight_layout()
     fig.savefig(str(path), format="png")
     return True
+
+
+def svg_plot(summaries: list[ApproachSummary], path: Path, *, title: str = "") -> None:
+    """Accuracy (with its 95% interval) against mean completion tokens per problem, one point per
+    approach and the Pareto front dashed, as a standalone SVG (no plotting library needed)."""
+    from xml.sax.saxutils import escape
+
+    width, height, left, right, top, bottom = 640, 400, 60, 30, 40, 50
+    most = max((s.mean_completion_tokens for s in summaries), default=1.0) or 1.0
+    span = most * 1.3
+
+    def x(tokens: float) -> float:
+        return left + (width - left - right) * tokens / span
+
+    def y(share: float) -> float:
+        return top + (height - top - bottom) * (1 - share)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+        'font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="13">{escape(title)}</text>',
+        f'<line x1="{left}" y1="{y(0)}" x2="{width - right}" y2="{y(0)}" stroke="black"/>',
+        f'<line x1="{left}" y1="{y(0)}" x2="{left}" y2="{y(1)}" stroke="black"/>',
+        f'<text x="{width / 2}" y="{height - 12}" text-anchor="middle">mean completion tokens per problem</text>',
+        f'<text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" text-anchor="middle">accuracy</text>',
+    ]
+    for share in (0.0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(f'<text x="{left - 6}" y="{y(share) + 4}" text-anchor="end">{100 * share:.0f}%</text>')
+    front = pareto_front([(s.mean_completion_tokens, s.accuracy) for s in summaries])
+    if len(front) > 1:
+        points = " ".join(f"{x(t):.1f},{y(a):.1f}" for t, a in front)
+        parts.append(f'<polyline points="{points}" fill="none" stroke="grey" stroke-dasharray="4 3"/>')
+    for s in summaries:
+        cx, cy = x(s.mean_completion_tokens), y(s.accuracy)
+        low, high = s.interval
+        parts.append(f'<line x1="{cx:.1f}" y1="{y(low):.1f}" x2="{cx:.1f}" y2="{y(high):.1f}" stroke="steelblue"/>')
+        parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="steelblue"/>')
+        label = escape(f"{s.approach} ({s.correct}/{s.problems})")
+        parts.append(f'<text x="{cx + 7:.1f}" y="{cy - 6:.1f}">{label}</text>')
+    parts.append("</svg>")
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")

@@ -46,6 +46,7 @@ from optigraph.evals.report import (
     plot,
     read_jsonl,
     summarize,
+    svg_plot,
     write_jsonl,
     write_summary,
 )
@@ -55,6 +56,7 @@ from optigraph.sandbox import DEFAULT_LEVEL, LEVELS, SandboxLevel
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "plot.png"
+SVG_PLOT_FILE = "plot.svg"  # written instead when matplotlib is not installed
 SERVER_DB_FILE = "optigraph.db"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -319,6 +321,8 @@ def execute(config: EvalConfig, *, out: TextIO | None = None) -> EvalOutcome:
         math_verify=math_verify_available(),
     )
     plotted = plot(summaries, config.out_dir / PLOT_FILE, title=f"{config.model}: {len(config.problems)} problems")
+    if not plotted:
+        svg_plot(summaries, config.out_dir / SVG_PLOT_FILE, title=f"{config.model}: {len(config.problems)} problems")
     trials = f", {config.trials} trials" if config.trials > 1 else ""
     print(
         f"\nmodel {config.model} via {where}; {len(config.problems)} problems{trials}, "
@@ -336,7 +340,7 @@ def execute(config: EvalConfig, *, out: TextIO | None = None) -> EvalOutcome:
     print(f"\nresults: {config.out_dir / RESULTS_FILE}", file=out)
     print(f"summary: {config.out_dir / SUMMARY_FILE}", file=out)
     print(
-        f"plot:    {config.out_dir / PLOT_FILE}" if plotted else "plot:    skipped (pip install matplotlib)", file=out
+        f"plot:    {config.out_dir / (PLOT_FILE if plotted else SVG_PLOT_FILE)}", file=out
     )
     return outcome
 
@@ -390,7 +394,9 @@ def report_saved(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_summary(summaries, out_dir / SUMMARY_FILE, compared=compared, sources=paths)
-        plot(summaries, out_dir / PLOT_FILE, title=f"{results[0].model}: accuracy against cost")
+        title = f"{results[0].model}: accuracy against cost"
+        if not plot(summaries, out_dir / PLOT_FILE, title=title):
+            svg_plot(summaries, out_dir / SVG_PLOT_FILE, title=title)
 
 
 # -- the command line ------------------------------------------------------------------------------

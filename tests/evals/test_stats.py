@@ -81,3 +81,23 @@ def test_trials_pair_problem_by_problem_and_report_per_trial():
 def test_pareto_front():
     points = [(100, 0.5), (300, 0.9), (200, 0.4), (400, 0.9), (50, 0.2)]
     assert pareto_front(points) == [(50, 0.2), (100, 0.5), (300, 0.9)]
+
+
+def test_svg_plot_draws_each_approach_with_its_interval(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from optigraph.evals.report import svg_plot
+
+    results = [result("none", "p1", True), result("none", "p2", False), result("pal", "p1", True)]
+    for r in results:
+        r.completion_tokens = 300 if r.approach == "none" else 600
+    summaries = summarize(results, {})
+    svg_plot(summaries, tmp_path / "plot.svg", title="t & co")
+    root = ET.parse(tmp_path / "plot.svg").getroot()  # well-formed, title escaped
+    ns = "{http://www.w3.org/2000/svg}"
+    labels = [t.text for t in root.iter(ns + "text")]
+    assert "none (1/2)" in labels and "pal (1/1)" in labels and "t & co" in labels
+    circles = [(float(c.get("cx")), float(c.get("cy"))) for c in root.iter(ns + "circle")]
+    assert len(circles) == 2 and circles[0][0] < circles[1][0]  # more tokens, further right
+    assert circles[1][1] < circles[0][1]  # 100% above 50%
+    assert len(list(root.iter(ns + "polyline"))) == 1  # the front: none, then pal
