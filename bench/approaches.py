@@ -40,10 +40,10 @@ CASES: tuple[tuple[str, dict[str, dict[str, Any]]], ...] = (
     ("none&none", {}),
     ("bon", {}),
     ("moa", {}),
-    ("self_consistency", {}),
+    ("self_consistency", {"self_consistency": {"adaptive": False}}),  # fixed: the full fan-out, one round
     ("bon", {"bon": {"n": 8}}),
     ("moa", {"moa": {"n": 8}}),
-    ("self_consistency", {"self_consistency": {"samples": 16}}),
+    ("self_consistency", {"self_consistency": {"samples": 16, "adaptive": False}}),
 )
 MESSAGES = [{"role": "user", "content": "What is six times seven? Think it through, then answer."}]
 

@@ -9,9 +9,17 @@ canonical form (keys sorted, whitespace and integral floats normalised), so two 
 `get_weather({"city": "Paris"})` agree however they spell the JSON. The winner's whole message,
 tool calls included, is the answer.
 
-`leader_probability` is the stopping rule of adaptive consistency ("Let's Sample Step by Step",
-Aggarwal et al., arXiv 2305.11860): how sure a Beta posterior is that the leading answer beats the
-runner-up.
+A response cut at `max_tokens` (`finish_reason: "length"`) has not answered: whatever number it
+last wrote is unfinished work. Such responses do not vote while any other response does; only when
+every response was cut do they vote among themselves (better some answer than none).
+
+Adaptive sampling (`should_stop`, `StopRule`) decides after each round whether more samples could
+still change the vote. Its default rule, `lead`, stops once the leading answer is `min_lead` votes
+ahead after at least `min_samples` samples, or once the samples left in the budget could not
+overturn it (then the full budget would have given the same winner). `beta` is the rule of
+adaptive consistency ("Let's Sample Step by Step", Aggarwal et al., arXiv 2305.11860): stop once
+a Beta posterior is `threshold` sure that the leading answer beats the runner-up; at 0.95 it needs
+four unanimous samples, which on a weak, noisy model is nearly the whole budget.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from difflib import SequenceMatcher
-from typing import Any
+from typing import Any, Literal
 
 from optigraph.core.answers import extract_normalized, strip_think
 from optigraph.core.state import Candidate, candidate_text
@@ -41,6 +49,7 @@ class Group:
 class VoteResult:
     winner: int  # position of the winning group's first member
     groups: tuple[Group, ...]  # every group, in order of first appearance
+    excluded: tuple[int, ...] = ()  # positions that did not vote (cut at max_tokens)
 
     @property
     def top(self) -> Group:
@@ -83,14 +92,27 @@ def group_answers(
 
 
 def majority(
-    answers: Sequence[str | None], texts: Sequence[str], *, threshold: float = SIMILARITY_THRESHOLD
+    answers: Sequence[str | None],
+    texts: Sequence[str],
+    *,
+    threshold: float = SIMILARITY_THRESHOLD,
+    cut: Sequence[bool] | None = None,
 ) -> VoteResult:
-    """The largest group; on ties, the group whose first member came first."""
+    """The largest group; on ties, the group whose first member came first. Positions marked in
+    `cut` (responses cut at max_tokens) vote only when every position is cut."""
     if not texts:
         raise ValueError("nothing to vote on")
-    groups = group_answers(answers, texts, threshold=threshold)
+    voting = [i for i in range(len(texts)) if not (cut and cut[i])] or list(range(len(texts)))
+    grouped = group_answers([answers[i] for i in voting], [texts[i] for i in voting], threshold=threshold)
+    groups = [Group(g.key, tuple(voting[m] for m in g.members), g.extracted) for g in grouped]
     best = max(groups, key=lambda g: (len(g.members), -g.members[0]))
-    return VoteResult(winner=best.members[0], groups=tuple(groups))
+    excluded = tuple(i for i in range(len(texts)) if i not in set(voting))
+    return VoteResult(winner=best.members[0], groups=tuple(groups), excluded=excluded)
+
+
+def is_cut(candidate: Candidate) -> bool:
+    """Whether generation stopped at max_tokens (its answer, if any, is unfinished work)."""
+    return candidate.get("finish_reason") == "length"
 
 
 def vote_texts(texts: Sequence[str], *, threshold: float = SIMILARITY_THRESHOLD) -> VoteResult:
@@ -138,8 +160,14 @@ def answer_key(candidate: Candidate) -> str | None:
 
 
 def vote_candidates(candidates: Sequence[Candidate], *, threshold: float = SIMILARITY_THRESHOLD) -> VoteResult:
-    """`majority` over the candidates' answer keys (tool calls or extracted answers)."""
-    return majority([answer_key(c) for c in candidates], [candidate_text(c) for c in candidates], threshold=threshold)
+    """`majority` over the candidates' answer keys (tool calls or extracted answers); candidates cut at
+    max_tokens vote only when all were cut."""
+    return majority(
+        [answer_key(c) for c in candidates],
+        [candidate_text(c) for c in candidates],
+        threshold=threshold,
+        cut=[is_cut(c) for c in candidates],
+    )
 
 
 def leader_probability(leader: int, runner_up: int) -> float:
@@ -157,4 +185,41 @@ def vote_margin(result: VoteResult) -> tuple[int, int]:
 
 
 def vote_summary(result: VoteResult) -> str:
-    return ", ".join(f"{g.key[:40]!r} x{len(g.members)}" for g in result.groups)
+    summary = ", ".join(f"{g.key[:40]!r} x{len(g.members)}" for g in result.groups)
+    if result.excluded:
+        summary += f"; {len(result.excluded)} cut at max_tokens not counted"
+    return summary
+
+
+StopKind = Literal["lead", "beta"]
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When adaptive sampling has enough samples (see the module docstring)."""
+
+    kind: StopKind = "lead"
+    min_samples: int = 2  # `lead`: samples drawn before a lead can stop sampling
+    min_lead: int = 2  # `lead`: votes the leader must be ahead of the runner-up
+    threshold: float = 0.95  # `beta`: P(leader stays ahead) that stops sampling
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> StopRule:
+        """The rule an approach's validated parameters (`AdaptiveParams` fields) describe."""
+        return cls(
+            kind=params.get("stop_rule", "lead"),
+            min_samples=int(params.get("min_samples", 2)),
+            min_lead=int(params.get("min_lead", 2)),
+            threshold=float(params.get("stop_threshold", 0.95)),
+        )
+
+
+def should_stop(leader: int, runner_up: int, drawn: int, budget: int, rule: StopRule) -> bool:
+    """Whether to stop sampling with the two largest groups of these sizes, `drawn` samples drawn of
+    at most `budget`. Always true once the budget is spent or the samples left could not overturn
+    the leader (so stopping then never changes the winner the full budget would give)."""
+    if drawn >= budget or leader - runner_up > budget - drawn:
+        return True
+    if rule.kind == "beta":
+        return leader_probability(leader, runner_up) >= rule.threshold
+    return drawn >= rule.min_samples and leader - runner_up >= rule.min_lead

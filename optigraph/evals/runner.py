@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from optigraph.evals.generated import default_problems
 from optigraph.evals.grading import grade, math_verify_available
 from optigraph.evals.problems import (
     Problem,
@@ -36,19 +37,26 @@ from optigraph.evals.problems import (
     select_problems,
 )
 from optigraph.evals.report import (
+    ApproachSummary,
     ProblemResult,
+    comparisons,
     format_category_table,
+    format_comparisons,
     format_table,
     plot,
+    read_jsonl,
     summarize,
+    svg_plot,
     write_jsonl,
     write_summary,
 )
+from optigraph.evals.stats import PairedComparison
 from optigraph.sandbox import DEFAULT_LEVEL, LEVELS, SandboxLevel
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "plot.png"
+SVG_PLOT_FILE = "plot.svg"  # written instead when matplotlib is not installed
 SERVER_DB_FILE = "optigraph.db"
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -74,6 +82,9 @@ class EvalConfig:
     instructions: bool = True
     progress: bool = True
     sandbox_level: SandboxLevel = DEFAULT_LEVEL  # for grading code and for the in-process server
+    trials: int = 1  # repetitions of every approach on every problem
+    seed: int | None = None  # with several trials, trial t sends seed + t (None: 0 + t)
+    baseline: str = "none"  # the approach the others are compared with, problem by problem
 
 
 @dataclass
@@ -84,12 +95,12 @@ class EvalOutcome:
     optigraph_endpoint: bool | None = None
 
 
-async def probe_endpoint(base_url: str, api_key: str | None) -> set[str] | None:
+async def probe_endpoint(base_url: str, api_key: str | None, *, timeout_s: float = 30.0) -> set[str] | None:
     """The approaches an optigraph server lists on /v1/models; None when the endpoint is not one
     (or does not say). An endpoint that cannot be reached, or refuses the key, stops the eval."""
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx.AsyncClient(timeout=timeout_s) as http:
             r = await http.get(base_url.rstrip("/") + "/models", headers=headers)
     except httpx.HTTPError as exc:
         raise EvalError(f"cannot reach {base_url}: {type(exc).__name__}: {exc}") from None
@@ -139,10 +150,18 @@ def _error_text(exc: BaseException) -> str:
     return text[:1000]
 
 
+def trial_seed(config: EvalConfig, trial: int) -> int | None:
+    """The seed sent in trial `trial`: none for a single trial unless --seed was given, else seed + trial."""
+    if config.trials <= 1 and config.seed is None:
+        return None
+    return (config.seed or 0) + trial
+
+
 async def solve(
-    client: Any, config: EvalConfig, approach: str, problem: Problem, optigraph_endpoint: bool
+    client: Any, config: EvalConfig, approach: str, problem: Problem, optigraph_endpoint: bool, trial: int = 0
 ) -> ProblemResult:
     """One problem, one approach: the request, its usage and the grade. Never raises."""
+    seed = trial_seed(config, trial)
     result = ProblemResult(
         approach=approach,
         model=config.model,
@@ -150,8 +169,12 @@ async def solve(
         category=problem.category,
         grader=problem.grader,
         expected=problem.answer,
+        trial=trial,
+        seed=seed,
     )
     kwargs: dict[str, Any] = {}
+    if seed is not None:
+        kwargs["seed"] = seed
     if config.max_tokens is not None:
         kwargs["max_tokens"] = config.max_tokens
     if config.temperature is not None:
@@ -205,7 +228,8 @@ async def run_eval(config: EvalConfig, *, results_file: TextIO | None = None) ->
 
     if config.base_url is None:
         raise EvalError("run_eval needs a base URL (see run_with_server)")
-    known = await probe_endpoint(config.base_url, config.api_key)
+    # as long as a request may take: a busy upstream that serves one request at a time answers late
+    known = await probe_endpoint(config.base_url, config.api_key, timeout_s=config.timeout_s)
     optigraph_endpoint = known is not None
     if known is not None:
         check_approaches(config.approaches, known)
@@ -213,12 +237,13 @@ async def run_eval(config: EvalConfig, *, results_file: TextIO | None = None) ->
         base_url=config.base_url, api_key=config.api_key or "none", max_retries=0, timeout=config.timeout_s
     )
     outcome = EvalOutcome(results=[], endpoint=config.base_url, optigraph_endpoint=optigraph_endpoint)
-    bar = _progress(len(config.approaches) * len(config.problems), config.progress)
+    trials = max(1, config.trials)
+    bar = _progress(len(config.approaches) * len(config.problems) * trials, config.progress)
     gate = asyncio.Semaphore(max(1, config.concurrency))
 
-    async def one(approach: str, problem: Problem) -> ProblemResult:
+    async def one(approach: str, problem: Problem, trial: int) -> ProblemResult:
         async with gate:
-            r = await solve(client, config, approach, problem, optigraph_endpoint)
+            r = await solve(client, config, approach, problem, optigraph_endpoint, trial)
         if results_file is not None:
             results_file.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
             results_file.flush()
@@ -231,7 +256,7 @@ async def run_eval(config: EvalConfig, *, results_file: TextIO | None = None) ->
             if bar is not None:
                 bar.set_description(approach)
             started = time.perf_counter()
-            rows = await asyncio.gather(*(one(approach, p) for p in config.problems))
+            rows = await asyncio.gather(*(one(approach, p, t) for t in range(trials) for p in config.problems))
             outcome.elapsed[approach] = time.perf_counter() - started
             outcome.results.extend(rows)
     finally:
@@ -272,16 +297,19 @@ def execute(config: EvalConfig, *, out: TextIO | None = None) -> EvalOutcome:
         outcome = run_with_server(config, results_file=results_file)
     order = {a: i for i, a in enumerate(config.approaches)}
     index = {p.id: i for i, p in enumerate(config.problems)}
-    outcome.results.sort(key=lambda r: (order.get(r.approach, 0), index.get(r.id, 0)))
+    outcome.results.sort(key=lambda r: (order.get(r.approach, 0), r.trial, index.get(r.id, 0)))
     # Rewritten in a stable order (the lines streamed during the run are in completion order).
     write_jsonl(outcome.results, config.out_dir / RESULTS_FILE)
     summaries = summarize(outcome.results, outcome.elapsed)
+    compared = comparisons(outcome.results, config.baseline)
     where = config.base_url or (
         f"optigraph in-process -> {config.upstream}" if config.upstream else "optigraph in-process -> local model"
     )
     write_summary(
         summaries,
         config.out_dir / SUMMARY_FILE,
+        compared=compared,
+        trials=config.trials,
         model=config.model,
         endpoint=where,
         started=started.isoformat(timespec="seconds"),
@@ -293,15 +321,15 @@ def execute(config: EvalConfig, *, out: TextIO | None = None) -> EvalOutcome:
         math_verify=math_verify_available(),
     )
     plotted = plot(summaries, config.out_dir / PLOT_FILE, title=f"{config.model}: {len(config.problems)} problems")
+    if not plotted:
+        svg_plot(summaries, config.out_dir / SVG_PLOT_FILE, title=f"{config.model}: {len(config.problems)} problems")
+    trials = f", {config.trials} trials" if config.trials > 1 else ""
     print(
-        f"\nmodel {config.model} via {where}; {len(config.problems)} problems, concurrency {config.concurrency}\n",
+        f"\nmodel {config.model} via {where}; {len(config.problems)} problems{trials}, "
+        f"concurrency {config.concurrency}\n",
         file=out,
     )
-    print(format_table(summaries), file=out)
-    by_category = format_category_table(summaries)
-    if by_category:
-        print("\ncorrect by category:\n", file=out)
-        print(by_category, file=out)
+    print_tables(summaries, compared, out)
     errors = [r for r in outcome.results if r.error]
     if errors:
         print(
@@ -311,10 +339,62 @@ def execute(config: EvalConfig, *, out: TextIO | None = None) -> EvalOutcome:
         )
     print(f"\nresults: {config.out_dir / RESULTS_FILE}", file=out)
     print(f"summary: {config.out_dir / SUMMARY_FILE}", file=out)
-    print(
-        f"plot:    {config.out_dir / PLOT_FILE}" if plotted else "plot:    skipped (pip install matplotlib)", file=out
-    )
+    print(f"plot:    {config.out_dir / (PLOT_FILE if plotted else SVG_PLOT_FILE)}", file=out)
     return outcome
+
+
+def print_tables(summaries: list[ApproachSummary], compared: list[PairedComparison], out: TextIO) -> None:
+    """The accuracy table, accuracy per trial and per category, and the paired comparisons."""
+    print(format_table(summaries), file=out)
+    for s in summaries:
+        if s.trial_accuracies:
+            per_trial = ", ".join(f"{100 * a:.1f}%" for a in s.trial_accuracies)
+            print(f"{s.approach}: accuracy per trial {per_trial}", file=out)
+    by_category = format_category_table(summaries)
+    if by_category:
+        print("\ncorrect by category:\n", file=out)
+        print(by_category, file=out)
+    table = format_comparisons(compared)
+    if table:
+        print(f"\npaired with {compared[0].baseline} on the same problems:\n", file=out)
+        print(table, file=out)
+
+
+def report_saved(
+    paths: list[str],
+    *,
+    baseline: str,
+    out_dir: Path | None,
+    out: TextIO,
+    ids: list[str] | None = None,
+    categories: list[str] | None = None,
+) -> None:
+    """Reports results saved by earlier runs (their results.jsonl files, or folders holding one) as
+    one eval: the tables, and with `out_dir` a summary.json and plot.png there. Approaches run in
+    several files are pooled; `ids` and `categories` keep only those problems."""
+    results: list[ProblemResult] = []
+    for name in paths:
+        path = Path(name)
+        path = path / RESULTS_FILE if path.is_dir() else path
+        try:
+            results.extend(read_jsonl(path))
+        except (OSError, ValueError, TypeError) as exc:
+            raise EvalError(f"cannot read results from {path}: {exc}") from None
+    if ids:
+        results = [r for r in results if r.id in set(ids)]
+    if categories:
+        results = [r for r in results if r.category in set(categories)]
+    if not results:
+        raise EvalError("no results in " + ", ".join(paths) + (" for those problems" if ids or categories else ""))
+    summaries = summarize(results, {})
+    compared = comparisons(results, baseline)
+    print_tables(summaries, compared, out)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_summary(summaries, out_dir / SUMMARY_FILE, compared=compared, sources=paths)
+        title = f"{results[0].model}: accuracy against cost"
+        if not plot(summaries, out_dir / PLOT_FILE, title=title):
+            svg_plot(summaries, out_dir / SVG_PLOT_FILE, title=title)
 
 
 # -- the command line ------------------------------------------------------------------------------
@@ -352,7 +432,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="generate problems offline with reasoning-gym, e.g. gsm_symbolic",
     )
     p.add_argument("--count", type=int, default=20, help="problems to generate with --reasoning-gym (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --reasoning-gym (default 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed for --reasoning-gym (default 0); with --trials, trial t sends seed + t to the model",
+    )
+    p.add_argument("--trials", type=int, default=1, help="run every approach on every problem N times, seeds differing")
+    p.add_argument(
+        "--baseline", default="none", help="compare every approach with this one, problem by problem (default none)"
+    )
+    p.add_argument(
+        "--results",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="report saved results (results.jsonl files or their folders) instead of running anything",
+    )
     p.add_argument(
         "--category",
         action="append",
@@ -388,11 +484,13 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     approaches = [a.strip() for a in args.approaches.split(",") if a.strip()]
     if not approaches:
         raise EvalError("--approaches is empty")
+    if args.trials < 1:
+        raise EvalError("--trials must be at least 1")
     try:
         if args.reasoning_gym:
-            problems = reasoning_gym_problems(args.reasoning_gym, args.count, args.seed)
+            problems = reasoning_gym_problems(args.reasoning_gym, args.count, args.seed or 0)
         else:
-            problems = load_problems(args.problems)
+            problems = load_problems(args.problems) if args.problems else default_problems()
     except (ProblemError, OSError) as exc:
         raise EvalError(str(exc)) from None
     categories = [c.strip() for item in args.category or [] for c in item.split(",") if c.strip()]
@@ -431,12 +529,25 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         instructions=args.instructions,
         progress=args.progress,
         sandbox_level=args.sandbox_level,
+        trials=args.trials,
+        seed=args.seed,
+        baseline=args.baseline,
     )
 
 
 def main(args: argparse.Namespace) -> int:
     """The `optigraph eval` command; returns the exit status (2 for a setup error)."""
     try:
+        if args.results:
+            report_saved(
+                args.results,
+                baseline=args.baseline,
+                out_dir=Path(args.out),
+                out=sys.stdout,
+                ids=[i.strip() for i in args.ids.split(",")] if args.ids else None,
+                categories=[c.strip() for item in args.category or [] for c in item.split(",") if c.strip()] or None,
+            )
+            return 0
         config = config_from_args(args)
         execute(config)
     except EvalError as exc:

@@ -14,6 +14,7 @@ from optigraph.graphs import (
     mcts,
     moa,
     none,
+    pal,
     plansearch,
     pvg,
     re2,
@@ -43,5 +44,6 @@ BUILTIN_APPROACHES = (
     rto.SPEC,
     z3.SPEC,
     coc.SPEC,
+    pal.SPEC,
     *decoding.specs(),
 )

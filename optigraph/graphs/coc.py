@@ -51,6 +51,7 @@ from optigraph.nodes.execute import (
     execute,
     extract_code,
     failure_report,
+    printed_answer,
     unavailable,
 )
 from optigraph.nodes.generate import generate_final
@@ -109,7 +110,6 @@ PENDING = "__coc_pending__:"
 _PENDING_LINE = re.compile(re.escape(PENDING) + r"(.*)$", re.MULTILINE)
 _RESULT = re.compile(r"RESULT\s*:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE | re.DOTALL)
 OUTPUT_IN_PROMPT = 6000  # characters of program output shown to the model
-RESULT_LINE_CHARS = 80  # a printed last line longer than this is not read as the program's answer
 OVERRIDE = "\n\nThe program printed {value}, which the explanation above contradicts: the computed result stands.\nFinal answer: {value}"
 
 # Prepended to the program: a stub for each semantic function. `__coc_values` maps the text of a
@@ -317,8 +317,7 @@ def program_result(state: CocState) -> str | None:
     holds an extractable answer (a number, a choice...); None otherwise (emulated, or no clear value)."""
     if not (state.get("how") or "").startswith("run by Python"):
         return None
-    lines = [line.strip() for line in (state.get("output") or "").splitlines() if line.strip()]
-    return extract_normalized(lines[-1]) if lines and len(lines[-1]) <= RESULT_LINE_CHARS else None
+    return printed_answer(state.get("output") or "")
 
 
 async def answer(state: CocState, runtime: Runtime[RunContext]) -> dict[str, Any]:

@@ -8,26 +8,41 @@ a lone choice letter, the last number; `<think>` blocks ignored) and normalised,
 arguments) and the winner's whole message, tool calls included, is returned. Ties go to the answer
 that appeared first; responses with no extractable answer are grouped by text similarity.
 
-Graph: START -> sample -> vote -> END. 1 call (k completions; k concurrent calls where the backend
-cannot return n), 1 round.
+A response cut at `max_tokens` does not vote unless every response was cut. Sampling is adaptive by
+default (`optigraph.nodes.adaptive`): rounds of `batch`, stopping once more responses could not change
+the vote, at most k; `adaptive: false` draws all k at once.
+
+Graph: START -> sample -> (sample again | vote) -> END. Adaptive: at most ceil(k / batch) calls, one per
+round. Fixed: 1 call (k completions; k concurrent calls where the backend cannot return n), 1 round.
 """
 
 from __future__ import annotations
 
-from langgraph.graph import StateGraph
+from typing import ClassVar
+
+from langgraph.graph import END, START, StateGraph
 from pydantic import Field
 
-from optigraph.core.spec import ApproachParams, ApproachSpec, client_temperature
+from optigraph.core.context import RunContext
+from optigraph.core.spec import ApproachSpec, client_temperature
 from optigraph.core.votes import SIMILARITY_THRESHOLD
-from optigraph.graphs.chain import chain
-from optigraph.nodes.sample import sample_node
+from optigraph.nodes.adaptive import (
+    CALLS,
+    EXPECTED_CALLS,
+    AdaptiveParams,
+    AdaptiveState,
+    formula,
+    sample_or_vote,
+    sample_round,
+)
 from optigraph.nodes.vote import vote
 
 DEFAULT_TEMPERATURE = 0.6
 
 
-class MajorityVotingParams(ApproachParams):
-    k: int = Field(8, ge=1, le=64, description="Responses to sample and vote over.")
+class MajorityVotingParams(AdaptiveParams):
+    budget_field: ClassVar[str] = "k"
+    k: int = Field(8, ge=1, le=64, description="Responses to sample and vote over (adaptive: at most).")
     temperature: float | None = client_temperature(DEFAULT_TEMPERATURE)
     similarity_threshold: float = Field(
         SIMILARITY_THRESHOLD,
@@ -38,7 +53,13 @@ class MajorityVotingParams(ApproachParams):
 
 
 def build() -> StateGraph:
-    return chain(("sample", sample_node(count="k", default_temperature=DEFAULT_TEMPERATURE)), ("vote", vote))
+    graph = StateGraph(AdaptiveState, context_schema=RunContext)
+    graph.add_node("sample", sample_round(budget="k", default_temperature=DEFAULT_TEMPERATURE))
+    graph.add_node("vote", vote)
+    graph.add_edge(START, "sample")
+    graph.add_conditional_edges("sample", sample_or_vote(budget="k"), ["sample", "vote"])
+    graph.add_edge("vote", END)
+    return graph
 
 
 SPEC = ApproachSpec(
@@ -47,7 +68,8 @@ SPEC = ApproachSpec(
     build=build,
     params=MajorityVotingParams,
     papers=("arXiv:2203.11171",),
-    calls="1",
-    rounds="1",
+    calls=formula(CALLS, "k"),
+    rounds=formula(CALLS, "k"),
+    expected_calls=formula(EXPECTED_CALLS, "k"),
     streams_final=False,
 )

@@ -57,7 +57,7 @@ from optigraph.core.context import RunContext
 from optigraph.core.messages import last_user_text, replace_last_user
 from optigraph.core.spec import ApproachParams, ApproachSpec
 from optigraph.core.state import candidate_text
-from optigraph.core.votes import group_answers, majority
+from optigraph.core.votes import is_cut, majority
 from optigraph.errors import UpstreamError
 from optigraph.nodes.aggregate import aggregate_messages
 from optigraph.nodes.common import (
@@ -423,14 +423,15 @@ async def finalize(state: MarsState) -> dict[str, Any]:
     verified = [s for s in pool if s.get("verified")]
     if verified:
         texts = [candidate_text(s) for s in verified]
-        vote = majority([extract_normalized(t) for t in texts], texts)
+        vote = majority([extract_normalized(t) for t in texts], texts, cut=[is_cut(s) for s in verified])
         best = max((verified[i] for i in vote.top.members), key=rank)
         return {
             "answers": [answer_of(best)],
             "notes": [f"finalize: verified solution {best['id']} ({len(verified)} of {len(pool)} verified)"],
         }
     texts = [candidate_text(s) for s in pool]
-    answered = [g for g in group_answers([extract_normalized(t) for t in texts], texts) if g.extracted]
+    vote = majority([extract_normalized(t) for t in texts], texts, cut=[is_cut(s) for s in pool])
+    answered = [g for g in vote.groups if g.extracted]
     top = max(answered, key=lambda g: (len(g.members), -g.members[0]), default=None)
     if top is not None and len(top.members) >= state["params"]["min_votes"]:
         best = max((pool[i] for i in top.members), key=rank)

@@ -15,7 +15,12 @@ import operator
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal, TypedDict
 
-from optigraph.core.answers import code_blocks, extract_code, without_code  # noqa: F401  (re-exported)
+from optigraph.core.answers import (  # noqa: F401  (code_blocks, extract_code, without_code: re-exported)
+    code_blocks,
+    extract_code,
+    extract_normalized,
+    without_code,
+)
 from optigraph.core.state import ApproachState
 from optigraph.sandbox import (
     DEFAULT_ALLOWED_MODULES,
@@ -29,6 +34,7 @@ from optigraph.sandbox import (
 Outcome = Literal["timeout", "memory", "forbidden", "error", "no_output", "unavailable"]
 
 MAX_RECORDED = 16_000  # characters of stdout / stderr kept in the (checkpointed) state
+RESULT_LINE_CHARS = 80  # a printed last line longer than this is not read as the program's answer
 
 
 class Execution(TypedDict, total=False):
@@ -166,3 +172,16 @@ def failure_report(record: Execution, *, limit: int = 3000) -> str:
     if stdout:
         text += f"\n\nOutput before it stopped:\n```\n{stdout}\n```"
     return text
+
+
+def printed_line(stdout: str) -> str | None:
+    """The last non-empty line a program printed, when it is short enough to be its result."""
+    lines = [line.strip() for line in (stdout or "").splitlines() if line.strip()]
+    return lines[-1] if lines and len(lines[-1]) <= RESULT_LINE_CHARS else None
+
+
+def printed_answer(stdout: str) -> str | None:
+    """The answer a program printed: the extractable answer (a number, a choice...) on its last
+    printed line, normalised as votes compare answers; None when there is none."""
+    line = printed_line(stdout)
+    return extract_normalized(line) if line is not None else None

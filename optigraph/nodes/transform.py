@@ -43,3 +43,20 @@ def with_system_instructions(messages: list[dict[str, Any]], instructions: str) 
             out[i] = {**message, "content": joined}
             return out
     return [{"role": "system", "content": instructions}, *out]
+
+
+def with_user_suffix(messages: list[dict[str, Any]], suffix: str) -> list[dict[str, Any]]:
+    """The conversation with `suffix` appended to its last user turn (a reminder a small model heeds
+    more than a system message: it comes last)."""
+    out = list(messages)
+    for i in range(len(out) - 1, -1, -1):
+        message = out[i]
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            out[i] = {**message, "content": [*content, {"type": "text", "text": "\n\n" + suffix}]}
+        else:
+            out[i] = {**message, "content": f"{message_text(message)}\n\n{suffix}"}
+        return out
+    return out

@@ -109,13 +109,18 @@ def test_eval_in_process_server_in_front_of_an_upstream(
         for line in main_table.splitlines()
         if line.startswith("| ") and not line.startswith("| approach")
     }
-    # accuracy, correct, errors, prompt tok, completion tok, upstream calls, mean wall s, total wall s
-    assert rows["none"][:3] == ["50.0%", "3/6", "1"]
-    assert rows["re2"][:3] == ["66.7%", "4/6", "1"]
-    assert rows["bon"][:3] == ["50.0%", "3/6", "1"]
-    assert rows["none"][5] == "1.0"  # per answered problem (a failed request reports no calls)
-    assert rows["bon"][5] == "3.0"  # one call sampling n=2 candidates, then a rating for each
-    assert float(rows["bon"][4]) > float(rows["none"][4])
+    # accuracy, 95% interval, correct, errors, prompt tok, completion tok, upstream calls, mean wall s, total
+    assert rows["none"][:4] == ["50.0%", "19-81%", "3/6", "1"]  # Wilson: 0.188-0.812
+    assert rows["re2"][:4] == ["66.7%", "30-90%", "4/6", "1"]
+    assert rows["bon"][:4] == ["50.0%", "19-81%", "3/6", "1"]
+    assert rows["none"][6] == "1.0"  # per answered problem (a failed request reports no calls)
+    assert rows["bon"][6] == "3.0"  # one call sampling n=2 candidates, then a rating for each
+    assert float(rows["bon"][5]) > float(rows["none"][5])
+    # paired with none on the same problems: re2 alone got word-01 right, bon agreed with none everywhere
+    paired = by_category.split("paired with none on the same problems:")[1]
+    assert "| re2      |     6 |          3 |             1 |         0 |       2 |     1.000 |" in paired
+    assert "re2 right, none wrong: word-01" in paired and "none right, re2 wrong: -" in paired
+    assert "bon right, none wrong: -" in paired
     assert "| re2      |        1/1 |  1/1 |   1/2 |  1/2 |" in by_category
     assert "3 request(s) failed (counted as wrong)" in stdout and "scripted failure for word-02" in stdout
     assert "bon: 100%" in stderr and "18/18" in stderr  # the progress bar, named after the running approach
@@ -229,7 +234,7 @@ def test_against_a_plain_openai_endpoint(
         capsys,
     )
     assert code == 0, stderr
-    assert "| none     |    50.0% |     1/2 |      0 |" in stdout
+    assert "| none     |    50.0% |        9-91% |     1/2 |      0 |" in stdout
     assert stderr == ""  # no progress bar
     assert [b["model"] for b in log.bodies[before:]] == ["fake-model", "fake-model"]
     assert log.headers[-1]["authorization"] == "Bearer k"
@@ -261,7 +266,7 @@ def test_generated_problems(upstream, tmp_path: Path, capsys: pytest.CaptureFixt
         capsys,
     )
     assert code == 0, stderr
-    assert "| none     |     0.0% |     0/3 |" in stdout  # the scripted upstream knows none of them
+    assert "| none     |     0.0% |        0-56% |     0/3 |" in stdout  # the scripted upstream knows none of them
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["basic_arithmetic-5-0", "basic_arithmetic-5-1", "basic_arithmetic-5-2"]
     assert all(r["category"] == "basic_arithmetic" and r["grader"] == "number" for r in rows)
@@ -277,3 +282,49 @@ def test_the_sandbox_level_reaches_the_eval_config(tmp_path: Path, capsys: pytes
     with pytest.raises(SystemExit) as done:
         parser().parse_args([*base, "--sandbox-level", "loose"])
     assert done.value.code == 2 and "invalid choice: 'loose'" in capsys.readouterr().err
+
+
+def test_trials_send_different_seeds_and_saved_results_report_again(
+    upstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--trials runs every problem once per trial with seed + trial; --results reports saved runs again
+    (pooled, with intervals and the paired comparison) without sending anything."""
+    server, log = upstream
+    out_dir = tmp_path / "trials"
+    before = len(log.bodies)
+    common = ["--model", "fake-model", "--base-url", server.url + "/v1", "--ids", "arith-01,word-01"]
+    code, stdout, stderr = run_cli(
+        [*common, "--approaches", "none", "--trials", "2", "--seed", "40", "--out", str(out_dir)], capsys
+    )
+    assert code == 0, stderr
+    sent = log.bodies[before:]
+    assert sorted(b["seed"] for b in sent) == [40, 40, 41, 41]
+    lines = [json.loads(line) for line in (out_dir / "results.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["trial"], r["seed"]) for r in lines] == [
+        ("arith-01", 0, 40),
+        ("word-01", 0, 40),
+        ("arith-01", 1, 41),
+        ("word-01", 1, 41),
+    ]
+    assert "2 problems, 2 trials" in stdout and "none: accuracy per trial 50.0%, 50.0%" in stdout
+    assert "| none     |    50.0% |       15-85% |     2/4 |" in stdout  # Wilson 2/4: 0.150-0.850
+
+    # a second "approach" saved elsewhere: the same problems, every answer right
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({**r, "approach": "pal", "correct": True}) + "\n" for r in lines))
+    during = len(log.bodies)
+    code, stdout, stderr = run_cli(["--results", str(out_dir), str(other), "--out", str(tmp_path / "rep")], capsys)
+    assert code == 0, stderr
+    assert len(log.bodies) == during  # nothing sent
+    assert "| pal      |   100.0% |      51-100% |     4/4 |" in stdout
+    assert "pal right, none wrong: word-01, word-01#1" in stdout
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert summary["paired"][0]["only_approach"] == ["word-01", "word-01#1"]
+    assert summary["paired"][0]["p_value"] == pytest.approx(0.5)
+    assert is_png(tmp_path / "rep" / "plot.png")
+    code, stdout, stderr = run_cli(
+        ["--results", str(out_dir), str(other), "--ids", "arith-01", "--out", str(tmp_path / "rep1")], capsys
+    )
+    assert code == 0 and "| pal      |   100.0% |" in stdout and "2/2" in stdout and "word-01" not in stdout
+    code, _, stderr = run_cli(["--results", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "rep2")], capsys)
+    assert code == 2 and "cannot read results" in stderr

@@ -25,6 +25,7 @@ from optigraph.local.decoding.deepconf import (
     trace_confidence,
     trace_settings,
     vote_traces,
+    voting,
     weighted_vote,
 )
 
@@ -213,6 +214,17 @@ def test_vote_traces_only_counts_what_it_is_given() -> None:
     assert vote is not None and vote.key == "4" and vote.share == 1.0
     assert vote_traces([]) is None
     assert dataclasses.replace(traces[0], finish_reason="cancelled").votes is False
+
+
+def test_traces_cut_at_the_token_limit_vote_only_when_none_finished() -> None:
+    finished = Trace(tokens=[1], confidences=[1.0], text="so 4", finish_reason="stop", answer="4", score=1.0)
+    cut = [
+        Trace(tokens=[1], confidences=[5.0], text="so far 5", finish_reason="length", answer="5", score=5.0)
+        for _ in range(2)
+    ]
+    assert voting([*cut, finished]) == [finished]
+    assert vote_traces(voting([*cut, finished])).key == "4"  # two confident cut traces would outvote it
+    assert voting(cut) == cut
 
 
 def test_every_parameter_is_described() -> None:

@@ -1,12 +1,15 @@
 import pytest
 
 from optigraph.core.votes import (
+    StopRule,
     canonical_arguments,
     group_answers,
     leader_probability,
     majority,
+    should_stop,
     tool_call_key,
     vote_candidates,
+    vote_margin,
     vote_texts,
 )
 
@@ -112,3 +115,51 @@ def test_leader_probability_is_the_beta_posterior():
     assert leader_probability(1, 1) == 0.5
     assert leader_probability(5, 1) < leader_probability(5, 0)
     assert leader_probability(10, 2) > 0.95
+
+
+def test_cut_responses_vote_only_when_nothing_else_answered():
+    cut = [{"text": "so far 12", "finish_reason": "length"}, {"text": "so far 12", "finish_reason": "length"}]
+    done = {"text": "The answer is 7.", "finish_reason": "stop"}
+    result = vote_candidates([*cut, done])
+    assert result.winner == 2 and result.excluded == (0, 1) and [g.members for g in result.groups] == [(2,)]
+    assert vote_candidates(cut).winner == 0 and vote_candidates(cut).excluded == ()
+    assert majority(["1", "2", "2"], ["a", "b", "c"], cut=[False, True, True]).winner == 0
+
+
+@pytest.mark.parametrize(
+    ("leader", "runner_up", "drawn", "budget", "rule", "stop"),
+    [
+        (2, 0, 2, 5, StopRule(), True),  # two agreeing: a lead of 2
+        (1, 1, 2, 5, StopRule(), False),
+        (2, 1, 3, 5, StopRule(), False),
+        (3, 1, 4, 5, StopRule(), True),
+        (1, 0, 1, 5, StopRule(min_samples=1, min_lead=1), True),
+        (2, 0, 2, 5, StopRule(min_samples=3), False),  # not before min_samples
+        (3, 0, 3, 5, StopRule(min_lead=5), True),  # 2 left cannot overturn a lead of 3
+        (2, 0, 3, 5, StopRule(min_lead=5), False),  # 2 left could tie a lead of 2
+        (1, 1, 5, 5, StopRule(), True),  # budget spent
+        (3, 0, 3, 12, StopRule(kind="beta"), False),  # Beta: 15/16 < 0.95
+        (4, 0, 4, 12, StopRule(kind="beta"), True),  # 31/32
+    ],
+)
+def test_should_stop(leader, runner_up, drawn, budget, rule, stop):
+    assert should_stop(leader, runner_up, drawn, budget, rule) is stop
+
+
+def test_stopping_when_the_rest_cannot_overturn_the_leader_never_changes_the_winner():
+    """Over every sequence of 5 answers drawn in rounds of 2, 2, 1: stopping only when the samples left
+    could not overturn the leader picks what the whole budget would have picked."""
+    import itertools
+
+    lossless = StopRule(min_lead=99)  # the lead rule never fires: only the budget check can stop
+    saved = 0
+    for sequence in itertools.product("abc", repeat=5):
+        full = majority(list(sequence), list(sequence))
+        for drawn in (2, 4, 5):
+            part = list(sequence[:drawn])
+            result = majority(part, part)
+            if should_stop(*vote_margin(result), drawn, 5, lossless):
+                break
+        assert part[result.winner] == sequence[full.winner], sequence
+        saved += 5 - drawn
+    assert saved > 0  # and it does stop early on some sequences

@@ -246,6 +246,13 @@ def weighted_vote(answers: Sequence[str | None], texts: Sequence[str], weights: 
     return WeightedVote(winner=winner, key=best.key, extracted=best.extracted, share=share, weights=totals)
 
 
+def voting(traces: Sequence[Trace]) -> list[Trace]:
+    """The traces that vote: those that finished; traces cut at the token limit only when none
+    finished (a cut trace's last number is unfinished work, not its answer)."""
+    finished = [t for t in traces if t.finish_reason == "stop"]
+    return finished or [t for t in traces if t.votes]
+
+
 def vote_traces(traces: Sequence[Trace]) -> WeightedVote | None:
     if not traces:
         return None
@@ -345,7 +352,7 @@ def run_online(ctx: DecodeContext, params: DeepConfParams, settings: TraceSettin
     threshold = stop_threshold([t.confidences for t in traces], params.variant, settings.window, settings.min_length)
     stopped_by, batches = "max_traces", 1
     while True:
-        vote = vote_traces([t for t in traces if t.votes])
+        vote = vote_traces(voting(traces))
         if vote is not None and vote.share >= params.consensus_threshold:
             stopped_by = "consensus"
             break
@@ -401,7 +408,7 @@ def run(ctx: DecodeContext, params: DeepConfParams) -> DecodeResult:
         return DecodeResult(text="", completion_tokens=0, finish_reason="length", info={**info, "traces": 0})
     runner = run_online if params.mode == "online" else run_offline
     traces, details = runner(ctx, params, settings)
-    voters = [t for t in traces if t.votes]
+    voters = voting(traces)
     vote = vote_traces(voters)
     info.update(
         details,
