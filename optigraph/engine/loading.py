@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +34,7 @@ from optigraph.core.spec import ApproachSpec, PluginSpec, Spec
 from optigraph.engine.authoring import load_declarative
 from optigraph.engine.declarative_plugins import is_plugin_document, load_plugin
 from optigraph.engine.expression import is_name
+from optigraph.engine.module_files import import_file
 from optigraph.engine.optillm_plugins import load_plugins as load_optillm_plugins
 from optigraph.engine.registry import Registry, builtin_registry
 from optigraph.errors import ApproachLoadError
@@ -87,18 +87,10 @@ def specs_of(obj: Any, source: str) -> list[Spec]:
 
 def load_module_file(path: Path) -> ModuleType:
     """Imports one approach module file under a private module name."""
-    name = f"optigraph_user_approaches.{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ApproachLoadError(f"{path}: cannot be imported")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        return import_file(path, "optigraph_user_approaches")
     except Exception as exc:  # any error in user code is a start-up error
-        sys.modules.pop(name, None)
         raise ApproachLoadError(f"{path}: import failed: {type(exc).__name__}: {exc}") from exc
-    return module
 
 
 def load_directory(directory: Path | str) -> list[tuple[Spec, str]]:

@@ -28,13 +28,10 @@ built-in serves that name).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import inspect
 import logging
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
@@ -46,6 +43,7 @@ from optigraph.core.messages import message_text
 from optigraph.core.spec import ApproachParams, ApproachSpec
 from optigraph.core.state import ApproachState
 from optigraph.core.sync_client import SyncChatClient
+from optigraph.engine.module_files import import_file
 from optigraph.errors import ApproachLoadError, BudgetExceeded, OptigraphError, PluginFailed
 
 log = logging.getLogger("optigraph.plugins")
@@ -150,28 +148,12 @@ def plugin_files(directory: Path | str) -> list[Path]:
     return out
 
 
-def _import(path: Path) -> ModuleType:
-    """Imports a plugin file under a private module name (its own file, like OptILLM does)."""
-    name = f"optigraph_optillm_plugins.{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"{path} cannot be imported")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    return module
-
-
 def load_plugins(directory: Path | str, *, taken: Callable[[str], bool]) -> list[tuple[ApproachSpec, str]]:
     """(spec, source) for each OptILLM plugin file in `directory` whose SLUG is not `taken` (built-in)."""
     out: list[tuple[ApproachSpec, str]] = []
     for path in plugin_files(directory):
         try:
-            module = _import(path)
+            module = import_file(path, "optigraph_optillm_plugins")  # its own module, as OptILLM does
         except Exception as exc:  # noqa: BLE001 (OptILLM skips a file that fails to import; so do we, loudly)
             log.warning("skipping OptILLM plugin file %s: import failed: %s: %s", path, type(exc).__name__, exc)
             continue
