@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from optigraph.backends.breaker import CircuitBreaker
 from optigraph.backends.health import CallOutcomes
@@ -128,6 +129,7 @@ class OpenAIHTTPBackend:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._urls: dict[str, URL] = {}
         self._proxy = env_proxy(self.base_url)  # read once: aiohttp's trust_env re-reads it per request
         self._ssl = tls_setting(ssl_verify, ssl_cert_path)
 
@@ -148,6 +150,13 @@ class OpenAIHTTPBackend:
     def capabilities(self, model: str) -> Capabilities:
         caps = capabilities_for(model)
         return caps if self._n_sampling is None else replace(caps, n_sampling=self._n_sampling)
+
+    def _url(self, path: str) -> URL:
+        """The upstream URL of `path`, parsed once (aiohttp parses a string URL on every request)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(f"{self.base_url}{path}")
+        return url
 
     def _headers(self, api_key: str | None) -> dict[str, str]:
         key = self.api_key or api_key
@@ -205,7 +214,7 @@ class OpenAIHTTPBackend:
         self.outcomes.before_call()  # an open breaker refuses the call before anything is sent
         try:
             async with self._client().post(
-                f"{self.base_url}{path}",
+                self._url(path),
                 data=orjson.dumps(body),
                 headers=self._headers(api_key),
                 allow_redirects=False,
@@ -250,7 +259,7 @@ class OpenAIHTTPBackend:
         self.outcomes.before_call()
         try:
             async with self._client().post(
-                f"{self.base_url}{path}",
+                self._url(path),
                 data=orjson.dumps(body),
                 headers=self._headers(api_key),
                 allow_redirects=False,

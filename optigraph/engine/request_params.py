@@ -48,6 +48,16 @@ OPTILLM_UNUSED = frozenset({"comparison_mode", "include_reasoning"})
 SHARED_FIELDS = frozenset({"k"})
 
 
+# A body key can be an OptILLM field only if it is one of these or starts with a prefix: one C-level test
+# per key keeps the common body (model, messages, max_tokens...) off the slower per-key lookups.
+_PREFIX_TUPLE = tuple(OPTILLM_PREFIXES)
+
+
+def optillm_keys(body: Mapping[str, Any]) -> list[str]:
+    """The keys of `body` that may be OptILLM fields (a superset: `field_target` decides)."""
+    return [k for k in body if k in OPTILLM_FIELDS or k in OPTILLM_UNUSED or k.startswith(_PREFIX_TUPLE)]
+
+
 def field_target(name: str) -> tuple[str, str] | None:
     """The (approach, parameter) an OptILLM body field sets, or None when it is not one."""
     if name in OPTILLM_FIELDS:
@@ -62,7 +72,7 @@ def proxy_fields(body: Mapping[str, Any], names: Iterable[str]) -> frozenset[str
     """The body's OptILLM fields that must not go upstream with an expression using `names`."""
     used = set(names)
     out = set()
-    for key in body:
+    for key in optillm_keys(body):
         target = field_target(key)
         if key in OPTILLM_UNUSED or (target is not None and (key not in SHARED_FIELDS or target[0] in used)):
             out.add(key)
@@ -73,7 +83,8 @@ def body_params(body: Mapping[str, Any], registry: Registry, names: Iterable[str
     """The OptILLM body fields for the approaches in `names`, by approach, each checked (a 400 naming the field)."""
     used = set(names)
     out: dict[str, dict[str, Any]] = {}
-    for key, value in body.items():
+    for key in optillm_keys(body):
+        value = body[key]
         target = field_target(key)
         if target is None or target[0] not in used:
             continue
@@ -104,21 +115,37 @@ def resolve_params(
     requested: Mapping[str, Mapping[str, Any]],
     body: Mapping[str, Any],
     defaults: Mapping[str, Mapping[str, Any]],
+    memo: dict[str, tuple[Any, dict[str, Any]]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each approach's validated parameters: server defaults < body fields < `requested` (optillm_params).
 
     An approach whose parameters are open (an OptILLM plugin file reads whatever fields it likes from
-    its request_config) also gets every OptILLM field of the body, which otherwise would not reach it."""
+    its request_config) also gets every OptILLM field of the body, which otherwise would not reach it.
+    `memo` (the caller's, kept across requests) remembers an approach's parameters when nothing was
+    given for it and the server has no defaults for it: most requests, validated once (per spec: an
+    approach registered again under its name is validated anew)."""
     fields = body_params(body, registry, names)
     loose = {key: body[key] for key in proxy_fields(body, names)}
     out = {}
     for name in names:
         spec = registry.get(name)
         given = loose if spec.params.model_config.get("extra") == "allow" else {}
-        out[name] = spec.validate_params(
-            {**defaults.get(name, {}), **given, **fields.get(name, {}), **(requested.get(name) or {})}
-        )
+        raw = {**defaults.get(name, {}), **given, **fields.get(name, {}), **(requested.get(name) or {})}
+        if raw or memo is None:
+            out[name] = spec.validate_params(raw)
+            continue
+        seen = memo.get(name)
+        if seen is not None and seen[0] is spec:
+            out[name] = dict(seen[1])
+            continue
+        known = spec.validate_params(raw)
+        if all(isinstance(v, _IMMUTABLE) for v in known.values()):  # values shared by runs must not be mutable
+            memo[name] = (spec, dict(known))
+        out[name] = known
     return out
+
+
+_IMMUTABLE = (str, int, float, bool, type(None), tuple, frozenset)
 
 
 def check_defaults(defaults: Mapping[str, Mapping[str, Any]], registry: Registry) -> None:

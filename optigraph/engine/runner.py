@@ -37,6 +37,7 @@ from optigraph.config import Settings
 from optigraph.core.backend import Capabilities
 from optigraph.core.context import RunContext
 from optigraph.core.deltas import StreamedAnswers
+from optigraph.core.ids import RunIds
 from optigraph.core.llm import LLM, Budget
 from optigraph.core.lru import LRUCache
 from optigraph.core.spec import PluginSpec
@@ -144,6 +145,9 @@ class Runner:
         self.telemetry = telemetry  # metrics and traces (recorded where runs start and end, and per call)
         self.n_support: LRUCache[str, bool] = LRUCache(N_SUPPORT_CACHE_SIZE)
         self._parsed: LRUCache[str, Node] = LRUCache(PARSED_CACHE_SIZE)
+        # An approach's parameters when a request gives none (engine/request_params.py: resolve_params).
+        self._default_params: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._ids = RunIds()
         self.owner = uuid.uuid4().hex  # this runner's name on the leases it takes (engine/resume.py)
         self.live: dict[asyncio.Task[Any], Prepared] = {}  # the runs executing now, by the task running each
 
@@ -190,7 +194,7 @@ class Runner:
                     code="model_required",
                 )
             model = self.settings.local_model
-        run_id = run_id or uuid.uuid4().hex
+        run_id = run_id or self._ids.new()
         llm = self.llm_for(
             model,
             run_id=run_id,
@@ -367,7 +371,14 @@ class Runner:
                 param="optillm_params",
                 code="invalid_approach_parameter",
             )
-        return resolve_params(self.registry, names, requested=raw, body=body, defaults=self.settings.approach_params)
+        return resolve_params(
+            self.registry,
+            names,
+            requested=raw,
+            body=body,
+            defaults=self.settings.approach_params,
+            memo=self._default_params,
+        )
 
     def _check_fields(self, body: dict[str, Any], llm: LLM, compiled: CompiledExpression | None) -> None:
         """A 400 for body fields the run would otherwise accept and ignore."""

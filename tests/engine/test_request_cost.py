@@ -1,0 +1,93 @@
+"""What the passthrough path does once instead of per request: pooled run ids and remembered default
+parameters (engine/request_params.py), checked for the same answers as the uncached path."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+from pydantic import Field
+
+from optigraph.core.ids import POOL_BYTES, RunIds
+from optigraph.core.spec import ApproachParams
+from optigraph.engine.registry import builtin_registry
+from optigraph.engine.request_params import optillm_keys, resolve_params
+from optigraph.errors import InvalidRequest
+
+
+def test_run_ids_are_distinct_hex_across_pool_refills() -> None:
+    ids = RunIds()
+    made = [ids.new() for _ in range(3 * POOL_BYTES // 16 + 5)]  # three refills and a part
+    assert len(set(made)) == len(made)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in made)
+    assert RunIds().new() != RunIds().new()
+
+
+def test_memoised_defaults_equal_fresh_validation() -> None:
+    registry = builtin_registry()
+    memo: dict = {}
+    names = ("self_consistency", "none")
+    first = resolve_params(registry, names, requested={}, body={}, defaults={}, memo=memo)
+    again = resolve_params(registry, names, requested={}, body={}, defaults={}, memo=memo)
+    fresh = resolve_params(registry, names, requested={}, body={}, defaults={})
+    assert first == again == fresh
+    assert set(memo) == set(names)
+    again["self_consistency"]["samples"] = 99  # a run's copy: changing it changes no other run's
+    assert resolve_params(registry, names, requested={}, body={}, defaults={}, memo=memo) == fresh
+
+
+def test_given_parameters_bypass_the_memo_and_are_still_checked() -> None:
+    registry = builtin_registry()
+    memo: dict = {}
+    resolve_params(registry, ("self_consistency",), requested={}, body={}, defaults={}, memo=memo)
+    got = resolve_params(
+        registry, ("self_consistency",), requested={"self_consistency": {"samples": 3}}, body={}, defaults={}, memo=memo
+    )
+    assert got["self_consistency"]["samples"] == 3
+    with pytest.raises(InvalidRequest):
+        resolve_params(
+            registry,
+            ("self_consistency",),
+            requested={"self_consistency": {"samples": -1}},
+            body={},
+            defaults={},
+            memo=memo,
+        )
+    defaults = {"self_consistency": {"samples": 7}}
+    got = resolve_params(registry, ("self_consistency",), requested={}, body={}, defaults=defaults, memo=memo)
+    assert got["self_consistency"]["samples"] == 7
+
+
+def test_an_approach_registered_again_is_validated_anew() -> None:
+    registry = builtin_registry()
+    memo: dict = {}
+    spec = registry.approach("re2")
+    assert resolve_params(registry, ("re2",), requested={}, body={}, defaults={}, memo=memo)["re2"] == {}
+
+    class Wider(ApproachParams):
+        depth: int = Field(4)
+
+    registry.specs["re2"] = dataclasses.replace(spec, params=Wider)  # as a server replacing an authored approach
+    assert resolve_params(registry, ("re2",), requested={}, body={}, defaults={}, memo=memo)["re2"] == {"depth": 4}
+
+
+def test_mutable_defaults_are_not_shared() -> None:
+    registry = builtin_registry()
+    spec = registry.approach("re2")
+
+    class Listed(ApproachParams):
+        stages: list[str] = Field(default_factory=lambda: ["a"])
+
+    registry.add(dataclasses.replace(spec, name="listed", params=Listed))
+    memo: dict = {}
+    first = resolve_params(registry, ("listed",), requested={}, body={}, defaults={}, memo=memo)
+    first["listed"]["stages"].append("b")
+    got = resolve_params(registry, ("listed",), requested={}, body={}, defaults={}, memo=memo)
+    assert got["listed"] == {"stages": ["a"]}
+    assert "listed" not in memo
+
+
+def test_optillm_key_prefilter_keeps_every_field_and_prefix() -> None:
+    body = {"model": "m", "messages": [], "k": 3, "mcts_depth": 2, "rstar_x": 1, "cepo_y": 1, "comparison_mode": "x"}
+    assert optillm_keys(body) == ["k", "mcts_depth", "rstar_x", "cepo_y", "comparison_mode"]
