@@ -65,14 +65,21 @@ def fake_upstream(latency: float = 0.0) -> Iterator[tuple[str, subprocess.Popen]
 
 @contextlib.contextmanager
 def optigraph_server(
-    base_url: str, *extra: str, tree: Path | None = None, workers: int = 1
+    base_url: str,
+    *extra: str,
+    tree: Path | None = None,
+    workers: int = 1,
+    wrap: tuple[str, ...] = (),
+    env_extra: dict[str, str] | None = None,
+    start_timeout_s: float = 60.0,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """Runs `optigraph serve` in front of `base_url` with a throwaway SQLite file; the code of the
     source tree `tree` when given (e.g. an older checkout, to compare), else the installed one.
+    `wrap` goes before the command (e.g. valgrind and its options), `env_extra` into its environment.
 
     Yields (base URL ending in /v1, process) once every worker answers."""
     port = free_port()
-    env = dict(os.environ)
+    env = {**os.environ, **(env_extra or {})}
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
     if workers > 1:
@@ -81,6 +88,7 @@ def optigraph_server(
         db_url = f"sqlite:///{Path(tmp) / 'bench.db'}"
         proc = subprocess.Popen(
             [
+                *wrap,
                 sys.executable,
                 "-m",
                 "optigraph",
@@ -99,7 +107,7 @@ def optigraph_server(
             cwd=tree,  # `python -m` puts the working directory first on the path
         )
         try:
-            wait_http(f"http://127.0.0.1:{port}/health", proc)
+            wait_http(f"http://127.0.0.1:{port}/health", proc, start_timeout_s)
             if workers > 1:
                 wait_workers(f"http://127.0.0.1:{port}/health", workers)
             yield f"http://127.0.0.1:{port}/v1", proc
@@ -134,14 +142,22 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def reference_proxy(base_url: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Runs bench/reference_proxy.py in front of `base_url`. Yields (base URL ending in /v1, process)."""
+def reference_proxy(
+    base_url: str,
+    *,
+    wrap: tuple[str, ...] = (),
+    env_extra: dict[str, str] | None = None,
+    start_timeout_s: float = 60.0,
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Runs bench/reference_proxy.py in front of `base_url` (`wrap` and `env_extra` as for
+    `optigraph_server`). Yields (base URL ending in /v1, process)."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, str(BENCH / "reference_proxy.py"), "--port", str(port), "--upstream", base_url]
+        [*wrap, sys.executable, str(BENCH / "reference_proxy.py"), "--port", str(port), "--upstream", base_url],
+        env={**os.environ, **(env_extra or {})},
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc)
+        wait_http(f"http://127.0.0.1:{port}/health", proc, start_timeout_s)
         yield f"http://127.0.0.1:{port}/v1", proc
     finally:
         stop(proc)

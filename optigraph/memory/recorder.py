@@ -140,6 +140,38 @@ def call_row(call: CallRecord) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class _Plain:
+    """A statement as SQL text with positional parameters and the bind processors of its columns
+    (JSON to text, timestamps to SQLite's format), for the DBAPI cursor's executemany."""
+
+    sql: str
+    names: tuple[str, ...]
+    processors: tuple[Any, ...]
+    defaults: dict[str, Any]  # columns the rows leave out, with the scalar default SQLAlchemy would send
+
+    @classmethod
+    def compile(cls, statement: Any, keys: tuple[str, ...], dialect: Any) -> _Plain | None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        names = tuple(getattr(compiled, "positiontup", None) or ())
+        processors = getattr(compiled, "_bind_processors", None)
+        if not names or processors is None:
+            return None  # not positional: SQLAlchemy's path
+        defaults = {}
+        for name in set(names) - set(keys):
+            column = statement.table.c.get(name)
+            default = None if column is None else column.default
+            if default is None or not default.is_scalar:
+                return None  # a default computed at execution: SQLAlchemy's path
+            defaults[name] = default.arg
+        return cls(str(compiled), names, tuple(processors.get(n) for n in names), defaults)
+
+    def values(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        if self.defaults:
+            row = {**self.defaults, **row}
+        return tuple(row[n] if p is None else p(row[n]) for n, p in zip(self.names, self.processors, strict=True))
+
+
 class SqlRecorder:
     """Records runs and calls in the `runs` and `upstream_calls` tables (see memory/tables.py).
 
@@ -185,6 +217,7 @@ class SqlRecorder:
             update(RUNS).where(RUNS.c.id == bindparam("_id")).values({c: bindparam(f"_{c}") for c in FINISH_COLUMNS})
         )
         self._insert_calls = UPSTREAM_CALLS.insert()
+        self._plain: dict[tuple[int, tuple[str, ...]], _Plain | None] = {}  # statements compiled for the file
         self._file = sqlite_file_engine(db)  # a SQLite file: written from a worker thread (module docstring)
 
     # -- the Recorder interface: called on the hot path, so append and return -----------------
@@ -349,8 +382,42 @@ class SqlRecorder:
 
     def _transaction_in_thread(self, records: list[_Item]) -> None:
         assert self._file is not None
-        with self._file.begin() as conn:
-            self._execute(conn, records)
+        statements = self._statements(records)
+        compiled = [self._compiled(statement, rows) for statement, rows in statements]
+        if any(c is None for c in compiled):
+            with self._file.begin() as conn:
+                self._execute(conn, records)
+            return
+        # The DBAPI connection directly: SQLAlchemy's execution path (contexts, per-row parameter
+        # processing, result set-up) cost more instructions than the SQLite work of a batch.
+        raw = self._file.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                for plain, (_, rows) in zip(compiled, statements, strict=True):
+                    assert plain is not None
+                    cursor.executemany(plain.sql, [plain.values(row) for row in rows])
+                raw.commit()
+            except BaseException:
+                raw.rollback()
+                raise
+            finally:
+                cursor.close()
+        finally:
+            raw.close()  # back to the pool
+
+    def _compiled(self, statement: Any, rows: list[dict[str, Any]]) -> _Plain | None:
+        """`statement` compiled once for the SQLite file with the columns of `rows` (each batch's rows of
+        one statement share their keys), or None when it cannot be run as plain SQL."""
+        keys = tuple(rows[0])
+        key = (id(statement), keys)
+        plain = self._plain.get(key)
+        if plain is None and key not in self._plain:
+            assert self._file is not None
+            plain = self._plain[key] = _Plain.compile(statement, keys, self._file.dialect)
+        if plain is not None and any(tuple(row) != keys for row in rows):
+            return None
+        return plain
 
     def _execute(self, conn: Connection, records: list[_Item]) -> None:
         for statement, rows in self._statements(records):

@@ -241,3 +241,41 @@ async def test_enqueue_is_cheap_and_batches_accumulate(engine: AsyncEngine) -> N
         assert run_calls == 250
     finally:
         await recorder.aclose()
+
+
+async def _write_all(url: str, *, plain: bool) -> dict[str, list[tuple]]:
+    """Every kind of batch the recorder writes, through the plain-SQL path or SQLAlchemy's."""
+    import sqlite3
+
+    from optigraph.memory.migrate import upgrade_schema
+
+    upgrade_schema(url)
+    db = open_database(url)
+    recorder = SqlRecorder(db)
+    if not plain:
+        recorder._compiled = lambda statement, rows: None  # type: ignore[method-assign]
+    recorder.start()
+    recorder.call(a_call("a"))
+    recorder.call(a_call("b", error="boom", status="error"))
+    recorder.run_finished("a", a_result(), run=a_run("a", user="ü"))  # started and finished in one batch
+    recorder.run_started(a_run("b", checkpointed=True, spec={"route": "m"}))
+    await recorder.flush()
+    recorder.run_finished(
+        "b", RunResult(status="failed", finished_at=T0, latency_ms=1.0, usage=None, error={"message": "x"})
+    )
+    await recorder.aclose()
+    await db.dispose()
+    if plain:  # every statement of these batches went the plain way (none fell back)
+        assert len(recorder._plain) == 4 and None not in recorder._plain.values()
+    path = url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:  # the stored bytes, not what SQLAlchemy reads back
+        return {t: list(conn.execute(f"SELECT * FROM {t} ORDER BY 1")) for t in ("runs", "upstream_calls")}
+
+
+async def test_the_plain_sql_path_stores_exactly_what_sqlalchemy_stores(tmp_path) -> None:
+    plain = await _write_all(f"sqlite:///{tmp_path / 'plain.db'}", plain=True)
+    through = await _write_all(f"sqlite:///{tmp_path / 'sqlalchemy.db'}", plain=False)
+    created = [row for row in plain["runs"] if row[0] == "a"][0]
+    assert len(plain["runs"]) == 2 and len(plain["upstream_calls"]) == 2
+    assert "2025-01-02 03:04:05.678000" in created  # the timestamp in SQLite's text form, in UTC
+    assert plain == through
