@@ -36,6 +36,7 @@ from optigraph.evals.problems import (
     reasoning_gym_problems,
     select_problems,
 )
+from optigraph.evals.replay import DB_FILE, replay_folder
 from optigraph.evals.report import (
     ApproachSummary,
     ProblemResult,
@@ -397,6 +398,35 @@ def report_saved(
             svg_plot(summaries, out_dir / SVG_PLOT_FILE, title=title)
 
 
+def replay_saved(args: argparse.Namespace) -> None:
+    """`--replay-adaptive FOLDER`: adaptive self-consistency on a fixed run's recorded samples
+    (evals/replay.py), written to --out as results.jsonl and reported beside the fixed run."""
+    folder = Path(args.replay_adaptive)
+    if not (folder / RESULTS_FILE).is_file() or not (folder / DB_FILE).is_file():
+        raise EvalError(f"{folder} holds no eval of its own (results.jsonl and {DB_FILE})")
+    try:
+        problems = load_problems(args.problems) if args.problems else default_problems()
+    except (ProblemError, OSError) as exc:
+        raise EvalError(str(exc)) from None
+    params = json.loads(args.params) if args.params else {}
+    params = params.get("self_consistency", params) if isinstance(params, dict) else {}
+    try:
+        replayed = replay_folder(folder, problems, params=params)
+    except ValueError as exc:  # pydantic's ValidationError included: bad stopping knobs
+        raise EvalError(f"cannot replay: {exc}") from None
+    if not replayed:
+        raise EvalError(f"no recorded samples to replay in {folder}")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(replayed, out_dir / RESULTS_FILE)
+    report_saved(
+        [str(folder / RESULTS_FILE), str(out_dir / RESULTS_FILE)],
+        baseline=read_jsonl(folder / RESULTS_FILE)[0].approach if args.baseline == "none" else args.baseline,
+        out_dir=out_dir,
+        out=sys.stdout,
+    )
+
+
 # -- the command line ------------------------------------------------------------------------------
 
 
@@ -458,6 +488,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ids", default=None, help="only these problem ids (comma-separated)")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems (after the filters)")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
+    p.add_argument(
+        "--replay-adaptive",
+        dest="replay_adaptive",
+        default=None,
+        metavar="FOLDER",
+        help="replay adaptive self-consistency on the samples of a fixed self_consistency eval in FOLDER "
+        "(its --out), with the stopping knobs of --params; writes results for the replayed approach",
+    )
     p.add_argument("--out", default="eval-results", help="folder for results.jsonl, summary.json, plot.png")
     p.add_argument("--max-tokens", type=int, default=None, help="max_tokens sent with each request")
     p.add_argument("--temperature", type=float, default=None, help="temperature sent with each request")
@@ -547,6 +585,9 @@ def main(args: argparse.Namespace) -> int:
                 ids=[i.strip() for i in args.ids.split(",")] if args.ids else None,
                 categories=[c.strip() for item in args.category or [] for c in item.split(",") if c.strip()] or None,
             )
+            return 0
+        if args.replay_adaptive:
+            replay_saved(args)
             return 0
         config = config_from_args(args)
         execute(config)

@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 from optigraph.core.context import RunContext
 from optigraph.core.spec import ApproachParams
 from optigraph.core.state import ApproachState, sorted_candidates
-from optigraph.core.votes import SIMILARITY_THRESHOLD, StopRule, should_stop, vote_candidates, vote_margin
+from optigraph.core.votes import SIMILARITY_THRESHOLD, StopRule, is_cut, should_stop, vote_candidates, vote_margin
 from optigraph.errors import UpstreamError
 from optigraph.nodes.sample import SampleNode, param_or_client, sample_candidates
 
@@ -114,8 +114,11 @@ def settled(state: AdaptiveState, *, budget: str = "samples") -> bool:
     total = budget_of(params, budget)
     if not params.get("adaptive") or drawn >= total:
         return True
+    candidates = sorted_candidates(state)
+    if all(is_cut(c) for c in candidates):  # cut samples vote only when nothing else answers: not yet known
+        return False
     threshold = params.get("similarity_threshold", SIMILARITY_THRESHOLD)
-    leader, runner_up = vote_margin(vote_candidates(sorted_candidates(state), threshold=threshold))
+    leader, runner_up = vote_margin(vote_candidates(candidates, threshold=threshold))
     return should_stop(leader, runner_up, drawn, total, StopRule.from_params(params))
 
 
