@@ -66,6 +66,22 @@ The program runs on its own: no input, no files, no network; it may import only:
 WRITE_REMINDER = """Answer with a program, not in prose: one or two sentences on how the answer is computed, then \
 one ```python block that ends with print(answer)."""
 
+# One worked question and program shown before the client's conversation, as PAL's prompts show
+# several: a 1.5B coder model asked to "solve with a program" still answered 26 of 54 first replies in
+# prose (each costing a repair call) and wrote long explanations and made-up outputs around the others.
+EXAMPLE_QUESTION = """A baker makes 4 trays of 12 rolls. She sells 30 rolls and packs the rest in bags of 6. How many bags does she fill?"""
+EXAMPLE_PROGRAM = """Rolls left after the sale, in whole bags of 6.
+
+```python
+trays = 4
+rolls_per_tray = 12
+sold = 30
+bag_size = 6
+left = trays * rolls_per_tray - sold
+answer = left // bag_size
+print(answer)
+```"""
+
 REPAIR_REQUEST = """The program did not print an answer.
 
 {report}
@@ -100,6 +116,11 @@ class PalParams(AdaptiveParams):
         le=32768,
         description=f"max_tokens of a program-writing or repair call; default: the client's, else {WRITE_MAX_TOKENS}.",
     )
+    example: bool = Field(
+        True,
+        description="Show one worked question and its program before the conversation (PAL's few-shot "
+        "prompt); false: the instructions alone.",
+    )
     timeout_s: float = Field(10.0, gt=0, le=120, description="Wall-clock limit of one program run, in seconds.")
     memory_mb: int = Field(512, ge=128, le=4096, description="Address-space limit of one program run, in MiB.")
 
@@ -126,7 +147,15 @@ def _params(state: PalState) -> dict[str, Any]:
 
 def _writing(state: PalState) -> list[dict[str, Any]]:
     instructions = WRITE_INSTRUCTIONS.format(modules=", ".join(DEFAULT_ALLOWED_MODULES))
-    return with_user_suffix(with_system_instructions(state["messages"], instructions), WRITE_REMINDER)
+    messages = with_user_suffix(with_system_instructions(state["messages"], instructions), WRITE_REMINDER)
+    if not _params(state).get("example", True):
+        return messages
+    example = [
+        {"role": "user", "content": f"{EXAMPLE_QUESTION}\n\n{WRITE_REMINDER}"},
+        {"role": "assistant", "content": EXAMPLE_PROGRAM},
+    ]
+    first = next((i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")), len(messages))
+    return [*messages[:first], *example, *messages[first:]]
 
 
 def _write_limit(state: PalState) -> int:
