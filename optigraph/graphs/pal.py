@@ -82,6 +82,10 @@ answer = left // bag_size
 print(answer)
 ```"""
 
+# Program calls stop where the program's block closes: what the model writes after it (a made-up
+# ```output block, "the answer is ...") is unused, and was a third of a reply's tokens.
+CODE_END = "\n```\n"
+
 REPAIR_REQUEST = """The program did not print an answer.
 
 {report}
@@ -163,6 +167,8 @@ def _write_limit(state: PalState) -> int:
 
 
 def _program(index: int, reply: str) -> Program:
+    if reply.count("```") % 2:  # stopped at CODE_END: the block is closed again for the final message
+        reply = reply.rstrip() + "\n```"
     code = extract_code(reply) or ""
     return {
         "index": index,
@@ -181,7 +187,7 @@ async def write(state: PalState, runtime: Runtime[RunContext]) -> dict[str, Any]
     drawn = int(state.get("drawn") or 0)
     n = round_size(p, drawn, "samples")
     temperature = param_or_client(state, "temperature", DEFAULT_TEMPERATURE)
-    call = helper_params(state, temperature=temperature, max_tokens=_write_limit(state))
+    call = helper_params(state, temperature=temperature, max_tokens=_write_limit(state), stop=[CODE_END])
     completion = await runtime.context.llm.chat(_writing(state), node="write", n=n, partial=True, **call)
     new = [_program(len(programs) + i, c["text"]) for i, c in enumerate(candidates_from(completion))]
     missing = sum(not prog["code"] for prog in new)
@@ -245,7 +251,7 @@ async def repair(state: PalState, runtime: Runtime[RunContext]) -> dict[str, Any
     """Each failed program back to the model with its error; the corrected ones run next."""
     programs = list(state.get("programs") or [])
     todo = _repairable(state)
-    call = helper_params(state, temperature=0.0, max_tokens=_write_limit(state))
+    call = helper_params(state, temperature=0.0, max_tokens=_write_limit(state), stop=[CODE_END])
 
     async def fix(i: int) -> Any:
         prog = programs[i]
