@@ -5,8 +5,10 @@ answers of several programs are voted.
 
 1. `write`: a round of `batch` programs is sampled (one call, n completions). Each reply is a
    sentence or two saying how the answer is computed, then one program. The instructions are a
-   system message, and a one-line reminder ends the question (a small model follows the last
-   instruction it reads, and a question often ends with its own "think step by step").
+   system message, one worked question and program come before the conversation (PAL's prompts are
+   few-shot; `example: false` leaves it out), and a one-line reminder ends the question (a small model
+   follows the last instruction it reads, and a question often ends with its own "think step by
+   step"). Generation stops where the program's block closes: nothing after it is used.
 2. `run`: every new program runs in the sandbox (fail closed: where a layer the sandbox level needs
    is missing, nothing runs). Its answer is the last line it printed.
 3. `repair`: a program that failed, printed nothing or was missing is shown to the model with its
