@@ -5,8 +5,10 @@ answers of several programs are voted.
 
 1. `write`: a round of `batch` programs is sampled (one call, n completions). Each reply is a
    sentence or two saying how the answer is computed, then one program. The instructions are a
-   system message, and a one-line reminder ends the question (a small model follows the last
-   instruction it reads, and a question often ends with its own "think step by step").
+   system message, one worked question and program come before the conversation (PAL's prompts are
+   few-shot; `example: false` leaves it out), and a one-line reminder ends the question (a small model
+   follows the last instruction it reads, and a question often ends with its own "think step by
+   step"). Generation stops where the program's block closes: nothing after it is used.
 2. `run`: every new program runs in the sandbox (fail closed: where a layer the sandbox level needs
    is missing, nothing runs). Its answer is the last line it printed.
 3. `repair`: a program that failed, printed nothing or was missing is shown to the model with its
@@ -66,6 +68,26 @@ The program runs on its own: no input, no files, no network; it may import only:
 WRITE_REMINDER = """Answer with a program, not in prose: one or two sentences on how the answer is computed, then \
 one ```python block that ends with print(answer)."""
 
+# One worked question and program shown before the client's conversation, as PAL's prompts show
+# several: a 1.5B coder model asked to "solve with a program" still answered 26 of 54 first replies in
+# prose (each costing a repair call) and wrote long explanations and made-up outputs around the others.
+EXAMPLE_QUESTION = """A baker makes 4 trays of 12 rolls. She sells 30 rolls and packs the rest in bags of 6. How many bags does she fill?"""
+EXAMPLE_PROGRAM = """Rolls left after the sale, in whole bags of 6.
+
+```python
+trays = 4
+rolls_per_tray = 12
+sold = 30
+bag_size = 6
+left = trays * rolls_per_tray - sold
+answer = left // bag_size
+print(answer)
+```"""
+
+# Program calls stop where the program's block closes: what the model writes after it (a made-up
+# ```output block, "the answer is ...") is unused, and was a third of a reply's tokens.
+CODE_END = "\n```\n"
+
 REPAIR_REQUEST = """The program did not print an answer.
 
 {report}
@@ -100,6 +122,11 @@ class PalParams(AdaptiveParams):
         le=32768,
         description=f"max_tokens of a program-writing or repair call; default: the client's, else {WRITE_MAX_TOKENS}.",
     )
+    example: bool = Field(
+        True,
+        description="Show one worked question and its program before the conversation (PAL's few-shot "
+        "prompt); false: the instructions alone.",
+    )
     timeout_s: float = Field(10.0, gt=0, le=120, description="Wall-clock limit of one program run, in seconds.")
     memory_mb: int = Field(512, ge=128, le=4096, description="Address-space limit of one program run, in MiB.")
 
@@ -126,7 +153,15 @@ def _params(state: PalState) -> dict[str, Any]:
 
 def _writing(state: PalState) -> list[dict[str, Any]]:
     instructions = WRITE_INSTRUCTIONS.format(modules=", ".join(DEFAULT_ALLOWED_MODULES))
-    return with_user_suffix(with_system_instructions(state["messages"], instructions), WRITE_REMINDER)
+    messages = with_user_suffix(with_system_instructions(state["messages"], instructions), WRITE_REMINDER)
+    if not _params(state).get("example", True):
+        return messages
+    example = [
+        {"role": "user", "content": f"{EXAMPLE_QUESTION}\n\n{WRITE_REMINDER}"},
+        {"role": "assistant", "content": EXAMPLE_PROGRAM},
+    ]
+    first = next((i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")), len(messages))
+    return [*messages[:first], *example, *messages[first:]]
 
 
 def _write_limit(state: PalState) -> int:
@@ -134,6 +169,8 @@ def _write_limit(state: PalState) -> int:
 
 
 def _program(index: int, reply: str) -> Program:
+    if reply.count("```") % 2:  # stopped at CODE_END: the block is closed again for the final message
+        reply = reply.rstrip() + "\n```"
     code = extract_code(reply) or ""
     return {
         "index": index,
@@ -152,7 +189,7 @@ async def write(state: PalState, runtime: Runtime[RunContext]) -> dict[str, Any]
     drawn = int(state.get("drawn") or 0)
     n = round_size(p, drawn, "samples")
     temperature = param_or_client(state, "temperature", DEFAULT_TEMPERATURE)
-    call = helper_params(state, temperature=temperature, max_tokens=_write_limit(state))
+    call = helper_params(state, temperature=temperature, max_tokens=_write_limit(state), stop=[CODE_END])
     completion = await runtime.context.llm.chat(_writing(state), node="write", n=n, partial=True, **call)
     new = [_program(len(programs) + i, c["text"]) for i, c in enumerate(candidates_from(completion))]
     missing = sum(not prog["code"] for prog in new)
@@ -216,7 +253,7 @@ async def repair(state: PalState, runtime: Runtime[RunContext]) -> dict[str, Any
     """Each failed program back to the model with its error; the corrected ones run next."""
     programs = list(state.get("programs") or [])
     todo = _repairable(state)
-    call = helper_params(state, temperature=0.0, max_tokens=_write_limit(state))
+    call = helper_params(state, temperature=0.0, max_tokens=_write_limit(state), stop=[CODE_END])
 
     async def fix(i: int) -> Any:
         prog = programs[i]

@@ -204,3 +204,39 @@ async def test_program_calls_take_the_clients_max_tokens_unless_set():
     backend = scripted([program("29"), program("29")])
     await run_approach(SPEC, QUESTION, backend)
     assert backend.calls[0]["max_tokens"] == 1024
+
+
+async def test_a_worked_example_comes_before_the_conversation_and_its_program_is_right():
+    from optigraph.evals.grading import extract_code
+    from optigraph.graphs.pal import EXAMPLE_PROGRAM, EXAMPLE_QUESTION
+    from optigraph.sandbox import DEFAULT_LEVEL
+
+    backend = scripted([program("29"), program("29")])
+    await run_approach(SPEC, QUESTION, backend)
+    roles = [m["role"] for m in backend.calls[0]["messages"]]
+    assert roles == ["system", "user", "assistant", "user"]
+    shown = backend.calls[0]["messages"][1:3]
+    assert shown[0]["content"].startswith(EXAMPLE_QUESTION) and shown[1]["content"] == EXAMPLE_PROGRAM
+    assert backend.calls[0]["messages"][-1]["content"].startswith(QUESTION[0]["content"])
+    ran = await execute_module.execute(extract_code(EXAMPLE_PROGRAM), node="t", attempt=1, level=DEFAULT_LEVEL)
+    assert ran["executions"][0]["stdout"].strip() == "3"  # (4 * 12 - 30) // 6
+
+    backend = scripted([program("29"), program("29")])
+    await run_approach(SPEC, QUESTION, backend, params={"example": False})
+    assert [m["role"] for m in backend.calls[0]["messages"]] == ["system", "user"]
+
+
+async def test_program_calls_stop_where_the_block_closes():
+    from optigraph.graphs.pal import CODE_END
+
+    cut = "Multiply, then subtract.\n```python\nprint(3 * 12 - 7)"  # as an upstream returns it, stopped at CODE_END
+    backend = scripted([cut, cut])
+    state, _ = await run_approach(SPEC, QUESTION, backend)
+    assert all(body.get("stop") == [CODE_END] for body in backend.calls)
+    text = content(state)
+    assert text.startswith("Multiply, then subtract.\n\n```python\nprint(3 * 12 - 7)\n```")
+    assert text.endswith("Final answer: 29")
+    backend = scripted(["no program here", "still none"], repairs=[cut, cut])
+    await run_approach(SPEC, QUESTION, backend, params={"samples": 2})
+    assert [kind(b) for b in backend.calls][:3] == ["write", "repair", "repair"]
+    assert all(b.get("stop") == [CODE_END] for b in backend.calls if kind(b) != "prose")
