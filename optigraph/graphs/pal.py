@@ -96,6 +96,9 @@ Fix it: reply with the whole corrected program in one ```python fenced block. It
 printing only the final answer."""
 
 NO_PROGRAM = "The reply had no ```python program, so there was nothing to run."
+# A confused small model sometimes hands back the worked example's program (2 of 5 programs of one
+# problem on the real model): it answers the example, not the question, so it is repaired, not run.
+COPIED_EXAMPLE = "That program is the worked example's, not one for this question: its numbers are the example's."
 
 FINAL_MESSAGE = """{explanation}
 
@@ -172,14 +175,26 @@ def _program(index: int, reply: str) -> Program:
     if reply.count("```") % 2:  # stopped at CODE_END: the block is closed again for the final message
         reply = reply.rstrip() + "\n```"
     code = extract_code(reply) or ""
+    copied = bool(code) and _same_program(code, extract_code(EXAMPLE_PROGRAM) or "")
     return {
         "index": index,
         "reply": reply,
         "code": code,
-        "status": "pending" if code else "failed",
+        "status": "pending" if code and not copied else "failed",
         "repairs": 0,
-        "report": "" if code else NO_PROGRAM,
+        "report": COPIED_EXAMPLE if copied else "" if code else NO_PROGRAM,
     }
+
+
+def _same_program(a: str, b: str) -> bool:
+    """Whether two programs assign the same numbers in the same way (spacing, comments and what they
+    print around the answer aside)."""
+
+    def assignments(code: str) -> list[str]:
+        lines = (line.split("#", 1)[0].replace(" ", "") for line in code.splitlines())
+        return [line for line in lines if "=" in line and not line.startswith("print")]
+
+    return assignments(a) == assignments(b)
 
 
 async def write(state: PalState, runtime: Runtime[RunContext]) -> dict[str, Any]:

@@ -240,3 +240,15 @@ async def test_program_calls_stop_where_the_block_closes():
     await run_approach(SPEC, QUESTION, backend, params={"samples": 2})
     assert [kind(b) for b in backend.calls][:3] == ["write", "repair", "repair"]
     assert all(b.get("stop") == [CODE_END] for b in backend.calls if kind(b) != "prose")
+
+
+async def test_a_copy_of_the_worked_example_is_repaired_not_voted():
+    from optigraph.graphs.pal import COPIED_EXAMPLE, EXAMPLE_PROGRAM
+
+    copied = EXAMPLE_PROGRAM.replace("print(answer)", 'print("Final answer:", answer)  # the example again')
+    backend = scripted([copied, program("29"), program("29")], repairs=[program("29")])
+    state, _ = await run_approach(SPEC, QUESTION, backend, params={"batch": 1})
+    assert content(state).endswith("Final answer: 29")
+    repair_bodies = [b for b in backend.calls if kind(b) == "repair"]
+    assert repair_bodies and COPIED_EXAMPLE in last_user(repair_bodies[0])
+    assert "printed: 3" not in content(state)
