@@ -96,8 +96,9 @@ Fix it: reply with the whole corrected program in one ```python fenced block. It
 printing only the final answer."""
 
 NO_PROGRAM = "The reply had no ```python program, so there was nothing to run."
-# A confused small model sometimes hands back the worked example's program (2 of 5 programs of one
-# problem on the real model): it answers the example, not the question, so it is repaired, not run.
+# A confused small model sometimes hands back the worked example's program (3 of 40 multi-step
+# problems on the real model ended on the example's answer): it answers the example, not the
+# question, so it is repaired, not run.
 COPIED_EXAMPLE = "That program is the worked example's, not one for this question: its numbers are the example's."
 
 FINAL_MESSAGE = """{explanation}
