@@ -56,6 +56,7 @@ def recorded_samples(db_path: Path, run_ids: set[str]) -> dict[str, list[Sample]
                 if row["run_id"] not in run_ids or not isinstance(row["response"], dict):
                     continue
                 choices = row["response"].get("choices") or []
+                share = len(choices)  # a call's tokens, split over its choices
                 for i, choice in enumerate(choices):  # one per call when the upstream cannot return n
                     # A call is recorded compactly (core/llm.py): each choice as its text, not its whole message.
                     message = choice.get("message") or {"role": "assistant", "content": choice.get("text") or ""}
@@ -64,7 +65,6 @@ def recorded_samples(db_path: Path, run_ids: set[str]) -> dict[str, list[Sample]
                         "message": message,
                         "finish_reason": choice.get("finish_reason"),
                     }
-                    share = len(choices)
                     out[row["run_id"]].append(
                         Sample(
                             candidate,

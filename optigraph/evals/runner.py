@@ -408,7 +408,10 @@ def replay_saved(args: argparse.Namespace) -> None:
         problems = load_problems(args.problems) if args.problems else default_problems()
     except (ProblemError, OSError) as exc:
         raise EvalError(str(exc)) from None
-    params = json.loads(args.params) if args.params else {}
+    try:
+        params = json.loads(args.params) if args.params else {}
+    except json.JSONDecodeError as exc:
+        raise EvalError(f"--params is not JSON: {exc.msg}") from None
     params = params.get("self_consistency", params) if isinstance(params, dict) else {}
     try:
         replayed = replay_folder(folder, problems, params=params)

@@ -88,6 +88,8 @@ print(answer)
 # ```output block, "the answer is ...") is unused, and was a third of a reply's tokens.
 CODE_END = "\n```\n"
 
+EXAMPLE_CODE = extract_code(EXAMPLE_PROGRAM) or ""
+
 REPAIR_REQUEST = """The program did not print an answer.
 
 {report}
@@ -176,7 +178,7 @@ def _program(index: int, reply: str) -> Program:
     if reply.count("```") % 2:  # stopped at CODE_END: the block is closed again for the final message
         reply = reply.rstrip() + "\n```"
     code = extract_code(reply) or ""
-    copied = bool(code) and _same_program(code, extract_code(EXAMPLE_PROGRAM) or "")
+    copied = bool(code) and _same_program(code, EXAMPLE_CODE)
     return {
         "index": index,
         "reply": reply,

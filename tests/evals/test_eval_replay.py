@@ -95,3 +95,11 @@ def test_a_folder_without_an_eval_is_refused(tmp_path: Path, capsys: pytest.Capt
     with pytest.raises(SystemExit) as done:
         main(["eval", "--replay-adaptive", str(tmp_path), "--out", str(tmp_path / "o")])
     assert done.value.code == 2 and "holds no eval" in capsys.readouterr().err
+
+
+def test_bad_params_are_a_setup_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "results.jsonl").write_text("")
+    (tmp_path / "optigraph.db").write_bytes(b"")
+    with pytest.raises(SystemExit) as done:
+        main(["eval", "--replay-adaptive", str(tmp_path), "--params", "{nope", "--out", str(tmp_path / "o")])
+    assert done.value.code == 2 and "--params is not JSON" in capsys.readouterr().err
