@@ -22,8 +22,9 @@ from yarl import URL
 
 from optigraph.backends.breaker import CircuitBreaker
 from optigraph.backends.health import CallOutcomes
+from optigraph.backends.http1 import ConnectTimeout, Http1Pool, HTTPConnectionError
 from optigraph.core.backend import Capabilities
-from optigraph.errors import UpstreamError, UpstreamInvalidResponse, UpstreamTimeout
+from optigraph.errors import InvalidRequest, UpstreamError, UpstreamInvalidResponse, UpstreamTimeout
 from optigraph.telemetry.tracing import inject_trace
 
 # OpenAI reasoning models: no sampling parameters, max_completion_tokens, system -> developer.
@@ -129,6 +130,7 @@ class OpenAIHTTPBackend:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool: Http1Pool | None = None  # non-streamed POSTs without a proxy (http1.py)
         self._urls: dict[str, URL] = {}
         self._proxy = env_proxy(self.base_url)  # read once: aiohttp's trust_env re-reads it per request
         self._ssl = tls_setting(ssl_verify, ssl_cert_path)
@@ -147,6 +149,20 @@ class OpenAIHTTPBackend:
             self._loop = loop
         return session
 
+    def _lean(self) -> Http1Pool | None:
+        """The lean client's pool for this loop, or None where a proxy is set (aiohttp handles those)."""
+        if self._proxy is not None:
+            return None
+        pool = self._pool
+        if pool is None or pool.loop is not asyncio.get_running_loop():
+            pool = self._pool = Http1Pool(
+                self.base_url,
+                tls=self._ssl,
+                connect_timeout_s=self.connect_timeout_s,
+                max_connections=self._max_connections,
+            )
+        return pool
+
     def capabilities(self, model: str) -> Capabilities:
         caps = capabilities_for(model)
         return caps if self._n_sampling is None else replace(caps, n_sampling=self._n_sampling)
@@ -162,6 +178,8 @@ class OpenAIHTTPBackend:
         key = self.api_key or api_key
         headers = {"content-type": "application/json"}
         if key:
+            if "\n" in key or "\r" in key:  # it would end the header line and start another
+                raise InvalidRequest("the API key must not hold a line break", code="invalid_api_key")
             headers["authorization"] = f"Bearer {key}"
         inject_trace(headers)  # the current upstream-call span as `traceparent`, when tracing is on
         return headers
@@ -169,7 +187,7 @@ class OpenAIHTTPBackend:
     def _timed_out(self, exc: TimeoutError, *, streaming: bool = False) -> UpstreamTimeout:
         """Which timeout fired, in words the operator can map to a flag."""
         what = "while streaming" if streaming else "waiting for its answer"
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        if isinstance(exc, (aiohttp.ConnectionTimeoutError, ConnectTimeout)):
             return UpstreamTimeout(f"upstream timed out {what}: no connection within {self.connect_timeout_s:g} s")
         if isinstance(exc, aiohttp.SocketTimeoutError):
             return UpstreamTimeout(f"upstream timed out {what}: nothing received for {self.read_timeout_s:g} s")
@@ -212,18 +230,23 @@ class OpenAIHTTPBackend:
 
     async def _post(self, path: str, body: dict[str, Any], api_key: str | None) -> Any:
         self.outcomes.before_call()  # an open breaker refuses the call before anything is sent
+        pool = self._lean()
         try:
-            async with self._client().post(
-                self._url(path),
-                data=orjson.dumps(body),
-                headers=self._headers(api_key),
-                allow_redirects=False,
-                timeout=self._timeout,
-            ) as resp:
-                status, content = resp.status, await resp.read()
+            if pool is not None:
+                async with asyncio.timeout(self.total_timeout_s):
+                    status, content = await pool.post(path, orjson.dumps(body), self._headers(api_key))
+            else:
+                async with self._client().post(
+                    self._url(path),
+                    data=orjson.dumps(body),
+                    headers=self._headers(api_key),
+                    allow_redirects=False,
+                    timeout=self._timeout,
+                ) as resp:
+                    status, content = resp.status, await resp.read()
         except TimeoutError as exc:
             raise self._timed_out(exc) from None
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, HTTPConnectionError) as exc:
             raise UpstreamError(f"upstream unreachable: {type(exc).__name__}: {exc}", retryable=True) from None
         if status >= 400:
             raise upstream_error(status, content)
@@ -321,6 +344,9 @@ class OpenAIHTTPBackend:
         return models
 
     async def aclose(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
