@@ -54,6 +54,17 @@ from optigraph.telemetry.tracing import build_provider
 log = logging.getLogger("optigraph")
 
 
+class App(FastAPI):
+    """FastAPI, with the chat route served before the framework's own middlewares (chat.ChatFirst)."""
+
+    def build_middleware_stack(self) -> Any:
+        rest = super().build_middleware_stack()
+        chat_chain: Any = rest
+        for cls, args, kwargs in reversed(self.user_middleware):  # ChatEndpoint innermost, as added
+            chat_chain = cls(chat_chain, *args, **kwargs)
+        return chat.ChatFirst(chat_chain, rest)
+
+
 def create_app(settings: Settings, *, registry: Registry | None = None, tracer_provider: Any = None) -> FastAPI:
     """The application. Traces go to `tracer_provider` when given (tests pass one with an in-memory
     exporter), else to the OTLP endpoint configured (--otel-endpoint, OTEL_EXPORTER_OTLP_ENDPOINT), else
@@ -140,7 +151,7 @@ def create_app(settings: Settings, *, registry: Registry | None = None, tracer_p
                 if telemetry.tracing is not None:  # the last spans are exported before the process ends
                     await asyncio.to_thread(telemetry.tracing.shutdown)
 
-    app = FastAPI(
+    app = App(
         title="optigraph",
         version=__version__,
         lifespan=lifespan,
