@@ -10,10 +10,11 @@ streamed answers, proxies, and every route but the hot POSTs.
 
 Errors: `ConnectTimeout` when no connection opens within the connect timeout, `TimeoutError` when the
 whole attempt (waiting for a free connection included) runs over, `HTTPConnectionError` when the
-connection fails, closes before the answer is complete, or the answer is not HTTP. A pooled
-connection that the server closed while idle is noticed when a request sent on it gets no answer at
-all; the request is then sent once more on a new connection (servers close idle connections without
-reading what arrives after).
+connection fails, closes before the answer is complete, or the answer is not HTTP. A request is sent
+once: a connection that closes after the request left may have delivered it (a POST to a model is
+not safe to repeat), so that is an error for the caller's retry policy, as with aiohttp. Pooled
+connections are dropped after `idle_s` idle, before a server's own keep-alive timeout, so that a
+server rarely closes one just as a request leaves on it.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class ConnectTimeout(TimeoutError):
     """No connection opened within the connect timeout."""
 
 
-class _Stale(HTTPConnectionError):
-    """A reused connection closed before any byte of the answer: the server had closed it while idle."""
+class _Closed(HTTPConnectionError):
+    """The connection was found closed before the request was written: another one may take it."""
 
 
 def tls_context(setting: bool | ssl.SSLContext) -> ssl.SSLContext:
@@ -86,7 +87,7 @@ class _Connection(asyncio.Protocol):
         if self.headers_done and not self.framed:  # an answer delimited by the end of the connection
             self._finish()
         elif not self.received:
-            self._fail(_Stale("the server closed the connection before answering"))
+            self._fail(HTTPConnectionError("the server closed the connection before answering"))
         else:
             self._fail(HTTPConnectionError("the server closed the connection before the answer was complete"))
 
@@ -115,7 +116,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         answer = self.answer = self.pool.loop.create_future()
         if self.closed or self.transport is None or self.transport.is_closing():
-            answer.set_exception(_Stale("the connection closed while idle"))
+            answer.set_exception(_Closed("the connection closed while idle"))
         else:
             self.transport.write(data)
         return answer
@@ -198,28 +199,25 @@ class Http1Pool:
         lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         data = f"{head}{lines}Content-Length: {len(body)}\r\n\r\n".encode("latin-1") + body
         async with self._slots:
-            for fresh_only in (False, True):
-                connection, reused = await self._connection(fresh_only)
+            while True:
+                connection = await self._connection()
                 try:
                     answer = await connection.send(data)
-                except _Stale:
-                    if reused and not fresh_only:
-                        continue  # the server had closed it while idle: once more, on a new connection
-                    raise
+                except _Closed:  # nothing was written: take another connection
+                    continue
                 except BaseException:  # a timeout, a cancel or a failure mid-answer: the connection's state is unknown
                     connection.close()
                     raise
                 self._release(connection)
                 return answer
-        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _connection(self, fresh_only: bool) -> tuple[_Connection, bool]:
-        """An idle connection that may still be used (and True), or a new one (and False)."""
+    async def _connection(self) -> _Connection:
+        """The most recently used idle connection that may still be used, or a new one."""
         now = self.loop.time()
-        while self._idle and not fresh_only:
+        while self._idle:
             connection = self._idle.pop()
             if not connection.closed and now - connection.idle_since < self.idle_s:
-                return connection, True
+                return connection
             connection.close()
         try:
             _, connection = await asyncio.wait_for(
@@ -236,7 +234,7 @@ class Http1Pool:
             raise ConnectTimeout(f"no connection within {self.connect_timeout_s:g} s") from None
         except OSError as exc:  # refused, unreachable, name not found, TLS failures (ssl.SSLError is an OSError)
             raise HTTPConnectionError(f"cannot connect to {self.host}:{self.port}: {exc}") from None
-        return connection, False
+        return connection
 
     def _release(self, connection: _Connection) -> None:
         if connection.reusable():

@@ -1,6 +1,6 @@
 """The lean HTTP/1.1 client (backends/http1.py) against a raw asyncio server on loopback, which
 answers each request the way its path says: keep-alive reuse, an idle connection the server closed
-(sent again once, on a new connection), a connection cut mid-answer (not sent again), answers framed
+(never sent twice), a connection cut mid-answer, answers framed
 by length, by chunks and by the end of the connection, compressed answers, garbage, the connection
 limit, and the backend's use of it (errors as UpstreamErrors, a key with a line break refused)."""
 
@@ -135,13 +135,35 @@ async def test_an_idle_connection_closed_by_the_server_is_replaced_and_the_reque
     pool.close()
 
 
-async def test_a_connection_the_server_closes_as_the_request_leaves_is_retried_on_a_new_one(server: Server) -> None:
+async def test_a_connection_found_closing_before_the_request_is_written_is_replaced(server: Server) -> None:
+    pool = Http1Pool(server.url)
+    assert (await pool.post("/ok", b"{}", {}))[0] == 200
+    (idle,) = pool._idle
+    idle.transport.close()  # closing, though not yet closed: nothing may be written on it
+    assert not idle.closed
+    assert (await pool.post("/ok", b"{}", {}))[0] == 200
+    assert [r[0] for r in server.requests] == ["/v1/ok", "/v1/ok"] and server.connections == 2
+    pool.close()
+
+
+async def test_a_request_is_never_sent_twice_even_when_its_connection_closes_unanswered(server: Server) -> None:
     pool = Http1Pool(server.url)
     assert (await pool.post("/ok", b"{}", {}))[0] == 200
     server.writers[0].close()  # the server drops the idle connection; the client has not seen it yet...
     assert not pool._idle[0].closed
-    assert (await pool.post("/ok", b"{}", {}))[0] == 200  # ...and sends on it: no answer, so once more, anew
-    assert [r[0] for r in server.requests] == ["/v1/ok", "/v1/ok"] and server.connections == 2
+    with pytest.raises(HTTPConnectionError, match="closed the connection before answering"):
+        await pool.post("/ok", b"{}", {})  # ...and sends on it: it may have been delivered, so not again
+    assert len(server.requests) <= 2 and server.connections == 1
+    assert (await pool.post("/ok", b"{}", {}))[0] == 200  # the next request opens a new connection
+    assert server.connections == 2
+    pool.close()
+
+
+async def test_a_connection_idle_too_long_is_not_reused(server: Server) -> None:
+    pool = Http1Pool(server.url, idle_s=0.0)
+    for _ in range(3):
+        assert (await pool.post("/ok", b"{}", {}))[0] == 200
+    assert server.connections == 3
     pool.close()
 
 
