@@ -5,8 +5,8 @@ uvicorn already uses for the server side).
 aiohttp's client spends about 480 k instructions on one small POST (bench/instructions.py), more than
 the rest of a minimal proxy together: a header multidict and a response object per message, cookie
 and redirect handling, tracing hooks, a timer per read. A JSON API call uses none of it; this client
-costs about a fifth. What it does not do is left to aiohttp by the backend (openai_http.py):
-streamed answers, proxies, and every route but the hot POSTs.
+costs about a third (docs/performance.md). What it leaves to aiohttp (openai_http.py): streamed
+answers, calls through a proxy, and the model list.
 
 Errors: `ConnectTimeout` when no connection opens within the connect timeout, `TimeoutError` when the
 whole attempt (waiting for a free connection included) runs over, `HTTPConnectionError` when the

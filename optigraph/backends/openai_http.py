@@ -1,8 +1,9 @@
 """Any OpenAI-compatible HTTP server (OpenAI, vLLM, SGLang, llama.cpp, Ollama, OpenRouter): the fast path.
 
-The client is aiohttp: on the passthrough benchmark (docs/performance.md) it costs about a fifth of
-the CPU per request that httpx does, whose connection pool rescans every pooled connection on each
-request.
+Non-streamed calls go through the lean HTTP/1.1 client of http1.py: a whole call through this
+backend costs 171 k instructions against 502 k through aiohttp. Streamed answers, calls through a
+proxy and the model list go through aiohttp, which itself costs about a fifth of httpx's CPU per
+request (httpx's pool rescans every pooled connection on each one).
 """
 
 from __future__ import annotations
