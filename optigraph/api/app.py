@@ -59,10 +59,15 @@ class App(FastAPI):
 
     def build_middleware_stack(self) -> Any:
         rest = super().build_middleware_stack()
-        chat_chain: Any = rest
-        for cls, args, kwargs in reversed(self.user_middleware):  # ChatEndpoint innermost, as added
-            chat_chain = cls(chat_chain, *args, **kwargs)
-        return chat.ChatFirst(chat_chain, rest)
+        # The chat route enters the stack at its outermost app middleware (the same instances the
+        # other routes pass through): below the framework's layers, each of which wraps the next as `.app`.
+        outermost = self.user_middleware[0].cls
+        layer: Any = rest
+        while not isinstance(layer, outermost):
+            layer = getattr(layer, "app", None)
+            if layer is None:  # not found: everything through the whole stack
+                return rest
+        return chat.ChatFirst(layer, rest)
 
 
 def create_app(settings: Settings, *, registry: Registry | None = None, tracer_provider: Any = None) -> FastAPI:

@@ -131,11 +131,11 @@ class ChatEndpoint:
 
 class ChatFirst:
     """The app's outermost layer: POST /v1/chat/completions goes to `chat`, the app's own middlewares
-    (the access log, the body limit, whatever an operator added) around `ChatEndpoint`; every other
-    request to `rest`, the whole stack. The chat route so skips the framework's layers that it does
-    not need (its server-error, telemetry and body-size wrappers: `ChatEndpoint` answers its own
-    errors, `BodyLimit` bounds the body), each of which wraps `send` and is passed through on every
-    step of the request (docs/performance.md)."""
+    (the access log, the body limit, whatever an operator added, the same instances) around
+    `ChatEndpoint`; every other request to `rest`, the whole stack. The chat route so skips the
+    framework's layers that it does not need (its server-error, telemetry and body-size wrappers:
+    `ChatEndpoint` answers its own errors, `BodyLimit` bounds the body), each of which is passed
+    through on every step of the request (docs/performance.md)."""
 
     def __init__(self, chat: ASGIApp, rest: ASGIApp) -> None:
         self.chat = chat
