@@ -75,6 +75,9 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.answer is None or self.answer.done():  # bytes nobody asked for: the stream is out of step
+            self.close()
+            return
         self.received = True
         try:
             self.parser.feed_data(data)
@@ -187,6 +190,7 @@ class Http1Pool:
         self._fixed = f"Host: {authority}\r\nUser-Agent: {user_agent}\r\nAccept: application/json\r\n"
         self._heads: dict[str, str] = {}
         self._idle: list[_Connection] = []
+        self.closed = False  # close() was called: connections are closed as their requests end
         self._slots = asyncio.Semaphore(max_connections)
         self.loop = asyncio.get_running_loop()
 
@@ -237,7 +241,7 @@ class Http1Pool:
         return connection
 
     def _release(self, connection: _Connection) -> None:
-        if connection.reusable():
+        if connection.reusable() and not self.closed:
             connection.idle_since = self.loop.time()
             self._idle.append(connection)
         else:
@@ -245,6 +249,7 @@ class Http1Pool:
 
     def close(self) -> None:
         """Closes the idle connections; those in flight close when their request ends."""
+        self.closed = True
         for connection in self._idle:
             connection.close()
         self._idle.clear()

@@ -94,6 +94,11 @@ async def server() -> AsyncIterator[Server]:
                     writer.write(_response(json))
                 elif "/silent" in path:  # reads the request, never answers
                     await asyncio.Event().wait()
+                elif "/then-more" in path:  # an answer, then bytes nobody asked for
+                    writer.write(_response(json))
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+                    writer.write(_response(json))
                 elif "/error" in path:
                     writer.write(_response(b'{"error": {"message": "nope"}}', status="400 Bad Request"))
                 else:
@@ -165,6 +170,28 @@ async def test_a_connection_idle_too_long_is_not_reused(server: Server) -> None:
         assert (await pool.post("/ok", b"{}", {}))[0] == 200
     assert server.connections == 3
     pool.close()
+
+
+async def test_bytes_that_arrive_between_requests_end_the_connection(server: Server) -> None:
+    pool = Http1Pool(server.url)
+    assert (await pool.post("/then-more", b"{}", {}))[0] == 200
+    (idle,) = pool._idle
+    while not idle.closed:  # the stray answer arrives while idle: the connection is dropped, not reused
+        await asyncio.sleep(0.01)
+    assert (await pool.post("/ok", b"{}", {}))[0] == 200
+    assert server.connections == 2
+    pool.close()
+
+
+async def test_a_connection_in_flight_when_the_pool_closes_is_closed_after_its_request(server: Server) -> None:
+    pool = Http1Pool(server.url)
+    call = asyncio.create_task(pool.post("/slow", b"{}", {}))
+    while server.in_flight < 1:
+        await asyncio.sleep(0.01)
+    pool.close()
+    server.release.set()
+    assert (await call)[0] == 200
+    assert pool._idle == []
 
 
 async def test_an_answer_cut_midway_is_an_error_and_not_sent_again(server: Server) -> None:
