@@ -10,6 +10,7 @@ middleware: on a passthrough request that machinery cost more CPU than the proxy
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
@@ -22,11 +23,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from optigraph.api.access import Caller, caller
 from optigraph.api.access_log import note_run
 from optigraph.api.admission import Admission
-from optigraph.api.disconnect import unless_client_goes
+from optigraph.api.disconnect import client_gone, unless_client_goes
 from optigraph.api.errors import ORJSONResponse, error_body, error_response
 from optigraph.api.scopes import CHAT, require, require_approaches
 from optigraph.engine.request import ChatCompletionRequest
-from optigraph.engine.runner import ChatResult, Prepared, run_usage
+from optigraph.engine.runner import ChatResult, Prepared, Runner, run_usage
 from optigraph.errors import InvalidRequest, OptigraphError
 
 router = APIRouter(tags=["chat"])
@@ -179,11 +180,31 @@ async def open_stream(request: Request, prep: Prepared, admission: Admission | N
 
 
 async def run_to_answer(request: Request, prep: Prepared) -> ChatResult:
-    """Runs a non-streamed request to its answer; the run is cancelled if its client goes."""
+    """Runs a non-streamed request to its answer, in this task; the run is cancelled if its client goes.
+
+    No task of its own: `Runner.complete` makes this task the run's while it runs, so `cancel` (the
+    client went) and `interrupt_all` (shutdown) reach it there and it turns that into RunCancelled or
+    RunInterrupted. A task per run, and the step through the event loop to await it, cost as much as
+    the recording of a passthrough run's upstream call (docs/performance.md)."""
     runner = request.app.state.runner
-    return await unless_client_goes(
-        request, runner.start(prep, runner.complete(prep)), _when_client_goes(request, prep)
-    )
+    watcher = asyncio.ensure_future(_cancel_when_gone(request, runner, prep))
+    try:
+        return await runner.complete(prep)
+    except OptigraphError:
+        task = asyncio.current_task()
+        if prep.stop_reason is not None and task is not None and task.cancelling():
+            task.uncancel()  # the run's cancellation reached this task and became the error above
+        raise
+    finally:
+        watcher.cancel()
+
+
+async def _cancel_when_gone(request: Request, runner: Runner, prep: Prepared) -> None:
+    """Cancels the run of `prep` when its client goes (unless it asked to finish anyway). Once the run
+    has ended there is nothing to cancel: `Runner.cancel` finds no task running it."""
+    await client_gone(request)
+    if not prep.background:
+        runner.cancel(prep, "cancelled")
 
 
 async def _prepend(
