@@ -8,7 +8,10 @@ is ever a label.
 Several worker processes: prometheus-client's multiprocess mode. Each process writes its values to
 memory-mapped files in the directory named by PROMETHEUS_MULTIPROC_DIR, and a scrape of any worker
 reads them all (`render`). `prepare_multiprocess_dir` is what a supervisor calls once before starting
-its workers; `mark_worker_dead` when one exits. Without the variable every value lives in this process.
+its workers; `mark_worker_dead` when one exits. Without the variable every value lives in this process,
+as plain numbers (`_PlainSeries`) that become Prometheus families when scraped: the client library's
+metric objects cost about 80 k instructions per passthrough request (a lock and several calls per
+value), these a tenth of that (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ import os
 import shutil
 import tempfile
 import threading
+from bisect import bisect_left
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OTHER = "other"  # the label value every name past a folder's cap becomes
@@ -85,6 +92,99 @@ class LabelFolder:
         return name
 
 
+# name, help, label names, histogram buckets (None: a counter)
+COUNTERS_AND_HISTOGRAMS: tuple[tuple[str, str, tuple[str, ...], tuple[float, ...] | None], ...] = (
+    (
+        "optigraph_requests",
+        "Runs served, by approach expression, model and how the run ended",
+        ("approach", "model", "status"),
+        None,
+    ),
+    (
+        "optigraph_request_duration_seconds",
+        "Run latency, from its start (the request validated) to its end",
+        ("approach", "model"),
+        REQUEST_BUCKETS,
+    ),
+    ("optigraph_input_tokens", "Prompt tokens spent upstream, by approach and model", ("approach", "model"), None),
+    (
+        "optigraph_output_tokens",
+        "Completion tokens spent upstream (reasoning included), by approach and model",
+        ("approach", "model"),
+        None,
+    ),
+    (
+        "optigraph_upstream_calls",
+        "Upstream requests (each attempt), by backend, model and outcome",
+        ("backend", "model", "outcome"),
+        None,
+    ),
+    (
+        "optigraph_upstream_call_duration_seconds",
+        "Upstream request latency (each attempt)",
+        ("backend", "model", "outcome"),
+        UPSTREAM_BUCKETS,
+    ),
+    ("optigraph_upstream_retries", "Upstream attempts after the first of a call", ("backend", "model"), None),
+    ("optigraph_http_responses", "HTTP responses, by status code", ("code",), None),
+)
+IN_FLIGHT = ("optigraph_runs_in_flight", "Runs executing now")
+BREAKER = ("optigraph_circuit_breaker_state", "Circuit breaker of each backend: 0 closed, 1 half-open, 2 open")
+
+
+class _PlainSeries:
+    """One counter or histogram of this process: label values -> a number, or -> per-bucket counts
+    (the last for +Inf) and the sum. Turned into a Prometheus family only when scraped."""
+
+    def __init__(self, name: str, help_text: str, labels: tuple[str, ...], buckets: tuple[float, ...] | None) -> None:
+        self.name, self.help, self.labels, self.buckets = name, help_text, labels, buckets
+        self.values: dict[tuple[str, ...], Any] = {}
+
+    def inc(self, labels: tuple[str, ...], amount: float) -> None:
+        self.values[labels] = self.values.get(labels, 0.0) + amount
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        assert self.buckets is not None
+        counts = self.values.get(labels)
+        if counts is None:
+            counts = self.values[labels] = [0] * (len(self.buckets) + 1) + [0.0]
+        counts[bisect_left(self.buckets, value)] += 1  # the first bucket whose bound is >= value
+        counts[-1] += value
+
+    def family(self) -> Metric:
+        if self.buckets is None:
+            counter = CounterMetricFamily(self.name, self.help, labels=self.labels)
+            for labels, value in list(self.values.items()):
+                counter.add_metric(labels, value)
+            return counter
+        histogram = HistogramMetricFamily(self.name, self.help, labels=self.labels)
+        bounds = [floatToGoString(b) for b in self.buckets] + ["+Inf"]
+        for labels, counts in list(self.values.items()):
+            cumulative, total = [], 0
+            for bound, count in zip(bounds, counts[:-1], strict=True):
+                total += count
+                cumulative.append((bound, total))
+            histogram.add_metric(labels, cumulative, sum_value=counts[-1])
+        return histogram
+
+
+class _PlainCollector:
+    """The scrape of a `Metrics` kept as plain numbers."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        with m._lock:
+            yield from (series.family() for series in m._plain.values())
+            yield GaugeMetricFamily(*IN_FLIGHT, value=m._in_flight)
+            breaker = GaugeMetricFamily(*BREAKER, labels=("backend",))
+            for backend, state in m._breaker.items():
+                breaker.add_metric((backend,), state)
+            yield breaker
+
+
 class Metrics:
     """The server's series. The record methods are a few dict look-ups and additions each: they run on
     every request (engine/runner.py) and every upstream call (core/llm.py)."""
@@ -97,118 +197,100 @@ class Metrics:
             # later (prepare_multiprocess_dir in this same process) switches now, before any metric exists.
             values.ValueClass = values.get_value_class()
         self.registry = CollectorRegistry(auto_describe=True)
+        self.approach = LabelFolder(approaches, max_names)
+        self.model = LabelFolder(models, max_names)
+        self._lock = threading.Lock()
+        # One worker: plain numbers, collected when scraped. Several: the client library's objects,
+        # whose values it keeps in the files every worker's scrape reads.
+        self._direct = multiprocess_dir() is not None
+        self._plain = {spec[0]: _PlainSeries(*spec) for spec in COUNTERS_AND_HISTOGRAMS}
+        self._in_flight = 0.0
+        self._breaker: dict[str, float] = {}
         # Each labelled child, once looked up (prometheus-client's `labels()` validates on every call);
         # as bounded as the labels are.
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
-        self.approach = LabelFolder(approaches, max_names)
-        self.model = LabelFolder(models, max_names)
-        r = self.registry
-        self.requests = Counter(
-            "optigraph_requests",
-            "Runs served, by approach expression, model and how the run ended",
-            ("approach", "model", "status"),
-            registry=r,
-        )
-        self.request_seconds = Histogram(
-            "optigraph_request_duration_seconds",
-            "Run latency, from its start (the request validated) to its end",
-            ("approach", "model"),
-            buckets=REQUEST_BUCKETS,
-            registry=r,
-        )
-        self.input_tokens = Counter(
-            "optigraph_input_tokens",
-            "Prompt tokens spent upstream, by approach and model",
-            ("approach", "model"),
-            registry=r,
-        )
-        self.output_tokens = Counter(
-            "optigraph_output_tokens",
-            "Completion tokens spent upstream (reasoning included), by approach and model",
-            ("approach", "model"),
-            registry=r,
-        )
-        self.upstream_calls = Counter(
-            "optigraph_upstream_calls",
-            "Upstream requests (each attempt), by backend, model and outcome",
-            ("backend", "model", "outcome"),
-            registry=r,
-        )
-        self.upstream_seconds = Histogram(
-            "optigraph_upstream_call_duration_seconds",
-            "Upstream request latency (each attempt)",
-            ("backend", "model", "outcome"),
-            buckets=UPSTREAM_BUCKETS,
-            registry=r,
-        )
-        self.retries = Counter(
-            "optigraph_upstream_retries",
-            "Upstream attempts after the first of a call",
-            ("backend", "model"),
-            registry=r,
-        )
-        self.in_flight = Gauge(
-            "optigraph_runs_in_flight",
-            "Runs executing now",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.breaker = Gauge(
-            "optigraph_circuit_breaker_state",
-            "Circuit breaker of each backend: 0 closed, 1 half-open, 2 open",
-            ("backend",),
-            registry=r,
-            multiprocess_mode="livemax",
-        )
-        self.http_responses = Counter(
-            "optigraph_http_responses",
-            "HTTP responses, by status code",
-            ("code",),
-            registry=r,
-        )
+        self._objects: dict[str, Any] = {}
+        if not self._direct:
+            self.registry.register(_PlainCollector(self))
+            return
+        for name, help_text, labels, buckets in COUNTERS_AND_HISTOGRAMS:
+            if buckets is None:
+                self._objects[name] = Counter(name, help_text, labels, registry=self.registry)
+            else:
+                self._objects[name] = Histogram(name, help_text, labels, buckets=buckets, registry=self.registry)
+        self._objects[IN_FLIGHT[0]] = Gauge(*IN_FLIGHT, registry=self.registry, multiprocess_mode="livesum")
+        self._objects[BREAKER[0]] = Gauge(*BREAKER, ("backend",), registry=self.registry, multiprocess_mode="livemax")
 
     # ---- recording ------------------------------------------------------------------------------
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric, labels)
+    def _child(self, name: str, labels: tuple[str, ...]) -> Any:
+        key = (name, labels)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(*labels)
+            child = self._children[key] = self._objects[name].labels(*labels)
         return child
+
+    def _inc(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        if self._direct:
+            self._child(name, labels).inc(amount)
+        else:
+            self._plain[name].inc(labels, amount)
+
+    def _observe(self, name: str, labels: tuple[str, ...], value: float) -> None:
+        if self._direct:
+            self._child(name, labels).observe(value)
+        else:
+            self._plain[name].observe(labels, value)
 
     def run_finished(
         self, *, approach: str, model: str, status: str, seconds: float, input_tokens: int, output_tokens: int
     ) -> None:
         """One finished run (any status)."""
         ok = status == "completed"
-        a, m = self.approach(approach, admit=ok), self.model(model, admit=ok)
-        self._child(self.requests, a, m, status).inc()
-        self._child(self.request_seconds, a, m).observe(seconds)
-        if input_tokens:
-            self._child(self.input_tokens, a, m).inc(input_tokens)
-        if output_tokens:
-            self._child(self.output_tokens, a, m).inc(output_tokens)
+        labels = (self.approach(approach, admit=ok), self.model(model, admit=ok))
+        with self._lock:
+            self._inc("optigraph_requests", (*labels, status))
+            self._observe("optigraph_request_duration_seconds", labels, seconds)
+            if input_tokens:
+                self._inc("optigraph_input_tokens", labels, input_tokens)
+            if output_tokens:
+                self._inc("optigraph_output_tokens", labels, output_tokens)
 
     def upstream_call(self, *, backend: str, model: str, outcome: str, seconds: float, attempt: int) -> None:
         """One upstream attempt; `outcome` is ok, error, timeout or cancelled."""
         m = self.model(model, admit=outcome == "ok")
-        self._child(self.upstream_calls, backend, m, outcome).inc()
-        self._child(self.upstream_seconds, backend, m, outcome).observe(seconds)
-        if attempt > 1:
-            self._child(self.retries, backend, m).inc()
+        with self._lock:
+            self._inc("optigraph_upstream_calls", (backend, m, outcome))
+            self._observe("optigraph_upstream_call_duration_seconds", (backend, m, outcome), seconds)
+            if attempt > 1:
+                self._inc("optigraph_upstream_retries", (backend, m))
 
     def run_began(self) -> None:
-        self.in_flight.inc()
+        if self._direct:
+            self._objects[IN_FLIGHT[0]].inc()
+        else:
+            with self._lock:
+                self._in_flight += 1
 
     def run_ended(self) -> None:
-        self.in_flight.dec()
+        if self._direct:
+            self._objects[IN_FLIGHT[0]].dec()
+        else:
+            with self._lock:
+                self._in_flight -= 1
 
     def set_breaker_state(self, backend: str, state: str) -> None:
         """What a circuit breaker calls when it changes state (closed, half_open or open)."""
-        self._child(self.breaker, backend).set(BREAKER_STATES[state])
+        value = BREAKER_STATES[state]
+        with self._lock:
+            if self._direct:
+                self._child(BREAKER[0], (backend,)).set(value)
+            else:
+                self._breaker[backend] = value
 
     def http_response(self, code: int) -> None:
-        self._child(self.http_responses, str(code)).inc()
+        with self._lock:
+            self._inc("optigraph_http_responses", (str(code),))
 
     # ---- exposition -----------------------------------------------------------------------------
 

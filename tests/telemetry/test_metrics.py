@@ -55,3 +55,43 @@ def test_preparing_the_multiprocess_directory_clears_old_values_and_sets_the_var
     assert prepare_multiprocess_dir(tmp_path) == tmp_path
     assert not stale.exists() and keep.exists()
     assert os.environ[MULTIPROC_ENV] == str(tmp_path)
+
+
+def _record(metrics: Metrics) -> None:
+    """The same records, into either kind of Metrics."""
+    metrics.run_began()
+    metrics.run_began()
+    metrics.run_ended()
+    for seconds in (0.004, 0.005, 0.3, 7.0, 999.0):  # on a bound, between bounds, past the last
+        metrics.run_finished(
+            approach="none", model="m", status="completed", seconds=seconds, input_tokens=3, output_tokens=5
+        )
+    metrics.run_finished(approach="bon", model="m", status="failed", seconds=1.5, input_tokens=0, output_tokens=0)
+    metrics.upstream_call(backend="openai", model="m", outcome="ok", seconds=0.02, attempt=1)
+    metrics.upstream_call(backend="openai", model="m", outcome="timeout", seconds=60.0, attempt=2)
+    metrics.set_breaker_state("openai", "half_open")
+    metrics.http_response(200)
+    metrics.http_response(200)
+    metrics.http_response(429)
+
+
+def test_one_worker_keeps_plain_numbers_that_scrape_as_the_client_librarys_series(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single process records into plain numbers; several workers into prometheus-client's own
+    objects. The same records scrape to the same series either way (bar the library's `_created`)."""
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    plain = Metrics(models=frozenset({"m"}))
+    assert plain._direct is False
+    _record(plain)
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    direct = Metrics(models=frozenset({"m"}))
+    assert direct._direct is True
+    _record(direct)
+    want = {k: v for k, v in _samples(direct).items() if not k[0].endswith("_created")}
+    got = _samples(plain)
+    assert got == want
+    bucket = frozenset({("approach", "none"), ("model", "m"), ("le", "0.005")})
+    assert got[("optigraph_request_duration_seconds_bucket", bucket)] == 2  # 0.004 and 0.005 (le: at most)
+    assert got[("optigraph_runs_in_flight", frozenset())] == 1
+    assert got[("optigraph_http_responses_total", frozenset({("code", "200")}))] == 2
