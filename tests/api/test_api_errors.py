@@ -429,7 +429,10 @@ def test_run_limits_end_a_run_with_a_clear_message(stack: Stack) -> None:
     with stack.http() as http:
         resp = http.post("/v1/chat/completions", json=body, headers=AUTH)
     check_error(resp, 400, type_="invalid_request_error", code="budget_exceeded", says=("cap of 2 upstream calls",))
-    assert len(stack.log.bodies) == 2  # the sample call and one rating; the third call was refused
+    # The cap holds: the sample call, then the ratings start together; one takes the second call and
+    # the next is refused, which ends the run, so the one that took the call may be cancelled before
+    # its request is written (whether it was depends on when each reached the network).
+    assert 1 <= len(stack.log.bodies) <= 2
     assert all("optigraph" not in b for b in stack.log.bodies)
     run = stack.run(resp.headers["x-optigraph-run-id"])
     assert run["status"] == "failed" and run["error"]["error"]["code"] == "budget_exceeded"
