@@ -264,26 +264,28 @@ def plot(summaries: list[ApproachSummary], path: Path, *, title: str = "") -> bo
         front = pareto_front([(x_of(s), s.accuracy) for s in summaries])
         if len(front) > 1:
             ax.plot([x for x, _ in front], [100 * y for _, y in front], "--", color="grey", alpha=0.6, zorder=2)
-        for s in summaries:
+        hi = max((x_of(s) for s in summaries), default=1.0) or 1.0
+        placed: list[tuple[float, float]] = []
+        for s in sorted(summaries, key=lambda s: (-s.accuracy, x_of(s))):
             x, y = x_of(s), 100 * s.accuracy
             low, high = s.interval
             ax.errorbar(
                 [x], [y], yerr=[[max(0.0, y - 100 * low)], [max(0.0, 100 * high - y)]], fmt="o", capsize=4, zorder=3
             )
+            # a label near an earlier one (a long name runs right of its point) goes a line lower
+            near = sum(1 for px, py in placed if abs(px - x) < 0.35 * hi and abs(py - y) < 6)
             ax.annotate(
                 f"{s.approach} ({s.correct}/{s.problems})",
                 (x, y),
                 textcoords="offset points",
-                xytext=(6, 6),
-                fontsize=9,
+                xytext=(6, 6 - 11 * near),
+                fontsize=8,
             )
+            placed.append((x, y))
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-5, 110)
-        xs = [x_of(s) for s in summaries]
-        if xs:
-            hi = max(xs) or 1.0
-            ax.set_xlim(0, hi * 1.35)
+        ax.set_xlim(0, hi * 1.35)
         ax.grid(True, alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=11)
