@@ -27,7 +27,7 @@ from optigraph.api.disconnect import client_gone, unless_client_goes
 from optigraph.api.errors import ORJSONResponse, error_body, error_response
 from optigraph.api.scopes import CHAT, require, require_approaches
 from optigraph.engine.request import ChatCompletionRequest
-from optigraph.engine.runner import ChatResult, Prepared, Runner, run_usage
+from optigraph.engine.runner import ChatResult, Prepared, run_usage
 from optigraph.errors import InvalidRequest, OptigraphError
 
 router = APIRouter(tags=["chat"])
@@ -184,10 +184,10 @@ async def run_to_answer(request: Request, prep: Prepared) -> ChatResult:
 
     No task of its own: `Runner.complete` makes this task the run's while it runs, so `cancel` (the
     client went) and `interrupt_all` (shutdown) reach it there and it turns that into RunCancelled or
-    RunInterrupted. A task per run, and the step through the event loop to await it, cost as much as
-    the recording of a passthrough run's upstream call (docs/performance.md)."""
+    RunInterrupted. A task per run, and the step through the event loop to await it, cost about 47 k
+    instructions per passthrough request (docs/performance.md)."""
     runner = request.app.state.runner
-    watcher = asyncio.ensure_future(_cancel_when_gone(request, runner, prep))
+    watcher = asyncio.ensure_future(_cancel_when_gone(request, prep))
     try:
         return await runner.complete(prep)
     except OptigraphError:
@@ -199,12 +199,11 @@ async def run_to_answer(request: Request, prep: Prepared) -> ChatResult:
         watcher.cancel()
 
 
-async def _cancel_when_gone(request: Request, runner: Runner, prep: Prepared) -> None:
+async def _cancel_when_gone(request: Request, prep: Prepared) -> None:
     """Cancels the run of `prep` when its client goes (unless it asked to finish anyway). Once the run
     has ended there is nothing to cancel: `Runner.cancel` finds no task running it."""
     await client_gone(request)
-    if not prep.background:
-        runner.cancel(prep, "cancelled")
+    _when_client_goes(request, prep)()
 
 
 async def _prepend(
