@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from optigraph.memory.records import CallRecord, RunRecord, RunResult
 from optigraph.memory.tables import RUNS, UPSTREAM_CALLS
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+BLOB = object()  # not JSON: stored as its str()
 USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "reasoning_tokens": 2, "calls": 2}
 
 
@@ -46,11 +47,11 @@ def a_call(run_id: str = "run-1", node: str | None = "sample", offset_ms: int = 
         node=node,  # type: ignore[arg-type]
         backend="openai",
         model="gpt-x",
-        started_at=T0 + timedelta(milliseconds=offset_ms),
+        started_at=kw.pop("started_at", T0 + timedelta(milliseconds=offset_ms)),
         latency_ms=12.5,
         status=kw.pop("status", "ok"),
-        request={"messages": [{"role": "user", "content": "hi"}]},
-        response={"choices": [{"text": "hello", "finish_reason": "stop"}]},
+        request=kw.pop("request", {"messages": [{"role": "user", "content": "hi"}]}),
+        response=kw.pop("response", {"choices": [{"text": "hello", "finish_reason": "stop"}]}),
         prompt_tokens=5,
         completion_tokens=3,
         **kw,
@@ -257,6 +258,11 @@ async def _write_all(url: str, *, plain: bool) -> dict[str, list[tuple]]:
     recorder.start()
     recorder.call(a_call("a"))
     recorder.call(a_call("b", error="boom", status="error"))
+    east = timezone(timedelta(hours=2))  # stored as UTC
+    recorder.call(a_call("c", started_at=datetime(2025, 1, 2, 5, 4, 5, tzinfo=east), request=None, response=None))
+    odd = {"messages": [], 7: "a key that is not a string", "when": T0, "blob": BLOB, "text": "ü\u2028"}
+    recorder.call(a_call("d", started_at=datetime(2025, 1, 2, 3, 4, 5), request=odd))  # naive: taken as UTC
+    recorder.call(a_call("e", started_at=datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC)))  # a year of three digits
     recorder.run_finished("a", a_result(), run=a_run("a", user="ü"))  # started and finished in one batch
     recorder.run_started(a_run("b", checkpointed=True, spec={"route": "m"}))
     await recorder.flush()
@@ -276,6 +282,6 @@ async def test_the_plain_sql_path_stores_exactly_what_sqlalchemy_stores(tmp_path
     plain = await _write_all(f"sqlite:///{tmp_path / 'plain.db'}", plain=True)
     through = await _write_all(f"sqlite:///{tmp_path / 'sqlalchemy.db'}", plain=False)
     created = [row for row in plain["runs"] if row[0] == "a"][0]
-    assert len(plain["runs"]) == 2 and len(plain["upstream_calls"]) == 2
+    assert len(plain["runs"]) == 2 and len(plain["upstream_calls"]) == 5
     assert "2025-01-02 03:04:05.678000" in created  # the timestamp in SQLite's text form, in UTC
     assert plain == through
