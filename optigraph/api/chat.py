@@ -101,7 +101,24 @@ async def _run(request: Request, prep: Prepared, admission: Admission) -> Respon
     finally:
         await admission.release()
     headers["x-optigraph-upstream-calls"] = str(result.response["optigraph"]["upstream_calls"])
-    return Response(orjson.dumps(result.response), media_type="application/json", headers=headers)
+    return JSONAnswer(orjson.dumps(result.response), headers)
+
+
+class JSONAnswer(Response):
+    """A 200 with a JSON body already encoded and a few plain header values: the raw headers are built
+    directly, without the general Response's per-header normalisation (a passthrough request's CPU)."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, headers: dict[str, str]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
+        ]
 
 
 class ChatEndpoint:
@@ -179,15 +196,27 @@ async def open_stream(request: Request, prep: Prepared, admission: Admission | N
     return _prepend(first, chunks, admission)
 
 
+WATCH_AFTER_S = 0.05  # a non-streamed run watches for its client going once it has run this long
+
+
 async def run_to_answer(request: Request, prep: Prepared) -> ChatResult:
     """Runs a non-streamed request to its answer, in this task; the run is cancelled if its client goes.
 
     No task of its own: `Runner.complete` makes this task the run's while it runs, so `cancel` (the
     client went) and `interrupt_all` (shutdown) reach it there and it turns that into RunCancelled or
     RunInterrupted. A task per run, and the step through the event loop to await it, cost about 47 k
-    instructions per passthrough request (docs/performance.md)."""
+    instructions per passthrough request (docs/performance.md). The task that watches for the client
+    going starts only once the run has taken `WATCH_AFTER_S`: a run that ends sooner (a passthrough to
+    a fast upstream) pays for a timer instead, and a client gone before then is noticed then."""
     runner = request.app.state.runner
-    watcher = asyncio.ensure_future(_cancel_when_gone(request, prep))
+    loop = asyncio.get_running_loop()
+    watcher: asyncio.Task[None] | None = None
+
+    def watch() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(_cancel_when_gone(request, prep))
+
+    timer = loop.call_later(WATCH_AFTER_S, watch)
     try:
         return await runner.complete(prep)
     except OptigraphError:
@@ -196,7 +225,9 @@ async def run_to_answer(request: Request, prep: Prepared) -> ChatResult:
             task.uncancel()  # the run's cancellation reached this task and became the error above
         raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def _cancel_when_gone(request: Request, prep: Prepared) -> None:
