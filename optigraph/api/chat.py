@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from optigraph.api.access import Caller, caller
@@ -52,12 +53,11 @@ TRACE_HEADER = "x-optigraph-trace-id"  # with tracing on: the run's trace (strea
     responses={200: {"description": "An OpenAI chat.completion, or an SSE stream of chat.completion.chunk"}},
 )
 async def chat_completions(request: Request, who: Annotated[Caller, Depends(caller)]) -> Response:
-    return await _answer(request, who)
+    return await _answer(request, who, await read_json(request))
 
 
-async def _answer(request: Request, who: Caller) -> Response:
-    """The route's work, once the caller is known."""
-    body = await read_json(request)
+async def _answer(request: Request, who: Caller, body: Any) -> Response:
+    """The route's work, once the caller is known and the body read."""
     prep = await prepare_for(request, who, body, "a chat completion")
     admission = await request.app.state.run_slots.admit(who.principal)
     try:
@@ -136,7 +136,8 @@ class ChatEndpoint:
             return
         request = Request(scope, receive)
         try:
-            response = await _answer(request, await caller(request))
+            who = await caller(request)
+            response = await _answer(request, who, parse_json(await read_body(receive)))
         except OptigraphError as exc:
             response = error_response(request, exc)
         except Exception as exc:
@@ -171,7 +172,24 @@ SSE_HEADERS = {"cache-control": "no-cache"}
 
 async def read_json(request: Request) -> Any:
     """The request body parsed as JSON, or a 400."""
-    raw = await request.body()
+    return parse_json(await request.body())
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body from the ASGI messages (as Starlette's `Request.body` reads it, without
+    its stream generator: a passthrough request's CPU); ClientDisconnect if the client goes first."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def parse_json(raw: bytes) -> Any:
+    """`raw` parsed as JSON, or a 400."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -80,3 +80,32 @@ def test_the_stack_ends_at_the_route_it_serves(tmp_path: Path) -> None:
             return await client.get("/v1/chat/completions")
 
     assert asyncio.run(get()).status_code == 405
+
+
+async def test_the_chat_body_is_read_whole_from_several_messages_and_a_gone_client_is_said() -> None:
+    from starlette.requests import ClientDisconnect
+
+    from optigraph.api.chat import parse_json, read_body
+
+    def feeding(*messages: dict[str, Any]) -> Any:
+        queue = list(messages)
+
+        async def receive() -> dict[str, Any]:
+            return queue.pop(0)
+
+        return receive
+
+    parts = feeding(
+        {"type": "http.request", "body": b'{"model": "x", ', "more_body": True},
+        {"type": "http.request", "body": b"", "more_body": True},
+        {"type": "http.request", "body": b'"messages": []}', "more_body": False},
+    )
+    assert parse_json(await read_body(parts)) == {"model": "x", "messages": []}
+    assert await read_body(feeding({"type": "http.request"})) == b""  # no body at all
+    gone = feeding({"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"})
+    try:
+        await read_body(gone)
+    except ClientDisconnect:
+        pass
+    else:
+        raise AssertionError("a client gone before its body ended must raise ClientDisconnect")
