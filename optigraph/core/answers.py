@@ -20,6 +20,7 @@ _HASHES = re.compile(r"^\s*#{3,}\s*(.+?)\s*$", re.MULTILINE)
 _CHOICE = re.compile(r"^\s*\(?\s*([A-Ea-e])\s*[).:]?\s*$")
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?|-?\.\d+")
 _GROUPED = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_LATEX_DELIMITERS = re.compile(r"\\[\[\]()]")  # \[ \] \( \): math delimiters around an answer
 _LATEX_TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
 _SENTENCE_END = re.compile(r"\.(?=\s|$)|\n")
 
@@ -110,7 +111,8 @@ def normalize_number(value: str) -> str | None:
 def normalize_answer(value: str) -> str:
     """A canonical form for comparing answers: numbers as numbers, text lowercased and trimmed."""
     s = _LATEX_TEXT.sub(r"\1", value)
-    s = s.replace("**", "").replace("`", "").strip()
+    s = _LATEX_DELIMITERS.sub(" ", s)
+    s = _REPEATED_LABEL.sub("", s.replace("**", "").replace("`", "").strip()).strip()
     s = s.strip("$ ").strip()
     number = normalize_number(s.rstrip("."))
     if number is not None:

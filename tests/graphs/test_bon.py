@@ -151,3 +151,52 @@ def test_params_are_bounded():
     with pytest.raises(InvalidRequest):
         SPEC.validate_params({"best_of": 3})
     assert (SPEC.calls, SPEC.rounds) == ("1 + n", "2")
+
+
+ARITH = [{"role": "user", "content": "How many boxes?"}]
+
+
+async def test_candidates_with_the_same_answer_pool_their_ratings():
+    # A self-rating model rates everything 8: the first of equals is arbitrary, the majority is not.
+    candidates = [
+        "Work... Final answer: 31",
+        "Other work... Final answer: 44",
+        "More work...\n\\[ Final answer: 44 \\]",
+    ]
+    ratings = dict.fromkeys(candidates, "8")
+    state, _ = await run_approach(SPEC, ARITH, ScriptedBackend(scripted(ratings, candidates)))
+    assert state["answers"][0]["message"]["content"] == candidates[1]  # the best-rated member of the '44' group
+    assert "weighted vote" in state["notes"][-1] and "'44' 16 (2)" in state["notes"][-1]
+
+    # `selection: score` is OptILLM's rule: the best rating, the first on ties.
+    state, _ = await run_approach(
+        SPEC, ARITH, ScriptedBackend(scripted(ratings, candidates)), params={"selection": "score"}
+    )
+    assert state["answers"][0]["message"]["content"] == candidates[0]
+
+
+async def test_a_rating_that_discriminates_still_wins_over_a_weak_majority():
+    candidates = ["Final answer: 5", "Final answer: 6", "Final answer: 6"]
+    ratings = {"Final answer: 5": "9", "Final answer: 6": "2"}
+    state, _ = await run_approach(SPEC, ARITH, ScriptedBackend(scripted(ratings, candidates)))
+    assert state["answers"][0]["message"]["content"] == "Final answer: 5"  # 9 against 2 + 2
+
+
+def test_weighted_vote_leaves_out_an_answer_cut_at_max_tokens_and_breaks_ties_by_support():
+    from optigraph.nodes.select import weighted_vote_index
+
+    cands = [
+        {"index": 0, "text": "Final answer: 7", "finish_reason": "length"},  # unfinished: no vote
+        {"index": 1, "text": "Final answer: 8", "finish_reason": "stop"},
+        {"index": 2, "text": "Final answer: 9", "finish_reason": "stop"},
+        {"index": 3, "text": "Final answer: 9", "finish_reason": "stop"},
+    ]
+    scores = [
+        {"index": 0, "score": 10.0},
+        {"index": 1, "score": 6.0},
+        {"index": 2, "score": 3.0},
+        {"index": 3, "score": 3.0},
+    ]
+    assert weighted_vote_index(cands, scores)[0] == 2  # '9' 6 (2 members) ties '8' 6 (1): more members win
+    no_scores = weighted_vote_index(cands, [])  # no readable rating: the plain majority
+    assert no_scores[0] == 2

@@ -59,6 +59,9 @@ def test_think_blocks_are_ignored():
         ("(b)", "b"),
         ("Paris.", "paris"),
         ("  New   York ", "new york"),
+        (r"12 \]", "12"),  # a display-math delimiter left after the number
+        (r"\[ Final answer: 930 \]", "930"),  # the label repeated inside display math
+        (r"\( 42 \)", "42"),
     ],
 )
 def test_normalize_answer(raw, normal):
@@ -67,6 +70,10 @@ def test_normalize_answer(raw, normal):
 
 def test_same_number_written_differently_normalizes_equal():
     texts = ["The answer is 1,000.", r"\boxed{1000.0}", "Final answer: $1000", "So we have 1000"]
+    texts += [
+        "Therefore, the final answer is:\n\\[ Final answer: 1000 \\]",
+        "left over is:\n\\[ Final answer: 1000 \\]",
+    ]
     assert {extract_normalized(t) for t in texts} == {"1000"}
 
 
