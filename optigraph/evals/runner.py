@@ -37,6 +37,7 @@ from optigraph.evals.problems import (
     select_problems,
 )
 from optigraph.evals.replay import DB_FILE, replay_folder
+from optigraph.evals.replay_select import replay_select_folder
 from optigraph.evals.report import (
     ApproachSummary,
     ProblemResult,
@@ -400,8 +401,10 @@ def report_saved(
 
 def replay_saved(args: argparse.Namespace) -> None:
     """`--replay-adaptive FOLDER`: adaptive self-consistency on a fixed run's recorded samples
-    (evals/replay.py), written to --out as results.jsonl and reported beside the fixed run."""
-    folder = Path(args.replay_adaptive)
+    (evals/replay.py); `--replay-select FOLDER`: bon's selection rule of --params on a bon run's
+    recorded candidates and ratings (evals/replay_select.py). Written to --out as results.jsonl and
+    reported beside the recorded run."""
+    folder = Path(args.replay_adaptive or args.replay_select)
     if not (folder / RESULTS_FILE).is_file() or not (folder / DB_FILE).is_file():
         raise EvalError(f"{folder} holds no eval of its own (results.jsonl and {DB_FILE})")
     try:
@@ -412,9 +415,13 @@ def replay_saved(args: argparse.Namespace) -> None:
         params = json.loads(args.params) if args.params else {}
     except json.JSONDecodeError as exc:
         raise EvalError(f"--params is not JSON: {exc.msg}") from None
-    params = params.get("self_consistency", params) if isinstance(params, dict) else {}
+    approach = "self_consistency" if args.replay_adaptive else "bon"
+    params = params.get(approach, params) if isinstance(params, dict) else {}
     try:
-        replayed = replay_folder(folder, problems, params=params)
+        if args.replay_adaptive:
+            replayed = replay_folder(folder, problems, params=params)
+        else:
+            replayed = replay_select_folder(folder, problems, params=params)
     except ValueError as exc:  # pydantic's ValidationError included: bad stopping knobs
         raise EvalError(f"cannot replay: {exc}") from None
     if not replayed:
@@ -498,6 +505,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FOLDER",
         help="replay adaptive self-consistency on the samples of a fixed self_consistency eval in FOLDER "
         "(its --out), with the stopping knobs of --params; writes results for the replayed approach",
+    )
+    p.add_argument(
+        "--replay-select",
+        dest="replay_select",
+        default=None,
+        metavar="FOLDER",
+        help="replay bon's choice on the candidates and ratings of a bon eval in FOLDER (its --out), with "
+        "the selection of --params (default weighted_vote); writes results for the replayed approach",
     )
     p.add_argument("--out", default="eval-results", help="folder for results.jsonl, summary.json, plot.png")
     p.add_argument("--max-tokens", type=int, default=None, help="max_tokens sent with each request")
@@ -589,7 +604,7 @@ def main(args: argparse.Namespace) -> int:
                 categories=[c.strip() for item in args.category or [] for c in item.split(",") if c.strip()] or None,
             )
             return 0
-        if args.replay_adaptive:
+        if args.replay_adaptive or args.replay_select:
             replay_saved(args)
             return 0
         config = config_from_args(args)
