@@ -5,8 +5,8 @@ by Step" (Lightman et al., arXiv 2305.20050) and "Training Verifiers to Solve Ma
 (Cobbe et al., arXiv 2110.14168), here with the model itself as the verifier.
 
 The candidates reaching the same answer pool their ratings (`selection="weighted_vote"`, the default;
-nodes/select.py says why): measured on Qwen2.5-Coder-1.5B, the model rated 44 of 45 candidates 8 or 9,
-so the best rating alone picked the first of equals (docs/eval.md).
+nodes/select.py says why): measured on Qwen2.5-Coder-1.5B, the model rated every candidate 8 or 9, so
+the best rating alone picked the first of equals (docs/eval.md).
 
 Graph: START -> sample -> rate x n (concurrent `Send` branches) -> select -> END.
 Cost: 1 sampling call (n completions) + n rating calls, in 2 dependent rounds.

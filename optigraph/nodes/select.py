@@ -6,8 +6,8 @@ ignored unless every score is missing, in which case the first candidate is chos
 With `selection="weighted_vote"` (bon's default) the candidates are first grouped by the answer they
 reach (core/votes.py: extracted answers, tool calls, similar free text; answers cut at max_tokens
 do not vote while others do) and the group whose scores add up highest wins; its best-scored member is
-the answer. A model rating its own answers gives nearly every one the same score (on a 1.5B model,
-8 or 9 for 44 of 45 candidates, right or wrong), and the first of equal scores is then an arbitrary
+the answer. A model rating its own answers gives nearly every one the same score (a 1.5B model gave every
+candidate 8 or 9, right or wrong: docs/eval.md), and the first of equal scores is then an arbitrary
 pick; answers that several candidates reach are more often right (self-consistency), so summed scores
 keep the rating's say where it discriminates and fall back to the majority where it does not
 (verifier-weighted voting, as in Li et al., arXiv 2206.02336).
