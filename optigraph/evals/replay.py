@@ -43,37 +43,46 @@ class Sample:
     completion_tokens: int
 
 
-def recorded_samples(db_path: Path, run_ids: set[str]) -> dict[str, list[Sample]]:
-    """Every successful completion the runs in `run_ids` received, in the order recorded."""
+def recorded_calls(db_path: Path, run_ids: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """The successful upstream calls of the runs in `run_ids` (rows of `upstream_calls` whose response
+    was stored), by run, in the order recorded."""
     engine = create_engine(f"sqlite:///{db_path}")
-    out: dict[str, list[Sample]] = defaultdict(list)
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     try:
         with engine.connect() as conn:
             rows = conn.execute(
                 select(UPSTREAM_CALLS).where(UPSTREAM_CALLS.c.status == "ok").order_by(UPSTREAM_CALLS.c.id)
             ).mappings()
             for row in rows:
-                if row["run_id"] not in run_ids or not isinstance(row["response"], dict):
-                    continue
-                choices = row["response"].get("choices") or []
-                share = len(choices)  # a call's tokens, split over its choices
-                for i, choice in enumerate(choices):  # one per call when the upstream cannot return n
-                    # A call is recorded compactly (core/llm.py): each choice as its text, not its whole message.
-                    message = choice.get("message") or {"role": "assistant", "content": choice.get("text") or ""}
-                    candidate = {
-                        "text": message_text(message),
-                        "message": message,
-                        "finish_reason": choice.get("finish_reason"),
-                    }
-                    out[row["run_id"]].append(
-                        Sample(
-                            candidate,
-                            prompt_tokens=int(row["prompt_tokens"] or 0) // share if i == 0 else 0,
-                            completion_tokens=int(row["completion_tokens"] or 0) // share,
-                        )
-                    )
+                if row["run_id"] in run_ids and isinstance(row["response"], dict):
+                    out[row["run_id"]].append(dict(row))
     finally:
         engine.dispose()
+    return dict(out)
+
+
+def recorded_samples(db_path: Path, run_ids: set[str]) -> dict[str, list[Sample]]:
+    """Every successful completion the runs in `run_ids` received, in the order recorded."""
+    out: dict[str, list[Sample]] = defaultdict(list)
+    for run_id, rows in recorded_calls(db_path, run_ids).items():
+        for row in rows:
+            choices = row["response"].get("choices") or []
+            share = len(choices)  # a call's tokens, split over its choices
+            for i, choice in enumerate(choices):  # one per call when the upstream cannot return n
+                # A call is recorded compactly (core/llm.py): each choice as its text, not its whole message.
+                message = choice.get("message") or {"role": "assistant", "content": choice.get("text") or ""}
+                candidate = {
+                    "text": message_text(message),
+                    "message": message,
+                    "finish_reason": choice.get("finish_reason"),
+                }
+                out[run_id].append(
+                    Sample(
+                        candidate,
+                        prompt_tokens=int(row["prompt_tokens"] or 0) // share if i == 0 else 0,
+                        completion_tokens=int(row["completion_tokens"] or 0) // share,
+                    )
+                )
     return dict(out)
 
 

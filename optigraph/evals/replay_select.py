@@ -11,20 +11,16 @@ cost, paired with the recorded run on the very same candidates and ratings.
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, select
-
 from optigraph.core.judgments import parse_rating
 from optigraph.evals.grading import grade
 from optigraph.evals.problems import Problem
-from optigraph.evals.replay import DB_FILE
+from optigraph.evals.replay import DB_FILE, recorded_calls
 from optigraph.evals.report import ProblemResult, read_jsonl
 from optigraph.graphs.bon import BonParams
-from optigraph.memory.tables import UPSTREAM_CALLS
 from optigraph.nodes.common import message_text
 from optigraph.nodes.select import select as select_node
 
@@ -32,18 +28,7 @@ from optigraph.nodes.select import select as select_node
 def recorded_choices(db_path: Path, run_ids: set[str]) -> dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
     """For each run: its candidates (the `sample` calls' choices, in order, indexed) and their scores,
     each rating matched to its candidate by the candidate text its request carried."""
-    engine = create_engine(f"sqlite:///{db_path}")
-    calls: dict[str, list[Any]] = defaultdict(list)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                select(UPSTREAM_CALLS).where(UPSTREAM_CALLS.c.status == "ok").order_by(UPSTREAM_CALLS.c.id)
-            ).mappings()
-            for row in rows:
-                if row["run_id"] in run_ids and isinstance(row["response"], dict):
-                    calls[row["run_id"]].append(dict(row))
-    finally:
-        engine.dispose()
+    calls = recorded_calls(db_path, run_ids)
     out = {}
     for run_id, rows in calls.items():
         candidates: list[dict[str, Any]] = []
