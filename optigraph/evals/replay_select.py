@@ -41,14 +41,16 @@ def recorded_choices(db_path: Path, run_ids: set[str]) -> dict[str, tuple[list[d
                     {"index": len(candidates), "text": text, "finish_reason": choice.get("finish_reason")}
                 )
         scores = []
+        rated_already: set[int] = set()  # two candidates with the same text get one rating each
         for row in rows:
             messages = (row["request"] or {}).get("messages") if isinstance(row["request"], dict) else None
             if row["node"] != "rate" or not isinstance(messages, list) or len(messages) < 2:
                 continue
             rated = (messages[-2] or {}).get("content")
-            match = next((c for c in candidates if c["text"] == rated), None)
+            match = next((c for c in candidates if c["text"] == rated and c["index"] not in rated_already), None)
             choices = row["response"].get("choices") or [{}]
             if match is not None:
+                rated_already.add(match["index"])
                 scores.append({"index": match["index"], "score": parse_rating(choices[0].get("text") or "")})
         out[run_id] = (candidates, scores)
     return out

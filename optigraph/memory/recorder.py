@@ -155,7 +155,7 @@ def _sqlite_utc(value: datetime | None) -> str | None:
 
 def _fast_processor(column: Any, dialect: Any, processor: Any) -> Any:
     """A cheaper equivalent of `processor` for the column types the recorder writes most (a JSON
-    document, a UTC timestamp) on SQLite; tests/memory/test_recorder_rows.py holds them to
+    document, a UTC timestamp) on SQLite; tests/memory/test_memory_recorder.py holds them to
     SQLAlchemy's output. Any other column keeps SQLAlchemy's processor."""
     if processor is None or column is None or dialect.name != "sqlite":
         return processor
@@ -175,7 +175,6 @@ class _Plain:
     that needs one: building them column by column cost more than SQLite's work on the rows."""
 
     sql: str
-    names: tuple[str, ...]
     getter: Callable[[dict[str, Any]], tuple[Any, ...]]
     processed: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, processor) of the columns to convert
     defaults: dict[str, Any]  # columns the rows leave out, with the scalar default SQLAlchemy would send
@@ -203,7 +202,7 @@ class _Plain:
         if len(names) == 1:
             one = getter
             getter = lambda row: (one(row),)  # noqa: E731 - itemgetter of one name returns the value alone
-        return cls(str(compiled), names, getter, tuple(processed), defaults)
+        return cls(str(compiled), getter, tuple(processed), defaults)
 
     def values(self, row: dict[str, Any]) -> list[Any]:
         if self.defaults:

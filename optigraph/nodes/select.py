@@ -22,8 +22,6 @@ from optigraph.core.state import ApproachState, Candidate, Score, sorted_candida
 from optigraph.core.votes import vote_candidates
 from optigraph.nodes.common import answer_of
 
-SELECTIONS = ("score", "weighted_vote")
-
 
 def best_index(candidates: Sequence[Candidate], scores: Sequence[Score]) -> int:
     """Position in `candidates` of the best-scored one (first on ties, first if none scored)."""

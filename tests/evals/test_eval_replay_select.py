@@ -27,15 +27,16 @@ def rows(folder: Path) -> dict[str, dict[str, Any]]:
 
 def test_a_recorded_bon_run_replayed_with_the_weighted_vote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     def responder(body: dict[str, Any], index: int) -> str:
-        if body["messages"][-1].get("content") == RATING_REQUEST:
-            return "8"  # a self-rating model: everything is an 8
-        return "Final answer: 1000" if index == 0 else f"Way {index}: 47 * 23 = 1081 ...\nFinal answer: 1157"
+        if body["messages"][-1].get("content") == RATING_REQUEST:  # the wrong answer rated a little higher
+            return "9" if body["messages"][-2]["content"] == "Final answer: 1000" else "8"
+        # The two right candidates are the same text: each must get its own rating in the replay.
+        return "Final answer: 1000" if index == 0 else "47 * 23 = 1081 ...\nFinal answer: 1157"
 
     with ServerThread(make_app(responder, n_support=True)) as server:
         recorded = tmp_path / "bon"
         argv = ["eval", "--approaches", "bon", "--model", "fake-model", "--upstream", server.url + "/v1"]
         argv += ["--ids", "arith-01", "--no-progress", "--out", str(recorded)]
-        argv += ["--params", '{"bon": {"selection": "score"}}']  # OptILLM's rule: the first of equal ratings
+        argv += ["--params", '{"bon": {"selection": "score"}}']  # OptILLM's rule: the best rating
         with pytest.raises(SystemExit) as done:
             main(argv)
         assert done.value.code in (0, None), capsys.readouterr().err
