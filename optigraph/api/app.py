@@ -162,6 +162,9 @@ def create_app(settings: Settings, *, registry: Registry | None = None, tracer_p
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # optigraph traces, counts and logs requests itself (telemetry/); the framework's own
+        # OpenTelemetry bridge would add a second span per request and look up its settings every time.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         description="OpenAI-compatible optimizing inference proxy: inference-time techniques as "
         "checkpointed LangGraph graphs.",
     )

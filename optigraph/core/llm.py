@@ -416,10 +416,13 @@ class LLM:
             served_by = self.backend.name
             span = self._call_span(node, attempt)
             try:
-                async with self._attempt(tried) as target:
-                    served_by = target.name
-                    with active(span):  # its context goes upstream as `traceparent`
-                        raw = await target.complete(body, api_key=self.api_key)
+                if self._balancer is None and span is None:  # the common case, without the two blocks below
+                    raw = await self.backend.complete(body, api_key=self.api_key)
+                else:
+                    async with self._attempt(tried) as target:
+                        served_by = target.name
+                        with active(span):  # its context goes upstream as `traceparent`
+                            raw = await target.complete(body, api_key=self.api_key)
             except UpstreamError as exc:
                 self._record(
                     node=node,

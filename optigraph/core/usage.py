@@ -37,7 +37,14 @@ def add_usage(a: Usage | None, b: Usage | None) -> Usage:
         return dict(b) if b else empty_usage()  # type: ignore[return-value]
     if not b:
         return a
-    return {k: a.get(k, 0) + b.get(k, 0) for k in empty_usage()}  # type: ignore[return-value]
+    get_a, get_b = a.get, b.get
+    return {
+        "prompt_tokens": get_a("prompt_tokens", 0) + get_b("prompt_tokens", 0),
+        "completion_tokens": get_a("completion_tokens", 0) + get_b("completion_tokens", 0),
+        "total_tokens": get_a("total_tokens", 0) + get_b("total_tokens", 0),
+        "reasoning_tokens": get_a("reasoning_tokens", 0) + get_b("reasoning_tokens", 0),
+        "calls": get_a("calls", 0) + get_b("calls", 0),
+    }
 
 
 def one_call(usage: Usage) -> Usage:

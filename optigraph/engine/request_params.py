@@ -124,8 +124,11 @@ def resolve_params(
     `memo` (the caller's, kept across requests) remembers an approach's parameters when nothing was
     given for it and the server has no defaults for it: most requests, validated once (per spec: an
     approach registered again under its name is validated anew)."""
-    fields = body_params(body, registry, names)
-    loose = {key: body[key] for key in proxy_fields(body, names)}
+    if optillm_keys(body):
+        fields = body_params(body, registry, names)
+        loose = {key: body[key] for key in proxy_fields(body, names)}
+    else:  # most bodies: no OptILLM field to look at
+        fields, loose = {}, {}
     out = {}
     for name in names:
         spec = registry.get(name)

@@ -200,7 +200,7 @@ class Runner:
             run_id=run_id,
             client_key=client_key,
             limits=body.get("optigraph"),
-            proxied="proxy" in expression_names(ast),
+            proxied=ast != PASSTHROUGH and "proxy" in expression_names(ast),
         )
         backend, upstream_model = llm.backend, llm.model
         passthrough = ast == PASSTHROUGH

@@ -64,7 +64,7 @@ class Selection:
 
 
 def _has_operator(segment: str) -> bool:
-    return any(c in _OPERATORS for c in segment)
+    return not _OPERATORS.isdisjoint(segment)
 
 
 def split_model(model: str, known: Collection[str], limits: Limits | None = None) -> tuple[str, str | None] | None:

@@ -168,6 +168,28 @@ class _PlainSeries:
         return histogram
 
 
+class _LibrarySeries:
+    """One series of prometheus-client (several workers share its values through files), with the
+    same two methods as `_PlainSeries`. Each labelled child is kept once looked up (the library's
+    `labels()` validates on every call); as bounded as the labels are."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def child(self, labels: tuple[str, ...]) -> Any:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self.metric.labels(*labels)
+        return child
+
+    def inc(self, labels: tuple[str, ...], amount: float) -> None:
+        self.child(labels).inc(amount)
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        self.child(labels).observe(value)
+
+
 class _PlainCollector:
     """The scrape of a `Metrics` kept as plain numbers."""
 
@@ -177,7 +199,7 @@ class _PlainCollector:
     def collect(self) -> Iterator[Metric]:
         m = self.metrics
         with m._lock:
-            yield from (series.family() for series in m._plain.values())
+            yield from (series.family() for series in m._series.values() if isinstance(series, _PlainSeries))
             yield GaugeMetricFamily(*IN_FLIGHT, value=m._in_flight)
             breaker = GaugeMetricFamily(*BREAKER, labels=("backend",))
             for backend, state in m._breaker.items():
@@ -203,44 +225,27 @@ class Metrics:
         # One worker: plain numbers, collected when scraped. Several: the client library's objects,
         # whose values it keeps in the files every worker's scrape reads.
         self._direct = multiprocess_dir() is not None
-        self._plain = {spec[0]: _PlainSeries(*spec) for spec in COUNTERS_AND_HISTOGRAMS}
         self._in_flight = 0.0
         self._breaker: dict[str, float] = {}
-        # Each labelled child, once looked up (prometheus-client's `labels()` validates on every call);
-        # as bounded as the labels are.
-        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
-        self._objects: dict[str, Any] = {}
+        self._series: dict[str, _PlainSeries | _LibrarySeries] = {}
+        self._objects: dict[str, Any] = {}  # the live gauges, with several workers
+        self._breaker_series: _LibrarySeries | None = None
         if not self._direct:
+            self._series = {spec[0]: _PlainSeries(*spec) for spec in COUNTERS_AND_HISTOGRAMS}
             self.registry.register(_PlainCollector(self))
             return
         for name, help_text, labels, buckets in COUNTERS_AND_HISTOGRAMS:
             if buckets is None:
-                self._objects[name] = Counter(name, help_text, labels, registry=self.registry)
+                metric = Counter(name, help_text, labels, registry=self.registry)
             else:
-                self._objects[name] = Histogram(name, help_text, labels, buckets=buckets, registry=self.registry)
+                metric = Histogram(name, help_text, labels, buckets=buckets, registry=self.registry)
+            self._series[name] = _LibrarySeries(metric)
         self._objects[IN_FLIGHT[0]] = Gauge(*IN_FLIGHT, registry=self.registry, multiprocess_mode="livesum")
-        self._objects[BREAKER[0]] = Gauge(*BREAKER, ("backend",), registry=self.registry, multiprocess_mode="livemax")
+        self._breaker_series = _LibrarySeries(
+            Gauge(*BREAKER, ("backend",), registry=self.registry, multiprocess_mode="livemax")
+        )
 
     # ---- recording ------------------------------------------------------------------------------
-
-    def _child(self, name: str, labels: tuple[str, ...]) -> Any:
-        key = (name, labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self._objects[name].labels(*labels)
-        return child
-
-    def _inc(self, name: str, labels: tuple[str, ...], amount: float = 1.0) -> None:
-        if self._direct:
-            self._child(name, labels).inc(amount)
-        else:
-            self._plain[name].inc(labels, amount)
-
-    def _observe(self, name: str, labels: tuple[str, ...], value: float) -> None:
-        if self._direct:
-            self._child(name, labels).observe(value)
-        else:
-            self._plain[name].observe(labels, value)
 
     def run_finished(
         self, *, approach: str, model: str, status: str, seconds: float, input_tokens: int, output_tokens: int
@@ -248,22 +253,24 @@ class Metrics:
         """One finished run (any status)."""
         ok = status == "completed"
         labels = (self.approach(approach, admit=ok), self.model(model, admit=ok))
+        series = self._series
         with self._lock:
-            self._inc("optigraph_requests", (*labels, status))
-            self._observe("optigraph_request_duration_seconds", labels, seconds)
+            series["optigraph_requests"].inc((*labels, status), 1.0)
+            series["optigraph_request_duration_seconds"].observe(labels, seconds)
             if input_tokens:
-                self._inc("optigraph_input_tokens", labels, input_tokens)
+                series["optigraph_input_tokens"].inc(labels, input_tokens)
             if output_tokens:
-                self._inc("optigraph_output_tokens", labels, output_tokens)
+                series["optigraph_output_tokens"].inc(labels, output_tokens)
 
     def upstream_call(self, *, backend: str, model: str, outcome: str, seconds: float, attempt: int) -> None:
         """One upstream attempt; `outcome` is ok, error, timeout or cancelled."""
         m = self.model(model, admit=outcome == "ok")
+        series = self._series
         with self._lock:
-            self._inc("optigraph_upstream_calls", (backend, m, outcome))
-            self._observe("optigraph_upstream_call_duration_seconds", (backend, m, outcome), seconds)
+            series["optigraph_upstream_calls"].inc((backend, m, outcome), 1.0)
+            series["optigraph_upstream_call_duration_seconds"].observe((backend, m, outcome), seconds)
             if attempt > 1:
-                self._inc("optigraph_upstream_retries", (backend, m))
+                series["optigraph_upstream_retries"].inc((backend, m), 1.0)
 
     def run_began(self) -> None:
         if self._direct:
@@ -284,13 +291,14 @@ class Metrics:
         value = BREAKER_STATES[state]
         with self._lock:
             if self._direct:
-                self._child(BREAKER[0], (backend,)).set(value)
+                assert self._breaker_series is not None
+                self._breaker_series.child((backend,)).set(value)
             else:
                 self._breaker[backend] = value
 
     def http_response(self, code: int) -> None:
         with self._lock:
-            self._inc("optigraph_http_responses", (str(code),))
+            self._series["optigraph_http_responses"].inc((str(code),), 1.0)
 
     # ---- exposition -----------------------------------------------------------------------------
 
