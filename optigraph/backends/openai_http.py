@@ -25,12 +25,14 @@ from optigraph.backends.breaker import CircuitBreaker
 from optigraph.backends.health import CallOutcomes
 from optigraph.backends.http1 import ConnectTimeout, Http1Pool, HTTPConnectionError
 from optigraph.core.backend import Capabilities
+from optigraph.core.lru import LRUCache
 from optigraph.errors import InvalidRequest, UpstreamError, UpstreamInvalidResponse, UpstreamTimeout
 from optigraph.telemetry.tracing import inject_trace
 
 # OpenAI reasoning models: no sampling parameters, max_completion_tokens, system -> developer.
 REASONING_MODEL = re.compile(r"^(?:[\w.-]+/)?(?:o1|o3|o4|gpt-5)(?:[-.]|$)")
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+CAPS_CACHE_SIZE = 256
 
 
 def capabilities_for(model: str) -> Capabilities:
@@ -133,6 +135,7 @@ class OpenAIHTTPBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: Http1Pool | None = None  # non-streamed POSTs without a proxy (http1.py)
         self._urls: dict[str, URL] = {}
+        self._caps: LRUCache[str, Capabilities] = LRUCache(CAPS_CACHE_SIZE)  # by model name, which clients choose
         self._proxy = env_proxy(self.base_url)  # read once: aiohttp's trust_env re-reads it per request
         self._ssl = tls_setting(ssl_verify, ssl_cert_path)
 
@@ -165,8 +168,13 @@ class OpenAIHTTPBackend:
         return pool
 
     def capabilities(self, model: str) -> Capabilities:
-        caps = capabilities_for(model)
-        return caps if self._n_sampling is None else replace(caps, n_sampling=self._n_sampling)
+        caps = self._caps.get(model)  # asked once per run: a regular expression and a dataclass each time
+        if caps is None:
+            caps = capabilities_for(model)
+            if self._n_sampling is not None:
+                caps = replace(caps, n_sampling=self._n_sampling)
+            self._caps[model] = caps
+        return caps
 
     def _url(self, path: str) -> URL:
         """The upstream URL of `path`, parsed once (aiohttp parses a string URL on every request)."""
