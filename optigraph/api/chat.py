@@ -72,8 +72,11 @@ async def prepare_for(request: Request, who: Caller, body: dict[str, Any], what:
     principal = who.principal
     require(principal.scopes, CHAT, what)
     runner = request.app.state.runner
+    # The request's headers only when there is a trace to continue (building them costs a raised and caught
+    # AttributeError, among others, on every request).
+    traced = runner.telemetry.tracing is not None
     prep = await runner.prepare(
-        body, client_key=who.forward_key, tenant=principal.tenant, trace_headers=request.headers
+        body, client_key=who.forward_key, tenant=principal.tenant, trace_headers=request.headers if traced else None
     )
     note_run(request.scope, prep)
     require_approaches(principal.scopes, runner.registry, ("none",) if prep.compiled is None else prep.compiled.names)
