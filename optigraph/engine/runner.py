@@ -195,15 +195,15 @@ class Runner:
                 )
             model = self.settings.local_model
         run_id = run_id or self._ids.new()
+        passthrough = ast == PASSTHROUGH
         llm = self.llm_for(
             model,
             run_id=run_id,
             client_key=client_key,
             limits=body.get("optigraph"),
-            proxied=ast != PASSTHROUGH and "proxy" in expression_names(ast),
+            proxied=not passthrough and "proxy" in expression_names(ast),
         )
         backend, upstream_model = llm.backend, llm.model
-        passthrough = ast == PASSTHROUGH
         compiled = None if passthrough else await self.compiler.compile_async(ast)
         edge, private = self.edge_plugin(compiled), {}
         if edge is not None and edge.admit is not None:  # before anything of the run is stored

@@ -228,8 +228,8 @@ class Metrics:
         self._in_flight = 0.0
         self._breaker: dict[str, float] = {}
         self._series: dict[str, _PlainSeries | _LibrarySeries] = {}
-        self._objects: dict[str, Any] = {}  # the live gauges, with several workers
-        self._breaker_series: _LibrarySeries | None = None
+        self._in_flight_gauge: Any = None  # with several workers, the live gauges: runs in flight...
+        self._breaker_series: _LibrarySeries | None = None  # ...and breaker states
         if not self._direct:
             self._series = {spec[0]: _PlainSeries(*spec) for spec in COUNTERS_AND_HISTOGRAMS}
             self.registry.register(_PlainCollector(self))
@@ -240,7 +240,7 @@ class Metrics:
             else:
                 metric = Histogram(name, help_text, labels, buckets=buckets, registry=self.registry)
             self._series[name] = _LibrarySeries(metric)
-        self._objects[IN_FLIGHT[0]] = Gauge(*IN_FLIGHT, registry=self.registry, multiprocess_mode="livesum")
+        self._in_flight_gauge = Gauge(*IN_FLIGHT, registry=self.registry, multiprocess_mode="livesum")
         self._breaker_series = _LibrarySeries(
             Gauge(*BREAKER, ("backend",), registry=self.registry, multiprocess_mode="livemax")
         )
@@ -274,14 +274,14 @@ class Metrics:
 
     def run_began(self) -> None:
         if self._direct:
-            self._objects[IN_FLIGHT[0]].inc()
+            self._in_flight_gauge.inc()
         else:
             with self._lock:
                 self._in_flight += 1
 
     def run_ended(self) -> None:
         if self._direct:
-            self._objects[IN_FLIGHT[0]].dec()
+            self._in_flight_gauge.dec()
         else:
             with self._lock:
                 self._in_flight -= 1
