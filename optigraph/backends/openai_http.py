@@ -242,8 +242,9 @@ class OpenAIHTTPBackend:
         pool = self._lean()
         try:
             if pool is not None:
-                async with asyncio.timeout(self.total_timeout_s):
-                    status, content = await pool.post(path, orjson.dumps(body), self._headers(api_key))
+                status, content = await pool.post(
+                    path, orjson.dumps(body), self._headers(api_key), timeout_s=self.total_timeout_s
+                )
             else:
                 async with self._client().post(
                     self._url(path),

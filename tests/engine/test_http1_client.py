@@ -276,3 +276,32 @@ async def test_a_forwarded_key_with_a_line_break_is_refused_before_anything_is_s
         await backend.complete({"model": "m", "messages": []}, api_key="sk-a\r\nx-evil: 1")
     assert server.requests == []
     await backend.aclose()
+
+
+async def test_a_request_waiting_for_a_slot_times_out_or_is_cancelled_without_losing_the_slot(server: Server) -> None:
+    pool = Http1Pool(server.url, max_connections=1)
+    first = asyncio.create_task(pool.post("/slow", b"{}", {}))
+    while server.in_flight < 1:
+        await asyncio.sleep(0.01)
+    with pytest.raises(TimeoutError):  # it never got the one slot
+        await pool.post("/ok", b"{}", {}, timeout_s=0.05)
+    waiting = asyncio.create_task(pool.post("/ok", b"{}", {}))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert len(server.requests) == 1  # neither of the two was sent
+    server.release.set()
+    assert (await first)[0] == 200
+    assert (await pool.post("/ok", b"{}", {}, timeout_s=5))[0] == 200  # the slot came back, once
+    assert pool._slots.free == 1 and not pool._slots.waiters
+    pool.close()
+
+
+async def test_an_answer_past_its_deadline_fails_with_a_timeout_and_its_connection_closes(server: Server) -> None:
+    pool = Http1Pool(server.url)
+    with pytest.raises(TimeoutError):
+        await pool.post("/silent", b"{}", {}, timeout_s=0.05)
+    assert not pool._idle and not pool._sending  # the connection in an unknown state is not reused
+    assert (await pool.post("/ok", b"{}", {}, timeout_s=5))[0] == 200
+    pool.close()
