@@ -102,10 +102,76 @@ def _is_union_branch(part: str) -> bool:
     return part in _BRANCH_TYPES or part.startswith(_BRANCH_PREFIXES)
 
 
+_ROLES = frozenset(Message.model_fields["role"].annotation.__args__)  # type: ignore[union-attr]
+_NUMBER = (int, float)
+
+
+def _between(low: float, high: float) -> Any:
+    return lambda v: type(v) in _NUMBER and low <= v <= high
+
+
+def _int_from(low: int) -> Any:
+    return lambda v: type(v) is int and v >= low
+
+
+# The fields of the requests most clients send, each with a check that passes only values the schema
+# accepts (exact types, no coercion; None is accepted for all of them, as the schema does).
+_PLAIN_FIELDS: dict[str, Any] = {
+    "model": lambda v: type(v) is str and v != "",
+    "messages": lambda v: type(v) is list and v != [] and all(map(_plain_message, v)),
+    "temperature": _between(0, 2),
+    "top_p": _between(0, 1),
+    "n": _int_from(1),
+    "max_tokens": _int_from(1),
+    "max_completion_tokens": _int_from(1),
+    "stop": lambda v: type(v) is str or (type(v) is list and all(type(s) is str for s in v)),
+    "seed": lambda v: type(v) is int,
+    "stream": lambda v: type(v) is bool,
+    "presence_penalty": _between(-2, 2),
+    "frequency_penalty": _between(-2, 2),
+    "logprobs": lambda v: type(v) is bool,
+    "top_logprobs": lambda v: type(v) is int and 0 <= v <= 20,
+    "user": lambda v: type(v) is str,
+}
+_REQUIRED = ("model", "messages")
+
+
+def _plain_message(message: Any) -> bool:
+    if type(message) is not dict or message.get("role") not in _ROLES:
+        return False
+    content = message.get("content")
+    return content is None or type(content) is str
+
+
+def _plainly_valid(body: dict[str, Any]) -> bool:
+    """Whether `body` holds only fields of `_PLAIN_FIELDS`, the required ones among them, each passing
+    its check: such a body is valid without the schema's validation, which costs more than all these
+    checks on a passthrough request. Anything else (content parts, tools, a number given as a string)
+    goes through the schema, which also words the error."""
+    fields = _PLAIN_FIELDS
+    for key, value in body.items():
+        check = fields.get(key)
+        if check is None or (value is not None and not check(value)):
+            return False
+    return all(body.get(key) is not None for key in _REQUIRED)
+
+
 def check_request(body: Any, *, max_n: int, max_tokens: int) -> None:
     """Raises InvalidRequest (naming the offending parameter) for a body we must not forward."""
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object", code="invalid_body")
+    if _plainly_valid(body):
+        _check_limits(
+            body.get("n"),
+            body.get("max_tokens"),
+            body.get("max_completion_tokens"),
+            body.get("stop"),
+            body.get("top_logprobs"),
+            body.get("logprobs"),
+            max_n=max_n,
+            max_tokens=max_tokens,
+        )
+        return
     try:
         req = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
@@ -122,13 +188,36 @@ def check_request(body: Any, *, max_n: int, max_tokens: int) -> None:
             param=param or None,
             code="invalid_value" if err.get("type") != "missing" else "missing_required_parameter",
         ) from None
-    if req.n is not None and req.n > max_n:
+    _check_limits(
+        req.n,
+        req.max_tokens,
+        req.max_completion_tokens,
+        req.stop,
+        req.top_logprobs,
+        req.logprobs,
+        max_n=max_n,
+        max_tokens=max_tokens,
+    )
+
+
+def _check_limits(
+    n: int | None,
+    max_tokens_: int | None,
+    max_completion_tokens: int | None,
+    stop: Any,
+    top_logprobs: int | None,
+    logprobs: bool | None,
+    *,
+    max_n: int,
+    max_tokens: int,
+) -> None:
+    """The server's own limits on a request the schema accepts."""
+    if n is not None and n > max_n:
         raise InvalidRequest(f"n must be at most {max_n}", param="n", code="invalid_value")
-    for key in ("max_tokens", "max_completion_tokens"):
-        value = getattr(req, key)
+    for key, value in (("max_tokens", max_tokens_), ("max_completion_tokens", max_completion_tokens)):
         if value is not None and value > max_tokens:
             raise InvalidRequest(f"{key} must be at most {max_tokens}", param=key, code="invalid_value")
-    if isinstance(req.stop, list) and len(req.stop) > 4:
+    if isinstance(stop, list) and len(stop) > 4:
         raise InvalidRequest("stop may hold at most 4 sequences", param="stop", code="invalid_value")
-    if req.top_logprobs is not None and not req.logprobs:
+    if top_logprobs is not None and not logprobs:
         raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs", code="invalid_value")

@@ -91,3 +91,76 @@ def test_mutable_defaults_are_not_shared() -> None:
 def test_optillm_key_prefilter_keeps_every_field_and_prefix() -> None:
     body = {"model": "m", "messages": [], "k": 3, "mcts_depth": 2, "rstar_x": 1, "cepo_y": 1, "comparison_mode": "x"}
     assert optillm_keys(body) == ["k", "mcts_depth", "rstar_x", "cepo_y", "comparison_mode"]
+
+
+PLAIN = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+BODIES = [
+    PLAIN,
+    {**PLAIN, "max_tokens": 16, "temperature": 0.7, "top_p": 1, "n": 2, "stream": False, "seed": 3, "user": "u"},
+    {**PLAIN, "stop": ["a", "b"], "logprobs": True, "top_logprobs": 5, "presence_penalty": -2, "frequency_penalty": 2},
+    {**PLAIN, "messages": [{"role": "system", "content": None}, {"role": "tool", "content": "x", "tool_call_id": "1"}]},
+    {**PLAIN, "temperature": None, "stop": None},
+    # each of these fails the schema or a server limit
+    {"messages": PLAIN["messages"]},
+    {"model": "", "messages": PLAIN["messages"]},
+    {"model": "m", "messages": []},
+    {"model": "m", "messages": [{"role": "robot", "content": "hi"}]},
+    {"model": "m", "messages": [{"content": "hi"}]},
+    {"model": "m", "messages": ["hi"]},
+    {**PLAIN, "temperature": 2.5},
+    {**PLAIN, "temperature": True},
+    {**PLAIN, "temperature": "0.5"},
+    {**PLAIN, "top_p": -0.1},
+    {**PLAIN, "n": 0},
+    {**PLAIN, "n": 99},
+    {**PLAIN, "n": 2.0},
+    {**PLAIN, "max_tokens": 0},
+    {**PLAIN, "max_tokens": 10**9},
+    {**PLAIN, "max_completion_tokens": 10**9},
+    {**PLAIN, "stop": ["a", "b", "c", "d", "e"]},
+    {**PLAIN, "stop": [1]},
+    {**PLAIN, "stream": "yes"},
+    {**PLAIN, "stream": 1},
+    {**PLAIN, "top_logprobs": 3},
+    {**PLAIN, "top_logprobs": 21, "logprobs": True},
+    {**PLAIN, "user": 5},
+    {**PLAIN, "seed": True},
+    {**PLAIN, "presence_penalty": float("nan")},
+    # fields outside the plain set: the schema decides
+    {**PLAIN, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
+    {**PLAIN, "messages": [{"role": "user", "content": [{"text": "no type"}]}]},
+    {**PLAIN, "tools": [{"type": "function"}], "stream_options": {"include_usage": True}},
+    {**PLAIN, "optigraph": {"max_upstream_calls": 0}},
+    {**PLAIN, "custom_field": {"kept": True}},
+]
+
+
+def _outcome(body: dict, *, schema_only: bool) -> tuple[str, str | None] | None:
+    from optigraph.engine import request
+
+    plain = request._plainly_valid
+    if schema_only:
+        request._plainly_valid = lambda body: False  # type: ignore[assignment]
+    try:
+        request.check_request(body, max_n=16, max_tokens=100_000)
+    except InvalidRequest as exc:
+        return exc.message, exc.param
+    finally:
+        request._plainly_valid = plain
+    return None
+
+
+@pytest.mark.parametrize("body", BODIES, ids=range(len(BODIES)))
+def test_the_plain_check_accepts_and_refuses_exactly_as_the_schema(body: dict) -> None:
+    from optigraph.engine.request import ChatCompletionRequest, _plainly_valid
+
+    assert _outcome(body, schema_only=False) == _outcome(body, schema_only=True)
+    if _plainly_valid(body):  # what the quick check passes, the schema passes
+        ChatCompletionRequest.model_validate(body)
+
+
+def test_the_plain_check_serves_the_common_requests() -> None:
+    from optigraph.engine.request import _plainly_valid
+
+    assert _plainly_valid(BODIES[0]) and _plainly_valid(BODIES[1]) and _plainly_valid(BODIES[3])
+    assert not _plainly_valid(BODIES[-5]) and not _plainly_valid(BODIES[-1])
