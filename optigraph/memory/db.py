@@ -86,7 +86,12 @@ def ensure_sqlite_dir(db_url: str) -> None:
 
 def json_dumps(value: Any) -> str:
     # Traces hold whatever a node sent upstream; anything orjson cannot encode is stored as its str().
-    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    # Keys that are not strings are written as strings; orjson's option for them doubles the cost of
+    # every document, so it is used only for the documents that hold such keys.
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except orjson.JSONEncodeError:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
 
+import orjson
 from sqlalchemy import JSON, bindparam, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -150,7 +151,13 @@ def _sqlite_utc(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is not UTC:
         value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if value.microsecond and value.year >= 1000:  # orjson writes these exactly so, at a third of isoformat's cost
+        return orjson.dumps(value)[1:27].decode().replace("T", " ")
     return value.isoformat(" ", "microseconds")[:26]  # without the offset; strftime costs ten times more
+
+
+def _json_text(value: Any) -> str:
+    return "null" if value is None else json_dumps(value)
 
 
 def _fast_processor(column: Any, dialect: Any, processor: Any) -> Any:
@@ -160,7 +167,7 @@ def _fast_processor(column: Any, dialect: Any, processor: Any) -> Any:
     if processor is None or column is None or dialect.name != "sqlite":
         return processor
     if isinstance(column.type, JSON):
-        return json_dumps  # what SQLAlchemy's JSON type sends through the engine's serializer (None as null)
+        return _json_text  # what SQLAlchemy's JSON type sends through the engine's serializer (None as null)
     if isinstance(column.type, UtcDateTime):
         return _sqlite_utc
     return processor
