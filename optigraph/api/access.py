@@ -55,6 +55,7 @@ class Caller:
 
 
 ANONYMOUS = Principal(tenant=DEFAULT_TENANT, scopes=frozenset(ALL_SCOPES), name="anonymous")
+ANONYMOUS_CALLER = Caller(ANONYMOUS, None)
 SERVER_KEY = Principal(tenant=DEFAULT_TENANT, scopes=frozenset(ALL_SCOPES), name="api-key")
 
 
@@ -85,6 +86,7 @@ class Access:
     _key_ids: LRUCache[str, tuple[float, bool]] = field(default_factory=lambda: LRUCache(CACHE_SIZE))
     _limits: LRUCache[str, tuple[float, dict[str, Any] | None]] = field(default_factory=lambda: LRUCache(CACHE_SIZE))
     _any_keys: tuple[float, bool] | None = None
+    _defaults: LimitValues = field(default_factory=LimitValues)  # the server's limits, built once per change
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Access:
@@ -151,7 +153,9 @@ class Access:
             if token is None:
                 raise AuthenticationError("this server needs a key: send 'Authorization: Bearer <key or token>'")
             raise AuthenticationError("invalid API key or token")
-        return Caller(ANONYMOUS, None if s.upstream_api_key else token)
+        if token is None or s.upstream_api_key:
+            return ANONYMOUS_CALLER
+        return Caller(ANONYMOUS, token)
 
     def _token_principal(self, claims: dict[str, Any]) -> Principal:
         tenant = claims.get(self.settings.oauth_tenant_claim)
@@ -163,9 +167,15 @@ class Access:
     async def limits(self, principal: Principal) -> LimitValues:
         """The caller's limits: its key's own, else its tenant's, else the server's defaults."""
         s = self.settings
-        values = LimitValues(
-            rpm=s.tenant_rpm, concurrent_runs=s.tenant_concurrent_runs, tokens_per_day=s.tenant_tokens_per_day
-        )
+        values = self._defaults
+        if (values.rpm, values.concurrent_runs, values.tokens_per_day) != (
+            s.tenant_rpm,
+            s.tenant_concurrent_runs,
+            s.tenant_tokens_per_day,
+        ):
+            values = self._defaults = LimitValues(
+                rpm=s.tenant_rpm, concurrent_runs=s.tenant_concurrent_runs, tokens_per_day=s.tenant_tokens_per_day
+            )
         if self.db is not None:
             cached = self._limits.get(principal.tenant)
             if cached is None or not self._fresh(cached[0]):

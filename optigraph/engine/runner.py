@@ -349,8 +349,9 @@ class Runner:
 
     def budget(self, limits: dict[str, Any] | None) -> Budget:
         """The run's caps: the client's, never above the server's."""
-        limits = limits or {}
         calls, tokens = self.settings.max_upstream_calls, self.settings.max_upstream_tokens
+        if not limits:
+            return Budget(max_calls=calls, max_tokens=tokens)
         return Budget(
             max_calls=min(limits.get("max_upstream_calls") or calls, calls),
             max_tokens=min(limits.get("max_upstream_tokens") or tokens, tokens),
