@@ -116,6 +116,7 @@ def resolve_params(
     body: Mapping[str, Any],
     defaults: Mapping[str, Mapping[str, Any]],
     memo: dict[str, tuple[Any, dict[str, Any]]] | None = None,
+    optillm: list[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each approach's validated parameters: server defaults < body fields < `requested` (optillm_params).
 
@@ -123,8 +124,9 @@ def resolve_params(
     its request_config) also gets every OptILLM field of the body, which otherwise would not reach it.
     `memo` (the caller's, kept across requests) remembers an approach's parameters when nothing was
     given for it and the server has no defaults for it: most requests, validated once (per spec: an
-    approach registered again under its name is validated anew)."""
-    if optillm_keys(body):
+    approach registered again under its name is validated anew). `optillm`: `optillm_keys(body)`,
+    when the caller has it already."""
+    if optillm_keys(body) if optillm is None else optillm:
         fields = body_params(body, registry, names)
         loose = {key: body[key] for key in proxy_fields(body, names)}
     else:  # most bodies: no OptILLM field to look at

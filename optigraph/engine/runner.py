@@ -42,13 +42,13 @@ from optigraph.core.llm import LLM, Budget
 from optigraph.core.lru import LRUCache
 from optigraph.core.spec import PluginSpec
 from optigraph.core.streaming import StreamEvent, StreamSink
-from optigraph.core.usage import Usage, add_usage, empty_usage, openai_usage
+from optigraph.core.usage import Usage, add_usage, openai_usage
 from optigraph.engine.compiler import CompiledExpression, Compiler
 from optigraph.engine.expression import Approach, Node, Plugin, check_size, parse, validate
 from optigraph.engine.expression import names as expression_names
 from optigraph.engine.registry import Registry
 from optigraph.engine.request import background_requested, check_request, forwarded_fields
-from optigraph.engine.request_params import proxy_fields, resolve_params
+from optigraph.engine.request_params import optillm_keys, proxy_fields, resolve_params
 from optigraph.engine.selection import select
 from optigraph.errors import InvalidRequest, OptigraphError, RunCancelled, RunInterrupted, UpstreamInvalidResponse
 from optigraph.memory.conversations import ConversationStore
@@ -77,7 +77,7 @@ class Prepared:
     compiled: CompiledExpression | None  # None for the passthrough fast path
     record: RunRecord
     started: float
-    prior: Usage = field(default_factory=empty_usage)  # calls stored before a resume (engine/resume.py)
+    prior: Usage | None = None  # calls stored before a resume (engine/resume.py)
     background: bool = False  # finish even if the client goes
     stop_reason: str | None = None  # why its task was cancelled: "cancelled" (client gone) or "interrupted"
     edge: PluginSpec | None = None  # the plugin at the run's edge (it wraps everything, with admit/release)
@@ -210,11 +210,14 @@ class Runner:
             body, private = await edge.admit(body, self.settings)
             sel = select(body, known=self.registry.names(), default=self.settings.approach, limits=limits)
         names = ("none",) if compiled is None else compiled.names
-        params = self._params(body.get("optillm_params"), names, body)
+        optillm = optillm_keys(body)  # the body's keys that may be OptILLM fields: none in most requests
+        params = self._params(body.get("optillm_params"), names, body, optillm)
         for name in names:
             self._check_needs(name, llm, backend.name, upstream_model)
-        proxy_only = proxy_fields(body, names)  # OptILLM's fields for the proxy (engine/request_params.py)
-        request = {k: v for k, v in forwarded_fields(body).items() if k not in proxy_only}
+        request = forwarded_fields(body)
+        if optillm:  # OptILLM's fields for the proxy stay here (engine/request_params.py)
+            proxy_only = proxy_fields(body, names)
+            request = {k: v for k, v in request.items() if k not in proxy_only}
         stream = bool(body.get("stream"))
         expression = "none" if compiled is None else compiled.text
         n = int(body.get("n") or self.settings.default_n)
@@ -357,7 +360,9 @@ class Runner:
             max_tokens=min(limits.get("max_upstream_tokens") or tokens, tokens),
         )
 
-    def _params(self, raw: Any, names: tuple[str, ...], body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    def _params(
+        self, raw: Any, names: tuple[str, ...], body: dict[str, Any], optillm: list[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -379,6 +384,7 @@ class Runner:
             body=body,
             defaults=self.settings.approach_params,
             memo=self._default_params,
+            optillm=optillm,
         )
 
     def _check_fields(self, body: dict[str, Any], llm: LLM, compiled: CompiledExpression | None) -> None:
