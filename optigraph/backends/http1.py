@@ -234,6 +234,8 @@ class Http1Pool:
         self._slots = _Slots(max_connections)
         self._sending: set[_Connection] = set()  # connections with a request in flight
         self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_interval = 0.0  # of the armed sweep...
+        self._swept_for = 0.0  # ...and the timeout it serves
         self.loop = asyncio.get_running_loop()
 
     async def post(
@@ -244,7 +246,8 @@ class Http1Pool:
 
         With `timeout_s`, TimeoutError when the whole attempt (a free slot, a connection, the answer) takes
         longer. The answer's deadline is kept by a sweep over the requests in flight, a timer per pool
-        rather than one per request; it fires up to a twentieth of `timeout_s` (at most a second) late."""
+        rather than one per request; it fires up to a twentieth of the shortest `timeout_s` in flight (at
+        most a second) late."""
         head = self._heads.get(path)
         if head is None:
             head = self._heads[path] = f"POST {self.prefix}{path} HTTP/1.1\r\n{self._fixed}"
@@ -261,9 +264,8 @@ class Http1Pool:
                 idle = self._idle_connection()
                 connection = idle if idle is not None else await self._within(deadline, self._connect())
                 self._sending.add(connection)
-                if deadline is not None and self._sweep is None:
-                    assert timeout_s is not None
-                    self._sweep_in(max(0.01, min(1.0, timeout_s / 20)))
+                if timeout_s is not None and (self._sweep is None or timeout_s < self._swept_for):
+                    self._sweep_for(timeout_s)
                 try:
                     answer = await connection.send(data, deadline)
                 except _Closed:  # nothing was written: take another connection
@@ -285,7 +287,16 @@ class Http1Pool:
         async with asyncio.timeout_at(deadline):
             return await step
 
+    def _sweep_for(self, timeout_s: float) -> None:
+        """Sweeps every twentieth of `timeout_s` (at most every second) while requests are in flight; a
+        shorter timeout than the armed sweep's re-arms it."""
+        if self._sweep is not None:
+            self._sweep.cancel()
+        self._swept_for = timeout_s
+        self._sweep_in(max(0.01, min(1.0, timeout_s / 20)))
+
     def _sweep_in(self, interval: float) -> None:
+        self._sweep_interval = interval
         self._sweep = self.loop.call_later(interval, self._expire, interval)
 
     def _expire(self, interval: float) -> None:

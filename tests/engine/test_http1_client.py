@@ -305,3 +305,17 @@ async def test_an_answer_past_its_deadline_fails_with_a_timeout_and_its_connecti
     assert not pool._idle and not pool._sending  # the connection in an unknown state is not reused
     assert (await pool.post("/ok", b"{}", {}, timeout_s=5))[0] == 200
     pool.close()
+
+
+async def test_a_short_deadline_is_kept_while_a_long_one_is_in_flight(server: Server) -> None:
+    pool = Http1Pool(server.url)
+    long = asyncio.create_task(pool.post("/slow", b"{}", {}, timeout_s=60))  # sweeps every second
+    while server.in_flight < 1:
+        await asyncio.sleep(0.01)
+    assert pool._sweep_interval == 1.0
+    with pytest.raises(TimeoutError):  # swept every 10 ms from now on, not every second
+        await pool.post("/silent", b"{}", {}, timeout_s=0.05)
+    assert pool._sweep_interval == 0.01
+    server.release.set()
+    assert (await long)[0] == 200
+    pool.close()
