@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from .db import (
     SQLITE_BUSY_TIMEOUT_MS,
+    WAL_SWITCH_ATTEMPTS,
     backend_name,
     ensure_sqlite_dir,
     libpq_url,
@@ -25,7 +26,6 @@ from .db import (
 )
 
 # Serializes the savers' own table setup when several replicas start at once.
-WAL_SWITCH_ATTEMPTS = 100  # x 50 ms: how long a connection waits for another to switch a new file to WAL
 SETUP_LOCK_ID = int.from_bytes(hashlib.sha256(b"optigraph.checkpoints.setup").digest()[:8], "big", signed=True)
 
 

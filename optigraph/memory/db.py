@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+WAL_SWITCH_ATTEMPTS = 100  # x 50 ms: how long a connection waits for another to switch a new file to WAL
 CHECK_TIMEOUT_S = 2.0  # /health's database check
 
 # Drivers that can only be used from asyncio, and the defaults picked when a URL names none.
@@ -94,11 +97,27 @@ def json_dumps(value: Any) -> str:
         return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+def switch_to_wal(execute: Callable[[str], Any]) -> None:
+    """Runs `PRAGMA journal_mode=WAL` through `execute`, again while another connection is switching the
+    file. Switching a new file takes an exclusive lock, and SQLite does not always call the busy handler
+    for it: a second connection (another process starting on the same new file) gets "database is
+    locked" at once. The mode is persistent, so the retry finds the file switched. Blocking (50 ms
+    steps): it happens only while several connections open a new file together."""
+    for attempt in range(WAL_SWITCH_ATTEMPTS):
+        try:
+            execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == WAL_SWITCH_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")  # first: the WAL switch may wait on a lock
-        cursor.execute("PRAGMA journal_mode=WAL")
+        switch_to_wal(cursor.execute)
         cursor.execute("PRAGMA synchronous=NORMAL")  # durable with WAL, much cheaper than FULL
     finally:
         cursor.close()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import multiprocessing
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
@@ -61,3 +62,28 @@ def test_concurrent_upgrades_from_several_processes(db_url: str) -> None:
     tables, versions = _tables_and_version(db_url)
     assert {"runs", "upstream_calls"} <= tables
     assert versions == ["0006"]
+
+
+def test_the_wal_switch_is_tried_again_while_another_connection_holds_the_new_file() -> None:
+    import sqlite3
+
+    from optigraph.memory.db import switch_to_wal
+
+    calls: list[str] = []
+
+    def locked_twice(sql: str) -> None:
+        calls.append(sql)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+
+    switch_to_wal(locked_twice)
+    assert calls == ["PRAGMA journal_mode=WAL"] * 3
+
+    def broken(sql: str) -> None:
+        calls.append(sql)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    calls.clear()
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):  # anything else is not waited out
+        switch_to_wal(broken)
+    assert len(calls) == 1

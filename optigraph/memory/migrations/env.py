@@ -16,6 +16,7 @@ from optigraph.memory.db import (
     SQLITE_BUSY_TIMEOUT_MS,
     backend_name,
     ensure_sqlite_dir,
+    switch_to_wal,
     sync_url,
 )
 from optigraph.memory.tables import Base
@@ -75,7 +76,7 @@ def run_migrations_online() -> None:
         def _connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
             dbapi_conn.isolation_level = None
             dbapi_conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            switch_to_wal(dbapi_conn.execute)
 
         @event.listens_for(engine, "begin")
         def _begin(conn):  # type: ignore[no-untyped-def]
