@@ -293,7 +293,7 @@ async def test_a_request_waiting_for_a_slot_times_out_or_is_cancelled_without_lo
     assert len(server.requests) == 1  # neither of the two was sent
     server.release.set()
     assert (await first)[0] == 200
-    assert (await pool.post("/ok", b"{}", {}, timeout_s=5))[0] == 200  # the slot came back, once
+    assert (await pool.post("/ok", b"{}", {}))[0] == 200  # the slot came back, once
     assert pool._slots.free == 1 and not pool._slots.waiters
     pool.close()
 
@@ -303,7 +303,7 @@ async def test_an_answer_past_its_deadline_fails_with_a_timeout_and_its_connecti
     with pytest.raises(TimeoutError):
         await pool.post("/silent", b"{}", {}, timeout_s=0.05)
     assert not pool._idle and not pool._sending  # the connection in an unknown state is not reused
-    assert (await pool.post("/ok", b"{}", {}, timeout_s=5))[0] == 200
+    assert (await pool.post("/ok", b"{}", {}))[0] == 200
     pool.close()
 
 
