@@ -18,10 +18,20 @@ from optigraph.errors import InvalidRequest
 
 def test_run_ids_are_distinct_hex_across_pool_refills() -> None:
     ids = RunIds()
-    made = [ids.new() for _ in range(3 * POOL_BYTES // 16 + 5)]  # three refills and a part
+    made = [ids.new() for _ in range(3 * POOL_BYTES // 10 + 5)]  # three refills and a part
     assert len(set(made)) == len(made)
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in made)
     assert RunIds().new() != RunIds().new()
+
+
+def test_run_ids_sort_by_the_millisecond_they_were_made_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = RunIds()
+    clock = iter([1_765_000_000_000_000_000 + k * 1_000_000 for k in (0, 0, 1, 2, 2000)])
+    monkeypatch.setattr("optigraph.core.ids.time.time_ns", lambda: next(clock))
+    made = [ids.new() for _ in range(5)]
+    assert [i[:12] for i in made] == [f"{1_765_000_000_000 + k:012x}" for k in (0, 0, 1, 2, 2000)]
+    assert sorted(made[2:]) == made[2:]  # later milliseconds sort later
+    assert made[0] != made[1]  # the same millisecond: told apart by the random part
 
 
 def test_memoised_defaults_equal_fresh_validation() -> None:
