@@ -1,6 +1,7 @@
 """A Recorder that writes runs and upstream calls to SQL from one background task.
 
-The runner's calls only append to a queue (O(1), no awaits). The writer wakes up, lingers a few
+The runner's calls turn a record into rows ready to bind and append them to a queue (no awaits; see
+`_Started` for why the conversion happens there rather than in the writer). The writer wakes up, lingers a few
 milliseconds so that a burst of records gathers, takes whatever accumulated, and writes it in one
 transaction, so a busy server pays one commit per batch rather than one per record. On a SQLite file
 the transaction runs whole in one worker-thread call on a blocking connection: through aiosqlite each
@@ -19,54 +20,54 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from operator import itemgetter
-from typing import Any
+from typing import NamedTuple
 
-import orjson
-from sqlalchemy import JSON, bindparam, update
+from sqlalchemy import bindparam, event, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .db import json_dumps, sqlite_file_engine
-from .prompts import request_metadata, response_metadata
+from .db import sqlite_file_engine
+from .record_rows import (
+    CALL_COLUMNS,
+    FINISH_COLUMNS,
+    RUN_COLUMNS,
+    Converters,
+    Row,
+    Statement,
+    call_values,
+    finish_values,
+    run_values,
+    sqlite_form,
+    sqlite_insert,
+    statement_journals_in_memory,
+)
 from .records import CallRecord, RunRecord, RunResult
-from .tables import RUNS, UPSTREAM_CALLS, UtcDateTime
+from .tables import RUNS, UPSTREAM_CALLS
 
 logger = logging.getLogger(__name__)
 
-FINISH_COLUMNS = (
-    "status",
-    "finished_at",
-    "latency_ms",
-    "response",
-    "error",
-    "prompt_tokens",
-    "completion_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-    "calls",
-)
+
+# What waits in the queue is rows (memory/record_rows.py) ready to bind, in named tuples: for a SQLite
+# file the values are already converted (JSON documents as text, timestamps as SQLite's), so a queued
+# record holds no container the garbage collector tracks. Holding the records' dicts and lists until
+# the write (tens of milliseconds) promoted them to the oldest generation, whose growth set off full
+# collections: about a tenth of a passthrough request's CPU went to the collector.
 
 
-@dataclass(slots=True)
-class _Started:
-    run: RunRecord
-
-
-@dataclass(slots=True)
-class _Finished:
+class _Started(NamedTuple):
     run_id: str
-    result: RunResult
-    run: RunRecord | None
+    row: Row  # RUN_COLUMNS
 
 
-@dataclass(slots=True)
-class _Call:
-    record: CallRecord
+class _Finished(NamedTuple):
+    run_id: str
+    finish: Row  # FINISH_COLUMNS
+    row: Row | None  # the run's RUN_COLUMNS, when it was not started
+
+
+class _Call(NamedTuple):
+    row: Row  # CALL_COLUMNS
 
 
 @dataclass(slots=True)
@@ -75,149 +76,6 @@ class _Flush:
 
 
 _Item = _Started | _Finished | _Call | _Flush
-
-
-def run_row(run: RunRecord) -> dict[str, Any]:
-    return {
-        "id": run.id,
-        "parent_id": run.parent_id,
-        "expression": run.expression,
-        "model": run.model,
-        "status": run.status,
-        "request": run.request,
-        "created_at": run.created_at,
-        "checkpointed": run.checkpointed,
-        "user": run.user,
-        "spec": run.spec,
-        "tenant": run.tenant,
-    }
-
-
-def metadata_only(table_row: dict[str, Any]) -> dict[str, Any]:
-    """A run or call row without prompt or answer text (memory/prompts.py)."""
-    out = dict(table_row)
-    if "request" in out:
-        out["request"] = request_metadata(out["request"])
-    if "response" in out:
-        out["response"] = response_metadata(out["response"])
-    if "spec" in out:
-        out["spec"] = None  # it holds the messages; without it the run cannot be rebuilt (nor resumed)
-    if "checkpointed" in out:
-        out["checkpointed"] = False
-    return out
-
-
-def finish_values(result: RunResult) -> dict[str, Any]:
-    usage = result.usage or {}
-    prompt = int(usage.get("prompt_tokens") or 0)
-    completion = int(usage.get("completion_tokens") or 0)
-    return {
-        "status": result.status,
-        "finished_at": result.finished_at,
-        "latency_ms": result.latency_ms,
-        "response": result.response,
-        "error": result.error,
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "reasoning_tokens": int(usage.get("reasoning_tokens") or 0),
-        "total_tokens": int(usage.get("total_tokens") or prompt + completion),
-        "calls": int(usage.get("calls") or 0),
-    }
-
-
-def call_row(call: CallRecord) -> dict[str, Any]:
-    return {
-        "run_id": call.run_id,
-        "node": call.node,
-        "backend": call.backend,
-        "model": call.model,
-        "started_at": call.started_at,
-        "latency_ms": call.latency_ms,
-        "status": call.status,
-        "request": call.request,
-        "response": call.response,
-        "prompt_tokens": call.prompt_tokens,
-        "completion_tokens": call.completion_tokens,
-        "reasoning_tokens": call.reasoning_tokens,
-        "error": call.error,
-        "attempt": call.attempt,
-    }
-
-
-def _sqlite_utc(value: datetime | None) -> str | None:
-    """A UtcDateTime column's bind value on SQLite: the UTC time in the SQLite dialect's storage format,
-    as SQLAlchemy's TypeDecorator and DATETIME processors make it, in one call."""
-    if value is None:
-        return None
-    if value.tzinfo is not UTC:
-        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    if value.microsecond and value.year >= 1000:  # orjson writes these exactly so, at a third of isoformat's cost
-        return orjson.dumps(value)[1:27].decode().replace("T", " ")
-    return value.isoformat(" ", "microseconds")[:26]  # without the offset; strftime costs ten times more
-
-
-def _json_text(value: Any) -> str:
-    return "null" if value is None else json_dumps(value)
-
-
-def _fast_processor(column: Any, dialect: Any, processor: Any) -> Any:
-    """A cheaper equivalent of `processor` for the column types the recorder writes most (a JSON
-    document, a UTC timestamp) on SQLite; tests/memory/test_memory_recorder.py holds them to
-    SQLAlchemy's output. Any other column keeps SQLAlchemy's processor."""
-    if processor is None or column is None or dialect.name != "sqlite":
-        return processor
-    if isinstance(column.type, JSON):
-        return _json_text  # what SQLAlchemy's JSON type sends through the engine's serializer (None as null)
-    if isinstance(column.type, UtcDateTime):
-        return _sqlite_utc
-    return processor
-
-
-@dataclass(frozen=True, slots=True)
-class _Plain:
-    """A statement as SQL text with positional parameters and the bind processors of its columns
-    (JSON to text, timestamps to SQLite's format), for the DBAPI cursor's executemany.
-
-    A row becomes its parameters with one `itemgetter` call, then a processor call for each column
-    that needs one: building them column by column cost more than SQLite's work on the rows."""
-
-    sql: str
-    getter: Callable[[dict[str, Any]], tuple[Any, ...]]
-    processed: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, processor) of the columns to convert
-    defaults: dict[str, Any]  # columns the rows leave out, with the scalar default SQLAlchemy would send
-
-    @classmethod
-    def compile(cls, statement: Any, keys: tuple[str, ...], dialect: Any) -> _Plain | None:
-        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
-        names = tuple(getattr(compiled, "positiontup", None) or ())
-        processors = getattr(compiled, "_bind_processors", None)
-        if not names or processors is None:
-            return None  # not positional: SQLAlchemy's path
-        defaults = {}
-        for name in set(names) - set(keys):
-            column = statement.table.c.get(name)
-            default = None if column is None else column.default
-            if default is None or not default.is_scalar:
-                return None  # a default computed at execution: SQLAlchemy's path
-            defaults[name] = default.arg
-        processed = []
-        for i, name in enumerate(names):
-            fast = _fast_processor(statement.table.c.get(name), dialect, processors.get(name))
-            if fast is not None:
-                processed.append((i, fast))
-        getter = itemgetter(*names)
-        if len(names) == 1:
-            one = getter
-            getter = lambda row: (one(row),)  # noqa: E731 - itemgetter of one name returns the value alone
-        return cls(str(compiled), getter, tuple(processed), defaults)
-
-    def values(self, row: dict[str, Any]) -> list[Any]:
-        if self.defaults:
-            row = {**self.defaults, **row}
-        out = list(self.getter(row))
-        for i, processor in self.processed:
-            out[i] = processor(out[i])
-        return out
 
 
 class SqlRecorder:
@@ -235,6 +93,7 @@ class SqlRecorder:
         max_queue: int = 100_000,
         linger_s: float = 0.02,
         store_prompts: bool = True,
+        plain_sqlite: bool = True,
     ) -> None:
         self._db = db
         self._store_prompts = store_prompts
@@ -256,28 +115,79 @@ class SqlRecorder:
             raise ValueError(f"SqlRecorder supports SQLite and PostgreSQL, not {dialect}")
         # The statements are built once: building them (the upsert's `excluded` columns above all)
         # cost more CPU per batch than writing a batch of passthrough runs.
-        self._insert_started = insert(RUNS).on_conflict_do_nothing(index_elements=["id"])
+        run_and_finish = RUN_COLUMNS[:-1] + FINISH_COLUMNS
         upsert = insert(RUNS)
-        self._upsert_complete = upsert.on_conflict_do_update(
-            index_elements=["id"], set_={c: upsert.excluded[c] for c in FINISH_COLUMNS}
+        finish_marks, finish_converters = sqlite_form(RUNS, FINISH_COLUMNS)
+        set_finish = ", ".join(f'"{c}" = {mark}' for c, mark in zip(FINISH_COLUMNS, finish_marks, strict=True))
+        set_excluded = ", ".join(f'"{c}" = excluded."{c}"' for c in FINISH_COLUMNS)
+        self._insert_started = sqlite_insert(
+            insert(RUNS).on_conflict_do_nothing(index_elements=["id"]),
+            RUNS,
+            RUN_COLUMNS,
+            ' ON CONFLICT ("id") DO NOTHING',
         )
-        self._update_finished = (
-            update(RUNS).where(RUNS.c.id == bindparam("_id")).values({c: bindparam(f"_{c}") for c in FINISH_COLUMNS})
+        self._upsert_complete = sqlite_insert(
+            upsert.on_conflict_do_update(index_elements=["id"], set_={c: upsert.excluded[c] for c in FINISH_COLUMNS}),
+            RUNS,
+            run_and_finish,
+            f' ON CONFLICT ("id") DO UPDATE SET {set_excluded}',
         )
-        self._insert_calls = UPSTREAM_CALLS.insert()
-        self._plain: dict[tuple[int, tuple[str, ...]], _Plain | None] = {}  # statements compiled for the file
-        self._file = sqlite_file_engine(db)  # a SQLite file: written from a worker thread (module docstring)
+        self._update_finished = Statement(
+            update(RUNS).where(RUNS.c.id == bindparam("_id")).values({c: bindparam(f"_{c}") for c in FINISH_COLUMNS}),
+            tuple(f"_{c}" for c in (*FINISH_COLUMNS, "id")),
+            f'UPDATE "runs" SET {set_finish} WHERE "id" = ?',
+        )
+        self._insert_calls = sqlite_insert(UPSTREAM_CALLS.insert(), UPSTREAM_CALLS, CALL_COLUMNS, "")
+        # A SQLite file is written from a worker thread with plain SQL (module docstring); plain_sqlite=False
+        # keeps SQLAlchemy's statements there too (the tests compare what the two store).
+        self._file = sqlite_file_engine(db) if plain_sqlite else None
+        # What a record's values go through as it is queued (see _Started): for a SQLite file, what
+        # SQLAlchemy's bind processors would do; for SQLAlchemy's path, nothing.
+        self._run_converters: Converters = ()
+        self._finish_converters: Converters = ()
+        self._call_converters: Converters = ()
+        if self._file is not None:
+            event.listen(self._file, "connect", statement_journals_in_memory)
+            self._run_converters = sqlite_form(RUNS, RUN_COLUMNS)[1]
+            self._finish_converters = finish_converters
+            self._call_converters = sqlite_form(UPSTREAM_CALLS, CALL_COLUMNS)[1]
 
     # -- the Recorder interface: called on the hot path, so append and return -----------------
 
     def run_started(self, run: RunRecord) -> None:
-        self._put(_Started(run))
+        try:
+            item = _Started(run.id, self._ready(run_values(run, self._store_prompts), self._run_converters))
+        except Exception as exc:  # a value that cannot be stored (converted here for a SQLite file)
+            self._log_dropped("run", exc)
+            return
+        self._put(item)
 
     def run_finished(self, run_id: str, result: RunResult, *, run: RunRecord | None = None) -> None:
-        self._put(_Finished(run_id, result, run))
+        try:
+            finish = self._ready(finish_values(result, self._store_prompts), self._finish_converters)
+            row = None if run is None else self._ready(run_values(run, self._store_prompts), self._run_converters)
+        except Exception as exc:
+            self._log_dropped("finished", exc)
+            return
+        self._put(_Finished(run_id, finish, row))
 
     def call(self, record: CallRecord) -> None:
-        self._put(_Call(record))
+        try:
+            item = _Call(self._ready(call_values(record, self._store_prompts), self._call_converters))
+        except Exception as exc:
+            self._log_dropped("call", exc)
+            return
+        self._put(item)
+
+    @staticmethod
+    def _ready(row: Row, converters: Converters) -> Row:
+        """`row` as its statement binds it: converted for a SQLite file (the converters), else as is."""
+        if not converters:
+            return row
+        values = list(row)
+        for i, convert in converters:
+            values[i] = convert(values[i])
+        return tuple(values)
 
     async def flush(self) -> None:
         """Waits until everything queued before this call has been written (or failed and logged)."""
@@ -415,8 +325,8 @@ class SqlRecorder:
                 self._log_dropped(record, exc)
 
     @staticmethod
-    def _log_dropped(record: _Item, exc: BaseException) -> None:
-        kind = type(record).__name__.strip("_").lower()
+    def _log_dropped(record: _Item | str, exc: BaseException) -> None:
+        kind = record if isinstance(record, str) else type(record).__name__.strip("_").lower()
         logger.error("dropped a %s record that cannot be written: %s", kind, exc, exc_info=exc)
 
     async def _transaction(self, records: list[_Item]) -> None:
@@ -426,25 +336,19 @@ class SqlRecorder:
             return
         async with self._db.begin() as conn:
             for statement, rows in self._statements(records):
-                await conn.execute(statement, rows)
+                await conn.execute(statement.statement, statement.params(rows))
 
     def _transaction_in_thread(self, records: list[_Item]) -> None:
-        assert self._file is not None
-        statements = self._statements(records)
-        compiled = [self._compiled(statement, rows) for statement, rows in statements]
-        if any(c is None for c in compiled):
-            with self._file.begin() as conn:
-                self._execute(conn, records)
-            return
         # The DBAPI connection directly: SQLAlchemy's execution path (contexts, per-row parameter
         # processing, result set-up) cost more instructions than the SQLite work of a batch.
+        assert self._file is not None
+        statements = self._statements(records)
         raw = self._file.raw_connection()
         try:
             cursor = raw.cursor()
             try:
-                for plain, (_, rows) in zip(compiled, statements, strict=True):
-                    assert plain is not None
-                    cursor.executemany(plain.sql, [plain.values(row) for row in rows])
+                for statement, rows in statements:
+                    statement.write_sqlite(cursor, rows)
                 raw.commit()
             except BaseException:
                 raw.rollback()
@@ -454,51 +358,28 @@ class SqlRecorder:
         finally:
             raw.close()  # back to the pool
 
-    def _compiled(self, statement: Any, rows: list[dict[str, Any]]) -> _Plain | None:
-        """`statement` compiled once for the SQLite file with the columns of `rows` (each batch's rows of
-        one statement share their keys), or None when it cannot be run as plain SQL."""
-        keys = tuple(rows[0])
-        key = (id(statement), keys)
-        plain = self._plain.get(key)
-        if plain is None and key not in self._plain:
-            assert self._file is not None
-            plain = self._plain[key] = _Plain.compile(statement, keys, self._file.dialect)
-        if plain is not None and any(tuple(row) != keys for row in rows):
-            return None
-        return plain
-
-    def _execute(self, conn: Connection, records: list[_Item]) -> None:
-        for statement, rows in self._statements(records):
-            conn.execute(statement, rows)
-
-    def _statements(self, records: list[_Item]) -> list[tuple[Any, list[dict[str, Any]]]]:
+    def _statements(self, records: list[_Item]) -> list[tuple[Statement, list[Row]]]:
         """The statements that write `records`, each with its rows."""
-        started: dict[str, dict[str, Any]] = {}  # runs to insert as running
-        complete: dict[str, dict[str, Any]] = {}  # whole rows: started in this batch or passed with run=
-        finished: dict[str, dict[str, Any]] = {}  # finish fields for rows written by an earlier batch
-        calls: list[dict[str, Any]] = []
+        started: dict[str, Row] = {}  # runs to insert as running (RUN_COLUMNS)
+        complete: dict[str, Row] = {}  # whole rows: started in this batch or passed with run=
+        finished: dict[str, Row] = {}  # FINISH_COLUMNS and the id, for rows written by an earlier batch
+        calls: list[Row] = []
+        n_run = len(RUN_COLUMNS) - 1  # a complete row: the run's values but its status, then the finish
         for item in records:
             if isinstance(item, _Call):
-                calls.append(call_row(item.record))
+                calls.append(item.row)
             elif isinstance(item, _Started):
-                started[item.run.id] = run_row(item.run)
+                started[item.run_id] = item.row
             elif isinstance(item, _Finished):
-                values = finish_values(item.result)
-                row = started.pop(item.run_id, None) or complete.get(item.run_id)
-                if row is None and item.run is not None:
-                    row = run_row(item.run)
-                if row is not None:
-                    complete[item.run_id] = {**row, **values, "id": item.run_id}
-                else:
-                    finished[item.run_id] = {"_id": item.run_id, **{f"_{c}": v for c, v in values.items()}}
-
-        if not self._store_prompts:
-            started = {k: metadata_only(v) for k, v in started.items()}
-            complete = {k: metadata_only(v) for k, v in complete.items()}
-            for values in finished.values():
-                values["_response"] = response_metadata(values["_response"])
-            calls = [metadata_only(c) for c in calls]
-        out: list[tuple[Any, list[dict[str, Any]]]] = []
+                run_id = item.run_id
+                row = started.pop(run_id, None) or complete.get(run_id) or item.row
+                if row is None:
+                    finished[run_id] = (*item.finish, run_id)
+                elif row[0] == run_id:
+                    complete[run_id] = row[:n_run] + item.finish
+                else:  # the row under this run's id
+                    complete[run_id] = (run_id, *row[1:n_run], *item.finish)
+        out: list[tuple[Statement, list[Row]]] = []
         if started:
             out.append((self._insert_started, list(started.values())))
         if complete:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -143,6 +144,19 @@ async def test_duplicate_start_and_unknown_finish_are_harmless(engine: AsyncEngi
     assert await count(engine, RUNS) == 1
 
 
+async def test_a_record_that_cannot_be_encoded_is_logged_and_dropped(engine: AsyncEngine, caplog) -> None:
+    async with SqlRecorder(engine) as recorder:
+        with caplog.at_level(logging.ERROR, logger="optigraph.memory.recorder"):
+            recorder.call(a_call("enc", request={"text": "\ud800"}))  # a lone surrogate: not UTF-8, not JSON
+            recorder.run_finished("enc", a_result(), run=a_run("enc", spec={"bad": "\udfff"}))
+            recorder.call(a_call("enc", offset_ms=5))
+            await recorder.flush()
+        assert caplog.text.count("cannot be written") == 2
+        run = await get_run(engine, "enc")
+        assert run is None  # its row could not be encoded
+        assert await count(engine, UPSTREAM_CALLS) == 1  # the good call is written
+
+
 async def test_bad_record_is_logged_and_the_rest_written(engine: AsyncEngine, caplog) -> None:
     recorder = SqlRecorder(engine)
     try:
@@ -244,7 +258,7 @@ async def test_enqueue_is_cheap_and_batches_accumulate(engine: AsyncEngine) -> N
         await recorder.aclose()
 
 
-async def _write_all(url: str, *, plain: bool) -> dict[str, list[tuple]]:
+async def _write_all(url: str, *, plain: bool, store_prompts: bool = True) -> dict[str, list[tuple]]:
     """Every kind of batch the recorder writes, through the plain-SQL path or SQLAlchemy's."""
     import sqlite3
 
@@ -252,9 +266,8 @@ async def _write_all(url: str, *, plain: bool) -> dict[str, list[tuple]]:
 
     upgrade_schema(url)
     db = open_database(url)
-    recorder = SqlRecorder(db)
-    if not plain:
-        recorder._compiled = lambda statement, rows: None  # type: ignore[method-assign]
+    recorder = SqlRecorder(db, store_prompts=store_prompts, plain_sqlite=plain)
+    assert (recorder._file is not None) == plain  # SQLAlchemy's statements through the engine, as on PostgreSQL
     recorder.start()
     recorder.call(a_call("a"))
     recorder.call(a_call("b", error="boom", status="error"))
@@ -263,16 +276,23 @@ async def _write_all(url: str, *, plain: bool) -> dict[str, list[tuple]]:
     odd = {"messages": [], 7: "a key that is not a string", "when": T0, "blob": BLOB, "text": "ü\u2028"}
     recorder.call(a_call("d", started_at=datetime(2025, 1, 2, 3, 4, 5), request=odd))  # naive: taken as UTC
     recorder.call(a_call("e", started_at=datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC)))  # a year of three digits
+    recorder.call(a_call("f", error="", status="error"))  # empty and zero-like texts are not NULL
+    recorder.call(a_call("g", error="0", status="error"))
     recorder.run_finished("a", a_result(), run=a_run("a", user="ü"))  # started and finished in one batch
     recorder.run_started(a_run("b", checkpointed=True, spec={"route": "m"}))
+    recorder.run_started(a_run("c", parent_id="0", user="", tenant="t"))
+    recorder.run_finished("c", a_result("failed"))  # finished in the batch that started it
+    recorder.run_finished("c", a_result())  # and again: the last one stands
+    for i in range(45):  # many rows of one statement in one batch (an INSERT takes up to 32 at once)
+        recorder.call(a_call(f"many-{i:02d}", offset_ms=i))
+        if i < 37:
+            recorder.run_finished(f"many-{i:02d}", a_result(), run=a_run(f"many-{i:02d}"))
     await recorder.flush()
     recorder.run_finished(
         "b", RunResult(status="failed", finished_at=T0, latency_ms=1.0, usage=None, error={"message": "x"})
     )
     await recorder.aclose()
     await db.dispose()
-    if plain:  # every statement of these batches went the plain way (none fell back)
-        assert len(recorder._plain) == 4 and None not in recorder._plain.values()
     path = url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as conn:  # the stored bytes, not what SQLAlchemy reads back
         return {t: list(conn.execute(f"SELECT * FROM {t} ORDER BY 1")) for t in ("runs", "upstream_calls")}
@@ -282,6 +302,20 @@ async def test_the_plain_sql_path_stores_exactly_what_sqlalchemy_stores(tmp_path
     plain = await _write_all(f"sqlite:///{tmp_path / 'plain.db'}", plain=True)
     through = await _write_all(f"sqlite:///{tmp_path / 'sqlalchemy.db'}", plain=False)
     created = [row for row in plain["runs"] if row[0] == "a"][0]
-    assert len(plain["runs"]) == 2 and len(plain["upstream_calls"]) == 5
+    assert len(plain["runs"]) == 40 and len(plain["upstream_calls"]) == 52
+    many = [row[1] for row in plain["upstream_calls"] if row[1].startswith("many-")]
+    assert many == [f"many-{i:02d}" for i in range(45)]  # written in the order recorded (their ids)
     assert "2025-01-02 03:04:05.678000" in created  # the timestamp in SQLite's text form, in UTC
+    with sqlite3.connect(tmp_path / "plain.db") as conn:
+        stored = conn.execute('SELECT parent_id, "user", tenant, status FROM runs WHERE id = ?', ("c",)).fetchone()
+        errors = conn.execute("SELECT run_id, error FROM upstream_calls WHERE run_id IN ('a', 'f', 'g')").fetchall()
+    assert stored == ("0", "", "t", "completed")
+    assert sorted(errors) == [("a", None), ("f", ""), ("g", "0")]
     assert plain == through
+
+
+async def test_without_stored_prompts_both_paths_store_the_same_metadata(tmp_path) -> None:
+    plain = await _write_all(f"sqlite:///{tmp_path / 'plain.db'}", plain=True, store_prompts=False)
+    through = await _write_all(f"sqlite:///{tmp_path / 'sqlalchemy.db'}", plain=False, store_prompts=False)
+    assert plain == through
+    assert not any("hello" in str(row) or "'hi'" in str(row) for rows in plain.values() for row in rows)
