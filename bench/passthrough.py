@@ -14,7 +14,9 @@ one run:
 - throughput: requests/s at 64 concurrent connections, the targets in alternating rounds, with
   `wrk` when it is installed (Debian/Ubuntu: `apt-get install wrk`) and an asyncio aiohttp load
   generator otherwise (slower, so it saturates sooner: prefer wrk);
-- CPU time per request of the process serving each target (from /proc, Linux only).
+- CPU time per request of the process serving each target (from /proc, Linux only);
+- full garbage collections per 10,000 requests under load, for an optigraph served by one process (from
+  its /metrics: a full collection walks the whole heap while every request in flight waits).
 
 The load generator, optigraph and the upstream all share this machine's cores; the number is printed.
 """
@@ -35,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -178,6 +181,21 @@ def asyncio_round(url: str, seconds: float) -> dict[str, float]:
     return uvloop.run(_asyncio_round(url, seconds))
 
 
+def full_collections(base_url: str) -> float | None:
+    """The server's count of full (generation 2) garbage collections, from its /metrics; None where the
+    target has no such series (the reference proxy, an older optigraph, several workers)."""
+    root = base_url.rsplit("/v1", 1)[0]
+    try:
+        with urllib.request.urlopen(f"{root}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+    except (OSError, ValueError):
+        return None
+    for line in text.splitlines():
+        if line.startswith('python_gc_collections_total{generation="2"}'):
+            return float(line.split()[-1])
+    return None
+
+
 def measure_throughput(
     urls: dict[str, str], pids: dict[str, int], *, rounds: int, seconds: float, warmup_s: float, use_wrk: bool
 ) -> dict[str, dict[str, list[float]]]:
@@ -191,13 +209,17 @@ def measure_throughput(
 
         for url in urls.values():
             one(url, warmup_s)
-        results = {name: {"rps": [], "errors": [], "cpu_ms_per_req": []} for name in urls}
+        results = {name: {"rps": [], "errors": [], "cpu_ms_per_req": [], "full_gc": []} for name in urls}
         names = list(urls)
         for i in range(rounds):
             for name in names if i % 2 == 0 else names[::-1]:
+                gc0 = full_collections(urls[name]) if name != "direct" else None
                 cpu0 = cpu_seconds(pids[name])
                 r = one(urls[name], seconds)
                 cpu = cpu_seconds(pids[name]) - cpu0
+                gc1 = full_collections(urls[name]) if gc0 is not None else None
+                if gc0 is not None and gc1 is not None and r["requests"]:
+                    results[name]["full_gc"].append(10_000 * (gc1 - gc0) / r["requests"])
                 results[name]["rps"].append(r["rps"])
                 results[name]["errors"].append(r["errors"])
                 if r["requests"]:
@@ -304,6 +326,8 @@ def main() -> int:
     if "reference" in rps:
         row("  ratio to reference", {n: rps[n] / rps["reference"] for n in names}, ".2f")
     row("CPU per request (ms)", cpu, ".3f", "of the process serving that target, under load")
+    full_gc = {n: statistics.median(tp[n]["full_gc"]) if tp[n]["full_gc"] else float("nan") for n in names}
+    row("full GCs per 10k requests", full_gc, ".1f", "generation-2 collections under load (from /metrics)")
     print("-" * (30 + 12 * len(names) + 40))
     for n in names:
         print(f"rounds req/s {LABELS[n]:>10}: {', '.join(f'{x:.0f}' for x in tp[n]['rps'])}")

@@ -25,7 +25,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    multiprocess,
+    values,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
@@ -233,6 +243,11 @@ class Metrics:
         if not self._direct:
             self._series = {spec[0]: _PlainSeries(*spec) for spec in COUNTERS_AND_HISTOGRAMS}
             self.registry.register(_PlainCollector(self))
+            # The process's own figures (CPU seconds, memory, open files; garbage collections by
+            # generation), read when scraped. Not with several workers: the library's multiprocess mode
+            # has no way to merge them, and each worker's would be a different process's.
+            ProcessCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
             return
         for name, help_text, labels, buckets in COUNTERS_AND_HISTOGRAMS:
             if buckets is None:

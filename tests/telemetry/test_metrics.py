@@ -44,6 +44,18 @@ def test_each_metrics_object_has_its_own_registry_and_the_breaker_gauge() -> Non
         one.set_breaker_state("openai", "melted")
 
 
+def test_one_process_reports_its_cpu_memory_and_garbage_collections() -> None:
+    import gc
+
+    samples = _samples(Metrics())
+    before = samples[("python_gc_collections_total", frozenset({("generation", "2")}))]
+    gc.collect()
+    after = _samples(Metrics())[("python_gc_collections_total", frozenset({("generation", "2")}))]
+    assert after == before + 1  # read when scraped, from this process's collector
+    assert samples[("process_cpu_seconds_total", frozenset())] > 0
+    assert samples[("process_resident_memory_bytes", frozenset())] > 0
+
+
 def test_preparing_the_multiprocess_directory_clears_old_values_and_sets_the_variable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
