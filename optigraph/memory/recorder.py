@@ -152,7 +152,7 @@ class SqlRecorder:
             self._finish_converters = finish_converters
             self._call_converters = sqlite_form(UPSTREAM_CALLS, CALL_COLUMNS)[1]
 
-    # -- the Recorder interface: called on the hot path, so append and return -----------------
+    # -- the Recorder interface: called on the hot path: a record becomes its rows, queued at once --
 
     def run_started(self, run: RunRecord) -> None:
         try:
