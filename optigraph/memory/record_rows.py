@@ -154,6 +154,13 @@ def json_text(value: Any) -> str:
     return "null" if value is None else json_dumps(value)
 
 
+def json_fragment(value: Any) -> orjson.Fragment | None:
+    """A JSON document encoded now, for SQLAlchemy's path: the engine's serializer (memory/db.py
+    `json_dumps`, orjson) writes a fragment's text as it is, and unlike the document's dicts and lists a
+    fragment is nothing the garbage collector tracks while it waits in the recorder's queue."""
+    return None if value is None else orjson.Fragment(json_dumps(value))
+
+
 def sqlite_bool(value: Any) -> int | None:
     return None if value is None else int(value)
 
@@ -227,6 +234,11 @@ def sqlite_conversion(column: Column[Any]) -> Callable[[Any], Any] | None:
 
 
 Converters = tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, conversion) of the values to convert
+
+
+def fragment_converters(table: Table, columns: tuple[str, ...]) -> Converters:
+    """The conversions of `columns` for SQLAlchemy's path: JSON documents to fragments (`json_fragment`)."""
+    return tuple((i, json_fragment) for i, name in enumerate(columns) if isinstance(table.c[name].type, JSON))
 
 
 def sqlite_form(table: Table, columns: tuple[str, ...]) -> tuple[list[str], Converters]:

@@ -27,7 +27,7 @@ from sqlalchemy import bindparam, event, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .db import sqlite_file_engine
+from .db import json_dumps, sqlite_file_engine
 from .record_rows import (
     CALL_COLUMNS,
     FINISH_COLUMNS,
@@ -37,6 +37,7 @@ from .record_rows import (
     Statement,
     call_values,
     finish_values,
+    fragment_converters,
     run_values,
     sqlite_form,
     sqlite_insert,
@@ -49,10 +50,11 @@ logger = logging.getLogger(__name__)
 
 
 # What waits in the queue is rows (memory/record_rows.py) ready to bind, in named tuples: for a SQLite
-# file the values are already converted (JSON documents as text, timestamps as SQLite's), so a queued
-# record holds no container the garbage collector tracks. Holding the records' dicts and lists until
-# the write (tens of milliseconds) promoted them to the oldest generation, whose growth set off full
-# collections: about a tenth of a passthrough request's CPU went to the collector.
+# file the values are already converted (JSON documents as text, timestamps as SQLite's), for
+# SQLAlchemy's path the documents are orjson fragments, so a queued record is one small object the
+# garbage collector tracks (the named tuple) and no container. Holding the records' dicts and lists
+# until the write (tens of milliseconds) promoted them to the oldest generation, whose growth set off
+# full collections: about a tenth of a passthrough request's CPU went to the collector.
 
 
 class _Started(NamedTuple):
@@ -142,7 +144,9 @@ class SqlRecorder:
         # keeps SQLAlchemy's statements there too (the tests compare what the two store).
         self._file = sqlite_file_engine(db) if plain_sqlite else None
         # What a record's values go through as it is queued (see _Started): for a SQLite file, what
-        # SQLAlchemy's bind processors would do; for SQLAlchemy's path, nothing.
+        # SQLAlchemy's bind processors would do; for SQLAlchemy's path on an engine that serializes JSON
+        # with memory/db.py's `json_dumps` (open_database), its documents encoded as orjson fragments;
+        # on any other engine, nothing.
         self._run_converters: Converters = ()
         self._finish_converters: Converters = ()
         self._call_converters: Converters = ()
@@ -151,6 +155,10 @@ class SqlRecorder:
             self._run_converters = sqlite_form(RUNS, RUN_COLUMNS)[1]
             self._finish_converters = finish_converters
             self._call_converters = sqlite_form(UPSTREAM_CALLS, CALL_COLUMNS)[1]
+        elif getattr(db.dialect, "_json_serializer", None) is json_dumps:
+            self._run_converters = fragment_converters(RUNS, RUN_COLUMNS)
+            self._finish_converters = fragment_converters(RUNS, FINISH_COLUMNS)
+            self._call_converters = fragment_converters(UPSTREAM_CALLS, CALL_COLUMNS)
 
     # -- the Recorder interface: called on the hot path: a record becomes its rows, queued at once --
 

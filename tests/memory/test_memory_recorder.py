@@ -319,3 +319,24 @@ async def test_without_stored_prompts_both_paths_store_the_same_metadata(tmp_pat
     through = await _write_all(f"sqlite:///{tmp_path / 'sqlalchemy.db'}", plain=False, store_prompts=False)
     assert plain == through
     assert not any("hello" in str(row) or "'hi'" in str(row) for rows in plain.values() for row in rows)
+
+
+async def test_queued_records_hold_nothing_the_garbage_collector_tracks(engine: AsyncEngine) -> None:
+    import gc
+
+    recorder = SqlRecorder(engine)
+    await recorder.aclose()  # closed: records wait in the queue until flushed
+    odd = {"messages": [{"role": "user", "content": "hi"}], 7: "not a string key", "when": T0}
+    recorder.call(a_call("q", request=odd))
+    recorder.run_started(a_run("q", spec={"route": "m", "list": [1, {"a": None}]}))
+    recorder.run_finished("q", a_result(), run=a_run("q"))
+    assert len(recorder._queue) == 3
+    gc.collect()
+    gc.collect()  # a tuple is untracked once a collection finds only untracked values in it
+    rows = [field for item in recorder._queue for field in item if isinstance(field, tuple)]
+    assert len(rows) == 4 and not any(gc.is_tracked(row) for row in rows)  # never walked by a collection
+    await recorder.flush()
+    run = await get_run(engine, "q")
+    assert run is not None and run["status"] == "completed" and run["spec"] == {"route": "m", "list": [1, {"a": None}]}
+    assert run["upstream_calls"][0]["request"]["7"] == "not a string key"  # the same documents as before
+    assert run["response"] == a_result().response
