@@ -30,7 +30,7 @@ def test_run_ids_sort_by_the_millisecond_they_were_made_in(monkeypatch: pytest.M
     monkeypatch.setattr("optigraph.core.ids.time.time_ns", lambda: next(clock))
     made = [ids.new() for _ in range(5)]
     assert [i[:12] for i in made] == [f"{1_765_000_000_000 + k:012x}" for k in (0, 0, 1, 2, 2000)]
-    assert sorted(made[2:]) == made[2:]  # later milliseconds sort later
+    assert sorted(made[2:]) == made[2:]  # the patched clock's later milliseconds sort later
     assert made[0] != made[1]  # the same millisecond: told apart by the random part
 
 

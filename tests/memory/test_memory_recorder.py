@@ -340,3 +340,19 @@ async def test_queued_records_hold_nothing_the_garbage_collector_tracks(engine: 
     assert run is not None and run["status"] == "completed" and run["spec"] == {"route": "m", "list": [1, {"a": None}]}
     assert run["upstream_calls"][0]["request"]["7"] == "not a string key"  # the same documents as before
     assert run["response"] == a_result().response
+
+
+def test_the_recorders_sqlite_connections_keep_statement_journals_in_memory(tmp_path) -> None:
+    from optigraph.memory.migrate import upgrade_schema
+
+    url = f"sqlite:///{tmp_path / 'j.db'}"
+    upgrade_schema(url)
+    db = open_database(url)
+    recorder = SqlRecorder(db)
+    assert recorder._file is not None
+    raw = recorder._file.raw_connection()
+    try:  # 2: MEMORY (a multi-row INSERT's journal would otherwise spill to a temporary file)
+        assert raw.cursor().execute("PRAGMA temp_store").fetchone()[0] == 2
+    finally:
+        raw.close()
+        recorder._file.dispose()
